@@ -1,0 +1,492 @@
+//! The one module that holds `unsafe`: DuckDB's C API and the Arrow C stream interface.
+//!
+//! What lives here, and nowhere else:
+//! - the C entrypoint DuckDB calls on `LOAD` (`arrowport_init_c_api`), which opens our own connections
+//!   while the borrowed `duckdb_database` handle is still valid;
+//! - [`RawConn`], an owned `duckdb_connection` that runs SQL and registers Arrow streams as views;
+//! - [`ScanStream`], an `ArrowArrayStream` that DuckDB's own Arrow scan pulls batches from;
+//! - [`contain`], which keeps a Rust panic from unwinding into the host.
+//!
+//! Nothing here knows about protocols, streams or tables: callers pass SQL text and batch sources.
+//! Every `unsafe` block says which invariant makes it sound.
+#![allow(unsafe_code)]
+
+use std::ffi::{CStr, CString, c_char, c_int, c_void};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Mutex;
+
+use arrow::array::{Array, RecordBatch, StructArray};
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::ffi::{FFI_ArrowArray, FFI_ArrowSchema};
+use arrow::ffi_stream::FFI_ArrowArrayStream;
+use duckdb::ffi as sys;
+
+/// The C API version the binary is built against: DuckDB's stable extension API, so one binary loads in every
+/// DuckDB release from 1.2.0 on (the footer written by `scripts/append_metadata.py` says the same).
+pub const MIN_C_API: &str = "v1.2.0";
+
+/// How many connections the entrypoint opens for the writers. They can only be opened while DuckDB hands us
+/// the database (during `LOAD`), so this is the ceiling on concurrent writes into DuckDB.
+pub const POOL_SIZE: usize = 8;
+
+/// An error from DuckDB, with DuckDB's own text verbatim, or a contained panic.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DbError {
+    #[error("{0}")]
+    Duck(String),
+    #[error("internal error while {what}: {message}")]
+    Panicked { what: String, message: String },
+}
+
+/// Runs `f`, turning a panic into an error so it never unwinds into DuckDB or the host.
+pub fn contain<T>(what: &str, f: impl FnOnce() -> Result<T, DbError>) -> Result<T, DbError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(result) => result,
+        Err(payload) => Err(DbError::Panicked { what: what.to_string(), message: panic_message(payload.as_ref()) }),
+    }
+}
+
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic".to_string()
+    }
+}
+
+/// The version string of the DuckDB library we run in, e.g. `v1.5.6`.
+pub fn library_version() -> String {
+    // SAFETY: the API table is filled by the entrypoint before any SQL function can run; the returned pointer
+    // is a static NUL-terminated string owned by DuckDB.
+    unsafe {
+        let p = sys::duckdb_library_version();
+        if p.is_null() { "unknown".to_string() } else { CStr::from_ptr(p).to_string_lossy().into_owned() }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Entrypoint
+// ---------------------------------------------------------------------------------------------------------------
+
+/// What the entrypoint hands to [`crate::init`]: a safe connection for registering functions and the pool of
+/// raw connections for the writers.
+pub struct LoadContext {
+    pub conn: duckdb::Connection,
+    pub pool: Vec<RawConn>,
+}
+
+/// Called by DuckDB on `LOAD arrowport`. Panics and errors become DuckDB's load error; the host keeps running.
+///
+/// # Safety
+/// DuckDB passes valid `info` and `access` pointers for the duration of this call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn arrowport_init_c_api(
+    info: sys::duckdb_extension_info,
+    access: *const sys::duckdb_extension_access,
+) -> bool {
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: forwarded from our caller, valid for this call.
+        unsafe { load(info, access) }
+    }));
+    let message = match outcome {
+        Ok(Ok(loaded)) => return loaded,
+        Ok(Err(message)) => message,
+        Err(payload) => format!("arrowport failed to load: internal error: {}", panic_message(payload.as_ref())),
+    };
+    // SAFETY: `access` is valid for this call; set_error copies the message.
+    unsafe {
+        if !access.is_null() {
+            if let Some(set_error) = (*access).set_error {
+                let text = CString::new(message.replace('\0', " ")).unwrap_or_default();
+                set_error(info, text.as_ptr());
+            }
+        }
+    }
+    false
+}
+
+/// # Safety
+/// `info` and `access` come straight from DuckDB's call of the entrypoint.
+unsafe fn load(info: sys::duckdb_extension_info, access: *const sys::duckdb_extension_access) -> Result<bool, String> {
+    if access.is_null() {
+        return Err("arrowport: DuckDB passed no extension access table".into());
+    }
+    // SAFETY: `access` is non-null and valid for this call. When DuckDB does not offer the C API version we
+    // need it returns no table and has already recorded its own error for the user; we just report failure.
+    let have_api = unsafe { sys::duckdb_rs_extension_api_init(info, access, MIN_C_API) }.map_err(|e| e.to_string())?;
+    if !have_api {
+        return Ok(false);
+    }
+    // SAFETY: as above; get_database returns a pointer to the database handle, valid during this call only.
+    let db: sys::duckdb_database = unsafe {
+        let get_database = (*access).get_database.ok_or("arrowport: DuckDB offers no get_database")?;
+        let db_ptr = get_database(info);
+        if db_ptr.is_null() {
+            return Ok(false);
+        }
+        *db_ptr
+    };
+    // SAFETY: `db` is valid during the entrypoint; open_from_raw connects without taking ownership of it.
+    let conn = unsafe { duckdb::Connection::open_from_raw(db.cast()) }.map_err(|e| e.to_string())?;
+    let mut pool = Vec::with_capacity(POOL_SIZE);
+    for _ in 0..POOL_SIZE {
+        pool.push(RawConn::connect(db).map_err(|e| e.to_string())?);
+    }
+    crate::init(LoadContext { conn, pool }).map_err(|e| e.to_string())?;
+    Ok(true)
+}
+
+/// Registers `f` to run when the process exits (C `atexit`), so listeners stop before the host tears down.
+pub fn at_exit(f: extern "C" fn()) {
+    unsafe extern "C" {
+        fn atexit(cb: extern "C" fn()) -> c_int;
+    }
+    // SAFETY: `f` is a plain function in this library, which DuckDB never unloads.
+    unsafe {
+        atexit(f);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Connections
+// ---------------------------------------------------------------------------------------------------------------
+
+/// A connection of ours to the host database, opened during `LOAD`.
+///
+/// One user at a time: `RawConn` is `Send` but not `Sync` or `Clone`, so exactly one thread holds it.
+pub struct RawConn(sys::duckdb_connection);
+
+// SAFETY: a duckdb_connection may be used from any thread provided calls on it are not concurrent; RawConn
+// hands out `&mut self` only, so the borrow checker enforces one user at a time.
+unsafe impl Send for RawConn {}
+
+impl RawConn {
+    fn connect(db: sys::duckdb_database) -> Result<RawConn, DbError> {
+        let mut conn: sys::duckdb_connection = std::ptr::null_mut();
+        // SAFETY: `db` is the live database handle of the running entrypoint; `conn` is a valid out pointer.
+        let state = unsafe { sys::duckdb_connect(db, &mut conn) };
+        if state != sys::duckdb_state_DuckDBSuccess || conn.is_null() {
+            return Err(DbError::Duck("arrowport could not open a connection to the database".into()));
+        }
+        Ok(RawConn(conn))
+    }
+
+    /// Runs one statement; returns the number of rows it changed.
+    pub fn execute(&mut self, sql: &str) -> Result<u64, DbError> {
+        self.run(sql, |res| {
+            // SAFETY: `res` is a successful, live result.
+            Ok(unsafe { sys::duckdb_rows_changed(res) })
+        })
+    }
+
+    /// Runs a query and returns every value as text (NULL as `None`). For small catalog queries only.
+    pub fn query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, DbError> {
+        self.run(sql, |res| {
+            // SAFETY: `res` is a successful, live, materialized result; indexes stay within its bounds.
+            unsafe {
+                let rows = sys::duckdb_row_count(res);
+                let cols = sys::duckdb_column_count(res);
+                let mut out = Vec::with_capacity(rows as usize);
+                for r in 0..rows {
+                    let mut row = Vec::with_capacity(cols as usize);
+                    for c in 0..cols {
+                        if sys::duckdb_value_is_null(res, c, r) {
+                            row.push(None);
+                            continue;
+                        }
+                        let p = sys::duckdb_value_varchar(res, c, r);
+                        if p.is_null() {
+                            row.push(None);
+                        } else {
+                            row.push(Some(CStr::from_ptr(p).to_string_lossy().into_owned()));
+                            sys::duckdb_free(p.cast());
+                        }
+                    }
+                    out.push(row);
+                }
+                Ok(out)
+            }
+        })
+    }
+
+    fn run<T>(&mut self, sql: &str, f: impl FnOnce(*mut sys::duckdb_result) -> Result<T, DbError>) -> Result<T, DbError> {
+        let text = CString::new(sql).map_err(|_| DbError::Duck("SQL text contains a NUL byte".into()))?;
+        // SAFETY: duckdb_result is a plain C struct; all-zero is its documented initial state.
+        let mut res: sys::duckdb_result = unsafe { std::mem::zeroed() };
+        // SAFETY: self.0 is a live connection used by this thread only; text and res outlive the call.
+        let state = unsafe { sys::duckdb_query(self.0, text.as_ptr(), &mut res) };
+        let out = if state == sys::duckdb_state_DuckDBSuccess {
+            f(&mut res)
+        } else {
+            // SAFETY: the error pointer is owned by `res` and read before it is destroyed.
+            let msg = unsafe {
+                let p = sys::duckdb_result_error(&mut res);
+                if p.is_null() { String::new() } else { CStr::from_ptr(p).to_string_lossy().into_owned() }
+            };
+            Err(DbError::Duck(if msg.is_empty() { format!("DuckDB failed to run: {sql}") } else { msg }))
+        };
+        // SAFETY: `res` was filled by duckdb_query (success or failure) and is destroyed exactly once.
+        unsafe { sys::duckdb_destroy_result(&mut res) };
+        out
+    }
+
+    /// Creates the view `name` (in the connection's current catalog) over DuckDB's Arrow scan of `stream`.
+    /// The stream must outlive every statement that reads the view; drop the view before the stream.
+    pub fn create_scan_view(&mut self, name: &str, stream: &mut ScanStream) -> Result<(), DbError> {
+        let text = CString::new(name).map_err(|_| DbError::Duck("view name contains a NUL byte".into()))?;
+        // SAFETY: self.0 is live and ours; stream.raw is a boxed ArrowArrayStream whose address is stable and
+        // which outlives the view (the caller's contract). DuckDB copies the callbacks and never releases it.
+        let state = unsafe {
+            sys::duckdb_arrow_scan(self.0, text.as_ptr(), (&mut *stream.raw as *mut FFI_ArrowArrayStream).cast())
+        };
+        if state == sys::duckdb_state_DuckDBSuccess {
+            Ok(())
+        } else {
+            Err(DbError::Duck(stream.take_error().unwrap_or_else(|| "DuckDB could not scan the Arrow stream".into())))
+        }
+    }
+
+    /// The Arrow schema DuckDB would produce for the result of `sql` (run it with `LIMIT 0`).
+    pub fn arrow_schema_of(&mut self, sql: &str) -> Result<Schema, DbError> {
+        let text = CString::new(sql).map_err(|_| DbError::Duck("SQL text contains a NUL byte".into()))?;
+        let mut res: sys::duckdb_arrow = std::ptr::null_mut();
+        // SAFETY: self.0 is live and ours; `res` is destroyed exactly once below whatever the outcome.
+        unsafe {
+            let state = sys::duckdb_query_arrow(self.0, text.as_ptr(), &mut res);
+            let out = if state != sys::duckdb_state_DuckDBSuccess {
+                let p = sys::duckdb_query_arrow_error(res);
+                Err(DbError::Duck(if p.is_null() { "query failed".into() } else { CStr::from_ptr(p).to_string_lossy().into_owned() }))
+            } else {
+                let mut schema = FFI_ArrowSchema::empty();
+                let mut ptr = (&mut schema as *mut FFI_ArrowSchema).cast::<sys::_duckdb_arrow_schema>();
+                if sys::duckdb_query_arrow_schema(res, &mut ptr) != sys::duckdb_state_DuckDBSuccess {
+                    Err(DbError::Duck("DuckDB could not describe the result as Arrow".into()))
+                } else {
+                    Schema::try_from(&schema).map_err(|e| DbError::Duck(e.to_string()))
+                }
+            };
+            sys::duckdb_destroy_arrow(&mut res);
+            out
+        }
+    }
+}
+
+impl Drop for RawConn {
+    fn drop(&mut self) {
+        // SAFETY: self.0 was opened by duckdb_connect and is disconnected exactly once.
+        unsafe { sys::duckdb_disconnect(&mut self.0) };
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Arrow C stream for DuckDB's Arrow scan
+// ---------------------------------------------------------------------------------------------------------------
+
+/// A source of record batches that DuckDB pulls from (on its own threads, one call at a time).
+pub trait BatchPull: Send {
+    /// The next batch, `Ok(None)` at the end, or an error message that fails the scan.
+    fn next_batch(&mut self) -> Result<Option<RecordBatch>, String>;
+}
+
+struct ScanPrivate {
+    schema: SchemaRef,
+    pull: Mutex<Box<dyn BatchPull>>,
+    /// Every schema handed to DuckDB. DuckDB never releases the schemas it asks a scanned stream for (it nulls
+    /// their release callbacks), so we hand out borrowed copies and free the originals with the stream.
+    exported: Mutex<Vec<Box<FFI_ArrowSchema>>>,
+    last_error: Mutex<Option<CString>>,
+}
+
+/// An `ArrowArrayStream` over a [`BatchPull`], for [`RawConn::create_scan_view`].
+pub struct ScanStream {
+    raw: Box<FFI_ArrowArrayStream>,
+    private: *mut ScanPrivate,
+}
+
+// SAFETY: the private data is only touched through its mutexes; the raw stream is only used by DuckDB while
+// the owning thread waits in a query.
+unsafe impl Send for ScanStream {}
+
+impl ScanStream {
+    pub fn new(schema: SchemaRef, pull: Box<dyn BatchPull>) -> ScanStream {
+        let private = Box::into_raw(Box::new(ScanPrivate {
+            schema,
+            pull: Mutex::new(pull),
+            exported: Mutex::new(Vec::new()),
+            last_error: Mutex::new(None),
+        }));
+        // SAFETY: the callbacks below match the C stream ABI and only read `private`, which lives until Drop.
+        // `release` is a no-op: DuckDB does not own this stream; we free it in Drop.
+        let raw = unsafe {
+            FFI_ArrowArrayStream::new_unchecked(
+                Some(stream_get_schema),
+                Some(stream_get_next),
+                Some(stream_get_last_error),
+                Some(stream_release_noop),
+                private.cast(),
+            )
+        };
+        ScanStream { raw: Box::new(raw), private }
+    }
+
+    fn take_error(&self) -> Option<String> {
+        // SAFETY: `private` is live until Drop.
+        let p = unsafe { &*self.private };
+        p.last_error.lock().ok()?.take().map(|c| c.to_string_lossy().into_owned())
+    }
+}
+
+impl Drop for ScanStream {
+    fn drop(&mut self) {
+        // SAFETY: DuckDB no longer references the stream (the view is dropped and no statement runs); the
+        // private data was made by Box::into_raw in `new` and is freed exactly once.
+        unsafe {
+            drop(Box::from_raw(self.private));
+        }
+    }
+}
+
+/// Mirror of the C `ArrowSchema` struct, to hand DuckDB a copy whose `release` does nothing.
+#[repr(C)]
+struct CArrowSchema {
+    format: *const c_char,
+    name: *const c_char,
+    metadata: *const c_char,
+    flags: i64,
+    n_children: i64,
+    children: *mut *mut CArrowSchema,
+    dictionary: *mut CArrowSchema,
+    release: Option<unsafe extern "C" fn(*mut CArrowSchema)>,
+    private_data: *mut c_void,
+}
+
+unsafe extern "C" fn schema_release_noop(schema: *mut CArrowSchema) {
+    if !schema.is_null() {
+        // SAFETY: DuckDB passes the struct we filled.
+        unsafe { (*schema).release = None };
+    }
+}
+
+unsafe extern "C" fn stream_release_noop(_: *mut FFI_ArrowArrayStream) {}
+
+/// # Safety
+/// `stream` is one of ours (its private data is a live ScanPrivate).
+unsafe fn private_of<'a>(stream: *mut FFI_ArrowArrayStream) -> &'a ScanPrivate {
+    // SAFETY: per the contract; the private pointer sits in the last field of the C struct.
+    unsafe {
+        let fields = stream.cast::<[*mut c_void; 5]>();
+        &*((*fields)[4].cast::<ScanPrivate>())
+    }
+}
+
+fn remember_error(p: &ScanPrivate, msg: String) -> c_int {
+    if let Ok(mut slot) = p.last_error.lock() {
+        *slot = Some(CString::new(msg.replace('\0', " ")).unwrap_or_default());
+    }
+    5 // EIO
+}
+
+unsafe extern "C" fn stream_get_schema(stream: *mut FFI_ArrowArrayStream, out: *mut FFI_ArrowSchema) -> c_int {
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: DuckDB calls us with our stream and a writable out pointer.
+        let p = unsafe { private_of(stream) };
+        let owned = match FFI_ArrowSchema::try_from(p.schema.as_ref()) {
+            Ok(s) => Box::new(s),
+            Err(e) => return remember_error(p, e.to_string()),
+        };
+        // SAFETY: FFI_ArrowSchema is the C ArrowSchema (repr C, same fields as CArrowSchema). `out` receives a
+        // bitwise copy that borrows `owned`'s strings and children; its release only clears itself, and `owned`
+        // stays in `exported` until the stream is dropped, after DuckDB's last use.
+        unsafe {
+            std::ptr::copy_nonoverlapping((&*owned as *const FFI_ArrowSchema).cast::<CArrowSchema>(), out.cast::<CArrowSchema>(), 1);
+            (*out.cast::<CArrowSchema>()).release = Some(schema_release_noop);
+        }
+        match p.exported.lock() {
+            Ok(mut v) => v.push(owned),
+            Err(_) => std::mem::forget(owned),
+        }
+        0
+    }));
+    result.unwrap_or(5)
+}
+
+unsafe extern "C" fn stream_get_next(stream: *mut FFI_ArrowArrayStream, out: *mut FFI_ArrowArray) -> c_int {
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: DuckDB calls us with our stream and a writable out pointer.
+        let p = unsafe { private_of(stream) };
+        let next = match p.pull.lock() {
+            Ok(mut pull) => pull.next_batch(),
+            Err(_) => Err("arrowport: batch source poisoned".to_string()),
+        };
+        match next {
+            Ok(Some(batch)) => {
+                let array = StructArray::from(batch);
+                let ffi = FFI_ArrowArray::new(&array.to_data());
+                // SAFETY: `out` is writable; DuckDB takes ownership and calls the array's release.
+                unsafe { std::ptr::write(out, ffi) };
+                0
+            }
+            Ok(None) => {
+                // SAFETY: as above; an array with no release callback marks the end of the stream.
+                unsafe { std::ptr::write(out, FFI_ArrowArray::empty()) };
+                0
+            }
+            Err(msg) => remember_error(p, msg),
+        }
+    }));
+    result.unwrap_or(5)
+}
+
+unsafe extern "C" fn stream_get_last_error(stream: *mut FFI_ArrowArrayStream) -> *const c_char {
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: DuckDB calls us with our stream.
+        let p = unsafe { private_of(stream) };
+        match p.last_error.lock() {
+            // The CString stays in the slot, so the pointer lives until the next error or the drop.
+            Ok(slot) => slot.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+            Err(_) => std::ptr::null(),
+        }
+    }));
+    result.unwrap_or(std::ptr::null())
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// SQL function plumbing
+// ---------------------------------------------------------------------------------------------------------------
+
+/// The text in row `row` of VARCHAR column `col` of a scalar function's input (`None` for NULL).
+pub fn varchar_arg(input: &duckdb::core::DataChunkHandle, col: usize, row: usize) -> Option<String> {
+    let vector = input.flat_vector(col);
+    if vector.row_is_null(row as u64) {
+        return None;
+    }
+    // SAFETY: the column is declared VARCHAR in the function's signature, so its data is `row < len` string
+    // structs; DuckString reads (inlined or pointed-to) bytes DuckDB keeps alive for the call.
+    unsafe {
+        let strings = vector.as_slice_with_len::<sys::duckdb_string_t>(input.len());
+        let mut s = strings[row];
+        Some(duckdb::types::DuckString::new(&mut s).as_str().into_owned())
+    }
+}
+
+/// Writes `value` into row `row` of a BIGINT output vector.
+pub fn set_bigint(output: &mut duckdb::core::FlatVector<'_>, row: usize, value: i64) {
+    // SAFETY: the vector is the function's BIGINT output, with capacity for every input row (`row` is one).
+    unsafe { output.as_mut_slice::<i64>()[row] = value };
+}
+
+/// The extra info a table function was registered with.
+pub fn bind_extra<T>(info: &duckdb::vtab::BindInfo) -> Option<&T> {
+    let p = info.get_extra_info::<T>();
+    // SAFETY: registered with register_table_function_with_extra_info::<_, T>, so the pointer is a live T owned by
+    // DuckDB's catalog for as long as the function exists, which outlives any bind call.
+    if p.is_null() { None } else { Some(unsafe { &*p }) }
+}
+
+/// Writes `value` into row `row` of a DOUBLE output vector.
+pub fn set_double(output: &mut duckdb::core::FlatVector<'_>, row: usize, value: f64) {
+    // SAFETY: the vector is a DOUBLE output column with capacity for `row`.
+    unsafe { output.as_mut_slice::<f64>()[row] = value };
+}

@@ -1,0 +1,243 @@
+//! Arrow Flight over gRPC: a thin adapter from `FlightService` calls to the ingest core.
+//!
+//! `DoPut` reads the descriptor from the first message (PATH `[stream]`, or CMD holding the original service's
+//! JSON `{"stream_name": "..."}`), hands the whole message stream, first message included (it carries the
+//! schema), to arrow-flight's decoder, and the decoded schema and batches to `ingest::Core`. The single
+//! `PutResult` is sent only after commit. `ListFlights`, `GetFlightInfo` and `GetSchema` describe the tables
+//! streams land in. Errors become gRPC statuses through `error::grpc_code`; nothing here touches DuckDB.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arrow::ipc::writer::IpcWriteOptions;
+use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_descriptor::DescriptorType;
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo, HandshakeRequest, HandshakeResponse,
+    PollInfo, PutResult, SchemaAsIpc, SchemaResult, Ticket,
+};
+use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::grpc_code;
+use crate::ingest::{Core, Incoming, IngestError, Sink};
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// The Flight service of one listener.
+pub struct FlightAdapter<S: Sink> {
+    core: Arc<Core<S>>,
+}
+
+impl<S: Sink> FlightAdapter<S> {
+    pub fn new(core: Arc<Core<S>>) -> Self {
+        FlightAdapter { core }
+    }
+}
+
+/// An ingest failure as a gRPC status; DuckDB's text stays in the message, internal causes do not.
+pub fn status_of(e: &IngestError) -> Status {
+    let message = match e {
+        IngestError::Internal(cause) => {
+            eprintln!("arrowport: internal error: {cause}");
+            e.to_string()
+        }
+        other => other.to_string(),
+    };
+    Status::new(grpc_code(e.code()), message)
+}
+
+/// The stream a descriptor names.
+pub fn stream_of(descriptor: &FlightDescriptor) -> Result<String, IngestError> {
+    match DescriptorType::try_from(descriptor.r#type) {
+        Ok(DescriptorType::Path) => match descriptor.path.as_slice() {
+            [name] => Ok(name.clone()),
+            [] => Err(IngestError::BadInput("the PATH descriptor is empty; send [stream_name]".into())),
+            _ => Err(IngestError::BadInput(format!(
+                "the PATH descriptor has {} elements; send exactly one, the stream name",
+                descriptor.path.len()
+            ))),
+        },
+        Ok(DescriptorType::Cmd) => {
+            #[derive(serde::Deserialize)]
+            struct Cmd {
+                stream_name: String,
+            }
+            serde_json::from_slice::<Cmd>(&descriptor.cmd).map(|c| c.stream_name).map_err(|e| {
+                IngestError::BadInput(format!("the CMD descriptor is not JSON {{\"stream_name\": \"...\"}}: {e}"))
+            })
+        }
+        _ => Err(IngestError::BadInput(format!(
+            "unknown descriptor type {}; use PATH [stream_name] or CMD {{\"stream_name\": \"...\"}}",
+            descriptor.r#type
+        ))),
+    }
+}
+
+/// What a failed message read means for the request.
+fn transport_error(status: &Status) -> IngestError {
+    if status.code() == tonic::Code::OutOfRange && status.message().contains("message length too large") {
+        return IngestError::TooLarge(format!("a Flight message is over the listener's size limit: {}", status.message()));
+    }
+    match status.code() {
+        tonic::Code::Cancelled | tonic::Code::Unknown | tonic::Code::Unavailable => IngestError::Disconnected,
+        _ => IngestError::BadInput(format!("the Flight stream failed: {}", status.message())),
+    }
+}
+
+fn decode_error(e: FlightError) -> IngestError {
+    match e {
+        FlightError::Tonic(status) => transport_error(&status),
+        FlightError::Arrow(e) => IngestError::BadInput(format!("invalid Arrow IPC data: {e}")),
+        other => IngestError::BadInput(format!("invalid Arrow IPC data: {other}")),
+    }
+}
+
+impl<S: Sink> FlightAdapter<S> {
+    async fn put(&self, request: Request<Streaming<FlightData>>) -> Result<PutResult, IngestError> {
+        let mut input = request.into_inner();
+        let first = match input.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Err(IngestError::BadInput("DoPut carried no messages".into())),
+            Err(status) => return Err(transport_error(&status)),
+        };
+        let descriptor = first
+            .flight_descriptor
+            .clone()
+            .ok_or_else(|| IngestError::BadInput("the first DoPut message has no flight descriptor".into()))?;
+        let stream = stream_of(&descriptor)?;
+        let messages = futures::stream::once(async move { Ok(first) })
+            .chain(input.map_err(|status| FlightError::Tonic(Box::new(status))));
+        let items = FlightDataDecoder::new(messages).filter_map(|item| async move {
+            match item {
+                Ok(decoded) => match decoded.payload {
+                    DecodedPayload::None => None,
+                    DecodedPayload::Schema(s) => Some(Ok(Incoming::Schema(s))),
+                    DecodedPayload::RecordBatch(b) => Some(Ok(Incoming::Batch(b))),
+                },
+                Err(e) => Some(Err(decode_error(e))),
+            }
+        });
+        let report = self.core.ingest(&stream, Box::pin(items)).await?;
+        let app_metadata = serde_json::to_vec(&report).map_err(|e| IngestError::Internal(e.to_string()))?;
+        Ok(PutResult { app_metadata: app_metadata.into() })
+    }
+
+    async fn info(&self, descriptor: FlightDescriptor) -> Result<FlightInfo, IngestError> {
+        let stream = stream_of(&descriptor)?;
+        match self.core.describe(&stream).await? {
+            Some(schema) => FlightInfo::new()
+                .try_with_schema(&schema)
+                .map(|i| i.with_descriptor(descriptor).with_total_records(-1).with_total_bytes(-1))
+                .map_err(|e| IngestError::Internal(e.to_string())),
+            None => Err(IngestError::NotFound(format!("stream {stream:?} has no table yet (main.{stream})"))),
+        }
+    }
+}
+
+fn unimplemented(method: &str) -> Status {
+    Status::unimplemented(format!("arrowport does not implement Flight {method}; use DoPut to send data"))
+}
+
+/// Runs a handler, turning a panic into an internal error so it cannot take the listener down.
+async fn guarded<T>(f: impl Future<Output = Result<T, IngestError>>) -> Result<T, Status> {
+    match std::panic::AssertUnwindSafe(f).catch_unwind().await {
+        Ok(r) => r.map_err(|e| status_of(&e)),
+        Err(p) => Err(status_of(&IngestError::Internal(format!("handler panicked: {}", crate::ffi::panic_message(p.as_ref()))))),
+    }
+}
+
+#[tonic::async_trait]
+impl<S: Sink> FlightService for FlightAdapter<S> {
+    type HandshakeStream = BoxStream<HandshakeResponse>;
+    type ListFlightsStream = BoxStream<FlightInfo>;
+    type DoGetStream = BoxStream<FlightData>;
+    type DoPutStream = BoxStream<PutResult>;
+    type DoExchangeStream = BoxStream<FlightData>;
+    type DoActionStream = BoxStream<arrow_flight::Result>;
+    type ListActionsStream = BoxStream<ActionType>;
+
+    async fn handshake(&self, _: Request<Streaming<HandshakeRequest>>) -> Result<Response<Self::HandshakeStream>, Status> {
+        Err(unimplemented("Handshake"))
+    }
+
+    async fn list_flights(&self, _: Request<Criteria>) -> Result<Response<Self::ListFlightsStream>, Status> {
+        let tables = guarded(self.core.list()).await?;
+        let mut infos = Vec::with_capacity(tables.len());
+        for (name, schema) in tables {
+            let info = FlightInfo::new()
+                .try_with_schema(&schema)
+                .map_err(|e| status_of(&IngestError::Internal(e.to_string())))?
+                .with_descriptor(FlightDescriptor::new_path(vec![name]))
+                .with_total_records(-1)
+                .with_total_bytes(-1);
+            infos.push(Ok(info));
+        }
+        Ok(Response::new(Box::pin(futures::stream::iter(infos))))
+    }
+
+    async fn get_flight_info(&self, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
+        guarded(self.info(request.into_inner())).await.map(Response::new)
+    }
+
+    async fn poll_flight_info(&self, _: Request<FlightDescriptor>) -> Result<Response<PollInfo>, Status> {
+        Err(unimplemented("PollFlightInfo"))
+    }
+
+    async fn get_schema(&self, request: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
+        let info = guarded(self.info(request.into_inner())).await?;
+        let schema = info.try_decode_schema().map_err(|e| status_of(&IngestError::Internal(e.to_string())))?;
+        let result: SchemaResult = SchemaAsIpc::new(&schema, &IpcWriteOptions::default())
+            .try_into()
+            .map_err(|e: arrow::error::ArrowError| status_of(&IngestError::Internal(e.to_string())))?;
+        Ok(Response::new(result))
+    }
+
+    async fn do_get(&self, _: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
+        Err(unimplemented("DoGet"))
+    }
+
+    async fn do_put(&self, request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
+        let result = guarded(self.put(request)).await?;
+        Ok(Response::new(Box::pin(futures::stream::once(async move { Ok(result) }))))
+    }
+
+    async fn do_exchange(&self, _: Request<Streaming<FlightData>>) -> Result<Response<Self::DoExchangeStream>, Status> {
+        Err(unimplemented("DoExchange"))
+    }
+
+    async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
+        Err(unimplemented(&format!("DoAction {:?}", request.get_ref().r#type)))
+    }
+
+    async fn list_actions(&self, _: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {
+        Ok(Response::new(Box::pin(futures::stream::empty())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptors_name_their_stream() {
+        assert_eq!(stream_of(&FlightDescriptor::new_path(vec!["events".into()])).unwrap(), "events");
+        assert_eq!(stream_of(&FlightDescriptor::new_cmd(r#"{"stream_name": "clicks"}"#)).unwrap(), "clicks");
+        let e = stream_of(&FlightDescriptor::new_cmd("SELECT 1")).unwrap_err();
+        assert!(e.to_string().starts_with("the CMD descriptor is not JSON"), "{e}");
+        let e = stream_of(&FlightDescriptor::new_path(vec!["a".into(), "b".into()])).unwrap_err();
+        assert!(e.to_string().contains("has 2 elements"), "{e}");
+        let mut unknown = FlightDescriptor::new_path(vec!["x".into()]);
+        unknown.r#type = 0;
+        assert!(stream_of(&unknown).unwrap_err().to_string().starts_with("unknown descriptor type 0"));
+    }
+
+    #[test]
+    fn oversized_messages_are_resource_exhausted() {
+        let s = Status::out_of_range("Error, decoded message length too large: found 300 bytes, the limit is: 100 bytes");
+        let e = transport_error(&s);
+        assert_eq!(status_of(&e).code(), tonic::Code::ResourceExhausted);
+    }
+}

@@ -1,0 +1,496 @@
+//! The ingest core, shared by every protocol: decoded Arrow in, one committed transaction out.
+//!
+//! A protocol adapter hands [`Core::ingest`] a stream name and a stream of [`Incoming`] items (the schema
+//! first, then batches). The core resolves the target, checks the schema, checks out a writer thread, and
+//! pumps batches to it through a small bounded channel, so a slow DuckDB slows the sender instead of queueing
+//! memory. The writer (a [`Sink`], in production `writer::DuckSink`) writes everything in one transaction and
+//! commits only after the adapter's stream ended cleanly; any failure, cancellation or disconnect rolls back.
+//!
+//! The end of a request is explicit: the pump sends [`Msg::End`] only when the input ended normally. A writer
+//! that sees its channel close without `End` treats it as a disconnect and rolls back, so an aborted task can
+//! never commit half a request. This module runs no SQL and knows no protocol.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{Schema, SchemaRef};
+use futures::{Stream, StreamExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Code;
+use crate::registry::{self, Target};
+use crate::schema;
+
+/// Batches buffered between the network and a writer. Small on purpose: it bounds memory per request.
+const QUEUE_DEPTH: usize = 4;
+
+/// How long a request waits for a free writer before it is answered "busy".
+const WRITER_WAIT: Duration = Duration::from_secs(30);
+
+/// One decoded item of an incoming Arrow stream.
+#[derive(Debug)]
+pub enum Incoming {
+    Schema(SchemaRef),
+    Batch(RecordBatch),
+}
+
+/// Why a request did not commit. Messages are written for the client.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IngestError {
+    #[error("{0}")]
+    BadInput(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("arrowport is stopping; the request was rolled back and nothing was written")]
+    Stopping,
+    #[error("the client went away before the end of the stream; nothing was written")]
+    Disconnected,
+    #[error("all {0} writers are busy; retry later")]
+    Busy(usize),
+    #[error("{0}")]
+    Db(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl IngestError {
+    pub fn code(&self) -> Code {
+        match self {
+            IngestError::BadInput(_) | IngestError::Unsupported(_) => Code::InvalidInput,
+            IngestError::TooLarge(_) => Code::TooLarge,
+            IngestError::Conflict(_) => Code::Conflict,
+            IngestError::NotFound(_) => Code::NotFound,
+            IngestError::Stopping => Code::Stopping,
+            IngestError::Disconnected => Code::InvalidInput,
+            IngestError::Busy(_) => Code::Busy,
+            IngestError::Db(msg) => db_code(msg),
+            IngestError::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+/// DuckDB's error text starts with its class; the data-shaped ones are the client's to fix.
+fn db_code(msg: &str) -> Code {
+    const DATA: [&str; 6] =
+        ["Constraint Error", "Conversion Error", "Invalid Input Error", "Catalog Error", "Binder Error", "Mismatch Type Error"];
+    if DATA.iter().any(|p| msg.starts_with(p)) { Code::Conflict } else { Code::Internal }
+}
+
+/// What a committed request wrote.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Report {
+    pub stream: String,
+    pub table: String,
+    pub rows: u64,
+    pub batches: u64,
+}
+
+/// What a writer reports after commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub rows: u64,
+}
+
+/// Messages from the network side to a writer.
+#[derive(Debug)]
+pub enum Msg {
+    Batch(RecordBatch),
+    /// The input ended normally: commit.
+    End,
+    /// The input failed: roll back with this error.
+    Fail(IngestError),
+}
+
+/// The writer's side of a request: a blocking source of batches.
+pub struct BatchRx {
+    rx: mpsc::Receiver<Msg>,
+    ended: bool,
+    batches: Arc<AtomicU64>,
+}
+
+impl BatchRx {
+    /// The next batch (blocking), `Ok(None)` after a clean end, or why the request must roll back.
+    pub fn next_batch(&mut self) -> Result<Option<RecordBatch>, IngestError> {
+        if self.ended {
+            return Ok(None);
+        }
+        match self.rx.blocking_recv() {
+            Some(Msg::Batch(b)) => {
+                self.batches.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(b))
+            }
+            Some(Msg::End) => {
+                self.ended = true;
+                Ok(None)
+            }
+            Some(Msg::Fail(e)) => Err(e),
+            None => Err(IngestError::Disconnected),
+        }
+    }
+}
+
+/// Writes one request into the database: everything or nothing. Runs on a writer thread; may block.
+pub trait Sink: Send + 'static {
+    fn write(&mut self, target: &Target, schema: SchemaRef, input: BatchRx) -> Result<Written, IngestError>;
+    /// The target's Arrow schema, `None` when it does not exist.
+    fn table_schema(&mut self, target: &Target) -> Result<Option<Schema>, IngestError>;
+    /// The tables unmapped streams land in, with their Arrow schemas.
+    fn list_tables(&mut self) -> Result<Vec<(String, Schema)>, IngestError>;
+}
+
+type Reply<T> = oneshot::Sender<Result<T, IngestError>>;
+
+enum Work {
+    Write { target: Target, schema: SchemaRef, input: BatchRx, reply: Reply<Written> },
+    Describe { target: Target, reply: Reply<Option<Schema>> },
+    List { reply: Reply<Vec<(String, Schema)>> },
+}
+
+struct Job {
+    work: Work,
+    _permit: OwnedSemaphorePermit,
+}
+
+fn guarded<T>(f: impl FnOnce() -> Result<T, IngestError>) -> Result<T, IngestError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|p| Err(IngestError::Internal(format!("writer panicked: {}", crate::ffi::panic_message(p.as_ref())))))
+}
+
+/// A fixed set of writer threads, each owning one sink (one DuckDB connection). A request holds a permit for
+/// the whole time a writer works for it, so a submitted job always finds a free thread.
+pub struct Writers<S: Sink> {
+    jobs: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+    permits: Arc<Semaphore>,
+    threads: Mutex<Vec<JoinHandle<S>>>,
+    size: usize,
+}
+
+impl<S: Sink> Writers<S> {
+    pub fn start(sinks: Vec<S>) -> std::io::Result<Writers<S>> {
+        let size = sinks.len();
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let mut threads = Vec::with_capacity(size);
+        for (i, mut sink) in sinks.into_iter().enumerate() {
+            let rx = Arc::clone(&rx);
+            let handle = std::thread::Builder::new().name(format!("arrowport-writer-{i}")).spawn(move || {
+                loop {
+                    let job = match rx.lock() {
+                        Ok(guard) => guard.recv(),
+                        Err(_) => break,
+                    };
+                    let Ok(job) = job else { break };
+                    match job.work {
+                        Work::Write { target, schema, input, reply } => {
+                            let _ = reply.send(guarded(|| sink.write(&target, schema, input)));
+                        }
+                        Work::Describe { target, reply } => {
+                            let _ = reply.send(guarded(|| sink.table_schema(&target)));
+                        }
+                        Work::List { reply } => {
+                            let _ = reply.send(guarded(|| sink.list_tables()));
+                        }
+                    }
+                }
+                sink
+            })?;
+            threads.push(handle);
+        }
+        Ok(Writers { jobs: Mutex::new(Some(tx)), permits: Arc::new(Semaphore::new(size)), threads: Mutex::new(threads), size })
+    }
+
+    /// Stops taking jobs, waits for the running ones, joins the threads and gives the sinks back.
+    pub fn stop(&self) -> Vec<S> {
+        self.permits.close();
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.take();
+        }
+        let threads = self.threads.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default();
+        threads.into_iter().filter_map(|t| t.join().ok()).collect()
+    }
+
+    fn submit(&self, job: Job) -> Result<(), IngestError> {
+        let jobs = self.jobs.lock().map_err(|_| IngestError::Internal("writer queue poisoned".into()))?;
+        match jobs.as_ref() {
+            Some(tx) => tx.send(job).map_err(|_| IngestError::Stopping),
+            None => Err(IngestError::Stopping),
+        }
+    }
+}
+
+/// The object protocol adapters call.
+pub struct Core<S: Sink> {
+    writers: Writers<S>,
+    cancel: CancellationToken,
+    active: AtomicUsize,
+}
+
+/// Counts a request as in flight while it lives.
+struct Active<'a>(&'a AtomicUsize);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl<S: Sink> Core<S> {
+    pub fn new(writers: Writers<S>, cancel: CancellationToken) -> Core<S> {
+        Core { writers, cancel, active: AtomicUsize::new(0) }
+    }
+
+    /// Requests being received or written right now.
+    pub fn in_flight(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    pub fn writers(&self) -> &Writers<S> {
+        &self.writers
+    }
+
+    /// Lands one request: the schema first, then batches, all in one transaction. Returns after commit.
+    pub async fn ingest<I>(&self, stream: &str, mut input: I) -> Result<Report, IngestError>
+    where
+        I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
+    {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        let _active = Active(&self.active);
+        let target = registry::resolve(stream).map_err(IngestError::BadInput)?;
+        let schema = match self.next_or_cancel(&mut input).await? {
+            Some(Incoming::Schema(s)) => s,
+            Some(Incoming::Batch(_)) => return Err(IngestError::BadInput("the stream sent a batch before its schema".into())),
+            None => return Err(IngestError::BadInput("the stream ended before it sent a schema".into())),
+        };
+        schema::check_supported(&schema).map_err(IngestError::Unsupported)?;
+
+        let permit = self.permit().await?;
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let batches = Arc::new(AtomicU64::new(0));
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let batch_rx = BatchRx { rx, ended: false, batches: Arc::clone(&batches) };
+        let work = Work::Write { target: target.clone(), schema: Arc::clone(&schema), input: batch_rx, reply: reply_tx };
+        self.writers.submit(Job { work, _permit: permit })?;
+
+        let pumped = self.pump(&mut input, &tx, &schema).await;
+        let last = match &pumped {
+            Ok(()) => Msg::End,
+            Err(e) => Msg::Fail(e.clone()),
+        };
+        // The writer may already have finished (it failed early); then it ignores this.
+        let _ = tx.send(last).await;
+        drop(tx);
+        let written = reply_rx.await.map_err(|_| IngestError::Internal("the writer went away".into()));
+        // A failure of the input is the cause; the writer's error is only its echo.
+        pumped?;
+        let written = written??;
+        Ok(Report { stream: stream.to_string(), table: target.display(), rows: written.rows, batches: batches.load(Ordering::Relaxed) })
+    }
+
+    /// The Arrow schema of the table a stream lands in; `None` when that table does not exist yet.
+    pub async fn describe(&self, stream: &str) -> Result<Option<Schema>, IngestError> {
+        let target = registry::resolve(stream).map_err(IngestError::BadInput)?;
+        let (reply, rx) = oneshot::channel();
+        self.call(Work::Describe { target, reply }, rx).await
+    }
+
+    /// Every table an unmapped stream name lands in, with its Arrow schema.
+    pub async fn list(&self) -> Result<Vec<(String, Schema)>, IngestError> {
+        let (reply, rx) = oneshot::channel();
+        self.call(Work::List { reply }, rx).await
+    }
+
+    async fn call<T>(&self, work: Work, rx: oneshot::Receiver<Result<T, IngestError>>) -> Result<T, IngestError> {
+        let permit = self.permit().await?;
+        self.writers.submit(Job { work, _permit: permit })?;
+        rx.await.map_err(|_| IngestError::Internal("the writer went away".into()))?
+    }
+
+    async fn permit(&self) -> Result<OwnedSemaphorePermit, IngestError> {
+        tokio::select! {
+            _ = self.cancel.cancelled() => Err(IngestError::Stopping),
+            p = tokio::time::timeout(WRITER_WAIT, Arc::clone(&self.writers.permits).acquire_owned()) => match p {
+                Ok(Ok(p)) => Ok(p),
+                Ok(Err(_)) => Err(IngestError::Stopping),
+                Err(_) => Err(IngestError::Busy(self.writers.size)),
+            },
+        }
+    }
+
+    async fn next_or_cancel<I>(&self, input: &mut I) -> Result<Option<Incoming>, IngestError>
+    where
+        I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
+    {
+        tokio::select! {
+            _ = self.cancel.cancelled() => Err(IngestError::Stopping),
+            item = input.next() => item.transpose(),
+        }
+    }
+
+    /// Moves batches from the input to the writer until the input ends (Ok) or fails (Err). Returns Ok early
+    /// when the writer stopped reading: its reply carries the reason.
+    async fn pump<I>(&self, input: &mut I, tx: &mpsc::Sender<Msg>, schema: &SchemaRef) -> Result<(), IngestError>
+    where
+        I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
+    {
+        loop {
+            match self.next_or_cancel(input).await? {
+                None => return Ok(()),
+                Some(Incoming::Schema(s)) => {
+                    if s.fields() != schema.fields() {
+                        return Err(IngestError::BadInput("the schema changed in the middle of the stream".into()));
+                    }
+                }
+                Some(Incoming::Batch(b)) => {
+                    if b.num_rows() == 0 {
+                        continue;
+                    }
+                    let sent = tokio::select! {
+                        _ = self.cancel.cancelled() => return Err(IngestError::Stopping),
+                        r = tx.send(Msg::Batch(b)) => r,
+                    };
+                    if sent.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+    use futures::stream;
+
+    /// A sink that keeps what it was given and "commits" only at a clean end.
+    #[derive(Default)]
+    struct Fake {
+        committed: Arc<Mutex<Vec<(String, u64)>>>,
+    }
+
+    impl Sink for Fake {
+        fn write(&mut self, target: &Target, _schema: SchemaRef, mut input: BatchRx) -> Result<Written, IngestError> {
+            let mut rows = 0;
+            while let Some(b) = input.next_batch()? {
+                rows += b.num_rows() as u64;
+            }
+            self.committed.lock().unwrap().push((target.table.clone(), rows));
+            Ok(Written { rows })
+        }
+
+        fn table_schema(&mut self, _: &Target) -> Result<Option<Schema>, IngestError> {
+            Ok(None)
+        }
+
+        fn list_tables(&mut self) -> Result<Vec<(String, Schema)>, IngestError> {
+            Ok(vec![])
+        }
+    }
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]))
+    }
+
+    fn batch(n: i64) -> RecordBatch {
+        RecordBatch::try_new(schema(), vec![Arc::new(Int64Array::from_iter_values(0..n))]).unwrap()
+    }
+
+    fn core(committed: &Arc<Mutex<Vec<(String, u64)>>>) -> Core<Fake> {
+        let sinks = (0..2).map(|_| Fake { committed: Arc::clone(committed) }).collect();
+        Core::new(Writers::start(sinks).unwrap(), CancellationToken::new())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_clean_stream_commits_every_row() {
+        let committed = Arc::default();
+        let core = core(&committed);
+        let items = vec![Ok(Incoming::Schema(schema())), Ok(Incoming::Batch(batch(3))), Ok(Incoming::Batch(batch(4)))];
+        let report = core.ingest("events", stream::iter(items)).await.unwrap();
+        assert_eq!(report, Report { stream: "events".into(), table: "main.events".into(), rows: 7, batches: 2 });
+        assert_eq!(*committed.lock().unwrap(), vec![("events".to_string(), 7)]);
+        assert_eq!(core.writers().stop().len(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_stream_commits_nothing_and_reports_the_input_error() {
+        let committed = Arc::default();
+        let core = core(&committed);
+        let items = vec![
+            Ok(Incoming::Schema(schema())),
+            Ok(Incoming::Batch(batch(3))),
+            Err(IngestError::BadInput("truncated IPC message".into())),
+        ];
+        let err = core.ingest("events", stream::iter(items)).await.unwrap_err();
+        assert_eq!(err.to_string(), "truncated IPC message");
+        assert!(committed.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_schema_change_mid_stream_is_refused() {
+        let committed = Arc::default();
+        let core = core(&committed);
+        let other = Arc::new(Schema::new(vec![Field::new("x", DataType::Utf8, true)]));
+        let items = vec![Ok(Incoming::Schema(schema())), Ok(Incoming::Batch(batch(3))), Ok(Incoming::Schema(other))];
+        let err = core.ingest("events", stream::iter(items)).await.unwrap_err();
+        assert!(err.to_string().contains("schema changed"), "{err}");
+        assert_eq!(err.code(), Code::InvalidInput);
+        assert!(committed.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cancellation_rolls_back_a_waiting_request() {
+        let committed = Arc::default();
+        let core = Arc::new(core(&committed));
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        tx.unbounded_send(Ok(Incoming::Schema(schema()))).unwrap();
+        tx.unbounded_send(Ok(Incoming::Batch(batch(5)))).unwrap();
+        let c = Arc::clone(&core);
+        let task = tokio::spawn(async move { c.ingest("events", rx).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        core.cancel.cancel();
+        let err = task.await.unwrap().unwrap_err();
+        assert!(matches!(err, IngestError::Stopping), "{err:?}");
+        assert!(committed.lock().unwrap().is_empty());
+        drop(tx);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_producer_is_a_disconnect_not_a_commit() {
+        let (tx, rx) = mpsc::channel(1);
+        let mut input = BatchRx { rx, ended: false, batches: Arc::default() };
+        tx.send(Msg::Batch(batch(1))).await.unwrap();
+        drop(tx);
+        let got = tokio::task::spawn_blocking(move || (input.next_batch().map(|b| b.is_some()), input.next_batch().map(|_| ())))
+            .await
+            .unwrap();
+        assert!(matches!(got.0, Ok(true)));
+        assert!(matches!(got.1, Err(IngestError::Disconnected)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unsupported_types_are_refused_before_any_write() {
+        let committed = Arc::default();
+        let core = core(&committed);
+        let s = Arc::new(Schema::new(vec![Field::new("h", DataType::Float16, true)]));
+        let err = core.ingest("events", stream::iter(vec![Ok(Incoming::Schema(s))])).await.unwrap_err();
+        assert!(err.to_string().contains("column \"h\""), "{err}");
+    }
+
+    #[test]
+    fn duckdb_errors_are_classified_by_their_class() {
+        assert_eq!(IngestError::Db("Constraint Error: NOT NULL constraint failed".into()).code(), Code::Conflict);
+        assert_eq!(IngestError::Db("IO Error: disk full".into()).code(), Code::Internal);
+    }
+}

@@ -1,0 +1,38 @@
+//! arrowport: a DuckDB extension that lands Arrow data sent over the network straight into the host database.
+//!
+//! `LOAD arrowport; SELECT arrowport_listen('127.0.0.1:8815');` starts, inside the DuckDB process, a listener that
+//! takes Arrow Flight `DoPut` streams and writes each one into a table in one transaction.
+//!
+//! The modules, one concern each:
+//! - [`ffi`]: the only `unsafe` code: the C entrypoint, our DuckDB connections, the Arrow C stream DuckDB scans.
+//! - [`sql`]: the SQL functions (`arrowport_listen`, `arrowport_stop`, `arrowport_status`, `arrowport_version`).
+//! - [`server`]: the runtime, the writer threads, listeners, start and stop.
+//! - [`flight`]: the Arrow Flight protocol adapter.
+//! - [`ingest`]: the protocol-independent core: decoded Arrow in, one committed transaction out.
+//! - [`writer`]: the DuckDB side of a write (DuckDB's Arrow scan, the transaction, table creation).
+//! - [`registry`]: stream names and the tables they land in.
+//! - [`schema`]: which Arrow types DuckDB holds, SQL quoting, table fit checks.
+//! - [`error`]: the failure classes and their gRPC / HTTP statuses.
+#![deny(unsafe_code)]
+
+pub mod error;
+pub mod ffi;
+pub mod flight;
+pub mod ingest;
+pub mod registry;
+pub mod schema;
+pub mod server;
+pub mod sql;
+pub mod writer;
+
+use std::sync::Once;
+
+static AT_EXIT: Once = Once::new();
+
+/// Called by the entrypoint on `LOAD`, with our connections already open.
+pub fn init(ctx: ffi::LoadContext) -> Result<(), Box<dyn std::error::Error>> {
+    let host = server::Host::new(ctx.pool);
+    sql::register(&ctx.conn, host)?;
+    AT_EXIT.call_once(|| ffi::at_exit(server::stop_all_at_exit));
+    Ok(())
+}

@@ -1,0 +1,279 @@
+//! Listeners: a tokio runtime on threads of its own, the writer threads, and one port per listener that
+//! carries gRPC (Flight) and plain HTTP side by side.
+//!
+//! A [`Host`] belongs to one DuckDB database (the one arrowport was loaded into). The first `listen` readies the
+//! pooled connections, starts the writers and the runtime; `stop` cancels every listener, lets requests in
+//! flight roll back (or commit, if their stream had already ended), waits for them within [`DRAIN_LIMIT`], shuts
+//! the runtime down, joins the writer threads and keeps the connections for the next `listen`. The process's
+//! exit runs `stop` too (see [`stop_all_at_exit`]), so a host that exits with listeners running exits cleanly.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::IntoResponse;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Code;
+use crate::ffi::RawConn;
+use crate::flight::FlightAdapter;
+use crate::ingest::{Core, Writers};
+use crate::writer::{CreateLocks, DuckSink};
+
+/// Largest Flight message accepted by default (`max_message_bytes` changes it).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// How long `stop` waits for requests in flight before it aborts them (aborted requests roll back).
+const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+
+/// How long `stop` waits for the runtime's threads once the requests are done.
+const JOIN_LIMIT: Duration = Duration::from_secs(5);
+
+/// Threads of the network runtime. Decoding is cheap next to DuckDB's write (see README), so two suffice.
+const IO_THREADS: usize = 2;
+
+/// Why a listener could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("invalid listen address {0:?}: {1}")]
+    BadAddress(String, String),
+    #[error("arrowport is already listening on {0}")]
+    AlreadyListening(SocketAddr),
+    #[error("could not listen on {0}: {1}")]
+    Bind(SocketAddr, String),
+    #[error("invalid value for option {0}: {1}")]
+    BadOption(&'static str, String),
+    #[error("arrowport could not start: {0}")]
+    Start(String),
+}
+
+impl ListenError {
+    pub fn code(&self) -> Code {
+        match self {
+            ListenError::BadAddress(..) | ListenError::BadOption(..) => Code::InvalidInput,
+            ListenError::AlreadyListening(_) | ListenError::Bind(..) => Code::Conflict,
+            ListenError::Start(_) => Code::Internal,
+        }
+    }
+}
+
+/// Options of `arrowport_listen`.
+#[derive(Debug, Clone)]
+pub struct ListenOptions {
+    pub max_message_bytes: usize,
+}
+
+impl Default for ListenOptions {
+    fn default() -> Self {
+        ListenOptions { max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES }
+    }
+}
+
+/// One row of `arrowport_status()`.
+#[derive(Debug, Clone)]
+pub struct StatusRow {
+    pub protocol: &'static str,
+    pub address: String,
+    pub uptime_seconds: f64,
+    pub requests_in_flight: i64,
+}
+
+enum Pool {
+    /// Connections as the entrypoint opened them.
+    Raw(Vec<RawConn>),
+    /// Connections readied by an earlier listen.
+    Ready(Vec<DuckSink>),
+    /// Lent to a running writer pool.
+    Lent,
+}
+
+struct Listener {
+    protocol: &'static str,
+    addr: SocketAddr,
+    started: Instant,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct Running {
+    runtime: tokio::runtime::Runtime,
+    core: Arc<Core<DuckSink>>,
+    cancel: CancellationToken,
+    listeners: Vec<Listener>,
+}
+
+struct State {
+    pool: Pool,
+    running: Option<Running>,
+}
+
+/// arrowport's state for one host database.
+pub struct Host {
+    state: Mutex<State>,
+}
+
+static HOSTS: Mutex<Vec<Weak<Host>>> = Mutex::new(Vec::new());
+
+/// Stops every host's listeners; registered with `atexit` by the entrypoint.
+pub extern "C" fn stop_all_at_exit() {
+    let _ = std::panic::catch_unwind(|| {
+        let hosts: Vec<Arc<Host>> = HOSTS.lock().map(|h| h.iter().filter_map(Weak::upgrade).collect()).unwrap_or_default();
+        for host in hosts {
+            host.stop();
+        }
+    });
+}
+
+/// Parses `host:port`; an address with no host (`:8815`) means loopback.
+pub fn parse_addr(text: &str) -> Result<SocketAddr, ListenError> {
+    let full = if text.starts_with(':') { format!("127.0.0.1{text}") } else { text.to_string() };
+    let mut addrs = full.to_socket_addrs().map_err(|e| ListenError::BadAddress(text.to_string(), e.to_string()))?;
+    addrs.next().ok_or_else(|| ListenError::BadAddress(text.to_string(), "it resolves to no address".into()))
+}
+
+impl Host {
+    pub fn new(pool: Vec<RawConn>) -> Arc<Host> {
+        let host = Arc::new(Host { state: Mutex::new(State { pool: Pool::Raw(pool), running: None }) });
+        if let Ok(mut hosts) = HOSTS.lock() {
+            hosts.retain(|h| h.strong_count() > 0);
+            hosts.push(Arc::downgrade(&host));
+        }
+        host
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a listener; returns `(protocol, address)` rows with the bound address.
+    pub fn listen(&self, addr: &str, options: &ListenOptions) -> Result<Vec<(String, String)>, ListenError> {
+        let addr = parse_addr(addr)?;
+        if options.max_message_bytes == 0 {
+            return Err(ListenError::BadOption("max_message_bytes", "must be positive".into()));
+        }
+        let mut state = self.lock();
+        if state.running.is_none() {
+            let running = start(&mut state.pool)?;
+            state.running = Some(running);
+        }
+        let Some(running) = state.running.as_mut() else {
+            return Err(ListenError::Start("the runtime did not start".into()));
+        };
+        if addr.port() != 0 && running.listeners.iter().any(|l| l.addr == addr) {
+            return Err(ListenError::AlreadyListening(addr));
+        }
+        let listener = running.runtime.block_on(tokio::net::TcpListener::bind(addr)).map_err(|e| ListenError::Bind(addr, e.to_string()))?;
+        let bound = listener.local_addr().map_err(|e| ListenError::Bind(addr, e.to_string()))?;
+
+        let flight = FlightServiceServer::new(FlightAdapter::new(Arc::clone(&running.core)))
+            .max_decoding_message_size(options.max_message_bytes)
+            .max_encoding_message_size(options.max_message_bytes);
+        let app = tonic::service::Routes::new(flight).into_axum_router().fallback(not_found);
+        let shutdown = running.cancel.clone();
+        let task = running.runtime.spawn(async move {
+            let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+            if let Err(e) = served {
+                eprintln!("arrowport: listener on {bound} failed: {e}");
+            }
+        });
+        running.listeners.push(Listener { protocol: "flight", addr: bound, started: Instant::now(), task });
+        Ok(vec![("flight".to_string(), bound.to_string())])
+    }
+
+    /// Stops every listener and joins its threads; returns how many listeners were stopped.
+    pub fn stop(&self) -> usize {
+        let mut state = self.lock();
+        let Some(running) = state.running.take() else { return 0 };
+        let Running { runtime, core, cancel, listeners } = running;
+        let count = listeners.len();
+        cancel.cancel();
+        let tasks: Vec<_> = listeners.into_iter().map(|l| l.task).collect();
+        let _ = runtime.block_on(async { tokio::time::timeout(DRAIN_LIMIT, futures::future::join_all(tasks)).await });
+        runtime.shutdown_timeout(JOIN_LIMIT);
+        let sinks = core.writers().stop();
+        state.pool = Pool::Ready(sinks);
+        count
+    }
+
+    pub fn status(&self) -> Vec<StatusRow> {
+        let state = self.lock();
+        let Some(running) = state.running.as_ref() else { return vec![] };
+        let in_flight = running.core.in_flight() as i64;
+        running
+            .listeners
+            .iter()
+            .map(|l| StatusRow {
+                protocol: l.protocol,
+                address: l.addr.to_string(),
+                uptime_seconds: l.started.elapsed().as_secs_f64(),
+                requests_in_flight: in_flight,
+            })
+            .collect()
+    }
+}
+
+/// Readies the connections, starts the writers and the runtime.
+fn start(pool: &mut Pool) -> Result<Running, ListenError> {
+    let sinks = match std::mem::replace(pool, Pool::Lent) {
+        Pool::Ready(sinks) => sinks,
+        Pool::Raw(conns) => {
+            let locks = Arc::new(CreateLocks::default());
+            let mut sinks = Vec::with_capacity(conns.len());
+            for (i, conn) in conns.into_iter().enumerate() {
+                match DuckSink::prepare(conn, i, Arc::clone(&locks)) {
+                    Ok(s) => sinks.push(s),
+                    Err(e) => {
+                        *pool = Pool::Ready(sinks);
+                        return Err(ListenError::Start(e.to_string()));
+                    }
+                }
+            }
+            sinks
+        }
+        Pool::Lent => return Err(ListenError::Start("the connections are in use".into())),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(IO_THREADS)
+        .thread_name("arrowport-io")
+        .enable_all()
+        .build()
+        .map_err(|e| ListenError::Start(e.to_string()))?;
+    let writers = Writers::start(sinks).map_err(|e| ListenError::Start(e.to_string()))?;
+    let cancel = CancellationToken::new();
+    let core = Arc::new(Core::new(writers, cancel.clone()));
+    Ok(Running { runtime, core, cancel, listeners: Vec::new() })
+}
+
+/// Anything that is neither Flight nor a known HTTP route.
+async fn not_found(request: axum::extract::Request) -> axum::response::Response {
+    let is_grpc = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if is_grpc {
+        let mut response = StatusCode::OK.into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert("grpc-status", HeaderValue::from_static("12"));
+        headers.insert("grpc-message", HeaderValue::from_static("unknown%20service"));
+        return response;
+    }
+    let body = serde_json::json!({"error": {"code": Code::NotFound.name(), "message": format!("no such endpoint: {}", request.uri().path())}});
+    (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_and_bare_ports_mean_loopback() {
+        assert_eq!(parse_addr("127.0.0.1:8815").unwrap().to_string(), "127.0.0.1:8815");
+        assert_eq!(parse_addr(":0").unwrap().to_string(), "127.0.0.1:0");
+        assert_eq!(parse_addr("[::1]:9").unwrap().to_string(), "[::1]:9");
+        assert!(matches!(parse_addr("nonsense"), Err(ListenError::BadAddress(..))));
+        assert!(matches!(parse_addr("127.0.0.1:99999"), Err(ListenError::BadAddress(..))));
+    }
+}

@@ -1,0 +1,221 @@
+//! The SQL surface: functions registered on `LOAD`. Each parses its arguments and calls into `server`; errors
+//! become DuckDB errors with the message users see.
+//!
+//! - `arrowport_version()`: the extension's version and the DuckDB it runs in.
+//! - `arrowport_listen(address)` (scalar) and `FROM arrowport_listen(address, option := value, ...)` (table).
+//! - `arrowport_stop()`: stops every listener; returns how many.
+//! - `FROM arrowport_status()`: listeners, addresses, uptime, requests in flight.
+
+use std::error::Error;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use duckdb::Connection;
+use duckdb::core::{DataChunkHandle, Inserter, LogicalTypeHandle, LogicalTypeId};
+use duckdb::vscalar::{ScalarFunctionSignature, VScalar};
+use duckdb::vtab::arrow::WritableVector;
+use duckdb::vtab::{BindInfo, InitInfo, TableFunctionInfo, VTab};
+
+use crate::ffi;
+use crate::server::{Host, ListenOptions, StatusRow};
+
+type Result<T> = std::result::Result<T, Box<dyn Error>>;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// `arrowport <version> (DuckDB <version>, C API <version>)`.
+pub fn version_text() -> String {
+    format!("arrowport {VERSION} (DuckDB {}, C API {})", ffi::library_version(), ffi::MIN_C_API)
+}
+
+pub fn register(conn: &Connection, host: Arc<Host>) -> Result<()> {
+    conn.register_scalar_function::<Version>("arrowport_version")?;
+    conn.register_scalar_function_with_state::<ListenScalar>("arrowport_listen", &host)?;
+    conn.register_scalar_function_with_state::<Stop>("arrowport_stop", &host)?;
+    conn.register_table_function_with_extra_info::<ListenTable, Arc<Host>>("arrowport_listen", &host)?;
+    conn.register_table_function_with_extra_info::<Status, Arc<Host>>("arrowport_status", &host)?;
+    Ok(())
+}
+
+fn varchar() -> LogicalTypeHandle {
+    LogicalTypeId::Varchar.into()
+}
+
+struct Version;
+
+impl VScalar for Version {
+    type State = ();
+
+    fn invoke(_: &(), input: &mut DataChunkHandle, output: &mut dyn WritableVector) -> Result<()> {
+        let text = version_text();
+        let out = output.flat_vector();
+        for row in 0..input.len() {
+            out.insert(row, text.as_str());
+        }
+        Ok(())
+    }
+
+    fn signatures() -> Vec<ScalarFunctionSignature> {
+        vec![ScalarFunctionSignature::exact(vec![], varchar())]
+    }
+}
+
+struct ListenScalar;
+
+impl VScalar for ListenScalar {
+    type State = Arc<Host>;
+
+    fn invoke(host: &Arc<Host>, input: &mut DataChunkHandle, output: &mut dyn WritableVector) -> Result<()> {
+        let mut out = output.flat_vector();
+        for row in 0..input.len() {
+            match ffi::varchar_arg(input, 0, row) {
+                None => out.set_null(row),
+                Some(addr) => {
+                    let bound = host.listen(&addr, &ListenOptions::default())?;
+                    let first = bound.first().map(|(_, a)| a.clone()).unwrap_or_default();
+                    out.insert(row, first.as_str());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn signatures() -> Vec<ScalarFunctionSignature> {
+        vec![ScalarFunctionSignature::exact(vec![varchar()], varchar())]
+    }
+
+    fn volatile() -> bool {
+        true
+    }
+}
+
+struct Stop;
+
+impl VScalar for Stop {
+    type State = Arc<Host>;
+
+    fn invoke(host: &Arc<Host>, input: &mut DataChunkHandle, output: &mut dyn WritableVector) -> Result<()> {
+        let mut out = output.flat_vector();
+        for row in 0..input.len() {
+            let stopped = host.stop();
+            ffi::set_bigint(&mut out, row, stopped as i64);
+        }
+        Ok(())
+    }
+
+    fn signatures() -> Vec<ScalarFunctionSignature> {
+        vec![ScalarFunctionSignature::exact(vec![], LogicalTypeId::Bigint.into())]
+    }
+
+    fn volatile() -> bool {
+        true
+    }
+}
+
+fn host_of(bind: &BindInfo) -> Result<&Arc<Host>> {
+    ffi::bind_extra::<Arc<Host>>(bind).ok_or_else(|| "arrowport is not initialised for this database".into())
+}
+
+/// Rows computed at bind time, emitted once.
+pub struct Rows<T> {
+    rows: Vec<T>,
+}
+
+pub struct Once {
+    done: AtomicBool,
+}
+
+fn init_once(_: &InitInfo) -> Result<Once> {
+    Ok(Once { done: AtomicBool::new(false) })
+}
+
+fn first_call(init: &Once) -> bool {
+    !init.done.swap(true, Ordering::Relaxed)
+}
+
+struct ListenTable;
+
+impl VTab for ListenTable {
+    type InitData = Once;
+    type BindData = Rows<(String, String)>;
+
+    fn bind(bind: &BindInfo) -> Result<Self::BindData> {
+        bind.add_result_column("protocol", varchar());
+        bind.add_result_column("address", varchar());
+        let host = host_of(bind)?;
+        let addr = bind.get_parameter(0).to_string();
+        let mut options = ListenOptions::default();
+        if let Some(v) = bind.get_named_parameter("max_message_bytes") {
+            let n = v.to_int64();
+            if n <= 0 {
+                return Err(format!("invalid value for option max_message_bytes: {n} (must be a positive number of bytes)").into());
+            }
+            options.max_message_bytes = usize::try_from(n)?;
+        }
+        Ok(Rows { rows: host.listen(&addr, &options)? })
+    }
+
+    fn init(init: &InitInfo) -> Result<Self::InitData> {
+        init_once(init)
+    }
+
+    fn func(func: &TableFunctionInfo<Self>, output: &mut DataChunkHandle) -> Result<()> {
+        if !first_call(func.get_init_data()) {
+            output.set_len(0);
+            return Ok(());
+        }
+        let rows = &func.get_bind_data().rows;
+        let (proto, addr) = (output.flat_vector(0), output.flat_vector(1));
+        for (i, (p, a)) in rows.iter().enumerate() {
+            proto.insert(i, p.as_str());
+            addr.insert(i, a.as_str());
+        }
+        output.set_len(rows.len());
+        Ok(())
+    }
+
+    fn parameters() -> Option<Vec<LogicalTypeHandle>> {
+        Some(vec![varchar()])
+    }
+
+    fn named_parameters() -> Option<Vec<(String, LogicalTypeHandle)>> {
+        Some(vec![("max_message_bytes".to_string(), LogicalTypeId::Bigint.into())])
+    }
+}
+
+struct Status;
+
+impl VTab for Status {
+    type InitData = Once;
+    type BindData = Rows<StatusRow>;
+
+    fn bind(bind: &BindInfo) -> Result<Self::BindData> {
+        bind.add_result_column("protocol", varchar());
+        bind.add_result_column("address", varchar());
+        bind.add_result_column("uptime_seconds", LogicalTypeId::Double.into());
+        bind.add_result_column("requests_in_flight", LogicalTypeId::Bigint.into());
+        Ok(Rows { rows: host_of(bind)?.status() })
+    }
+
+    fn init(init: &InitInfo) -> Result<Self::InitData> {
+        init_once(init)
+    }
+
+    fn func(func: &TableFunctionInfo<Self>, output: &mut DataChunkHandle) -> Result<()> {
+        if !first_call(func.get_init_data()) {
+            output.set_len(0);
+            return Ok(());
+        }
+        let rows = &func.get_bind_data().rows;
+        let (proto, addr) = (output.flat_vector(0), output.flat_vector(1));
+        let (mut up, mut busy) = (output.flat_vector(2), output.flat_vector(3));
+        for (i, r) in rows.iter().enumerate() {
+            proto.insert(i, r.protocol);
+            addr.insert(i, r.address.as_str());
+            ffi::set_double(&mut up, i, r.uptime_seconds);
+            ffi::set_bigint(&mut busy, i, r.requests_in_flight);
+        }
+        output.set_len(rows.len());
+        Ok(())
+    }
+}

@@ -1,0 +1,238 @@
+//! The DuckDB side of a write: one request becomes one transaction on one of our connections.
+//!
+//! The batches are not converted by us: DuckDB's own Arrow scan pulls them from the request's channel through
+//! an Arrow C stream (`ffi::ScanStream`) registered as a view, and one `INSERT INTO <target> SELECT * FROM
+//! <view>` lands them. That path reaches in-process insert speed and gives every column the type DuckDB itself
+//! gives that Arrow data (see README, "Write path").
+//!
+//! The view lives in a small in-memory database attached for the purpose (`arrowport_scratch`): DuckDB's
+//! Arrow-scan views cannot be created in a file database. The view is created before `BEGIN` (a transaction may
+//! write to one database only) and dropped after the transaction ends, whatever the outcome.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Condvar, Mutex};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{Schema, SchemaRef};
+
+use crate::ffi::{BatchPull, DbError, RawConn, ScanStream};
+use crate::ingest::{BatchRx, IngestError, Sink, Written};
+use crate::registry::Target;
+use crate::schema::{self, Column, quote_ident, quote_literal};
+
+/// The attached in-memory database that holds the per-request scan views.
+pub const SCRATCH_DB: &str = "arrowport_scratch";
+
+/// Serializes the transactions that create a table, per target, so two first requests into a missing table
+/// do not both create it (the second waits, then appends).
+#[derive(Default)]
+pub struct CreateLocks {
+    held: Mutex<HashSet<String>>,
+    freed: Condvar,
+}
+
+struct CreateGuard {
+    locks: Arc<CreateLocks>,
+    key: String,
+}
+
+impl CreateLocks {
+    fn lock(self: &Arc<Self>, key: String) -> CreateGuard {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        while held.contains(&key) {
+            held = self.freed.wait(held).unwrap_or_else(|p| p.into_inner());
+        }
+        held.insert(key.clone());
+        CreateGuard { locks: Arc::clone(self), key }
+    }
+}
+
+impl Drop for CreateGuard {
+    fn drop(&mut self) {
+        let mut held = self.locks.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.remove(&self.key);
+        self.locks.freed.notify_all();
+    }
+}
+
+/// A writer's connection, ready to land requests.
+pub struct DuckSink {
+    conn: RawConn,
+    id: usize,
+    seq: u64,
+    host_db: String,
+    locks: Arc<CreateLocks>,
+}
+
+fn db(e: DbError) -> IngestError {
+    match e {
+        DbError::Duck(msg) => IngestError::Db(msg),
+        DbError::Panicked { .. } => IngestError::Internal(e.to_string()),
+    }
+}
+
+impl DuckSink {
+    /// Readies a pooled connection: remembers the host database's name, attaches the scratch database and makes
+    /// it the connection's default, so scan views land there.
+    pub fn prepare(mut conn: RawConn, id: usize, locks: Arc<CreateLocks>) -> Result<DuckSink, DbError> {
+        let rows = conn.query("SELECT current_database()")?;
+        let host_db = rows.first().and_then(|r| r.first().cloned().flatten()).ok_or_else(|| DbError::Duck("no current database".into()))?;
+        conn.execute(&format!("ATTACH IF NOT EXISTS ':memory:' AS {}", quote_ident(SCRATCH_DB)))?;
+        conn.execute(&format!("USE {}", quote_ident(SCRATCH_DB)))?;
+        Ok(DuckSink { conn, id, seq: 0, host_db, locks })
+    }
+
+    pub fn host_db(&self) -> &str {
+        &self.host_db
+    }
+
+    fn view_sql(view: &str) -> String {
+        format!("{}.main.{}", quote_ident(SCRATCH_DB), quote_ident(view))
+    }
+
+    fn columns(rows: Vec<Vec<Option<String>>>) -> Vec<Column> {
+        rows.into_iter()
+            .map(|r| {
+                let mut it = r.into_iter();
+                Column { name: it.next().flatten().unwrap_or_default(), sql_type: it.next().flatten().unwrap_or_default() }
+            })
+            .collect()
+    }
+
+    /// The target's columns, or an empty list when it does not exist.
+    fn table_columns(&mut self, target: &Target) -> Result<Vec<Column>, IngestError> {
+        let catalog = target.catalog.as_deref().unwrap_or(&self.host_db);
+        let sql = format!(
+            "SELECT column_name, data_type FROM duckdb_columns() WHERE lower(database_name) = lower({}) \
+             AND lower(schema_name) = lower({}) AND lower(table_name) = lower({}) ORDER BY column_index",
+            quote_literal(catalog),
+            quote_literal(&target.schema),
+            quote_literal(&target.table)
+        );
+        Ok(Self::columns(self.conn.query(&sql).map_err(db)?))
+    }
+
+    fn write_view(&mut self, view: &str, target: &Target, failed: &Mutex<Option<IngestError>>) -> Result<Written, IngestError> {
+        let view_sql = Self::view_sql(view);
+        let incoming = Self::columns(self.conn.query(&format!("DESCRIBE {view_sql}")).map_err(db)?);
+        let target_sql = target.sql(&self.host_db);
+        let mut table = self.table_columns(target)?;
+        let _create_guard = if table.is_empty() { Some(self.locks.lock(target_sql.to_lowercase())) } else { None };
+
+        self.conn.execute("BEGIN TRANSACTION").map_err(db)?;
+        let result = (|| {
+            if table.is_empty() {
+                table = self.table_columns(target)?;
+                if table.is_empty() {
+                    self.conn.execute(&schema::create_table_sql(&target_sql, &incoming)).map_err(db)?;
+                    table = incoming.clone();
+                }
+            }
+            schema::check_fits(&target.display(), &table, &incoming).map_err(IngestError::Conflict)?;
+            let rows = self.conn.execute(&format!("INSERT INTO {target_sql} SELECT * FROM {view_sql}")).map_err(db)?;
+            self.conn.execute("COMMIT").map_err(db)?;
+            Ok(Written { rows })
+        })();
+        if result.is_err() {
+            let _ = self.conn.execute("ROLLBACK");
+        }
+        // When the input failed while DuckDB was reading it, DuckDB's error only echoes ours.
+        result.map_err(|e| failed.lock().ok().and_then(|mut f| f.take()).unwrap_or(e))
+    }
+
+    /// The Arrow schema of a table, as DuckDB exports it; `None` when the table does not exist.
+    fn describe_table(&mut self, target: &Target) -> Result<Option<Schema>, IngestError> {
+        if self.table_columns(target)?.is_empty() {
+            return Ok(None);
+        }
+        let sql = format!("SELECT * FROM {} LIMIT 0", target.sql(&self.host_db));
+        self.conn.arrow_schema_of(&sql).map(Some).map_err(db)
+    }
+
+    /// Tables of the host database's main schema, the ones an unmapped stream name lands in.
+    fn main_tables(&mut self) -> Result<Vec<(String, Schema)>, IngestError> {
+        let sql = format!(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = {} AND schema_name = 'main' ORDER BY 1",
+            quote_literal(&self.host_db)
+        );
+        let names: Vec<String> = self.conn.query(&sql).map_err(db)?.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect();
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let target = Target { catalog: None, schema: "main".into(), table: name.clone() };
+            if let Some(s) = self.describe_table(&target)? {
+                out.push((name, s));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Feeds DuckDB's scan: the batch already read, then the rest of the request. Remembers the first failure so
+/// the request reports it rather than DuckDB's wrapping of it.
+struct Pull {
+    first: Option<RecordBatch>,
+    input: BatchRx,
+    failed: Arc<Mutex<Option<IngestError>>>,
+}
+
+impl BatchPull for Pull {
+    fn next_batch(&mut self) -> Result<Option<RecordBatch>, String> {
+        if let Some(b) = self.first.take() {
+            return Ok(Some(b));
+        }
+        self.input.next_batch().map_err(|e| {
+            let msg = e.to_string();
+            if let Ok(mut f) = self.failed.lock() {
+                f.get_or_insert(e);
+            }
+            msg
+        })
+    }
+}
+
+impl Sink for DuckSink {
+    fn write(&mut self, target: &Target, schema: SchemaRef, mut input: BatchRx) -> Result<Written, IngestError> {
+        // Nothing is created or written for a request without rows.
+        let Some(first) = input.next_batch()? else {
+            return Ok(Written { rows: 0 });
+        };
+        let failed = Arc::new(Mutex::new(None));
+        let pull = Pull { first: Some(first), input, failed: Arc::clone(&failed) };
+        let mut stream = ScanStream::new(schema, Box::new(pull));
+        self.seq += 1;
+        let view = format!("arrowport_in_{}_{}", self.id, self.seq);
+        self.conn.create_scan_view(&view, &mut stream).map_err(db)?;
+        let result = self.write_view(&view, target, &failed);
+        let _ = self.conn.execute(&format!("DROP VIEW IF EXISTS {}", Self::view_sql(&view)));
+        drop(stream);
+        result
+    }
+
+    fn table_schema(&mut self, target: &Target) -> Result<Option<Schema>, IngestError> {
+        self.describe_table(target)
+    }
+
+    fn list_tables(&mut self) -> Result<Vec<(String, Schema)>, IngestError> {
+        self.main_tables()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_locks_exclude_per_key_only() {
+        let locks = Arc::new(CreateLocks::default());
+        let a = locks.lock("a".into());
+        let _b = locks.lock("b".into());
+        let l2 = Arc::clone(&locks);
+        let waiter = std::thread::spawn(move || {
+            let _a = l2.lock("a".into());
+        });
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        assert!(!waiter.is_finished());
+        drop(a);
+        waiter.join().unwrap();
+    }
+}
