@@ -110,14 +110,20 @@ impl<S: Sink> FlightAdapter<S> {
         let stream = stream_of(&descriptor)?;
         let messages = futures::stream::once(async move { Ok(first) })
             .chain(input.map_err(|status| FlightError::Tonic(Box::new(status))));
-        let items = FlightDataDecoder::new(messages).filter_map(|item| async move {
+        // arrow-ipc can panic on malformed bodies (e.g. a truncated buffer): that is the client's bad input.
+        let decoded = std::panic::AssertUnwindSafe(FlightDataDecoder::new(messages)).catch_unwind();
+        let items = decoded.filter_map(|item| async move {
             match item {
-                Ok(decoded) => match decoded.payload {
+                Ok(Ok(decoded)) => match decoded.payload {
                     DecodedPayload::None => None,
                     DecodedPayload::Schema(s) => Some(Ok(Incoming::Schema(s))),
                     DecodedPayload::RecordBatch(b) => Some(Ok(Incoming::Batch(b))),
                 },
-                Err(e) => Some(Err(decode_error(e))),
+                Ok(Err(e)) => Some(Err(decode_error(e))),
+                Err(panic) => Some(Err(IngestError::BadInput(format!(
+                    "invalid Arrow IPC data: {}",
+                    crate::ffi::panic_message(panic.as_ref())
+                )))),
             }
         });
         let report = self.core.ingest(&stream, Box::pin(items)).await?;

@@ -1,0 +1,72 @@
+# arrowport: build the loadable DuckDB extension, run it, test it.
+#   make        build build/release/arrowport.duckdb_extension
+#   make run    DuckDB CLI (pinned from PyPI) on ./arrowport.duckdb with arrowport loaded and listening
+#   make test   build, then every test: Rust unit tests, SQL logic tests on three hosts, end-to-end pytest
+
+EXT_NAME    := arrowport
+EXT_VERSION := v$(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+C_API       := v1.2.0
+PLATFORM    := linux_amd64
+BUILD_DIR   := build/release
+EXTENSION   := $(BUILD_DIR)/$(EXT_NAME).duckdb_extension
+EXT_DIR     := build/extensions
+PYTHON      ?= python3
+VENV        := .venv
+VENV15      := .venv15
+VENV_OLD    := .venv-old
+LISTEN      ?= 127.0.0.1:8815
+DB          ?= arrowport.duckdb
+
+.PHONY: all release run test unit sqltest pytest clean venvs
+
+all: release
+
+release:
+	cargo build --release
+	mkdir -p $(BUILD_DIR)
+	$(PYTHON) scripts/append_metadata.py --library target/release/lib$(EXT_NAME).so --out $(EXTENSION) \
+		--platform $(PLATFORM) --duckdb-version $(C_API) --extension-version $(EXT_VERSION)
+
+# Virtualenvs, made once per requirements file (the stamp is newer than the file it was made from).
+$(VENV)/.stamp: test/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r test/requirements.txt
+	touch $@
+
+$(VENV15)/.stamp: test/requirements-duckdb15.txt
+	$(PYTHON) -m venv $(VENV15)
+	$(VENV15)/bin/pip install --quiet --disable-pip-version-check -r test/requirements-duckdb15.txt
+	touch $@
+
+$(VENV_OLD)/.stamp: test/requirements-duckdb-old.txt
+	$(PYTHON) -m venv $(VENV_OLD)
+	$(VENV_OLD)/bin/pip install --quiet --disable-pip-version-check -r test/requirements-duckdb-old.txt
+	touch $@
+
+venvs: $(VENV)/.stamp $(VENV15)/.stamp $(VENV_OLD)/.stamp
+
+run: release $(VENV)/.stamp
+	mkdir -p $(EXT_DIR)
+	$(VENV)/bin/duckdb -unsigned \
+		-cmd "SET extension_directory = '$(EXT_DIR)'" \
+		-cmd "FORCE INSTALL '$(EXTENSION)'" \
+		-cmd "LOAD arrowport" \
+		-cmd "SELECT arrowport_listen('$(LISTEN)') AS listening" \
+		$(DB)
+
+# One build (release) serves the extension and the unit tests: `cargo test --release` reuses its dependencies.
+test: release venvs
+	$(VENV)/bin/python test/run_all.py
+
+unit:
+	cargo test --release --lib
+
+sqltest: release $(VENV)/.stamp $(VENV15)/.stamp
+	$(VENV)/bin/python test/run_sql.py
+
+pytest: release venvs
+	$(VENV)/bin/python -m pytest -q test/python
+
+clean:
+	cargo clean
+	rm -rf build

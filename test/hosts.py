@@ -1,0 +1,116 @@
+"""DuckDB hosts for the tests: the real CLI as a process, or Python `duckdb` in a process of its own.
+
+Every host takes SQL one statement at a time and answers with rows (lists of Python values) or raises
+HostError with DuckDB's message. Each runs in its own process, so a crash of the host is seen as one.
+"""
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXTENSION = os.path.join(ROOT, "build", "release", "arrowport.duckdb_extension")
+CLI = os.path.join(ROOT, ".venv", "bin", "duckdb")
+PYTHONS = {
+    "py20": os.path.join(ROOT, ".venv", "bin", "python"),
+    "py15": os.path.join(ROOT, ".venv15", "bin", "python"),
+}
+HOST_KINDS = ["cli", "py20", "py15"]
+
+
+class HostError(Exception):
+    pass
+
+
+class HostDied(Exception):
+    pass
+
+
+class PythonHost:
+    """Python duckdb in a child process, driven by JSON lines (see pyhost.py)."""
+
+    def __init__(self, kind, db_path, extra_config=None):
+        self.kind = kind
+        self.proc = subprocess.Popen(
+            [PYTHONS[kind], os.path.join(ROOT, "test", "pyhost.py"), db_path, json.dumps(extra_config or {})],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
+        )
+
+    def sql(self, query, conn=0):
+        self.proc.stdin.write(json.dumps({"sql": query, "conn": conn}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise HostDied(f"{self.kind} host died: rc={self.proc.wait()} stderr={self.proc.stderr.read()[-2000:]}")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise HostError(reply["error"])
+        return [tuple(r) for r in reply["rows"]]
+
+    def close(self, timeout=60):
+        """Ends the host like a script that reaches its end: returns the exit code."""
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        return self.proc.wait(timeout=timeout)
+
+    def stderr(self):
+        return self.proc.stderr.read()
+
+
+class CliHost:
+    """The DuckDB CLI binary, fed statements on stdin; each answer ends at a marker line."""
+
+    def __init__(self, db_path):
+        self.kind = "cli"
+        self.proc = subprocess.Popen(
+            [CLI, "-unsigned", "-json", db_path],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+        )
+
+    def sql(self, query, conn=0):
+        if conn != 0:
+            raise HostError("the CLI host has one connection")
+        marker = "__arrowport_" + uuid.uuid4().hex
+        statement = query.strip()
+        if not statement.endswith(";"):
+            statement += ";"
+        self.proc.stdin.write(statement + "\n.print " + marker + "\n")
+        self.proc.stdin.flush()
+        out = []
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise HostDied(f"cli host died: rc={self.proc.wait()} output={''.join(out)[-2000:]}")
+            if line.strip() == marker:
+                break
+            out.append(line)
+        text = "".join(out).strip()
+        if not text:
+            return []
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError:
+            raise HostError(text)
+        return [tuple(r.values()) for r in rows]
+
+    def close(self, timeout=60):
+        try:
+            self.proc.stdin.write(".exit\n")
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        return self.proc.wait(timeout=timeout)
+
+    def stderr(self):
+        return self.proc.stdout.read()
+
+
+def start(kind, db_path):
+    return CliHost(db_path) if kind == "cli" else PythonHost(kind, db_path)
+
+
+def load_sql():
+    return f"LOAD '{EXTENSION}'"

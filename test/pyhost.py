@@ -1,0 +1,46 @@
+"""A Python DuckDB host: opens a database and runs JSON-line requests {"sql", "conn"} on stdin.
+
+Replies one JSON line each: {"rows": [...]} or {"error": "..."}. Connection 0 is the database's own; a request
+with a higher number opens (once) another connection to the same database. At the end of stdin it exits like
+a script reaching its end, with whatever is still running inside it.
+"""
+import datetime
+import decimal
+import json
+import sys
+
+import duckdb
+
+
+def plain(v):
+    if isinstance(v, (datetime.date, datetime.datetime, datetime.time, datetime.timedelta, decimal.Decimal)):
+        return str(v)
+    if isinstance(v, bytes):
+        return v.hex()
+    if isinstance(v, (list, tuple)):
+        return [plain(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): plain(x) for k, x in v.items()}
+    return v
+
+
+def main():
+    config = {"allow_unsigned_extensions": "true"}
+    config.update(json.loads(sys.argv[2]))
+    conns = {0: duckdb.connect(sys.argv[1], config=config)}
+    for line in sys.stdin:
+        req = json.loads(line)
+        n = req.get("conn", 0)
+        if n not in conns:
+            conns[n] = conns[0].cursor()
+        try:
+            rows = conns[n].execute(req["sql"]).fetchall()
+            reply = {"rows": [[plain(v) for v in r] for r in rows]}
+        except Exception as e:  # DuckDB's message is what the test checks
+            reply = {"error": str(e)}
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
