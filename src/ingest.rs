@@ -146,6 +146,8 @@ pub trait Sink: Send + 'static {
     fn table_schema(&mut self, target: &Target) -> Result<Option<Schema>, IngestError>;
     /// The tables unmapped streams land in, with their Arrow schemas.
     fn list_tables(&mut self) -> Result<Vec<(String, Schema)>, IngestError>;
+    /// Proves the database answers; returns its version.
+    fn ping(&mut self) -> Result<String, IngestError>;
 }
 
 type Reply<T> = oneshot::Sender<Result<T, IngestError>>;
@@ -154,6 +156,7 @@ enum Work {
     Write { target: Target, schema: SchemaRef, input: BatchRx, reply: Reply<Written> },
     Describe { target: Target, reply: Reply<Option<Schema>> },
     List { reply: Reply<Vec<(String, Schema)>> },
+    Ping { reply: Reply<String> },
 }
 
 struct Job {
@@ -199,6 +202,9 @@ impl<S: Sink> Writers<S> {
                         }
                         Work::List { reply } => {
                             let _ = reply.send(guarded(|| sink.list_tables()));
+                        }
+                        Work::Ping { reply } => {
+                            let _ = reply.send(guarded(|| sink.ping()));
                         }
                     }
                 }
@@ -259,13 +265,21 @@ impl<S: Sink> Core<S> {
     }
 
     /// Lands one request: the schema first, then batches, all in one transaction. Returns after commit.
-    pub async fn ingest<I>(&self, stream: &str, mut input: I) -> Result<Report, IngestError>
+    pub async fn ingest<I>(&self, stream: &str, input: I) -> Result<Report, IngestError>
+    where
+        I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
+    {
+        let target = registry::resolve(stream).map_err(IngestError::BadInput)?;
+        self.ingest_into(stream, target, input).await
+    }
+
+    /// Like [`Core::ingest`], into a target the client named itself (the original service's JSON endpoint).
+    pub async fn ingest_into<I>(&self, stream: &str, target: Target, mut input: I) -> Result<Report, IngestError>
     where
         I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
     {
         self.active.fetch_add(1, Ordering::Relaxed);
         let _active = Active(&self.active);
-        let target = registry::resolve(stream).map_err(IngestError::BadInput)?;
         let schema = match self.next_or_cancel(&mut input).await? {
             Some(Incoming::Schema(s)) => s,
             Some(Incoming::Batch(_)) => return Err(IngestError::BadInput("the stream sent a batch before its schema".into())),
@@ -307,6 +321,12 @@ impl<S: Sink> Core<S> {
     pub async fn list(&self) -> Result<Vec<(String, Schema)>, IngestError> {
         let (reply, rx) = oneshot::channel();
         self.call(Work::List { reply }, rx).await
+    }
+
+    /// Asks a writer to prove the database answers.
+    pub async fn ping(&self) -> Result<String, IngestError> {
+        let (reply, rx) = oneshot::channel();
+        self.call(Work::Ping { reply }, rx).await
     }
 
     async fn call<T>(&self, work: Work, rx: oneshot::Receiver<Result<T, IngestError>>) -> Result<T, IngestError> {
@@ -396,6 +416,10 @@ mod tests {
 
         fn list_tables(&mut self) -> Result<Vec<(String, Schema)>, IngestError> {
             Ok(vec![])
+        }
+
+        fn ping(&mut self) -> Result<String, IngestError> {
+            Ok("fake".into())
         }
     }
 

@@ -1,13 +1,16 @@
 //! arrowport: a DuckDB extension that lands Arrow data sent over the network straight into the host database.
 //!
 //! `LOAD arrowport; SELECT arrowport_listen('127.0.0.1:8815');` starts, inside the DuckDB process, a listener that
-//! takes Arrow Flight `DoPut` streams and writes each one into a table in one transaction.
+//! takes Arrow Flight `DoPut` streams and REST bodies on one port and writes each request into a table in one
+//! transaction.
 //!
 //! The modules, one concern each:
 //! - [`ffi`]: the only `unsafe` code: the C entrypoint, our DuckDB connections, the Arrow C stream DuckDB scans.
 //! - [`sql`]: the SQL functions (`arrowport_listen`, `arrowport_stop`, `arrowport_status`, `arrowport_version`).
 //! - [`server`]: the runtime, the writer threads, listeners, start and stop.
 //! - [`flight`]: the Arrow Flight protocol adapter.
+//! - [`rest`]: the REST adapter (raw Arrow IPC bodies, the original service's JSON body, health, listings).
+//! - [`decode`]: Arrow IPC from a byte stream that arrives in pieces.
 //! - [`ingest`]: the protocol-independent core: decoded Arrow in, one committed transaction out.
 //! - [`writer`]: the DuckDB side of a write (DuckDB's Arrow scan, the transaction, table creation).
 //! - [`registry`]: stream names and the tables they land in.
@@ -15,11 +18,13 @@
 //! - [`error`]: the failure classes and their gRPC / HTTP statuses.
 #![deny(unsafe_code)]
 
+pub mod decode;
 pub mod error;
 pub mod ffi;
 pub mod flight;
 pub mod ingest;
 pub mod registry;
+pub mod rest;
 pub mod schema;
 pub mod server;
 pub mod sql;

@@ -19,11 +19,16 @@ use tokio_util::sync::CancellationToken;
 use crate::error::Code;
 use crate::ffi::RawConn;
 use crate::flight::FlightAdapter;
+use crate::rest;
 use crate::ingest::{Core, Writers};
 use crate::writer::{CreateLocks, DuckSink};
 
-/// Largest Flight message accepted by default (`max_message_bytes` changes it).
+/// Largest Flight or IPC message accepted by default (`max_message_bytes` changes it).
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// Largest REST body on the wire by default (`max_body_bytes` changes it). Bodies stream, so this bounds a
+/// request's duration and disk use, not memory.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 
 /// How long `stop` waits for requests in flight before it aborts them (aborted requests roll back).
 const DRAIN_LIMIT: Duration = Duration::from_secs(10);
@@ -63,11 +68,14 @@ impl ListenError {
 #[derive(Debug, Clone)]
 pub struct ListenOptions {
     pub max_message_bytes: usize,
+    pub max_body_bytes: u64,
+    /// REST on an address of its own; `None` serves REST on the Flight port.
+    pub rest: Option<String>,
 }
 
 impl Default for ListenOptions {
     fn default() -> Self {
-        ListenOptions { max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES }
+        ListenOptions { max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES, max_body_bytes: DEFAULT_MAX_BODY_BYTES, rest: None }
     }
 }
 
@@ -90,7 +98,7 @@ enum Pool {
 }
 
 struct Listener {
-    protocol: &'static str,
+    protocols: Vec<&'static str>,
     addr: SocketAddr,
     started: Instant,
     task: tokio::task::JoinHandle<()>,
@@ -101,6 +109,22 @@ struct Running {
     core: Arc<Core<DuckSink>>,
     cancel: CancellationToken,
     listeners: Vec<Listener>,
+}
+
+impl Running {
+    /// Serves `app` on a bound listener until the host stops; one status row per protocol it carries.
+    fn serve(&mut self, listener: tokio::net::TcpListener, app: axum::Router, protocols: &[&'static str]) -> Result<SocketAddr, ListenError> {
+        let bound = listener.local_addr().map_err(|e| ListenError::Start(e.to_string()))?;
+        let shutdown = self.cancel.clone();
+        let task = self.runtime.spawn(async move {
+            let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+            if let Err(e) = served {
+                eprintln!("arrowport: listener on {bound} failed: {e}");
+            }
+        });
+        self.listeners.push(Listener { protocols: protocols.to_vec(), addr: bound, started: Instant::now(), task });
+        Ok(bound)
+    }
 }
 
 struct State {
@@ -149,8 +173,12 @@ impl Host {
     /// Starts a listener; returns `(protocol, address)` rows with the bound address.
     pub fn listen(&self, addr: &str, options: &ListenOptions) -> Result<Vec<(String, String)>, ListenError> {
         let addr = parse_addr(addr)?;
+        let rest_addr = options.rest.as_deref().map(parse_addr).transpose()?;
         if options.max_message_bytes == 0 {
             return Err(ListenError::BadOption("max_message_bytes", "must be positive".into()));
+        }
+        if options.max_body_bytes == 0 {
+            return Err(ListenError::BadOption("max_body_bytes", "must be positive".into()));
         }
         let mut state = self.lock();
         if state.running.is_none() {
@@ -160,25 +188,43 @@ impl Host {
         let Some(running) = state.running.as_mut() else {
             return Err(ListenError::Start("the runtime did not start".into()));
         };
-        if addr.port() != 0 && running.listeners.iter().any(|l| l.addr == addr) {
-            return Err(ListenError::AlreadyListening(addr));
+        for a in std::iter::once(addr).chain(rest_addr) {
+            if a.port() != 0 && running.listeners.iter().any(|l| l.addr == a) {
+                return Err(ListenError::AlreadyListening(a));
+            }
         }
-        let listener = running.runtime.block_on(tokio::net::TcpListener::bind(addr)).map_err(|e| ListenError::Bind(addr, e.to_string()))?;
-        let bound = listener.local_addr().map_err(|e| ListenError::Bind(addr, e.to_string()))?;
-
+        if rest_addr == Some(addr) && addr.port() != 0 {
+            return Err(ListenError::BadOption("rest", "is the Flight address; leave it out to serve both on one port".into()));
+        }
         let flight = FlightServiceServer::new(FlightAdapter::new(Arc::clone(&running.core)))
             .max_decoding_message_size(options.max_message_bytes)
             .max_encoding_message_size(options.max_message_bytes);
-        let app = tonic::service::Routes::new(flight).into_axum_router().fallback(not_found);
-        let shutdown = running.cancel.clone();
-        let task = running.runtime.spawn(async move {
-            let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
-            if let Err(e) = served {
-                eprintln!("arrowport: listener on {bound} failed: {e}");
+        let flight = tonic::service::Routes::new(flight).into_axum_router();
+        let limits = rest::Limits { max_message_bytes: options.max_message_bytes, max_body_bytes: options.max_body_bytes };
+        let rest = rest::router(Arc::clone(&running.core), limits);
+
+        // Bind everything before serving anything, so a failure leaves nothing half-started.
+        let main = running.runtime.block_on(tokio::net::TcpListener::bind(addr)).map_err(|e| ListenError::Bind(addr, e.to_string()))?;
+        let separate = match rest_addr {
+            Some(ra) => Some(running.runtime.block_on(tokio::net::TcpListener::bind(ra)).map_err(|e| ListenError::Bind(ra, e.to_string()))?),
+            None => None,
+        };
+        let mut rows = Vec::new();
+        match separate {
+            None => {
+                let app = flight.merge(rest).fallback(not_found);
+                let bound = running.serve(main, app, &["flight", "rest"])?;
+                rows.push(("flight".to_string(), bound.to_string()));
+                rows.push(("rest".to_string(), bound.to_string()));
             }
-        });
-        running.listeners.push(Listener { protocol: "flight", addr: bound, started: Instant::now(), task });
-        Ok(vec![("flight".to_string(), bound.to_string())])
+            Some(rest_listener) => {
+                let bound = running.serve(main, flight.fallback(not_found), &["flight"])?;
+                let rest_bound = running.serve(rest_listener, rest.fallback(not_found), &["rest"])?;
+                rows.push(("flight".to_string(), bound.to_string()));
+                rows.push(("rest".to_string(), rest_bound.to_string()));
+            }
+        }
+        Ok(rows)
     }
 
     /// Stops every listener and joins its threads; returns how many listeners were stopped.
@@ -203,11 +249,13 @@ impl Host {
         running
             .listeners
             .iter()
-            .map(|l| StatusRow {
-                protocol: l.protocol,
-                address: l.addr.to_string(),
-                uptime_seconds: l.started.elapsed().as_secs_f64(),
-                requests_in_flight: in_flight,
+            .flat_map(|l| {
+                l.protocols.iter().map(move |p| StatusRow {
+                    protocol: p,
+                    address: l.addr.to_string(),
+                    uptime_seconds: l.started.elapsed().as_secs_f64(),
+                    requests_in_flight: in_flight,
+                })
             })
             .collect()
     }

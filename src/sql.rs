@@ -145,12 +145,16 @@ impl VTab for ListenTable {
         let host = host_of(bind)?;
         let addr = bind.get_parameter(0).to_string();
         let mut options = ListenOptions::default();
-        if let Some(v) = bind.get_named_parameter("max_message_bytes") {
-            let n = v.to_int64();
-            if n <= 0 {
-                return Err(format!("invalid value for option max_message_bytes: {n} (must be a positive number of bytes)").into());
-            }
+        if let Some(n) = positive(bind, "max_message_bytes")? {
             options.max_message_bytes = usize::try_from(n)?;
+        }
+        if let Some(n) = positive(bind, "max_body_bytes")? {
+            options.max_body_bytes = n;
+        }
+        if let Some(v) = bind.get_named_parameter("rest") {
+            if !v.is_null() {
+                options.rest = Some(v.to_string());
+            }
         }
         Ok(Rows { rows: host.listen(&addr, &options)? })
     }
@@ -179,8 +183,25 @@ impl VTab for ListenTable {
     }
 
     fn named_parameters() -> Option<Vec<(String, LogicalTypeHandle)>> {
-        Some(vec![("max_message_bytes".to_string(), LogicalTypeId::Bigint.into())])
+        Some(vec![
+            ("max_message_bytes".to_string(), LogicalTypeId::Bigint.into()),
+            ("max_body_bytes".to_string(), LogicalTypeId::Bigint.into()),
+            ("rest".to_string(), varchar()),
+        ])
     }
+}
+
+/// A named BIGINT option that must be positive when given.
+fn positive(bind: &BindInfo, name: &str) -> Result<Option<u64>> {
+    let Some(v) = bind.get_named_parameter(name) else { return Ok(None) };
+    if v.is_null() {
+        return Ok(None);
+    }
+    let n = v.to_int64();
+    if n <= 0 {
+        return Err(format!("invalid value for option {name}: {n} (must be a positive number of bytes)").into());
+    }
+    Ok(Some(n as u64))
 }
 
 struct Status;

@@ -215,6 +215,11 @@ impl Sink for DuckSink {
     fn list_tables(&mut self) -> Result<Vec<(String, Schema)>, IngestError> {
         self.main_tables()
     }
+
+    fn ping(&mut self) -> Result<String, IngestError> {
+        let rows = self.conn.query("SELECT version()").map_err(db)?;
+        Ok(rows.into_iter().next().and_then(|r| r.into_iter().next().flatten()).unwrap_or_default())
+    }
 }
 
 #[cfg(test)]

@@ -182,8 +182,9 @@ def test_messages_over_the_limit_are_resource_exhausted(db_path):
     host = hosts.start("py20", db_path)
     try:
         host.sql(hosts.load_sql())
-        (proto, addr), = host.sql("FROM arrowport_listen('127.0.0.1:0', max_message_bytes := 1048576)")
-        assert proto == "flight"
+        rows = dict(host.sql("FROM arrowport_listen('127.0.0.1:0', max_message_bytes := 1048576)"))
+        addr = rows["flight"]
+        assert rows["rest"] == addr
         big = pa.table({"blob": pa.array([b"x" * (2 << 20)])})
         with pytest.raises(pa.ArrowException) as e:
             put(addr, "big", big)

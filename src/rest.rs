@@ -1,0 +1,326 @@
+//! The REST API: a thin axum adapter from HTTP requests to the ingest core, on the same port as Flight.
+//!
+//! - `POST /streams/{name}`: the body is an Arrow IPC stream, decoded while it streams in (optionally
+//!   `Content-Encoding: zstd` or `gzip`); one request is one transaction; `200` after commit.
+//! - `POST /stream/{name}`: the original service's JSON body (base64 schema and IPC stream), answered in its shape.
+//! - `GET /health`, `GET /streams`, `GET /streams/{name}`.
+//!
+//! Errors are `{"error": {"code", "message"}}` with the status from `error::http_status`. Nothing here touches
+//! DuckDB.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arrow::datatypes::Schema;
+use async_compression::tokio::bufread::{GzipDecoder, ZstdDecoder};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use bytes::Bytes;
+use futures::{Stream, StreamExt, TryStreamExt};
+use serde_json::{Value, json};
+use tokio_util::io::{ReaderStream, StreamReader};
+
+use crate::decode;
+use crate::error::{Code, http_status};
+use crate::ingest::{Core, IngestError, Sink};
+use crate::registry::Target;
+
+/// The media type of an Arrow IPC stream.
+pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
+
+/// How long `/health` waits for a writer before it answers 503.
+const HEALTH_WAIT: Duration = Duration::from_secs(5);
+
+/// Limits of one REST listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest single IPC message (and the largest JSON body of the original endpoint).
+    pub max_message_bytes: usize,
+    /// Largest request body on the wire.
+    pub max_body_bytes: u64,
+}
+
+struct App<S: Sink> {
+    core: Arc<Core<S>>,
+    limits: Limits,
+}
+
+/// An error as the client sees it.
+#[derive(Debug)]
+pub struct ApiError {
+    code: Code,
+    message: String,
+}
+
+impl From<IngestError> for ApiError {
+    fn from(e: IngestError) -> Self {
+        if let IngestError::Internal(cause) = &e {
+            eprintln!("arrowport: internal error: {cause}");
+        }
+        ApiError { code: e.code(), message: e.to_string() }
+    }
+}
+
+impl ApiError {
+    fn new(code: Code, message: impl Into<String>) -> Self {
+        ApiError { code, message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(http_status(self.code)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = json!({"error": {"code": self.code.name(), "message": self.message}});
+        let mut response = (status, axum::Json(body)).into_response();
+        if matches!(self.code, Code::Busy | Code::Stopping) {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+pub fn router<S: Sink>(core: Arc<Core<S>>, limits: Limits) -> Router {
+    let app = Arc::new(App { core, limits });
+    Router::new()
+        .route("/streams/{name}", post(ingest_ipc::<S>).get(stream_info::<S>))
+        .route("/streams", get(list_streams::<S>))
+        .route("/stream/{name}", post(ingest_legacy::<S>))
+        .route("/health", get(health::<S>))
+        .with_state(app)
+}
+
+fn media_type(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    Some(v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+}
+
+enum Encoding {
+    Identity,
+    Zstd,
+    Gzip,
+}
+
+fn encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
+    let Some(v) = headers.get(header::CONTENT_ENCODING) else { return Ok(Encoding::Identity) };
+    let v = v.to_str().unwrap_or("").trim().to_ascii_lowercase();
+    match v.as_str() {
+        "" | "identity" => Ok(Encoding::Identity),
+        "zstd" => Ok(Encoding::Zstd),
+        "gzip" | "x-gzip" => Ok(Encoding::Gzip),
+        other => Err(ApiError::new(Code::UnsupportedMedia, format!("unsupported Content-Encoding {other:?}; use zstd, gzip or none"))),
+    }
+}
+
+fn check_length(headers: &HeaderMap, max: u64) -> Result<(), ApiError> {
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > max => Err(ApiError::new(Code::TooLarge, format!("the body of {n} bytes is over the listener's limit of {max} bytes"))),
+        _ => Ok(()),
+    }
+}
+
+/// The request body as a byte stream: counted, limited, and with transport failures classified.
+fn body_stream(body: Body, max: u64, wire: Arc<AtomicU64>) -> impl Stream<Item = Result<Bytes, IngestError>> + Send + Unpin {
+    body.into_data_stream().map(move |chunk| match chunk {
+        Ok(bytes) => {
+            let total = wire.fetch_add(bytes.len() as u64, Ordering::Relaxed) + bytes.len() as u64;
+            if total > max {
+                Err(IngestError::TooLarge(format!("the body is over the listener's limit of {max} bytes")))
+            } else {
+                Ok(bytes)
+            }
+        }
+        Err(_) => Err(IngestError::Disconnected),
+    })
+}
+
+/// Undoes the HTTP Content-Encoding, keeping our own errors (limits, disconnects) as they are.
+fn decoded<St>(input: St, enc: Encoding) -> Box<dyn Stream<Item = Result<Bytes, IngestError>> + Send + Unpin>
+where
+    St: Stream<Item = Result<Bytes, IngestError>> + Send + Unpin + 'static,
+{
+    if matches!(enc, Encoding::Identity) {
+        return Box::new(input);
+    }
+    let reader = StreamReader::new(input.map_err(std::io::Error::other));
+    let unwrap = |e: std::io::Error, what: &str| match e.get_ref().and_then(|inner| inner.downcast_ref::<IngestError>()) {
+        Some(ours) => ours.clone(),
+        None => IngestError::BadInput(format!("the {what} body does not decompress: {e}")),
+    };
+    match enc {
+        Encoding::Zstd => Box::new(ReaderStream::new(ZstdDecoder::new(reader)).map_err(move |e| unwrap(e, "zstd"))),
+        Encoding::Gzip => Box::new(ReaderStream::new(GzipDecoder::new(reader)).map_err(move |e| unwrap(e, "gzip"))),
+        Encoding::Identity => unreachable!("handled above"),
+    }
+}
+
+async fn ingest_ipc<S: Sink>(State(app): State<Arc<App<S>>>, Path(name): Path<String>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    match media_type(&headers).as_deref() {
+        Some(ARROW_STREAM) => {}
+        Some(other) => return Err(ApiError::new(Code::UnsupportedMedia, format!("unsupported Content-Type {other:?}; send {ARROW_STREAM}"))),
+        None => return Err(ApiError::new(Code::UnsupportedMedia, format!("missing Content-Type; send {ARROW_STREAM}"))),
+    }
+    let enc = encoding(&headers)?;
+    check_length(&headers, app.limits.max_body_bytes)?;
+    let wire = Arc::new(AtomicU64::new(0));
+    let bytes = decoded(body_stream(body, app.limits.max_body_bytes, Arc::clone(&wire)), enc);
+    let items = decode::ipc_stream(bytes, app.limits.max_message_bytes);
+    let report = app.core.ingest(&name, items).await?;
+    let body = json!({
+        "stream": report.stream,
+        "table": report.table,
+        "rows": report.rows,
+        "batches": report.batches,
+        "bytes": wire.load(Ordering::Relaxed),
+    });
+    Ok(axum::Json(body).into_response())
+}
+
+#[derive(serde::Deserialize)]
+struct LegacyRequest {
+    config: LegacyConfig,
+    batch: LegacyBatch,
+}
+
+#[derive(serde::Deserialize)]
+struct LegacyConfig {
+    target_table: String,
+    #[serde(default)]
+    storage_backend: Option<String>,
+    // `chunk_size` and `compression` are accepted as the original did; DuckDB's scan decides chunking here.
+    #[serde(default)]
+    #[allow(dead_code)]
+    chunk_size: Option<i64>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    compression: Option<Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct LegacyBatch {
+    arrow_schema: String,
+    data: String,
+}
+
+/// `name`, `schema.name` or `catalog.schema.name`, each part used only quoted.
+pub fn parse_table_name(text: &str) -> Result<Target, String> {
+    let parts: Vec<&str> = text.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) || parts.is_empty() || parts.len() > 3 {
+        return Err(format!("target_table {text:?} is not a table name (name, schema.name or catalog.schema.name)"));
+    }
+    crate::registry::validate_stream_name(parts[parts.len() - 1])?;
+    Ok(match parts.as_slice() {
+        [t] => Target { catalog: None, schema: "main".into(), table: t.to_string() },
+        [s, t] => Target { catalog: None, schema: s.to_string(), table: t.to_string() },
+        [c, s, t] => Target { catalog: Some(c.to_string()), schema: s.to_string(), table: t.to_string() },
+        _ => unreachable!("length checked above"),
+    })
+}
+
+async fn ingest_legacy<S: Sink>(State(app): State<Arc<App<S>>>, Path(name): Path<String>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    if let Some(mt) = media_type(&headers) {
+        if mt != "application/json" {
+            return Err(ApiError::new(Code::UnsupportedMedia, format!("unsupported Content-Type {mt:?}; send application/json")));
+        }
+    }
+    if !matches!(encoding(&headers)?, Encoding::Identity) {
+        return Err(ApiError::new(Code::UnsupportedMedia, "the JSON endpoint takes an uncompressed body"));
+    }
+    let limit = (app.limits.max_message_bytes as u64).min(app.limits.max_body_bytes);
+    check_length(&headers, limit)?;
+    let raw = axum::body::to_bytes(body, limit as usize).await.map_err(|e| {
+        if e.to_string().contains("length limit") {
+            ApiError::new(Code::TooLarge, format!("the body is over the limit of {limit} bytes for JSON requests"))
+        } else {
+            ApiError::from(IngestError::Disconnected)
+        }
+    })?;
+    let request: LegacyRequest =
+        serde_json::from_slice(&raw).map_err(|e| ApiError::new(Code::InvalidInput, format!("invalid JSON request: {e}")))?;
+    if let Some(backend) = request.config.storage_backend.as_deref() {
+        if backend != "duckdb" {
+            return Err(ApiError::new(Code::InvalidInput, format!("storage_backend {backend:?} is not available: arrowport stores into DuckDB")));
+        }
+    }
+    let target = parse_table_name(&request.config.target_table).map_err(|e| ApiError::new(Code::InvalidInput, e))?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let schema_bytes = b64.decode(request.batch.arrow_schema.trim()).map_err(|e| ApiError::new(Code::InvalidInput, format!("batch.arrow_schema is not base64: {e}")))?;
+    arrow::ipc::convert::try_schema_from_ipc_buffer(&schema_bytes)
+        .map_err(|e| ApiError::new(Code::InvalidInput, format!("batch.arrow_schema is not a serialized Arrow schema: {e}")))?;
+    let data = b64.decode(request.batch.data.trim()).map_err(|e| ApiError::new(Code::InvalidInput, format!("batch.data is not base64: {e}")))?;
+    let items = decode::ipc_stream(futures::stream::iter([Ok(Bytes::from(data))]), app.limits.max_message_bytes);
+    let report = app.core.ingest_into(&name, target, items).await?;
+    Ok(axum::Json(json!({
+        "status": "success",
+        "stream": name,
+        "rows_processed": report.rows,
+        "storage_backend": "duckdb",
+        "message": "Data processed successfully",
+    }))
+    .into_response())
+}
+
+async fn health<S: Sink>(State(app): State<Arc<App<S>>>) -> Result<Response, ApiError> {
+    match tokio::time::timeout(HEALTH_WAIT, app.core.ping()).await {
+        Ok(Ok(version)) => Ok(axum::Json(json!({"status": "ok", "duckdb": version})).into_response()),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(ApiError::new(Code::Busy, "DuckDB did not answer within 5 s; every writer is busy")),
+    }
+}
+
+fn schema_json(schema: &Schema) -> Value {
+    Value::Array(
+        schema
+            .fields()
+            .iter()
+            .map(|f| json!({"name": f.name(), "type": f.data_type().to_string(), "nullable": f.is_nullable()}))
+            .collect(),
+    )
+}
+
+fn stream_json(name: &str, schema: &Schema) -> Value {
+    json!({"stream": name, "target": format!("main.{name}"), "mapping": "default", "schema": schema_json(schema)})
+}
+
+async fn list_streams<S: Sink>(State(app): State<Arc<App<S>>>) -> Result<Response, ApiError> {
+    let tables = app.core.list().await?;
+    let streams: Vec<Value> = tables.iter().map(|(name, schema)| stream_json(name, schema)).collect();
+    Ok(axum::Json(json!({"streams": streams})).into_response())
+}
+
+async fn stream_info<S: Sink>(State(app): State<Arc<App<S>>>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    match app.core.describe(&name).await? {
+        Some(schema) => Ok(axum::Json(stream_json(&name, &schema)).into_response()),
+        None => Err(ApiError::new(Code::NotFound, format!("stream {name:?} has no table yet (main.{name})"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_split_into_quoted_parts() {
+        assert_eq!(parse_table_name("t").unwrap(), Target { catalog: None, schema: "main".into(), table: "t".into() });
+        assert_eq!(parse_table_name("s.t").unwrap().schema, "s");
+        assert_eq!(parse_table_name("c.s.t").unwrap().catalog.as_deref(), Some("c"));
+        assert!(parse_table_name("a..b").is_err());
+        assert!(parse_table_name("a.b.c.d").is_err());
+        assert_eq!(parse_table_name("x; DROP TABLE y").unwrap().sql("db"), "\"db\".\"main\".\"x; DROP TABLE y\"");
+    }
+
+    #[test]
+    fn errors_carry_status_code_and_retry_after() {
+        let r = ApiError::new(Code::Busy, "busy").into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers().get(header::RETRY_AFTER).unwrap(), "1");
+        let r = ApiError::new(Code::Conflict, "no").into_response();
+        assert_eq!(r.status(), StatusCode::CONFLICT);
+    }
+}
