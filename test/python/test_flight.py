@@ -15,6 +15,7 @@ import pytest
 
 import flightraw
 import hosts
+from testdata import events
 
 
 def client(addr):
@@ -32,15 +33,6 @@ def put(addr, name, table, descriptor=None, chunk=None):
     c.close()
     return json.loads(meta.to_pybytes())
 
-
-def events(n, start=0):
-    return pa.table({
-        "id": pa.array(range(start, start + n), pa.int64()),
-        "timestamp": pa.array(range(n), pa.int64()),
-        "value": pa.array([i * 0.25 for i in range(n)], pa.float64()),
-        "category": pa.array([["a", "b", "c", "d"][i % 4] for i in range(n)]),
-        "metric": pa.array([float(i % 7) for i in range(n)], pa.float64()),
-    })
 
 
 def test_doput_lands_rows_with_faithful_types(listening):

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pytest
 
 import hosts
+from testdata import events
 
 ARROW = "application/vnd.apache.arrow.stream"
 
@@ -25,15 +26,6 @@ def ipc_bytes(table, compression=None, chunk=None):
         w.write_table(table, max_chunksize=chunk)
     return sink.getvalue().to_pybytes()
 
-
-def events(n, start=0):
-    return pa.table({
-        "id": pa.array(range(start, start + n), pa.int64()),
-        "timestamp": pa.array(range(n), pa.int64()),
-        "value": pa.array([i * 0.5 for i in range(n)], pa.float64()),
-        "category": pa.array([["a", "b", "c", "d"][i % 4] for i in range(n)]),
-        "metric": pa.array([float(i % 7) for i in range(n)], pa.float64()),
-    })
 
 
 def url(listening, path):
