@@ -471,7 +471,8 @@ pub fn varchar_arg(input: &duckdb::core::DataChunkHandle, col: usize, row: usize
     }
 }
 
-/// Writes `value` into row `row` of a BIGINT output vector.
+/// Writes `value` into row `row` of a BIGINT output vector (or TIMESTAMP/TIMESTAMPTZ: microseconds since the epoch,
+/// the same 64-bit layout).
 pub fn set_bigint(output: &mut duckdb::core::FlatVector<'_>, row: usize, value: i64) {
     // SAFETY: the vector is the function's BIGINT output, with capacity for every input row (`row` is one).
     unsafe { output.as_mut_slice::<i64>()[row] = value };

@@ -22,7 +22,9 @@ use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::grpc_code;
-use crate::ingest::{Core, Incoming, IngestError, Sink};
+use crate::ingest::{Core, Incoming, IngestError, Request as IngestRequest, Sink};
+use crate::metrics::Protocol;
+use std::sync::atomic::Ordering;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -97,19 +99,38 @@ fn decode_error(e: FlightError) -> IngestError {
 
 impl<S: Sink> FlightAdapter<S> {
     async fn put(&self, request: Request<Streaming<FlightData>>) -> Result<PutResult, IngestError> {
+        let result = self.put_inner(request).await;
+        if let Err((e, false)) = &result {
+            self.core.reject(Protocol::Flight, e);
+        }
+        result.map_err(|(e, _)| e)
+    }
+
+    /// The error says whether the request reached the core (which counted it) or not.
+    async fn put_inner(&self, request: Request<Streaming<FlightData>>) -> Result<PutResult, (IngestError, bool)> {
+        let early = |e: IngestError| (e, false);
         let mut input = request.into_inner();
         let first = match input.message().await {
             Ok(Some(m)) => m,
-            Ok(None) => return Err(IngestError::BadInput("DoPut carried no messages".into())),
-            Err(status) => return Err(transport_error(&status)),
+            Ok(None) => return Err(early(IngestError::BadInput("DoPut carried no messages".into()))),
+            Err(status) => return Err(early(transport_error(&status))),
         };
         let descriptor = first
             .flight_descriptor
             .clone()
-            .ok_or_else(|| IngestError::BadInput("the first DoPut message has no flight descriptor".into()))?;
-        let stream = stream_of(&descriptor)?;
+            .ok_or_else(|| early(IngestError::BadInput("the first DoPut message has no flight descriptor".into())))?;
+        let stream = stream_of(&descriptor).map_err(early)?;
+        let ingest_request = IngestRequest::new(stream.clone(), Protocol::Flight);
+        let wire = Arc::clone(&ingest_request.wire_bytes);
+        let size = |m: &FlightData| (m.data_header.len() + m.data_body.len() + m.app_metadata.len()) as u64;
+        wire.fetch_add(size(&first), Ordering::Relaxed);
+        let counted = input.inspect(move |m| {
+            if let Ok(m) = m {
+                wire.fetch_add(size(m), Ordering::Relaxed);
+            }
+        });
         let messages = futures::stream::once(async move { Ok(first) })
-            .chain(input.map_err(|status| FlightError::Tonic(Box::new(status))));
+            .chain(counted.map_err(|status| FlightError::Tonic(Box::new(status))));
         // arrow-ipc can panic on malformed bodies (e.g. a truncated buffer): that is the client's bad input.
         let decoded = std::panic::AssertUnwindSafe(FlightDataDecoder::new(messages)).catch_unwind();
         let items = decoded.filter_map(|item| async move {
@@ -126,8 +147,8 @@ impl<S: Sink> FlightAdapter<S> {
                 )))),
             }
         });
-        let report = self.core.ingest(&stream, Box::pin(items)).await?;
-        let app_metadata = serde_json::to_vec(&report).map_err(|e| IngestError::Internal(e.to_string()))?;
+        let report = self.core.ingest(ingest_request, Box::pin(items)).await.map_err(|e| (e, true))?;
+        let app_metadata = serde_json::to_vec(&report).map_err(|e| (IngestError::Internal(e.to_string()), true))?;
         Ok(PutResult { app_metadata: app_metadata.into() })
     }
 

@@ -13,7 +13,7 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
@@ -22,6 +22,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Code;
+use crate::metrics::{self, Metrics, Outcome, Protocol};
 use crate::registry::{self, Target};
 use crate::schema;
 
@@ -96,9 +97,37 @@ pub struct Report {
 }
 
 /// What a writer reports after commit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Written {
     pub rows: u64,
+    /// Time spent in DuckDB, first batch to commit.
+    pub write_seconds: f64,
+}
+
+/// One request as a protocol adapter hands it to the core.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub stream: String,
+    pub protocol: Protocol,
+    /// Bytes on the wire, counted by the adapter as the request streams in.
+    pub wire_bytes: Arc<AtomicU64>,
+    /// The target the client named itself (the original JSON endpoint); `None` resolves the stream name.
+    pub target: Option<Target>,
+}
+
+impl Request {
+    pub fn new(stream: impl Into<String>, protocol: Protocol) -> Request {
+        Request { stream: stream.into(), protocol, wire_bytes: Arc::default(), target: None }
+    }
+}
+
+/// Counts kept while a request runs.
+#[derive(Debug, Default)]
+struct Counts {
+    batches: AtomicU64,
+    /// Rows handed to the writer (committed, or rolled back on failure).
+    rows: AtomicU64,
+    decoded_bytes: AtomicU64,
 }
 
 /// Messages from the network side to a writer.
@@ -115,7 +144,7 @@ pub enum Msg {
 pub struct BatchRx {
     rx: mpsc::Receiver<Msg>,
     ended: bool,
-    batches: Arc<AtomicU64>,
+    counts: Arc<Counts>,
 }
 
 impl BatchRx {
@@ -126,7 +155,8 @@ impl BatchRx {
         }
         match self.rx.blocking_recv() {
             Some(Msg::Batch(b)) => {
-                self.batches.fetch_add(1, Ordering::Relaxed);
+                self.counts.batches.fetch_add(1, Ordering::Relaxed);
+                self.counts.rows.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
                 Ok(Some(b))
             }
             Some(Msg::End) => {
@@ -239,6 +269,7 @@ pub struct Core<S: Sink> {
     writers: Writers<S>,
     cancel: CancellationToken,
     active: AtomicUsize,
+    metrics: Arc<Metrics>,
 }
 
 /// Counts a request as in flight while it lives.
@@ -251,8 +282,26 @@ impl Drop for Active<'_> {
 }
 
 impl<S: Sink> Core<S> {
-    pub fn new(writers: Writers<S>, cancel: CancellationToken) -> Core<S> {
-        Core { writers, cancel, active: AtomicUsize::new(0) }
+    pub fn new(writers: Writers<S>, cancel: CancellationToken, metrics: Arc<Metrics>) -> Core<S> {
+        Core { writers, cancel, active: AtomicUsize::new(0), metrics }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Counts a request an adapter refused before it reached the core (bad descriptor, wrong media type...).
+    pub fn reject(&self, protocol: Protocol, error: &IngestError) {
+        self.metrics.record(&Outcome {
+            stream: metrics::UNKNOWN_STREAM,
+            protocol,
+            result: Err(error.to_string()),
+            rows: 0,
+            batches: 0,
+            wire_bytes: 0,
+            decoded_bytes: 0,
+            seconds: 0.0,
+        });
     }
 
     /// Requests being received or written right now.
@@ -265,21 +314,41 @@ impl<S: Sink> Core<S> {
     }
 
     /// Lands one request: the schema first, then batches, all in one transaction. Returns after commit.
-    pub async fn ingest<I>(&self, stream: &str, input: I) -> Result<Report, IngestError>
+    pub async fn ingest<I>(&self, request: Request, input: I) -> Result<Report, IngestError>
     where
         I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
     {
-        let target = registry::resolve(stream).map_err(IngestError::BadInput)?;
-        self.ingest_into(stream, target, input).await
-    }
-
-    /// Like [`Core::ingest`], into a target the client named itself (the original service's JSON endpoint).
-    pub async fn ingest_into<I>(&self, stream: &str, target: Target, mut input: I) -> Result<Report, IngestError>
-    where
-        I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
-    {
+        let started = Instant::now();
+        let _in_flight = self.metrics.in_flight(request.protocol);
         self.active.fetch_add(1, Ordering::Relaxed);
         let _active = Active(&self.active);
+        let counts = Arc::new(Counts::default());
+        let result = self.run(&request, input, &counts).await;
+        self.metrics.record(&Outcome {
+            stream: &request.stream,
+            protocol: request.protocol,
+            result: result.as_ref().map(|(_, w)| w.write_seconds).map_err(|e| e.to_string()),
+            rows: match &result {
+                Ok((report, _)) => report.rows,
+                Err(_) => counts.rows.load(Ordering::Relaxed),
+            },
+            batches: counts.batches.load(Ordering::Relaxed),
+            wire_bytes: request.wire_bytes.load(Ordering::Relaxed),
+            decoded_bytes: counts.decoded_bytes.load(Ordering::Relaxed),
+            seconds: started.elapsed().as_secs_f64(),
+        });
+        result.map(|(report, _)| report)
+    }
+
+    async fn run<I>(&self, request: &Request, mut input: I, counts: &Arc<Counts>) -> Result<(Report, Written), IngestError>
+    where
+        I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
+    {
+        let stream = request.stream.as_str();
+        let target = match &request.target {
+            Some(t) => t.clone(),
+            None => registry::resolve(stream).map_err(IngestError::BadInput)?,
+        };
         let schema = match self.next_or_cancel(&mut input).await? {
             Some(Incoming::Schema(s)) => s,
             Some(Incoming::Batch(_)) => return Err(IngestError::BadInput("the stream sent a batch before its schema".into())),
@@ -289,13 +358,12 @@ impl<S: Sink> Core<S> {
 
         let permit = self.permit().await?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let batches = Arc::new(AtomicU64::new(0));
         let (reply_tx, reply_rx) = oneshot::channel();
-        let batch_rx = BatchRx { rx, ended: false, batches: Arc::clone(&batches) };
+        let batch_rx = BatchRx { rx, ended: false, counts: Arc::clone(counts) };
         let work = Work::Write { target: target.clone(), schema: Arc::clone(&schema), input: batch_rx, reply: reply_tx };
         self.writers.submit(Job { work, _permit: permit })?;
 
-        let pumped = self.pump(&mut input, &tx, &schema).await;
+        let pumped = self.pump(&mut input, &tx, &schema, counts).await;
         let last = match &pumped {
             Ok(()) => Msg::End,
             Err(e) => Msg::Fail(e.clone()),
@@ -307,7 +375,8 @@ impl<S: Sink> Core<S> {
         // A failure of the input is the cause; the writer's error is only its echo.
         pumped?;
         let written = written??;
-        Ok(Report { stream: stream.to_string(), table: target.display(), rows: written.rows, batches: batches.load(Ordering::Relaxed) })
+        let batches = counts.batches.load(Ordering::Relaxed);
+        Ok((Report { stream: stream.to_string(), table: target.display(), rows: written.rows, batches }, written))
     }
 
     /// The Arrow schema of the table a stream lands in; `None` when that table does not exist yet.
@@ -358,7 +427,7 @@ impl<S: Sink> Core<S> {
 
     /// Moves batches from the input to the writer until the input ends (Ok) or fails (Err). Returns Ok early
     /// when the writer stopped reading: its reply carries the reason.
-    async fn pump<I>(&self, input: &mut I, tx: &mpsc::Sender<Msg>, schema: &SchemaRef) -> Result<(), IngestError>
+    async fn pump<I>(&self, input: &mut I, tx: &mpsc::Sender<Msg>, schema: &SchemaRef, counts: &Counts) -> Result<(), IngestError>
     where
         I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
     {
@@ -374,6 +443,8 @@ impl<S: Sink> Core<S> {
                     if b.num_rows() == 0 {
                         continue;
                     }
+                    let size: usize = b.columns().iter().map(|c| c.to_data().get_slice_memory_size().unwrap_or(0)).sum();
+                    counts.decoded_bytes.fetch_add(size as u64, Ordering::Relaxed);
                     let sent = tokio::select! {
                         _ = self.cancel.cancelled() => return Err(IngestError::Stopping),
                         r = tx.send(Msg::Batch(b)) => r,
@@ -407,7 +478,7 @@ mod tests {
                 rows += b.num_rows() as u64;
             }
             self.committed.lock().unwrap().push((target.table.clone(), rows));
-            Ok(Written { rows })
+            Ok(Written { rows, write_seconds: 0.0 })
         }
 
         fn table_schema(&mut self, _: &Target) -> Result<Option<Schema>, IngestError> {
@@ -433,7 +504,7 @@ mod tests {
 
     fn core(committed: &Arc<Mutex<Vec<(String, u64)>>>) -> Core<Fake> {
         let sinks = (0..2).map(|_| Fake { committed: Arc::clone(committed) }).collect();
-        Core::new(Writers::start(sinks).unwrap(), CancellationToken::new())
+        Core::new(Writers::start(sinks).unwrap(), CancellationToken::new(), Arc::default())
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -441,9 +512,11 @@ mod tests {
         let committed = Arc::default();
         let core = core(&committed);
         let items = vec![Ok(Incoming::Schema(schema())), Ok(Incoming::Batch(batch(3))), Ok(Incoming::Batch(batch(4)))];
-        let report = core.ingest("events", stream::iter(items)).await.unwrap();
+        let report = core.ingest(Request::new("events", Protocol::Flight), stream::iter(items)).await.unwrap();
         assert_eq!(report, Report { stream: "events".into(), table: "main.events".into(), rows: 7, batches: 2 });
         assert_eq!(*committed.lock().unwrap(), vec![("events".to_string(), 7)]);
+        let m = &core.metrics().rows()[0];
+        assert_eq!((m.stream.as_str(), m.requests_ok, m.rows, m.batches, m.decoded_bytes), ("events", 1, 7, 2, 7 * 8));
         assert_eq!(core.writers().stop().len(), 2);
     }
 
@@ -456,7 +529,7 @@ mod tests {
             Ok(Incoming::Batch(batch(3))),
             Err(IngestError::BadInput("truncated IPC message".into())),
         ];
-        let err = core.ingest("events", stream::iter(items)).await.unwrap_err();
+        let err = core.ingest(Request::new("events", Protocol::Flight), stream::iter(items)).await.unwrap_err();
         assert_eq!(err.to_string(), "truncated IPC message");
         assert!(committed.lock().unwrap().is_empty());
     }
@@ -467,7 +540,7 @@ mod tests {
         let core = core(&committed);
         let other = Arc::new(Schema::new(vec![Field::new("x", DataType::Utf8, true)]));
         let items = vec![Ok(Incoming::Schema(schema())), Ok(Incoming::Batch(batch(3))), Ok(Incoming::Schema(other))];
-        let err = core.ingest("events", stream::iter(items)).await.unwrap_err();
+        let err = core.ingest(Request::new("events", Protocol::Flight), stream::iter(items)).await.unwrap_err();
         assert!(err.to_string().contains("schema changed"), "{err}");
         assert_eq!(err.code(), Code::InvalidInput);
         assert!(committed.lock().unwrap().is_empty());
@@ -481,7 +554,7 @@ mod tests {
         tx.unbounded_send(Ok(Incoming::Schema(schema()))).unwrap();
         tx.unbounded_send(Ok(Incoming::Batch(batch(5)))).unwrap();
         let c = Arc::clone(&core);
-        let task = tokio::spawn(async move { c.ingest("events", rx).await });
+        let task = tokio::spawn(async move { c.ingest(Request::new("events", Protocol::Flight), rx).await });
         tokio::time::sleep(Duration::from_millis(50)).await;
         core.cancel.cancel();
         let err = task.await.unwrap().unwrap_err();
@@ -493,7 +566,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_dropped_producer_is_a_disconnect_not_a_commit() {
         let (tx, rx) = mpsc::channel(1);
-        let mut input = BatchRx { rx, ended: false, batches: Arc::default() };
+        let mut input = BatchRx { rx, ended: false, counts: Arc::default() };
         tx.send(Msg::Batch(batch(1))).await.unwrap();
         drop(tx);
         let got = tokio::task::spawn_blocking(move || (input.next_batch().map(|b| b.is_some()), input.next_batch().map(|_| ())))
@@ -508,7 +581,7 @@ mod tests {
         let committed = Arc::default();
         let core = core(&committed);
         let s = Arc::new(Schema::new(vec![Field::new("h", DataType::Float16, true)]));
-        let err = core.ingest("events", stream::iter(vec![Ok(Incoming::Schema(s))])).await.unwrap_err();
+        let err = core.ingest(Request::new("events", Protocol::Flight), stream::iter(vec![Ok(Incoming::Schema(s))])).await.unwrap_err();
         assert!(err.to_string().contains("column \"h\""), "{err}");
     }
 

@@ -14,6 +14,7 @@
 //! - [`ingest`]: the protocol-independent core: decoded Arrow in, one committed transaction out.
 //! - [`writer`]: the DuckDB side of a write (DuckDB's Arrow scan, the transaction, table creation).
 //! - [`registry`]: stream names and the tables they land in.
+//! - [`metrics`]: counters and histograms behind `arrowport_metrics()` and `GET /metrics`.
 //! - [`schema`]: which Arrow types DuckDB holds, SQL quoting, table fit checks.
 //! - [`error`]: the failure classes and their gRPC / HTTP statuses.
 #![deny(unsafe_code)]
@@ -23,6 +24,7 @@ pub mod error;
 pub mod ffi;
 pub mod flight;
 pub mod ingest;
+pub mod metrics;
 pub mod registry;
 pub mod rest;
 pub mod schema;

@@ -28,7 +28,8 @@ use tokio_util::io::{ReaderStream, StreamReader};
 
 use crate::decode;
 use crate::error::{Code, http_status};
-use crate::ingest::{Core, IngestError, Sink};
+use crate::ingest::{Core, IngestError, Request as IngestRequest, Sink};
+use crate::metrics::Protocol;
 use crate::registry::Target;
 
 /// The media type of an Arrow IPC stream.
@@ -92,6 +93,7 @@ pub fn router<S: Sink>(core: Arc<Core<S>>, limits: Limits) -> Router {
         .route("/streams", get(list_streams::<S>))
         .route("/stream/{name}", post(ingest_legacy::<S>))
         .route("/health", get(health::<S>))
+        .route("/metrics", get(prometheus_text::<S>))
         .with_state(app)
 }
 
@@ -160,18 +162,24 @@ where
     }
 }
 
+/// Counts a request refused before it reached the ingest core.
+fn refused<S: Sink>(app: &App<S>, result: Result<Response, ApiError>) -> Result<Response, ApiError> {
+    if let Err(e) = &result {
+        app.core.reject(Protocol::Rest, &IngestError::BadInput(e.message.clone()));
+    }
+    result
+}
+
 async fn ingest_ipc<S: Sink>(State(app): State<Arc<App<S>>>, Path(name): Path<String>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    match media_type(&headers).as_deref() {
-        Some(ARROW_STREAM) => {}
-        Some(other) => return Err(ApiError::new(Code::UnsupportedMedia, format!("unsupported Content-Type {other:?}; send {ARROW_STREAM}"))),
-        None => return Err(ApiError::new(Code::UnsupportedMedia, format!("missing Content-Type; send {ARROW_STREAM}"))),
+    if let Err(e) = check_ipc_request(&headers, app.limits.max_body_bytes) {
+        return refused(&app, Err(e));
     }
     let enc = encoding(&headers)?;
-    check_length(&headers, app.limits.max_body_bytes)?;
-    let wire = Arc::new(AtomicU64::new(0));
-    let bytes = decoded(body_stream(body, app.limits.max_body_bytes, Arc::clone(&wire)), enc);
+    let request = IngestRequest::new(name, Protocol::Rest);
+    let bytes = decoded(body_stream(body, app.limits.max_body_bytes, Arc::clone(&request.wire_bytes)), enc);
     let items = decode::ipc_stream(bytes, app.limits.max_message_bytes);
-    let report = app.core.ingest(&name, items).await?;
+    let wire = Arc::clone(&request.wire_bytes);
+    let report = app.core.ingest(request, items).await?;
     let body = json!({
         "stream": report.stream,
         "table": report.table,
@@ -180,6 +188,16 @@ async fn ingest_ipc<S: Sink>(State(app): State<Arc<App<S>>>, Path(name): Path<St
         "bytes": wire.load(Ordering::Relaxed),
     });
     Ok(axum::Json(body).into_response())
+}
+
+fn check_ipc_request(headers: &HeaderMap, max_body: u64) -> Result<(), ApiError> {
+    match media_type(headers).as_deref() {
+        Some(ARROW_STREAM) => {}
+        Some(other) => return Err(ApiError::new(Code::UnsupportedMedia, format!("unsupported Content-Type {other:?}; send {ARROW_STREAM}"))),
+        None => return Err(ApiError::new(Code::UnsupportedMedia, format!("missing Content-Type; send {ARROW_STREAM}"))),
+    }
+    encoding(headers)?;
+    check_length(headers, max_body)
 }
 
 #[derive(serde::Deserialize)]
@@ -224,6 +242,26 @@ pub fn parse_table_name(text: &str) -> Result<Target, String> {
 }
 
 async fn ingest_legacy<S: Sink>(State(app): State<Arc<App<S>>>, Path(name): Path<String>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let prepared = legacy_request(&app, name, headers, body).await;
+    let (request, data) = match prepared {
+        Ok(p) => p,
+        Err(e) => return refused(&app, Err(e)),
+    };
+    let name = request.stream.clone();
+    let items = decode::ipc_stream(futures::stream::iter([Ok(Bytes::from(data))]), app.limits.max_message_bytes);
+    let report = app.core.ingest(request, items).await?;
+    Ok(axum::Json(json!({
+        "status": "success",
+        "stream": name,
+        "rows_processed": report.rows,
+        "storage_backend": "duckdb",
+        "message": "Data processed successfully",
+    }))
+    .into_response())
+}
+
+/// Reads and checks the original service's JSON body; returns the request and the IPC bytes.
+async fn legacy_request<S: Sink>(app: &App<S>, name: String, headers: HeaderMap, body: Body) -> Result<(IngestRequest, Vec<u8>), ApiError> {
     if let Some(mt) = media_type(&headers) {
         if mt != "application/json" {
             return Err(ApiError::new(Code::UnsupportedMedia, format!("unsupported Content-Type {mt:?}; send application/json")));
@@ -254,16 +292,10 @@ async fn ingest_legacy<S: Sink>(State(app): State<Arc<App<S>>>, Path(name): Path
     arrow::ipc::convert::try_schema_from_ipc_buffer(&schema_bytes)
         .map_err(|e| ApiError::new(Code::InvalidInput, format!("batch.arrow_schema is not a serialized Arrow schema: {e}")))?;
     let data = b64.decode(request.batch.data.trim()).map_err(|e| ApiError::new(Code::InvalidInput, format!("batch.data is not base64: {e}")))?;
-    let items = decode::ipc_stream(futures::stream::iter([Ok(Bytes::from(data))]), app.limits.max_message_bytes);
-    let report = app.core.ingest_into(&name, target, items).await?;
-    Ok(axum::Json(json!({
-        "status": "success",
-        "stream": name,
-        "rows_processed": report.rows,
-        "storage_backend": "duckdb",
-        "message": "Data processed successfully",
-    }))
-    .into_response())
+    let mut ingest_request = IngestRequest::new(name, Protocol::Rest);
+    ingest_request.wire_bytes.store(raw.len() as u64, Ordering::Relaxed);
+    ingest_request.target = Some(target);
+    Ok((ingest_request, data))
 }
 
 async fn health<S: Sink>(State(app): State<Arc<App<S>>>) -> Result<Response, ApiError> {
@@ -284,19 +316,39 @@ fn schema_json(schema: &Schema) -> Value {
     )
 }
 
-fn stream_json(name: &str, schema: &Schema) -> Value {
-    json!({"stream": name, "target": format!("main.{name}"), "mapping": "default", "schema": schema_json(schema)})
+fn stream_json(name: &str, schema: &Schema, metrics: &[crate::metrics::Row]) -> Value {
+    let mine = metrics.iter().filter(|r| r.stream == name);
+    let (mut ok, mut failed, mut rows, mut batches) = (0, 0, 0, 0);
+    for r in mine {
+        ok += r.requests_ok;
+        failed += r.requests_failed;
+        rows += r.rows;
+        batches += r.batches;
+    }
+    json!({
+        "stream": name,
+        "target": format!("main.{name}"),
+        "mapping": "default",
+        "schema": schema_json(schema),
+        "counters": {"requests_ok": ok, "requests_failed": failed, "rows": rows, "batches": batches},
+    })
+}
+
+async fn prometheus_text<S: Sink>(State(app): State<Arc<App<S>>>) -> Response {
+    let text = app.core.metrics().render();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
 async fn list_streams<S: Sink>(State(app): State<Arc<App<S>>>) -> Result<Response, ApiError> {
     let tables = app.core.list().await?;
-    let streams: Vec<Value> = tables.iter().map(|(name, schema)| stream_json(name, schema)).collect();
+    let metrics = app.core.metrics().rows();
+    let streams: Vec<Value> = tables.iter().map(|(name, schema)| stream_json(name, schema, &metrics)).collect();
     Ok(axum::Json(json!({"streams": streams})).into_response())
 }
 
 async fn stream_info<S: Sink>(State(app): State<Arc<App<S>>>, Path(name): Path<String>) -> Result<Response, ApiError> {
     match app.core.describe(&name).await? {
-        Some(schema) => Ok(axum::Json(stream_json(&name, &schema)).into_response()),
+        Some(schema) => Ok(axum::Json(stream_json(&name, &schema, &app.core.metrics().rows())).into_response()),
         None => Err(ApiError::new(Code::NotFound, format!("stream {name:?} has no table yet (main.{name})"))),
     }
 }

@@ -21,6 +21,7 @@ use crate::ffi::RawConn;
 use crate::flight::FlightAdapter;
 use crate::rest;
 use crate::ingest::{Core, Writers};
+use crate::metrics::Metrics;
 use crate::writer::{CreateLocks, DuckSink};
 
 /// Largest Flight or IPC message accepted by default (`max_message_bytes` changes it).
@@ -135,6 +136,7 @@ struct State {
 /// arrowport's state for one host database.
 pub struct Host {
     state: Mutex<State>,
+    metrics: Arc<Metrics>,
 }
 
 static HOSTS: Mutex<Vec<Weak<Host>>> = Mutex::new(Vec::new());
@@ -158,7 +160,7 @@ pub fn parse_addr(text: &str) -> Result<SocketAddr, ListenError> {
 
 impl Host {
     pub fn new(pool: Vec<RawConn>) -> Arc<Host> {
-        let host = Arc::new(Host { state: Mutex::new(State { pool: Pool::Raw(pool), running: None }) });
+        let host = Arc::new(Host { state: Mutex::new(State { pool: Pool::Raw(pool), running: None }), metrics: Arc::new(Metrics::new()) });
         if let Ok(mut hosts) = HOSTS.lock() {
             hosts.retain(|h| h.strong_count() > 0);
             hosts.push(Arc::downgrade(&host));
@@ -182,7 +184,8 @@ impl Host {
         }
         let mut state = self.lock();
         if state.running.is_none() {
-            let running = start(&mut state.pool)?;
+            let running = start(&mut state.pool, Arc::clone(&self.metrics))?;
+            self.metrics.set_started(Some(Instant::now()));
             state.running = Some(running);
         }
         let Some(running) = state.running.as_mut() else {
@@ -239,6 +242,7 @@ impl Host {
         runtime.shutdown_timeout(JOIN_LIMIT);
         let sinks = core.writers().stop();
         state.pool = Pool::Ready(sinks);
+        self.metrics.set_started(None);
         count
     }
 
@@ -259,10 +263,15 @@ impl Host {
             })
             .collect()
     }
+
+    /// The counters behind `arrowport_metrics()`; they outlive listener restarts.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
 }
 
 /// Readies the connections, starts the writers and the runtime.
-fn start(pool: &mut Pool) -> Result<Running, ListenError> {
+fn start(pool: &mut Pool, metrics: Arc<Metrics>) -> Result<Running, ListenError> {
     let sinks = match std::mem::replace(pool, Pool::Lent) {
         Pool::Ready(sinks) => sinks,
         Pool::Raw(conns) => {
@@ -289,7 +298,7 @@ fn start(pool: &mut Pool) -> Result<Running, ListenError> {
         .map_err(|e| ListenError::Start(e.to_string()))?;
     let writers = Writers::start(sinks).map_err(|e| ListenError::Start(e.to_string()))?;
     let cancel = CancellationToken::new();
-    let core = Arc::new(Core::new(writers, cancel.clone()));
+    let core = Arc::new(Core::new(writers, cancel.clone(), metrics));
     Ok(Running { runtime, core, cancel, listeners: Vec::new() })
 }
 

@@ -5,6 +5,7 @@
 //! - `arrowport_listen(address)` (scalar) and `FROM arrowport_listen(address, option := value, ...)` (table).
 //! - `arrowport_stop()`: stops every listener; returns how many.
 //! - `FROM arrowport_status()`: listeners, addresses, uptime, requests in flight.
+//! - `FROM arrowport_metrics()`: per stream and protocol, what landed and what failed.
 
 use std::error::Error;
 use std::sync::Arc;
@@ -34,6 +35,7 @@ pub fn register(conn: &Connection, host: Arc<Host>) -> Result<()> {
     conn.register_scalar_function_with_state::<Stop>("arrowport_stop", &host)?;
     conn.register_table_function_with_extra_info::<ListenTable, Arc<Host>>("arrowport_listen", &host)?;
     conn.register_table_function_with_extra_info::<Status, Arc<Host>>("arrowport_status", &host)?;
+    conn.register_table_function_with_extra_info::<MetricsTable, Arc<Host>>("arrowport_metrics", &host)?;
     Ok(())
 }
 
@@ -235,6 +237,82 @@ impl VTab for Status {
             addr.insert(i, r.address.as_str());
             ffi::set_double(&mut up, i, r.uptime_seconds);
             ffi::set_bigint(&mut busy, i, r.requests_in_flight);
+        }
+        output.set_len(rows.len());
+        Ok(())
+    }
+}
+
+struct MetricsTable;
+
+/// Columns of `arrowport_metrics()`, in order.
+const METRIC_COLUMNS: [(&str, LogicalTypeId); 16] = [
+    ("stream", LogicalTypeId::Varchar),
+    ("protocol", LogicalTypeId::Varchar),
+    ("requests_ok", LogicalTypeId::Bigint),
+    ("requests_failed", LogicalTypeId::Bigint),
+    ("rows_committed", LogicalTypeId::Bigint),
+    ("batches", LogicalTypeId::Bigint),
+    ("wire_bytes", LogicalTypeId::Bigint),
+    ("decoded_bytes", LogicalTypeId::Bigint),
+    ("rows_rolled_back", LogicalTypeId::Bigint),
+    ("last_commit", LogicalTypeId::TimestampTZ),
+    ("last_error", LogicalTypeId::Varchar),
+    ("last_error_at", LogicalTypeId::TimestampTZ),
+    ("latency_p50_ms", LogicalTypeId::Double),
+    ("latency_p95_ms", LogicalTypeId::Double),
+    ("latency_p99_ms", LogicalTypeId::Double),
+    ("write_seconds", LogicalTypeId::Double),
+];
+
+impl VTab for MetricsTable {
+    type InitData = Once;
+    type BindData = Rows<crate::metrics::Row>;
+
+    fn bind(bind: &BindInfo) -> Result<Self::BindData> {
+        for (name, ty) in METRIC_COLUMNS {
+            bind.add_result_column(name, ty.into());
+        }
+        Ok(Rows { rows: host_of(bind)?.metrics().rows() })
+    }
+
+    fn init(init: &InitInfo) -> Result<Self::InitData> {
+        init_once(init)
+    }
+
+    fn func(func: &TableFunctionInfo<Self>, output: &mut DataChunkHandle) -> Result<()> {
+        if !first_call(func.get_init_data()) {
+            output.set_len(0);
+            return Ok(());
+        }
+        let rows = &func.get_bind_data().rows;
+        let mut cols: Vec<_> = (0..METRIC_COLUMNS.len()).map(|i| output.flat_vector(i)).collect();
+        for (i, r) in rows.iter().enumerate() {
+            cols[0].insert(i, r.stream.as_str());
+            cols[1].insert(i, r.protocol.as_str());
+            let counts = [r.requests_ok, r.requests_failed, r.rows, r.batches, r.wire_bytes, r.decoded_bytes, r.rows_rolled_back];
+            for (j, v) in counts.into_iter().enumerate() {
+                ffi::set_bigint(&mut cols[2 + j], i, v as i64);
+            }
+            match r.last_commit_us {
+                Some(us) => ffi::set_bigint(&mut cols[9], i, us),
+                None => cols[9].set_null(i),
+            }
+            match &r.last_error {
+                Some(e) => cols[10].insert(i, e.as_str()),
+                None => cols[10].set_null(i),
+            }
+            match r.last_error_us {
+                Some(us) => ffi::set_bigint(&mut cols[11], i, us),
+                None => cols[11].set_null(i),
+            }
+            for (j, q) in [r.latency_p50_ms, r.latency_p95_ms, r.latency_p99_ms].into_iter().enumerate() {
+                match q {
+                    Some(v) => ffi::set_double(&mut cols[12 + j], i, v),
+                    None => cols[12 + j].set_null(i),
+                }
+            }
+            ffi::set_double(&mut cols[15], i, r.write_seconds);
         }
         output.set_len(rows.len());
         Ok(())

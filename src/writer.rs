@@ -113,6 +113,7 @@ impl DuckSink {
     }
 
     fn write_view(&mut self, view: &str, target: &Target, failed: &Mutex<Option<IngestError>>) -> Result<Written, IngestError> {
+        let started = std::time::Instant::now();
         let view_sql = Self::view_sql(view);
         let incoming = Self::columns(self.conn.query(&format!("DESCRIBE {view_sql}")).map_err(db)?);
         let target_sql = target.sql(&self.host_db);
@@ -131,7 +132,7 @@ impl DuckSink {
             schema::check_fits(&target.display(), &table, &incoming).map_err(IngestError::Conflict)?;
             let rows = self.conn.execute(&format!("INSERT INTO {target_sql} SELECT * FROM {view_sql}")).map_err(db)?;
             self.conn.execute("COMMIT").map_err(db)?;
-            Ok(Written { rows })
+            Ok(Written { rows, write_seconds: started.elapsed().as_secs_f64() })
         })();
         if result.is_err() {
             let _ = self.conn.execute("ROLLBACK");
@@ -194,7 +195,7 @@ impl Sink for DuckSink {
     fn write(&mut self, target: &Target, schema: SchemaRef, mut input: BatchRx) -> Result<Written, IngestError> {
         // Nothing is created or written for a request without rows.
         let Some(first) = input.next_batch()? else {
-            return Ok(Written { rows: 0 });
+            return Ok(Written { rows: 0, write_seconds: 0.0 });
         };
         let failed = Arc::new(Mutex::new(None));
         let pull = Pull { first: Some(first), input, failed: Arc::clone(&failed) };

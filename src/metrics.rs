@@ -1,0 +1,377 @@
+//! What landed, counted once and shown twice: `FROM arrowport_metrics()` and `GET /metrics` read the same
+//! counters.
+//!
+//! One `prometheus::Registry` per host database holds every series; metric and label names are constants here.
+//! Series are labelled `stream` and `protocol`. Cardinality is bounded: a stream gets a label of its own only once
+//! it has committed (its table exists); failures of streams that never committed count under [`UNKNOWN_STREAM`],
+//! and past [`MAX_STREAMS`] named streams everything new counts under [`OTHER_STREAMS`]. Only committed rows count
+//! as rows; a rolled-back request counts as a failure and its received rows as rolled back.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+pub const REQUESTS: &str = "arrowport_requests_total";
+pub const ROWS: &str = "arrowport_rows_total";
+pub const BATCHES: &str = "arrowport_batches_total";
+pub const WIRE_BYTES: &str = "arrowport_wire_bytes_total";
+pub const DECODED_BYTES: &str = "arrowport_decoded_bytes_total";
+pub const ROWS_ROLLED_BACK: &str = "arrowport_rows_rolled_back_total";
+pub const REQUEST_SECONDS: &str = "arrowport_request_duration_seconds";
+pub const WRITE_SECONDS: &str = "arrowport_write_duration_seconds";
+pub const IN_FLIGHT: &str = "arrowport_requests_in_flight";
+pub const UPTIME: &str = "arrowport_listener_uptime_seconds";
+
+pub const LABEL_STREAM: &str = "stream";
+pub const LABEL_PROTOCOL: &str = "protocol";
+pub const LABEL_OUTCOME: &str = "outcome";
+
+/// Failures of streams that never committed.
+pub const UNKNOWN_STREAM: &str = "_unknown";
+/// New streams past the cap.
+pub const OTHER_STREAMS: &str = "_other";
+/// Most streams with series of their own.
+pub const MAX_STREAMS: usize = 1000;
+
+/// Latency buckets in seconds: 1 ms to 2 min.
+const BUCKETS: [f64; 16] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+
+/// The protocols that count separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Flight,
+    Rest,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Flight => "flight",
+            Protocol::Rest => "rest",
+        }
+    }
+}
+
+/// One finished request, as the ingest core saw it.
+#[derive(Debug, Clone)]
+pub struct Outcome<'a> {
+    pub stream: &'a str,
+    pub protocol: Protocol,
+    /// `Ok(write_seconds)` when committed, `Err(message)` when not.
+    pub result: Result<f64, String>,
+    pub rows: u64,
+    pub batches: u64,
+    pub wire_bytes: u64,
+    pub decoded_bytes: u64,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Notes {
+    last_commit: Option<SystemTime>,
+    last_error: Option<(String, SystemTime)>,
+}
+
+/// One row of `arrowport_metrics()`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub stream: String,
+    pub protocol: String,
+    pub requests_ok: u64,
+    pub requests_failed: u64,
+    pub rows: u64,
+    pub batches: u64,
+    pub wire_bytes: u64,
+    pub decoded_bytes: u64,
+    pub rows_rolled_back: u64,
+    /// Microseconds since the epoch.
+    pub last_commit_us: Option<i64>,
+    pub last_error: Option<String>,
+    pub last_error_us: Option<i64>,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p95_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+    pub write_seconds: f64,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    rows: IntCounterVec,
+    batches: IntCounterVec,
+    wire: IntCounterVec,
+    decoded: IntCounterVec,
+    rolled_back: IntCounterVec,
+    request_seconds: HistogramVec,
+    write_seconds: HistogramVec,
+    in_flight: IntGaugeVec,
+    uptime: IntGauge,
+    /// Streams with series of their own, and notes per (stream, protocol) for SQL.
+    known: Mutex<HashMap<(String, Protocol), Notes>>,
+    started: Mutex<Option<Instant>>,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    registry.register(Box::new(c.clone())).expect("metric registered once");
+    c
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()), &[LABEL_STREAM, LABEL_PROTOCOL])
+        .expect("static metric definition");
+    registry.register(Box::new(h.clone())).expect("metric registered once");
+    h
+}
+
+fn micros(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let sp = [LABEL_STREAM, LABEL_PROTOCOL];
+        let requests = counter(&registry, REQUESTS, "Requests finished, by outcome (ok = committed).", &[LABEL_STREAM, LABEL_PROTOCOL, LABEL_OUTCOME]);
+        let rows = counter(&registry, ROWS, "Rows committed.", &sp);
+        let batches = counter(&registry, BATCHES, "Record batches committed.", &sp);
+        let wire = counter(&registry, WIRE_BYTES, "Request bytes on the wire, committed or not.", &sp);
+        let decoded = counter(&registry, DECODED_BYTES, "Arrow bytes after decoding (and decompression), committed or not.", &sp);
+        let rolled_back = counter(&registry, ROWS_ROLLED_BACK, "Rows received by a writer and rolled back.", &sp);
+        let request_seconds = histogram(&registry, REQUEST_SECONDS, "Request duration, first byte to answer.");
+        let write_seconds = histogram(&registry, WRITE_SECONDS, "Time spent writing into DuckDB, first batch to commit.");
+        let in_flight = IntGaugeVec::new(Opts::new(IN_FLIGHT, "Requests being received or written."), &[LABEL_PROTOCOL]).expect("static metric definition");
+        registry.register(Box::new(in_flight.clone())).expect("metric registered once");
+        let uptime = IntGauge::new(UPTIME, "Seconds since the listeners started (0 when stopped).").expect("static metric definition");
+        registry.register(Box::new(uptime.clone())).expect("metric registered once");
+        Metrics {
+            registry,
+            requests,
+            rows,
+            batches,
+            wire,
+            decoded,
+            rolled_back,
+            request_seconds,
+            write_seconds,
+            in_flight,
+            uptime,
+            known: Mutex::new(HashMap::new()),
+            started: Mutex::new(None),
+        }
+    }
+
+    /// Marks the listeners as started (`Some`) or stopped (`None`), for the uptime gauge.
+    pub fn set_started(&self, at: Option<Instant>) {
+        if let Ok(mut s) = self.started.lock() {
+            *s = at;
+        }
+    }
+
+    /// Counts a request in flight until the guard drops.
+    pub fn in_flight(&self, protocol: Protocol) -> InFlight {
+        let gauge = self.in_flight.with_label_values(&[protocol.name()]);
+        gauge.inc();
+        InFlight(gauge)
+    }
+
+    /// The label a stream's series use, admitting it when it committed.
+    fn label(&self, stream: &str, protocol: Protocol, committed: bool) -> String {
+        let Ok(mut known) = self.known.lock() else { return OTHER_STREAMS.to_string() };
+        let key = (stream.to_string(), protocol);
+        if known.contains_key(&key) || known.keys().any(|(s, _)| s == stream) {
+            known.entry(key).or_default();
+            return stream.to_string();
+        }
+        if !committed {
+            known.entry((UNKNOWN_STREAM.to_string(), protocol)).or_default();
+            return UNKNOWN_STREAM.to_string();
+        }
+        let named = known.keys().filter(|(s, _)| s != UNKNOWN_STREAM && s != OTHER_STREAMS).map(|(s, _)| s).collect::<std::collections::HashSet<_>>().len();
+        if named >= MAX_STREAMS {
+            known.entry((OTHER_STREAMS.to_string(), protocol)).or_default();
+            return OTHER_STREAMS.to_string();
+        }
+        known.entry(key).or_default();
+        stream.to_string()
+    }
+
+    pub fn record(&self, o: &Outcome<'_>) {
+        let committed = o.result.is_ok();
+        let stream = self.label(o.stream, o.protocol, committed);
+        let sp = [stream.as_str(), o.protocol.name()];
+        let outcome = if committed { "ok" } else { "failed" };
+        self.requests.with_label_values(&[stream.as_str(), o.protocol.name(), outcome]).inc();
+        self.wire.with_label_values(&sp).inc_by(o.wire_bytes);
+        self.decoded.with_label_values(&sp).inc_by(o.decoded_bytes);
+        self.request_seconds.with_label_values(&sp).observe(o.seconds);
+        match &o.result {
+            Ok(write_seconds) => {
+                self.rows.with_label_values(&sp).inc_by(o.rows);
+                self.batches.with_label_values(&sp).inc_by(o.batches);
+                self.write_seconds.with_label_values(&sp).observe(*write_seconds);
+            }
+            Err(_) => self.rolled_back.with_label_values(&sp).inc_by(o.rows),
+        }
+        if let Ok(mut known) = self.known.lock() {
+            let notes = known.entry((stream.clone(), o.protocol)).or_default();
+            match &o.result {
+                Ok(_) => notes.last_commit = Some(SystemTime::now()),
+                Err(message) => notes.last_error = Some((message.clone(), SystemTime::now())),
+            }
+        }
+    }
+
+    fn refresh_uptime(&self) {
+        let secs = self.started.lock().ok().and_then(|s| s.map(|t| t.elapsed().as_secs() as i64)).unwrap_or(0);
+        self.uptime.set(secs);
+    }
+
+    /// The Prometheus text exposition of every series.
+    pub fn render(&self) -> String {
+        self.refresh_uptime();
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// One row per (stream, protocol) that has series, sorted.
+    pub fn rows(&self) -> Vec<Row> {
+        let notes: Vec<((String, Protocol), Notes)> =
+            self.known.lock().map(|k| k.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
+        let mut rows: Vec<Row> = notes
+            .into_iter()
+            .map(|((stream, protocol), notes)| {
+                let sp = [stream.as_str(), protocol.name()];
+                let latency = self.request_seconds.with_label_values(&sp);
+                let q = |p: f64| quantile(&latency, p).map(|s| s * 1000.0);
+                Row {
+                    requests_ok: self.requests.with_label_values(&[stream.as_str(), protocol.name(), "ok"]).get(),
+                    requests_failed: self.requests.with_label_values(&[stream.as_str(), protocol.name(), "failed"]).get(),
+                    rows: self.rows.with_label_values(&sp).get(),
+                    batches: self.batches.with_label_values(&sp).get(),
+                    wire_bytes: self.wire.with_label_values(&sp).get(),
+                    decoded_bytes: self.decoded.with_label_values(&sp).get(),
+                    rows_rolled_back: self.rolled_back.with_label_values(&sp).get(),
+                    last_commit_us: notes.last_commit.map(micros),
+                    last_error: notes.last_error.as_ref().map(|(m, _)| m.clone()),
+                    last_error_us: notes.last_error.as_ref().map(|(_, t)| micros(*t)),
+                    latency_p50_ms: q(0.50),
+                    latency_p95_ms: q(0.95),
+                    latency_p99_ms: q(0.99),
+                    write_seconds: self.write_seconds.with_label_values(&sp).get_sample_sum(),
+                    protocol: protocol.name().to_string(),
+                    stream,
+                }
+            })
+            .collect();
+        rows.sort_by(|a, b| (&a.stream, &a.protocol).cmp(&(&b.stream, &b.protocol)));
+        rows
+    }
+}
+
+/// The p-quantile of a histogram, interpolated inside its bucket as Prometheus' `histogram_quantile` does.
+fn quantile(h: &prometheus::Histogram, p: f64) -> Option<f64> {
+    let metric = prometheus::core::Collector::collect(h);
+    let m = metric.first()?.get_metric().first()?.get_histogram().clone();
+    let total = m.get_sample_count();
+    if total == 0 {
+        return None;
+    }
+    let rank = p * total as f64;
+    let mut lower = 0.0;
+    let mut below = 0u64;
+    for bucket in m.get_bucket() {
+        let count = bucket.cumulative_count();
+        let upper = bucket.upper_bound();
+        if count as f64 >= rank {
+            let in_bucket = (count - below) as f64;
+            if in_bucket == 0.0 {
+                return Some(upper);
+            }
+            return Some(lower + (upper - lower) * (rank - below as f64) / in_bucket);
+        }
+        lower = upper;
+        below = count;
+    }
+    Some(lower)
+}
+
+/// Decrements the in-flight gauge on drop.
+pub struct InFlight(IntGauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(stream: &str, ok: bool, rows: u64, seconds: f64) -> Outcome<'_> {
+        Outcome {
+            stream,
+            protocol: Protocol::Flight,
+            result: if ok { Ok(seconds / 2.0) } else { Err("boom".into()) },
+            rows,
+            batches: 1,
+            wire_bytes: 100,
+            decoded_bytes: 400,
+            seconds,
+        }
+    }
+
+    #[test]
+    fn only_committed_rows_count_and_failures_of_unknown_streams_share_a_label() {
+        let m = Metrics::new();
+        m.record(&outcome("events", true, 10, 0.004));
+        m.record(&outcome("events", false, 7, 0.002));
+        m.record(&outcome("typo1", false, 3, 0.001));
+        m.record(&outcome("typo2", false, 3, 0.001));
+        let rows = m.rows();
+        let names: Vec<_> = rows.iter().map(|r| r.stream.as_str()).collect();
+        assert_eq!(names, vec!["_unknown", "events"]);
+        let events = &rows[1];
+        assert_eq!((events.requests_ok, events.requests_failed, events.rows, events.rows_rolled_back), (1, 1, 10, 7));
+        assert_eq!((events.wire_bytes, events.decoded_bytes), (200, 800));
+        assert_eq!(events.last_error.as_deref(), Some("boom"));
+        assert!(events.last_commit_us.is_some());
+        assert_eq!(rows[0].requests_failed, 2);
+        let text = m.render();
+        assert!(text.contains("arrowport_rows_total{protocol=\"flight\",stream=\"events\"} 10"), "{text}");
+        assert!(!text.contains("typo1"));
+    }
+
+    #[test]
+    fn quantiles_interpolate_within_buckets() {
+        let m = Metrics::new();
+        for _ in 0..99 {
+            m.record(&outcome("s", true, 1, 0.003));
+        }
+        m.record(&outcome("s", true, 1, 3.0));
+        let row = &m.rows()[0];
+        let p50 = row.latency_p50_ms.unwrap();
+        assert!(p50 > 2.5 && p50 <= 5.0, "{p50}");
+        let p99 = row.latency_p99_ms.unwrap();
+        assert!(p99 <= 5.0, "{p99}");
+    }
+
+    #[test]
+    fn in_flight_gauge_follows_guards() {
+        let m = Metrics::new();
+        let g = m.in_flight(Protocol::Rest);
+        assert!(m.render().contains("arrowport_requests_in_flight{protocol=\"rest\"} 1"));
+        drop(g);
+        assert!(m.render().contains("arrowport_requests_in_flight{protocol=\"rest\"} 0"));
+    }
+}
