@@ -9,7 +9,7 @@
 
 use std::error::Error;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use duckdb::Connection;
 use duckdb::core::{DataChunkHandle, Inserter, LogicalTypeHandle, LogicalTypeId};
@@ -123,22 +123,37 @@ pub struct Rows<T> {
     rows: Vec<T>,
 }
 
-pub struct Once {
-    done: AtomicBool,
+/// How far a table function has emitted its rows.
+pub struct Cursor {
+    next: AtomicUsize,
 }
 
-fn init_once(_: &InitInfo) -> Result<Once> {
-    Ok(Once { done: AtomicBool::new(false) })
+fn init_cursor(_: &InitInfo) -> Result<Cursor> {
+    Ok(Cursor { next: AtomicUsize::new(0) })
 }
 
-fn first_call(init: &Once) -> bool {
-    !init.done.swap(true, Ordering::Relaxed)
+/// Rows per output chunk (DuckDB's vector size).
+const CHUNK_ROWS: usize = 2048;
+
+/// Emits the next chunk of a table function's rows, one `write_row(output, index_in_chunk, row)` each.
+fn emit<V, T>(func: &TableFunctionInfo<V>, output: &mut DataChunkHandle, write_row: impl Fn(&mut DataChunkHandle, usize, &T)) -> Result<()>
+where
+    V: VTab<InitData = Cursor, BindData = Rows<T>>,
+{
+    let rows = &func.get_bind_data().rows;
+    let start = func.get_init_data().next.fetch_add(CHUNK_ROWS, Ordering::Relaxed).min(rows.len());
+    let chunk = &rows[start..(start + CHUNK_ROWS).min(rows.len())];
+    for (i, row) in chunk.iter().enumerate() {
+        write_row(output, i, row);
+    }
+    output.set_len(chunk.len());
+    Ok(())
 }
 
 struct ListenTable;
 
 impl VTab for ListenTable {
-    type InitData = Once;
+    type InitData = Cursor;
     type BindData = Rows<(String, String)>;
 
     fn bind(bind: &BindInfo) -> Result<Self::BindData> {
@@ -162,22 +177,14 @@ impl VTab for ListenTable {
     }
 
     fn init(init: &InitInfo) -> Result<Self::InitData> {
-        init_once(init)
+        init_cursor(init)
     }
 
     fn func(func: &TableFunctionInfo<Self>, output: &mut DataChunkHandle) -> Result<()> {
-        if !first_call(func.get_init_data()) {
-            output.set_len(0);
-            return Ok(());
-        }
-        let rows = &func.get_bind_data().rows;
-        let (proto, addr) = (output.flat_vector(0), output.flat_vector(1));
-        for (i, (p, a)) in rows.iter().enumerate() {
-            proto.insert(i, p.as_str());
-            addr.insert(i, a.as_str());
-        }
-        output.set_len(rows.len());
-        Ok(())
+        emit(func, output, |out, i, (p, a)| {
+            out.flat_vector(0).insert(i, p.as_str());
+            out.flat_vector(1).insert(i, a.as_str());
+        })
     }
 
     fn parameters() -> Option<Vec<LogicalTypeHandle>> {
@@ -209,7 +216,7 @@ fn positive(bind: &BindInfo, name: &str) -> Result<Option<u64>> {
 struct Status;
 
 impl VTab for Status {
-    type InitData = Once;
+    type InitData = Cursor;
     type BindData = Rows<StatusRow>;
 
     fn bind(bind: &BindInfo) -> Result<Self::BindData> {
@@ -221,25 +228,16 @@ impl VTab for Status {
     }
 
     fn init(init: &InitInfo) -> Result<Self::InitData> {
-        init_once(init)
+        init_cursor(init)
     }
 
     fn func(func: &TableFunctionInfo<Self>, output: &mut DataChunkHandle) -> Result<()> {
-        if !first_call(func.get_init_data()) {
-            output.set_len(0);
-            return Ok(());
-        }
-        let rows = &func.get_bind_data().rows;
-        let (proto, addr) = (output.flat_vector(0), output.flat_vector(1));
-        let (mut up, mut busy) = (output.flat_vector(2), output.flat_vector(3));
-        for (i, r) in rows.iter().enumerate() {
-            proto.insert(i, r.protocol);
-            addr.insert(i, r.address.as_str());
-            ffi::set_double(&mut up, i, r.uptime_seconds);
-            ffi::set_bigint(&mut busy, i, r.requests_in_flight);
-        }
-        output.set_len(rows.len());
-        Ok(())
+        emit(func, output, |out, i, r: &StatusRow| {
+            out.flat_vector(0).insert(i, r.protocol);
+            out.flat_vector(1).insert(i, r.address.as_str());
+            ffi::set_double(&mut out.flat_vector(2), i, r.uptime_seconds);
+            ffi::set_bigint(&mut out.flat_vector(3), i, r.requests_in_flight);
+        })
     }
 }
 
@@ -266,7 +264,7 @@ const METRIC_COLUMNS: [(&str, LogicalTypeId); 16] = [
 ];
 
 impl VTab for MetricsTable {
-    type InitData = Once;
+    type InitData = Cursor;
     type BindData = Rows<crate::metrics::Row>;
 
     fn bind(bind: &BindInfo) -> Result<Self::BindData> {
@@ -277,17 +275,12 @@ impl VTab for MetricsTable {
     }
 
     fn init(init: &InitInfo) -> Result<Self::InitData> {
-        init_once(init)
+        init_cursor(init)
     }
 
     fn func(func: &TableFunctionInfo<Self>, output: &mut DataChunkHandle) -> Result<()> {
-        if !first_call(func.get_init_data()) {
-            output.set_len(0);
-            return Ok(());
-        }
-        let rows = &func.get_bind_data().rows;
-        let mut cols: Vec<_> = (0..METRIC_COLUMNS.len()).map(|i| output.flat_vector(i)).collect();
-        for (i, r) in rows.iter().enumerate() {
+        emit(func, output, |out, i, r: &crate::metrics::Row| {
+            let mut cols: Vec<_> = (0..METRIC_COLUMNS.len()).map(|c| out.flat_vector(c)).collect();
             cols[0].insert(i, r.stream.as_str());
             cols[1].insert(i, r.protocol.as_str());
             let counts = [r.requests_ok, r.requests_failed, r.rows, r.batches, r.wire_bytes, r.decoded_bytes, r.rows_rolled_back];
@@ -313,8 +306,6 @@ impl VTab for MetricsTable {
                 }
             }
             ffi::set_double(&mut cols[15], i, r.write_seconds);
-        }
-        output.set_len(rows.len());
-        Ok(())
+        })
     }
 }
