@@ -75,6 +75,8 @@ pub fn library_version() -> String {
 pub struct LoadContext {
     pub conn: duckdb::Connection,
     pub pool: Vec<RawConn>,
+    /// For arrowport's own catalog work (stream mappings), apart from the writers.
+    pub admin: RawConn,
 }
 
 /// Called by DuckDB on `LOAD arrowport`. Panics and errors become DuckDB's load error; the host keeps running.
@@ -134,7 +136,8 @@ unsafe fn load(info: sys::duckdb_extension_info, access: *const sys::duckdb_exte
     for _ in 0..POOL_SIZE {
         pool.push(RawConn::connect(db).map_err(|e| e.to_string())?);
     }
-    crate::init(LoadContext { conn, pool }).map_err(|e| e.to_string())?;
+    let admin = RawConn::connect(db).map_err(|e| e.to_string())?;
+    crate::init(LoadContext { conn, pool, admin }).map_err(|e| e.to_string())?;
     Ok(true)
 }
 
@@ -484,6 +487,12 @@ pub fn bind_extra<T>(info: &duckdb::vtab::BindInfo) -> Option<&T> {
     // SAFETY: registered with register_table_function_with_extra_info::<_, T>, so the pointer is a live T owned by
     // DuckDB's catalog for as long as the function exists, which outlives any bind call.
     if p.is_null() { None } else { Some(unsafe { &*p }) }
+}
+
+/// Writes `value` into row `row` of a BOOLEAN output vector.
+pub fn set_bool(output: &mut duckdb::core::FlatVector<'_>, row: usize, value: bool) {
+    // SAFETY: the vector is a BOOLEAN output column (one byte per row) with capacity for `row`.
+    unsafe { output.as_mut_slice::<bool>()[row] = value };
 }
 
 /// Writes `value` into row `row` of a DOUBLE output vector.

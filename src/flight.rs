@@ -31,11 +31,12 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 /// The Flight service of one listener.
 pub struct FlightAdapter<S: Sink> {
     core: Arc<Core<S>>,
+    reject_unknown: bool,
 }
 
 impl<S: Sink> FlightAdapter<S> {
-    pub fn new(core: Arc<Core<S>>) -> Self {
-        FlightAdapter { core }
+    pub fn new(core: Arc<Core<S>>, reject_unknown: bool) -> Self {
+        FlightAdapter { core, reject_unknown }
     }
 }
 
@@ -120,7 +121,8 @@ impl<S: Sink> FlightAdapter<S> {
             .clone()
             .ok_or_else(|| early(IngestError::BadInput("the first DoPut message has no flight descriptor".into())))?;
         let stream = stream_of(&descriptor).map_err(early)?;
-        let ingest_request = IngestRequest::new(stream.clone(), Protocol::Flight);
+        let mut ingest_request = IngestRequest::new(stream.clone(), Protocol::Flight);
+        ingest_request.reject_unknown = self.reject_unknown;
         let wire = Arc::clone(&ingest_request.wire_bytes);
         let size = |m: &FlightData| (m.data_header.len() + m.data_body.len() + m.app_metadata.len()) as u64;
         wire.fetch_add(size(&first), Ordering::Relaxed);

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::Code;
 use crate::metrics::{self, Metrics, Outcome, Protocol};
-use crate::registry::{self, Target};
+use crate::registry::{Mapping, Registry, ResolveError, Target};
 use crate::schema;
 
 /// Batches buffered between the network and a writer. Small on purpose: it bounds memory per request.
@@ -111,13 +111,15 @@ pub struct Request {
     pub protocol: Protocol,
     /// Bytes on the wire, counted by the adapter as the request streams in.
     pub wire_bytes: Arc<AtomicU64>,
-    /// The target the client named itself (the original JSON endpoint); `None` resolves the stream name.
+    /// The target the client named itself (the original JSON endpoint); `None` uses the stream's mapping.
     pub target: Option<Target>,
+    /// Refuse stream names without a mapping (the listener's `unknown_streams := 'reject'`).
+    pub reject_unknown: bool,
 }
 
 impl Request {
     pub fn new(stream: impl Into<String>, protocol: Protocol) -> Request {
-        Request { stream: stream.into(), protocol, wire_bytes: Arc::default(), target: None }
+        Request { stream: stream.into(), protocol, wire_bytes: Arc::default(), target: None, reject_unknown: false }
     }
 }
 
@@ -171,7 +173,7 @@ impl BatchRx {
 
 /// Writes one request into the database: everything or nothing. Runs on a writer thread; may block.
 pub trait Sink: Send + 'static {
-    fn write(&mut self, target: &Target, schema: SchemaRef, input: BatchRx) -> Result<Written, IngestError>;
+    fn write(&mut self, mapping: &Mapping, schema: SchemaRef, input: BatchRx) -> Result<Written, IngestError>;
     /// The target's Arrow schema, `None` when it does not exist.
     fn table_schema(&mut self, target: &Target) -> Result<Option<Schema>, IngestError>;
     /// The tables unmapped streams land in, with their Arrow schemas.
@@ -183,7 +185,7 @@ pub trait Sink: Send + 'static {
 type Reply<T> = oneshot::Sender<Result<T, IngestError>>;
 
 enum Work {
-    Write { target: Target, schema: SchemaRef, input: BatchRx, reply: Reply<Written> },
+    Write { mapping: Mapping, schema: SchemaRef, input: BatchRx, reply: Reply<Written> },
     Describe { target: Target, reply: Reply<Option<Schema>> },
     List { reply: Reply<Vec<(String, Schema)>> },
     Ping { reply: Reply<String> },
@@ -224,8 +226,8 @@ impl<S: Sink> Writers<S> {
                     };
                     let Ok(job) = job else { break };
                     match job.work {
-                        Work::Write { target, schema, input, reply } => {
-                            let _ = reply.send(guarded(|| sink.write(&target, schema, input)));
+                        Work::Write { mapping, schema, input, reply } => {
+                            let _ = reply.send(guarded(|| sink.write(&mapping, schema, input)));
                         }
                         Work::Describe { target, reply } => {
                             let _ = reply.send(guarded(|| sink.table_schema(&target)));
@@ -270,6 +272,7 @@ pub struct Core<S: Sink> {
     cancel: CancellationToken,
     active: AtomicUsize,
     metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
 }
 
 /// Counts a request as in flight while it lives.
@@ -282,8 +285,16 @@ impl Drop for Active<'_> {
 }
 
 impl<S: Sink> Core<S> {
-    pub fn new(writers: Writers<S>, cancel: CancellationToken, metrics: Arc<Metrics>) -> Core<S> {
-        Core { writers, cancel, active: AtomicUsize::new(0), metrics }
+    pub fn new(writers: Writers<S>, cancel: CancellationToken, metrics: Arc<Metrics>, registry: Arc<Registry>) -> Core<S> {
+        Core { writers, cancel, active: AtomicUsize::new(0), metrics, registry }
+    }
+
+    /// The mapping a request uses.
+    fn mapping(&self, stream: &str, reject_unknown: bool) -> Result<Mapping, IngestError> {
+        self.registry.resolve(stream, reject_unknown).map_err(|e| match e {
+            ResolveError::BadName(m) => IngestError::BadInput(m),
+            ResolveError::Unknown(m) => IngestError::NotFound(m),
+        })
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -345,25 +356,29 @@ impl<S: Sink> Core<S> {
         I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
     {
         let stream = request.stream.as_str();
-        let target = match &request.target {
-            Some(t) => t.clone(),
-            None => registry::resolve(stream).map_err(IngestError::BadInput)?,
-        };
+        let mut mapping = self.mapping(stream, request.reject_unknown)?;
+        if let Some(t) = &request.target {
+            mapping.target = t.clone();
+        }
         let schema = match self.next_or_cancel(&mut input).await? {
             Some(Incoming::Schema(s)) => s,
             Some(Incoming::Batch(_)) => return Err(IngestError::BadInput("the stream sent a batch before its schema".into())),
             None => return Err(IngestError::BadInput("the stream ended before it sent a schema".into())),
         };
         schema::check_supported(&schema).map_err(IngestError::Unsupported)?;
+        // Types DuckDB's scan refuses but can hold after a lossless cast (float16, decimal256 in range).
+        let incoming = schema;
+        let (schema, needs_cast) = schema::storable(&incoming);
 
         let permit = self.permit().await?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let (reply_tx, reply_rx) = oneshot::channel();
         let batch_rx = BatchRx { rx, ended: false, counts: Arc::clone(counts) };
-        let work = Work::Write { target: target.clone(), schema: Arc::clone(&schema), input: batch_rx, reply: reply_tx };
+        let table = mapping.target.display();
+        let work = Work::Write { mapping, schema: Arc::clone(&schema), input: batch_rx, reply: reply_tx };
         self.writers.submit(Job { work, _permit: permit })?;
 
-        let pumped = self.pump(&mut input, &tx, &schema, counts).await;
+        let pumped = self.pump(&mut input, &tx, &incoming, needs_cast.then_some(&schema), counts).await;
         let last = match &pumped {
             Ok(()) => Msg::End,
             Err(e) => Msg::Fail(e.clone()),
@@ -376,12 +391,12 @@ impl<S: Sink> Core<S> {
         pumped?;
         let written = written??;
         let batches = counts.batches.load(Ordering::Relaxed);
-        Ok((Report { stream: stream.to_string(), table: target.display(), rows: written.rows, batches }, written))
+        Ok((Report { stream: stream.to_string(), table, rows: written.rows, batches }, written))
     }
 
     /// The Arrow schema of the table a stream lands in; `None` when that table does not exist yet.
     pub async fn describe(&self, stream: &str) -> Result<Option<Schema>, IngestError> {
-        let target = registry::resolve(stream).map_err(IngestError::BadInput)?;
+        let target = self.mapping(stream, false)?.target;
         let (reply, rx) = oneshot::channel();
         self.call(Work::Describe { target, reply }, rx).await
     }
@@ -427,7 +442,14 @@ impl<S: Sink> Core<S> {
 
     /// Moves batches from the input to the writer until the input ends (Ok) or fails (Err). Returns Ok early
     /// when the writer stopped reading: its reply carries the reason.
-    async fn pump<I>(&self, input: &mut I, tx: &mpsc::Sender<Msg>, schema: &SchemaRef, counts: &Counts) -> Result<(), IngestError>
+    async fn pump<I>(
+        &self,
+        input: &mut I,
+        tx: &mpsc::Sender<Msg>,
+        incoming: &SchemaRef,
+        cast_to: Option<&SchemaRef>,
+        counts: &Counts,
+    ) -> Result<(), IngestError>
     where
         I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
     {
@@ -435,7 +457,7 @@ impl<S: Sink> Core<S> {
             match self.next_or_cancel(input).await? {
                 None => return Ok(()),
                 Some(Incoming::Schema(s)) => {
-                    if s.fields() != schema.fields() {
+                    if s.fields() != incoming.fields() {
                         return Err(IngestError::BadInput("the schema changed in the middle of the stream".into()));
                     }
                 }
@@ -445,6 +467,10 @@ impl<S: Sink> Core<S> {
                     }
                     let size: usize = b.columns().iter().map(|c| c.to_data().get_slice_memory_size().unwrap_or(0)).sum();
                     counts.decoded_bytes.fetch_add(size as u64, Ordering::Relaxed);
+                    let b = match cast_to {
+                        Some(to) => schema::cast_batch(&b, to).map_err(IngestError::BadInput)?,
+                        None => b,
+                    };
                     let sent = tokio::select! {
                         _ = self.cancel.cancelled() => return Err(IngestError::Stopping),
                         r = tx.send(Msg::Batch(b)) => r,
@@ -472,12 +498,12 @@ mod tests {
     }
 
     impl Sink for Fake {
-        fn write(&mut self, target: &Target, _schema: SchemaRef, mut input: BatchRx) -> Result<Written, IngestError> {
+        fn write(&mut self, mapping: &Mapping, _schema: SchemaRef, mut input: BatchRx) -> Result<Written, IngestError> {
             let mut rows = 0;
             while let Some(b) = input.next_batch()? {
                 rows += b.num_rows() as u64;
             }
-            self.committed.lock().unwrap().push((target.table.clone(), rows));
+            self.committed.lock().unwrap().push((mapping.target.table.clone(), rows));
             Ok(Written { rows, write_seconds: 0.0 })
         }
 
@@ -504,7 +530,7 @@ mod tests {
 
     fn core(committed: &Arc<Mutex<Vec<(String, u64)>>>) -> Core<Fake> {
         let sinks = (0..2).map(|_| Fake { committed: Arc::clone(committed) }).collect();
-        Core::new(Writers::start(sinks).unwrap(), CancellationToken::new(), Arc::default())
+        Core::new(Writers::start(sinks).unwrap(), CancellationToken::new(), Arc::default(), Arc::default())
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -580,9 +606,9 @@ mod tests {
     async fn unsupported_types_are_refused_before_any_write() {
         let committed = Arc::default();
         let core = core(&committed);
-        let s = Arc::new(Schema::new(vec![Field::new("h", DataType::Float16, true)]));
+        let s = Arc::new(Schema::new(vec![Field::new("u", DataType::Union(arrow::datatypes::UnionFields::empty(), arrow::datatypes::UnionMode::Sparse), true)]));
         let err = core.ingest(Request::new("events", Protocol::Flight), stream::iter(vec![Ok(Incoming::Schema(s))])).await.unwrap_err();
-        assert!(err.to_string().contains("column \"h\""), "{err}");
+        assert!(err.to_string().contains("column \"u\""), "{err}");
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //! - [`decode`]: Arrow IPC from a byte stream that arrives in pieces.
 //! - [`ingest`]: the protocol-independent core: decoded Arrow in, one committed transaction out.
 //! - [`writer`]: the DuckDB side of a write (DuckDB's Arrow scan, the transaction, table creation).
-//! - [`registry`]: stream names and the tables they land in.
+//! - [`registry`]: stream mappings (cached) and how a stream name resolves to its table.
+//! - [`store`]: stream mappings persisted in the host database.
 //! - [`metrics`]: counters and histograms behind `arrowport_metrics()` and `GET /metrics`.
 //! - [`schema`]: which Arrow types DuckDB holds, SQL quoting, table fit checks.
 //! - [`error`]: the failure classes and their gRPC / HTTP statuses.
@@ -30,6 +31,7 @@ pub mod rest;
 pub mod schema;
 pub mod server;
 pub mod sql;
+pub mod store;
 pub mod writer;
 
 use std::sync::Once;
@@ -38,7 +40,7 @@ static AT_EXIT: Once = Once::new();
 
 /// Called by the entrypoint on `LOAD`, with our connections already open.
 pub fn init(ctx: ffi::LoadContext) -> Result<(), Box<dyn std::error::Error>> {
-    let host = server::Host::new(ctx.pool);
+    let host = server::Host::new(ctx.pool, store::Store::new(ctx.admin));
     sql::register(&ctx.conn, host)?;
     AT_EXIT.call_once(|| ffi::at_exit(server::stop_all_at_exit));
     Ok(())

@@ -45,6 +45,8 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// Largest request body on the wire.
     pub max_body_bytes: u64,
+    /// Refuse stream names without a mapping.
+    pub reject_unknown: bool,
 }
 
 struct App<S: Sink> {
@@ -175,7 +177,8 @@ async fn ingest_ipc<S: Sink>(State(app): State<Arc<App<S>>>, Path(name): Path<St
         return refused(&app, Err(e));
     }
     let enc = encoding(&headers)?;
-    let request = IngestRequest::new(name, Protocol::Rest);
+    let mut request = IngestRequest::new(name, Protocol::Rest);
+    request.reject_unknown = app.limits.reject_unknown;
     let bytes = decoded(body_stream(body, app.limits.max_body_bytes, Arc::clone(&request.wire_bytes)), enc);
     let items = decode::ipc_stream(bytes, app.limits.max_message_bytes);
     let wire = Arc::clone(&request.wire_bytes);
@@ -226,21 +229,6 @@ struct LegacyBatch {
     data: String,
 }
 
-/// `name`, `schema.name` or `catalog.schema.name`, each part used only quoted.
-pub fn parse_table_name(text: &str) -> Result<Target, String> {
-    let parts: Vec<&str> = text.split('.').collect();
-    if parts.iter().any(|p| p.is_empty()) || parts.is_empty() || parts.len() > 3 {
-        return Err(format!("target_table {text:?} is not a table name (name, schema.name or catalog.schema.name)"));
-    }
-    crate::registry::validate_stream_name(parts[parts.len() - 1])?;
-    Ok(match parts.as_slice() {
-        [t] => Target { catalog: None, schema: "main".into(), table: t.to_string() },
-        [s, t] => Target { catalog: None, schema: s.to_string(), table: t.to_string() },
-        [c, s, t] => Target { catalog: Some(c.to_string()), schema: s.to_string(), table: t.to_string() },
-        _ => unreachable!("length checked above"),
-    })
-}
-
 async fn ingest_legacy<S: Sink>(State(app): State<Arc<App<S>>>, Path(name): Path<String>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let prepared = legacy_request(&app, name, headers, body).await;
     let (request, data) = match prepared {
@@ -286,7 +274,7 @@ async fn legacy_request<S: Sink>(app: &App<S>, name: String, headers: HeaderMap,
             return Err(ApiError::new(Code::InvalidInput, format!("storage_backend {backend:?} is not available: arrowport stores into DuckDB")));
         }
     }
-    let target = parse_table_name(&request.config.target_table).map_err(|e| ApiError::new(Code::InvalidInput, e))?;
+    let target = Target::parse(&request.config.target_table).map_err(|e| ApiError::new(Code::InvalidInput, e))?;
     let b64 = base64::engine::general_purpose::STANDARD;
     let schema_bytes = b64.decode(request.batch.arrow_schema.trim()).map_err(|e| ApiError::new(Code::InvalidInput, format!("batch.arrow_schema is not base64: {e}")))?;
     arrow::ipc::convert::try_schema_from_ipc_buffer(&schema_bytes)
@@ -295,6 +283,7 @@ async fn legacy_request<S: Sink>(app: &App<S>, name: String, headers: HeaderMap,
     let mut ingest_request = IngestRequest::new(name, Protocol::Rest);
     ingest_request.wire_bytes.store(raw.len() as u64, Ordering::Relaxed);
     ingest_request.target = Some(target);
+    ingest_request.reject_unknown = app.limits.reject_unknown;
     Ok((ingest_request, data))
 }
 
@@ -356,16 +345,6 @@ async fn stream_info<S: Sink>(State(app): State<Arc<App<S>>>, Path(name): Path<S
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn table_names_split_into_quoted_parts() {
-        assert_eq!(parse_table_name("t").unwrap(), Target { catalog: None, schema: "main".into(), table: "t".into() });
-        assert_eq!(parse_table_name("s.t").unwrap().schema, "s");
-        assert_eq!(parse_table_name("c.s.t").unwrap().catalog.as_deref(), Some("c"));
-        assert!(parse_table_name("a..b").is_err());
-        assert!(parse_table_name("a.b.c.d").is_err());
-        assert_eq!(parse_table_name("x; DROP TABLE y").unwrap().sql("db"), "\"db\".\"main\".\"x; DROP TABLE y\"");
-    }
 
     #[test]
     fn errors_carry_status_code_and_retry_after() {

@@ -5,7 +5,11 @@
 //! type DuckDB gives the same data in-process). This module only refuses, up front and by column name, what
 //! that scan cannot take, and compares column lists. It runs no SQL.
 
-use arrow::datatypes::{DataType, Field, Schema};
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::compute::{CastOptions, cast_with_options};
+use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 
 /// Quotes an SQL identifier: `my "col"` becomes `"my ""col"""`. Everything a client names goes through here.
 pub fn quote_ident(name: &str) -> String {
@@ -47,8 +51,11 @@ fn check_type(t: &DataType) -> Result<(), String> {
         Date32 | Date64 | Time32(_) | Time64(_) | Timestamp(_, _) | Duration(_) | Interval(_) => Ok(()),
         Decimal128(p, _) if *p <= 38 => Ok(()),
         Decimal128(p, _) => Err(format!("precision {p} is over DuckDB's 38")),
-        Float16 => Err("half floats are not supported yet".into()),
-        Decimal256(_, _) => Err("256-bit decimals are not supported yet".into()),
+        // Stored widened to FLOAT (see `storable`).
+        Float16 => Ok(()),
+        // Stored as DECIMAL(min(p, 38), s); each value must fit (checked per batch in `cast_batch`).
+        Decimal256(_, s) if *s >= 0 && *s <= 38 => Ok(()),
+        Decimal256(_, s) => Err(format!("scale {s} is outside DuckDB's 0..=38")),
         List(f) | LargeList(f) | FixedSizeList(f, _) => check_type(f.data_type()),
         Struct(fields) => {
             if fields.is_empty() {
@@ -66,6 +73,55 @@ fn check_type(t: &DataType) -> Result<(), String> {
         }
         other => Err(format!("{other} is not supported")),
     }
+}
+
+/// The type DuckDB's Arrow scan gets for `t`: float16 widened to float32, decimal256 narrowed to decimal128 (the
+/// scan refuses both). Nested types are mapped inside.
+fn storable_type(t: &DataType) -> DataType {
+    use DataType::*;
+    let field = |f: &FieldRef| -> FieldRef { Arc::new(f.as_ref().clone().with_data_type(storable_type(f.data_type()))) };
+    match t {
+        Float16 => Float32,
+        Decimal256(p, s) => Decimal128((*p).min(38), *s),
+        List(f) => List(field(f)),
+        LargeList(f) => LargeList(field(f)),
+        FixedSizeList(f, n) => FixedSizeList(field(f), *n),
+        Struct(fields) => Struct(fields.iter().map(field).collect()),
+        Map(f, sorted) => Map(field(f), *sorted),
+        Dictionary(k, v) => Dictionary(k.clone(), Box::new(storable_type(v))),
+        other => other.clone(),
+    }
+}
+
+/// The schema to hand DuckDB, and whether batches need [`cast_batch`] to match it.
+pub fn storable(schema: &SchemaRef) -> (SchemaRef, bool) {
+    let fields: Vec<FieldRef> =
+        schema.fields().iter().map(|f| Arc::new(f.as_ref().clone().with_data_type(storable_type(f.data_type())))).collect();
+    let changed = fields.iter().zip(schema.fields().iter()).any(|(a, b)| a.data_type() != b.data_type());
+    if !changed {
+        return (Arc::clone(schema), false);
+    }
+    (Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())), true)
+}
+
+/// Casts a batch to the storable schema; a value that does not fit is an error naming its column.
+pub fn cast_batch(batch: &RecordBatch, to: &SchemaRef) -> Result<RecordBatch, String> {
+    let options = CastOptions { safe: false, ..Default::default() };
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(to.fields().iter())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(Arc::clone(c))
+            } else {
+                cast_with_options(c, f.data_type(), &options).map_err(|e| {
+                    format!("column {} ({}) does not fit DuckDB's {}: {e}", quote_ident(f.name()), c.data_type(), f.data_type())
+                })
+            }
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    RecordBatch::try_new(Arc::clone(to), columns).map_err(|e| e.to_string())
 }
 
 /// A column as DuckDB describes it: name and SQL type text (DuckDB's own rendering).
@@ -102,6 +158,27 @@ pub fn check_fits(table_desc: &str, table: &[Column], incoming: &[Column]) -> Re
     }
 }
 
+/// For `by_name` and `evolve`: every stream column must exist in the table with the same type (ignoring case in
+/// names) or, with `evolve`, be new; returns the new columns to add. Table columns the stream lacks get NULL.
+pub fn check_by_name(table_desc: &str, table: &[Column], incoming: &[Column], evolve: bool) -> Result<Vec<Column>, String> {
+    let mut problems = Vec::new();
+    let mut added = Vec::new();
+    for s in incoming {
+        match table.iter().find(|t| t.name.eq_ignore_ascii_case(&s.name)) {
+            Some(t) if t.sql_type != s.sql_type => {
+                problems.push(format!("column {} is {} in the table but {} in the stream", quote_ident(&t.name), t.sql_type, s.sql_type))
+            }
+            Some(_) => {}
+            None if evolve => added.push(s.clone()),
+            None => problems.push(format!(
+                "column {} is not in the table (schema_policy by_name matches existing columns; evolve adds new ones)",
+                quote_ident(&s.name)
+            )),
+        }
+    }
+    if problems.is_empty() { Ok(added) } else { Err(format!("the stream does not fit table {table_desc}: {}", problems.join("; "))) }
+}
+
 /// A field's description for listings: `name: type`.
 pub fn describe_field(f: &Field) -> String {
     format!("{}: {}", f.name(), f.data_type())
@@ -110,8 +187,9 @@ pub fn describe_field(f: &Field) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::{ArrayRef, Decimal256Array, Float32Array};
+    use arrow::datatypes::i256;
     use arrow::datatypes::{Field, TimeUnit};
-    use std::sync::Arc;
 
     fn col(n: &str, t: &str) -> Column {
         Column { name: n.into(), sql_type: t.into() }
@@ -133,10 +211,10 @@ mod tests {
             Field::new("d", DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)), true),
         ]);
         assert!(check_supported(&ok).is_ok());
-        let bad = Schema::new(vec![Field::new("a", DataType::Int64, true), Field::new("h", DataType::Float16, true)]);
+        let bad = Schema::new(vec![Field::new("a", DataType::Int64, true), Field::new("u", DataType::Union(arrow::datatypes::UnionFields::empty(), arrow::datatypes::UnionMode::Dense), true)]);
         let err = check_supported(&bad).unwrap_err();
-        assert!(err.contains("column \"h\" has Arrow type Float16"), "{err}");
-        let nested = Schema::new(vec![Field::new("l", DataType::List(Arc::new(Field::new("item", DataType::Float16, true))), true)]);
+        assert!(err.contains("column \"u\" has Arrow type Union"), "{err}");
+        let nested = Schema::new(vec![Field::new("l", DataType::List(Arc::new(Field::new("item", DataType::Decimal256(40, 39), true))), true)]);
         assert!(check_supported(&nested).unwrap_err().contains("\"l\""));
     }
 
@@ -163,5 +241,59 @@ mod tests {
         assert!(err.contains("the table has 2 columns, the stream has 1"), "{err}");
         let err = check_fits("t", &table, &[col("x", "BIGINT"), col("v", "DOUBLE")]).unwrap_err();
         assert!(err.contains("column 1 is \"id\" in the table but \"x\" in the stream"), "{err}");
+    }
+
+    #[test]
+    fn by_name_matches_any_order_and_evolve_adds_columns() {
+        let table = vec![col("id", "BIGINT"), col("v", "DOUBLE"), col("note", "VARCHAR")];
+        assert_eq!(check_by_name("t", &table, &[col("V", "DOUBLE"), col("id", "BIGINT")], false).unwrap(), vec![]);
+        let err = check_by_name("t", &table, &[col("id", "BIGINT"), col("extra", "INTEGER")], false).unwrap_err();
+        assert!(err.contains("column \"extra\" is not in the table"), "{err}");
+        assert_eq!(check_by_name("t", &table, &[col("id", "BIGINT"), col("extra", "INTEGER")], true).unwrap(), vec![col("extra", "INTEGER")]);
+        let err = check_by_name("t", &table, &[col("v", "VARCHAR")], true).unwrap_err();
+        assert!(err.contains("column \"v\" is DOUBLE in the table but VARCHAR in the stream"), "{err}");
+    }
+
+    fn half(values: &[Option<f32>]) -> ArrayRef {
+        arrow::compute::cast(&Float32Array::from(values.to_vec()), &DataType::Float16).unwrap()
+    }
+
+    #[test]
+    fn half_floats_widen_and_wide_decimals_narrow_when_they_fit() {
+        let schema: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("h", DataType::Float16, true),
+            Field::new("d", DataType::Decimal256(40, 2), true),
+            Field::new("l", DataType::List(Arc::new(Field::new("item", DataType::Float16, true))), true),
+        ]));
+        let (to, needs) = storable(&schema);
+        assert!(needs);
+        assert_eq!(to.field(0).data_type(), &DataType::Float32);
+        assert_eq!(to.field(1).data_type(), &DataType::Decimal128(38, 2));
+        assert_eq!(to.field(2).data_type(), &DataType::List(Arc::new(Field::new("item", DataType::Float32, true))));
+        let plain = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, true)]));
+        assert!(!storable(&plain).1);
+
+        let two = Arc::new(Schema::new(vec![Field::new("h", DataType::Float16, true), Field::new("d", DataType::Decimal256(40, 2), true)]));
+        let (to, _) = storable(&two);
+        let ok = RecordBatch::try_new(
+            Arc::clone(&two),
+            vec![
+                half(&[Some(1.5), None]),
+                Arc::new(Decimal256Array::from(vec![Some(i256::from_i128(12345)), None]).with_precision_and_scale(40, 2).unwrap()),
+            ],
+        )
+        .unwrap();
+        let cast = cast_batch(&ok, &to).unwrap();
+        assert_eq!(cast.column(0).data_type(), &DataType::Float32);
+        let too_big = RecordBatch::try_new(
+            Arc::clone(&two),
+            vec![
+                half(&[Some(1.0)]),
+                Arc::new(Decimal256Array::from(vec![Some(i256::from_i128(i128::MAX).wrapping_mul(i256::from_i128(10)))]).with_precision_and_scale(40, 2).unwrap()),
+            ],
+        )
+        .unwrap();
+        let err = cast_batch(&too_big, &to).unwrap_err();
+        assert!(err.starts_with("column \"d\" (Decimal256(40, 2)) does not fit DuckDB's Decimal128(38, 2)"), "{err}");
     }
 }

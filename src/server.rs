@@ -22,6 +22,8 @@ use crate::flight::FlightAdapter;
 use crate::rest;
 use crate::ingest::{Core, Writers};
 use crate::metrics::Metrics;
+use crate::registry::{Mapping, MappingOptions, Registry, validate_stream_name};
+use crate::store::Store;
 use crate::writer::{CreateLocks, DuckSink};
 
 /// Largest Flight or IPC message accepted by default (`max_message_bytes` changes it).
@@ -72,11 +74,13 @@ pub struct ListenOptions {
     pub max_body_bytes: u64,
     /// REST on an address of its own; `None` serves REST on the Flight port.
     pub rest: Option<String>,
+    /// Refuse stream names without a mapping (`unknown_streams := 'reject'`).
+    pub reject_unknown: bool,
 }
 
 impl Default for ListenOptions {
     fn default() -> Self {
-        ListenOptions { max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES, max_body_bytes: DEFAULT_MAX_BODY_BYTES, rest: None }
+        ListenOptions { max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES, max_body_bytes: DEFAULT_MAX_BODY_BYTES, rest: None, reject_unknown: false }
     }
 }
 
@@ -137,6 +141,10 @@ struct State {
 pub struct Host {
     state: Mutex<State>,
     metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
+    store: Store,
+    /// Whether the registry holds the persisted mappings yet (loaded on first use, never during LOAD).
+    loaded: Mutex<bool>,
 }
 
 static HOSTS: Mutex<Vec<Weak<Host>>> = Mutex::new(Vec::new());
@@ -159,8 +167,14 @@ pub fn parse_addr(text: &str) -> Result<SocketAddr, ListenError> {
 }
 
 impl Host {
-    pub fn new(pool: Vec<RawConn>) -> Arc<Host> {
-        let host = Arc::new(Host { state: Mutex::new(State { pool: Pool::Raw(pool), running: None }), metrics: Arc::new(Metrics::new()) });
+    pub fn new(pool: Vec<RawConn>, store: Store) -> Arc<Host> {
+        let host = Arc::new(Host {
+            state: Mutex::new(State { pool: Pool::Raw(pool), running: None }),
+            metrics: Arc::new(Metrics::new()),
+            registry: Arc::new(Registry::default()),
+            store,
+            loaded: Mutex::new(false),
+        });
         if let Ok(mut hosts) = HOSTS.lock() {
             hosts.retain(|h| h.strong_count() > 0);
             hosts.push(Arc::downgrade(&host));
@@ -184,7 +198,8 @@ impl Host {
         }
         let mut state = self.lock();
         if state.running.is_none() {
-            let running = start(&mut state.pool, Arc::clone(&self.metrics))?;
+            self.mappings_loaded().map_err(ListenError::Start)?;
+            let running = start(&mut state.pool, Arc::clone(&self.metrics), Arc::clone(&self.registry))?;
             self.metrics.set_started(Some(Instant::now()));
             state.running = Some(running);
         }
@@ -199,11 +214,15 @@ impl Host {
         if rest_addr == Some(addr) && addr.port() != 0 {
             return Err(ListenError::BadOption("rest", "is the Flight address; leave it out to serve both on one port".into()));
         }
-        let flight = FlightServiceServer::new(FlightAdapter::new(Arc::clone(&running.core)))
+        let flight = FlightServiceServer::new(FlightAdapter::new(Arc::clone(&running.core), options.reject_unknown))
             .max_decoding_message_size(options.max_message_bytes)
             .max_encoding_message_size(options.max_message_bytes);
         let flight = tonic::service::Routes::new(flight).into_axum_router();
-        let limits = rest::Limits { max_message_bytes: options.max_message_bytes, max_body_bytes: options.max_body_bytes };
+        let limits = rest::Limits {
+            max_message_bytes: options.max_message_bytes,
+            max_body_bytes: options.max_body_bytes,
+            reject_unknown: options.reject_unknown,
+        };
         let rest = rest::router(Arc::clone(&running.core), limits);
 
         // Bind everything before serving anything, so a failure leaves nothing half-started.
@@ -268,10 +287,60 @@ impl Host {
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
+
+    fn mappings_loaded(&self) -> Result<(), String> {
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if !*loaded {
+            self.registry.load(self.store.load().map_err(|e| format!("could not read arrowport.streams: {e}"))?);
+            *loaded = true;
+        }
+        Ok(())
+    }
+
+    /// `arrowport_create_stream`: a new mapping, persisted, in effect for the next request.
+    pub fn create_stream(&self, name: &str, options: &MappingOptions) -> Result<Mapping, String> {
+        validate_stream_name(name)?;
+        self.mappings_loaded()?;
+        if self.registry.get(name).is_some() {
+            return Err(format!("stream {name:?} already exists; change it with arrowport_alter_stream"));
+        }
+        let mapping = options.apply(Mapping::default_for(name))?;
+        self.store.save(&mapping).map_err(|e| e.to_string())?;
+        self.registry.put(mapping.clone());
+        Ok(mapping)
+    }
+
+    /// `arrowport_alter_stream`: changes the options given, keeps the others.
+    pub fn alter_stream(&self, name: &str, options: &MappingOptions) -> Result<Mapping, String> {
+        self.mappings_loaded()?;
+        let current = self
+            .registry
+            .get(name)
+            .ok_or_else(|| format!("stream {name:?} does not exist; create it with arrowport_create_stream"))?;
+        let mapping = options.apply(current)?;
+        self.store.save(&mapping).map_err(|e| e.to_string())?;
+        self.registry.put(mapping.clone());
+        Ok(mapping)
+    }
+
+    /// `arrowport_drop_stream`: the stream goes back to landing in `main.<name>` (or is refused).
+    pub fn drop_stream(&self, name: &str) -> Result<Mapping, String> {
+        self.mappings_loaded()?;
+        let current = self.registry.get(name).ok_or_else(|| format!("stream {name:?} does not exist"))?;
+        self.store.delete(name).map_err(|e| e.to_string())?;
+        self.registry.remove(name);
+        Ok(current)
+    }
+
+    /// `arrowport_streams()`: every mapping.
+    pub fn streams(&self) -> Result<Vec<Mapping>, String> {
+        self.mappings_loaded()?;
+        Ok(self.registry.all())
+    }
 }
 
 /// Readies the connections, starts the writers and the runtime.
-fn start(pool: &mut Pool, metrics: Arc<Metrics>) -> Result<Running, ListenError> {
+fn start(pool: &mut Pool, metrics: Arc<Metrics>, registry: Arc<Registry>) -> Result<Running, ListenError> {
     let sinks = match std::mem::replace(pool, Pool::Lent) {
         Pool::Ready(sinks) => sinks,
         Pool::Raw(conns) => {
@@ -298,7 +367,7 @@ fn start(pool: &mut Pool, metrics: Arc<Metrics>) -> Result<Running, ListenError>
         .map_err(|e| ListenError::Start(e.to_string()))?;
     let writers = Writers::start(sinks).map_err(|e| ListenError::Start(e.to_string()))?;
     let cancel = CancellationToken::new();
-    let core = Arc::new(Core::new(writers, cancel.clone(), metrics));
+    let core = Arc::new(Core::new(writers, cancel.clone(), metrics, registry));
     Ok(Running { runtime, core, cancel, listeners: Vec::new() })
 }
 

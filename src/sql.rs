@@ -6,6 +6,8 @@
 //! - `arrowport_stop()`: stops every listener; returns how many.
 //! - `FROM arrowport_status()`: listeners, addresses, uptime, requests in flight.
 //! - `FROM arrowport_metrics()`: per stream and protocol, what landed and what failed.
+//! - `CALL arrowport_create_stream(name, target := ..., create_table := ..., schema_policy := ..., mode := ...)`,
+//!   `arrowport_alter_stream` (same options), `arrowport_drop_stream(name)`, `FROM arrowport_streams()`.
 
 use std::error::Error;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use duckdb::vtab::arrow::WritableVector;
 use duckdb::vtab::{BindInfo, InitInfo, TableFunctionInfo, VTab};
 
 use crate::ffi;
+use crate::registry::{Mapping, MappingOptions};
 use crate::server::{Host, ListenOptions, StatusRow};
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
@@ -36,6 +39,10 @@ pub fn register(conn: &Connection, host: Arc<Host>) -> Result<()> {
     conn.register_table_function_with_extra_info::<ListenTable, Arc<Host>>("arrowport_listen", &host)?;
     conn.register_table_function_with_extra_info::<Status, Arc<Host>>("arrowport_status", &host)?;
     conn.register_table_function_with_extra_info::<MetricsTable, Arc<Host>>("arrowport_metrics", &host)?;
+    conn.register_table_function_with_extra_info::<CreateStream, Arc<Host>>("arrowport_create_stream", &host)?;
+    conn.register_table_function_with_extra_info::<AlterStream, Arc<Host>>("arrowport_alter_stream", &host)?;
+    conn.register_table_function_with_extra_info::<DropStream, Arc<Host>>("arrowport_drop_stream", &host)?;
+    conn.register_table_function_with_extra_info::<Streams, Arc<Host>>("arrowport_streams", &host)?;
     Ok(())
 }
 
@@ -173,6 +180,13 @@ impl VTab for ListenTable {
                 options.rest = Some(v.to_string());
             }
         }
+        if let Some(v) = bind.get_named_parameter("unknown_streams") {
+            options.reject_unknown = match v.to_string().trim().to_ascii_lowercase().as_str() {
+                "accept" => false,
+                "reject" => true,
+                other => return Err(format!("invalid value for option unknown_streams: {other:?} (allowed: accept, reject)").into()),
+            };
+        }
         Ok(Rows { rows: host.listen(&addr, &options)? })
     }
 
@@ -196,6 +210,7 @@ impl VTab for ListenTable {
             ("max_message_bytes".to_string(), LogicalTypeId::Bigint.into()),
             ("max_body_bytes".to_string(), LogicalTypeId::Bigint.into()),
             ("rest".to_string(), varchar()),
+            ("unknown_streams".to_string(), varchar()),
         ])
     }
 }
@@ -309,3 +324,91 @@ impl VTab for MetricsTable {
         })
     }
 }
+
+/// The columns a mapping is shown with.
+fn mapping_columns(bind: &BindInfo) {
+    bind.add_result_column("stream", varchar());
+    bind.add_result_column("target", varchar());
+    bind.add_result_column("create_table", LogicalTypeId::Boolean.into());
+    bind.add_result_column("schema_policy", varchar());
+    bind.add_result_column("mode", varchar());
+}
+
+fn write_mapping(out: &mut DataChunkHandle, i: usize, m: &Mapping) {
+    out.flat_vector(0).insert(i, m.stream.as_str());
+    out.flat_vector(1).insert(i, m.target.display().as_str());
+    ffi::set_bool(&mut out.flat_vector(2), i, m.create_table);
+    out.flat_vector(3).insert(i, m.policy.name());
+    out.flat_vector(4).insert(i, m.mode.name());
+}
+
+fn mapping_options(bind: &BindInfo) -> MappingOptions {
+    let text = |name: &str| bind.get_named_parameter(name).filter(|v| !v.is_null()).map(|v| v.to_string());
+    MappingOptions {
+        target: text("target"),
+        create_table: bind.get_named_parameter("create_table").filter(|v| !v.is_null()).map(|v| v.to_bool()),
+        schema_policy: text("schema_policy"),
+        mode: text("mode"),
+    }
+}
+
+fn mapping_parameters() -> Option<Vec<(String, LogicalTypeHandle)>> {
+    Some(vec![
+        ("target".to_string(), varchar()),
+        ("create_table".to_string(), LogicalTypeId::Boolean.into()),
+        ("schema_policy".to_string(), varchar()),
+        ("mode".to_string(), varchar()),
+    ])
+}
+
+fn stream_name(bind: &BindInfo) -> Result<String> {
+    let v = bind.get_parameter(0);
+    if v.is_null() {
+        return Err("the stream name is NULL".into());
+    }
+    Ok(v.to_string())
+}
+
+/// A table function that shows mappings; `compute` runs once, at bind.
+macro_rules! mapping_function {
+    ($name:ident, $params:expr, $named:expr, |$host:ident, $bind:ident| $compute:expr) => {
+        struct $name;
+
+        impl VTab for $name {
+            type InitData = Cursor;
+            type BindData = Rows<Mapping>;
+
+            fn bind($bind: &BindInfo) -> Result<Self::BindData> {
+                mapping_columns($bind);
+                let $host = host_of($bind)?;
+                let rows: std::result::Result<Vec<Mapping>, String> = $compute;
+                Ok(Rows { rows: rows? })
+            }
+
+            fn init(init: &InitInfo) -> Result<Self::InitData> {
+                init_cursor(init)
+            }
+
+            fn func(func: &TableFunctionInfo<Self>, output: &mut DataChunkHandle) -> Result<()> {
+                emit(func, output, write_mapping)
+            }
+
+            fn parameters() -> Option<Vec<LogicalTypeHandle>> {
+                $params
+            }
+
+            fn named_parameters() -> Option<Vec<(String, LogicalTypeHandle)>> {
+                $named
+            }
+        }
+    };
+}
+
+mapping_function!(CreateStream, Some(vec![varchar()]), mapping_parameters(), |host, bind| {
+    host.create_stream(&stream_name(bind)?, &mapping_options(bind)).map(|m| vec![m])
+});
+mapping_function!(AlterStream, Some(vec![varchar()]), mapping_parameters(), |host, bind| {
+    host.alter_stream(&stream_name(bind)?, &mapping_options(bind)).map(|m| vec![m])
+});
+mapping_function!(DropStream, Some(vec![varchar()]), None, |host, bind| host.drop_stream(&stream_name(bind)?).map(|m| vec![m]));
+mapping_function!(Streams, None, None, |host, bind| host.streams());

@@ -17,7 +17,7 @@ use arrow::datatypes::{Schema, SchemaRef};
 
 use crate::ffi::{BatchPull, DbError, RawConn, ScanStream};
 use crate::ingest::{BatchRx, IngestError, Sink, Written};
-use crate::registry::Target;
+use crate::registry::{Mapping, Mode, SchemaPolicy, Target};
 use crate::schema::{self, Column, quote_ident, quote_literal};
 
 /// The attached in-memory database that holds the per-request scan views.
@@ -112,12 +112,20 @@ impl DuckSink {
         Ok(Self::columns(self.conn.query(&sql).map_err(db)?))
     }
 
-    fn write_view(&mut self, view: &str, target: &Target, failed: &Mutex<Option<IngestError>>) -> Result<Written, IngestError> {
+    fn write_view(&mut self, view: &str, mapping: &Mapping, failed: &Mutex<Option<IngestError>>) -> Result<Written, IngestError> {
         let started = std::time::Instant::now();
         let view_sql = Self::view_sql(view);
         let incoming = Self::columns(self.conn.query(&format!("DESCRIBE {view_sql}")).map_err(db)?);
+        let target = &mapping.target;
         let target_sql = target.sql(&self.host_db);
         let mut table = self.table_columns(target)?;
+        if table.is_empty() && !mapping.create_table {
+            return Err(IngestError::NotFound(format!(
+                "table {} does not exist, and stream {:?} does not create it (create_table is false)",
+                target.display(),
+                mapping.stream
+            )));
+        }
         let _create_guard = if table.is_empty() { Some(self.locks.lock(target_sql.to_lowercase())) } else { None };
 
         self.conn.execute("BEGIN TRANSACTION").map_err(db)?;
@@ -129,8 +137,26 @@ impl DuckSink {
                     table = incoming.clone();
                 }
             }
-            schema::check_fits(&target.display(), &table, &incoming).map_err(IngestError::Conflict)?;
-            let rows = self.conn.execute(&format!("INSERT INTO {target_sql} SELECT * FROM {view_sql}")).map_err(db)?;
+            let insert = match mapping.policy {
+                SchemaPolicy::Strict => {
+                    schema::check_fits(&target.display(), &table, &incoming).map_err(IngestError::Conflict)?;
+                    format!("INSERT INTO {target_sql} SELECT * FROM {view_sql}")
+                }
+                SchemaPolicy::ByName | SchemaPolicy::Evolve => {
+                    let evolve = mapping.policy == SchemaPolicy::Evolve;
+                    let added = schema::check_by_name(&target.display(), &table, &incoming, evolve).map_err(IngestError::Conflict)?;
+                    for c in added {
+                        self.conn
+                            .execute(&format!("ALTER TABLE {target_sql} ADD COLUMN {} {}", quote_ident(&c.name), c.sql_type))
+                            .map_err(db)?;
+                    }
+                    format!("INSERT INTO {target_sql} BY NAME SELECT * FROM {view_sql}")
+                }
+            };
+            if mapping.mode == Mode::Replace {
+                self.conn.execute(&format!("DELETE FROM {target_sql}")).map_err(db)?;
+            }
+            let rows = self.conn.execute(&insert).map_err(db)?;
             self.conn.execute("COMMIT").map_err(db)?;
             Ok(Written { rows, write_seconds: started.elapsed().as_secs_f64() })
         })();
@@ -192,7 +218,7 @@ impl BatchPull for Pull {
 }
 
 impl Sink for DuckSink {
-    fn write(&mut self, target: &Target, schema: SchemaRef, mut input: BatchRx) -> Result<Written, IngestError> {
+    fn write(&mut self, mapping: &Mapping, schema: SchemaRef, mut input: BatchRx) -> Result<Written, IngestError> {
         // Nothing is created or written for a request without rows.
         let Some(first) = input.next_batch()? else {
             return Ok(Written { rows: 0, write_seconds: 0.0 });
@@ -203,7 +229,7 @@ impl Sink for DuckSink {
         self.seq += 1;
         let view = format!("arrowport_in_{}_{}", self.id, self.seq);
         self.conn.create_scan_view(&view, &mut stream).map_err(db)?;
-        let result = self.write_view(&view, target, &failed);
+        let result = self.write_view(&view, mapping, &failed);
         let _ = self.conn.execute(&format!("DROP VIEW IF EXISTS {}", Self::view_sql(&view)));
         drop(stream);
         result

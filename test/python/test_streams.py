@@ -1,0 +1,148 @@
+"""Stream mappings on a live listener: policies, modes, targets in other catalogs, changes while a client
+sends, persistence across a restart, and refusing unknown streams."""
+import json
+import threading
+
+import httpx
+import pyarrow as pa
+import pyarrow.flight as fl
+import pytest
+
+import hosts
+
+ARROW = "application/vnd.apache.arrow.stream"
+
+
+def ipc_bytes(table):
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def rest(listening, name, table):
+    return httpx.post(f"http://{listening.addr}/streams/{name}", content=ipc_bytes(table), headers={"Content-Type": ARROW}, timeout=60)
+
+
+def flight(listening, name, table):
+    c = fl.connect(f"grpc://{listening.addr}")
+    w, r = c.do_put(fl.FlightDescriptor.for_path(name), table.schema)
+    w.write_table(table)
+    w.done_writing()
+    buf = r.read()
+    w.close()
+    return json.loads(buf.to_pybytes())
+
+
+def test_by_name_matches_columns_in_any_order(py_listening):
+    py_listening.sql("CREATE TABLE t (id BIGINT, v DOUBLE, note VARCHAR)")
+    py_listening.sql("CALL arrowport_create_stream('s', target := 't', schema_policy := 'by_name')")
+    r = rest(py_listening, "s", pa.table({"v": [1.5, 2.5], "id": pa.array([1, 2], pa.int64())}))
+    assert r.status_code == 200, r.text
+    assert py_listening.sql("SELECT id, v, note FROM t ORDER BY id") == [(1, 1.5, None), (2, 2.5, None)]
+    r = rest(py_listening, "s", pa.table({"id": pa.array([3], pa.int64()), "extra": [1]}))
+    assert r.status_code == 409 and 'column "extra" is not in the table' in r.json()["error"]["message"]
+    assert py_listening.count("t") == 2
+
+
+def test_evolve_adds_new_columns_in_the_same_transaction(py_listening):
+    py_listening.sql("CREATE TABLE t (id BIGINT)")
+    py_listening.sql("INSERT INTO t VALUES (1)")
+    py_listening.sql("CALL arrowport_create_stream('s', target := 't', schema_policy := 'evolve')")
+    assert flight(py_listening, "s", pa.table({"id": pa.array([2], pa.int64()), "city": ["Oslo"], "n": pa.array([7], pa.int32())}))["rows"] == 1
+    assert py_listening.sql("SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 't' ORDER BY column_index") == [
+        ("id", "BIGINT"), ("city", "VARCHAR"), ("n", "INTEGER")]
+    assert py_listening.sql("SELECT id, city, n FROM t ORDER BY id") == [(1, None, None), (2, "Oslo", 7)]
+    # A failing request adds nothing: the ALTER rolls back with it.
+    py_listening.sql("CREATE UNIQUE INDEX t_id ON t (id)")
+    with pytest.raises(pa.ArrowException):
+        flight(py_listening, "s", pa.table({"id": pa.array([2], pa.int64()), "late": [1]}))
+    assert [c for (c,) in py_listening.sql("SELECT column_name FROM duckdb_columns() WHERE table_name = 't'")] == ["id", "city", "n"]
+
+
+def test_replace_swaps_the_rows_atomically(py_listening):
+    py_listening.sql("CREATE TABLE snap (id BIGINT PRIMARY KEY)")
+    py_listening.sql("INSERT INTO snap VALUES (1), (2), (3)")
+    py_listening.sql("CALL arrowport_create_stream('snap', mode := 'replace')")
+    assert rest(py_listening, "snap", pa.table({"id": pa.array([10, 11], pa.int64())})).status_code == 200
+    assert py_listening.sql("SELECT id FROM snap ORDER BY id") == [(10,), (11,)]
+    # A replacement that fails keeps the old rows.
+    assert rest(py_listening, "snap", pa.table({"id": pa.array([5, 5], pa.int64())})).status_code == 409
+    assert py_listening.sql("SELECT id FROM snap ORDER BY id") == [(10,), (11,)]
+
+
+def test_create_table_false_refuses_a_missing_target(py_listening):
+    py_listening.sql("CALL arrowport_create_stream('strict_only', target := 'nowhere', create_table := false)")
+    r = rest(py_listening, "strict_only", pa.table({"a": [1]}))
+    assert r.status_code == 404
+    assert "table main.nowhere does not exist" in r.json()["error"]["message"]
+    with pytest.raises(pa.ArrowException) as e:
+        flight(py_listening, "strict_only", pa.table({"a": [1]}))
+    assert "does not exist" in str(e.value)
+
+
+def test_targets_in_another_catalog_with_identifiers_that_need_quotes(py_listening, tmp_path):
+    other = tmp_path / "other.duckdb"
+    py_listening.sql(f"ATTACH '{other}' AS \"Other Db\"")
+    py_listening.sql('CREATE SCHEMA "Other Db"."Select"')
+    py_listening.sql("""CALL arrowport_create_stream('x', target := '"Other Db"."Select"."Table Name"')""")
+    assert flight(py_listening, "x", pa.table({"Group": [1, 2]}))["table"] == "Other Db.Select.Table Name"
+    assert py_listening.sql('SELECT sum("Group")::BIGINT FROM "Other Db"."Select"."Table Name"') == [(3,)]
+
+
+def test_a_change_while_a_client_sends_applies_to_the_next_request(py_listening):
+    py_listening.sql("CALL arrowport_create_stream('moving', target := 'first')")
+    t = pa.table({"id": pa.array(range(100), pa.int64())})
+    c = fl.connect(f"grpc://{py_listening.addr}")
+    w, r = c.do_put(fl.FlightDescriptor.for_path("moving"), t.schema)
+    w.write_table(t)
+    py_listening.sql("CALL arrowport_alter_stream('moving', target := 'second')")
+    w.write_table(t)
+    w.done_writing()
+    assert json.loads(r.read().to_pybytes())["table"] == "main.first"
+    w.close()
+    assert flight(py_listening, "moving", t)["table"] == "main.second"
+    assert (py_listening.count("first"), py_listening.count("second")) == (200, 100)
+
+
+def test_mappings_survive_a_restart(host_kind, db_path):
+    host = hosts.start(host_kind, db_path)
+    host.sql(hosts.load_sql())
+    host.sql("CALL arrowport_create_stream('kept', target := 'landing', schema_policy := 'by_name')")
+    assert host.close() == 0
+    host = hosts.start(host_kind, db_path)
+    try:
+        host.sql(hosts.load_sql())
+        assert host.sql("FROM arrowport_streams()") == [("kept", "main.landing", True, "by_name", "append")]
+        addr = host.sql("SELECT arrowport_listen('127.0.0.1:0')")[0][0]
+        r = httpx.post(f"http://{addr}/streams/kept", content=ipc_bytes(pa.table({"a": [1, 2]})), headers={"Content-Type": ARROW})
+        assert r.status_code == 200 and r.json()["table"] == "main.landing"
+        assert host.sql("SELECT count(*) FROM landing") == [(2,)]
+        host.sql("SELECT arrowport_stop()")
+    finally:
+        host.close()
+
+
+def test_unknown_streams_can_be_refused(db_path):
+    host = hosts.start("py20", db_path)
+    try:
+        host.sql(hosts.load_sql())
+        host.sql("CALL arrowport_create_stream('known')")
+        addr = dict(host.sql("FROM arrowport_listen('127.0.0.1:0', unknown_streams := 'reject')"))["rest"]
+        r = httpx.post(f"http://{addr}/streams/stranger", content=ipc_bytes(pa.table({"a": [1]})), headers={"Content-Type": ARROW})
+        assert r.status_code == 404 and "unknown stream \"stranger\"" in r.json()["error"]["message"]
+        c = fl.connect(f"grpc://{addr}")
+        t = pa.table({"a": [1]})
+        with pytest.raises(pa.ArrowException) as e:
+            w, rd = c.do_put(fl.FlightDescriptor.for_path("stranger"), t.schema)
+            w.write_table(t)
+            w.done_writing()
+            rd.read()
+            w.close()
+        assert "unknown stream" in str(e.value)
+        r = httpx.post(f"http://{addr}/streams/known", content=ipc_bytes(t), headers={"Content-Type": ARROW})
+        assert r.status_code == 200
+        assert host.sql("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'stranger'") == [(0,)]
+    finally:
+        host.sql("SELECT arrowport_stop()")
+        assert host.close() == 0
