@@ -2,15 +2,15 @@
 //!
 //! A small framer cuts the byte stream into whole IPC messages first, checking each message's declared sizes
 //! against the limit *before* anything is buffered for it, so a client cannot make us allocate what it only
-//! claims to send. Whole messages then go to arrow-ipc's `StreamDecoder`. The output is the ingest core's
-//! [`Incoming`]: the schema once, then batches. Decoder panics (arrow-ipc has some on malformed input) are
-//! caught and reported as bad input. Nothing here knows HTTP or DuckDB.
+//! claims to send. Whole messages become Flight messages and go through the same decoder as Flight `DoPut`
+//! ([`flight_items`]), so both protocols decode alike. The output is the ingest core's [`Incoming`]: the schema
+//! once, then batches. Nothing here knows HTTP or DuckDB.
 
-use std::collections::VecDeque;
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::panic::AssertUnwindSafe;
 
-use arrow::buffer::Buffer;
-use arrow::ipc::reader::StreamDecoder;
+use arrow_flight::FlightData;
+use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
+use arrow_flight::error::FlightError;
 use bytes::{Buf, Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 
@@ -92,92 +92,114 @@ fn too_large(size: usize, max: usize) -> IngestError {
     IngestError::TooLarge(format!("an Arrow IPC message of {size} bytes is over the listener's limit of {max} bytes"))
 }
 
-struct State<S> {
-    input: S,
-    framer: Framer,
-    decoder: StreamDecoder,
-    schema_sent: bool,
-    pending: VecDeque<Incoming>,
-    done: bool,
-}
-
-fn decode_message<S>(state: &mut State<S>, message: Bytes) -> Result<(), IngestError> {
-    let mut buffer = Buffer::from(message);
-    let decoded = catch_unwind(AssertUnwindSafe(|| state.decoder.decode(&mut buffer)));
-    let batch = match decoded {
-        Ok(Ok(batch)) => batch,
-        Ok(Err(e)) => return Err(IngestError::BadInput(format!("invalid Arrow IPC data: {e}"))),
-        Err(p) => return Err(IngestError::BadInput(format!("invalid Arrow IPC data: {}", crate::ffi::panic_message(p.as_ref())))),
-    };
-    if !state.schema_sent {
-        if let Some(schema) = state.decoder.schema() {
-            state.schema_sent = true;
-            state.pending.push_back(Incoming::Schema(schema));
-        }
-    }
-    if let Some(batch) = batch {
-        state.pending.push_back(Incoming::Batch(batch));
-    }
-    Ok(())
-}
-
-/// Decodes an Arrow IPC stream from byte chunks. Input errors pass through as they are.
-pub fn ipc_stream<S>(input: S, max_message: usize) -> impl Stream<Item = Result<Incoming, IngestError>> + Send + Unpin
+/// Decoded Flight messages (REST bodies are framed into the same messages) as the ingest core's items: the
+/// schema, then batches. Decoder panics (arrow-ipc has some on malformed input) become bad input.
+pub fn flight_items<S>(messages: S) -> impl Stream<Item = Result<Incoming, IngestError>> + Send + Unpin
 where
-    S: Stream<Item = Result<Bytes, IngestError>> + Send + Unpin,
+    S: Stream<Item = Result<FlightData, FlightError>> + Send + 'static,
 {
-    let state = State {
-        input,
-        framer: Framer::new(max_message),
-        decoder: StreamDecoder::new(),
-        schema_sent: false,
-        pending: VecDeque::new(),
-        done: false,
-    };
-    Box::pin(futures::stream::unfold(state, |mut state| async move {
+    let decoded = AssertUnwindSafe(FlightDataDecoder::new(messages)).catch_unwind();
+    Box::pin(decoded.filter_map(|item| async move {
+        match item {
+            Ok(Ok(decoded)) => match decoded.payload {
+                DecodedPayload::None => None,
+                DecodedPayload::Schema(s) => Some(Ok(Incoming::Schema(s))),
+                DecodedPayload::RecordBatch(b) => Some(Ok(Incoming::Batch(b))),
+            },
+            Ok(Err(e)) => Some(Err(decode_error(e))),
+            Err(panic) => Some(Err(IngestError::BadInput(format!("invalid Arrow IPC data: {}", crate::ffi::panic_message(panic.as_ref()))))),
+        }
+    }))
+}
+
+fn decode_error(e: FlightError) -> IngestError {
+    match e {
+        FlightError::ExternalError(inner) => match inner.downcast::<IngestError>() {
+            Ok(ours) => *ours,
+            Err(other) => IngestError::BadInput(format!("invalid Arrow IPC data: {other}")),
+        },
+        FlightError::Arrow(e) => IngestError::BadInput(format!("invalid Arrow IPC data: {e}")),
+        other => IngestError::BadInput(format!("invalid Arrow IPC data: {other}")),
+    }
+}
+
+/// Splits a framed message into the Flight message carrying it.
+fn to_flight_data(message: Bytes) -> FlightData {
+    let prefix = if message.len() >= 4 && message[..4] == CONTINUATION.to_le_bytes() { 8 } else { 4 };
+    let len = u32::from_le_bytes([message[prefix - 4], message[prefix - 3], message[prefix - 2], message[prefix - 1]]) as usize;
+    FlightData {
+        flight_descriptor: None,
+        data_header: message.slice(prefix..prefix + len),
+        app_metadata: Bytes::new(),
+        data_body: message.slice(prefix + len..),
+    }
+}
+
+/// Cuts a byte stream into Flight messages, with the framer's size checks; input errors pass through.
+fn framed<S>(input: S, max_message: usize) -> impl Stream<Item = Result<FlightData, FlightError>> + Send + 'static
+where
+    S: Stream<Item = Result<Bytes, IngestError>> + Send + Unpin + 'static,
+{
+    let ours = |e: IngestError| FlightError::ExternalError(Box::new(e));
+    futures::stream::unfold((input, Framer::new(max_message), false), move |(mut input, mut framer, mut done)| async move {
         loop {
-            if let Some(item) = state.pending.pop_front() {
-                return Some((Ok(item), state));
-            }
-            if state.done {
+            if done {
                 return None;
             }
-            match state.framer.next_message() {
+            match framer.next_message() {
                 Err(e) => {
-                    state.done = true;
-                    return Some((Err(e), state));
+                    done = true;
+                    return Some((Err(ours(e)), (input, framer, done)));
                 }
-                Ok(Some(message)) => {
-                    if let Err(e) = decode_message(&mut state, message) {
-                        state.done = true;
-                        return Some((Err(e), state));
-                    }
-                    continue;
-                }
+                Ok(Some(message)) => return Some((Ok(to_flight_data(message)), (input, framer, done))),
                 Ok(None) => {}
             }
-            match state.input.next().await {
+            match input.next().await {
                 Some(Ok(chunk)) => {
-                    if let Err(e) = state.framer.push(&chunk) {
-                        state.done = true;
-                        return Some((Err(e), state));
+                    if let Err(e) = framer.push(&chunk) {
+                        done = true;
+                        return Some((Err(ours(e)), (input, framer, done)));
                     }
                 }
                 Some(Err(e)) => {
-                    state.done = true;
-                    return Some((Err(e), state));
+                    done = true;
+                    return Some((Err(ours(e)), (input, framer, done)));
                 }
                 None => {
-                    state.done = true;
-                    if !state.framer.at_boundary() {
-                        return Some((Err(IngestError::BadInput("invalid Arrow IPC stream: the body ends in the middle of a message".into())), state));
-                    }
-                    if !state.schema_sent {
-                        return Some((Err(IngestError::BadInput("the body holds no Arrow IPC stream (no schema message)".into())), state));
+                    done = true;
+                    if !framer.at_boundary() {
+                        let e = IngestError::BadInput("invalid Arrow IPC stream: the body ends in the middle of a message".into());
+                        return Some((Err(ours(e)), (input, framer, done)));
                     }
                 }
             }
         }
+    })
+}
+
+/// Decodes an Arrow IPC stream from byte chunks (an HTTP body). Input errors pass through as they are.
+pub fn ipc_stream<S>(input: S, max_message: usize) -> impl Stream<Item = Result<Incoming, IngestError>> + Send + Unpin
+where
+    S: Stream<Item = Result<Bytes, IngestError>> + Send + Unpin + 'static,
+{
+    let mut saw_schema = false;
+    let mut ended = false;
+    let items = flight_items(framed(input, max_message)).map(Some);
+    Box::pin(items.chain(futures::stream::once(async { None })).filter_map(move |item| {
+        let out = match item {
+            _ if ended => None,
+            Some(Ok(Incoming::Schema(s))) => {
+                saw_schema = true;
+                Some(Ok(Incoming::Schema(s)))
+            }
+            Some(other) => Some(other),
+            None if !saw_schema => Some(Err(IngestError::BadInput("the body holds no Arrow IPC stream (no schema message)".into()))),
+            None => None,
+        };
+        if matches!(out, Some(Err(_))) {
+            ended = true;
+        }
+        futures::future::ready(out)
     }))
 }
 
@@ -231,6 +253,19 @@ mod tests {
             let chunks = bytes.chunks(size).map(|c| c.to_vec()).collect();
             assert_eq!(rows(&collect(chunks, 1 << 20).await), (1, 300), "chunk size {size}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_batch_with_an_empty_body_is_not_lost() {
+        // Only NULL-typed columns: the batch message has no body bytes at all.
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Null, true)]));
+        let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(arrow::array::NullArray::new(3))]).unwrap();
+        let mut out = Vec::new();
+        let mut w = StreamWriter::try_new(&mut out, &schema).unwrap();
+        w.write(&batch).unwrap();
+        w.finish().unwrap();
+        drop(w);
+        assert_eq!(rows(&collect(vec![out], 1 << 20).await), (1, 3));
     }
 
     #[tokio::test]

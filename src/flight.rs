@@ -10,7 +10,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use arrow::ipc::writer::IpcWriteOptions;
-use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_descriptor::DescriptorType;
 use arrow_flight::flight_service_server::FlightService;
@@ -21,8 +20,9 @@ use arrow_flight::{
 use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::decode;
 use crate::error::grpc_code;
-use crate::ingest::{Core, Incoming, IngestError, Request as IngestRequest, Sink};
+use crate::ingest::{Core, IngestError, Request as IngestRequest, Sink};
 use crate::metrics::Protocol;
 use std::sync::atomic::Ordering;
 
@@ -90,14 +90,6 @@ fn transport_error(status: &Status) -> IngestError {
     }
 }
 
-fn decode_error(e: FlightError) -> IngestError {
-    match e {
-        FlightError::Tonic(status) => transport_error(&status),
-        FlightError::Arrow(e) => IngestError::BadInput(format!("invalid Arrow IPC data: {e}")),
-        other => IngestError::BadInput(format!("invalid Arrow IPC data: {other}")),
-    }
-}
-
 impl<S: Sink> FlightAdapter<S> {
     async fn put(&self, request: Request<Streaming<FlightData>>) -> Result<PutResult, IngestError> {
         let result = self.put_inner(request).await;
@@ -132,24 +124,9 @@ impl<S: Sink> FlightAdapter<S> {
             }
         });
         let messages = futures::stream::once(async move { Ok(first) })
-            .chain(counted.map_err(|status| FlightError::Tonic(Box::new(status))));
-        // arrow-ipc can panic on malformed bodies (e.g. a truncated buffer): that is the client's bad input.
-        let decoded = std::panic::AssertUnwindSafe(FlightDataDecoder::new(messages)).catch_unwind();
-        let items = decoded.filter_map(|item| async move {
-            match item {
-                Ok(Ok(decoded)) => match decoded.payload {
-                    DecodedPayload::None => None,
-                    DecodedPayload::Schema(s) => Some(Ok(Incoming::Schema(s))),
-                    DecodedPayload::RecordBatch(b) => Some(Ok(Incoming::Batch(b))),
-                },
-                Ok(Err(e)) => Some(Err(decode_error(e))),
-                Err(panic) => Some(Err(IngestError::BadInput(format!(
-                    "invalid Arrow IPC data: {}",
-                    crate::ffi::panic_message(panic.as_ref())
-                )))),
-            }
-        });
-        let report = self.core.ingest(ingest_request, Box::pin(items)).await.map_err(|e| (e, true))?;
+            .chain(counted.map_err(|status| FlightError::ExternalError(Box::new(transport_error(&status)))));
+        let items = decode::flight_items(messages);
+        let report = self.core.ingest(ingest_request, items).await.map_err(|e| (e, true))?;
         let app_metadata = serde_json::to_vec(&report).map_err(|e| (IngestError::Internal(e.to_string()), true))?;
         Ok(PutResult { app_metadata: app_metadata.into() })
     }

@@ -48,6 +48,15 @@ class PythonHost:
             raise HostError(reply["error"])
         return [tuple(r) for r in reply["rows"]]
 
+    def register(self, name, ipc_bytes):
+        """Registers an Arrow table (IPC stream bytes) for DuckDB's own in-process scan."""
+        import base64
+        self.proc.stdin.write(json.dumps({"register": name, "ipc": base64.b64encode(ipc_bytes).decode()}) + "\n")
+        self.proc.stdin.flush()
+        reply = json.loads(self.proc.stdout.readline() or '{"error": "host died"}')
+        if "error" in reply:
+            raise HostError(reply["error"])
+
     def close(self, timeout=60):
         """Ends the host like a script that reaches its end: returns the exit code."""
         try:

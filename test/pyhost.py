@@ -1,4 +1,5 @@
-"""A Python DuckDB host: opens a database and runs JSON-line requests {"sql", "conn"} on stdin.
+"""A Python DuckDB host: opens a database and runs JSON-line requests {"sql", "conn"} on stdin, or
+{"register": name, "ipc": base64 Arrow IPC stream} to register an Arrow table for DuckDB's own scan.
 
 Replies one JSON line each: {"rows": [...]} or {"error": "..."}. Connection 0 is the database's own; a request
 with a higher number opens (once) another connection to the same database. At the end of stdin it exits like
@@ -28,17 +29,26 @@ def main():
     config = {"allow_unsigned_extensions": "true"}
     config.update(json.loads(sys.argv[2]))
     conns = {0: duckdb.connect(sys.argv[1], config=config)}
+    keep = []
     for line in sys.stdin:
         req = json.loads(line)
         n = req.get("conn", 0)
         if n not in conns:
             conns[n] = conns[0].cursor()
         try:
+            if "register" in req:
+                # The oracle: DuckDB's own in-process scan of an Arrow table sent as an IPC stream.
+                import base64
+                import pyarrow as pa
+                table = pa.ipc.open_stream(base64.b64decode(req["ipc"])).read_all()
+                conns[n].register(req["register"], table)
+                keep.append(table)
+                req["sql"] = "SELECT 1"
             rows = conns[n].execute(req["sql"]).fetchall()
             reply = {"rows": [[plain(v) for v in r] for r in rows]}
         except Exception as e:  # DuckDB's message is what the test checks
             reply = {"error": str(e)}
-        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.write(json.dumps(reply, default=str) + "\n")
         sys.stdout.flush()
 
 
