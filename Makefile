@@ -2,6 +2,7 @@
 #   make        build build/release/arrowport.duckdb_extension
 #   make run    DuckDB CLI (pinned from PyPI) on ./arrowport.duckdb with arrowport loaded and listening
 #   make test   build, then every test: Rust unit tests, SQL logic tests on three hosts, end-to-end pytest
+#   make bench  arrowport against in-process DuckDB (bench/results/*.json)
 
 EXT_NAME    := arrowport
 EXT_VERSION := v$(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
@@ -17,7 +18,7 @@ VENV_OLD    := .venv-old
 LISTEN      ?= 127.0.0.1:8815
 DB          ?= arrowport.duckdb
 
-.PHONY: all release run test unit sqltest pytest clean venvs
+.PHONY: all release run test unit sqltest pytest bench clean venvs
 
 all: release
 
@@ -66,6 +67,10 @@ sqltest: release $(VENV)/.stamp $(VENV15)/.stamp
 
 pytest: release venvs
 	$(VENV)/bin/python -m pytest -q test/python
+
+# A benchmark, not a test: never part of `make test`. BENCH_QUICK=1 for a short run.
+bench: release $(VENV)/.stamp
+	$(VENV)/bin/python bench/bench.py
 
 clean:
 	cargo clean

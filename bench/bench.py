@@ -1,0 +1,314 @@
+"""`make bench`: arrowport side by side with in-process DuckDB, on one machine, in one run.
+
+Cases (each on a fresh file database; every run checks that the rows landed equal the rows sent):
+- baseline: Python duckdb in-process, `INSERT INTO t SELECT * FROM <registered arrow table>`;
+- arrowport in a separate DuckDB host process (Python duckdb 2.0 with the extension loaded):
+  Flight DoPut (pyarrow.flight), REST raw IPC stream (POST /streams/{name}, streamed body), the original's
+  JSON endpoint; compression none / zstd / lz4 at 1M rows;
+- small batches: 1,000 requests of 1,000 rows, 1 and 8 concurrent clients, Flight and REST;
+- the host's RSS before, peak during, and after the 10M-row DoPut.
+
+Prints a Markdown table and writes bench/results/<timestamp>.json. Exits non-zero when a row count is off.
+Set BENCH_QUICK=1 for a short run (100k/1M rows, 200 small requests) while developing.
+"""
+import base64
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+
+import duckdb
+import httpx
+import pyarrow as pa
+import pyarrow.flight as fl
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "test"))
+import hosts  # noqa: E402
+
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+SIZES = [100_000, 1_000_000] if QUICK else [100_000, 1_000_000, 10_000_000]
+SMALL_REQUESTS = 200 if QUICK else 1000
+ARROW = "application/vnd.apache.arrow.stream"
+BATCH_ROWS = 131_072
+
+
+def rechunk(t):
+    return pa.Table.from_batches(t.combine_chunks().to_batches(max_chunksize=BATCH_ROWS))
+
+
+def events(n):
+    """The original service's benchmark table, deterministic."""
+    q = f"""SELECT range::BIGINT AS id, (1700000000000 + range)::BIGINT AS "timestamp", (range % 1000) * 0.5 AS value,
+               ['cpu', 'mem', 'disk', 'net'][(range % 4) + 1] AS category, ((range * 7) % 100) / 3.0 AS metric
+            FROM range({n})"""
+    return rechunk(duckdb.sql(q).to_arrow_table())
+
+
+def wide(n):
+    """20 columns, string-heavy, with timestamps, decimals and lists."""
+    q = f"""SELECT range::BIGINT AS id,
+               'user_' || (range % 50000)::VARCHAR AS user_name,
+               'https://example.com/' || md5(range::VARCHAR) AS url,
+               md5((range * 3)::VARCHAR) AS session,
+               ['GET', 'POST', 'PUT'][(range % 3) + 1] AS method,
+               (range % 600)::INTEGER AS status,
+               TIMESTAMP '2026-01-01' + to_microseconds(range * 1000) AS ts,
+               TIMESTAMPTZ '2026-01-01 00:00:00+00' + to_microseconds(range * 7) AS ts_tz,
+               (range % 100000)::DECIMAL(18, 3) / 7 AS amount,
+               (range % 97)::DECIMAL(9, 2) AS tax,
+               [range % 10, range % 7, range % 3] AS tags,
+               ['a', 'b', (range % 9)::VARCHAR] AS labels,
+               range % 2 = 0 AS flag,
+               (range % 1000) / 3.0 AS score,
+               (range % 255)::UTINYINT AS small,
+               'country_' || (range % 200)::VARCHAR AS country,
+               'agent/' || (range % 30)::VARCHAR || ' (' || md5((range % 77)::VARCHAR) || ')' AS user_agent,
+               DATE '2020-01-01' + (range % 2000)::INTEGER AS day,
+               (range * 13 % 1000003)::BIGINT AS counter,
+               repeat('x', (range % 40)::INTEGER) AS padding
+            FROM range({n})"""
+    return rechunk(duckdb.sql(q).to_arrow_table())
+
+
+def ipc_bytes(table, compression=None):
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression=compression)) as w:
+        w.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def baseline(table):
+    with tempfile.TemporaryDirectory() as d:
+        con = duckdb.connect(os.path.join(d, "base.duckdb"))
+        con.register("src", table)
+        con.execute("CREATE TABLE t AS SELECT * FROM src LIMIT 0")
+        start = time.perf_counter()
+        con.execute("INSERT INTO t SELECT * FROM src")
+        elapsed = time.perf_counter() - start
+        landed = con.execute("SELECT count(*) FROM t").fetchone()[0]
+        con.close()
+    return elapsed, landed
+
+
+class Host:
+    """A separate DuckDB process (Python duckdb 2.0) with arrowport loaded and listening."""
+
+    def __init__(self, directory):
+        self.host = hosts.start("py20", os.path.join(directory, "port.duckdb"))
+        self.host.sql(hosts.load_sql())
+        self.addr = self.host.sql("SELECT arrowport_listen('127.0.0.1:0')")[0][0]
+
+    def count(self, table):
+        return self.host.sql(f'SELECT count(*) FROM "{table}"')[0][0]
+
+    def rss_kib(self):
+        with open(f"/proc/{self.host.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def close(self):
+        self.host.sql("SELECT arrowport_stop()")
+        self.host.close()
+
+
+def flight_put(addr, name, table, compression=None):
+    c = fl.connect(f"grpc://{addr}")
+    opts = fl.FlightCallOptions(write_options=pa.ipc.IpcWriteOptions(compression=compression))
+    w, r = c.do_put(fl.FlightDescriptor.for_path(name), table.schema, options=opts)
+    w.write_table(table)
+    w.done_writing()
+    buf = r.read()
+    w.close()
+    c.close()
+    return json.loads(buf.to_pybytes())
+
+
+def rest_put(client, addr, name, table, compression=None):
+    body = ipc_bytes(table, compression)
+
+    def pieces():
+        for i in range(0, len(body), 1 << 20):
+            yield body[i:i + (1 << 20)]
+
+    r = client.post(f"http://{addr}/streams/{name}", content=pieces(), headers={"Content-Type": ARROW})
+    r.raise_for_status()
+    return r.json()
+
+
+def json_put(client, addr, name, table):
+    payload = {
+        "config": {"target_table": name},
+        "batch": {"arrow_schema": base64.b64encode(table.schema.serialize()).decode(),
+                  "data": base64.b64encode(ipc_bytes(table)).decode()},
+    }
+    r = client.post(f"http://{addr}/stream/{name}", json=payload)
+    r.raise_for_status()
+    return r.json()
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def large_cases(results, dataset, table, sizes_label, base_seconds):
+    n = table.num_rows
+    mb = table.nbytes / 1e6
+    cases = [("flight", None), ("rest", None)]
+    if n == 1_000_000:
+        cases += [("flight", "zstd"), ("flight", "lz4"), ("rest", "zstd"), ("rest", "lz4")]
+    if n == 1_000_000 and dataset == "events":
+        cases.append(("json", None))  # base64 in JSON: the original's endpoint, buffered whole by design
+    for protocol, compression in cases:
+        with tempfile.TemporaryDirectory() as d:
+            host = Host(d)
+            peak = [0]
+            before = host.rss_kib()
+            stop = threading.Event()
+
+            def sample():
+                while not stop.is_set():
+                    peak[0] = max(peak[0], host.rss_kib())
+                    time.sleep(0.02)
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            try:
+                with httpx.Client(timeout=600) as client:
+                    if protocol == "flight":
+                        seconds, _ = timed(lambda: flight_put(host.addr, "t", table, compression))
+                    elif protocol == "rest":
+                        seconds, _ = timed(lambda: rest_put(client, host.addr, "t", table, compression))
+                    else:
+                        seconds, _ = timed(lambda: json_put(client, host.addr, "t", table))
+            finally:
+                stop.set()
+                sampler.join()
+            after = host.rss_kib()
+            landed = host.count("t")
+            host.close()
+        row = {
+            "dataset": dataset, "rows": n, "case": protocol + (f"+{compression}" if compression else ""),
+            "seconds": seconds, "rows_per_s": n / seconds, "mb_per_s": mb / seconds,
+            "vs_baseline": base_seconds / seconds, "landed": landed,
+            "rss_before_mib": before / 1024, "rss_peak_mib": max(peak[0], after) / 1024, "rss_after_mib": after / 1024,
+        }
+        results.append(row)
+        print(f"  {dataset:>6} {n:>10,} {row['case']:<12} {seconds:7.3f}s {row['rows_per_s'] / 1e6:6.2f} M rows/s "
+              f"{row['vs_baseline']:5.2f}x  rss {row['rss_before_mib']:.0f} -> peak {row['rss_peak_mib']:.0f} MiB", flush=True)
+
+
+def small_batches(results, protocol, clients):
+    table = events(1000)
+    body = ipc_bytes(table)
+    with tempfile.TemporaryDirectory() as d:
+        host = Host(d)
+        latencies = []
+        lock = threading.Lock()
+        per_client = SMALL_REQUESTS // clients
+
+        def worker():
+            mine = []
+            if protocol == "flight":
+                c = fl.connect(f"grpc://{host.addr}")
+                for _ in range(per_client):
+                    t0 = time.perf_counter()
+                    w, r = c.do_put(fl.FlightDescriptor.for_path("small"), table.schema)
+                    w.write_table(table)
+                    w.done_writing()
+                    r.read()
+                    w.close()
+                    mine.append(time.perf_counter() - t0)
+                c.close()
+            else:
+                with httpx.Client(timeout=60) as client:
+                    for _ in range(per_client):
+                        t0 = time.perf_counter()
+                        client.post(f"http://{host.addr}/streams/small", content=body, headers={"Content-Type": ARROW}).raise_for_status()
+                        mine.append(time.perf_counter() - t0)
+            with lock:
+                latencies.extend(mine)
+
+        threads = [threading.Thread(target=worker) for _ in range(clients)]
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        seconds = time.perf_counter() - start
+        landed = host.count("small")
+        host.close()
+    sent = per_client * clients
+    q = statistics.quantiles(latencies, n=100)
+    row = {
+        "dataset": "small", "rows": sent * 1000, "case": f"{protocol} x{clients}", "requests": sent, "seconds": seconds,
+        "batches_per_min": sent / seconds * 60, "p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000,
+        "landed": landed, "expected": sent * 1000,
+    }
+    results.append(row)
+    print(f"  small {protocol:<6} x{clients}: {row['batches_per_min']:,.0f} batches/min, p50 {row['p50_ms']:.1f} ms, "
+          f"p99 {row['p99_ms']:.1f} ms", flush=True)
+
+
+def markdown(results):
+    lines = ["| dataset | rows | case | seconds | M rows/s | MB/s | vs in-process | host RSS before / peak / after (MiB) |",
+             "|---|---:|---|---:|---:|---:|---:|---|"]
+    for r in results:
+        if r["dataset"] == "small":
+            continue
+        rss = f"{r['rss_before_mib']:.0f} / {r['rss_peak_mib']:.0f} / {r['rss_after_mib']:.0f}" if "rss_peak_mib" in r else ""
+        lines.append(f"| {r['dataset']} | {r['rows']:,} | {r['case']} | {r['seconds']:.3f} | {r['rows_per_s'] / 1e6:.2f} | "
+                     f"{r['mb_per_s']:.0f} | {r['vs_baseline']:.2f}x | {rss} |")
+    lines += ["", "| small batches (1,000 rows each) | requests | batches/min | p50 ms | p99 ms |", "|---|---:|---:|---:|---:|"]
+    for r in results:
+        if r["dataset"] == "small":
+            lines.append(f"| {r['case']} | {r['requests']} | {r['batches_per_min']:,.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |")
+    return "\n".join(lines)
+
+
+def main():
+    results = []
+    bad = []
+    print(f"arrowport bench on {platform.node()} ({os.cpu_count()} cores), DuckDB {duckdb.__version__}, quick={QUICK}", flush=True)
+    datasets = [("events", n, events) for n in SIZES] + [("wide", 1_000_000, wide)]
+    for dataset, n, make in datasets:
+        table = make(n)
+        base_seconds, landed = baseline(table)
+        results.append({"dataset": dataset, "rows": n, "case": "in-process baseline", "seconds": base_seconds,
+                        "rows_per_s": n / base_seconds, "mb_per_s": table.nbytes / 1e6 / base_seconds, "vs_baseline": 1.0, "landed": landed})
+        print(f"  {dataset:>6} {n:>10,} baseline     {base_seconds:7.3f}s {n / base_seconds / 1e6:6.2f} M rows/s", flush=True)
+        large_cases(results, dataset, table, n, base_seconds)
+        del table
+    for protocol in ("flight", "rest"):
+        for clients in (1, 8):
+            small_batches(results, protocol, clients)
+    for r in results:
+        expected = r.get("expected", r["rows"])
+        if r["landed"] != expected:
+            bad.append(f"{r['dataset']} {r['case']}: landed {r['landed']} of {expected}")
+    table = markdown(results)
+    print()
+    print(table)
+    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = os.path.join(ROOT, "bench", "results", f"{stamp}{'-quick' if QUICK else ''}.json")
+    with open(out, "w") as f:
+        json.dump({"when": stamp, "host": platform.node(), "cores": os.cpu_count(), "duckdb": duckdb.__version__,
+                   "quick": QUICK, "results": results}, f, indent=1)
+    print(f"\nwrote {out}")
+    if bad:
+        print("ROW COUNT MISMATCH: " + "; ".join(bad))
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
