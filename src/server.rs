@@ -42,6 +42,12 @@ const JOIN_LIMIT: Duration = Duration::from_secs(5);
 /// Threads of the network runtime. Decoding is cheap next to DuckDB's write (see README), so two suffice.
 const IO_THREADS: usize = 2;
 
+/// HTTP/2 flow-control windows and frame size. hyper's defaults (1 MiB windows, 16 KiB frames) cap one
+/// loopback DoPut far below what DuckDB takes in; memory stays bounded by the ingest queue, not by these.
+const H2_STREAM_WINDOW: u32 = 16 * 1024 * 1024;
+const H2_CONN_WINDOW: u32 = 32 * 1024 * 1024;
+const H2_MAX_FRAME: u32 = 1024 * 1024;
+
 /// Why a listener could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
@@ -121,12 +127,7 @@ impl Running {
     fn serve(&mut self, listener: tokio::net::TcpListener, app: axum::Router, protocols: &[&'static str]) -> Result<SocketAddr, ListenError> {
         let bound = listener.local_addr().map_err(|e| ListenError::Start(e.to_string()))?;
         let shutdown = self.cancel.clone();
-        let task = self.runtime.spawn(async move {
-            let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
-            if let Err(e) = served {
-                eprintln!("arrowport: listener on {bound} failed: {e}");
-            }
-        });
+        let task = self.runtime.spawn(accept_loop(listener, app, shutdown));
         self.listeners.push(Listener { protocols: protocols.to_vec(), addr: bound, started: Instant::now(), task });
         Ok(bound)
     }
@@ -337,6 +338,55 @@ impl Host {
         self.mappings_loaded()?;
         Ok(self.registry.all())
     }
+}
+
+/// Accepts connections until `shutdown`, serving HTTP/1.1 and HTTP/2 (prior knowledge) on each; then asks every
+/// connection to finish gracefully and waits for them.
+async fn accept_loop(listener: tokio::net::TcpListener, app: axum::Router, shutdown: CancellationToken) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http2()
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONN_WINDOW)
+        .max_frame_size(H2_MAX_FRAME);
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _peer)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: wait a moment instead of spinning.
+                eprintln!("arrowport: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let builder = builder.clone();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
 }
 
 /// Readies the connections, starts the writers and the runtime.
