@@ -32,6 +32,10 @@ const QUEUE_DEPTH: usize = 4;
 /// How long a request waits for a free writer before it is answered "busy".
 const WRITER_WAIT: Duration = Duration::from_secs(30);
 
+/// How long a request may send nothing before it is rolled back. A stalled client would otherwise hold a
+/// writer, and the DuckDB thread reading its stream, indefinitely.
+pub const STALL_LIMIT: Duration = Duration::from_secs(120);
+
 /// One decoded item of an incoming Arrow stream.
 #[derive(Debug)]
 pub enum Incoming {
@@ -56,6 +60,8 @@ pub enum IngestError {
     Stopping,
     #[error("the client went away before the end of the stream; nothing was written")]
     Disconnected,
+    #[error("the client sent nothing for {0} s; the request was rolled back and nothing was written")]
+    Stalled(u64),
     #[error("all {0} writers are busy; retry later")]
     Busy(usize),
     #[error("{0}")]
@@ -72,7 +78,7 @@ impl IngestError {
             IngestError::Conflict(_) => Code::Conflict,
             IngestError::NotFound(_) => Code::NotFound,
             IngestError::Stopping => Code::Stopping,
-            IngestError::Disconnected => Code::InvalidInput,
+            IngestError::Disconnected | IngestError::Stalled(_) => Code::InvalidInput,
             IngestError::Busy(_) => Code::Busy,
             IngestError::Db(msg) => db_code(msg),
             IngestError::Internal(_) => Code::Internal,
@@ -273,6 +279,7 @@ pub struct Core<S: Sink> {
     active: AtomicUsize,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
+    stall_limit: Duration,
 }
 
 /// Counts a request as in flight while it lives.
@@ -286,7 +293,13 @@ impl Drop for Active<'_> {
 
 impl<S: Sink> Core<S> {
     pub fn new(writers: Writers<S>, cancel: CancellationToken, metrics: Arc<Metrics>, registry: Arc<Registry>) -> Core<S> {
-        Core { writers, cancel, active: AtomicUsize::new(0), metrics, registry }
+        Core { writers, cancel, active: AtomicUsize::new(0), metrics, registry, stall_limit: STALL_LIMIT }
+    }
+
+    /// Changes how long a request may send nothing (tests use a short one).
+    pub fn with_stall_limit(mut self, limit: Duration) -> Core<S> {
+        self.stall_limit = limit;
+        self
     }
 
     /// The mapping a request uses.
@@ -436,7 +449,10 @@ impl<S: Sink> Core<S> {
     {
         tokio::select! {
             _ = self.cancel.cancelled() => Err(IngestError::Stopping),
-            item = input.next() => item.transpose(),
+            item = tokio::time::timeout(self.stall_limit, input.next()) => match item {
+                Ok(item) => item.transpose(),
+                Err(_) => Err(IngestError::Stalled(self.stall_limit.as_secs())),
+            },
         }
     }
 
@@ -586,6 +602,20 @@ mod tests {
         let err = task.await.unwrap().unwrap_err();
         assert!(matches!(err, IngestError::Stopping), "{err:?}");
         assert!(committed.lock().unwrap().is_empty());
+        drop(tx);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_client_is_rolled_back() {
+        let committed = Arc::default();
+        let core = core(&committed).with_stall_limit(Duration::from_millis(100));
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        tx.unbounded_send(Ok(Incoming::Schema(schema()))).unwrap();
+        tx.unbounded_send(Ok(Incoming::Batch(batch(5)))).unwrap();
+        let err = core.ingest(Request::new("events", Protocol::Rest), rx).await.unwrap_err();
+        assert!(matches!(err, IngestError::Stalled(_)), "{err:?}");
+        assert!(committed.lock().unwrap().is_empty());
+        assert_eq!(core.metrics().rows()[0].rows_rolled_back, 5);
         drop(tx);
     }
 
