@@ -219,8 +219,19 @@ impl BatchPull for Pull {
 
 impl Sink for DuckSink {
     fn write(&mut self, mapping: &Mapping, schema: SchemaRef, mut input: BatchRx) -> Result<Written, IngestError> {
-        // Nothing is created or written for a request without rows.
+        // Nothing is created or written for a request without rows; in replace mode an existing table is emptied
+        // (the request's rows, none, replace the table's).
         let Some(first) = input.next_batch()? else {
+            if mapping.mode == Mode::Replace && !self.table_columns(&mapping.target)?.is_empty() {
+                let started = std::time::Instant::now();
+                self.conn.execute("BEGIN TRANSACTION").map_err(db)?;
+                let emptied = self.conn.execute(&format!("DELETE FROM {}", mapping.target.sql(&self.host_db))).and_then(|_| self.conn.execute("COMMIT"));
+                if let Err(e) = emptied {
+                    let _ = self.conn.execute("ROLLBACK");
+                    return Err(db(e));
+                }
+                return Ok(Written { rows: 0, write_seconds: started.elapsed().as_secs_f64() });
+            }
             return Ok(Written { rows: 0, write_seconds: 0.0 });
         };
         let failed = Arc::new(Mutex::new(None));

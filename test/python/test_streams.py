@@ -69,6 +69,10 @@ def test_replace_swaps_the_rows_atomically(py_listening):
     # A replacement that fails keeps the old rows.
     assert rest(py_listening, "snap", pa.table({"id": pa.array([5, 5], pa.int64())})).status_code == 409
     assert py_listening.sql("SELECT id FROM snap ORDER BY id") == [(10,), (11,)]
+    # An empty replacement empties the table.
+    r = rest(py_listening, "snap", pa.table({"id": pa.array([], pa.int64())}))
+    assert r.status_code == 200 and r.json()["rows"] == 0
+    assert py_listening.count("snap") == 0
 
 
 def test_create_table_false_refuses_a_missing_target(py_listening):
