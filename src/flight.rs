@@ -170,9 +170,10 @@ impl<S: Sink> FlightService for FlightAdapter<S> {
     }
 
     async fn list_flights(&self, _: Request<Criteria>) -> Result<Response<Self::ListFlightsStream>, Status> {
-        let tables = guarded(self.core.list()).await?;
-        let mut infos = Vec::with_capacity(tables.len());
-        for (name, schema) in tables {
+        let streams = guarded(self.core.streams()).await?;
+        let mut infos = Vec::with_capacity(streams.len());
+        // Streams whose table exists yet: only those have a schema to show.
+        for (name, schema) in streams.into_iter().filter_map(|s| s.schema.map(|schema| (s.mapping.stream, schema))) {
             let info = FlightInfo::new()
                 .try_with_schema(&schema)
                 .map_err(|e| status_of(&IngestError::Internal(e.to_string())))?

@@ -93,6 +93,16 @@ fn db_code(msg: &str) -> Code {
     if DATA.iter().any(|p| msg.starts_with(p)) { Code::Conflict } else { Code::Internal }
 }
 
+/// A stream as listings show it.
+#[derive(Debug, Clone)]
+pub struct StreamInfo {
+    pub mapping: Mapping,
+    /// Defined with `arrowport_create_stream` (else the default: `main.<name>`).
+    pub defined: bool,
+    /// The target table's Arrow schema; `None` while the table does not exist.
+    pub schema: Option<Schema>,
+}
+
 /// What a committed request wrote.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Report {
@@ -418,6 +428,35 @@ impl<S: Sink> Core<S> {
     pub async fn list(&self) -> Result<Vec<(String, Schema)>, IngestError> {
         let (reply, rx) = oneshot::channel();
         self.call(Work::List { reply }, rx).await
+    }
+
+    /// The streams a client can see: every defined mapping (with its table's schema when the table exists),
+    /// then every table of `main` that an unmapped name of the same name lands in.
+    pub async fn streams(&self) -> Result<Vec<StreamInfo>, IngestError> {
+        let mut out = Vec::new();
+        for mapping in self.registry.all() {
+            let (reply, rx) = oneshot::channel();
+            let schema = self.call(Work::Describe { target: mapping.target.clone(), reply }, rx).await?;
+            out.push(StreamInfo { mapping, defined: true, schema });
+        }
+        for (name, schema) in self.list().await? {
+            if self.registry.get(&name).is_none() {
+                out.push(StreamInfo { mapping: Mapping::default_for(&name), defined: false, schema: Some(schema) });
+            }
+        }
+        Ok(out)
+    }
+
+    /// One stream as [`Core::streams`] shows it; `None` for a name without a mapping and without a table.
+    pub async fn stream(&self, name: &str) -> Result<Option<StreamInfo>, IngestError> {
+        let defined = self.registry.get(name);
+        let mapping = self.mapping(name, false)?;
+        let (reply, rx) = oneshot::channel();
+        let schema = self.call(Work::Describe { target: mapping.target.clone(), reply }, rx).await?;
+        if defined.is_none() && schema.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(StreamInfo { mapping, defined: defined.is_some(), schema }))
     }
 
     /// Asks a writer to prove the database answers.

@@ -28,7 +28,7 @@ use tokio_util::io::{ReaderStream, StreamReader};
 
 use crate::decode;
 use crate::error::{Code, http_status};
-use crate::ingest::{Core, IngestError, Request as IngestRequest, Sink};
+use crate::ingest::{Core, IngestError, Request as IngestRequest, Sink, StreamInfo};
 use crate::metrics::Protocol;
 use crate::registry::Target;
 
@@ -305,7 +305,8 @@ fn schema_json(schema: &Schema) -> Value {
     )
 }
 
-fn stream_json(name: &str, schema: &Schema, metrics: &[crate::metrics::Row]) -> Value {
+fn stream_json(info: &StreamInfo, metrics: &[crate::metrics::Row]) -> Value {
+    let name = info.mapping.stream.as_str();
     let mine = metrics.iter().filter(|r| r.stream == name);
     let (mut ok, mut failed, mut rows, mut batches) = (0, 0, 0, 0);
     for r in mine {
@@ -316,9 +317,12 @@ fn stream_json(name: &str, schema: &Schema, metrics: &[crate::metrics::Row]) -> 
     }
     json!({
         "stream": name,
-        "target": format!("main.{name}"),
-        "mapping": "default",
-        "schema": schema_json(schema),
+        "target": info.mapping.target.display(),
+        "mapping": if info.defined { "defined" } else { "default" },
+        "create_table": info.mapping.create_table,
+        "schema_policy": info.mapping.policy.name(),
+        "mode": info.mapping.mode.name(),
+        "schema": info.schema.as_ref().map(schema_json),
         "counters": {"requests_ok": ok, "requests_failed": failed, "rows": rows, "batches": batches},
     })
 }
@@ -329,16 +333,16 @@ async fn prometheus_text<S: Sink>(State(app): State<Arc<App<S>>>) -> Response {
 }
 
 async fn list_streams<S: Sink>(State(app): State<Arc<App<S>>>) -> Result<Response, ApiError> {
-    let tables = app.core.list().await?;
+    let infos = app.core.streams().await?;
     let metrics = app.core.metrics().rows();
-    let streams: Vec<Value> = tables.iter().map(|(name, schema)| stream_json(name, schema, &metrics)).collect();
+    let streams: Vec<Value> = infos.iter().map(|info| stream_json(info, &metrics)).collect();
     Ok(axum::Json(json!({"streams": streams})).into_response())
 }
 
 async fn stream_info<S: Sink>(State(app): State<Arc<App<S>>>, Path(name): Path<String>) -> Result<Response, ApiError> {
-    match app.core.describe(&name).await? {
-        Some(schema) => Ok(axum::Json(stream_json(&name, &schema, &app.core.metrics().rows())).into_response()),
-        None => Err(ApiError::new(Code::NotFound, format!("stream {name:?} has no table yet (main.{name})"))),
+    match app.core.stream(&name).await? {
+        Some(info) => Ok(axum::Json(stream_json(&info, &app.core.metrics().rows())).into_response()),
+        None => Err(ApiError::new(Code::NotFound, format!("stream {name:?} is not defined and has no table yet (main.{name})"))),
     }
 }
 

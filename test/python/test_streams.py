@@ -150,3 +150,22 @@ def test_unknown_streams_can_be_refused(db_path):
     finally:
         host.sql("SELECT arrowport_stop()")
         assert host.close() == 0
+
+
+def test_listings_show_mappings_and_their_tables(py_listening):
+    base = f"http://{py_listening.addr}"
+    py_listening.sql("CALL arrowport_create_stream('events', target := 'landing', schema_policy := 'by_name')")
+    r = httpx.get(f"{base}/streams/events")
+    assert r.status_code == 200
+    info = r.json()
+    assert (info["mapping"], info["target"], info["schema_policy"], info["schema"]) == ("defined", "main.landing", "by_name", None)
+    assert rest(py_listening, "events", pa.table({"id": pa.array([1, 2], pa.int64())})).status_code == 200
+    info = httpx.get(f"{base}/streams/events").json()
+    assert info["schema"] == [{"name": "id", "type": "Int64", "nullable": True}]
+    assert info["counters"] == {"requests_ok": 1, "requests_failed": 0, "rows": 2, "batches": 1}
+    listed = {s["stream"]: (s["mapping"], s["target"]) for s in httpx.get(f"{base}/streams").json()["streams"]}
+    assert listed == {"events": ("defined", "main.landing"), "landing": ("default", "main.landing")}
+    c = fl.connect(f"grpc://{py_listening.addr}")
+    flights = {f.descriptor.path[0].decode(): f.schema.names for f in c.list_flights()}
+    assert flights == {"events": ["id"], "landing": ["id"]}
+    assert c.get_schema(fl.FlightDescriptor.for_path("events")).schema.names == ["id"]
