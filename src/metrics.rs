@@ -7,7 +7,7 @@
 //! and past [`MAX_STREAMS`] named streams everything new counts under [`OTHER_STREAMS`]. Only committed rows count
 //! as rows; a rolled-back request counts as a failure and its received rows as rolled back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -74,6 +74,36 @@ struct Notes {
     last_error: Option<(String, SystemTime)>,
 }
 
+/// Which streams have series of their own, and what SQL shows beyond the counters.
+#[derive(Debug, Default)]
+struct Known {
+    /// Streams admitted to a label of their own (they committed once).
+    named: HashSet<String>,
+    notes: HashMap<(String, Protocol), Notes>,
+}
+
+impl Known {
+    /// The label a request's series use (admitting a stream when it committed), noting its outcome.
+    fn note(&mut self, stream: &str, protocol: Protocol, result: &Result<f64, String>) -> String {
+        let label = if self.named.contains(stream) {
+            stream
+        } else if result.is_err() {
+            UNKNOWN_STREAM
+        } else if self.named.len() >= MAX_STREAMS {
+            OTHER_STREAMS
+        } else {
+            self.named.insert(stream.to_string());
+            stream
+        };
+        let notes = self.notes.entry((label.to_string(), protocol)).or_default();
+        match result {
+            Ok(_) => notes.last_commit = Some(SystemTime::now()),
+            Err(message) => notes.last_error = Some((message.clone(), SystemTime::now())),
+        }
+        label.to_string()
+    }
+}
+
 /// One row of `arrowport_metrics()`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
@@ -109,7 +139,7 @@ pub struct Metrics {
     in_flight: IntGaugeVec,
     uptime: IntGauge,
     /// Streams with series of their own, and notes per (stream, protocol) for SQL.
-    known: Mutex<HashMap<(String, Protocol), Notes>>,
+    known: Mutex<Known>,
     started: Mutex<Option<Instant>>,
 }
 
@@ -164,7 +194,7 @@ impl Metrics {
             write_seconds,
             in_flight,
             uptime,
-            known: Mutex::new(HashMap::new()),
+            known: Mutex::new(Known::default()),
             started: Mutex::new(None),
         }
     }
@@ -183,30 +213,12 @@ impl Metrics {
         InFlight(gauge)
     }
 
-    /// The label a stream's series use, admitting it when it committed.
-    fn label(&self, stream: &str, protocol: Protocol, committed: bool) -> String {
-        let Ok(mut known) = self.known.lock() else { return OTHER_STREAMS.to_string() };
-        let key = (stream.to_string(), protocol);
-        if known.contains_key(&key) || known.keys().any(|(s, _)| s == stream) {
-            known.entry(key).or_default();
-            return stream.to_string();
-        }
-        if !committed {
-            known.entry((UNKNOWN_STREAM.to_string(), protocol)).or_default();
-            return UNKNOWN_STREAM.to_string();
-        }
-        let named = known.keys().filter(|(s, _)| s != UNKNOWN_STREAM && s != OTHER_STREAMS).map(|(s, _)| s).collect::<std::collections::HashSet<_>>().len();
-        if named >= MAX_STREAMS {
-            known.entry((OTHER_STREAMS.to_string(), protocol)).or_default();
-            return OTHER_STREAMS.to_string();
-        }
-        known.entry(key).or_default();
-        stream.to_string()
-    }
-
     pub fn record(&self, o: &Outcome<'_>) {
         let committed = o.result.is_ok();
-        let stream = self.label(o.stream, o.protocol, committed);
+        let stream = match self.known.lock() {
+            Ok(mut known) => known.note(o.stream, o.protocol, &o.result),
+            Err(_) => OTHER_STREAMS.to_string(),
+        };
         let sp = [stream.as_str(), o.protocol.name()];
         let outcome = if committed { "ok" } else { "failed" };
         self.requests.with_label_values(&[stream.as_str(), o.protocol.name(), outcome]).inc();
@@ -220,13 +232,6 @@ impl Metrics {
                 self.write_seconds.with_label_values(&sp).observe(*write_seconds);
             }
             Err(_) => self.rolled_back.with_label_values(&sp).inc_by(o.rows),
-        }
-        if let Ok(mut known) = self.known.lock() {
-            let notes = known.entry((stream.clone(), o.protocol)).or_default();
-            match &o.result {
-                Ok(_) => notes.last_commit = Some(SystemTime::now()),
-                Err(message) => notes.last_error = Some((message.clone(), SystemTime::now())),
-            }
         }
     }
 
@@ -246,7 +251,7 @@ impl Metrics {
     /// One row per (stream, protocol) that has series, sorted.
     pub fn rows(&self) -> Vec<Row> {
         let notes: Vec<((String, Protocol), Notes)> =
-            self.known.lock().map(|k| k.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
+            self.known.lock().map(|k| k.notes.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
         let mut rows: Vec<Row> = notes
             .into_iter()
             .map(|((stream, protocol), notes)| {
