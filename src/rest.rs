@@ -173,10 +173,10 @@ fn refused<S: Sink>(app: &App<S>, result: Result<Response, ApiError>) -> Result<
 }
 
 async fn ingest_ipc<S: Sink>(State(app): State<Arc<App<S>>>, Path(name): Path<String>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    if let Err(e) = check_ipc_request(&headers, app.limits.max_body_bytes) {
-        return refused(&app, Err(e));
-    }
-    let enc = encoding(&headers)?;
+    let enc = match check_ipc_request(&headers, app.limits.max_body_bytes) {
+        Ok(enc) => enc,
+        Err(e) => return refused(&app, Err(e)),
+    };
     let mut request = IngestRequest::new(name, Protocol::Rest);
     request.reject_unknown = app.limits.reject_unknown;
     let bytes = decoded(body_stream(body, app.limits.max_body_bytes, Arc::clone(&request.wire_bytes)), enc);
@@ -193,14 +193,16 @@ async fn ingest_ipc<S: Sink>(State(app): State<Arc<App<S>>>, Path(name): Path<St
     Ok(axum::Json(body).into_response())
 }
 
-fn check_ipc_request(headers: &HeaderMap, max_body: u64) -> Result<(), ApiError> {
+/// Checks the headers of an IPC request; returns its Content-Encoding.
+fn check_ipc_request(headers: &HeaderMap, max_body: u64) -> Result<Encoding, ApiError> {
     match media_type(headers).as_deref() {
         Some(ARROW_STREAM) => {}
         Some(other) => return Err(ApiError::new(Code::UnsupportedMedia, format!("unsupported Content-Type {other:?}; send {ARROW_STREAM}"))),
         None => return Err(ApiError::new(Code::UnsupportedMedia, format!("missing Content-Type; send {ARROW_STREAM}"))),
     }
-    encoding(headers)?;
-    check_length(headers, max_body)
+    let enc = encoding(headers)?;
+    check_length(headers, max_body)?;
+    Ok(enc)
 }
 
 #[derive(serde::Deserialize)]
