@@ -128,12 +128,11 @@ impl DuckSink {
         }
         let _create_guard = if table.is_empty() { Some(self.locks.lock(target_sql.to_lowercase())) } else { None };
 
-        self.conn.execute("BEGIN TRANSACTION").map_err(db)?;
-        let result = (|| {
+        let result = self.in_transaction(|this| {
             if table.is_empty() {
-                table = self.table_columns(target)?;
+                table = this.table_columns(target)?;
                 if table.is_empty() {
-                    self.conn.execute(&schema::create_table_sql(&target_sql, &incoming)).map_err(db)?;
+                    this.conn.execute(&schema::create_table_sql(&target_sql, &incoming)).map_err(db)?;
                     table = incoming.clone();
                 }
             }
@@ -146,7 +145,7 @@ impl DuckSink {
                     let evolve = mapping.policy == SchemaPolicy::Evolve;
                     let added = schema::check_by_name(&target.display(), &table, &incoming, evolve).map_err(IngestError::Conflict)?;
                     for c in added {
-                        self.conn
+                        this.conn
                             .execute(&format!("ALTER TABLE {target_sql} ADD COLUMN {} {}", quote_ident(&c.name), c.sql_type))
                             .map_err(db)?;
                     }
@@ -154,17 +153,23 @@ impl DuckSink {
                 }
             };
             if mapping.mode == Mode::Replace {
-                self.conn.execute(&format!("DELETE FROM {target_sql}")).map_err(db)?;
+                this.conn.execute(&format!("DELETE FROM {target_sql}")).map_err(db)?;
             }
-            let rows = self.conn.execute(&insert).map_err(db)?;
-            self.conn.execute("COMMIT").map_err(db)?;
+            let rows = this.conn.execute(&insert).map_err(db)?;
             Ok(Written { rows, write_seconds: started.elapsed().as_secs_f64() })
-        })();
+        });
+        // When the input failed while DuckDB was reading it, DuckDB's error only echoes ours.
+        result.map_err(|e| failed.lock().ok().and_then(|mut f| f.take()).unwrap_or(e))
+    }
+
+    /// Runs `f` inside BEGIN ... COMMIT on this connection; rolls back when `f` or the commit fails.
+    fn in_transaction<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T, IngestError>) -> Result<T, IngestError> {
+        self.conn.execute("BEGIN TRANSACTION").map_err(db)?;
+        let result = f(self).and_then(|v| self.conn.execute("COMMIT").map(|_| v).map_err(db));
         if result.is_err() {
             let _ = self.conn.execute("ROLLBACK");
         }
-        // When the input failed while DuckDB was reading it, DuckDB's error only echoes ours.
-        result.map_err(|e| failed.lock().ok().and_then(|mut f| f.take()).unwrap_or(e))
+        result
     }
 
     /// The Arrow schema of a table, as DuckDB exports it; `None` when the table does not exist.
@@ -224,12 +229,8 @@ impl Sink for DuckSink {
         let Some(first) = input.next_batch()? else {
             if mapping.mode == Mode::Replace && !self.table_columns(&mapping.target)?.is_empty() {
                 let started = std::time::Instant::now();
-                self.conn.execute("BEGIN TRANSACTION").map_err(db)?;
-                let emptied = self.conn.execute(&format!("DELETE FROM {}", mapping.target.sql(&self.host_db))).and_then(|_| self.conn.execute("COMMIT"));
-                if let Err(e) = emptied {
-                    let _ = self.conn.execute("ROLLBACK");
-                    return Err(db(e));
-                }
+                let target_sql = mapping.target.sql(&self.host_db);
+                self.in_transaction(|this| this.conn.execute(&format!("DELETE FROM {target_sql}")).map_err(db))?;
                 return Ok(Written { rows: 0, write_seconds: started.elapsed().as_secs_f64() });
             }
             return Ok(Written { rows: 0, write_seconds: 0.0 });
