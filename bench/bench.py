@@ -30,6 +30,7 @@ import pyarrow.flight as fl
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "test"))
 import hosts  # noqa: E402
+from clients import flight_put, ipc_bytes  # noqa: E402
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 SIZES = [100_000, 1_000_000] if QUICK else [100_000, 1_000_000, 10_000_000]
@@ -76,13 +77,6 @@ def wide(n):
     return rechunk(duckdb.sql(q).to_arrow_table())
 
 
-def ipc_bytes(table, compression=None):
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression=compression)) as w:
-        w.write_table(table)
-    return sink.getvalue().to_pybytes()
-
-
 def baseline(table):
     with tempfile.TemporaryDirectory() as d:
         con = duckdb.connect(os.path.join(d, "base.duckdb"))
@@ -117,18 +111,6 @@ class Host:
     def close(self):
         self.host.sql("SELECT arrowport_stop()")
         self.host.close()
-
-
-def flight_put(addr, name, table, compression=None):
-    c = fl.connect(f"grpc://{addr}")
-    opts = fl.FlightCallOptions(write_options=pa.ipc.IpcWriteOptions(compression=compression))
-    w, r = c.do_put(fl.FlightDescriptor.for_path(name), table.schema, options=opts)
-    w.write_table(table)
-    w.done_writing()
-    buf = r.read()
-    w.close()
-    c.close()
-    return json.loads(buf.to_pybytes())
 
 
 def rest_put(client, addr, name, table, compression=None):

@@ -15,6 +15,7 @@ import pytest
 
 import flightraw
 import hosts
+from clients import flight_put
 from testdata import events
 
 
@@ -23,15 +24,7 @@ def client(addr):
 
 
 def put(addr, name, table, descriptor=None, chunk=None):
-    c = client(addr)
-    desc = descriptor or fl.FlightDescriptor.for_path(name)
-    writer, reader = c.do_put(desc, table.schema)
-    writer.write_table(table, max_chunksize=chunk)
-    writer.done_writing()
-    meta = reader.read()
-    writer.close()
-    c.close()
-    return json.loads(meta.to_pybytes())
+    return flight_put(addr, name, table, descriptor=descriptor, chunk=chunk)
 
 
 

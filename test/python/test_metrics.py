@@ -1,5 +1,4 @@
 """arrowport_metrics() and GET /metrics: known traffic in, exact counts out, and both views agree."""
-import json
 
 import httpx
 import pyarrow as pa
@@ -8,27 +7,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import flightraw
+from clients import flight_put, ipc_bytes
 from testdata import events
 
 ARROW = "application/vnd.apache.arrow.stream"
-
-
-def ipc_bytes(table, compression=None):
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression=compression)) as w:
-        w.write_table(table)
-    return sink.getvalue().to_pybytes()
-
-
-def flight_put(addr, name, table, compression=None):
-    c = fl.connect(f"grpc://{addr}")
-    opts = fl.FlightCallOptions(write_options=pa.ipc.IpcWriteOptions(compression=compression))
-    w, r = c.do_put(fl.FlightDescriptor.for_path(name), table.schema, options=opts)
-    w.write_table(table)
-    w.done_writing()
-    buf = r.read()
-    w.close()  # raises the server's error when there is no result
-    return json.loads(buf.to_pybytes())
 
 
 def scrape(addr):

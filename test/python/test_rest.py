@@ -14,17 +14,10 @@ import pyarrow as pa
 import pytest
 
 import hosts
+from clients import ipc_bytes
 from testdata import events
 
 ARROW = "application/vnd.apache.arrow.stream"
-
-
-def ipc_bytes(table, compression=None, chunk=None):
-    sink = pa.BufferOutputStream()
-    opts = pa.ipc.IpcWriteOptions(compression=compression)
-    with pa.ipc.new_stream(sink, table.schema, options=opts) as w:
-        w.write_table(table, max_chunksize=chunk)
-    return sink.getvalue().to_pybytes()
 
 
 

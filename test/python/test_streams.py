@@ -9,15 +9,9 @@ import pyarrow.flight as fl
 import pytest
 
 import hosts
+from clients import flight_put, ipc_bytes
 
 ARROW = "application/vnd.apache.arrow.stream"
-
-
-def ipc_bytes(table):
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as w:
-        w.write_table(table)
-    return sink.getvalue().to_pybytes()
 
 
 def rest(listening, name, table):
@@ -25,13 +19,7 @@ def rest(listening, name, table):
 
 
 def flight(listening, name, table):
-    c = fl.connect(f"grpc://{listening.addr}")
-    w, r = c.do_put(fl.FlightDescriptor.for_path(name), table.schema)
-    w.write_table(table)
-    w.done_writing()
-    buf = r.read()
-    w.close()
-    return json.loads(buf.to_pybytes())
+    return flight_put(listening.addr, name, table)
 
 
 def test_by_name_matches_columns_in_any_order(py_listening):

@@ -14,6 +14,8 @@ import pyarrow.flight as fl
 import pytest
 
 import hosts
+from clients import flight_put
+from clients import ipc_bytes as ipc
 
 ARROW = "application/vnd.apache.arrow.stream"
 UTC = datetime.timezone.utc
@@ -82,25 +84,12 @@ BEYOND = {
 }
 
 
-def ipc(table):
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as w:
-        w.write_table(table)
-    return sink.getvalue().to_pybytes()
-
-
 def send(addr, protocol, name, table):
     if protocol == "rest":
         r = httpx.post(f"http://{addr}/streams/{name}", content=ipc(table), headers={"Content-Type": ARROW}, timeout=60)
         return r.status_code, (r.text if r.status_code == 200 else r.json()["error"]["message"])
-    c = fl.connect(f"grpc://{addr}")
     try:
-        w, rd = c.do_put(fl.FlightDescriptor.for_path(name), table.schema)
-        w.write_table(table)
-        w.done_writing()
-        buf = rd.read()
-        w.close()
-        return 200, buf.to_pybytes().decode()
+        return 200, json.dumps(flight_put(addr, name, table))
     except pa.ArrowException as e:
         return 400, str(e)
 
