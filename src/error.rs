@@ -22,6 +22,8 @@ pub enum Code {
     Busy,
     /// The listener is shutting down.
     Stopping,
+    /// The client sent nothing for too long.
+    Timeout,
     /// No or bad credentials.
     Unauthenticated,
     /// Credentials that do not allow this.
@@ -41,6 +43,7 @@ impl Code {
             Code::TooLarge => "too_large",
             Code::Busy => "busy",
             Code::Stopping => "stopping",
+            Code::Timeout => "timeout",
             Code::Unauthenticated => "unauthenticated",
             Code::Denied => "permission_denied",
             Code::Internal => "internal",
@@ -56,6 +59,7 @@ pub fn grpc_code(code: Code) -> tonic::Code {
         Code::Conflict => tonic::Code::FailedPrecondition,
         Code::TooLarge | Code::Busy => tonic::Code::ResourceExhausted,
         Code::Stopping => tonic::Code::Unavailable,
+        Code::Timeout => tonic::Code::DeadlineExceeded,
         Code::Unauthenticated => tonic::Code::Unauthenticated,
         Code::Denied => tonic::Code::PermissionDenied,
         Code::Internal => tonic::Code::Internal,
@@ -71,6 +75,7 @@ pub fn http_status(code: Code) -> u16 {
         Code::Conflict => 409,
         Code::TooLarge => 413,
         Code::Busy | Code::Stopping => 503,
+        Code::Timeout => 408,
         Code::Unauthenticated => 401,
         Code::Denied => 403,
         Code::Internal => 500,
@@ -81,7 +86,7 @@ pub fn http_status(code: Code) -> u16 {
 mod tests {
     use super::*;
 
-    const ALL: [Code; 10] = [
+    const ALL: [Code; 11] = [
         Code::InvalidInput,
         Code::UnsupportedMedia,
         Code::NotFound,
@@ -89,6 +94,7 @@ mod tests {
         Code::TooLarge,
         Code::Busy,
         Code::Stopping,
+        Code::Timeout,
         Code::Unauthenticated,
         Code::Denied,
         Code::Internal,

@@ -7,19 +7,22 @@
 //! The modules, one concern each:
 //! - [`ffi`]: the only `unsafe` code: the C entrypoint, our DuckDB connections, the Arrow C stream DuckDB scans.
 //! - [`sql`]: the SQL functions (`arrowport_listen`, `arrowport_stop`, `arrowport_status`, `arrowport_version`).
-//! - [`server`]: the runtime, the writer threads, listeners, start and stop.
+//! - [`server`]: the runtime, the writer threads, listeners (TLS and the authentication gate), start and stop.
+//! - [`auth`]: protected mode, bearer tokens, scopes: who may use a listener.
+//! - [`tls`]: PEM files into a rustls configuration.
 //! - [`flight`]: the Arrow Flight protocol adapter.
 //! - [`rest`]: the REST adapter (raw Arrow IPC bodies, the original service's JSON body, health, listings).
 //! - [`decode`]: Arrow IPC from a byte stream that arrives in pieces.
 //! - [`ingest`]: the protocol-independent core: decoded Arrow in, one committed transaction out.
 //! - [`writer`]: the DuckDB side of a write (DuckDB's Arrow scan, the transaction, table creation).
 //! - [`registry`]: stream mappings (cached) and how a stream name resolves to its table.
-//! - [`store`]: stream mappings persisted in the host database.
+//! - [`store`]: stream mappings and tokens (hashes) persisted in the host database.
 //! - [`metrics`]: counters and histograms behind `arrowport_metrics()` and `GET /metrics`.
 //! - [`schema`]: which Arrow types DuckDB holds, SQL quoting, table fit checks.
 //! - [`error`]: the failure classes and their gRPC / HTTP statuses.
 #![deny(unsafe_code)]
 
+pub mod auth;
 pub mod decode;
 pub mod error;
 pub mod ffi;
@@ -32,6 +35,7 @@ pub mod schema;
 pub mod server;
 pub mod sql;
 pub mod store;
+pub mod tls;
 pub mod writer;
 
 use std::sync::Once;
