@@ -20,9 +20,10 @@ use arrow_flight::{
 use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::Principal;
 use crate::decode;
 use crate::error::grpc_code;
-use crate::ingest::{Core, IngestError, Request as IngestRequest, Sink};
+use crate::ingest::{Core, IngestError, Policy, Request as IngestRequest, Sink};
 use crate::metrics::Protocol;
 use std::sync::atomic::Ordering;
 
@@ -31,14 +32,24 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 /// The Flight service of one listener.
 pub struct FlightAdapter<S: Sink> {
     core: Arc<Core<S>>,
-    reject_unknown: bool,
+    policy: Arc<Policy>,
 }
 
 impl<S: Sink> FlightAdapter<S> {
-    pub fn new(core: Arc<Core<S>>, reject_unknown: bool) -> Self {
-        FlightAdapter { core, reject_unknown }
+    pub fn new(core: Arc<Core<S>>, policy: Arc<Policy>) -> Self {
+        FlightAdapter { core, policy }
     }
 }
+
+/// The principal the listener's gate put on a request. A request without one (which the gate never lets
+/// through) is treated as nobody.
+pub fn principal_of<T>(request: &Request<T>) -> Result<Principal, IngestError> {
+    request.extensions().get::<Principal>().cloned().ok_or_else(|| IngestError::Internal("a request arrived without a principal".into()))
+}
+
+/// The bearer secret a Handshake with credentials proved, put there by the gate for `handshake` to return.
+#[derive(Clone)]
+pub struct ProvenBearer(pub String);
 
 /// An ingest failure as a gRPC status; DuckDB's text stays in the message, internal causes do not.
 pub fn status_of(e: &IngestError) -> Status {
@@ -102,6 +113,7 @@ impl<S: Sink> FlightAdapter<S> {
     /// The error says whether the request reached the core (which counted it) or not.
     async fn put_inner(&self, request: Request<Streaming<FlightData>>) -> Result<PutResult, (IngestError, bool)> {
         let early = |e: IngestError| (e, false);
+        let principal = principal_of(&request).map_err(early)?;
         let mut input = request.into_inner();
         let first = match input.message().await {
             Ok(Some(m)) => m,
@@ -113,8 +125,7 @@ impl<S: Sink> FlightAdapter<S> {
             .clone()
             .ok_or_else(|| early(IngestError::BadInput("the first DoPut message has no flight descriptor".into())))?;
         let stream = stream_of(&descriptor).map_err(early)?;
-        let mut ingest_request = IngestRequest::new(stream.clone(), Protocol::Flight);
-        ingest_request.reject_unknown = self.reject_unknown;
+        let ingest_request = IngestRequest::new(stream.clone(), Protocol::Flight, principal, Arc::clone(&self.policy));
         let wire = Arc::clone(&ingest_request.wire_bytes);
         let size = |m: &FlightData| (m.data_header.len() + m.data_body.len() + m.app_metadata.len()) as u64;
         wire.fetch_add(size(&first), Ordering::Relaxed);
@@ -131,8 +142,11 @@ impl<S: Sink> FlightAdapter<S> {
         Ok(PutResult { app_metadata: app_metadata.into() })
     }
 
-    async fn info(&self, descriptor: FlightDescriptor) -> Result<FlightInfo, IngestError> {
+    async fn info(&self, principal: Principal, descriptor: FlightDescriptor) -> Result<FlightInfo, IngestError> {
         let stream = stream_of(&descriptor)?;
+        if !principal.may_use(&stream) {
+            return Err(IngestError::Denied(principal.denied(&stream)));
+        }
         match self.core.describe(&stream).await? {
             Some(schema) => FlightInfo::new()
                 .try_with_schema(&schema)
@@ -165,12 +179,23 @@ impl<S: Sink> FlightService for FlightAdapter<S> {
     type DoActionStream = BoxStream<arrow_flight::Result>;
     type ListActionsStream = BoxStream<ActionType>;
 
-    async fn handshake(&self, _: Request<Streaming<HandshakeRequest>>) -> Result<Response<Self::HandshakeStream>, Status> {
-        Err(unimplemented("Handshake"))
+    /// Basic authentication (`authenticate_basic_token` in pyarrow): the gate checked `name:secret`; the
+    /// answer carries `authorization: Bearer <secret>` for the client's later calls.
+    async fn handshake(&self, request: Request<Streaming<HandshakeRequest>>) -> Result<Response<Self::HandshakeStream>, Status> {
+        let bearer = request.extensions().get::<ProvenBearer>().cloned();
+        let mut response: Response<Self::HandshakeStream> =
+            Response::new(Box::pin(futures::stream::once(async { Ok(HandshakeResponse::default()) })));
+        if let Some(ProvenBearer(secret)) = bearer {
+            let value = format!("Bearer {secret}").parse().map_err(|_| Status::invalid_argument("the token cannot be sent back"))?;
+            response.metadata_mut().insert("authorization", value);
+        }
+        Ok(response)
     }
 
-    async fn list_flights(&self, _: Request<Criteria>) -> Result<Response<Self::ListFlightsStream>, Status> {
-        let streams = guarded(self.core.streams()).await?;
+    async fn list_flights(&self, request: Request<Criteria>) -> Result<Response<Self::ListFlightsStream>, Status> {
+        let principal = principal_of(&request).map_err(|e| status_of(&e))?;
+        let mut streams = guarded(self.core.streams()).await?;
+        streams.retain(|s| principal.may_use(&s.mapping.stream));
         let mut infos = Vec::with_capacity(streams.len());
         // Streams whose table exists yet: only those have a schema to show.
         for (name, schema) in streams.into_iter().filter_map(|s| s.schema.map(|schema| (s.mapping.stream, schema))) {
@@ -186,7 +211,8 @@ impl<S: Sink> FlightService for FlightAdapter<S> {
     }
 
     async fn get_flight_info(&self, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
-        guarded(self.info(request.into_inner())).await.map(Response::new)
+        let principal = principal_of(&request).map_err(|e| status_of(&e))?;
+        guarded(self.info(principal, request.into_inner())).await.map(Response::new)
     }
 
     async fn poll_flight_info(&self, _: Request<FlightDescriptor>) -> Result<Response<PollInfo>, Status> {
@@ -194,7 +220,8 @@ impl<S: Sink> FlightService for FlightAdapter<S> {
     }
 
     async fn get_schema(&self, request: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
-        let info = guarded(self.info(request.into_inner())).await?;
+        let principal = principal_of(&request).map_err(|e| status_of(&e))?;
+        let info = guarded(self.info(principal, request.into_inner())).await?;
         let schema = info.try_decode_schema().map_err(|e| status_of(&IngestError::Internal(e.to_string())))?;
         let result: SchemaResult = SchemaAsIpc::new(&schema, &IpcWriteOptions::default())
             .try_into()

@@ -21,6 +21,7 @@ use futures::{Stream, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Principal;
 use crate::error::Code;
 use crate::metrics::{self, Metrics, Outcome, Protocol};
 use crate::registry::{Mapping, Registry, ResolveError, Target};
@@ -32,9 +33,41 @@ const QUEUE_DEPTH: usize = 4;
 /// How long a request waits for a free writer before it is answered "busy".
 const WRITER_WAIT: Duration = Duration::from_secs(30);
 
-/// How long a request may send nothing before it is rolled back. A stalled client would otherwise hold a
-/// writer, and the DuckDB thread reading its stream, indefinitely.
+/// How long a request may send nothing before it is rolled back, by default (`stall_timeout` changes it). A
+/// stalled client would otherwise hold a writer, and the DuckDB thread reading its stream, indefinitely.
 pub const STALL_LIMIT: Duration = Duration::from_secs(120);
+
+/// Requests one listener takes at once by default (`max_concurrent_requests` changes it); more are refused
+/// at once with "busy" rather than queued.
+pub const MAX_CONCURRENT_REQUESTS: usize = 64;
+
+/// A listener's rules for the requests it hands the core.
+#[derive(Debug)]
+pub struct Policy {
+    /// Refuse stream names without a mapping (`unknown_streams := 'reject'`).
+    pub reject_unknown: bool,
+    /// How long a request may send nothing.
+    pub stall_timeout: Duration,
+    max_concurrent: usize,
+    admission: Arc<Semaphore>,
+}
+
+impl Policy {
+    pub fn new(reject_unknown: bool, stall_timeout: Duration, max_concurrent: usize) -> Policy {
+        Policy { reject_unknown, stall_timeout, max_concurrent, admission: Arc::new(Semaphore::new(max_concurrent)) }
+    }
+
+    /// A place among the listener's concurrent requests, or "busy" at once.
+    fn admit(&self) -> Result<OwnedSemaphorePermit, IngestError> {
+        Arc::clone(&self.admission).try_acquire_owned().map_err(|_| IngestError::Overloaded(self.max_concurrent))
+    }
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy::new(false, STALL_LIMIT, MAX_CONCURRENT_REQUESTS)
+    }
+}
 
 /// One decoded item of an incoming Arrow stream.
 #[derive(Debug)]
@@ -60,10 +93,14 @@ pub enum IngestError {
     Stopping,
     #[error("the client went away before the end of the stream; nothing was written")]
     Disconnected,
-    #[error("the client sent nothing for {0} s; the request was rolled back and nothing was written")]
-    Stalled(u64),
+    #[error("the client sent nothing for {0:?}; the request was rolled back and nothing was written")]
+    Stalled(Duration),
     #[error("all {0} writers are busy; retry later")]
     Busy(usize),
+    #[error("{0} requests are already in flight on this listener (max_concurrent_requests); retry later")]
+    Overloaded(usize),
+    #[error("{0}")]
+    Denied(String),
     #[error("{0}")]
     Db(String),
     #[error("internal error")]
@@ -78,8 +115,10 @@ impl IngestError {
             IngestError::Conflict(_) => Code::Conflict,
             IngestError::NotFound(_) => Code::NotFound,
             IngestError::Stopping => Code::Stopping,
-            IngestError::Disconnected | IngestError::Stalled(_) => Code::InvalidInput,
-            IngestError::Busy(_) => Code::Busy,
+            IngestError::Disconnected => Code::InvalidInput,
+            IngestError::Stalled(_) => Code::Timeout,
+            IngestError::Busy(_) | IngestError::Overloaded(_) => Code::Busy,
+            IngestError::Denied(_) => Code::Denied,
             IngestError::Db(msg) => db_code(msg),
             IngestError::Internal(_) => Code::Internal,
         }
@@ -129,13 +168,15 @@ pub struct Request {
     pub wire_bytes: Arc<AtomicU64>,
     /// The target the client named itself (the original JSON endpoint); `None` uses the stream's mapping.
     pub target: Option<Target>,
-    /// Refuse stream names without a mapping (the listener's `unknown_streams := 'reject'`).
-    pub reject_unknown: bool,
+    /// Who sent it; the core checks the stream against the principal's scope.
+    pub principal: Principal,
+    /// The rules of the listener it came in on.
+    pub policy: Arc<Policy>,
 }
 
 impl Request {
-    pub fn new(stream: impl Into<String>, protocol: Protocol) -> Request {
-        Request { stream: stream.into(), protocol, wire_bytes: Arc::default(), target: None, reject_unknown: false }
+    pub fn new(stream: impl Into<String>, protocol: Protocol, principal: Principal, policy: Arc<Policy>) -> Request {
+        Request { stream: stream.into(), protocol, wire_bytes: Arc::default(), target: None, principal, policy }
     }
 }
 
@@ -289,7 +330,6 @@ pub struct Core<S: Sink> {
     active: AtomicUsize,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
-    stall_limit: Duration,
 }
 
 /// Counts a request as in flight while it lives.
@@ -303,13 +343,7 @@ impl Drop for Active<'_> {
 
 impl<S: Sink> Core<S> {
     pub fn new(writers: Writers<S>, cancel: CancellationToken, metrics: Arc<Metrics>, registry: Arc<Registry>) -> Core<S> {
-        Core { writers, cancel, active: AtomicUsize::new(0), metrics, registry, stall_limit: STALL_LIMIT }
-    }
-
-    /// Changes how long a request may send nothing (tests use a short one).
-    pub fn with_stall_limit(mut self, limit: Duration) -> Core<S> {
-        self.stall_limit = limit;
-        self
+        Core { writers, cancel, active: AtomicUsize::new(0), metrics, registry }
     }
 
     /// The mapping a request uses.
@@ -379,11 +413,22 @@ impl<S: Sink> Core<S> {
         I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
     {
         let stream = request.stream.as_str();
-        let mut mapping = self.mapping(stream, request.reject_unknown)?;
+        let _admitted = request.policy.admit()?;
+        if !request.principal.may_use(stream) {
+            return Err(IngestError::Denied(request.principal.denied(stream)));
+        }
+        let mut mapping = self.mapping(stream, request.policy.reject_unknown)?;
         if let Some(t) = &request.target {
+            if !request.principal.may_choose_target() {
+                return Err(IngestError::Denied(format!(
+                    "{}; a token limited to streams cannot name its own target table",
+                    request.principal.denied(&t.display())
+                )));
+            }
             mapping.target = t.clone();
         }
-        let schema = match self.next_or_cancel(&mut input).await? {
+        let stall = request.policy.stall_timeout;
+        let schema = match self.next_or_cancel(&mut input, stall).await? {
             Some(Incoming::Schema(s)) => s,
             Some(Incoming::Batch(_)) => return Err(IngestError::BadInput("the stream sent a batch before its schema".into())),
             None => return Err(IngestError::BadInput("the stream ended before it sent a schema".into())),
@@ -401,7 +446,7 @@ impl<S: Sink> Core<S> {
         let work = Work::Write { mapping, schema: Arc::clone(&schema), input: batch_rx, reply: reply_tx };
         self.writers.submit(Job { work, _permit: permit })?;
 
-        let pumped = self.pump(&mut input, &tx, &incoming, needs_cast.then_some(&schema), counts).await;
+        let pumped = self.pump(&mut input, stall, &tx, &incoming, needs_cast.then_some(&schema), counts).await;
         let last = match &pumped {
             Ok(()) => Msg::End,
             Err(e) => Msg::Fail(e.clone()),
@@ -482,15 +527,15 @@ impl<S: Sink> Core<S> {
         }
     }
 
-    async fn next_or_cancel<I>(&self, input: &mut I) -> Result<Option<Incoming>, IngestError>
+    async fn next_or_cancel<I>(&self, input: &mut I, stall: Duration) -> Result<Option<Incoming>, IngestError>
     where
         I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
     {
         tokio::select! {
             _ = self.cancel.cancelled() => Err(IngestError::Stopping),
-            item = tokio::time::timeout(self.stall_limit, input.next()) => match item {
+            item = tokio::time::timeout(stall, input.next()) => match item {
                 Ok(item) => item.transpose(),
-                Err(_) => Err(IngestError::Stalled(self.stall_limit.as_secs())),
+                Err(_) => Err(IngestError::Stalled(stall)),
             },
         }
     }
@@ -500,6 +545,7 @@ impl<S: Sink> Core<S> {
     async fn pump<I>(
         &self,
         input: &mut I,
+        stall: Duration,
         tx: &mpsc::Sender<Msg>,
         incoming: &SchemaRef,
         cast_to: Option<&SchemaRef>,
@@ -509,7 +555,7 @@ impl<S: Sink> Core<S> {
         I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
     {
         loop {
-            match self.next_or_cancel(input).await? {
+            match self.next_or_cancel(input, stall).await? {
                 None => return Ok(()),
                 Some(Incoming::Schema(s)) => {
                     if s.fields() != incoming.fields() {
@@ -583,6 +629,10 @@ mod tests {
         RecordBatch::try_new(schema(), vec![Arc::new(Int64Array::from_iter_values(0..n))]).unwrap()
     }
 
+    fn req(stream: &str, protocol: Protocol) -> Request {
+        Request::new(stream, protocol, Principal::Anonymous, Arc::default())
+    }
+
     fn core(committed: &Arc<Mutex<Vec<(String, u64)>>>) -> Core<Fake> {
         let sinks = (0..2).map(|_| Fake { committed: Arc::clone(committed) }).collect();
         Core::new(Writers::start(sinks).unwrap(), CancellationToken::new(), Arc::default(), Arc::default())
@@ -593,7 +643,7 @@ mod tests {
         let committed = Arc::default();
         let core = core(&committed);
         let items = vec![Ok(Incoming::Schema(schema())), Ok(Incoming::Batch(batch(3))), Ok(Incoming::Batch(batch(4)))];
-        let report = core.ingest(Request::new("events", Protocol::Flight), stream::iter(items)).await.unwrap();
+        let report = core.ingest(req("events", Protocol::Flight), stream::iter(items)).await.unwrap();
         assert_eq!(report, Report { stream: "events".into(), table: "main.events".into(), rows: 7, batches: 2 });
         assert_eq!(*committed.lock().unwrap(), vec![("events".to_string(), 7)]);
         let m = &core.metrics().rows()[0];
@@ -610,7 +660,7 @@ mod tests {
             Ok(Incoming::Batch(batch(3))),
             Err(IngestError::BadInput("truncated IPC message".into())),
         ];
-        let err = core.ingest(Request::new("events", Protocol::Flight), stream::iter(items)).await.unwrap_err();
+        let err = core.ingest(req("events", Protocol::Flight), stream::iter(items)).await.unwrap_err();
         assert_eq!(err.to_string(), "truncated IPC message");
         assert!(committed.lock().unwrap().is_empty());
     }
@@ -621,7 +671,7 @@ mod tests {
         let core = core(&committed);
         let other = Arc::new(Schema::new(vec![Field::new("x", DataType::Utf8, true)]));
         let items = vec![Ok(Incoming::Schema(schema())), Ok(Incoming::Batch(batch(3))), Ok(Incoming::Schema(other))];
-        let err = core.ingest(Request::new("events", Protocol::Flight), stream::iter(items)).await.unwrap_err();
+        let err = core.ingest(req("events", Protocol::Flight), stream::iter(items)).await.unwrap_err();
         assert!(err.to_string().contains("schema changed"), "{err}");
         assert_eq!(err.code(), Code::InvalidInput);
         assert!(committed.lock().unwrap().is_empty());
@@ -635,7 +685,7 @@ mod tests {
         tx.unbounded_send(Ok(Incoming::Schema(schema()))).unwrap();
         tx.unbounded_send(Ok(Incoming::Batch(batch(5)))).unwrap();
         let c = Arc::clone(&core);
-        let task = tokio::spawn(async move { c.ingest(Request::new("events", Protocol::Flight), rx).await });
+        let task = tokio::spawn(async move { c.ingest(req("events", Protocol::Flight), rx).await });
         tokio::time::sleep(Duration::from_millis(50)).await;
         core.cancel.cancel();
         let err = task.await.unwrap().unwrap_err();
@@ -647,12 +697,14 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stalled_client_is_rolled_back() {
         let committed = Arc::default();
-        let core = core(&committed).with_stall_limit(Duration::from_millis(100));
+        let core = core(&committed);
         let (tx, rx) = futures::channel::mpsc::unbounded();
         tx.unbounded_send(Ok(Incoming::Schema(schema()))).unwrap();
         tx.unbounded_send(Ok(Incoming::Batch(batch(5)))).unwrap();
-        let err = core.ingest(Request::new("events", Protocol::Rest), rx).await.unwrap_err();
+        let policy = Arc::new(Policy::new(false, Duration::from_millis(100), 4));
+        let err = core.ingest(Request::new("events", Protocol::Rest, Principal::Anonymous, policy), rx).await.unwrap_err();
         assert!(matches!(err, IngestError::Stalled(_)), "{err:?}");
+        assert_eq!(err.code(), Code::Timeout);
         assert!(committed.lock().unwrap().is_empty());
         assert_eq!(core.metrics().rows()[0].rows_rolled_back, 5);
         drop(tx);
@@ -676,8 +728,45 @@ mod tests {
         let committed = Arc::default();
         let core = core(&committed);
         let s = Arc::new(Schema::new(vec![Field::new("u", DataType::Union(arrow::datatypes::UnionFields::empty(), arrow::datatypes::UnionMode::Sparse), true)]));
-        let err = core.ingest(Request::new("events", Protocol::Flight), stream::iter(vec![Ok(Incoming::Schema(s))])).await.unwrap_err();
+        let err = core.ingest(req("events", Protocol::Flight), stream::iter(vec![Ok(Incoming::Schema(s))])).await.unwrap_err();
         assert!(err.to_string().contains("column \"u\""), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_beyond_the_limit_are_refused_at_once_while_others_go_on() {
+        let committed = Arc::default();
+        let core = Arc::new(core(&committed));
+        let policy = Arc::new(Policy::new(false, STALL_LIMIT, 1));
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        tx.unbounded_send(Ok(Incoming::Schema(schema()))).unwrap();
+        let (c, p) = (Arc::clone(&core), Arc::clone(&policy));
+        let first = tokio::spawn(async move { c.ingest(Request::new("events", Protocol::Flight, Principal::Anonymous, p), rx).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let items = vec![Ok(Incoming::Schema(schema())), Ok(Incoming::Batch(batch(2)))];
+        let err = core.ingest(Request::new("events", Protocol::Flight, Principal::Anonymous, Arc::clone(&policy)), stream::iter(items)).await.unwrap_err();
+        assert!(matches!(err, IngestError::Overloaded(1)), "{err:?}");
+        assert_eq!(err.code(), Code::Busy);
+        tx.unbounded_send(Ok(Incoming::Batch(batch(3)))).unwrap();
+        drop(tx);
+        assert_eq!(first.await.unwrap().unwrap().rows, 3);
+        let items = vec![Ok(Incoming::Schema(schema())), Ok(Incoming::Batch(batch(2)))];
+        assert_eq!(core.ingest(Request::new("events", Protocol::Flight, Principal::Anonymous, policy), stream::iter(items)).await.unwrap().rows, 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_token_writes_only_its_streams() {
+        use crate::auth::Scope;
+        let committed = Arc::default();
+        let core = core(&committed);
+        let etl = Principal::Token { name: Arc::from("etl"), scope: Arc::new(Scope::Streams(vec!["events".into()])) };
+        let items = || vec![Ok(Incoming::Schema(schema())), Ok(Incoming::Batch(batch(2)))];
+        let err = core.ingest(Request::new("orders", Protocol::Rest, etl.clone(), Arc::default()), stream::iter(items())).await.unwrap_err();
+        assert_eq!((err.code(), err.to_string()), (Code::Denied, "token \"etl\" is not allowed to use stream \"orders\"".to_string()));
+        let mut own_target = Request::new("events", Protocol::Rest, etl.clone(), Arc::default());
+        own_target.target = Some(Target { catalog: None, schema: "main".into(), table: "orders".into() });
+        assert_eq!(core.ingest(own_target, stream::iter(items())).await.unwrap_err().code(), Code::Denied);
+        assert_eq!(core.ingest(Request::new("events", Protocol::Rest, etl, Arc::default()), stream::iter(items())).await.unwrap().rows, 2);
+        assert_eq!(*committed.lock().unwrap(), vec![("events".to_string(), 2)]);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use arrow::datatypes::Schema;
 use async_compression::tokio::bufread::{GzipDecoder, ZstdDecoder};
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -26,9 +26,10 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 use tokio_util::io::{ReaderStream, StreamReader};
 
+use crate::auth::Principal;
 use crate::decode;
 use crate::error::{Code, http_status};
-use crate::ingest::{Core, IngestError, Request as IngestRequest, Sink, StreamInfo};
+use crate::ingest::{Core, IngestError, Policy, Request as IngestRequest, Sink, StreamInfo};
 use crate::metrics::Protocol;
 use crate::registry::Target;
 
@@ -39,14 +40,14 @@ pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 const HEALTH_WAIT: Duration = Duration::from_secs(5);
 
 /// Limits of one REST listener.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     /// Largest single IPC message (and the largest JSON body of the original endpoint).
     pub max_message_bytes: usize,
     /// Largest request body on the wire.
     pub max_body_bytes: u64,
-    /// Refuse stream names without a mapping.
-    pub reject_unknown: bool,
+    /// Unknown streams, stall timeout, concurrency: shared with the listener's Flight service.
+    pub policy: Arc<Policy>,
 }
 
 struct App<S: Sink> {
@@ -164,6 +165,11 @@ where
     }
 }
 
+/// A refusal of a stream outside the principal's scope.
+fn check_scope(principal: &Principal, stream: &str) -> Result<(), ApiError> {
+    if principal.may_use(stream) { Ok(()) } else { Err(ApiError::new(Code::Denied, principal.denied(stream))) }
+}
+
 /// Counts a request refused before it reached the ingest core.
 fn refused<S: Sink>(app: &App<S>, result: Result<Response, ApiError>) -> Result<Response, ApiError> {
     if let Err(e) = &result {
@@ -172,13 +178,18 @@ fn refused<S: Sink>(app: &App<S>, result: Result<Response, ApiError>) -> Result<
     result
 }
 
-async fn ingest_ipc<S: Sink>(State(app): State<Arc<App<S>>>, Path(name): Path<String>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn ingest_ipc<S: Sink>(
+    State(app): State<Arc<App<S>>>,
+    Extension(principal): Extension<Principal>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let enc = match check_ipc_request(&headers, app.limits.max_body_bytes) {
         Ok(enc) => enc,
         Err(e) => return refused(&app, Err(e)),
     };
-    let mut request = IngestRequest::new(name, Protocol::Rest);
-    request.reject_unknown = app.limits.reject_unknown;
+    let request = IngestRequest::new(name, Protocol::Rest, principal, Arc::clone(&app.limits.policy));
     let bytes = decoded(body_stream(body, app.limits.max_body_bytes, Arc::clone(&request.wire_bytes)), enc);
     let items = decode::ipc_stream(bytes, app.limits.max_message_bytes);
     let wire = Arc::clone(&request.wire_bytes);
@@ -231,8 +242,14 @@ struct LegacyBatch {
     data: String,
 }
 
-async fn ingest_legacy<S: Sink>(State(app): State<Arc<App<S>>>, Path(name): Path<String>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    let prepared = legacy_request(&app, name, headers, body).await;
+async fn ingest_legacy<S: Sink>(
+    State(app): State<Arc<App<S>>>,
+    Extension(principal): Extension<Principal>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let prepared = legacy_request(&app, principal, name, headers, body).await;
     let (request, data) = match prepared {
         Ok(p) => p,
         Err(e) => return refused(&app, Err(e)),
@@ -251,7 +268,13 @@ async fn ingest_legacy<S: Sink>(State(app): State<Arc<App<S>>>, Path(name): Path
 }
 
 /// Reads and checks the original service's JSON body; returns the request and the IPC bytes.
-async fn legacy_request<S: Sink>(app: &App<S>, name: String, headers: HeaderMap, body: Body) -> Result<(IngestRequest, Vec<u8>), ApiError> {
+async fn legacy_request<S: Sink>(
+    app: &App<S>,
+    principal: Principal,
+    name: String,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(IngestRequest, Vec<u8>), ApiError> {
     if let Some(mt) = media_type(&headers) {
         if mt != "application/json" {
             return Err(ApiError::new(Code::UnsupportedMedia, format!("unsupported Content-Type {mt:?}; send application/json")));
@@ -282,10 +305,9 @@ async fn legacy_request<S: Sink>(app: &App<S>, name: String, headers: HeaderMap,
     arrow::ipc::convert::try_schema_from_ipc_buffer(&schema_bytes)
         .map_err(|e| ApiError::new(Code::InvalidInput, format!("batch.arrow_schema is not a serialized Arrow schema: {e}")))?;
     let data = b64.decode(request.batch.data.trim()).map_err(|e| ApiError::new(Code::InvalidInput, format!("batch.data is not base64: {e}")))?;
-    let mut ingest_request = IngestRequest::new(name, Protocol::Rest);
+    let mut ingest_request = IngestRequest::new(name, Protocol::Rest, principal, Arc::clone(&app.limits.policy));
     ingest_request.wire_bytes.store(raw.len() as u64, Ordering::Relaxed);
     ingest_request.target = Some(target);
-    ingest_request.reject_unknown = app.limits.reject_unknown;
     Ok((ingest_request, data))
 }
 
@@ -334,14 +356,20 @@ async fn prometheus_text<S: Sink>(State(app): State<Arc<App<S>>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
-async fn list_streams<S: Sink>(State(app): State<Arc<App<S>>>) -> Result<Response, ApiError> {
-    let infos = app.core.streams().await?;
+async fn list_streams<S: Sink>(State(app): State<Arc<App<S>>>, Extension(principal): Extension<Principal>) -> Result<Response, ApiError> {
+    let mut infos = app.core.streams().await?;
+    infos.retain(|i| principal.may_use(&i.mapping.stream));
     let metrics = app.core.metrics().rows();
     let streams: Vec<Value> = infos.iter().map(|info| stream_json(info, &metrics)).collect();
     Ok(axum::Json(json!({"streams": streams})).into_response())
 }
 
-async fn stream_info<S: Sink>(State(app): State<Arc<App<S>>>, Path(name): Path<String>) -> Result<Response, ApiError> {
+async fn stream_info<S: Sink>(
+    State(app): State<Arc<App<S>>>,
+    Extension(principal): Extension<Principal>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    check_scope(&principal, &name)?;
     match app.core.stream(&name).await? {
         Some(info) => Ok(axum::Json(stream_json(&info, &app.core.metrics().rows())).into_response()),
         None => Err(ApiError::new(Code::NotFound, format!("stream {name:?} is not defined and has no table yet (main.{name})"))),

@@ -12,15 +12,17 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use arrow_flight::flight_service_server::FlightServiceServer;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::IntoResponse;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::Code;
+use crate::auth::{self, AuthError, AuthMode, Principal, Scope, TokenRecord, Tokens};
+use crate::error::{Code, grpc_code, http_status};
 use crate::ffi::RawConn;
-use crate::flight::FlightAdapter;
+use crate::flight::{FlightAdapter, ProvenBearer};
+use crate::ingest::{Core, MAX_CONCURRENT_REQUESTS, Policy, STALL_LIMIT, Writers};
 use crate::rest;
-use crate::ingest::{Core, Writers};
+use crate::tls::{self, TlsError};
 use crate::metrics::Metrics;
 use crate::registry::{Mapping, MappingOptions, Registry, validate_stream_name};
 use crate::store::Store;
@@ -48,6 +50,9 @@ const H2_STREAM_WINDOW: u32 = 16 * 1024 * 1024;
 const H2_CONN_WINDOW: u32 = 32 * 1024 * 1024;
 const H2_MAX_FRAME: u32 = 1024 * 1024;
 
+/// HTTP/2 pings on idle connections, so a vanished peer's connection is closed.
+const H2_KEEPALIVE: Duration = Duration::from_secs(30);
+
 /// Why a listener could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
@@ -59,6 +64,8 @@ pub enum ListenError {
     Bind(SocketAddr, String),
     #[error("invalid value for option {0}: {1}")]
     BadOption(&'static str, String),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("arrowport could not start: {0}")]
     Start(String),
 }
@@ -66,7 +73,7 @@ pub enum ListenError {
 impl ListenError {
     pub fn code(&self) -> Code {
         match self {
-            ListenError::BadAddress(..) | ListenError::BadOption(..) => Code::InvalidInput,
+            ListenError::BadAddress(..) | ListenError::BadOption(..) | ListenError::Tls(_) => Code::InvalidInput,
             ListenError::AlreadyListening(_) | ListenError::Bind(..) => Code::Conflict,
             ListenError::Start(_) => Code::Internal,
         }
@@ -82,11 +89,30 @@ pub struct ListenOptions {
     pub rest: Option<String>,
     /// Refuse stream names without a mapping (`unknown_streams := 'reject'`).
     pub reject_unknown: bool,
+    /// Who is served: protected (default), token, or open (`allow_unauthenticated := true`).
+    pub auth: AuthMode,
+    /// PEM files; both or neither.
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    /// Requests served at once; more are refused (RESOURCE_EXHAUSTED / 503).
+    pub max_concurrent_requests: usize,
+    /// How long a client may send nothing (mid-request, or before its request headers / TLS handshake).
+    pub stall_timeout: Duration,
 }
 
 impl Default for ListenOptions {
     fn default() -> Self {
-        ListenOptions { max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES, max_body_bytes: DEFAULT_MAX_BODY_BYTES, rest: None, reject_unknown: false }
+        ListenOptions {
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            rest: None,
+            reject_unknown: false,
+            auth: AuthMode::Protected,
+            tls_cert: None,
+            tls_key: None,
+            max_concurrent_requests: MAX_CONCURRENT_REQUESTS,
+            stall_timeout: STALL_LIMIT,
+        }
     }
 }
 
@@ -97,6 +123,8 @@ pub struct StatusRow {
     pub address: String,
     pub uptime_seconds: f64,
     pub requests_in_flight: i64,
+    pub tls: bool,
+    pub auth: &'static str,
 }
 
 enum Pool {
@@ -113,6 +141,8 @@ struct Listener {
     addr: SocketAddr,
     started: Instant,
     task: tokio::task::JoinHandle<()>,
+    tls: bool,
+    auth: AuthMode,
 }
 
 struct Running {
@@ -124,11 +154,12 @@ struct Running {
 
 impl Running {
     /// Serves `app` on a bound listener until the host stops; one status row per protocol it carries.
-    fn serve(&mut self, listener: tokio::net::TcpListener, app: axum::Router, protocols: &[&'static str]) -> Result<SocketAddr, ListenError> {
+    fn serve(&mut self, listener: tokio::net::TcpListener, app: axum::Router, gate: Arc<Gate>, protocols: &[&'static str]) -> Result<SocketAddr, ListenError> {
         let bound = listener.local_addr().map_err(|e| ListenError::Start(e.to_string()))?;
         let shutdown = self.cancel.clone();
-        let task = self.runtime.spawn(accept_loop(listener, app, shutdown));
-        self.listeners.push(Listener { protocols: protocols.to_vec(), addr: bound, started: Instant::now(), task });
+        let (tls, auth) = (gate.tls.is_some(), gate.mode);
+        let task = self.runtime.spawn(accept_loop(listener, app, gate, shutdown));
+        self.listeners.push(Listener { protocols: protocols.to_vec(), addr: bound, started: Instant::now(), task, tls, auth });
         Ok(bound)
     }
 }
@@ -143,8 +174,9 @@ pub struct Host {
     state: Mutex<State>,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
+    tokens: Arc<Tokens>,
     store: Store,
-    /// Whether the registry holds the persisted mappings yet (loaded on first use, never during LOAD).
+    /// Whether the registry and the tokens hold what is persisted yet (loaded on first use, never during LOAD).
     loaded: Mutex<bool>,
 }
 
@@ -173,6 +205,7 @@ impl Host {
             state: Mutex::new(State { pool: Pool::Raw(pool), running: None }),
             metrics: Arc::new(Metrics::new()),
             registry: Arc::new(Registry::default()),
+            tokens: Arc::new(Tokens::default()),
             store,
             loaded: Mutex::new(false),
         });
@@ -197,6 +230,19 @@ impl Host {
         if options.max_body_bytes == 0 {
             return Err(ListenError::BadOption("max_body_bytes", "must be positive".into()));
         }
+        if options.max_concurrent_requests == 0 {
+            return Err(ListenError::BadOption("max_concurrent_requests", "must be positive".into()));
+        }
+        if options.stall_timeout.is_zero() {
+            return Err(ListenError::BadOption("stall_timeout", "must be positive".into()));
+        }
+        let tls = tls::config(options.tls_cert.as_deref(), options.tls_key.as_deref())?;
+        let gate = Arc::new(Gate {
+            mode: options.auth,
+            tokens: Arc::clone(&self.tokens),
+            tls: tls.map(tokio_rustls::TlsAcceptor::from),
+            handshake_timeout: options.stall_timeout,
+        });
         let mut state = self.lock();
         if state.running.is_none() {
             self.mappings_loaded().map_err(ListenError::Start)?;
@@ -215,14 +261,15 @@ impl Host {
         if rest_addr == Some(addr) && addr.port() != 0 {
             return Err(ListenError::BadOption("rest", "is the Flight address; leave it out to serve both on one port".into()));
         }
-        let flight = FlightServiceServer::new(FlightAdapter::new(Arc::clone(&running.core), options.reject_unknown))
+        let policy = Arc::new(Policy::new(options.reject_unknown, options.stall_timeout, options.max_concurrent_requests));
+        let flight = FlightServiceServer::new(FlightAdapter::new(Arc::clone(&running.core), Arc::clone(&policy)))
             .max_decoding_message_size(options.max_message_bytes)
             .max_encoding_message_size(options.max_message_bytes);
         let flight = tonic::service::Routes::new(flight).into_axum_router();
         let limits = rest::Limits {
             max_message_bytes: options.max_message_bytes,
             max_body_bytes: options.max_body_bytes,
-            reject_unknown: options.reject_unknown,
+            policy,
         };
         let rest = rest::router(Arc::clone(&running.core), limits);
 
@@ -236,13 +283,13 @@ impl Host {
         match separate {
             None => {
                 let app = flight.merge(rest).fallback(not_found);
-                let bound = running.serve(main, app, &["flight", "rest"])?;
+                let bound = running.serve(main, app, gate, &["flight", "rest"])?;
                 rows.push(("flight".to_string(), bound.to_string()));
                 rows.push(("rest".to_string(), bound.to_string()));
             }
             Some(rest_listener) => {
-                let bound = running.serve(main, flight.fallback(not_found), &["flight"])?;
-                let rest_bound = running.serve(rest_listener, rest.fallback(not_found), &["rest"])?;
+                let bound = running.serve(main, flight.fallback(not_found), Arc::clone(&gate), &["flight"])?;
+                let rest_bound = running.serve(rest_listener, rest.fallback(not_found), gate, &["rest"])?;
                 rows.push(("flight".to_string(), bound.to_string()));
                 rows.push(("rest".to_string(), rest_bound.to_string()));
             }
@@ -258,11 +305,24 @@ impl Host {
         let count = listeners.len();
         cancel.cancel();
         let tasks: Vec<_> = listeners.into_iter().map(|l| l.task).collect();
-        let _ = runtime.block_on(async { tokio::time::timeout(DRAIN_LIMIT, futures::future::join_all(tasks)).await });
-        runtime.shutdown_timeout(JOIN_LIMIT);
+        // On a thread of its own: at process exit (the atexit hook) the calling thread's thread-locals, tokio's
+        // among them, are already gone, and block_on would panic there.
+        let drained = std::thread::Builder::new().name("arrowport-stop".into()).spawn(move || {
+            let _ = runtime.block_on(async { tokio::time::timeout(DRAIN_LIMIT, futures::future::join_all(tasks)).await });
+            runtime.shutdown_timeout(JOIN_LIMIT);
+        });
+        match drained {
+            Ok(t) => {
+                let _ = t.join();
+            }
+            Err(e) => eprintln!("arrowport: could not start the thread that stops the listeners: {e}"),
+        }
         let sinks = core.writers().stop();
         state.pool = Pool::Ready(sinks);
         self.metrics.set_started(None);
+        if let Err(e) = self.store.save_last_used(&self.tokens.used()) {
+            eprintln!("arrowport: could not save when tokens were last used: {e}");
+        }
         count
     }
 
@@ -279,6 +339,8 @@ impl Host {
                     address: l.addr.to_string(),
                     uptime_seconds: l.started.elapsed().as_secs_f64(),
                     requests_in_flight: in_flight,
+                    tls: l.tls,
+                    auth: l.auth.name(),
                 })
             })
             .collect()
@@ -293,6 +355,7 @@ impl Host {
         let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
         if !*loaded {
             self.registry.load(self.store.load().map_err(|e| format!("could not read arrowport.streams: {e}"))?);
+            self.tokens.load(self.store.load_tokens().map_err(|e| format!("could not read arrowport.tokens: {e}"))?);
             *loaded = true;
         }
         Ok(())
@@ -338,18 +401,114 @@ impl Host {
         self.mappings_loaded()?;
         Ok(self.registry.all())
     }
+
+    /// `arrowport_create_token`: a new token, persisted as a salted hash, in effect at once. Returns the
+    /// record and the secret, which is never shown again.
+    pub fn create_token(&self, name: &str, scope: Scope) -> Result<(TokenRecord, String), String> {
+        self.mappings_loaded()?;
+        if self.tokens.get(name).is_some() {
+            return Err(format!("token {name:?} already exists; revoke it first to replace it"));
+        }
+        let (record, secret) = auth::new_token(name, scope, auth::now_us())?;
+        self.store.insert_token(&record).map_err(|e| e.to_string())?;
+        self.tokens.put(record.clone());
+        Ok((record, secret))
+    }
+
+    /// `arrowport_revoke_token`: refused from the next request on.
+    pub fn revoke_token(&self, name: &str) -> Result<TokenRecord, String> {
+        self.mappings_loaded()?;
+        let record = self.tokens.get(name).ok_or_else(|| format!("token {name:?} does not exist"))?;
+        self.store.delete_token(name).map_err(|e| e.to_string())?;
+        self.tokens.remove(name);
+        Ok(record)
+    }
+
+    /// `arrowport_tokens()`: every token without its secret; saves the last-use times seen so far.
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>, String> {
+        self.mappings_loaded()?;
+        self.store.save_last_used(&self.tokens.used()).map_err(|e| e.to_string())?;
+        Ok(self.tokens.all())
+    }
 }
 
-/// Accepts connections until `shutdown`, serving HTTP/1.1 and HTTP/2 (prior knowledge) on each; then asks every
-/// connection to finish gracefully and waits for them.
-async fn accept_loop(listener: tokio::net::TcpListener, app: axum::Router, shutdown: CancellationToken) {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
+/// What a listener checks before any protocol code sees a connection or a request: TLS and authentication.
+struct Gate {
+    mode: AuthMode,
+    tokens: Arc<Tokens>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Longest TLS handshake, and longest wait for an HTTP/1.1 request's headers.
+    handshake_timeout: Duration,
+}
+
+/// Paths served without authentication: liveness only, nothing about the data.
+fn is_public(request: &axum::http::Request<hyper::body::Incoming>) -> bool {
+    request.method() == Method::GET && request.uri().path() == "/health"
+}
+
+fn is_grpc<B>(request: &axum::http::Request<B>) -> bool {
+    request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+impl Gate {
+    /// Authenticates a request and passes it on with its [`Principal`], or answers it with a refusal in the
+    /// protocol it speaks (a gRPC status, or HTTP 401 with a JSON error).
+    async fn pass(&self, app: axum::Router, peer: SocketAddr, mut request: axum::http::Request<hyper::body::Incoming>) -> axum::response::Response {
+        use tower::ServiceExt;
+        let decided = if is_public(&request) {
+            Ok(Principal::Anonymous)
+        } else {
+            let credential = request.headers().get(header::AUTHORIZATION).map(|v| auth::parse_header(v.as_bytes())).transpose();
+            credential.and_then(|c| {
+                let principal = auth::authenticate(self.mode, peer.ip(), c.as_ref(), &self.tokens)?;
+                if let Some(c) = c.filter(|_| request.uri().path().ends_with("/Handshake")) {
+                    request.extensions_mut().insert(ProvenBearer(c.secret().to_string()));
+                }
+                Ok(principal)
+            })
+        };
+        match decided {
+            Ok(principal) => {
+                request.extensions_mut().insert(principal);
+                match app.oneshot(request).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            }
+            Err(e) => refusal(is_grpc(&request), &e),
+        }
+    }
+}
+
+/// The answer to a request that failed authentication.
+fn refusal(grpc: bool, e: &AuthError) -> axum::response::Response {
+    let code = e.code();
+    if grpc {
+        return tonic::Status::new(grpc_code(code), e.to_string()).into_http();
+    }
+    let status = StatusCode::from_u16(http_status(code)).unwrap_or(StatusCode::UNAUTHORIZED);
+    let body = serde_json::json!({"error": {"code": code.name(), "message": e.to_string()}});
+    let mut response = (status, axum::Json(body)).into_response();
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"arrowport\""));
+    response
+}
+
+/// Accepts connections until `shutdown`, serving HTTP/1.1 and HTTP/2 (prior knowledge, or ALPN under TLS) on
+/// each, every request through the gate; then asks every connection to finish gracefully and waits for them.
+async fn accept_loop(listener: tokio::net::TcpListener, app: axum::Router, gate: Arc<Gate>, shutdown: CancellationToken) {
+    use hyper_util::rt::{TokioExecutor, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
-    use hyper_util::service::TowerToHyperService;
 
     let mut builder = Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(gate.handshake_timeout);
     builder
         .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(H2_KEEPALIVE)
         .initial_stream_window_size(H2_STREAM_WINDOW)
         .initial_connection_window_size(H2_CONN_WINDOW)
         .max_frame_size(H2_MAX_FRAME);
@@ -359,8 +518,8 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: axum::Router, shutd
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
-        let stream = match accepted {
-            Ok((stream, _peer)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: wait a moment instead of spinning.
                 eprintln!("arrowport: accept failed: {e}");
@@ -369,17 +528,19 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: axum::Router, shutd
             }
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
-        let builder = builder.clone();
-        let shutdown = shutdown.clone();
+        let (app, gate, builder, shutdown) = (app.clone(), Arc::clone(&gate), builder.clone(), shutdown.clone());
         connections.spawn(async move {
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+            match gate.tls.clone() {
+                None => serve_connection(builder, stream, app, gate, peer, shutdown).await,
+                Some(acceptor) => {
+                    let handshake = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        h = tokio::time::timeout(gate.handshake_timeout, acceptor.accept(stream)) => h,
+                    };
+                    // A failed or stalled handshake just closes the connection; rustls has sent its alert.
+                    if let Ok(Ok(tls)) = handshake {
+                        serve_connection(builder, tls, app, gate, peer, shutdown).await;
+                    }
                 }
             }
         });
@@ -387,6 +548,32 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: axum::Router, shutd
     drop(listener);
     connections.close();
     connections.wait().await;
+}
+
+/// Serves one connection (clear or TLS) until it closes or the listener stops.
+async fn serve_connection<IO>(
+    builder: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    io: IO,
+    app: axum::Router,
+    gate: Arc<Gate>,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request| {
+        let (app, gate) = (app.clone(), Arc::clone(&gate));
+        async move { Ok::<_, std::convert::Infallible>(gate.pass(app, peer, request).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
 }
 
 /// Readies the connections, starts the writers and the runtime.
@@ -423,12 +610,7 @@ fn start(pool: &mut Pool, metrics: Arc<Metrics>, registry: Arc<Registry>) -> Res
 
 /// Anything that is neither Flight nor a known HTTP route.
 async fn not_found(request: axum::extract::Request) -> axum::response::Response {
-    let is_grpc = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"));
-    if is_grpc {
+    if is_grpc(&request) {
         let mut response = StatusCode::OK.into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));

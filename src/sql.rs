@@ -8,6 +8,8 @@
 //! - `FROM arrowport_metrics()`: per stream and protocol, what landed and what failed.
 //! - `CALL arrowport_create_stream(name, target := ..., create_table := ..., schema_policy := ..., mode := ...)`,
 //!   `arrowport_alter_stream` (same options), `arrowport_drop_stream(name)`, `FROM arrowport_streams()`.
+//! - `CALL arrowport_create_token(name, streams := [...])` (the secret, shown once), `arrowport_revoke_token(name)`,
+//!   `FROM arrowport_tokens()` (never secrets).
 
 use std::error::Error;
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use duckdb::vscalar::{ScalarFunctionSignature, VScalar};
 use duckdb::vtab::arrow::WritableVector;
 use duckdb::vtab::{BindInfo, InitInfo, TableFunctionInfo, VTab};
 
+use crate::auth::{AuthMode, Scope, TokenRecord};
 use crate::ffi;
 use crate::registry::{Mapping, MappingOptions};
 use crate::server::{Host, ListenOptions, StatusRow};
@@ -43,6 +46,9 @@ pub fn register(conn: &Connection, host: Arc<Host>) -> Result<()> {
     conn.register_table_function_with_extra_info::<AlterStream, Arc<Host>>("arrowport_alter_stream", &host)?;
     conn.register_table_function_with_extra_info::<DropStream, Arc<Host>>("arrowport_drop_stream", &host)?;
     conn.register_table_function_with_extra_info::<Streams, Arc<Host>>("arrowport_streams", &host)?;
+    conn.register_table_function_with_extra_info::<CreateToken, Arc<Host>>("arrowport_create_token", &host)?;
+    conn.register_table_function_with_extra_info::<RevokeToken, Arc<Host>>("arrowport_revoke_token", &host)?;
+    conn.register_table_function_with_extra_info::<TokensTable, Arc<Host>>("arrowport_tokens", &host)?;
     Ok(())
 }
 
@@ -187,6 +193,21 @@ impl VTab for ListenTable {
                 other => return Err(format!("invalid value for option unknown_streams: {other:?} (allowed: accept, reject)").into()),
             };
         }
+        let text = |name: &str| bind.get_named_parameter(name).filter(|v| !v.is_null()).map(|v| v.to_string());
+        let open = bind.get_named_parameter("allow_unauthenticated").filter(|v| !v.is_null()).is_some_and(|v| v.to_bool());
+        options.auth = AuthMode::from_options(text("auth").as_deref(), open)?;
+        options.tls_cert = text("tls_cert");
+        options.tls_key = text("tls_key");
+        if let Some(n) = positive(bind, "max_concurrent_requests")? {
+            options.max_concurrent_requests = usize::try_from(n)?;
+        }
+        if let Some(v) = bind.get_named_parameter("stall_timeout").filter(|v| !v.is_null()) {
+            let secs = v.to_double();
+            if !(secs > 0.0 && secs <= 86_400.0) {
+                return Err(format!("invalid value for option stall_timeout: {secs} (seconds, more than 0 and at most 86400)").into());
+            }
+            options.stall_timeout = std::time::Duration::from_secs_f64(secs);
+        }
         Ok(Rows { rows: host.listen(&addr, &options)? })
     }
 
@@ -211,6 +232,12 @@ impl VTab for ListenTable {
             ("max_body_bytes".to_string(), LogicalTypeId::Bigint.into()),
             ("rest".to_string(), varchar()),
             ("unknown_streams".to_string(), varchar()),
+            ("auth".to_string(), varchar()),
+            ("allow_unauthenticated".to_string(), LogicalTypeId::Boolean.into()),
+            ("tls_cert".to_string(), varchar()),
+            ("tls_key".to_string(), varchar()),
+            ("max_concurrent_requests".to_string(), LogicalTypeId::Bigint.into()),
+            ("stall_timeout".to_string(), LogicalTypeId::Double.into()),
         ])
     }
 }
@@ -223,7 +250,7 @@ fn positive(bind: &BindInfo, name: &str) -> Result<Option<u64>> {
     }
     let n = v.to_int64();
     if n <= 0 {
-        return Err(format!("invalid value for option {name}: {n} (must be a positive number of bytes)").into());
+        return Err(format!("invalid value for option {name}: {n} (must be positive)").into());
     }
     Ok(Some(n as u64))
 }
@@ -239,6 +266,8 @@ impl VTab for Status {
         bind.add_result_column("address", varchar());
         bind.add_result_column("uptime_seconds", LogicalTypeId::Double.into());
         bind.add_result_column("requests_in_flight", LogicalTypeId::Bigint.into());
+        bind.add_result_column("tls", LogicalTypeId::Boolean.into());
+        bind.add_result_column("auth", varchar());
         Ok(Rows { rows: host_of(bind)?.status() })
     }
 
@@ -252,6 +281,8 @@ impl VTab for Status {
             out.flat_vector(1).insert(i, r.address.as_str());
             ffi::set_double(&mut out.flat_vector(2), i, r.uptime_seconds);
             ffi::set_bigint(&mut out.flat_vector(3), i, r.requests_in_flight);
+            ffi::set_bool(&mut out.flat_vector(4), i, r.tls);
+            out.flat_vector(5).insert(i, r.auth);
         })
     }
 }
@@ -412,3 +443,126 @@ mapping_function!(AlterStream, Some(vec![varchar()]), mapping_parameters(), |hos
 });
 mapping_function!(DropStream, Some(vec![varchar()]), None, |host, bind| host.drop_stream(&stream_name(bind)?).map(|m| vec![m]));
 mapping_function!(Streams, None, None, |host, bind| host.streams());
+
+/// A token as the SQL functions show it; `secret` only from `arrowport_create_token`.
+pub struct TokenRow {
+    record: TokenRecord,
+    secret: Option<String>,
+}
+
+fn token_columns(bind: &BindInfo, with_secret: bool) {
+    bind.add_result_column("name", varchar());
+    if with_secret {
+        bind.add_result_column("token", varchar());
+    }
+    bind.add_result_column("streams", LogicalTypeHandle::list(&varchar()));
+    bind.add_result_column("created_at", LogicalTypeId::TimestampTZ.into());
+    bind.add_result_column("last_used_at", LogicalTypeId::TimestampTZ.into());
+}
+
+/// Writes one token row; `streams` is NULL for a token that may use every stream.
+fn write_token(out: &mut DataChunkHandle, i: usize, row: &TokenRow) {
+    let mut col = 0;
+    out.flat_vector(col).insert(i, row.record.name.as_str());
+    col += 1;
+    if let Some(secret) = &row.secret {
+        out.flat_vector(col).insert(i, secret.as_str());
+        col += 1;
+    }
+    let mut list = out.list_vector(col);
+    match &row.record.scope {
+        Scope::All => list.set_null(i),
+        Scope::Streams(names) => {
+            let offset = list.len();
+            let child = list.child(offset + names.len());
+            for (j, n) in names.iter().enumerate() {
+                child.insert(offset + j, n.as_str());
+            }
+            list.set_entry(i, offset, names.len());
+            list.set_len(offset + names.len());
+        }
+    }
+    ffi::set_bigint(&mut out.flat_vector(col + 1), i, row.record.created_us);
+    match row.record.last_used_us {
+        Some(us) => ffi::set_bigint(&mut out.flat_vector(col + 2), i, us),
+        None => out.flat_vector(col + 2).set_null(i),
+    }
+}
+
+fn token_name(bind: &BindInfo) -> Result<String> {
+    let v = bind.get_parameter(0);
+    if v.is_null() {
+        return Err("the token name is NULL".into());
+    }
+    Ok(v.to_string())
+}
+
+/// `streams := [...]`: the streams a token is limited to; left out (or NULL), every stream.
+fn token_scope(bind: &BindInfo) -> Result<Scope> {
+    let Some(v) = bind.get_named_parameter("streams").filter(|v| !v.is_null()) else { return Ok(Scope::All) };
+    let items = v.to_list().ok_or("streams must be a list of stream names, e.g. streams := ['events']")?;
+    let mut names = Vec::with_capacity(items.len());
+    for item in items {
+        if item.is_null() {
+            return Err("streams must not contain NULL".into());
+        }
+        let name = item.to_string();
+        crate::registry::validate_stream_name(&name)?;
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    Ok(Scope::Streams(names))
+}
+
+/// A table function over tokens; `compute` runs once, at bind.
+macro_rules! token_function {
+    ($name:ident, $secret:expr, $params:expr, $named:expr, |$host:ident, $bind:ident| $compute:expr) => {
+        struct $name;
+
+        impl VTab for $name {
+            type InitData = Cursor;
+            type BindData = Rows<TokenRow>;
+
+            fn bind($bind: &BindInfo) -> Result<Self::BindData> {
+                token_columns($bind, $secret);
+                let $host = host_of($bind)?;
+                let rows: Result<Vec<TokenRow>> = $compute;
+                Ok(Rows { rows: rows? })
+            }
+
+            fn init(init: &InitInfo) -> Result<Self::InitData> {
+                init_cursor(init)
+            }
+
+            fn func(func: &TableFunctionInfo<Self>, output: &mut DataChunkHandle) -> Result<()> {
+                emit(func, output, write_token)
+            }
+
+            fn parameters() -> Option<Vec<LogicalTypeHandle>> {
+                $params
+            }
+
+            fn named_parameters() -> Option<Vec<(String, LogicalTypeHandle)>> {
+                $named
+            }
+        }
+    };
+}
+
+token_function!(
+    CreateToken,
+    true,
+    Some(vec![varchar()]),
+    Some(vec![("streams".to_string(), LogicalTypeHandle::list(&varchar()))]),
+    |host, bind| {
+        let (record, secret) = host.create_token(&token_name(bind)?, token_scope(bind)?)?;
+        Ok(vec![TokenRow { record, secret: Some(secret) }])
+    }
+);
+token_function!(RevokeToken, false, Some(vec![varchar()]), None, |host, bind| {
+    Ok(vec![TokenRow { record: host.revoke_token(&token_name(bind)?)?, secret: None }])
+});
+token_function!(TokensTable, false, None, None, |host, bind| {
+    Ok(host.tokens()?.into_iter().map(|record| TokenRow { record, secret: None }).collect())
+});
