@@ -13,6 +13,7 @@
 //! with a per-token random salt is kept (in `arrowport.tokens`). A secret has full entropy, so a fast hash is
 //! the right one; comparison is constant-time. No secret is ever logged or echoed in an error.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
@@ -165,6 +166,34 @@ pub fn parse_header(value: &[u8]) -> Result<Credential, AuthError> {
         return Ok(Credential::Basic { name: name.to_string(), secret: secret.to_string() });
     }
     Err(AuthError::Malformed("expected 'Bearer <token>' or 'Basic <credentials>'"))
+}
+
+thread_local! {
+    /// Set while a writer thread runs a statement that came over the network.
+    static REMOTE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` marked as executing a statement sent over the network (see [`refuse_if_remote`]).
+pub fn as_remote<T>(f: impl FnOnce() -> T) -> T {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            REMOTE.with(|r| r.set(false));
+        }
+    }
+    REMOTE.with(|r| r.set(true));
+    let _reset = Reset;
+    f()
+}
+
+/// arrowport's own administrative SQL functions call this: they manage listeners, streams and tokens, and must
+/// not be reachable through SQL that a client sent over the network (a token could mint itself a better one).
+pub fn refuse_if_remote(function: &str) -> Result<(), String> {
+    if REMOTE.with(|r| r.get()) {
+        Err(format!("{function} cannot be called over the network; call it in the host's own session"))
+    } else {
+        Ok(())
+    }
 }
 
 /// Loopback in every spelling, IPv4-mapped IPv6 included.

@@ -14,6 +14,8 @@ pub enum Code {
     UnsupportedMedia,
     /// Unknown stream or table.
     NotFound,
+    /// The table exists and the request said it must not (Flight SQL ingest, mode `create`).
+    AlreadyExists,
     /// The data does not fit the target (schema conflict, constraint).
     Conflict,
     /// Over a size limit.
@@ -39,6 +41,7 @@ impl Code {
             Code::InvalidInput => "invalid_input",
             Code::UnsupportedMedia => "unsupported_media_type",
             Code::NotFound => "not_found",
+            Code::AlreadyExists => "already_exists",
             Code::Conflict => "schema_conflict",
             Code::TooLarge => "too_large",
             Code::Busy => "busy",
@@ -56,6 +59,7 @@ pub fn grpc_code(code: Code) -> tonic::Code {
     match code {
         Code::InvalidInput | Code::UnsupportedMedia => tonic::Code::InvalidArgument,
         Code::NotFound => tonic::Code::NotFound,
+        Code::AlreadyExists => tonic::Code::AlreadyExists,
         Code::Conflict => tonic::Code::FailedPrecondition,
         Code::TooLarge | Code::Busy => tonic::Code::ResourceExhausted,
         Code::Stopping => tonic::Code::Unavailable,
@@ -72,6 +76,7 @@ pub fn http_status(code: Code) -> u16 {
         Code::InvalidInput => 400,
         Code::UnsupportedMedia => 415,
         Code::NotFound => 404,
+        Code::AlreadyExists => 409,
         Code::Conflict => 409,
         Code::TooLarge => 413,
         Code::Busy | Code::Stopping => 503,
@@ -86,10 +91,11 @@ pub fn http_status(code: Code) -> u16 {
 mod tests {
     use super::*;
 
-    const ALL: [Code; 11] = [
+    const ALL: [Code; 12] = [
         Code::InvalidInput,
         Code::UnsupportedMedia,
         Code::NotFound,
+        Code::AlreadyExists,
         Code::Conflict,
         Code::TooLarge,
         Code::Busy,

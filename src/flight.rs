@@ -4,7 +4,9 @@
 //! JSON `{"stream_name": "..."}`), hands the whole message stream, first message included (it carries the
 //! schema), to arrow-flight's decoder, and the decoded schema and batches to `ingest::Core`. The single
 //! `PutResult` is sent only after commit. `ListFlights`, `GetFlightInfo` and `GetSchema` describe the tables
-//! streams land in. Errors become gRPC statuses through `error::grpc_code`; nothing here touches DuckDB.
+//! streams land in. A CMD, ticket or action that is a Flight SQL message goes to `flightsql` instead (peeked
+//! here, because arrow-flight's own Flight SQL dispatcher refuses the JSON CMD). Errors become gRPC statuses
+//! through `error::grpc_code`; nothing here touches DuckDB.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,6 +24,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::Principal;
 use crate::decode;
+use crate::flightsql::{self, FlightSql};
+use crate::query::Access;
 use crate::error::grpc_code;
 use crate::ingest::{Core, IngestError, Policy, Request as IngestRequest, Sink};
 use crate::metrics::Protocol;
@@ -33,11 +37,21 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 pub struct FlightAdapter<S: Sink> {
     core: Arc<Core<S>>,
     policy: Arc<Policy>,
+    sql: FlightSql<S>,
 }
 
 impl<S: Sink> FlightAdapter<S> {
-    pub fn new(core: Arc<Core<S>>, policy: Arc<Policy>) -> Self {
-        FlightAdapter { core, policy }
+    pub fn new(core: Arc<Core<S>>, policy: Arc<Policy>, access: Access) -> Self {
+        let sql = FlightSql::new(Arc::clone(&core), Arc::clone(&policy), access);
+        FlightAdapter { core, policy, sql }
+    }
+}
+
+/// The Flight SQL command a descriptor carries, if any.
+fn sql_command(descriptor: &FlightDescriptor) -> Option<arrow_flight::sql::Command> {
+    match DescriptorType::try_from(descriptor.r#type) {
+        Ok(DescriptorType::Cmd) => flightsql::command_of(&descriptor.cmd),
+        _ => None,
     }
 }
 
@@ -124,19 +138,28 @@ impl<S: Sink> FlightAdapter<S> {
             .flight_descriptor
             .clone()
             .ok_or_else(|| early(IngestError::BadInput("the first DoPut message has no flight descriptor".into())))?;
-        let stream = stream_of(&descriptor).map_err(early)?;
-        let ingest_request = IngestRequest::new(stream.clone(), Protocol::Flight, principal, Arc::clone(&self.policy));
+        let sql = sql_command(&descriptor);
+        let stream = match &sql {
+            Some(_) => String::new(),
+            None => stream_of(&descriptor).map_err(early)?,
+        };
+        let ingest_request = IngestRequest::new(stream, Protocol::Flight, principal.clone(), Arc::clone(&self.policy));
         let wire = Arc::clone(&ingest_request.wire_bytes);
+        let counter = Arc::clone(&wire);
         let size = |m: &FlightData| (m.data_header.len() + m.data_body.len() + m.app_metadata.len()) as u64;
         wire.fetch_add(size(&first), Ordering::Relaxed);
         let counted = input.inspect(move |m| {
             if let Ok(m) = m {
-                wire.fetch_add(size(m), Ordering::Relaxed);
+                counter.fetch_add(size(m), Ordering::Relaxed);
             }
         });
         let messages = futures::stream::once(async move { Ok(first) })
             .chain(counted.map_err(|status| FlightError::ExternalError(Box::new(transport_error(&status)))));
         let items = decode::flight_items(messages);
+        if let Some(command) = sql {
+            // Flight SQL: ingest reaches the core (which counts it); statements are not ingest requests.
+            return self.sql.do_put(principal, command, items, wire).await.map_err(|e| (e, true));
+        }
         let report = self.core.ingest(ingest_request, items).await.map_err(|e| (e, true))?;
         let app_metadata = serde_json::to_vec(&report).map_err(|e| (IngestError::Internal(e.to_string()), true))?;
         Ok(PutResult { app_metadata: app_metadata.into() })
@@ -212,7 +235,11 @@ impl<S: Sink> FlightService for FlightAdapter<S> {
 
     async fn get_flight_info(&self, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
         let principal = principal_of(&request).map_err(|e| status_of(&e))?;
-        guarded(self.info(principal, request.into_inner())).await.map(Response::new)
+        let descriptor = request.into_inner();
+        if let Some(command) = sql_command(&descriptor) {
+            return guarded(self.sql.flight_info(principal, command, descriptor)).await.map(Response::new);
+        }
+        guarded(self.info(principal, descriptor)).await.map(Response::new)
     }
 
     async fn poll_flight_info(&self, _: Request<FlightDescriptor>) -> Result<Response<PollInfo>, Status> {
@@ -221,16 +248,28 @@ impl<S: Sink> FlightService for FlightAdapter<S> {
 
     async fn get_schema(&self, request: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
         let principal = principal_of(&request).map_err(|e| status_of(&e))?;
-        let info = guarded(self.info(principal, request.into_inner())).await?;
-        let schema = info.try_decode_schema().map_err(|e| status_of(&IngestError::Internal(e.to_string())))?;
+        let descriptor = request.into_inner();
+        let schema = match sql_command(&descriptor) {
+            Some(command) => guarded(self.sql.schema(principal, command)).await?,
+            None => {
+                let info = guarded(self.info(principal, descriptor)).await?;
+                info.try_decode_schema().map_err(|e| status_of(&IngestError::Internal(e.to_string())))?
+            }
+        };
         let result: SchemaResult = SchemaAsIpc::new(&schema, &IpcWriteOptions::default())
             .try_into()
             .map_err(|e: arrow::error::ArrowError| status_of(&IngestError::Internal(e.to_string())))?;
         Ok(Response::new(result))
     }
 
-    async fn do_get(&self, _: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
-        Err(unimplemented("DoGet"))
+    /// Flight SQL tickets only (statement results and catalog listings).
+    async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
+        let principal = principal_of(&request).map_err(|e| status_of(&e))?;
+        let Some(command) = flightsql::command_of(&request.get_ref().ticket) else {
+            return Err(unimplemented("DoGet on a ticket that is not a Flight SQL one"));
+        };
+        let stream = guarded(self.sql.do_get(principal, command)).await?;
+        Ok(Response::new(Box::pin(stream.map_err(|e| status_of(&e)))))
     }
 
     async fn do_put(&self, request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
@@ -243,11 +282,20 @@ impl<S: Sink> FlightService for FlightAdapter<S> {
     }
 
     async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
-        Err(unimplemented(&format!("DoAction {:?}", request.get_ref().r#type)))
+        let principal = principal_of(&request).map_err(|e| status_of(&e))?;
+        let action = request.into_inner();
+        if action.r#type != flightsql::CREATE_PREPARED_STATEMENT && action.r#type != flightsql::CLOSE_PREPARED_STATEMENT {
+            return Err(unimplemented(&format!("DoAction {:?}", action.r#type)));
+        }
+        let bodies = guarded(self.sql.action(principal, &action.r#type, &action.body)).await?;
+        let results: Vec<Result<arrow_flight::Result, Status>> = bodies.into_iter().map(|body| Ok(arrow_flight::Result { body })).collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(results))))
     }
 
     async fn list_actions(&self, _: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {
-        Ok(Response::new(Box::pin(futures::stream::empty())))
+        let actions = [flightsql::CREATE_PREPARED_STATEMENT, flightsql::CLOSE_PREPARED_STATEMENT]
+            .map(|t| Ok(ActionType { r#type: t.to_string(), description: format!("Flight SQL {t}") }));
+        Ok(Response::new(Box::pin(futures::stream::iter(actions))))
     }
 }
 

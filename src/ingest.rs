@@ -23,7 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Principal;
 use crate::error::Code;
+use crate::ffi::Param;
 use crate::metrics::{self, Metrics, Outcome, Protocol};
+use crate::query::{Access, Catalog, Described, QueryOut, Statement};
 use crate::registry::{Mapping, Registry, ResolveError, Target};
 use crate::schema;
 
@@ -58,7 +60,7 @@ impl Policy {
     }
 
     /// A place among the listener's concurrent requests, or "busy" at once.
-    fn admit(&self) -> Result<OwnedSemaphorePermit, IngestError> {
+    pub(crate) fn admit(&self) -> Result<OwnedSemaphorePermit, IngestError> {
         Arc::clone(&self.admission).try_acquire_owned().map_err(|_| IngestError::Overloaded(self.max_concurrent))
     }
 }
@@ -89,6 +91,11 @@ pub enum IngestError {
     Conflict(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// DuckDB refused a statement sent over the network (its text verbatim).
+    #[error("{0}")]
+    Sql(String),
     #[error("arrowport is stopping; the request was rolled back and nothing was written")]
     Stopping,
     #[error("the client went away before the end of the stream; nothing was written")]
@@ -114,6 +121,9 @@ impl IngestError {
             IngestError::TooLarge(_) => Code::TooLarge,
             IngestError::Conflict(_) => Code::Conflict,
             IngestError::NotFound(_) => Code::NotFound,
+            IngestError::AlreadyExists(_) => Code::AlreadyExists,
+            IngestError::Sql(msg) if msg.starts_with("Catalog Error") => Code::NotFound,
+            IngestError::Sql(_) => Code::InvalidInput,
             IngestError::Stopping => Code::Stopping,
             IngestError::Disconnected => Code::InvalidInput,
             IngestError::Stalled(_) => Code::Timeout,
@@ -168,6 +178,8 @@ pub struct Request {
     pub wire_bytes: Arc<AtomicU64>,
     /// The target the client named itself (the original JSON endpoint); `None` uses the stream's mapping.
     pub target: Option<Target>,
+    /// A complete mapping the client gave (Flight SQL ingest: table and mode); bypasses the stream's mapping.
+    pub mapping: Option<Mapping>,
     /// Who sent it; the core checks the stream against the principal's scope.
     pub principal: Principal,
     /// The rules of the listener it came in on.
@@ -176,7 +188,7 @@ pub struct Request {
 
 impl Request {
     pub fn new(stream: impl Into<String>, protocol: Protocol, principal: Principal, policy: Arc<Policy>) -> Request {
-        Request { stream: stream.into(), protocol, wire_bytes: Arc::default(), target: None, principal, policy }
+        Request { stream: stream.into(), protocol, wire_bytes: Arc::default(), target: None, mapping: None, principal, policy }
     }
 }
 
@@ -237,15 +249,36 @@ pub trait Sink: Send + 'static {
     fn list_tables(&mut self) -> Result<Vec<(String, Schema)>, IngestError>;
     /// Proves the database answers; returns its version.
     fn ping(&mut self) -> Result<String, IngestError>;
+
+    /// Prepares a statement sent over the network (see `query`); describes its result and parameters.
+    fn describe_sql(&mut self, _sql: &str, _params: Option<&[Param]>, _access: Access) -> Result<Described, IngestError> {
+        Err(IngestError::Unsupported("this writer runs no SQL".into()))
+    }
+    /// Runs a statement and sends its schema, then its batches, to `out`.
+    fn query(&mut self, _statement: &Statement, _access: Access, _out: &QueryOut) -> Result<(), IngestError> {
+        Err(IngestError::Unsupported("this writer runs no SQL".into()))
+    }
+    /// Runs a statement that changes data; returns the rows changed.
+    fn update(&mut self, _statement: &Statement, _access: Access) -> Result<u64, IngestError> {
+        Err(IngestError::Unsupported("this writer runs no SQL".into()))
+    }
+    /// Catalogs, schemas and tables.
+    fn catalog(&mut self, _with_schemas: bool) -> Result<Catalog, IngestError> {
+        Err(IngestError::Unsupported("this writer has no catalog".into()))
+    }
 }
 
 type Reply<T> = oneshot::Sender<Result<T, IngestError>>;
 
-enum Work {
+pub(crate) enum Work {
     Write { mapping: Mapping, schema: SchemaRef, input: BatchRx, reply: Reply<Written> },
     Describe { target: Target, reply: Reply<Option<Schema>> },
     List { reply: Reply<Vec<(String, Schema)>> },
     Ping { reply: Reply<String> },
+    DescribeSql { sql: String, params: Option<Vec<Param>>, access: Access, reply: Reply<Described> },
+    Query { statement: Statement, access: Access, out: QueryOut, reply: Reply<()> },
+    Update { statement: Statement, access: Access, reply: Reply<u64> },
+    Catalog { with_schemas: bool, reply: Reply<Catalog> },
 }
 
 struct Job {
@@ -294,6 +327,18 @@ impl<S: Sink> Writers<S> {
                         }
                         Work::Ping { reply } => {
                             let _ = reply.send(guarded(|| sink.ping()));
+                        }
+                        Work::DescribeSql { sql, params, access, reply } => {
+                            let _ = reply.send(guarded(|| sink.describe_sql(&sql, params.as_deref(), access)));
+                        }
+                        Work::Query { statement, access, out, reply } => {
+                            let _ = reply.send(guarded(|| sink.query(&statement, access, &out)));
+                        }
+                        Work::Update { statement, access, reply } => {
+                            let _ = reply.send(guarded(|| sink.update(&statement, access)));
+                        }
+                        Work::Catalog { with_schemas, reply } => {
+                            let _ = reply.send(guarded(|| sink.catalog(with_schemas)));
                         }
                     }
                 }
@@ -417,15 +462,21 @@ impl<S: Sink> Core<S> {
         if !request.principal.may_use(stream) {
             return Err(IngestError::Denied(request.principal.denied(stream)));
         }
-        let mut mapping = self.mapping(stream, request.policy.reject_unknown)?;
+        let mut mapping = match &request.mapping {
+            Some(m) => m.clone(),
+            None => self.mapping(stream, request.policy.reject_unknown)?,
+        };
         if let Some(t) = &request.target {
-            if !request.principal.may_choose_target() {
+            mapping.target = t.clone();
+        }
+        // A principal limited to streams writes only where its stream name lands by default.
+        if !request.principal.may_choose_target() && mapping.target != Mapping::default_for(stream).target {
+            if request.target.is_some() || request.mapping.is_some() {
                 return Err(IngestError::Denied(format!(
                     "{}; a token limited to streams cannot name its own target table",
-                    request.principal.denied(&t.display())
+                    request.principal.denied(&mapping.target.display())
                 )));
             }
-            mapping.target = t.clone();
         }
         let stall = request.policy.stall_timeout;
         let schema = match self.next_or_cancel(&mut input, stall).await? {
@@ -510,10 +561,15 @@ impl<S: Sink> Core<S> {
         self.call(Work::Ping { reply }, rx).await
     }
 
-    async fn call<T>(&self, work: Work, rx: oneshot::Receiver<Result<T, IngestError>>) -> Result<T, IngestError> {
-        let permit = self.permit().await?;
-        self.writers.submit(Job { work, _permit: permit })?;
+    pub(crate) async fn call<T>(&self, work: Work, rx: oneshot::Receiver<Result<T, IngestError>>) -> Result<T, IngestError> {
+        self.submit_work(work).await?;
         rx.await.map_err(|_| IngestError::Internal("the writer went away".into()))?
+    }
+
+    /// Hands work to a free writer (waiting for one); the work replies on its own channel.
+    pub(crate) async fn submit_work(&self, work: Work) -> Result<(), IngestError> {
+        let permit = self.permit().await?;
+        self.writers.submit(Job { work, _permit: permit })
     }
 
     async fn permit(&self) -> Result<OwnedSemaphorePermit, IngestError> {

@@ -10,10 +10,12 @@
 //! - [`server`]: the runtime, the writer threads, listeners (TLS and the authentication gate), start and stop.
 //! - [`auth`]: protected mode, bearer tokens, scopes: who may use a listener.
 //! - [`tls`]: PEM files into a rustls configuration.
-//! - [`flight`]: the Arrow Flight protocol adapter.
+//! - [`flight`]: the Arrow Flight protocol adapter (and the dispatch to Flight SQL).
+//! - [`flightsql`]: Arrow Flight SQL: ADBC bulk ingest, statements, prepared statements, catalog browsing.
 //! - [`rest`]: the REST adapter (raw Arrow IPC bodies, the original service's JSON body, health, listings).
 //! - [`decode`]: Arrow IPC from a byte stream that arrives in pieces.
 //! - [`ingest`]: the protocol-independent core: decoded Arrow in, one committed transaction out.
+//! - [`query`]: the protocol-independent query core: SQL in (as the listener allows), Arrow out.
 //! - [`writer`]: the DuckDB side of a write (DuckDB's Arrow scan, the transaction, table creation).
 //! - [`registry`]: stream mappings (cached) and how a stream name resolves to its table.
 //! - [`store`]: stream mappings and tokens (hashes) persisted in the host database.
@@ -27,8 +29,10 @@ pub mod decode;
 pub mod error;
 pub mod ffi;
 pub mod flight;
+pub mod flightsql;
 pub mod ingest;
 pub mod metrics;
+pub mod query;
 pub mod registry;
 pub mod rest;
 pub mod schema;

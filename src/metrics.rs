@@ -43,6 +43,8 @@ const BUCKETS: [f64; 16] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 pub enum Protocol {
     Flight,
     Rest,
+    /// Flight SQL bulk ingest (ADBC).
+    FlightSql,
 }
 
 impl Protocol {
@@ -50,6 +52,7 @@ impl Protocol {
         match self {
             Protocol::Flight => "flight",
             Protocol::Rest => "rest",
+            Protocol::FlightSql => "flightsql",
         }
     }
 }

@@ -152,6 +152,37 @@ pub struct Mapping {
     pub create_table: bool,
     pub policy: SchemaPolicy,
     pub mode: Mode,
+    /// How an existing or missing table is treated; `Stream` (the options above) except for Flight SQL ingest.
+    pub rule: TableRule,
+}
+
+/// Flight SQL ingest's table-exists / table-missing semantics (ADBC's modes), beside the stream options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TableRule {
+    /// As the mapping's `create_table` and `mode` say.
+    #[default]
+    Stream,
+    /// Create the table; fail if it exists.
+    Create,
+    /// Append; fail if the table is missing.
+    Append,
+    /// Drop and recreate the table from the stream's schema (create it if missing).
+    Replace,
+    /// Append, creating the table if it is missing.
+    CreateAppend,
+}
+
+impl TableRule {
+    /// ADBC's name for the mode.
+    pub fn name(self) -> &'static str {
+        match self {
+            TableRule::Stream => "stream",
+            TableRule::Create => "create",
+            TableRule::Append => "append",
+            TableRule::Replace => "replace",
+            TableRule::CreateAppend => "create_append",
+        }
+    }
 }
 
 impl Mapping {
@@ -163,6 +194,7 @@ impl Mapping {
             create_table: true,
             policy: SchemaPolicy::Strict,
             mode: Mode::Append,
+            rule: TableRule::Stream,
         }
     }
 }

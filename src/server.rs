@@ -24,6 +24,7 @@ use crate::ingest::{Core, MAX_CONCURRENT_REQUESTS, Policy, STALL_LIMIT, Writers}
 use crate::rest;
 use crate::tls::{self, TlsError};
 use crate::metrics::Metrics;
+use crate::query::Access;
 use crate::registry::{Mapping, MappingOptions, Registry, validate_stream_name};
 use crate::store::Store;
 use crate::writer::{CreateLocks, DuckSink};
@@ -98,6 +99,8 @@ pub struct ListenOptions {
     pub max_concurrent_requests: usize,
     /// How long a client may send nothing (mid-request, or before its request headers / TLS handshake).
     pub stall_timeout: Duration,
+    /// SQL statements over Flight SQL: off (default), read_only or read_write.
+    pub sql: Access,
 }
 
 impl Default for ListenOptions {
@@ -112,6 +115,7 @@ impl Default for ListenOptions {
             tls_key: None,
             max_concurrent_requests: MAX_CONCURRENT_REQUESTS,
             stall_timeout: STALL_LIMIT,
+            sql: Access::Off,
         }
     }
 }
@@ -262,7 +266,7 @@ impl Host {
             return Err(ListenError::BadOption("rest", "is the Flight address; leave it out to serve both on one port".into()));
         }
         let policy = Arc::new(Policy::new(options.reject_unknown, options.stall_timeout, options.max_concurrent_requests));
-        let flight = FlightServiceServer::new(FlightAdapter::new(Arc::clone(&running.core), Arc::clone(&policy)))
+        let flight = FlightServiceServer::new(FlightAdapter::new(Arc::clone(&running.core), Arc::clone(&policy), options.sql))
             .max_decoding_message_size(options.max_message_bytes)
             .max_encoding_message_size(options.max_message_bytes);
         let flight = tonic::service::Routes::new(flight).into_axum_router();

@@ -21,7 +21,7 @@ use duckdb::vscalar::{ScalarFunctionSignature, VScalar};
 use duckdb::vtab::arrow::WritableVector;
 use duckdb::vtab::{BindInfo, InitInfo, TableFunctionInfo, VTab};
 
-use crate::auth::{AuthMode, Scope, TokenRecord};
+use crate::auth::{self, AuthMode, Scope, TokenRecord};
 use crate::ffi;
 use crate::registry::{Mapping, MappingOptions};
 use crate::server::{Host, ListenOptions, StatusRow};
@@ -81,6 +81,7 @@ impl VScalar for ListenScalar {
     type State = Arc<Host>;
 
     fn invoke(host: &Arc<Host>, input: &mut DataChunkHandle, output: &mut dyn WritableVector) -> Result<()> {
+        auth::refuse_if_remote("arrowport_listen")?;
         let mut out = output.flat_vector();
         for row in 0..input.len() {
             match ffi::varchar_arg(input, 0, row) {
@@ -110,6 +111,7 @@ impl VScalar for Stop {
     type State = Arc<Host>;
 
     fn invoke(host: &Arc<Host>, input: &mut DataChunkHandle, output: &mut dyn WritableVector) -> Result<()> {
+        auth::refuse_if_remote("arrowport_stop")?;
         let mut out = output.flat_vector();
         for row in 0..input.len() {
             let stopped = host.stop();
@@ -172,6 +174,7 @@ impl VTab for ListenTable {
     fn bind(bind: &BindInfo) -> Result<Self::BindData> {
         bind.add_result_column("protocol", varchar());
         bind.add_result_column("address", varchar());
+        auth::refuse_if_remote("arrowport_listen")?;
         let host = host_of(bind)?;
         let addr = bind.get_parameter(0).to_string();
         let mut options = ListenOptions::default();
@@ -196,6 +199,9 @@ impl VTab for ListenTable {
         let text = |name: &str| bind.get_named_parameter(name).filter(|v| !v.is_null()).map(|v| v.to_string());
         let open = bind.get_named_parameter("allow_unauthenticated").filter(|v| !v.is_null()).is_some_and(|v| v.to_bool());
         options.auth = AuthMode::from_options(text("auth").as_deref(), open)?;
+        if let Some(a) = text("sql") {
+            options.sql = crate::query::Access::parse(&a)?;
+        }
         options.tls_cert = text("tls_cert");
         options.tls_key = text("tls_key");
         if let Some(n) = positive(bind, "max_concurrent_requests")? {
@@ -238,6 +244,7 @@ impl VTab for ListenTable {
             ("tls_key".to_string(), varchar()),
             ("max_concurrent_requests".to_string(), LogicalTypeId::Bigint.into()),
             ("stall_timeout".to_string(), LogicalTypeId::Double.into()),
+            ("sql".to_string(), varchar()),
         ])
     }
 }
@@ -436,12 +443,17 @@ macro_rules! mapping_function {
 }
 
 mapping_function!(CreateStream, Some(vec![varchar()]), mapping_parameters(), |host, bind| {
+    auth::refuse_if_remote("arrowport_create_stream")?;
     host.create_stream(&stream_name(bind)?, &mapping_options(bind)).map(|m| vec![m])
 });
 mapping_function!(AlterStream, Some(vec![varchar()]), mapping_parameters(), |host, bind| {
+    auth::refuse_if_remote("arrowport_alter_stream")?;
     host.alter_stream(&stream_name(bind)?, &mapping_options(bind)).map(|m| vec![m])
 });
-mapping_function!(DropStream, Some(vec![varchar()]), None, |host, bind| host.drop_stream(&stream_name(bind)?).map(|m| vec![m]));
+mapping_function!(DropStream, Some(vec![varchar()]), None, |host, bind| {
+    auth::refuse_if_remote("arrowport_drop_stream")?;
+    host.drop_stream(&stream_name(bind)?).map(|m| vec![m])
+});
 mapping_function!(Streams, None, None, |host, bind| host.streams());
 
 /// A token as the SQL functions show it; `secret` only from `arrowport_create_token`.
@@ -517,7 +529,7 @@ fn token_scope(bind: &BindInfo) -> Result<Scope> {
 
 /// A table function over tokens; `compute` runs once, at bind.
 macro_rules! token_function {
-    ($name:ident, $secret:expr, $params:expr, $named:expr, |$host:ident, $bind:ident| $compute:expr) => {
+    ($name:ident, $sql_name:literal, $secret:expr, $params:expr, $named:expr, |$host:ident, $bind:ident| $compute:expr) => {
         struct $name;
 
         impl VTab for $name {
@@ -526,6 +538,7 @@ macro_rules! token_function {
 
             fn bind($bind: &BindInfo) -> Result<Self::BindData> {
                 token_columns($bind, $secret);
+                auth::refuse_if_remote($sql_name)?;
                 let $host = host_of($bind)?;
                 let rows: Result<Vec<TokenRow>> = $compute;
                 Ok(Rows { rows: rows? })
@@ -552,6 +565,7 @@ macro_rules! token_function {
 
 token_function!(
     CreateToken,
+    "arrowport_create_token",
     true,
     Some(vec![varchar()]),
     Some(vec![("streams".to_string(), LogicalTypeHandle::list(&varchar()))]),
@@ -560,9 +574,9 @@ token_function!(
         Ok(vec![TokenRow { record, secret: Some(secret) }])
     }
 );
-token_function!(RevokeToken, false, Some(vec![varchar()]), None, |host, bind| {
+token_function!(RevokeToken, "arrowport_revoke_token", false, Some(vec![varchar()]), None, |host, bind| {
     Ok(vec![TokenRow { record: host.revoke_token(&token_name(bind)?)?, secret: None }])
 });
-token_function!(TokensTable, false, None, None, |host, bind| {
+token_function!(TokensTable, "arrowport_tokens", false, None, None, |host, bind| {
     Ok(host.tokens()?.into_iter().map(|record| TokenRow { record, secret: None }).collect())
 });

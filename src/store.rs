@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 use crate::auth::{self, Scope, TokenRecord};
 use crate::ffi::{DbError, RawConn};
-use crate::registry::{Mapping, Mode, OWN_SCHEMA, SchemaPolicy, Target};
+use crate::registry::{Mapping, Mode, OWN_SCHEMA, SchemaPolicy, TableRule, Target};
 use crate::schema::{quote_ident, quote_literal};
 
 const STREAMS: &str = "streams";
@@ -98,6 +98,7 @@ impl Store {
                         create_table: v(4).as_deref() == Some("true"),
                         policy: SchemaPolicy::parse(&v(5).unwrap_or_default()).map_err(|_| bad("schema_policy"))?,
                         mode: Mode::parse(&v(6).unwrap_or_default()).map_err(|_| bad("mode"))?,
+                        rule: TableRule::Stream,
                     })
                 })
                 .collect()

@@ -15,9 +15,11 @@ use std::sync::{Arc, Condvar, Mutex};
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
 
-use crate::ffi::{BatchPull, DbError, RawConn, ScanStream};
+use crate::auth;
+use crate::ffi::{BatchPull, DbError, Param, Prepared, RawConn, ScanStream, StatementKind};
 use crate::ingest::{BatchRx, IngestError, Sink, Written};
-use crate::registry::{Mapping, Mode, SchemaPolicy, Target};
+use crate::query::{self, Access, Catalog, Described, QueryItem, QueryOut, Statement, TableEntry};
+use crate::registry::{Mapping, Mode, SchemaPolicy, TableRule, Target};
 use crate::schema::{self, Column, quote_ident, quote_literal};
 
 /// The attached in-memory database that holds the per-request scan views.
@@ -119,22 +121,44 @@ impl DuckSink {
         let target = &mapping.target;
         let target_sql = target.sql(&self.host_db);
         let mut table = self.table_columns(target)?;
-        if table.is_empty() && !mapping.create_table {
-            return Err(IngestError::NotFound(format!(
-                "table {} does not exist, and stream {:?} does not create it (create_table is false)",
-                target.display(),
-                mapping.stream
-            )));
+        let rule = mapping.rule;
+        let exists_error = || {
+            IngestError::AlreadyExists(format!(
+                "table {} already exists (ingest mode create); use mode append, replace or create_append",
+                target.display()
+            ))
+        };
+        match (table.is_empty(), rule) {
+            (false, TableRule::Create) => return Err(exists_error()),
+            (true, TableRule::Append) => {
+                return Err(IngestError::NotFound(format!("table {} does not exist (ingest mode append does not create it)", target.display())));
+            }
+            (true, TableRule::Stream) if !mapping.create_table => {
+                return Err(IngestError::NotFound(format!(
+                    "table {} does not exist, and stream {:?} does not create it (create_table is false)",
+                    target.display(),
+                    mapping.stream
+                )));
+            }
+            _ => {}
         }
-        let _create_guard = if table.is_empty() { Some(self.locks.lock(target_sql.to_lowercase())) } else { None };
+        let creating = table.is_empty() || rule == TableRule::Replace;
+        let _create_guard = if creating { Some(self.locks.lock(target_sql.to_lowercase())) } else { None };
 
         let result = self.in_transaction(|this| {
-            if table.is_empty() {
+            if rule == TableRule::Replace {
+                this.conn.execute(&format!("DROP TABLE IF EXISTS {target_sql}")).map_err(db)?;
+                table.clear();
+            } else if table.is_empty() {
+                // Someone may have created it while this request waited for the lock.
                 table = this.table_columns(target)?;
-                if table.is_empty() {
-                    this.conn.execute(&schema::create_table_sql(&target_sql, &incoming)).map_err(db)?;
-                    table = incoming.clone();
+                if !table.is_empty() && rule == TableRule::Create {
+                    return Err(exists_error());
                 }
+            }
+            if table.is_empty() {
+                this.conn.execute(&schema::create_table_sql(&target_sql, &incoming)).map_err(db)?;
+                table = incoming.clone();
             }
             let insert = match mapping.policy {
                 SchemaPolicy::Strict => {
@@ -224,9 +248,11 @@ impl BatchPull for Pull {
 
 impl Sink for DuckSink {
     fn write(&mut self, mapping: &Mapping, schema: SchemaRef, mut input: BatchRx) -> Result<Written, IngestError> {
-        // Nothing is created or written for a request without rows; in replace mode an existing table is emptied
-        // (the request's rows, none, replace the table's).
-        let Some(first) = input.next_batch()? else {
+        // Nothing is created or written for a stream request without rows; in replace mode an existing table is
+        // emptied (the request's rows, none, replace the table's). Flight SQL ingest creates (or replaces) the
+        // table even from an empty stream, as its mode says.
+        let first = input.next_batch()?;
+        if first.is_none() && mapping.rule == TableRule::Stream {
             if mapping.mode == Mode::Replace && !self.table_columns(&mapping.target)?.is_empty() {
                 let started = std::time::Instant::now();
                 let target_sql = mapping.target.sql(&self.host_db);
@@ -234,9 +260,9 @@ impl Sink for DuckSink {
                 return Ok(Written { rows: 0, write_seconds: started.elapsed().as_secs_f64() });
             }
             return Ok(Written { rows: 0, write_seconds: 0.0 });
-        };
+        }
         let failed = Arc::new(Mutex::new(None));
-        let pull = Pull { first: Some(first), input, failed: Arc::clone(&failed) };
+        let pull = Pull { first, input, failed: Arc::clone(&failed) };
         let mut stream = ScanStream::new(schema, Box::new(pull));
         self.seq += 1;
         let view = format!("arrowport_in_{}_{}", self.id, self.seq);
@@ -258,6 +284,161 @@ impl Sink for DuckSink {
     fn ping(&mut self) -> Result<String, IngestError> {
         let rows = self.conn.query("SELECT version()").map_err(db)?;
         Ok(rows.into_iter().next().and_then(|r| r.into_iter().next().flatten()).unwrap_or_default())
+    }
+
+    fn describe_sql(&mut self, sql: &str, params: Option<&[Param]>, access: Access) -> Result<Described, IngestError> {
+        self.remote(access, |conn| {
+            let (kind, types) = {
+                let p = conn.prepare(sql).map_err(remote_db)?;
+                allowed(&p, access)?;
+                (p.kind(), p.param_types())
+            };
+            // A query's columns, for the given values or NULL for each parameter; other statements answer with
+            // a row count or nothing, which only running them would show.
+            let nulls = vec![Param::Null; types.len()];
+            let values = params.unwrap_or(&nulls);
+            let schema = match kind {
+                StatementKind::Select => conn.select_schema(sql, values).unwrap_or_else(Schema::empty),
+                _ => Schema::empty(),
+            };
+            Ok(Described { schema, params: query::param_schema(types) })
+        })
+    }
+
+    fn query(&mut self, statement: &Statement, access: Access, out: &QueryOut) -> Result<(), IngestError> {
+        self.remote(access, |conn| {
+            let kind = {
+                let p = conn.prepare(&statement.sql).map_err(remote_db)?;
+                allowed(&p, access)?;
+                p.kind()
+            };
+            let no_params = [Vec::new()];
+            let runs: &[Vec<Param>] = if statement.params.is_empty() { &no_params } else { &statement.params };
+            let mut schema_sent = false;
+            let mut send_schema = |schema: SchemaRef| -> Result<(), IngestError> {
+                if !schema_sent {
+                    schema_sent = true;
+                    out.send(QueryItem::Schema(schema))?;
+                }
+                Ok(())
+            };
+            for params in runs {
+                // A query streams: DuckDB's Arrow schema for it comes from running it wrapped with LIMIT 0.
+                let streaming_schema = if kind == StatementKind::Select { conn.select_schema(&statement.sql, params) } else { None };
+                let mut p = conn.prepare(&statement.sql).map_err(remote_db)?;
+                p.bind(params).map_err(remote_db)?;
+                match streaming_schema {
+                    Some(schema) => {
+                        let mut rows = p.execute(&schema).map_err(remote_db)?;
+                        send_schema(rows.schema())?;
+                        while let Some(batch) = rows.next_batch().map_err(remote_db)? {
+                            out.send(QueryItem::Batch(batch))?;
+                        }
+                    }
+                    None => {
+                        let (schema, batches) = p.execute_materialized().map_err(remote_db)?;
+                        send_schema(schema)?;
+                        for batch in batches {
+                            out.send(QueryItem::Batch(batch))?;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn update(&mut self, statement: &Statement, access: Access) -> Result<u64, IngestError> {
+        self.remote(access, |conn| {
+            let mut p = conn.prepare(&statement.sql).map_err(remote_db)?;
+            allowed(&p, access)?;
+            let no_params = [Vec::new()];
+            let runs: &[Vec<Param>] = if statement.params.is_empty() { &no_params } else { &statement.params };
+            let mut changed = 0;
+            for params in runs {
+                p.bind(params).map_err(remote_db)?;
+                changed += p.execute_update().map_err(remote_db)?;
+            }
+            Ok(changed)
+        })
+    }
+
+    fn catalog(&mut self, with_schemas: bool) -> Result<Catalog, IngestError> {
+        let own = format!("database_name NOT IN ({}, 'temp', 'system')", quote_literal(SCRATCH_DB));
+        let text = |rows: Vec<Vec<Option<String>>>| -> Vec<Vec<String>> {
+            rows.into_iter().map(|r| r.into_iter().map(Option::unwrap_or_default).collect()).collect()
+        };
+        let catalogs = text(self.conn.query(&format!("SELECT database_name FROM duckdb_databases() WHERE {own} ORDER BY 1")).map_err(db)?);
+        let schemas = text(
+            self.conn
+                .query(&format!("SELECT database_name, schema_name FROM duckdb_schemas() WHERE {own} ORDER BY 1, 2"))
+                .map_err(db)?,
+        );
+        let tables = text(
+            self.conn
+                .query(&format!(
+                    "SELECT database_name, schema_name, table_name, 'TABLE' FROM duckdb_tables() WHERE {own} AND NOT temporary \
+                     UNION ALL SELECT database_name, schema_name, view_name, 'VIEW' FROM duckdb_views() WHERE {own} AND NOT internal \
+                     AND NOT temporary ORDER BY 1, 2, 3"
+                ))
+                .map_err(db)?,
+        );
+        let mut out = Catalog {
+            catalogs: catalogs.into_iter().filter_map(|r| r.into_iter().next()).collect(),
+            schemas: schemas.into_iter().filter_map(|r| Some((r.first()?.clone(), r.get(1)?.clone()))).collect(),
+            tables: Vec::with_capacity(tables.len()),
+        };
+        for r in tables {
+            let [catalog, schema, name, kind] = <[String; 4]>::try_from(r).map_err(|_| IngestError::Internal("catalog row".into()))?;
+            let arrow = if with_schemas {
+                let sql = format!("SELECT * FROM {}.{}.{} LIMIT 0", quote_ident(&catalog), quote_ident(&schema), quote_ident(&name));
+                Some(self.conn.arrow_schema_of(&sql).map_err(db)?)
+            } else {
+                None
+            };
+            out.tables.push(TableEntry { catalog, schema, name, kind, arrow });
+        }
+        Ok(out)
+    }
+}
+
+/// DuckDB's refusal of a statement sent over the network: the client's to fix, DuckDB's text verbatim.
+fn remote_db(e: DbError) -> IngestError {
+    match e {
+        DbError::Duck(msg) => IngestError::Sql(msg),
+        DbError::Panicked { .. } => IngestError::Internal(e.to_string()),
+    }
+}
+
+/// Whether the listener's access allows this kind of statement.
+fn allowed(p: &Prepared<'_>, access: Access) -> Result<(), IngestError> {
+    match (p.kind(), access) {
+        (StatementKind::Transaction, _) => {
+            Err(IngestError::Denied("transaction statements are not accepted over the network: every statement commits on its own".into()))
+        }
+        (StatementKind::Select, _) | (_, Access::ReadWrite) => Ok(()),
+        (_, _) => Err(IngestError::Denied(
+            "this listener runs only statements that read (sql := 'read_only'); this statement would change the database".into(),
+        )),
+    }
+}
+
+impl DuckSink {
+    /// Runs a statement sent over the network on this connection: with the host database as the default (our
+    /// connections default to the scratch database), inside a read-only transaction when the listener says so,
+    /// with arrowport's own SQL functions refusing to run; then restores the connection.
+    fn remote<T>(&mut self, access: Access, f: impl FnOnce(&mut RawConn) -> Result<T, IngestError>) -> Result<T, IngestError> {
+        self.conn.execute(&format!("USE {}", quote_ident(&self.host_db))).map_err(db)?;
+        let read_only = access == Access::ReadOnly;
+        let began = if read_only { self.conn.execute("BEGIN TRANSACTION READ ONLY").map(|_| ()).map_err(db) } else { Ok(()) };
+        let out = began.and_then(|()| auth::as_remote(|| f(&mut self.conn)));
+        if read_only {
+            let _ = self.conn.execute(if out.is_ok() { "COMMIT" } else { "ROLLBACK" });
+        }
+        if let Err(e) = self.conn.execute(&format!("USE {}", quote_ident(SCRATCH_DB))) {
+            eprintln!("arrowport: could not restore writer {} after a statement: {e}", self.id);
+        }
+        out
     }
 }
 
