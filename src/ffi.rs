@@ -510,14 +510,15 @@ unsafe fn read_arrow_result(res: sys::duckdb_arrow) -> Result<(SchemaRef, Vec<Re
 
 impl RawConn {
     /// The Arrow schema DuckDB gives the result of a query statement run with `params`: the statement is
-    /// wrapped as `SELECT * FROM (<sql>) LIMIT 0` and run, so nothing is read. `None` when the statement
-    /// cannot be wrapped (DuckDB refused the wrapper).
-    pub fn select_schema(&mut self, sql: &str, params: &[Param]) -> Option<Schema> {
+    /// wrapped as `SELECT * FROM (<sql>) LIMIT 0` and run, so nothing is read. `Ok(None)` when the statement
+    /// cannot be wrapped (DuckDB refused to prepare the wrapper; that leaves a transaction usable). An error
+    /// running the wrapper is the statement's own error.
+    pub fn select_schema(&mut self, sql: &str, params: &[Param]) -> Result<Option<Schema>, DbError> {
         let body = sql.trim().trim_end_matches(';');
         let wrapped = format!("SELECT * FROM (\n{body}\n) AS arrowport_q LIMIT 0");
-        let mut p = self.prepare(&wrapped).ok()?;
-        p.bind(params).ok()?;
-        p.execute_materialized().ok().map(|(s, _)| s.as_ref().clone())
+        let Ok(mut p) = self.prepare(&wrapped) else { return Ok(None) };
+        p.bind(params)?;
+        p.execute_materialized().map(|(s, _)| Some(s.as_ref().clone()))
     }
 }
 

@@ -298,7 +298,7 @@ impl Sink for DuckSink {
             let nulls = vec![Param::Null; types.len()];
             let values = params.unwrap_or(&nulls);
             let schema = match kind {
-                StatementKind::Select => conn.select_schema(sql, values).unwrap_or_else(Schema::empty),
+                StatementKind::Select => conn.select_schema(sql, values).map_err(remote_db)?.unwrap_or_else(Schema::empty),
                 _ => Schema::empty(),
             };
             Ok(Described { schema, params: query::param_schema(types) })
@@ -324,7 +324,8 @@ impl Sink for DuckSink {
             };
             for params in runs {
                 // A query streams: DuckDB's Arrow schema for it comes from running it wrapped with LIMIT 0.
-                let streaming_schema = if kind == StatementKind::Select { conn.select_schema(&statement.sql, params) } else { None };
+                let streaming_schema =
+                    if kind == StatementKind::Select { conn.select_schema(&statement.sql, params).map_err(remote_db)? } else { None };
                 let mut p = conn.prepare(&statement.sql).map_err(remote_db)?;
                 p.bind(params).map_err(remote_db)?;
                 match streaming_schema {

@@ -57,6 +57,17 @@ class PythonHost:
         if "error" in reply:
             raise HostError(reply["error"])
 
+    def arrow(self, query, conn=0):
+        """The query's result as this host's DuckDB gives it in-process, as a pyarrow Table."""
+        import base64
+        import pyarrow as pa
+        self.proc.stdin.write(json.dumps({"arrow": query, "conn": conn}) + "\n")
+        self.proc.stdin.flush()
+        reply = json.loads(self.proc.stdout.readline() or '{"error": "host died"}')
+        if "error" in reply:
+            raise HostError(reply["error"])
+        return pa.ipc.open_stream(base64.b64decode(reply["ipc"])).read_all()
+
     def close(self, timeout=60):
         """Ends the host like a script that reaches its end: returns the exit code."""
         try:

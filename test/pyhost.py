@@ -1,5 +1,6 @@
 """A Python DuckDB host: opens a database and runs JSON-line requests {"sql", "conn"} on stdin, or
-{"register": name, "ipc": base64 Arrow IPC stream} to register an Arrow table for DuckDB's own scan.
+{"register": name, "ipc": base64 Arrow IPC stream} to register an Arrow table for DuckDB's own scan, or
+{"arrow": sql} for a query's result as Arrow (base64 IPC stream in "ipc").
 
 Replies one JSON line each: {"rows": [...]} or {"error": "..."}. Connection 0 is the database's own; a request
 with a higher number opens (once) another connection to the same database. At the end of stdin it exits like
@@ -44,8 +45,20 @@ def main():
                 conns[n].register(req["register"], table)
                 keep.append(table)
                 req["sql"] = "SELECT 1"
-            rows = conns[n].execute(req["sql"]).fetchall()
-            reply = {"rows": [[plain(v) for v in r] for r in rows]}
+            if "arrow" in req:
+                # A query's result as this process's DuckDB gives it as Arrow (in-process, no network).
+                import base64
+                import pyarrow as pa
+                result = conns[n].execute(req["arrow"])
+                fetch = getattr(result, "to_arrow_table", None) or getattr(result, "fetch_arrow_table")
+                table = fetch()
+                sink = pa.BufferOutputStream()
+                with pa.ipc.new_stream(sink, table.schema) as w:
+                    w.write_table(table)
+                reply = {"ipc": base64.b64encode(sink.getvalue().to_pybytes()).decode()}
+            else:
+                rows = conns[n].execute(req["sql"]).fetchall()
+                reply = {"rows": [[plain(v) for v in r] for r in rows]}
         except Exception as e:  # DuckDB's message is what the test checks
             reply = {"error": str(e)}
         sys.stdout.write(json.dumps(reply, default=str) + "\n")
