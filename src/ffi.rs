@@ -602,7 +602,7 @@ pub trait BatchPull: Send {
 }
 
 struct ScanPrivate {
-    schema: SchemaRef,
+    schema: Mutex<SchemaRef>,
     pull: Mutex<Box<dyn BatchPull>>,
     /// Every schema handed to DuckDB. DuckDB never releases the schemas it asks a scanned stream for (it nulls
     /// their release callbacks), so we hand out borrowed copies and free the originals with the stream.
@@ -623,7 +623,7 @@ unsafe impl Send for ScanStream {}
 impl ScanStream {
     pub fn new(schema: SchemaRef, pull: Box<dyn BatchPull>) -> ScanStream {
         let private = Box::into_raw(Box::new(ScanPrivate {
-            schema,
+            schema: Mutex::new(schema),
             pull: Mutex::new(pull),
             exported: Mutex::new(Vec::new()),
             last_error: Mutex::new(None),
@@ -640,6 +640,27 @@ impl ScanStream {
             )
         };
         ScanStream { raw: Box::new(raw), private }
+    }
+
+    /// Points the stream at a new request: its schema and its batches. A view made over this stream once can
+    /// then serve request after request (DuckDB binds the view, and asks for the schema, on every statement).
+    /// Call only while no statement reads the stream; frees what earlier statements were handed.
+    pub fn reset(&mut self, schema: SchemaRef, pull: Box<dyn BatchPull>) {
+        // SAFETY: `private` is live until Drop; `&mut self` and the caller's contract mean DuckDB is not in a
+        // callback, so the schemas handed out before are no longer referenced.
+        let p = unsafe { &*self.private };
+        if let Ok(mut s) = p.schema.lock() {
+            *s = schema;
+        }
+        if let Ok(mut old) = p.pull.lock() {
+            *old = pull;
+        }
+        if let Ok(mut exported) = p.exported.lock() {
+            exported.clear();
+        }
+        if let Ok(mut e) = p.last_error.lock() {
+            *e = None;
+        }
     }
 
     fn take_error(&self) -> Option<String> {
@@ -703,7 +724,11 @@ unsafe extern "C" fn stream_get_schema(stream: *mut FFI_ArrowArrayStream, out: *
     let result = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: DuckDB calls us with our stream and a writable out pointer.
         let p = unsafe { private_of(stream) };
-        let owned = match FFI_ArrowSchema::try_from(p.schema.as_ref()) {
+        let schema = match p.schema.lock() {
+            Ok(s) => SchemaRef::clone(&s),
+            Err(_) => return remember_error(p, "arrowport: schema poisoned".into()),
+        };
+        let owned = match FFI_ArrowSchema::try_from(schema.as_ref()) {
             Ok(s) => Box::new(s),
             Err(e) => return remember_error(p, e.to_string()),
         };

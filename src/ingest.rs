@@ -26,7 +26,7 @@ use crate::error::Code;
 use crate::ffi::Param;
 use crate::metrics::{self, Metrics, Outcome, Protocol};
 use crate::query::{Access, Catalog, Described, QueryOut, Statement};
-use crate::registry::{Mapping, Registry, ResolveError, Target};
+use crate::registry::{Mapping, Mode, Registry, ResolveError, TableRule, Target};
 use crate::schema;
 
 /// Batches buffered between the network and a writer. Small on purpose: it bounds memory per request.
@@ -135,6 +135,11 @@ impl IngestError {
     }
 }
 
+/// The memory a decoded batch's columns use.
+fn batch_bytes(b: &RecordBatch) -> usize {
+    b.columns().iter().map(|c| c.to_data().get_slice_memory_size().unwrap_or(0)).sum()
+}
+
 /// DuckDB's error text starts with its class; the data-shaped ones are the client's to fix.
 fn db_code(msg: &str) -> Code {
     const DATA: [&str; 6] =
@@ -205,6 +210,8 @@ struct Counts {
 #[derive(Debug)]
 pub enum Msg {
     Batch(RecordBatch),
+    /// A batch read ahead by the core, already counted.
+    Counted(RecordBatch),
     /// The input ended normally: commit.
     End,
     /// The input failed: roll back with this error.
@@ -230,6 +237,7 @@ impl BatchRx {
                 self.counts.rows.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
                 Ok(Some(b))
             }
+            Some(Msg::Counted(b)) => Ok(Some(b)),
             Some(Msg::End) => {
                 self.ended = true;
                 Ok(None)
@@ -240,9 +248,21 @@ impl BatchRx {
     }
 }
 
+/// A small request received whole before it is written, for group commit.
+#[derive(Debug, Clone)]
+pub struct Buffered {
+    pub mapping: Mapping,
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+    pub rows: u64,
+}
+
 /// Writes one request into the database: everything or nothing. Runs on a writer thread; may block.
 pub trait Sink: Send + 'static {
     fn write(&mut self, mapping: &Mapping, schema: SchemaRef, input: BatchRx) -> Result<Written, IngestError>;
+    /// Writes several buffered requests, in one transaction when it can; one result per request, each
+    /// "committed" only if its rows are. A request that fails must not fail the others.
+    fn write_group(&mut self, items: &[Buffered]) -> Vec<Result<Written, IngestError>>;
     /// The target's Arrow schema, `None` when it does not exist.
     fn table_schema(&mut self, target: &Target) -> Result<Option<Schema>, IngestError>;
     /// The tables unmapped streams land in, with their Arrow schemas.
@@ -286,6 +306,18 @@ struct Job {
     _permit: OwnedSemaphorePermit,
 }
 
+/// A small request waiting for the group committer.
+struct GroupJob {
+    item: Buffered,
+    reply: Reply<Written>,
+}
+
+/// Requests one group commit takes at most.
+const MAX_GROUP: usize = 128;
+
+/// A request whose decoded batches stay under this is received whole and committed in a group with others.
+pub const GROUP_BYTES: usize = 4 * 1024 * 1024;
+
 fn guarded<T>(f: impl FnOnce() -> Result<T, IngestError>) -> Result<T, IngestError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
         .unwrap_or_else(|p| Err(IngestError::Internal(format!("writer panicked: {}", crate::ffi::panic_message(p.as_ref())))))
@@ -298,10 +330,25 @@ pub struct Writers<S: Sink> {
     permits: Arc<Semaphore>,
     threads: Mutex<Vec<JoinHandle<S>>>,
     size: usize,
+    /// The group committer: one writer of the pool that lands small requests, as many per transaction as have
+    /// arrived while it committed the last group (so N waiting requests cost one commit, not N).
+    group: Mutex<Option<std::sync::mpsc::Sender<GroupJob>>>,
+    group_thread: Mutex<Option<JoinHandle<S>>>,
 }
 
 impl<S: Sink> Writers<S> {
-    pub fn start(sinks: Vec<S>) -> std::io::Result<Writers<S>> {
+    pub fn start(mut sinks: Vec<S>) -> std::io::Result<Writers<S>> {
+        // With two connections or more, the last one commits groups of small requests.
+        let (group, group_thread) = match sinks.len() {
+            0 | 1 => (None, None),
+            _ => match sinks.pop() {
+                Some(sink) => {
+                    let (tx, handle) = Self::start_group(sink)?;
+                    (Some(tx), Some(handle))
+                }
+                None => (None, None),
+            },
+        };
         let size = sinks.len();
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
@@ -346,7 +393,64 @@ impl<S: Sink> Writers<S> {
             })?;
             threads.push(handle);
         }
-        Ok(Writers { jobs: Mutex::new(Some(tx)), permits: Arc::new(Semaphore::new(size)), threads: Mutex::new(threads), size })
+        Ok(Writers {
+            jobs: Mutex::new(Some(tx)),
+            permits: Arc::new(Semaphore::new(size)),
+            threads: Mutex::new(threads),
+            size,
+            group: Mutex::new(group),
+            group_thread: Mutex::new(group_thread),
+        })
+    }
+
+    fn start_group(mut sink: S) -> std::io::Result<(std::sync::mpsc::Sender<GroupJob>, JoinHandle<S>)> {
+        let (tx, rx) = std::sync::mpsc::channel::<GroupJob>();
+        let handle = std::thread::Builder::new().name("arrowport-commit".into()).spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut jobs = vec![first];
+                while jobs.len() < MAX_GROUP {
+                    match rx.try_recv() {
+                        Ok(j) => jobs.push(j),
+                        Err(_) => break,
+                    }
+                }
+                let items: Vec<Buffered> = jobs.iter().map(|j| j.item.clone()).collect();
+                let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink.write_group(&items)));
+                match results {
+                    Ok(results) if results.len() == jobs.len() => {
+                        for (job, result) in jobs.into_iter().zip(results) {
+                            let _ = job.reply.send(result);
+                        }
+                    }
+                    Ok(_) => {
+                        for job in jobs {
+                            let _ = job.reply.send(Err(IngestError::Internal("the group committer lost a result".into())));
+                        }
+                    }
+                    Err(p) => {
+                        let msg = format!("group committer panicked: {}", crate::ffi::panic_message(p.as_ref()));
+                        for job in jobs {
+                            let _ = job.reply.send(Err(IngestError::Internal(msg.clone())));
+                        }
+                    }
+                }
+            }
+            sink
+        })?;
+        Ok((tx, handle))
+    }
+
+    /// Queues a small request for the group committer; `Err(item)` when there is none.
+    fn submit_group(&self, item: Buffered, reply: Reply<Written>) -> Result<(), IngestError> {
+        let group = self.group.lock().map_err(|_| IngestError::Internal("group queue poisoned".into()))?;
+        match group.as_ref() {
+            Some(tx) => tx.send(GroupJob { item, reply }).map_err(|_| IngestError::Stopping),
+            None => Err(IngestError::Stopping),
+        }
+    }
+
+    fn has_group(&self) -> bool {
+        self.group.lock().map(|g| g.is_some()).unwrap_or(false)
     }
 
     /// Stops taking jobs, waits for the running ones, joins the threads and gives the sinks back.
@@ -355,8 +459,15 @@ impl<S: Sink> Writers<S> {
         if let Ok(mut jobs) = self.jobs.lock() {
             jobs.take();
         }
+        if let Ok(mut group) = self.group.lock() {
+            group.take();
+        }
         let threads = self.threads.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default();
-        threads.into_iter().filter_map(|t| t.join().ok()).collect()
+        let mut sinks: Vec<S> = threads.into_iter().filter_map(|t| t.join().ok()).collect();
+        if let Some(t) = self.group_thread.lock().ok().and_then(|mut g| g.take()) {
+            sinks.extend(t.join().ok());
+        }
+        sinks
     }
 
     fn submit(&self, job: Job) -> Result<(), IngestError> {
@@ -489,6 +600,41 @@ impl<S: Sink> Core<S> {
         let incoming = schema;
         let (schema, needs_cast) = schema::storable(&incoming);
 
+        // Read ahead: a request that ends within GROUP_BYTES is committed with others in one transaction (group
+        // commit); a larger one streams into a writer of its own, starting with what was read ahead.
+        let groupable = mapping.mode == Mode::Append
+            && matches!(mapping.rule, TableRule::Stream | TableRule::Append | TableRule::CreateAppend)
+            && self.writers.has_group();
+        let mut ahead = Vec::new();
+        let mut ended = false;
+        if groupable {
+            let mut bytes = 0;
+            while bytes <= GROUP_BYTES {
+                match self.next_batch(&mut input, stall, &incoming, needs_cast.then_some(&schema), counts).await? {
+                    None => {
+                        ended = true;
+                        break;
+                    }
+                    Some((b, size)) => {
+                        bytes += size;
+                        counts.batches.fetch_add(1, Ordering::Relaxed);
+                        counts.rows.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
+                        ahead.push(b);
+                    }
+                }
+            }
+            if ended && !ahead.is_empty() {
+                let rows: u64 = ahead.iter().map(|b| b.num_rows() as u64).sum();
+                let table = mapping.target.display();
+                let (reply, done) = oneshot::channel();
+                let item = Buffered { mapping, schema, batches: ahead, rows };
+                self.writers.submit_group(item, reply)?;
+                let written = done.await.map_err(|_| IngestError::Internal("the group committer went away".into()))??;
+                let batches = counts.batches.load(Ordering::Relaxed);
+                return Ok((Report { stream: stream.to_string(), table, rows: written.rows, batches }, written));
+            }
+        }
+
         let permit = self.permit().await?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let (reply_tx, reply_rx) = oneshot::channel();
@@ -497,7 +643,20 @@ impl<S: Sink> Core<S> {
         let work = Work::Write { mapping, schema: Arc::clone(&schema), input: batch_rx, reply: reply_tx };
         self.writers.submit(Job { work, _permit: permit })?;
 
-        let pumped = self.pump(&mut input, stall, &tx, &incoming, needs_cast.then_some(&schema), counts).await;
+        let mut pumped = Ok(());
+        for b in ahead {
+            let sent = tokio::select! {
+                _ = self.cancel.cancelled() => Err(IngestError::Stopping),
+                r = tx.send(Msg::Counted(b)) => r.map_err(|_| IngestError::Internal("the writer stopped reading".into())),
+            };
+            if let Err(e) = sent {
+                pumped = Err(e);
+                break;
+            }
+        }
+        if pumped.is_ok() && !ended {
+            pumped = self.pump(&mut input, stall, &tx, &incoming, needs_cast.then_some(&schema), counts).await;
+        }
         let last = match &pumped {
             Ok(()) => Msg::End,
             Err(e) => Msg::Fail(e.clone()),
@@ -506,7 +665,13 @@ impl<S: Sink> Core<S> {
         let _ = tx.send(last).await;
         drop(tx);
         let written = reply_rx.await.map_err(|_| IngestError::Internal("the writer went away".into()));
-        // A failure of the input is the cause; the writer's error is only its echo.
+        // A failure of the input is the cause; the writer's error is only its echo. (A writer that stopped
+        // reading early reports why in its reply.)
+        if let Err(IngestError::Internal(_)) = &pumped {
+            if let Ok(Err(e)) = &written {
+                return Err(e.clone());
+            }
+        }
         pumped?;
         let written = written??;
         let batches = counts.batches.load(Ordering::Relaxed);
@@ -596,6 +761,41 @@ impl<S: Sink> Core<S> {
         }
     }
 
+    /// The next non-empty batch of the input (cast when needed) and its decoded size, counted; `None` at the
+    /// end. A repeated schema must equal the first.
+    async fn next_batch<I>(
+        &self,
+        input: &mut I,
+        stall: Duration,
+        incoming: &SchemaRef,
+        cast_to: Option<&SchemaRef>,
+        counts: &Counts,
+    ) -> Result<Option<(RecordBatch, usize)>, IngestError>
+    where
+        I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
+    {
+        loop {
+            match self.next_or_cancel(input, stall).await? {
+                None => return Ok(None),
+                Some(Incoming::Schema(s)) => {
+                    if s.fields() != incoming.fields() {
+                        return Err(IngestError::BadInput("the schema changed in the middle of the stream".into()));
+                    }
+                }
+                Some(Incoming::Batch(b)) if b.num_rows() == 0 => {}
+                Some(Incoming::Batch(b)) => {
+                    let size = batch_bytes(&b);
+                    counts.decoded_bytes.fetch_add(size as u64, Ordering::Relaxed);
+                    let b = match cast_to {
+                        Some(to) => schema::cast_batch(&b, to).map_err(IngestError::BadInput)?,
+                        None => b,
+                    };
+                    return Ok(Some((b, size)));
+                }
+            }
+        }
+    }
+
     /// Moves batches from the input to the writer until the input ends (Ok) or fails (Err). Returns Ok early
     /// when the writer stopped reading: its reply carries the reason.
     async fn pump<I>(
@@ -611,23 +811,9 @@ impl<S: Sink> Core<S> {
         I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
     {
         loop {
-            match self.next_or_cancel(input, stall).await? {
+            match self.next_batch(input, stall, incoming, cast_to, counts).await? {
                 None => return Ok(()),
-                Some(Incoming::Schema(s)) => {
-                    if s.fields() != incoming.fields() {
-                        return Err(IngestError::BadInput("the schema changed in the middle of the stream".into()));
-                    }
-                }
-                Some(Incoming::Batch(b)) => {
-                    if b.num_rows() == 0 {
-                        continue;
-                    }
-                    let size: usize = b.columns().iter().map(|c| c.to_data().get_slice_memory_size().unwrap_or(0)).sum();
-                    counts.decoded_bytes.fetch_add(size as u64, Ordering::Relaxed);
-                    let b = match cast_to {
-                        Some(to) => schema::cast_batch(&b, to).map_err(IngestError::BadInput)?,
-                        None => b,
-                    };
+                Some((b, _)) => {
                     let sent = tokio::select! {
                         _ = self.cancel.cancelled() => return Err(IngestError::Stopping),
                         r = tx.send(Msg::Batch(b)) => r,
@@ -652,6 +838,7 @@ mod tests {
     #[derive(Default)]
     struct Fake {
         committed: Arc<Mutex<Vec<(String, u64)>>>,
+        groups: Arc<Mutex<Vec<usize>>>,
     }
 
     impl Sink for Fake {
@@ -662,6 +849,18 @@ mod tests {
             }
             self.committed.lock().unwrap().push((mapping.target.table.clone(), rows));
             Ok(Written { rows, write_seconds: 0.0 })
+        }
+
+        fn write_group(&mut self, items: &[Buffered]) -> Vec<Result<Written, IngestError>> {
+            self.groups.lock().unwrap().push(items.len());
+            std::thread::sleep(Duration::from_millis(20));
+            items
+                .iter()
+                .map(|i| {
+                    self.committed.lock().unwrap().push((i.mapping.target.table.clone(), i.rows));
+                    Ok(Written { rows: i.rows, write_seconds: 0.0 })
+                })
+                .collect()
         }
 
         fn table_schema(&mut self, _: &Target) -> Result<Option<Schema>, IngestError> {
@@ -690,7 +889,7 @@ mod tests {
     }
 
     fn core(committed: &Arc<Mutex<Vec<(String, u64)>>>) -> Core<Fake> {
-        let sinks = (0..2).map(|_| Fake { committed: Arc::clone(committed) }).collect();
+        let sinks = (0..3).map(|_| Fake { committed: Arc::clone(committed), groups: Arc::default() }).collect();
         Core::new(Writers::start(sinks).unwrap(), CancellationToken::new(), Arc::default(), Arc::default())
     }
 
@@ -704,7 +903,7 @@ mod tests {
         assert_eq!(*committed.lock().unwrap(), vec![("events".to_string(), 7)]);
         let m = &core.metrics().rows()[0];
         assert_eq!((m.stream.as_str(), m.requests_ok, m.rows, m.batches, m.decoded_bytes), ("events", 1, 7, 2, 7 * 8));
-        assert_eq!(core.writers().stop().len(), 2);
+        assert_eq!(core.writers().stop().len(), 3);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -823,6 +1022,43 @@ mod tests {
         assert_eq!(core.ingest(own_target, stream::iter(items())).await.unwrap_err().code(), Code::Denied);
         assert_eq!(core.ingest(Request::new("events", Protocol::Rest, etl, Arc::default()), stream::iter(items())).await.unwrap().rows, 2);
         assert_eq!(*committed.lock().unwrap(), vec![("events".to_string(), 2)]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn small_requests_commit_in_groups_and_large_ones_stream() {
+        let committed: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+        let groups: Arc<Mutex<Vec<usize>>> = Arc::default();
+        let sinks = (0..3).map(|_| Fake { committed: Arc::clone(&committed), groups: Arc::clone(&groups) }).collect();
+        let core = Arc::new(Core::new(Writers::start(sinks).unwrap(), CancellationToken::new(), Arc::default(), Arc::default()));
+        let tasks: Vec<_> = (0..20)
+            .map(|i| {
+                let c = Arc::clone(&core);
+                tokio::spawn(async move {
+                    let items = vec![Ok(Incoming::Schema(schema())), Ok(Incoming::Batch(batch(i + 1)))];
+                    c.ingest(req("events", Protocol::Rest), stream::iter(items)).await
+                })
+            })
+            .collect();
+        for (i, t) in tasks.into_iter().enumerate() {
+            assert_eq!(t.await.unwrap().unwrap().rows, i as u64 + 1);
+        }
+        let seen = groups.lock().unwrap().clone();
+        assert_eq!(seen.iter().sum::<usize>(), 20);
+        assert!(seen.len() < 20, "no request was grouped with another: {seen:?}");
+        // Over GROUP_BYTES: streamed through a writer (the Fake's write), not grouped.
+        let big = (GROUP_BYTES / 8) as i64 + 1;
+        let items = vec![Ok(Incoming::Schema(schema())), Ok(Incoming::Batch(batch(big))), Ok(Incoming::Batch(batch(3)))];
+        assert_eq!(core.ingest(req("big", Protocol::Rest), stream::iter(items)).await.unwrap().rows, big as u64 + 3);
+        assert_eq!(committed.lock().unwrap().iter().filter(|(t, _)| t == "big").count(), 1);
+        // A mode that cannot share a transaction (Flight SQL create) streams too, every batch of it.
+        let mut create = req("made", Protocol::FlightSql);
+        let mut mapping = Mapping::default_for("made");
+        mapping.rule = TableRule::Create;
+        create.mapping = Some(mapping);
+        let items = vec![Ok(Incoming::Schema(schema())), Ok(Incoming::Batch(batch(2))), Ok(Incoming::Batch(batch(5)))];
+        assert_eq!(core.ingest(create, stream::iter(items)).await.unwrap().rows, 7);
+        assert_eq!(groups.lock().unwrap().iter().sum::<usize>(), 20);
+        assert_eq!(core.writers().stop().len(), 3);
     }
 
     #[test]

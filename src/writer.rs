@@ -1,15 +1,18 @@
-//! The DuckDB side of a write: one request becomes one transaction on one of our connections.
+//! The DuckDB side of a write: a streamed request becomes one transaction on one of our connections; small
+//! requests received whole share one transaction per group (group commit, on the writer that `ingest` reserves
+//! for it).
 //!
-//! The batches are not converted by us: DuckDB's own Arrow scan pulls them from the request's channel through
-//! an Arrow C stream (`ffi::ScanStream`) registered as a view, and one `INSERT INTO <target> SELECT * FROM
-//! <view>` lands them. That path reaches in-process insert speed and gives every column the type DuckDB itself
-//! gives that Arrow data (see README, "Write path").
+//! The batches are not converted by us: DuckDB's own Arrow scan pulls them from the request's channel (or from
+//! memory, for a group) through an Arrow C stream (`ffi::ScanStream`) registered as a view, and one
+//! `INSERT INTO <target> SELECT * FROM <view>` lands them. That path reaches in-process insert speed and gives
+//! every column the type DuckDB itself gives that Arrow data (see README, "Write path").
 //!
-//! The view lives in a small in-memory database attached for the purpose (`arrowport_scratch`): DuckDB's
-//! Arrow-scan views cannot be created in a file database. The view is created before `BEGIN` (a transaction may
-//! write to one database only) and dropped after the transaction ends, whatever the outcome.
+//! Each writer has one view (`arrowport_scratch.main.arrowport_in_<id>`), made once, outside any transaction,
+//! and pointed at each request's batches in turn: DuckDB binds the view on every statement. It lives in a small
+//! in-memory database attached for the purpose: DuckDB's Arrow-scan views cannot be created in a file database,
+//! and a transaction that writes to the host database cannot also create one in another.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Condvar, Mutex};
 
 use arrow::array::RecordBatch;
@@ -17,7 +20,7 @@ use arrow::datatypes::{Schema, SchemaRef};
 
 use crate::auth;
 use crate::ffi::{BatchPull, DbError, Param, Prepared, RawConn, ScanStream, StatementKind};
-use crate::ingest::{BatchRx, IngestError, Sink, Written};
+use crate::ingest::{BatchRx, Buffered, IngestError, Sink, Written};
 use crate::query::{self, Access, Catalog, Described, QueryItem, QueryOut, Statement, TableEntry};
 use crate::registry::{Mapping, Mode, SchemaPolicy, TableRule, Target};
 use crate::schema::{self, Column, quote_ident, quote_literal};
@@ -61,9 +64,37 @@ impl Drop for CreateGuard {
 pub struct DuckSink {
     conn: RawConn,
     id: usize,
-    seq: u64,
     host_db: String,
     locks: Arc<CreateLocks>,
+    /// The stream behind this writer's scan view (`arrowport_in_<id>`), made on first use.
+    scan: Option<ScanStream>,
+    /// DuckDB's columns for an Arrow schema, as `DESCRIBE` of the view gave them.
+    described: HashMap<Schema, Vec<Column>>,
+}
+
+/// Arrow schemas whose DuckDB columns a writer remembers.
+const DESCRIBED_CACHE: usize = 256;
+
+fn exists_error(target: &Target) -> IngestError {
+    IngestError::AlreadyExists(format!("table {} already exists (ingest mode create); use mode append, replace or create_append", target.display()))
+}
+
+/// Batches already in memory, for DuckDB's scan.
+struct VecPull(std::collections::VecDeque<RecordBatch>);
+
+impl BatchPull for VecPull {
+    fn next_batch(&mut self) -> Result<Option<RecordBatch>, String> {
+        Ok(self.0.pop_front())
+    }
+}
+
+impl Drop for DuckSink {
+    fn drop(&mut self) {
+        // The view points at our stream: it goes first.
+        if self.scan.is_some() {
+            let _ = self.conn.execute(&format!("DROP VIEW IF EXISTS {}", Self::view_sql(&self.view_name())));
+        }
+    }
 }
 
 fn db(e: DbError) -> IngestError {
@@ -81,7 +112,7 @@ impl DuckSink {
         let host_db = rows.first().and_then(|r| r.first().cloned().flatten()).ok_or_else(|| DbError::Duck("no current database".into()))?;
         conn.execute(&format!("ATTACH IF NOT EXISTS ':memory:' AS {}", quote_ident(SCRATCH_DB)))?;
         conn.execute(&format!("USE {}", quote_ident(SCRATCH_DB)))?;
-        Ok(DuckSink { conn, id, seq: 0, host_db, locks })
+        Ok(DuckSink { conn, id, host_db, locks, scan: None, described: HashMap::new() })
     }
 
     pub fn host_db(&self) -> &str {
@@ -102,7 +133,19 @@ impl DuckSink {
     }
 
     /// The target's columns, or an empty list when it does not exist.
+    /// `DESCRIBE` of the one table: a catalog lookup, where scanning `duckdb_columns()` costs a millisecond or
+    /// two per request. A missing table (or schema, or catalog) is DuckDB's Catalog Error, which would abort a
+    /// transaction: outside transactions only (inside, [`Self::table_columns_in_txn`]).
     fn table_columns(&mut self, target: &Target) -> Result<Vec<Column>, IngestError> {
+        match self.conn.query(&format!("DESCRIBE {}", target.sql(&self.host_db))) {
+            Ok(rows) => Ok(Self::columns(rows)),
+            Err(DbError::Duck(msg)) if msg.starts_with("Catalog Error") => Ok(vec![]),
+            Err(e) => Err(db(e)),
+        }
+    }
+
+    /// The target's columns from `duckdb_columns()`, which answers for a missing table without an error.
+    fn table_columns_in_txn(&mut self, target: &Target) -> Result<Vec<Column>, IngestError> {
         let catalog = target.catalog.as_deref().unwrap_or(&self.host_db);
         let sql = format!(
             "SELECT column_name, data_type FROM duckdb_columns() WHERE lower(database_name) = lower({}) \
@@ -114,22 +157,66 @@ impl DuckSink {
         Ok(Self::columns(self.conn.query(&sql).map_err(db)?))
     }
 
-    fn write_view(&mut self, view: &str, mapping: &Mapping, failed: &Mutex<Option<IngestError>>) -> Result<Written, IngestError> {
-        let started = std::time::Instant::now();
-        let view_sql = Self::view_sql(view);
-        let incoming = Self::columns(self.conn.query(&format!("DESCRIBE {view_sql}")).map_err(db)?);
-        let target = &mapping.target;
-        let target_sql = target.sql(&self.host_db);
-        let mut table = self.table_columns(target)?;
-        let rule = mapping.rule;
-        let exists_error = || {
-            IngestError::AlreadyExists(format!(
-                "table {} already exists (ingest mode create); use mode append, replace or create_append",
-                target.display()
-            ))
+    /// Makes this writer's scan view, once, outside any transaction (a transaction that writes to the host
+    /// database cannot also create a view in the scratch one, and a rolled-back creation would leave none).
+    /// DuckDB binds the view when it makes it, so it is made with a real schema (the first request's).
+    fn ensure_view(&mut self, schema: &SchemaRef) -> Result<(), IngestError> {
+        if self.scan.is_some() {
+            return Ok(());
+        }
+        let mut stream = ScanStream::new(Arc::clone(schema), Box::new(VecPull(Vec::new().into())));
+        let view = self.view_name();
+        self.conn.execute(&format!("DROP VIEW IF EXISTS {}", Self::view_sql(&view))).map_err(db)?;
+        self.conn.create_scan_view(&view, &mut stream).map_err(db)?;
+        self.scan = Some(stream);
+        Ok(())
+    }
+
+    /// Points this writer's scan view at a request's batches and returns DuckDB's columns for them. The view
+    /// is made once (see [`Self::ensure_view`]): DuckDB binds it, and asks our stream for the schema, on every
+    /// statement, so it serves request after request. DuckDB's columns for an Arrow schema are cached.
+    fn point_view(&mut self, schema: SchemaRef, pull: Box<dyn BatchPull>) -> Result<Vec<Column>, IngestError> {
+        let Some(stream) = self.scan.as_mut() else {
+            return Err(IngestError::Internal("the scan view was not made".into()));
         };
-        match (table.is_empty(), rule) {
-            (false, TableRule::Create) => return Err(exists_error()),
+        stream.reset(Arc::clone(&schema), pull);
+        if let Some(cols) = self.described.get(schema.as_ref()) {
+            return Ok(cols.clone());
+        }
+        let cols = Self::columns(self.conn.query(&format!("DESCRIBE {}", Self::view_sql(&self.view_name()))).map_err(|e| self.view_lost(e))?);
+        if self.described.len() >= DESCRIBED_CACHE {
+            self.described.clear();
+        }
+        self.described.insert(schema.as_ref().clone(), cols.clone());
+        Ok(cols)
+    }
+
+    /// A DuckDB error; if it says our view is gone (someone dropped it), the next request makes it again.
+    fn view_lost(&mut self, e: DbError) -> IngestError {
+        if e.to_string().contains(&self.view_name()) {
+            self.scan = None;
+        }
+        db(e)
+    }
+
+    /// Lets go of the last request's batches (and its channel).
+    fn release_view(&mut self) {
+        if let Some(stream) = self.scan.as_mut() {
+            stream.reset(Arc::new(Schema::empty()), Box::new(VecPull(Vec::new().into())));
+        }
+    }
+
+    fn view_name(&self) -> String {
+        format!("arrowport_in_{}", self.id)
+    }
+
+    /// Checks a target against the request's rule before any transaction: its columns (empty when missing),
+    /// and the create lock when this request may create (or recreate) it.
+    fn prepare_target(&mut self, mapping: &Mapping, locked: &mut HashSet<String>) -> Result<(Vec<Column>, Option<CreateGuard>), IngestError> {
+        let target = &mapping.target;
+        let table = self.table_columns(target)?;
+        match (table.is_empty(), mapping.rule) {
+            (false, TableRule::Create) => return Err(exists_error(target)),
             (true, TableRule::Append) => {
                 return Err(IngestError::NotFound(format!("table {} does not exist (ingest mode append does not create it)", target.display())));
             }
@@ -142,48 +229,112 @@ impl DuckSink {
             }
             _ => {}
         }
-        let creating = table.is_empty() || rule == TableRule::Replace;
-        let _create_guard = if creating { Some(self.locks.lock(target_sql.to_lowercase())) } else { None };
+        let key = target.sql(&self.host_db).to_lowercase();
+        let creating = table.is_empty() || mapping.rule == TableRule::Replace;
+        let guard = if creating && locked.insert(key.clone()) { Some(self.locks.lock(key)) } else { None };
+        Ok((table, guard))
+    }
 
+    /// Lands what the scan view holds into the target, inside the caller's transaction: (re)creates the table
+    /// when the rule says so, checks the fit, inserts. Returns the rows inserted.
+    fn land(&mut self, mapping: &Mapping, incoming: &[Column], table: &mut Vec<Column>) -> Result<u64, IngestError> {
+        let target = &mapping.target;
+        let target_sql = target.sql(&self.host_db);
+        let view_sql = Self::view_sql(&self.view_name());
+        if mapping.rule == TableRule::Replace {
+            self.conn.execute(&format!("DROP TABLE IF EXISTS {target_sql}")).map_err(db)?;
+            table.clear();
+        } else if table.is_empty() {
+            // Someone (or an earlier part of this transaction) may have created it meanwhile.
+            *table = self.table_columns_in_txn(target)?;
+            if !table.is_empty() && mapping.rule == TableRule::Create {
+                return Err(exists_error(target));
+            }
+        }
+        if table.is_empty() {
+            self.conn.execute(&schema::create_table_sql(&target_sql, incoming)).map_err(db)?;
+            *table = incoming.to_vec();
+        }
+        let insert = match mapping.policy {
+            SchemaPolicy::Strict => {
+                schema::check_fits(&target.display(), table, incoming).map_err(IngestError::Conflict)?;
+                format!("INSERT INTO {target_sql} SELECT * FROM {view_sql}")
+            }
+            SchemaPolicy::ByName | SchemaPolicy::Evolve => {
+                let evolve = mapping.policy == SchemaPolicy::Evolve;
+                let added = schema::check_by_name(&target.display(), table, incoming, evolve).map_err(IngestError::Conflict)?;
+                for c in added {
+                    self.conn
+                        .execute(&format!("ALTER TABLE {target_sql} ADD COLUMN {} {}", quote_ident(&c.name), c.sql_type))
+                        .map_err(db)?;
+                    table.push(c);
+                }
+                format!("INSERT INTO {target_sql} BY NAME SELECT * FROM {view_sql}")
+            }
+        };
+        if mapping.mode == Mode::Replace {
+            self.conn.execute(&format!("DELETE FROM {target_sql}")).map_err(db)?;
+        }
+        self.conn.execute(&insert).map_err(|e| self.view_lost(e))
+    }
+
+    /// One streaming request in its own transaction; the view already points at its batches.
+    fn write_view(&mut self, mapping: &Mapping, incoming: &[Column], failed: &Mutex<Option<IngestError>>) -> Result<Written, IngestError> {
+        let started = std::time::Instant::now();
+        let (mut table, _create_guard) = self.prepare_target(mapping, &mut HashSet::new())?;
         let result = self.in_transaction(|this| {
-            if rule == TableRule::Replace {
-                this.conn.execute(&format!("DROP TABLE IF EXISTS {target_sql}")).map_err(db)?;
-                table.clear();
-            } else if table.is_empty() {
-                // Someone may have created it while this request waited for the lock.
-                table = this.table_columns(target)?;
-                if !table.is_empty() && rule == TableRule::Create {
-                    return Err(exists_error());
-                }
-            }
-            if table.is_empty() {
-                this.conn.execute(&schema::create_table_sql(&target_sql, &incoming)).map_err(db)?;
-                table = incoming.clone();
-            }
-            let insert = match mapping.policy {
-                SchemaPolicy::Strict => {
-                    schema::check_fits(&target.display(), &table, &incoming).map_err(IngestError::Conflict)?;
-                    format!("INSERT INTO {target_sql} SELECT * FROM {view_sql}")
-                }
-                SchemaPolicy::ByName | SchemaPolicy::Evolve => {
-                    let evolve = mapping.policy == SchemaPolicy::Evolve;
-                    let added = schema::check_by_name(&target.display(), &table, &incoming, evolve).map_err(IngestError::Conflict)?;
-                    for c in added {
-                        this.conn
-                            .execute(&format!("ALTER TABLE {target_sql} ADD COLUMN {} {}", quote_ident(&c.name), c.sql_type))
-                            .map_err(db)?;
-                    }
-                    format!("INSERT INTO {target_sql} BY NAME SELECT * FROM {view_sql}")
-                }
-            };
-            if mapping.mode == Mode::Replace {
-                this.conn.execute(&format!("DELETE FROM {target_sql}")).map_err(db)?;
-            }
-            let rows = this.conn.execute(&insert).map_err(db)?;
+            let rows = this.land(mapping, incoming, &mut table)?;
             Ok(Written { rows, write_seconds: started.elapsed().as_secs_f64() })
         });
         // When the input failed while DuckDB was reading it, DuckDB's error only echoes ours.
         result.map_err(|e| failed.lock().ok().and_then(|mut f| f.take()).unwrap_or(e))
+    }
+
+    /// A buffered request on its own, in its own transaction.
+    fn write_buffered(&mut self, item: &Buffered) -> Result<Written, IngestError> {
+        self.ensure_view(&item.schema)?;
+        let incoming = self.point_view(Arc::clone(&item.schema), Box::new(VecPull(item.batches.clone().into())))?;
+        let result = self.write_view(&item.mapping, &incoming, &Mutex::new(None));
+        self.release_view();
+        result
+    }
+
+    /// Several buffered requests in one transaction: consecutive requests for the same target with the same
+    /// schema become one INSERT. All or nothing; the caller retries each alone when it fails.
+    fn try_group(&mut self, items: &[Buffered]) -> Result<(), IngestError> {
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match runs.last_mut() {
+                Some((start, end)) if items[*start].mapping == item.mapping && items[*start].schema.fields() == item.schema.fields() => *end = i + 1,
+                _ => runs.push((i, i + 1)),
+            }
+        }
+        if let Some(first) = items.first() {
+            self.ensure_view(&first.schema)?;
+        }
+        let mut locked = HashSet::new();
+        let mut guards = Vec::new();
+        let mut tables = Vec::with_capacity(runs.len());
+        for &(start, _) in &runs {
+            let (table, guard) = self.prepare_target(&items[start].mapping, &mut locked)?;
+            tables.push(table);
+            guards.extend(guard);
+        }
+        let result = self.in_transaction(|this| {
+            for (&(start, end), table) in runs.iter().zip(tables.iter_mut()) {
+                let batches: Vec<RecordBatch> = items[start..end].iter().flat_map(|i| i.batches.iter().cloned()).collect();
+                let expected: u64 = items[start..end].iter().map(|i| i.rows).sum();
+                let incoming = this.point_view(Arc::clone(&items[start].schema), Box::new(VecPull(batches.into())))?;
+                let rows = this.land(&items[start].mapping, &incoming, table)?;
+                if rows != expected {
+                    return Err(IngestError::Internal(format!("a grouped insert wrote {rows} rows of {expected}")));
+                }
+            }
+            Ok(())
+        });
+        self.release_view();
+        drop(guards);
+        result
     }
 
     /// Runs `f` inside BEGIN ... COMMIT on this connection; rolls back when `f` or the commit fails.
@@ -263,14 +414,22 @@ impl Sink for DuckSink {
         }
         let failed = Arc::new(Mutex::new(None));
         let pull = Pull { first, input, failed: Arc::clone(&failed) };
-        let mut stream = ScanStream::new(schema, Box::new(pull));
-        self.seq += 1;
-        let view = format!("arrowport_in_{}_{}", self.id, self.seq);
-        self.conn.create_scan_view(&view, &mut stream).map_err(db)?;
-        let result = self.write_view(&view, mapping, &failed);
-        let _ = self.conn.execute(&format!("DROP VIEW IF EXISTS {}", Self::view_sql(&view)));
-        drop(stream);
+        let result = self
+            .ensure_view(&schema)
+            .and_then(|()| self.point_view(schema, Box::new(pull)))
+            .and_then(|incoming| self.write_view(mapping, &incoming, &failed));
+        self.release_view();
         result
+    }
+
+    fn write_group(&mut self, items: &[Buffered]) -> Vec<Result<Written, IngestError>> {
+        let started = std::time::Instant::now();
+        if items.len() > 1 && self.try_group(items).is_ok() {
+            let seconds = started.elapsed().as_secs_f64();
+            return items.iter().map(|i| Ok(Written { rows: i.rows, write_seconds: seconds })).collect();
+        }
+        // Alone, or the group failed (rolled back): each request on its own, so one cannot fail the others.
+        items.iter().map(|i| self.write_buffered(i)).collect()
     }
 
     fn table_schema(&mut self, target: &Target) -> Result<Option<Schema>, IngestError> {
