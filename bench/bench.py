@@ -9,7 +9,8 @@ Cases (each on a fresh file database; every run checks that the rows landed equa
 - the host's RSS before, peak during, and after the 10M-row DoPut.
 
 Prints a Markdown table and writes bench/results/<timestamp>.json. Exits non-zero when a row count is off.
-Set BENCH_QUICK=1 for a short run (100k/1M rows, 200 small requests) while developing.
+Set BENCH_QUICK=1 for a short run (100k/1M rows, 200 small requests) while developing, and BENCH_ONLY=large or
+BENCH_ONLY=small for one half.
 """
 import base64
 import datetime
@@ -33,6 +34,7 @@ import hosts  # noqa: E402
 from clients import flight_put, ipc_bytes  # noqa: E402
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
+ONLY = os.environ.get("BENCH_ONLY", "")
 SIZES = [100_000, 1_000_000] if QUICK else [100_000, 1_000_000, 10_000_000]
 SMALL_REQUESTS = 200 if QUICK else 1000
 ARROW = "application/vnd.apache.arrow.stream"
@@ -262,6 +264,8 @@ def main():
     bad = []
     print(f"arrowport bench on {platform.node()} ({os.cpu_count()} cores), DuckDB {duckdb.__version__}, quick={QUICK}", flush=True)
     datasets = [("events", n, events) for n in SIZES] + [("wide", 1_000_000, wide)]
+    if ONLY == "small":
+        datasets = []
     for dataset, n, make in datasets:
         table = make(n)
         base_seconds, landed = baseline(table)
@@ -270,7 +274,7 @@ def main():
         print(f"  {dataset:>6} {n:>10,} baseline     {base_seconds:7.3f}s {n / base_seconds / 1e6:6.2f} M rows/s", flush=True)
         large_cases(results, dataset, table, n, base_seconds)
         del table
-    for protocol in ("flight", "rest"):
+    for protocol in ("flight", "rest") if ONLY != "large" else ():
         for clients in (1, 8):
             small_batches(results, protocol, clients)
     for r in results:
@@ -282,7 +286,8 @@ def main():
     print(table)
     os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = os.path.join(ROOT, "bench", "results", f"{stamp}{'-quick' if QUICK else ''}.json")
+    suffix = ("-quick" if QUICK else "") + (f"-{ONLY}" if ONLY else "")
+    out = os.path.join(ROOT, "bench", "results", f"{stamp}{suffix}.json")
     with open(out, "w") as f:
         json.dump({"when": stamp, "host": platform.node(), "cores": os.cpu_count(), "duckdb": duckdb.__version__,
                    "quick": QUICK, "results": results}, f, indent=1)
