@@ -3,8 +3,9 @@
 Cases (each on a fresh file database; every run checks that the rows landed equal the rows sent):
 - baseline: Python duckdb in-process, `INSERT INTO t SELECT * FROM <registered arrow table>`;
 - arrowport in a separate DuckDB host process (Python duckdb 2.0 with the extension loaded):
-  Flight DoPut (pyarrow.flight), REST raw IPC stream (POST /streams/{name}, streamed body), the original's
-  JSON endpoint; compression none / zstd / lz4 at 1M rows;
+  Flight DoPut (pyarrow.flight; its timing includes pyarrow's streaming IPC serialization), REST raw IPC stream
+  (POST /streams/{name}, streamed body, from httpx and from curl; the IPC body is in the client's memory or in
+  a file before the clock starts), the original's JSON endpoint; compression none / zstd / lz4 at 1M rows;
 - small batches: 1,000 requests of 1,000 rows, 1 and 8 concurrent clients, Flight and REST;
 - the host's RSS before, peak during, and after the 10M-row DoPut.
 
@@ -18,6 +19,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -79,17 +81,52 @@ def wide(n):
     return rechunk(duckdb.sql(q).to_arrow_table())
 
 
+def rss_kib(pid="self"):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class PeakRss:
+    """Samples a process's RSS every 20 ms while the block runs."""
+
+    def __init__(self, pid="self"):
+        self.pid, self.peak, self.stop = pid, 0, threading.Event()
+
+    def __enter__(self):
+        self.before = rss_kib(self.pid)
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def sample(self):
+        while not self.stop.is_set():
+            self.peak = max(self.peak, rss_kib(self.pid))
+            time.sleep(0.02)
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        self.after = rss_kib(self.pid)
+        self.peak = max(self.peak, self.after)
+
+
 def baseline(table):
+    """In-process INSERT; also DuckDB's own memory growth for it (this process's RSS around the INSERT), the
+    share of a host's growth that any writer into DuckDB causes."""
     with tempfile.TemporaryDirectory() as d:
         con = duckdb.connect(os.path.join(d, "base.duckdb"))
         con.register("src", table)
         con.execute("CREATE TABLE t AS SELECT * FROM src LIMIT 0")
-        start = time.perf_counter()
-        con.execute("INSERT INTO t SELECT * FROM src")
-        elapsed = time.perf_counter() - start
+        with PeakRss() as rss:
+            start = time.perf_counter()
+            con.execute("INSERT INTO t SELECT * FROM src")
+            elapsed = time.perf_counter() - start
         landed = con.execute("SELECT count(*) FROM t").fetchone()[0]
         con.close()
-    return elapsed, landed
+    return elapsed, landed, rss
 
 
 class Host:
@@ -104,19 +141,15 @@ class Host:
         return self.host.sql(f'SELECT count(*) FROM "{table}"')[0][0]
 
     def rss_kib(self):
-        with open(f"/proc/{self.host.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        return 0
+        return rss_kib(self.host.proc.pid)
 
     def close(self):
         self.host.sql("SELECT arrowport_stop()")
         self.host.close()
 
 
-def rest_put(client, addr, name, table, compression=None):
-    body = ipc_bytes(table, compression)
+def rest_put(client, addr, name, body):
+    """A streamed POST of an IPC body already in memory (1 MiB pieces, chunked)."""
 
     def pieces():
         for i in range(0, len(body), 1 << 20):
@@ -125,6 +158,20 @@ def rest_put(client, addr, name, table, compression=None):
     r = client.post(f"http://{addr}/streams/{name}", content=pieces(), headers={"Content-Type": ARROW})
     r.raise_for_status()
     return r.json()
+
+
+def write_body(body, directory):
+    path = os.path.join(directory, "body.arrows")
+    with open(path, "wb") as f:
+        f.write(body)
+    return path
+
+
+def curl_put(addr, name, path):
+    """The same streamed POST with curl from a file (no Python in the client's path)."""
+    out = subprocess.run(["curl", "-sS", "--fail-with-body", "-H", f"Content-Type: {ARROW}", "-H", "Transfer-Encoding: chunked",
+                          "--data-binary", f"@{path}", f"http://{addr}/streams/{name}"], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
 
 
 def json_put(client, addr, name, table):
@@ -147,7 +194,7 @@ def timed(fn):
 def large_cases(results, dataset, table, sizes_label, base_seconds):
     n = table.num_rows
     mb = table.nbytes / 1e6
-    cases = [("flight", None), ("rest", None)]
+    cases = [("flight", None), ("rest", None), ("rest-curl", None)]
     if n == 1_000_000:
         cases += [("flight", "zstd"), ("flight", "lz4"), ("rest", "zstd"), ("rest", "lz4")]
     if n == 1_000_000 and dataset == "events":
@@ -171,7 +218,13 @@ def large_cases(results, dataset, table, sizes_label, base_seconds):
                     if protocol == "flight":
                         seconds, _ = timed(lambda: flight_put(host.addr, "t", table, compression))
                     elif protocol == "rest":
-                        seconds, _ = timed(lambda: rest_put(client, host.addr, "t", table, compression))
+                        # The body is in the client's memory before the clock starts (the baseline's table is too).
+                        body = ipc_bytes(table, compression)
+                        seconds, _ = timed(lambda: rest_put(client, host.addr, "t", body))
+                        del body
+                    elif protocol == "rest-curl":
+                        path = write_body(ipc_bytes(table), tempfile.mkdtemp(dir=d))
+                        seconds, _ = timed(lambda: curl_put(host.addr, "t", path))
                     else:
                         seconds, _ = timed(lambda: json_put(client, host.addr, "t", table))
             finally:
@@ -268,9 +321,10 @@ def main():
         datasets = []
     for dataset, n, make in datasets:
         table = make(n)
-        base_seconds, landed = baseline(table)
+        base_seconds, landed, rss = baseline(table)
         results.append({"dataset": dataset, "rows": n, "case": "in-process baseline", "seconds": base_seconds,
-                        "rows_per_s": n / base_seconds, "mb_per_s": table.nbytes / 1e6 / base_seconds, "vs_baseline": 1.0, "landed": landed})
+                        "rows_per_s": n / base_seconds, "mb_per_s": table.nbytes / 1e6 / base_seconds, "vs_baseline": 1.0, "landed": landed,
+                        "rss_before_mib": rss.before / 1024, "rss_peak_mib": rss.peak / 1024, "rss_after_mib": rss.after / 1024})
         print(f"  {dataset:>6} {n:>10,} baseline     {base_seconds:7.3f}s {n / base_seconds / 1e6:6.2f} M rows/s", flush=True)
         large_cases(results, dataset, table, n, base_seconds)
         del table
