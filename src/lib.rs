@@ -44,6 +44,10 @@ pub mod writer;
 
 use std::sync::Once;
 
+/// Large blocks straight from the kernel: see [`ffi::LargeMmap`] (README, "Write path", on memory).
+#[global_allocator]
+static ALLOCATOR: ffi::LargeMmap = ffi::LargeMmap;
+
 static AT_EXIT: Once = Once::new();
 
 /// Called by the entrypoint on `LOAD`, with our connections already open.
