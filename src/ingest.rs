@@ -312,6 +312,47 @@ struct GroupJob {
     reply: Reply<Written>,
 }
 
+/// Writers that commit groups (when the pool has four connections or more). Measured on 2 cores, 8 clients of
+/// 1,000-row DoPuts: one committer 41-44k requests/min, two 42-46k (the committer is DuckDB's own work, and the
+/// clients share the cores); one keeps more writers for large requests.
+const GROUP_COMMITTERS: usize = 1;
+
+/// The requests waiting for a group committer (at least one, blocking for it); `None` once the queue is closed.
+fn take_group(rx: &Mutex<std::sync::mpsc::Receiver<GroupJob>>) -> Option<Vec<GroupJob>> {
+    let rx = rx.lock().ok()?;
+    let mut jobs = vec![rx.recv().ok()?];
+    while jobs.len() < MAX_GROUP {
+        match rx.try_recv() {
+            Ok(j) => jobs.push(j),
+            Err(_) => break,
+        }
+    }
+    Some(jobs)
+}
+
+/// Lands one group and answers each request in it.
+fn commit_group<S: Sink>(sink: &mut S, jobs: Vec<GroupJob>) {
+    let items: Vec<Buffered> = jobs.iter().map(|j| j.item.clone()).collect();
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink.write_group(&items))) {
+        Ok(results) if results.len() == jobs.len() => {
+            for (job, result) in jobs.into_iter().zip(results) {
+                let _ = job.reply.send(result);
+            }
+        }
+        Ok(_) => {
+            for job in jobs {
+                let _ = job.reply.send(Err(IngestError::Internal("the group committer lost a result".into())));
+            }
+        }
+        Err(p) => {
+            let msg = format!("group committer panicked: {}", crate::ffi::panic_message(p.as_ref()));
+            for job in jobs {
+                let _ = job.reply.send(Err(IngestError::Internal(msg.clone())));
+            }
+        }
+    }
+}
+
 /// Requests one group commit takes at most.
 const MAX_GROUP: usize = 128;
 
@@ -333,21 +374,23 @@ pub struct Writers<S: Sink> {
     /// The group committer: one writer of the pool that lands small requests, as many per transaction as have
     /// arrived while it committed the last group (so N waiting requests cost one commit, not N).
     group: Mutex<Option<std::sync::mpsc::Sender<GroupJob>>>,
-    group_thread: Mutex<Option<JoinHandle<S>>>,
+    group_threads: Mutex<Vec<JoinHandle<S>>>,
 }
 
 impl<S: Sink> Writers<S> {
     pub fn start(mut sinks: Vec<S>) -> std::io::Result<Writers<S>> {
-        // With two connections or more, the last one commits groups of small requests.
-        let (group, group_thread) = match sinks.len() {
-            0 | 1 => (None, None),
-            _ => match sinks.pop() {
-                Some(sink) => {
-                    let (tx, handle) = Self::start_group(sink)?;
-                    (Some(tx), Some(handle))
-                }
-                None => (None, None),
-            },
+        // The last connection(s) of the pool commit groups of small requests.
+        let committers = match sinks.len() {
+            0 | 1 => 0,
+            2 | 3 => 1,
+            _ => GROUP_COMMITTERS,
+        };
+        let group_sinks = sinks.split_off(sinks.len() - committers);
+        let (group, group_threads) = if group_sinks.is_empty() {
+            (None, Vec::new())
+        } else {
+            let (tx, handles) = Self::start_group(group_sinks)?;
+            (Some(tx), handles)
         };
         let size = sinks.len();
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
@@ -399,45 +442,26 @@ impl<S: Sink> Writers<S> {
             threads: Mutex::new(threads),
             size,
             group: Mutex::new(group),
-            group_thread: Mutex::new(group_thread),
+            group_threads: Mutex::new(group_threads),
         })
     }
 
-    fn start_group(mut sink: S) -> std::io::Result<(std::sync::mpsc::Sender<GroupJob>, JoinHandle<S>)> {
+    fn start_group(sinks: Vec<S>) -> std::io::Result<(std::sync::mpsc::Sender<GroupJob>, Vec<JoinHandle<S>>)> {
         let (tx, rx) = std::sync::mpsc::channel::<GroupJob>();
-        let handle = std::thread::Builder::new().name("arrowport-commit".into()).spawn(move || {
-            while let Ok(first) = rx.recv() {
-                let mut jobs = vec![first];
-                while jobs.len() < MAX_GROUP {
-                    match rx.try_recv() {
-                        Ok(j) => jobs.push(j),
-                        Err(_) => break,
-                    }
+        let rx = Arc::new(Mutex::new(rx));
+        let mut handles = Vec::with_capacity(sinks.len());
+        for (i, mut sink) in sinks.into_iter().enumerate() {
+            let rx = Arc::clone(&rx);
+            let handle = std::thread::Builder::new().name(format!("arrowport-commit-{i}")).spawn(move || {
+                // Each turn takes every request waiting now; one committer takes while the other may commit.
+                while let Some(jobs) = take_group(&rx) {
+                    commit_group(&mut sink, jobs);
                 }
-                let items: Vec<Buffered> = jobs.iter().map(|j| j.item.clone()).collect();
-                let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink.write_group(&items)));
-                match results {
-                    Ok(results) if results.len() == jobs.len() => {
-                        for (job, result) in jobs.into_iter().zip(results) {
-                            let _ = job.reply.send(result);
-                        }
-                    }
-                    Ok(_) => {
-                        for job in jobs {
-                            let _ = job.reply.send(Err(IngestError::Internal("the group committer lost a result".into())));
-                        }
-                    }
-                    Err(p) => {
-                        let msg = format!("group committer panicked: {}", crate::ffi::panic_message(p.as_ref()));
-                        for job in jobs {
-                            let _ = job.reply.send(Err(IngestError::Internal(msg.clone())));
-                        }
-                    }
-                }
-            }
-            sink
-        })?;
-        Ok((tx, handle))
+                sink
+            })?;
+            handles.push(handle);
+        }
+        Ok((tx, handles))
     }
 
     /// Queues a small request for the group committer; `Err(item)` when there is none.
@@ -464,9 +488,8 @@ impl<S: Sink> Writers<S> {
         }
         let threads = self.threads.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default();
         let mut sinks: Vec<S> = threads.into_iter().filter_map(|t| t.join().ok()).collect();
-        if let Some(t) = self.group_thread.lock().ok().and_then(|mut g| g.take()) {
-            sinks.extend(t.join().ok());
-        }
+        let group_threads = self.group_threads.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default();
+        sinks.extend(group_threads.into_iter().filter_map(|t| t.join().ok()));
         sinks
     }
 
