@@ -120,9 +120,10 @@ impl QueryOut {
     }
 }
 
-/// Function names a statement sent over the network may not contain: they start and stop listeners, which
-/// from a writer thread would wait for that very thread.
-const FORBIDDEN_FUNCTIONS: [&str; 2] = ["arrowport_stop", "arrowport_listen"];
+/// Names a statement sent over the network may not contain: the functions that start and stop listeners (from a
+/// writer thread they would wait for that very thread), and the scratch database the writers' scan views live
+/// in (detaching it would break every writer).
+const FORBIDDEN_NAMES: [&str; 3] = ["arrowport_stop", "arrowport_listen", "arrowport_scratch"];
 
 fn check_statement(sql: &str, access: Access, principal: &Principal) -> Result<(), IngestError> {
     if access == Access::Off {
@@ -134,8 +135,8 @@ fn check_statement(sql: &str, access: Access, principal: &Principal) -> Result<(
         return Err(IngestError::Denied("a token limited to streams cannot run SQL statements".into()));
     }
     let lower = sql.to_ascii_lowercase();
-    if let Some(f) = FORBIDDEN_FUNCTIONS.iter().find(|f| lower.contains(*f)) {
-        return Err(IngestError::Denied(format!("{f} cannot be called over the network; call it in the host's own session")));
+    if let Some(f) = FORBIDDEN_NAMES.iter().find(|f| lower.contains(*f)) {
+        return Err(IngestError::Denied(format!("{f} cannot be used over the network; use it in the host's own session")));
     }
     Ok(())
 }
@@ -289,7 +290,9 @@ mod tests {
         assert!(check_statement("SELECT 1", Access::ReadOnly, &anon).is_ok());
         assert!(check_statement("SELECT 1", Access::Off, &anon).unwrap_err().to_string().contains("sql := 'read_only'"));
         let e = check_statement("select ARROWPORT_STOP()", Access::ReadWrite, &anon).unwrap_err();
-        assert!(e.to_string().starts_with("arrowport_stop cannot be called over the network"), "{e}");
+        assert!(e.to_string().starts_with("arrowport_stop cannot be used over the network"), "{e}");
+        let e = check_statement("DETACH arrowport_scratch", Access::ReadWrite, &anon).unwrap_err();
+        assert!(e.to_string().starts_with("arrowport_scratch cannot be used over the network"), "{e}");
         let scoped = Principal::Token {
             name: Arc::from("etl"),
             scope: Arc::new(crate::auth::Scope::Streams(vec!["events".into()])),

@@ -236,7 +236,7 @@ def test_sql_access_off_read_only_read_write(make):
     assert "arrowport_create_token cannot be called over the network" in str(e.value)
     with pytest.raises(adbc_driver_manager.Error) as e:
         query(conn, "SELECT arrowport_stop()")
-    assert "arrowport_stop cannot be called over the network" in str(e.value)
+    assert "arrowport_stop cannot be used over the network" in str(e.value)
     with pytest.raises(adbc_driver_manager.Error) as e:
         query(conn, "BEGIN TRANSACTION")
     assert ro.sql("SELECT count(*) FROM t") == [(2,)]
@@ -251,6 +251,11 @@ def test_sql_access_off_read_only_read_write(make):
     assert rw.sql("SELECT list(i ORDER BY i) FROM t") == [([1, 3],)]
     query(conn, "DROP TABLE t")
     assert rw.sql("SELECT count(*) FROM duckdb_tables() WHERE table_name = 't'") == [(0,)]
+    with pytest.raises(adbc_driver_manager.Error) as e:
+        query(conn, "DETACH arrowport_scratch")
+    assert "arrowport_scratch cannot be used over the network" in str(e.value)
+    with conn.cursor() as cur:  # the writers are intact
+        assert cur.adbc_ingest("after", events(3), mode="create") == 3
 
 
 def test_bad_sql_is_answered_with_duckdbs_error(make):
