@@ -49,7 +49,7 @@ def rechunk(t):
 
 def events(n):
     """The original service's benchmark table, deterministic."""
-    q = f"""SELECT range::BIGINT AS id, (1700000000000 + range)::BIGINT AS "timestamp", (range % 1000) * 0.5 AS value,
+    q = f"""SELECT range::BIGINT AS id, (1700000000000 + range)::BIGINT AS "timestamp", ((range % 1000) * 0.5)::DOUBLE AS value,
                ['cpu', 'mem', 'disk', 'net'][(range % 4) + 1] AS category, ((range * 7) % 100) / 3.0 AS metric
             FROM range({n})"""
     return rechunk(duckdb.sql(q).to_arrow_table())
