@@ -5,7 +5,8 @@ Cases (each on a fresh file database; every run checks that the rows landed equa
 - arrowport in a separate DuckDB host process (Python duckdb 2.0 with the extension loaded):
   Flight DoPut (pyarrow.flight; its timing includes pyarrow's streaming IPC serialization), REST raw IPC stream
   (POST /streams/{name}, streamed body, from httpx and from curl; the IPC body is in the client's memory or in
-  a file before the clock starts), the original's JSON endpoint; compression none / zstd / lz4 at 1M rows;
+  a file before the clock starts), the original's JSON endpoint (its timing includes the client's base64 and
+  JSON encoding); IPC compression none / zstd / lz4 at 1M rows for each;
 - small batches: 1,000 requests of 1,000 rows, 1 and 8 concurrent clients, Flight and REST;
 - the host's RSS before, peak during, and after the 10M-row DoPut.
 
@@ -174,11 +175,11 @@ def curl_put(addr, name, path):
     return json.loads(out.stdout)
 
 
-def json_put(client, addr, name, table):
+def json_put(client, addr, name, table, compression=None):
     payload = {
         "config": {"target_table": name},
         "batch": {"arrow_schema": base64.b64encode(table.schema.serialize()).decode(),
-                  "data": base64.b64encode(ipc_bytes(table)).decode()},
+                  "data": base64.b64encode(ipc_bytes(table, compression)).decode()},
     }
     r = client.post(f"http://{addr}/stream/{name}", json=payload)
     r.raise_for_status()
@@ -198,7 +199,8 @@ def large_cases(results, dataset, table, sizes_label, base_seconds):
     if n == 1_000_000:
         cases += [("flight", "zstd"), ("flight", "lz4"), ("rest", "zstd"), ("rest", "lz4")]
     if n == 1_000_000 and dataset == "events":
-        cases.append(("json", None))  # base64 in JSON: the original's endpoint, buffered whole by design
+        # base64 in JSON: the original's endpoint, buffered whole by design
+        cases += [("json", None), ("json", "zstd"), ("json", "lz4")]
     for protocol, compression in cases:
         with tempfile.TemporaryDirectory() as d:
             host = Host(d)
@@ -226,7 +228,7 @@ def large_cases(results, dataset, table, sizes_label, base_seconds):
                         path = write_body(ipc_bytes(table), tempfile.mkdtemp(dir=d))
                         seconds, _ = timed(lambda: curl_put(host.addr, "t", path))
                     else:
-                        seconds, _ = timed(lambda: json_put(client, host.addr, "t", table))
+                        seconds, _ = timed(lambda: json_put(client, host.addr, "t", table, compression))
             finally:
                 stop.set()
                 sampler.join()
@@ -244,11 +246,15 @@ def large_cases(results, dataset, table, sizes_label, base_seconds):
               f"{row['vs_baseline']:5.2f}x  rss {row['rss_before_mib']:.0f} -> peak {row['rss_peak_mib']:.0f} MiB", flush=True)
 
 
-def small_batches(results, protocol, clients):
+def small_batches(results, protocol, clients, threshold=None):
+    """`threshold` sets the host's checkpoint_threshold first: a diagnosis of what DuckDB's automatic
+    checkpoints (every 16 MB of WAL by default) add to the latencies, not a setting arrowport makes."""
     table = events(1000)
     body = ipc_bytes(table)
     with tempfile.TemporaryDirectory() as d:
         host = Host(d)
+        if threshold:
+            host.host.sql(f"SET checkpoint_threshold = '{threshold}'")
         latencies = []
         lock = threading.Lock()
         per_client = SMALL_REQUESTS // clients
@@ -287,12 +293,13 @@ def small_batches(results, protocol, clients):
     sent = per_client * clients
     q = statistics.quantiles(latencies, n=100)
     row = {
-        "dataset": "small", "rows": sent * 1000, "case": f"{protocol} x{clients}", "requests": sent, "seconds": seconds,
+        "dataset": "small", "rows": sent * 1000, "case": f"{protocol} x{clients}" + (f", checkpoint_threshold {threshold}" if threshold else ""),
+        "requests": sent, "seconds": seconds,
         "batches_per_min": sent / seconds * 60, "p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000,
         "landed": landed, "expected": sent * 1000,
     }
     results.append(row)
-    print(f"  small {protocol:<6} x{clients}: {row['batches_per_min']:,.0f} batches/min, p50 {row['p50_ms']:.1f} ms, "
+    print(f"  small {row['case']}: {row['batches_per_min']:,.0f} batches/min, p50 {row['p50_ms']:.1f} ms, "
           f"p99 {row['p99_ms']:.1f} ms", flush=True)
 
 
@@ -331,6 +338,7 @@ def main():
     for protocol in ("flight", "rest") if ONLY != "large" else ():
         for clients in (1, 8):
             small_batches(results, protocol, clients)
+        small_batches(results, protocol, 8, threshold="1GB")
     for r in results:
         expected = r.get("expected", r["rows"])
         if r["landed"] != expected:
