@@ -1,14 +1,17 @@
 """Security end to end: protected mode, tokens and scopes, TLS, and limits, with real clients (pyarrow.flight,
 httpx, raw sockets) against DuckDB hosts loaded with arrowport. Every refusal is checked to have written nothing.
 
-Non-loopback clients are real: the test connects to the machine's own non-loopback address, so the listener
-sees a peer that is not 127.0.0.1 (the machine routes it internally, the decision is the same as for a remote
-peer). Tests that need such an address skip when the machine has none.
+Non-loopback clients are real: one test runs its client in a network namespace of its own, joined to the
+host's by a veth pair (a remote peer with its own interface and address; skipped where the machine does not let
+a test make a namespace); the others connect to the machine's own non-loopback address, so the listener sees a
+peer that is not 127.0.0.1 (skipped when the machine has none).
 """
+import json
 import os
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 
@@ -161,6 +164,103 @@ def test_allow_unauthenticated_opens_the_listener(make_host):
     assert h.sql("SELECT DISTINCT auth FROM arrowport_status()") == [("none",)]
     assert post(EXTERNAL_IP, h.port, "events", events(4)).status_code == 200
     assert h.count("events") == 4
+
+
+class Namespace:
+    """A network namespace joined to this one by a veth pair: a client inside it is a real remote peer (its own
+    interface and address, 10.231.N.2, routed over the pair to the host's side, 10.231.N.1)."""
+
+    def __init__(self):
+        n = os.getpid() % 250
+        self.name, self.host_if, self.peer_if = f"arrowport-{os.getpid()}", f"apv{os.getpid()}h", f"apv{os.getpid()}c"
+        self.host_ip, self.peer_ip = f"10.231.{n}.1", f"10.231.{n}.2"
+        steps = [
+            ["ip", "netns", "add", self.name],
+            ["ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.peer_if],
+            ["ip", "link", "set", self.peer_if, "netns", self.name],
+            ["ip", "addr", "add", f"{self.host_ip}/30", "dev", self.host_if],
+            ["ip", "link", "set", self.host_if, "up"],
+            ["ip", "netns", "exec", self.name, "ip", "addr", "add", f"{self.peer_ip}/30", "dev", self.peer_if],
+            ["ip", "netns", "exec", self.name, "ip", "link", "set", self.peer_if, "up"],
+            ["ip", "netns", "exec", self.name, "ip", "link", "set", "lo", "up"],
+        ]
+        for step in steps:
+            r = subprocess.run(step, capture_output=True, text=True)
+            if r.returncode != 0:
+                self.close()
+                raise OSError(f"{' '.join(step)}: {r.stderr.strip()}")
+
+    def run(self, code, *args):
+        """Runs Python code in the namespace with this test's interpreter; returns its stdout's last line."""
+        here = os.path.dirname(os.path.abspath(__file__))
+        r = subprocess.run(["ip", "netns", "exec", self.name, sys.executable, "-c", code, *args], capture_output=True, text=True,
+                           timeout=60, env={**os.environ, "PYTHONPATH": os.pathsep.join([here, os.path.dirname(here)])})
+        assert r.returncode == 0, r.stderr[-2000:]
+        return r.stdout.strip().splitlines()[-1]
+
+    def close(self):
+        subprocess.run(["ip", "link", "del", self.host_if], capture_output=True)
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+
+
+@pytest.fixture
+def namespace():
+    try:
+        ns = Namespace()
+    except OSError as e:
+        pytest.skip(f"this machine does not let the test make a network namespace: {e}")
+    yield ns
+    ns.close()
+
+
+# A client in the namespace: one REST POST and one Flight DoPut of 6 rows, each with an optional token; prints
+# what each got back.
+REMOTE_CLIENT = r"""
+import json, sys
+import httpx, pyarrow.flight as fl
+from clients import ipc_bytes
+from testdata import events
+ip, port, token = sys.argv[1], sys.argv[2], sys.argv[3]
+t = events(6)
+h = {"Content-Type": "application/vnd.apache.arrow.stream"}
+opts = fl.FlightCallOptions()
+if token:
+    h["Authorization"] = "Bearer " + token
+    opts = fl.FlightCallOptions(headers=[(b"authorization", ("Bearer " + token).encode())])
+r = httpx.post(f"http://{ip}:{port}/streams/events", content=ipc_bytes(t), headers=h, timeout=30)
+out = {"rest": [r.status_code, r.headers.get("www-authenticate"), r.text]}
+c = fl.connect(f"grpc://{ip}:{port}")
+try:
+    w, rd = c.do_put(fl.FlightDescriptor.for_path("events"), t.schema, options=opts)
+    w.write_table(t)
+    w.done_writing()
+    rd.read()
+    w.close()
+    out["flight"] = "ok"
+except fl.FlightError as e:
+    out["flight"] = type(e).__name__ + ": " + str(e)
+print(json.dumps(out))
+"""
+
+
+def test_a_client_in_another_network_namespace_meets_protected_mode(make_host, namespace):
+    h = make_host("FROM arrowport_listen('0.0.0.0:0')").listen()
+    remote = lambda token="": json.loads(namespace.run(REMOTE_CLIENT, namespace.host_ip, str(h.port), token))  # noqa: E731
+
+    got = remote()
+    status, challenge, text = got["rest"]
+    assert status == 401 and challenge.startswith("Bearer"), got
+    assert "protected mode" in text and "arrowport_create_token" in text, text
+    assert got["flight"].startswith("FlightUnauthenticatedError") and "protected mode" in got["flight"], got
+    assert h.count("events") == 0
+
+    token = h.token("etl")
+    got = remote("not-" + token)
+    assert got["rest"][0] == 401 and got["flight"].startswith("FlightUnauthenticatedError"), got
+    assert h.count("events") == 0
+    got = remote(token)
+    assert got["rest"][0] == 200 and got["flight"] == "ok", got
+    assert h.count("events") == 12
 
 
 def test_a_bare_port_binds_loopback_only(make_host):
