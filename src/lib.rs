@@ -49,11 +49,27 @@ use std::sync::Once;
 static ALLOCATOR: ffi::LargeMmap = ffi::LargeMmap;
 
 static AT_EXIT: Once = Once::new();
+static PANIC_HOOK: Once = Once::new();
 
 /// Called by the entrypoint on `LOAD`, with our connections already open.
 pub fn init(ctx: ffi::LoadContext) -> Result<(), Box<dyn std::error::Error>> {
+    PANIC_HOOK.call_once(quiet_panics);
     let host = server::Host::new(ctx.pool, store::Store::new(ctx.admin));
     sql::register(&ctx.conn, host)?;
     AT_EXIT.call_once(|| ffi::at_exit(server::stop_all_at_exit));
     Ok(())
+}
+
+/// Every panic in arrowport is contained where it happens: the request or statement fails with the panic's
+/// message (arrow-ipc panics on some malformed input, for one), and the host keeps running. Rust's default
+/// report would still print a panic and backtrace note on the host's stderr, which is the user's DuckDB
+/// session; `ARROWPORT_LOG_PANICS=1` in the host's environment brings it back. The hook belongs to arrowport's
+/// own copy of the Rust runtime (a cdylib links its own), so other Rust code in the process keeps its own.
+fn quiet_panics() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::env::var_os("ARROWPORT_LOG_PANICS").is_some_and(|v| v == "1") {
+            report(info);
+        }
+    }));
 }

@@ -145,6 +145,29 @@ def test_malformed_input_gets_precise_statuses_and_nothing_lands(py_listening):
     assert py_listening.count("events") == 10
 
 
+def test_a_contained_panic_prints_nothing_on_the_hosts_stderr(tmp_path, monkeypatch):
+    """arrow-ipc panics on some truncated bodies; arrowport contains the panic and answers INVALID_ARGUMENT, and
+    the user's DuckDB session (this host's stderr) sees no panic report unless ARROWPORT_LOG_PANICS=1."""
+    schema_msg, batch_msg = flightraw.ipc_messages(events(100))[:2]
+    truncated = [flightraw.flight_data(flightraw.descriptor(1, path=["events"]), header=schema_msg[0]),
+                 flightraw.flight_data(header=batch_msg[0], body=batch_msg[1][: len(batch_msg[1]) // 2])]
+
+    def stderr_after_truncated_put(name):
+        host = hosts.start("py20", str(tmp_path / f"{name}.duckdb"))
+        host.sql(hosts.load_sql())
+        addr = host.sql("SELECT arrowport_listen('127.0.0.1:0')")[0][0]
+        code, details = raw_error(addr, truncated)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "invalid Arrow IPC data" in details, details
+        host.sql("SELECT arrowport_stop()")
+        assert host.close() == 0
+        return host.stderr()
+
+    err = stderr_after_truncated_put("quiet")
+    assert "panicked" not in err and "RUST_BACKTRACE" not in err, err[-2000:]
+    monkeypatch.setenv("ARROWPORT_LOG_PANICS", "1")
+    assert "panicked" in stderr_after_truncated_put("loud")
+
+
 def test_an_empty_stream_succeeds_and_writes_nothing(py_listening):
     meta = put(py_listening.addr, "nothing", events(0))
     assert meta == {"stream": "nothing", "table": "main.nothing", "rows": 0, "batches": 0}
