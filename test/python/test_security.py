@@ -540,3 +540,34 @@ def test_a_stalled_client_is_cut_off_while_others_keep_ingesting(make_host):
     assert "sent nothing for 1s" in results["rest"]
     assert h.count("stalled") == 0
     assert h.sql("SELECT count(*), count(DISTINCT id) FROM busy") == [(100, 100)]
+
+
+def test_size_limits_refuse_one_request_while_another_keeps_ingesting(make_host):
+    h = make_host("FROM arrowport_listen('127.0.0.1:0', max_message_bytes := 1048576, max_body_bytes := 2097152)").listen()
+    held = HeldRequest(h.port, "steady", events(500))
+    held.start()
+    assert held.started_sending.wait(10)
+    wait_in_flight(h, 1)
+
+    # A Flight message over max_message_bytes, a REST body over max_body_bytes (streamed, no length) and a
+    # REST message over max_message_bytes inside a body that is within its limit.
+    blob = pa.table({"blob": pa.array([b"x" * (2 << 20)])})
+    with pytest.raises(pa.ArrowException, match="over the listener's size limit") as e:
+        put("127.0.0.1", h.port, "big", blob)
+    assert "resource exhausted" in str(e.value).lower()
+    body = ipc_bytes(events(100_000))
+    assert len(body) > 2097152
+    r = httpx.post(f"http://127.0.0.1:{h.port}/streams/big", content=iter([body[i:i + 65536] for i in range(0, len(body), 65536)]),
+                   headers={"Content-Type": ARROW}, timeout=30)
+    assert "over the listener's limit" in refused_json(r, 413, "too_large")
+    one_message = ipc_bytes(pa.table({"blob": pa.array([b"y" * 1_500_000])}))
+    assert len(one_message) < 2097152
+    r = httpx.post(f"http://127.0.0.1:{h.port}/streams/big", content=one_message, headers={"Content-Type": ARROW}, timeout=30)
+    assert "over the listener's limit of 1048576 bytes" in refused_json(r, 413, "too_large")
+    assert h.count("big") == 0
+
+    # The request in flight all along finishes, whole.
+    held.release.set()
+    held.join(30)
+    assert held.response.status_code == 200, held.response.text
+    assert h.sql("SELECT count(*), count(DISTINCT id) FROM steady") == [(500, 500)]
