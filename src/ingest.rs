@@ -29,8 +29,12 @@ use crate::query::{Access, Catalog, Described, QueryOut, Statement};
 use crate::registry::{Mapping, Mode, Registry, ResolveError, TableRule, Target};
 use crate::schema;
 
-/// Batches buffered between the network and a writer. Small on purpose: it bounds memory per request.
+/// Batches buffered between the network and a writer. Small on purpose: it bounds memory per request...
 const QUEUE_DEPTH: usize = 4;
+
+/// ...and so does this budget of decoded bytes queued (a batch larger than the budget still passes, alone), so a
+/// request's memory does not grow with the size of its batches (up to `max_message_bytes` each).
+const QUEUE_BYTES: usize = 64 * 1024 * 1024;
 
 /// How long a request waits for a free writer before it is answered "busy".
 const WRITER_WAIT: Duration = Duration::from_secs(30);
@@ -206,12 +210,13 @@ struct Counts {
     decoded_bytes: AtomicU64,
 }
 
-/// Messages from the network side to a writer.
+/// Messages from the network side to a writer. A batch carries its share of the request's queue budget, given
+/// back when the writer takes it.
 #[derive(Debug)]
 pub enum Msg {
-    Batch(RecordBatch),
+    Batch(RecordBatch, Option<OwnedSemaphorePermit>),
     /// A batch read ahead by the core, already counted.
-    Counted(RecordBatch),
+    Counted(RecordBatch, Option<OwnedSemaphorePermit>),
     /// The input ended normally: commit.
     End,
     /// The input failed: roll back with this error.
@@ -232,12 +237,12 @@ impl BatchRx {
             return Ok(None);
         }
         match self.rx.blocking_recv() {
-            Some(Msg::Batch(b)) => {
+            Some(Msg::Batch(b, _budget)) => {
                 self.counts.batches.fetch_add(1, Ordering::Relaxed);
                 self.counts.rows.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
                 Ok(Some(b))
             }
-            Some(Msg::Counted(b)) => Ok(Some(b)),
+            Some(Msg::Counted(b, _budget)) => Ok(Some(b)),
             Some(Msg::End) => {
                 self.ended = true;
                 Ok(None)
@@ -642,15 +647,15 @@ impl<S: Sink> Core<S> {
                         bytes += size;
                         counts.batches.fetch_add(1, Ordering::Relaxed);
                         counts.rows.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
-                        ahead.push(b);
+                        ahead.push((b, size));
                     }
                 }
             }
             if ended && !ahead.is_empty() {
-                let rows: u64 = ahead.iter().map(|b| b.num_rows() as u64).sum();
+                let rows: u64 = ahead.iter().map(|(b, _)| b.num_rows() as u64).sum();
                 let table = mapping.target.display();
                 let (reply, done) = oneshot::channel();
-                let item = Buffered { mapping, schema, batches: ahead, rows };
+                let item = Buffered { mapping, schema, batches: ahead.into_iter().map(|(b, _)| b).collect(), rows };
                 self.writers.submit_group(item, reply)?;
                 let written = done.await.map_err(|_| IngestError::Internal("the group committer went away".into()))??;
                 let batches = counts.batches.load(Ordering::Relaxed);
@@ -666,19 +671,20 @@ impl<S: Sink> Core<S> {
         let work = Work::Write { mapping, schema: Arc::clone(&schema), input: batch_rx, reply: reply_tx };
         self.writers.submit(Job { work, _permit: permit })?;
 
+        let budget = Arc::new(Semaphore::new(QUEUE_BYTES));
         let mut pumped = Ok(());
-        for b in ahead {
-            let sent = tokio::select! {
-                _ = self.cancel.cancelled() => Err(IngestError::Stopping),
-                r = tx.send(Msg::Counted(b)) => r.map_err(|_| IngestError::Internal("the writer stopped reading".into())),
-            };
-            if let Err(e) = sent {
-                pumped = Err(e);
+        for (b, size) in ahead {
+            match self.queue(&tx, &budget, b, size, true).await {
+                Ok(true) => {}
+                Ok(false) => pumped = Err(IngestError::Internal("the writer stopped reading".into())),
+                Err(e) => pumped = Err(e),
+            }
+            if pumped.is_err() {
                 break;
             }
         }
         if pumped.is_ok() && !ended {
-            pumped = self.pump(&mut input, stall, &tx, &incoming, needs_cast.then_some(&schema), counts).await;
+            pumped = self.pump(&mut input, stall, &tx, &budget, &incoming, needs_cast.then_some(&schema), counts).await;
         }
         let last = match &pumped {
             Ok(()) => Msg::End,
@@ -821,11 +827,13 @@ impl<S: Sink> Core<S> {
 
     /// Moves batches from the input to the writer until the input ends (Ok) or fails (Err). Returns Ok early
     /// when the writer stopped reading: its reply carries the reason.
+    #[allow(clippy::too_many_arguments)]
     async fn pump<I>(
         &self,
         input: &mut I,
         stall: Duration,
         tx: &mpsc::Sender<Msg>,
+        budget: &Arc<Semaphore>,
         incoming: &SchemaRef,
         cast_to: Option<&SchemaRef>,
         counts: &Counts,
@@ -836,16 +844,28 @@ impl<S: Sink> Core<S> {
         loop {
             match self.next_batch(input, stall, incoming, cast_to, counts).await? {
                 None => return Ok(()),
-                Some((b, _)) => {
-                    let sent = tokio::select! {
-                        _ = self.cancel.cancelled() => return Err(IngestError::Stopping),
-                        r = tx.send(Msg::Batch(b)) => r,
-                    };
-                    if sent.is_err() {
+                Some((b, size)) => {
+                    if !self.queue(tx, budget, b, size, false).await? {
                         return Ok(());
                     }
                 }
             }
+        }
+    }
+
+    /// Queues a batch for the writer once the request's byte budget has room for it (the writer's pace is the
+    /// sender's: while this waits, the request reads nothing more). `Ok(false)` when the writer stopped reading.
+    async fn queue(&self, tx: &mpsc::Sender<Msg>, budget: &Arc<Semaphore>, b: RecordBatch, size: usize, counted: bool) -> Result<bool, IngestError> {
+        // Within QUEUE_BYTES (64 MiB), so the count fits a u32.
+        let share = size.clamp(1, QUEUE_BYTES) as u32;
+        let permit = tokio::select! {
+            _ = self.cancel.cancelled() => return Err(IngestError::Stopping),
+            p = Arc::clone(budget).acquire_many_owned(share) => p.map_err(|_| IngestError::Internal("the queue budget was closed".into()))?,
+        };
+        let msg = if counted { Msg::Counted(b, Some(permit)) } else { Msg::Batch(b, Some(permit)) };
+        tokio::select! {
+            _ = self.cancel.cancelled() => Err(IngestError::Stopping),
+            r = tx.send(msg) => Ok(r.is_ok()),
         }
     }
 }
@@ -862,10 +882,15 @@ mod tests {
     struct Fake {
         committed: Arc<Mutex<Vec<(String, u64)>>>,
         groups: Arc<Mutex<Vec<usize>>>,
+        /// When set, a streamed write reads nothing until this yields (a slow DuckDB).
+        hold: Option<Arc<Mutex<std::sync::mpsc::Receiver<()>>>>,
     }
 
     impl Sink for Fake {
         fn write(&mut self, mapping: &Mapping, _schema: SchemaRef, mut input: BatchRx) -> Result<Written, IngestError> {
+            if let Some(hold) = &self.hold {
+                let _ = hold.lock().unwrap().recv();
+            }
             let mut rows = 0;
             while let Some(b) = input.next_batch()? {
                 rows += b.num_rows() as u64;
@@ -912,7 +937,7 @@ mod tests {
     }
 
     fn core(committed: &Arc<Mutex<Vec<(String, u64)>>>) -> Core<Fake> {
-        let sinks = (0..3).map(|_| Fake { committed: Arc::clone(committed), groups: Arc::default() }).collect();
+        let sinks = (0..3).map(|_| Fake { committed: Arc::clone(committed), ..Fake::default() }).collect();
         Core::new(Writers::start(sinks).unwrap(), CancellationToken::new(), Arc::default(), Arc::default())
     }
 
@@ -927,6 +952,31 @@ mod tests {
         let m = &core.metrics().rows()[0];
         assert_eq!((m.stream.as_str(), m.requests_ok, m.rows, m.batches, m.decoded_bytes), ("events", 1, 7, 2, 7 * 8));
         assert_eq!(core.writers().stop().len(), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_writer_holds_the_sender_to_the_queue_budget() {
+        let committed: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+        let (release, hold) = std::sync::mpsc::channel();
+        let hold = Arc::new(Mutex::new(hold));
+        let sinks = (0..3).map(|_| Fake { committed: Arc::clone(&committed), hold: Some(Arc::clone(&hold)), ..Fake::default() }).collect();
+        let core = Arc::new(Core::new(Writers::start(sinks).unwrap(), CancellationToken::new(), Arc::default(), Arc::default()));
+        // Batches of 24 MiB: the 64 MiB budget queues two; the third waits for room, and nothing more is read.
+        let rows = (24 << 20) / 8;
+        let pulled = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&pulled);
+        let items = std::iter::once(Ok(Incoming::Schema(schema()))).chain((0..6).map(move |_| Ok(Incoming::Batch(batch(rows as i64)))));
+        let input = stream::iter(items).inspect(move |_| {
+            seen.fetch_add(1, Ordering::SeqCst);
+        });
+        let c = Arc::clone(&core);
+        let task = tokio::spawn(async move { c.ingest(req("events", Protocol::Flight), input).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(pulled.load(Ordering::SeqCst), 1 + 3, "the schema, two queued batches and one waiting for room");
+        release.send(()).unwrap();
+        let report = task.await.unwrap().unwrap();
+        assert_eq!(report.rows, 6 * rows as u64);
+        assert_eq!(*committed.lock().unwrap(), vec![("events".to_string(), 6 * rows as u64)]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -992,7 +1042,7 @@ mod tests {
     async fn a_dropped_producer_is_a_disconnect_not_a_commit() {
         let (tx, rx) = mpsc::channel(1);
         let mut input = BatchRx { rx, ended: false, counts: Arc::default() };
-        tx.send(Msg::Batch(batch(1))).await.unwrap();
+        tx.send(Msg::Batch(batch(1), None)).await.unwrap();
         drop(tx);
         let got = tokio::task::spawn_blocking(move || (input.next_batch().map(|b| b.is_some()), input.next_batch().map(|_| ())))
             .await
@@ -1051,7 +1101,7 @@ mod tests {
     async fn small_requests_commit_in_groups_and_large_ones_stream() {
         let committed: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
         let groups: Arc<Mutex<Vec<usize>>> = Arc::default();
-        let sinks = (0..3).map(|_| Fake { committed: Arc::clone(&committed), groups: Arc::clone(&groups) }).collect();
+        let sinks = (0..3).map(|_| Fake { committed: Arc::clone(&committed), groups: Arc::clone(&groups), hold: None }).collect();
         let core = Arc::new(Core::new(Writers::start(sinks).unwrap(), CancellationToken::new(), Arc::default(), Arc::default()));
         let tasks: Vec<_> = (0..20)
             .map(|i| {
