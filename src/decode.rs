@@ -68,10 +68,10 @@ impl Framer {
 
     /// The next whole message, if the bytes pushed so far hold one.
     pub fn next_message(&mut self) -> Result<Option<FlightData>, IngestError> {
-        if let Some(body) = self.body.take_if(|b| b.complete()) {
-            return Ok(Some(flight_data(body.header, body.data)));
+        if self.body.is_some() {
+            return Ok(self.finished());
         }
-        if self.body.is_some() || self.ended || self.buf.len() < 4 {
+        if self.ended || self.buf.len() < 4 {
             return Ok(None);
         }
         let first = u32::from_le_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
@@ -109,12 +109,14 @@ impl Framer {
         let have = size.min(self.buf.len());
         data.extend_from_slice(&self.buf[..have]);
         self.buf.advance(have);
-        let body = Body { header, data, size };
-        if body.complete() {
-            return Ok(Some(flight_data(body.header, body.data)));
-        }
-        self.body = Some(body);
-        Ok(None)
+        self.body = Some(Body { header, data, size });
+        Ok(self.finished())
+    }
+
+    /// The message whose body is being filled, once its body is complete.
+    fn finished(&mut self) -> Option<FlightData> {
+        let body = self.body.take_if(|b| b.complete())?;
+        Some(flight_data(body.header, body.data))
     }
 
     /// Whether the input may end here: at a message boundary (with or without the end-of-stream marker).
