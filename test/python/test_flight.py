@@ -110,6 +110,13 @@ def raw_error(addr, messages):
     return e.value.code(), e.value.details()
 
 
+def truncated_put():
+    """A DoPut into `events` whose batch body is cut in half (arrow-ipc panics decoding it)."""
+    schema_msg, batch_msg = flightraw.ipc_messages(events(100))[:2]
+    return [flightraw.flight_data(flightraw.descriptor(1, path=["events"]), header=schema_msg[0]),
+            flightraw.flight_data(header=batch_msg[0], body=batch_msg[1][: len(batch_msg[1]) // 2])]
+
+
 def test_malformed_input_gets_precise_statuses_and_nothing_lands(py_listening):
     addr = py_listening.addr
     put(addr, "events", events(4))
@@ -117,8 +124,7 @@ def test_malformed_input_gets_precise_statuses_and_nothing_lands(py_listening):
     path = flightraw.descriptor(1, path=["events"])
     cases = {
         "garbage": [flightraw.flight_data(path, header=b"\xde\xad\xbe\xef" * 8)],
-        "truncated": [flightraw.flight_data(path, header=schema_msg[0]),
-                      flightraw.flight_data(header=batch_msg[0], body=batch_msg[1][: len(batch_msg[1]) // 2])],
+        "truncated": truncated_put(),
         "schema change": [flightraw.flight_data(path, header=schema_msg[0]),
                           flightraw.flight_data(header=batch_msg[0], body=batch_msg[1]),
                           flightraw.flight_data(header=flightraw.ipc_messages(pa.table({"x": ["y"]}))[0][0])],
@@ -148,15 +154,11 @@ def test_malformed_input_gets_precise_statuses_and_nothing_lands(py_listening):
 def test_a_contained_panic_prints_nothing_on_the_hosts_stderr(tmp_path, monkeypatch):
     """arrow-ipc panics on some truncated bodies; arrowport contains the panic and answers INVALID_ARGUMENT, and
     the user's DuckDB session (this host's stderr) sees no panic report unless ARROWPORT_LOG_PANICS=1."""
-    schema_msg, batch_msg = flightraw.ipc_messages(events(100))[:2]
-    truncated = [flightraw.flight_data(flightraw.descriptor(1, path=["events"]), header=schema_msg[0]),
-                 flightraw.flight_data(header=batch_msg[0], body=batch_msg[1][: len(batch_msg[1]) // 2])]
-
     def stderr_after_truncated_put(name):
         host = hosts.start("py20", str(tmp_path / f"{name}.duckdb"))
         host.sql(hosts.load_sql())
         addr = host.sql("SELECT arrowport_listen('127.0.0.1:0')")[0][0]
-        code, details = raw_error(addr, truncated)
+        code, details = raw_error(addr, truncated_put())
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "invalid Arrow IPC data" in details, details
         host.sql("SELECT arrowport_stop()")
         assert host.close() == 0

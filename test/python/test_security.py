@@ -213,29 +213,18 @@ def namespace():
     ns.close()
 
 
-# A client in the namespace: one REST POST and one Flight DoPut of 6 rows, each with an optional token; prints
-# what each got back.
+# A client in the namespace: one REST POST and one Flight DoPut of 6 rows, each with an optional token, through
+# this file's own helpers; prints what each got back.
 REMOTE_CLIENT = r"""
 import json, sys
-import httpx, pyarrow.flight as fl
-from clients import ipc_bytes
+import pyarrow.flight as fl
+from test_security import bearer, post, put
 from testdata import events
-ip, port, token = sys.argv[1], sys.argv[2], sys.argv[3]
-t = events(6)
-h = {"Content-Type": "application/vnd.apache.arrow.stream"}
-opts = fl.FlightCallOptions()
-if token:
-    h["Authorization"] = "Bearer " + token
-    opts = fl.FlightCallOptions(headers=[(b"authorization", ("Bearer " + token).encode())])
-r = httpx.post(f"http://{ip}:{port}/streams/events", content=ipc_bytes(t), headers=h, timeout=30)
+ip, port, token = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+r = post(ip, port, "events", events(6), bearer(token) if token else None)
 out = {"rest": [r.status_code, r.headers.get("www-authenticate"), r.text]}
-c = fl.connect(f"grpc://{ip}:{port}")
 try:
-    w, rd = c.do_put(fl.FlightDescriptor.for_path("events"), t.schema, options=opts)
-    w.write_table(t)
-    w.done_writing()
-    rd.read()
-    w.close()
+    put(ip, port, "events", events(6), token=token or None)
     out["flight"] = "ok"
 except fl.FlightError as e:
     out["flight"] = type(e).__name__ + ": " + str(e)
