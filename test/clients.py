@@ -14,9 +14,10 @@ def ipc_bytes(table, compression=None, chunk=None):
     return sink.getvalue().to_pybytes()
 
 
-def flight_put(addr, name, table, compression=None, descriptor=None, chunk=None):
-    """One DoPut; returns the PutResult's JSON metadata. Raises pyarrow's error when the server refuses."""
-    c = fl.connect(f"grpc://{addr}")
+def flight_put(addr, name, table, compression=None, descriptor=None, chunk=None, client=None):
+    """One DoPut; returns the PutResult's JSON metadata. Raises pyarrow's error when the server refuses. With
+    `client`, the DoPut goes over that open connection (left open)."""
+    c = client or fl.connect(f"grpc://{addr}")
     try:
         opts = fl.FlightCallOptions(write_options=pa.ipc.IpcWriteOptions(compression=compression))
         w, r = c.do_put(descriptor or fl.FlightDescriptor.for_path(name), table.schema, options=opts)
@@ -26,4 +27,5 @@ def flight_put(addr, name, table, compression=None, descriptor=None, chunk=None)
         w.close()  # raises the server's error when there is no result
         return json.loads(buf.to_pybytes())
     finally:
-        c.close()
+        if client is None:
+            c.close()
