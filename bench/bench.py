@@ -120,6 +120,9 @@ class PeakRss:
         self.after = rss_kib(self.pid)
         self.peak = max(self.peak, self.after)
 
+    def mib(self):
+        return {"rss_before_mib": self.before / 1024, "rss_peak_mib": self.peak / 1024, "rss_after_mib": self.after / 1024}
+
 
 def table_sql(table):
     """The CREATE TABLE that the baseline's `CREATE TABLE t AS SELECT * FROM src LIMIT 0` makes for this table, so
@@ -145,8 +148,7 @@ def baseline(table):
             elapsed = time.perf_counter() - start
         landed = con.execute("SELECT count(*) FROM t").fetchone()[0]
         con.close()
-    return {"seconds": elapsed, "landed": landed, "rss_before_mib": rss.before / 1024, "rss_peak_mib": rss.peak / 1024,
-            "rss_after_mib": rss.after / 1024}
+    return {"seconds": elapsed, "landed": landed, **rss.mib()}
 
 
 class Host:
@@ -159,9 +161,6 @@ class Host:
 
     def count(self, table):
         return self.host.sql(f'SELECT count(*) FROM "{table}"')[0][0]
-
-    def rss_kib(self):
-        return rss_kib(self.host.proc.pid)
 
     def close(self):
         self.host.sql("SELECT arrowport_stop()")
@@ -230,44 +229,27 @@ def one_large(table, protocol, compression, create, empty):
         # Set-up off the clock, as the baseline's is: the target table exists (empty) and the client's
         # connection is open, warmed by an empty request (which writes nothing). curl opens its own.
         host.host.sql(create)
-        peak = [0]
-        before = host.rss_kib()
-        stop = threading.Event()
-
-        def sample():
-            while not stop.is_set():
-                peak[0] = max(peak[0], host.rss_kib())
-                time.sleep(0.02)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        try:
-            with httpx.Client(timeout=600) as client:
-                if protocol in ("rest", "json"):
-                    client.post(f"http://{host.addr}/streams/t", content=empty, headers={"Content-Type": ARROW}).raise_for_status()
-                if protocol == "flight":
-                    c = fl.connect(f"grpc://{host.addr}")
-                    flight_put(host.addr, "t", table.schema.empty_table(), client=c)
-                    seconds, _ = timed(lambda: flight_put(host.addr, "t", table, compression, client=c))
-                    c.close()
-                elif protocol == "rest":
-                    # The body is in the client's memory before the clock starts (the baseline's table is too).
-                    body = ipc_bytes(table, compression)
-                    seconds, _ = timed(lambda: rest_put(client, host.addr, "t", body))
-                    del body
-                elif protocol == "rest-curl":
-                    path = write_body(ipc_bytes(table), tempfile.mkdtemp(dir=d))
-                    seconds, _ = timed(lambda: curl_put(host.addr, "t", path))
-                else:
-                    seconds, _ = timed(lambda: json_put(client, host.addr, "t", table, compression))
-        finally:
-            stop.set()
-            sampler.join()
-        after = host.rss_kib()
+        with PeakRss(host.host.proc.pid) as rss, httpx.Client(timeout=600) as client:
+            if protocol in ("rest", "json"):
+                client.post(f"http://{host.addr}/streams/t", content=empty, headers={"Content-Type": ARROW}).raise_for_status()
+            if protocol == "flight":
+                c = fl.connect(f"grpc://{host.addr}")
+                flight_put(host.addr, "t", table.schema.empty_table(), client=c)
+                seconds, _ = timed(lambda: flight_put(host.addr, "t", table, compression, client=c))
+                c.close()
+            elif protocol == "rest":
+                # The body is in the client's memory before the clock starts (the baseline's table is too).
+                body = ipc_bytes(table, compression)
+                seconds, _ = timed(lambda: rest_put(client, host.addr, "t", body))
+                del body
+            elif protocol == "rest-curl":
+                path = write_body(ipc_bytes(table), tempfile.mkdtemp(dir=d))
+                seconds, _ = timed(lambda: curl_put(host.addr, "t", path))
+            else:
+                seconds, _ = timed(lambda: json_put(client, host.addr, "t", table, compression))
         landed = host.count("t")
         host.close()
-    return {"seconds": seconds, "landed": landed, "rss_before_mib": before / 1024,
-            "rss_peak_mib": max(peak[0], after) / 1024, "rss_after_mib": after / 1024}
+    return {"seconds": seconds, "landed": landed, **rss.mib()}
 
 
 def large_cases(results, dataset, table, base_seconds):
