@@ -674,11 +674,11 @@ impl<S: Sink> Core<S> {
         let budget = Arc::new(Semaphore::new(QUEUE_BYTES));
         let mut pumped = Ok(());
         for (b, size) in ahead {
-            match self.queue(&tx, &budget, b, size, true).await {
-                Ok(true) => {}
-                Ok(false) => pumped = Err(IngestError::Internal("the writer stopped reading".into())),
-                Err(e) => pumped = Err(e),
-            }
+            pumped = match self.queue(&tx, &budget, b, size, true).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(IngestError::Internal("the writer stopped reading".into())),
+                Err(e) => Err(e),
+            };
             if pumped.is_err() {
                 break;
             }
@@ -1101,7 +1101,7 @@ mod tests {
     async fn small_requests_commit_in_groups_and_large_ones_stream() {
         let committed: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
         let groups: Arc<Mutex<Vec<usize>>> = Arc::default();
-        let sinks = (0..3).map(|_| Fake { committed: Arc::clone(&committed), groups: Arc::clone(&groups), hold: None }).collect();
+        let sinks = (0..3).map(|_| Fake { committed: Arc::clone(&committed), groups: Arc::clone(&groups), ..Fake::default() }).collect();
         let core = Arc::new(Core::new(Writers::start(sinks).unwrap(), CancellationToken::new(), Arc::default(), Arc::default()));
         let tasks: Vec<_> = (0..20)
             .map(|i| {
