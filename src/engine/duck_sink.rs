@@ -1,9 +1,10 @@
-//! The DuckDB side of a write: a streamed request becomes one transaction on one of our connections; small
-//! requests received whole share one transaction per group (group commit, on the writer that `ingest` reserves
-//! for it).
+//! The DuckDB side of a write ([`DuckSink`], the production [`Sink`]): a streamed request becomes one
+//! transaction on one of our connections; small requests received whole share one transaction per group (group
+//! commit, on the writer the pool reserves for it). Every transaction is a `duck::Txn`, which rolls back unless
+//! committed, whatever ends it (an error, an early return, a panic).
 //!
 //! The batches are not converted by us: DuckDB's own Arrow scan pulls them from the request's channel (or from
-//! memory, for a group) through an Arrow C stream (`ffi::ScanStream`) registered as a view, and one
+//! memory, for a group) through an Arrow C stream (`duck::ScanStream`) registered as a view, and one
 //! `INSERT INTO <target> SELECT * FROM <view>` lands them. That path reaches in-process insert speed and gives
 //! every column the type DuckDB itself gives that Arrow data (see README, "Write path").
 //!
@@ -18,12 +19,17 @@ use std::sync::{Arc, Condvar, Mutex};
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
 
-use crate::auth;
-use crate::ffi::{BatchPull, DbError, Param, Prepared, RawConn, ScanStream, StatementKind};
-use crate::ingest::{BatchRx, Buffered, IngestError, Sink, Written};
-use crate::query::{self, Access, Catalog, Described, QueryItem, QueryOut, Statement, TableEntry};
-use crate::registry::{Mapping, Mode, SchemaPolicy, TableRule, Target};
-use crate::schema::{self, Column, quote_ident, quote_literal};
+use crate::catalog::registry::{Mapping, Mode, SchemaPolicy, TableRule, Target};
+use crate::catalog::schema::{self, Column, quote_ident, quote_literal};
+use crate::duck::DbError;
+use crate::duck::conn::RawConn;
+use crate::duck::scan::{BatchPull, ScanStream};
+use crate::duck::statement::{Prepared, StatementKind};
+use crate::engine::error::IngestError;
+use crate::engine::error::IngestError as E;
+use crate::engine::policy::{self, Access};
+use crate::engine::query;
+use crate::engine::sink::{BatchRx, Buffered, Catalog, Described, Param, QueryItem, QueryOut, Sink, Statement, TableEntry, Written};
 
 /// The attached in-memory database that holds the per-request scan views.
 pub const SCRATCH_DB: &str = "arrowport_scratch";
@@ -63,6 +69,12 @@ impl Drop for CreateGuard {
 /// A writer's connection, ready to land requests.
 pub struct DuckSink {
     conn: RawConn,
+    at: Landing,
+}
+
+/// Everything a writer knows besides its connection: the methods that take the connection as an argument run
+/// inside or outside a transaction alike (inside, they are given the `Txn`).
+struct Landing {
     id: usize,
     host_db: String,
     locks: Arc<CreateLocks>,
@@ -70,6 +82,9 @@ pub struct DuckSink {
     scan: Option<ScanStream>,
     /// DuckDB's columns for an Arrow schema, as `DESCRIBE` of the view gave them.
     described: HashMap<Schema, Vec<Column>>,
+    /// Test hook: a request into a table of this name panics inside its transaction, after its INSERT (set by
+    /// `ARROWPORT_TEST_PANIC_TABLE` in the host's environment; the end-to-end tests prove the writer survives).
+    panic_on: Option<String>,
 }
 
 /// Arrow schemas whose DuckDB columns a writer remembers.
@@ -91,17 +106,23 @@ impl BatchPull for VecPull {
 impl Drop for DuckSink {
     fn drop(&mut self) {
         // The view points at our stream: it goes first.
-        if self.scan.is_some() {
-            let _ = self.conn.execute(&format!("DROP VIEW IF EXISTS {}", Self::view_sql(&self.view_name())));
+        if self.at.scan.is_some() {
+            let _ = self.conn.execute(&format!("DROP VIEW IF EXISTS {}", view_sql(&self.at.view_name())));
         }
     }
 }
 
-fn db(e: DbError) -> IngestError {
-    match e {
-        DbError::Duck(msg) => IngestError::Db(msg),
-        DbError::Panicked { .. } => IngestError::Internal(e.to_string()),
-    }
+fn view_sql(view: &str) -> String {
+    format!("{}.main.{}", quote_ident(SCRATCH_DB), quote_ident(view))
+}
+
+fn columns(rows: Vec<Vec<Option<String>>>) -> Vec<Column> {
+    rows.into_iter()
+        .map(|r| {
+            let mut it = r.into_iter();
+            Column { name: it.next().flatten().unwrap_or_default(), sql_type: it.next().flatten().unwrap_or_default() }
+        })
+        .collect()
 }
 
 impl DuckSink {
@@ -109,43 +130,29 @@ impl DuckSink {
     /// it the connection's default, so scan views land there.
     pub fn prepare(mut conn: RawConn, id: usize, locks: Arc<CreateLocks>) -> Result<DuckSink, DbError> {
         let rows = conn.query("SELECT current_database()")?;
-        let host_db = rows.first().and_then(|r| r.first().cloned().flatten()).ok_or_else(|| DbError::Duck("no current database".into()))?;
+        let host_db = rows.first().and_then(|r| r.first().cloned().flatten()).ok_or_else(|| DbError("no current database".into()))?;
         conn.execute(&format!("ATTACH IF NOT EXISTS ':memory:' AS {}", quote_ident(SCRATCH_DB)))?;
         conn.execute(&format!("USE {}", quote_ident(SCRATCH_DB)))?;
-        Ok(DuckSink { conn, id, host_db, locks, scan: None, described: HashMap::new() })
+        let panic_on = std::env::var("ARROWPORT_TEST_PANIC_TABLE").ok().filter(|t| !t.is_empty());
+        Ok(DuckSink { conn, at: Landing { id, host_db, locks, scan: None, described: HashMap::new(), panic_on } })
     }
+}
 
-    pub fn host_db(&self) -> &str {
-        &self.host_db
-    }
-
-    fn view_sql(view: &str) -> String {
-        format!("{}.main.{}", quote_ident(SCRATCH_DB), quote_ident(view))
-    }
-
-    fn columns(rows: Vec<Vec<Option<String>>>) -> Vec<Column> {
-        rows.into_iter()
-            .map(|r| {
-                let mut it = r.into_iter();
-                Column { name: it.next().flatten().unwrap_or_default(), sql_type: it.next().flatten().unwrap_or_default() }
-            })
-            .collect()
-    }
-
+impl Landing {
     /// The target's columns, or an empty list when it does not exist.
     /// `DESCRIBE` of the one table: a catalog lookup, where scanning `duckdb_columns()` costs a millisecond or
     /// two per request. A missing table (or schema, or catalog) is DuckDB's Catalog Error, which would abort a
     /// transaction: outside transactions only (inside, [`Self::table_columns_in_txn`]).
-    fn table_columns(&mut self, target: &Target) -> Result<Vec<Column>, IngestError> {
-        match self.conn.query(&format!("DESCRIBE {}", target.sql(&self.host_db))) {
-            Ok(rows) => Ok(Self::columns(rows)),
-            Err(DbError::Duck(msg)) if msg.starts_with("Catalog Error") => Ok(vec![]),
-            Err(e) => Err(db(e)),
+    fn table_columns(&self, conn: &mut RawConn, target: &Target) -> Result<Vec<Column>, IngestError> {
+        match conn.query(&format!("DESCRIBE {}", target.sql(&self.host_db))) {
+            Ok(rows) => Ok(columns(rows)),
+            Err(e) if e.0.starts_with("Catalog Error") => Ok(vec![]),
+            Err(e) => Err(E::db(e)),
         }
     }
 
     /// The target's columns from `duckdb_columns()`, which answers for a missing table without an error.
-    fn table_columns_in_txn(&mut self, target: &Target) -> Result<Vec<Column>, IngestError> {
+    fn table_columns_in_txn(&self, conn: &mut RawConn, target: &Target) -> Result<Vec<Column>, IngestError> {
         let catalog = target.catalog.as_deref().unwrap_or(&self.host_db);
         let sql = format!(
             "SELECT column_name, data_type FROM duckdb_columns() WHERE lower(database_name) = lower({}) \
@@ -154,20 +161,20 @@ impl DuckSink {
             quote_literal(&target.schema),
             quote_literal(&target.table)
         );
-        Ok(Self::columns(self.conn.query(&sql).map_err(db)?))
+        Ok(columns(conn.query(&sql).map_err(E::db)?))
     }
 
     /// Makes this writer's scan view, once, outside any transaction (a transaction that writes to the host
     /// database cannot also create a view in the scratch one, and a rolled-back creation would leave none).
     /// DuckDB binds the view when it makes it, so it is made with a real schema (the first request's).
-    fn ensure_view(&mut self, schema: &SchemaRef) -> Result<(), IngestError> {
+    fn ensure_view(&mut self, conn: &mut RawConn, schema: &SchemaRef) -> Result<(), IngestError> {
         if self.scan.is_some() {
             return Ok(());
         }
         let mut stream = ScanStream::new(Arc::clone(schema), Box::new(VecPull(Vec::new().into())));
         let view = self.view_name();
-        self.conn.execute(&format!("DROP VIEW IF EXISTS {}", Self::view_sql(&view))).map_err(db)?;
-        self.conn.create_scan_view(&view, &mut stream).map_err(db)?;
+        conn.execute(&format!("DROP VIEW IF EXISTS {}", view_sql(&view))).map_err(E::db)?;
+        conn.create_scan_view(&view, &mut stream).map_err(E::db)?;
         self.scan = Some(stream);
         Ok(())
     }
@@ -175,7 +182,7 @@ impl DuckSink {
     /// Points this writer's scan view at a request's batches and returns DuckDB's columns for them. The view
     /// is made once (see [`Self::ensure_view`]): DuckDB binds it, and asks our stream for the schema, on every
     /// statement, so it serves request after request. DuckDB's columns for an Arrow schema are cached.
-    fn point_view(&mut self, schema: SchemaRef, pull: Box<dyn BatchPull>) -> Result<Vec<Column>, IngestError> {
+    fn point_view(&mut self, conn: &mut RawConn, schema: SchemaRef, pull: Box<dyn BatchPull>) -> Result<Vec<Column>, IngestError> {
         let Some(stream) = self.scan.as_mut() else {
             return Err(IngestError::Internal("the scan view was not made".into()));
         };
@@ -183,7 +190,8 @@ impl DuckSink {
         if let Some(cols) = self.described.get(schema.as_ref()) {
             return Ok(cols.clone());
         }
-        let cols = Self::columns(self.conn.query(&format!("DESCRIBE {}", Self::view_sql(&self.view_name()))).map_err(|e| self.view_lost(e))?);
+        let described = conn.query(&format!("DESCRIBE {}", view_sql(&self.view_name())));
+        let cols = columns(described.map_err(|e| self.view_lost(e))?);
         if self.described.len() >= DESCRIBED_CACHE {
             self.described.clear();
         }
@@ -193,10 +201,10 @@ impl DuckSink {
 
     /// A DuckDB error; if it says our view is gone (someone dropped it), the next request makes it again.
     fn view_lost(&mut self, e: DbError) -> IngestError {
-        if e.to_string().contains(&self.view_name()) {
+        if e.0.contains(&self.view_name()) {
             self.scan = None;
         }
-        db(e)
+        E::db(e)
     }
 
     /// Lets go of the last request's batches (and its channel).
@@ -212,9 +220,14 @@ impl DuckSink {
 
     /// Checks a target against the request's rule before any transaction: its columns (empty when missing),
     /// and the create lock when this request may create (or recreate) it.
-    fn prepare_target(&mut self, mapping: &Mapping, locked: &mut HashSet<String>) -> Result<(Vec<Column>, Option<CreateGuard>), IngestError> {
+    fn prepare_target(
+        &self,
+        conn: &mut RawConn,
+        mapping: &Mapping,
+        locked: &mut HashSet<String>,
+    ) -> Result<(Vec<Column>, Option<CreateGuard>), IngestError> {
         let target = &mapping.target;
-        let table = self.table_columns(target)?;
+        let table = self.table_columns(conn, target)?;
         match (table.is_empty(), mapping.rule) {
             (false, TableRule::Create) => return Err(exists_error(target)),
             (true, TableRule::Append) => {
@@ -237,22 +250,22 @@ impl DuckSink {
 
     /// Lands what the scan view holds into the target, inside the caller's transaction: (re)creates the table
     /// when the rule says so, checks the fit, inserts. Returns the rows inserted.
-    fn land(&mut self, mapping: &Mapping, incoming: &[Column], table: &mut Vec<Column>) -> Result<u64, IngestError> {
+    fn land(&mut self, txn: &mut RawConn, mapping: &Mapping, incoming: &[Column], table: &mut Vec<Column>) -> Result<u64, IngestError> {
         let target = &mapping.target;
         let target_sql = target.sql(&self.host_db);
-        let view_sql = Self::view_sql(&self.view_name());
+        let view_sql = view_sql(&self.view_name());
         if mapping.rule == TableRule::Replace {
-            self.conn.execute(&format!("DROP TABLE IF EXISTS {target_sql}")).map_err(db)?;
+            txn.execute(&format!("DROP TABLE IF EXISTS {target_sql}")).map_err(E::db)?;
             table.clear();
         } else if table.is_empty() {
             // Someone (or an earlier part of this transaction) may have created it meanwhile.
-            *table = self.table_columns_in_txn(target)?;
+            *table = self.table_columns_in_txn(txn, target)?;
             if !table.is_empty() && mapping.rule == TableRule::Create {
                 return Err(exists_error(target));
             }
         }
         if table.is_empty() {
-            self.conn.execute(&schema::create_table_sql(&target_sql, incoming)).map_err(db)?;
+            txn.execute(&schema::create_table_sql(&target_sql, incoming)).map_err(E::db)?;
             *table = incoming.to_vec();
         }
         let insert = match mapping.policy {
@@ -264,26 +277,58 @@ impl DuckSink {
                 let evolve = mapping.policy == SchemaPolicy::Evolve;
                 let added = schema::check_by_name(&target.display(), table, incoming, evolve).map_err(IngestError::Conflict)?;
                 for c in added {
-                    self.conn
-                        .execute(&format!("ALTER TABLE {target_sql} ADD COLUMN {} {}", quote_ident(&c.name), c.sql_type))
-                        .map_err(db)?;
+                    txn.execute(&format!("ALTER TABLE {target_sql} ADD COLUMN {} {}", quote_ident(&c.name), c.sql_type)).map_err(E::db)?;
                     table.push(c);
                 }
                 format!("INSERT INTO {target_sql} BY NAME SELECT * FROM {view_sql}")
             }
         };
         if mapping.mode == Mode::Replace {
-            self.conn.execute(&format!("DELETE FROM {target_sql}")).map_err(db)?;
+            txn.execute(&format!("DELETE FROM {target_sql}")).map_err(E::db)?;
         }
-        self.conn.execute(&insert).map_err(|e| self.view_lost(e))
+        let rows = txn.execute(&insert).map_err(|e| self.view_lost(e))?;
+        if self.panic_on.as_deref() == Some(target.table.as_str()) {
+            panic!("test hook: a panic inside the transaction of a request into {}", target.display());
+        }
+        Ok(rows)
     }
 
+    /// The Arrow schema of a table, as DuckDB exports it; `None` when the table does not exist.
+    fn describe_table(&self, conn: &mut RawConn, target: &Target) -> Result<Option<Schema>, IngestError> {
+        if self.table_columns(conn, target)?.is_empty() {
+            return Ok(None);
+        }
+        let sql = format!("SELECT * FROM {} LIMIT 0", target.sql(&self.host_db));
+        conn.arrow_schema_of(&sql).map(Some).map_err(E::db)
+    }
+
+    /// Tables of the host database's main schema, the ones an unmapped stream name lands in.
+    fn main_tables(&self, conn: &mut RawConn) -> Result<Vec<(String, Schema)>, IngestError> {
+        let sql = format!(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = {} AND schema_name = 'main' ORDER BY 1",
+            quote_literal(&self.host_db)
+        );
+        let names: Vec<String> = conn.query(&sql).map_err(E::db)?.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect();
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let target = Target { catalog: None, schema: "main".into(), table: name.clone() };
+            if let Some(s) = self.describe_table(conn, &target)? {
+                out.push((name, s));
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl DuckSink {
     /// One streaming request in its own transaction; the view already points at its batches.
     fn write_view(&mut self, mapping: &Mapping, incoming: &[Column], failed: &Mutex<Option<IngestError>>) -> Result<Written, IngestError> {
         let started = std::time::Instant::now();
-        let (mut table, _create_guard) = self.prepare_target(mapping, &mut HashSet::new())?;
-        let result = self.in_transaction(|this| {
-            let rows = this.land(mapping, incoming, &mut table)?;
+        let DuckSink { conn, at } = self;
+        let (mut table, _create_guard) = at.prepare_target(conn, mapping, &mut HashSet::new())?;
+        let result = conn.begin().map_err(E::db).and_then(|mut txn| {
+            let rows = at.land(&mut txn, mapping, incoming, &mut table)?;
+            txn.commit().map_err(E::db)?;
             Ok(Written { rows, write_seconds: started.elapsed().as_secs_f64() })
         });
         // When the input failed while DuckDB was reading it, DuckDB's error only echoes ours.
@@ -292,10 +337,11 @@ impl DuckSink {
 
     /// A buffered request on its own, in its own transaction.
     fn write_buffered(&mut self, item: &Buffered) -> Result<Written, IngestError> {
-        self.ensure_view(&item.schema)?;
-        let incoming = self.point_view(Arc::clone(&item.schema), Box::new(VecPull(item.batches.clone().into())))?;
+        let DuckSink { conn, at } = self;
+        at.ensure_view(conn, &item.schema)?;
+        let incoming = at.point_view(conn, Arc::clone(&item.schema), Box::new(VecPull(item.batches.clone().into())))?;
         let result = self.write_view(&item.mapping, &incoming, &Mutex::new(None));
-        self.release_view();
+        self.at.release_view();
         result
     }
 
@@ -309,68 +355,33 @@ impl DuckSink {
                 _ => runs.push((i, i + 1)),
             }
         }
+        let DuckSink { conn, at } = self;
         if let Some(first) = items.first() {
-            self.ensure_view(&first.schema)?;
+            at.ensure_view(conn, &first.schema)?;
         }
         let mut locked = HashSet::new();
         let mut guards = Vec::new();
         let mut tables = Vec::with_capacity(runs.len());
         for &(start, _) in &runs {
-            let (table, guard) = self.prepare_target(&items[start].mapping, &mut locked)?;
+            let (table, guard) = at.prepare_target(conn, &items[start].mapping, &mut locked)?;
             tables.push(table);
             guards.extend(guard);
         }
-        let result = self.in_transaction(|this| {
+        let result = conn.begin().map_err(E::db).and_then(|mut txn| {
             for (&(start, end), table) in runs.iter().zip(tables.iter_mut()) {
                 let batches: Vec<RecordBatch> = items[start..end].iter().flat_map(|i| i.batches.iter().cloned()).collect();
                 let expected: u64 = items[start..end].iter().map(|i| i.rows).sum();
-                let incoming = this.point_view(Arc::clone(&items[start].schema), Box::new(VecPull(batches.into())))?;
-                let rows = this.land(&items[start].mapping, &incoming, table)?;
+                let incoming = at.point_view(&mut txn, Arc::clone(&items[start].schema), Box::new(VecPull(batches.into())))?;
+                let rows = at.land(&mut txn, &items[start].mapping, &incoming, table)?;
                 if rows != expected {
                     return Err(IngestError::Internal(format!("a grouped insert wrote {rows} rows of {expected}")));
                 }
             }
-            Ok(())
+            txn.commit().map_err(E::db)
         });
-        self.release_view();
+        at.release_view();
         drop(guards);
         result
-    }
-
-    /// Runs `f` inside BEGIN ... COMMIT on this connection; rolls back when `f` or the commit fails.
-    fn in_transaction<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T, IngestError>) -> Result<T, IngestError> {
-        self.conn.execute("BEGIN TRANSACTION").map_err(db)?;
-        let result = f(self).and_then(|v| self.conn.execute("COMMIT").map(|_| v).map_err(db));
-        if result.is_err() {
-            let _ = self.conn.execute("ROLLBACK");
-        }
-        result
-    }
-
-    /// The Arrow schema of a table, as DuckDB exports it; `None` when the table does not exist.
-    fn describe_table(&mut self, target: &Target) -> Result<Option<Schema>, IngestError> {
-        if self.table_columns(target)?.is_empty() {
-            return Ok(None);
-        }
-        let sql = format!("SELECT * FROM {} LIMIT 0", target.sql(&self.host_db));
-        self.conn.arrow_schema_of(&sql).map(Some).map_err(db)
-    }
-
-    /// Tables of the host database's main schema, the ones an unmapped stream name lands in.
-    fn main_tables(&mut self) -> Result<Vec<(String, Schema)>, IngestError> {
-        let sql = format!(
-            "SELECT table_name FROM duckdb_tables() WHERE database_name = {} AND schema_name = 'main' ORDER BY 1",
-            quote_literal(&self.host_db)
-        );
-        let names: Vec<String> = self.conn.query(&sql).map_err(db)?.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect();
-        let mut out = Vec::with_capacity(names.len());
-        for name in names {
-            let target = Target { catalog: None, schema: "main".into(), table: name.clone() };
-            if let Some(s) = self.describe_table(&target)? {
-                out.push((name, s));
-            }
-        }
-        Ok(out)
     }
 }
 
@@ -404,21 +415,24 @@ impl Sink for DuckSink {
         // table even from an empty stream, as its mode says.
         let first = input.next_batch()?;
         if first.is_none() && mapping.rule == TableRule::Stream {
-            if mapping.mode == Mode::Replace && !self.table_columns(&mapping.target)?.is_empty() {
+            if mapping.mode == Mode::Replace && !self.at.table_columns(&mut self.conn, &mapping.target)?.is_empty() {
                 let started = std::time::Instant::now();
-                let target_sql = mapping.target.sql(&self.host_db);
-                self.in_transaction(|this| this.conn.execute(&format!("DELETE FROM {target_sql}")).map_err(db))?;
+                let target_sql = mapping.target.sql(&self.at.host_db);
+                let mut txn = self.conn.begin().map_err(E::db)?;
+                txn.execute(&format!("DELETE FROM {target_sql}")).map_err(E::db)?;
+                txn.commit().map_err(E::db)?;
                 return Ok(Written { rows: 0, write_seconds: started.elapsed().as_secs_f64() });
             }
             return Ok(Written { rows: 0, write_seconds: 0.0 });
         }
         let failed = Arc::new(Mutex::new(None));
         let pull = Pull { first, input, failed: Arc::clone(&failed) };
-        let result = self
-            .ensure_view(&schema)
-            .and_then(|()| self.point_view(schema, Box::new(pull)))
+        let DuckSink { conn, at } = self;
+        let result = at
+            .ensure_view(conn, &schema)
+            .and_then(|()| at.point_view(conn, schema, Box::new(pull)))
             .and_then(|incoming| self.write_view(mapping, &incoming, &failed));
-        self.release_view();
+        self.at.release_view();
         result
     }
 
@@ -433,22 +447,22 @@ impl Sink for DuckSink {
     }
 
     fn table_schema(&mut self, target: &Target) -> Result<Option<Schema>, IngestError> {
-        self.describe_table(target)
+        self.at.describe_table(&mut self.conn, target)
     }
 
     fn list_tables(&mut self) -> Result<Vec<(String, Schema)>, IngestError> {
-        self.main_tables()
+        self.at.main_tables(&mut self.conn)
     }
 
     fn ping(&mut self) -> Result<String, IngestError> {
-        let rows = self.conn.query("SELECT version()").map_err(db)?;
+        let rows = self.conn.query("SELECT version()").map_err(E::db)?;
         Ok(rows.into_iter().next().and_then(|r| r.into_iter().next().flatten()).unwrap_or_default())
     }
 
     fn describe_sql(&mut self, sql: &str, params: Option<&[Param]>, access: Access) -> Result<Described, IngestError> {
         self.remote(access, |conn| {
             let (kind, types) = {
-                let p = conn.prepare(sql).map_err(remote_db)?;
+                let p = conn.prepare(sql).map_err(E::sql)?;
                 allowed(&p, access)?;
                 (p.kind(), p.param_types())
             };
@@ -457,7 +471,7 @@ impl Sink for DuckSink {
             let nulls = vec![Param::Null; types.len()];
             let values = params.unwrap_or(&nulls);
             let schema = match kind {
-                StatementKind::Select => conn.select_schema(sql, values).map_err(remote_db)?.unwrap_or_else(Schema::empty),
+                StatementKind::Select => conn.select_schema(sql, values).map_err(E::sql)?.unwrap_or_else(Schema::empty),
                 _ => Schema::empty(),
             };
             Ok(Described { schema, params: query::param_schema(types) })
@@ -467,7 +481,7 @@ impl Sink for DuckSink {
     fn query(&mut self, statement: &Statement, access: Access, out: &QueryOut) -> Result<(), IngestError> {
         self.remote(access, |conn| {
             let kind = {
-                let p = conn.prepare(&statement.sql).map_err(remote_db)?;
+                let p = conn.prepare(&statement.sql).map_err(E::sql)?;
                 allowed(&p, access)?;
                 p.kind()
             };
@@ -484,19 +498,19 @@ impl Sink for DuckSink {
             for params in runs {
                 // A query streams: DuckDB's Arrow schema for it comes from running it wrapped with LIMIT 0.
                 let streaming_schema =
-                    if kind == StatementKind::Select { conn.select_schema(&statement.sql, params).map_err(remote_db)? } else { None };
-                let mut p = conn.prepare(&statement.sql).map_err(remote_db)?;
-                p.bind(params).map_err(remote_db)?;
+                    if kind == StatementKind::Select { conn.select_schema(&statement.sql, params).map_err(E::sql)? } else { None };
+                let mut p = conn.prepare(&statement.sql).map_err(E::sql)?;
+                p.bind(params).map_err(E::sql)?;
                 match streaming_schema {
                     Some(schema) => {
-                        let mut rows = p.execute(&schema).map_err(remote_db)?;
+                        let mut rows = p.execute(&schema).map_err(E::sql)?;
                         send_schema(rows.schema())?;
-                        while let Some(batch) = rows.next_batch().map_err(remote_db)? {
+                        while let Some(batch) = rows.next_batch().map_err(E::sql)? {
                             out.send(QueryItem::Batch(batch))?;
                         }
                     }
                     None => {
-                        let (schema, batches) = p.execute_materialized().map_err(remote_db)?;
+                        let (schema, batches) = p.execute_materialized().map_err(E::sql)?;
                         send_schema(schema)?;
                         for batch in batches {
                             out.send(QueryItem::Batch(batch))?;
@@ -510,38 +524,34 @@ impl Sink for DuckSink {
 
     fn update(&mut self, statement: &Statement, access: Access) -> Result<u64, IngestError> {
         self.remote(access, |conn| {
-            let mut p = conn.prepare(&statement.sql).map_err(remote_db)?;
+            let mut p = conn.prepare(&statement.sql).map_err(E::sql)?;
             allowed(&p, access)?;
             let no_params = [Vec::new()];
             let runs: &[Vec<Param>] = if statement.params.is_empty() { &no_params } else { &statement.params };
             let mut changed = 0;
             for params in runs {
-                p.bind(params).map_err(remote_db)?;
-                changed += p.execute_update().map_err(remote_db)?;
+                p.bind(params).map_err(E::sql)?;
+                changed += p.execute_update().map_err(E::sql)?;
             }
             Ok(changed)
         })
     }
 
     fn catalog(&mut self, with_schemas: bool) -> Result<Catalog, IngestError> {
+        let conn = &mut self.conn;
         let own = format!("database_name NOT IN ({}, 'temp', 'system')", quote_literal(SCRATCH_DB));
         let text = |rows: Vec<Vec<Option<String>>>| -> Vec<Vec<String>> {
             rows.into_iter().map(|r| r.into_iter().map(Option::unwrap_or_default).collect()).collect()
         };
-        let catalogs = text(self.conn.query(&format!("SELECT database_name FROM duckdb_databases() WHERE {own} ORDER BY 1")).map_err(db)?);
-        let schemas = text(
-            self.conn
-                .query(&format!("SELECT database_name, schema_name FROM duckdb_schemas() WHERE {own} ORDER BY 1, 2"))
-                .map_err(db)?,
-        );
+        let catalogs = text(conn.query(&format!("SELECT database_name FROM duckdb_databases() WHERE {own} ORDER BY 1")).map_err(E::db)?);
+        let schemas = text(conn.query(&format!("SELECT database_name, schema_name FROM duckdb_schemas() WHERE {own} ORDER BY 1, 2")).map_err(E::db)?);
         let tables = text(
-            self.conn
-                .query(&format!(
-                    "SELECT database_name, schema_name, table_name, 'TABLE' FROM duckdb_tables() WHERE {own} AND NOT temporary \
-                     UNION ALL SELECT database_name, schema_name, view_name, 'VIEW' FROM duckdb_views() WHERE {own} AND NOT internal \
-                     AND NOT temporary ORDER BY 1, 2, 3"
-                ))
-                .map_err(db)?,
+            conn.query(&format!(
+                "SELECT database_name, schema_name, table_name, 'TABLE' FROM duckdb_tables() WHERE {own} AND NOT temporary \
+                 UNION ALL SELECT database_name, schema_name, view_name, 'VIEW' FROM duckdb_views() WHERE {own} AND NOT internal \
+                 AND NOT temporary ORDER BY 1, 2, 3"
+            ))
+            .map_err(E::db)?,
         );
         let mut out = Catalog {
             catalogs: catalogs.into_iter().filter_map(|r| r.into_iter().next()).collect(),
@@ -552,21 +562,13 @@ impl Sink for DuckSink {
             let [catalog, schema, name, kind] = <[String; 4]>::try_from(r).map_err(|_| IngestError::Internal("catalog row".into()))?;
             let arrow = if with_schemas {
                 let sql = format!("SELECT * FROM {}.{}.{} LIMIT 0", quote_ident(&catalog), quote_ident(&schema), quote_ident(&name));
-                Some(self.conn.arrow_schema_of(&sql).map_err(db)?)
+                Some(conn.arrow_schema_of(&sql).map_err(E::db)?)
             } else {
                 None
             };
             out.tables.push(TableEntry { catalog, schema, name, kind, arrow });
         }
         Ok(out)
-    }
-}
-
-/// DuckDB's refusal of a statement sent over the network: the client's to fix, DuckDB's text verbatim.
-fn remote_db(e: DbError) -> IngestError {
-    match e {
-        DbError::Duck(msg) => IngestError::Sql(msg),
-        DbError::Panicked { .. } => IngestError::Internal(e.to_string()),
     }
 }
 
@@ -588,15 +590,18 @@ impl DuckSink {
     /// connections default to the scratch database), inside a read-only transaction when the listener says so,
     /// with arrowport's own SQL functions refusing to run; then restores the connection.
     fn remote<T>(&mut self, access: Access, f: impl FnOnce(&mut RawConn) -> Result<T, IngestError>) -> Result<T, IngestError> {
-        self.conn.execute(&format!("USE {}", quote_ident(&self.host_db))).map_err(db)?;
-        let read_only = access == Access::ReadOnly;
-        let began = if read_only { self.conn.execute("BEGIN TRANSACTION READ ONLY").map(|_| ()).map_err(db) } else { Ok(()) };
-        let out = began.and_then(|()| auth::as_remote(|| f(&mut self.conn)));
-        if read_only {
-            let _ = self.conn.execute(if out.is_ok() { "COMMIT" } else { "ROLLBACK" });
-        }
+        self.conn.execute(&format!("USE {}", quote_ident(&self.at.host_db))).map_err(E::db)?;
+        let out = if access == Access::ReadOnly {
+            self.conn.begin_read_only().map_err(E::db).and_then(|mut txn| {
+                let out = policy::as_remote(|| f(&mut txn))?;
+                txn.commit().map_err(E::db)?;
+                Ok(out)
+            })
+        } else {
+            policy::as_remote(|| f(&mut self.conn))
+        };
         if let Err(e) = self.conn.execute(&format!("USE {}", quote_ident(SCRATCH_DB))) {
-            eprintln!("arrowport: could not restore writer {} after a statement: {e}", self.id);
+            eprintln!("arrowport: could not restore writer {} after a statement: {e}", self.at.id);
         }
         out
     }

@@ -5,8 +5,7 @@
 //! - `POST /stream/{name}`: the original service's JSON body (base64 schema and IPC stream), answered in its shape.
 //! - `GET /health`, `GET /streams`, `GET /streams/{name}`.
 //!
-//! Errors are `{"error": {"code", "message"}}` with the status from `error::http_status`. Nothing here touches
-//! DuckDB.
+//! Errors are `{"error": {"code", "message"}}`, built by `proto::status`. Nothing here touches DuckDB.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +16,7 @@ use async_compression::tokio::bufread::{GzipDecoder, ZstdDecoder};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Extension, Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
@@ -26,12 +25,15 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 use tokio_util::io::{ReaderStream, StreamReader};
 
-use crate::auth::Principal;
-use crate::decode;
-use crate::error::{Code, http_status};
-use crate::ingest::{Core, IngestError, Policy, Request as IngestRequest, Sink, StreamInfo};
-use crate::metrics::Protocol;
-use crate::registry::Target;
+use crate::catalog::access::Principal;
+use crate::catalog::registry::Target;
+use crate::engine::core::{Core, StreamInfo};
+use crate::engine::error::{Code, IngestError};
+use crate::engine::ingest::Request as IngestRequest;
+use crate::engine::metrics::{self, Protocol};
+use crate::engine::policy::Policy;
+use crate::engine::sink::Sink;
+use crate::proto::{ipc, status};
 
 /// The media type of an Arrow IPC stream.
 pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
@@ -64,9 +66,7 @@ pub struct ApiError {
 
 impl From<IngestError> for ApiError {
     fn from(e: IngestError) -> Self {
-        if let IngestError::Internal(cause) = &e {
-            eprintln!("arrowport: internal error: {cause}");
-        }
+        status::log_internal(&e);
         ApiError { code: e.code(), message: e.to_string() }
     }
 }
@@ -79,13 +79,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(http_status(self.code)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = json!({"error": {"code": self.code.name(), "message": self.message}});
-        let mut response = (status, axum::Json(body)).into_response();
-        if matches!(self.code, Code::Busy | Code::Stopping) {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        response
+        status::http(self.code, self.message)
     }
 }
 
@@ -191,7 +185,7 @@ async fn ingest_ipc<S: Sink>(
     };
     let request = IngestRequest::new(name, Protocol::Rest, principal, Arc::clone(&app.limits.policy));
     let bytes = decoded(body_stream(body, app.limits.max_body_bytes, Arc::clone(&request.wire_bytes)), enc);
-    let items = decode::ipc_stream(bytes, app.limits.max_message_bytes);
+    let items = ipc::ipc_stream(bytes, app.limits.max_message_bytes);
     let wire = Arc::clone(&request.wire_bytes);
     let report = app.core.ingest(request, items).await?;
     let body = json!({
@@ -255,7 +249,7 @@ async fn ingest_legacy<S: Sink>(
         Err(e) => return refused(&app, Err(e)),
     };
     let name = request.stream.clone();
-    let items = decode::ipc_stream(futures::stream::iter([Ok(Bytes::from(data))]), app.limits.max_message_bytes);
+    let items = ipc::ipc_stream(futures::stream::iter([Ok(Bytes::from(data))]), app.limits.max_message_bytes);
     let report = app.core.ingest(request, items).await?;
     Ok(axum::Json(json!({
         "status": "success",
@@ -329,7 +323,7 @@ fn schema_json(schema: &Schema) -> Value {
     )
 }
 
-fn stream_json(info: &StreamInfo, metrics: &[crate::metrics::Row]) -> Value {
+fn stream_json(info: &StreamInfo, metrics: &[metrics::Row]) -> Value {
     let name = info.mapping.stream.as_str();
     let mine = metrics.iter().filter(|r| r.stream == name);
     let (mut ok, mut failed, mut rows, mut batches) = (0, 0, 0, 0);
@@ -373,19 +367,5 @@ async fn stream_info<S: Sink>(
     match app.core.stream(&name).await? {
         Some(info) => Ok(axum::Json(stream_json(&info, &app.core.metrics().rows())).into_response()),
         None => Err(ApiError::new(Code::NotFound, format!("stream {name:?} is not defined and has no table yet (main.{name})"))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn errors_carry_status_code_and_retry_after() {
-        let r = ApiError::new(Code::Busy, "busy").into_response();
-        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(r.headers().get(header::RETRY_AFTER).unwrap(), "1");
-        let r = ApiError::new(Code::Conflict, "no").into_response();
-        assert_eq!(r.status(), StatusCode::CONFLICT);
     }
 }

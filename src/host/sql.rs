@@ -1,5 +1,6 @@
-//! The SQL surface: functions registered on `LOAD`. Each parses its arguments and calls into `server`; errors
-//! become DuckDB errors with the message users see.
+//! The SQL surface: functions registered on `LOAD`. Each parses its arguments and calls into the listener's
+//! [`Host`]; errors become DuckDB errors with the message users see. The administrative ones refuse to run for
+//! a statement that came over the network (`engine::policy::refuse_if_remote`).
 //!
 //! - `arrowport_version()`: the extension's version and the DuckDB it runs in.
 //! - `arrowport_listen(address)` (scalar) and `FROM arrowport_listen(address, option := value, ...)` (table).
@@ -21,18 +22,19 @@ use duckdb::vscalar::{ScalarFunctionSignature, VScalar};
 use duckdb::vtab::arrow::WritableVector;
 use duckdb::vtab::{BindInfo, InitInfo, TableFunctionInfo, VTab};
 
-use crate::auth::{self, AuthMode, Scope, TokenRecord};
-use crate::ffi;
-use crate::registry::{Mapping, MappingOptions};
-use crate::server::{Host, ListenOptions, StatusRow};
+use crate::catalog::access::{Scope, TokenRecord};
+use crate::catalog::registry::{self, Mapping, MappingOptions};
+use crate::duck::{self, vector};
+use crate::engine::metrics;
+use crate::engine::policy::{Access, refuse_if_remote};
+use crate::host::gate::AuthMode;
+use crate::host::listener::{Host, ListenOptions, StatusRow};
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
 
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-
 /// `arrowport <version> (DuckDB <version>, C API <version>)`.
 pub fn version_text() -> String {
-    format!("arrowport {VERSION} (DuckDB {}, C API {})", ffi::library_version(), ffi::MIN_C_API)
+    format!("arrowport {} (DuckDB {}, C API {})", crate::engine::VERSION, duck::library_version(), duck::MIN_C_API)
 }
 
 pub fn register(conn: &Connection, host: Arc<Host>) -> Result<()> {
@@ -81,10 +83,10 @@ impl VScalar for ListenScalar {
     type State = Arc<Host>;
 
     fn invoke(host: &Arc<Host>, input: &mut DataChunkHandle, output: &mut dyn WritableVector) -> Result<()> {
-        auth::refuse_if_remote("arrowport_listen")?;
+        refuse_if_remote("arrowport_listen")?;
         let mut out = output.flat_vector();
         for row in 0..input.len() {
-            match ffi::varchar_arg(input, 0, row) {
+            match vector::varchar_arg(input, 0, row) {
                 None => out.set_null(row),
                 Some(addr) => {
                     let bound = host.listen(&addr, &ListenOptions::default())?;
@@ -111,11 +113,11 @@ impl VScalar for Stop {
     type State = Arc<Host>;
 
     fn invoke(host: &Arc<Host>, input: &mut DataChunkHandle, output: &mut dyn WritableVector) -> Result<()> {
-        auth::refuse_if_remote("arrowport_stop")?;
+        refuse_if_remote("arrowport_stop")?;
         let mut out = output.flat_vector();
         for row in 0..input.len() {
             let stopped = host.stop();
-            ffi::set_bigint(&mut out, row, stopped as i64);
+            vector::set_bigint(&mut out, row, stopped as i64);
         }
         Ok(())
     }
@@ -130,7 +132,7 @@ impl VScalar for Stop {
 }
 
 fn host_of(bind: &BindInfo) -> Result<&Arc<Host>> {
-    ffi::bind_extra::<Arc<Host>>(bind).ok_or_else(|| "arrowport is not initialised for this database".into())
+    vector::bind_extra::<Arc<Host>>(bind).ok_or_else(|| "arrowport is not initialised for this database".into())
 }
 
 /// Rows computed at bind time, emitted once.
@@ -174,7 +176,7 @@ impl VTab for ListenTable {
     fn bind(bind: &BindInfo) -> Result<Self::BindData> {
         bind.add_result_column("protocol", varchar());
         bind.add_result_column("address", varchar());
-        auth::refuse_if_remote("arrowport_listen")?;
+        refuse_if_remote("arrowport_listen")?;
         let host = host_of(bind)?;
         let addr = bind.get_parameter(0).to_string();
         let mut options = ListenOptions::default();
@@ -200,7 +202,7 @@ impl VTab for ListenTable {
         let open = bind.get_named_parameter("allow_unauthenticated").filter(|v| !v.is_null()).is_some_and(|v| v.to_bool());
         options.auth = AuthMode::from_options(text("auth").as_deref(), open)?;
         if let Some(a) = text("sql") {
-            options.sql = crate::query::Access::parse(&a)?;
+            options.sql = Access::parse(&a)?;
         }
         options.tls_cert = text("tls_cert");
         options.tls_key = text("tls_key");
@@ -286,9 +288,9 @@ impl VTab for Status {
         emit(func, output, |out, i, r: &StatusRow| {
             out.flat_vector(0).insert(i, r.protocol);
             out.flat_vector(1).insert(i, r.address.as_str());
-            ffi::set_double(&mut out.flat_vector(2), i, r.uptime_seconds);
-            ffi::set_bigint(&mut out.flat_vector(3), i, r.requests_in_flight);
-            ffi::set_bool(&mut out.flat_vector(4), i, r.tls);
+            vector::set_double(&mut out.flat_vector(2), i, r.uptime_seconds);
+            vector::set_bigint(&mut out.flat_vector(3), i, r.requests_in_flight);
+            vector::set_bool(&mut out.flat_vector(4), i, r.tls);
             out.flat_vector(5).insert(i, r.auth);
         })
     }
@@ -318,7 +320,7 @@ const METRIC_COLUMNS: [(&str, LogicalTypeId); 16] = [
 
 impl VTab for MetricsTable {
     type InitData = Cursor;
-    type BindData = Rows<crate::metrics::Row>;
+    type BindData = Rows<metrics::Row>;
 
     fn bind(bind: &BindInfo) -> Result<Self::BindData> {
         for (name, ty) in METRIC_COLUMNS {
@@ -332,16 +334,16 @@ impl VTab for MetricsTable {
     }
 
     fn func(func: &TableFunctionInfo<Self>, output: &mut DataChunkHandle) -> Result<()> {
-        emit(func, output, |out, i, r: &crate::metrics::Row| {
+        emit(func, output, |out, i, r: &metrics::Row| {
             let mut cols: Vec<_> = (0..METRIC_COLUMNS.len()).map(|c| out.flat_vector(c)).collect();
             cols[0].insert(i, r.stream.as_str());
             cols[1].insert(i, r.protocol.as_str());
             let counts = [r.requests_ok, r.requests_failed, r.rows, r.batches, r.wire_bytes, r.decoded_bytes, r.rows_rolled_back];
             for (j, v) in counts.into_iter().enumerate() {
-                ffi::set_bigint(&mut cols[2 + j], i, v as i64);
+                vector::set_bigint(&mut cols[2 + j], i, v as i64);
             }
             match r.last_commit_us {
-                Some(us) => ffi::set_bigint(&mut cols[9], i, us),
+                Some(us) => vector::set_bigint(&mut cols[9], i, us),
                 None => cols[9].set_null(i),
             }
             match &r.last_error {
@@ -349,16 +351,16 @@ impl VTab for MetricsTable {
                 None => cols[10].set_null(i),
             }
             match r.last_error_us {
-                Some(us) => ffi::set_bigint(&mut cols[11], i, us),
+                Some(us) => vector::set_bigint(&mut cols[11], i, us),
                 None => cols[11].set_null(i),
             }
             for (j, q) in [r.latency_p50_ms, r.latency_p95_ms, r.latency_p99_ms].into_iter().enumerate() {
                 match q {
-                    Some(v) => ffi::set_double(&mut cols[12 + j], i, v),
+                    Some(v) => vector::set_double(&mut cols[12 + j], i, v),
                     None => cols[12 + j].set_null(i),
                 }
             }
-            ffi::set_double(&mut cols[15], i, r.write_seconds);
+            vector::set_double(&mut cols[15], i, r.write_seconds);
         })
     }
 }
@@ -375,7 +377,7 @@ fn mapping_columns(bind: &BindInfo) {
 fn write_mapping(out: &mut DataChunkHandle, i: usize, m: &Mapping) {
     out.flat_vector(0).insert(i, m.stream.as_str());
     out.flat_vector(1).insert(i, m.target.display().as_str());
-    ffi::set_bool(&mut out.flat_vector(2), i, m.create_table);
+    vector::set_bool(&mut out.flat_vector(2), i, m.create_table);
     out.flat_vector(3).insert(i, m.policy.name());
     out.flat_vector(4).insert(i, m.mode.name());
 }
@@ -443,15 +445,15 @@ macro_rules! mapping_function {
 }
 
 mapping_function!(CreateStream, Some(vec![varchar()]), mapping_parameters(), |host, bind| {
-    auth::refuse_if_remote("arrowport_create_stream")?;
+    refuse_if_remote("arrowport_create_stream")?;
     host.create_stream(&stream_name(bind)?, &mapping_options(bind)).map(|m| vec![m])
 });
 mapping_function!(AlterStream, Some(vec![varchar()]), mapping_parameters(), |host, bind| {
-    auth::refuse_if_remote("arrowport_alter_stream")?;
+    refuse_if_remote("arrowport_alter_stream")?;
     host.alter_stream(&stream_name(bind)?, &mapping_options(bind)).map(|m| vec![m])
 });
 mapping_function!(DropStream, Some(vec![varchar()]), None, |host, bind| {
-    auth::refuse_if_remote("arrowport_drop_stream")?;
+    refuse_if_remote("arrowport_drop_stream")?;
     host.drop_stream(&stream_name(bind)?).map(|m| vec![m])
 });
 mapping_function!(Streams, None, None, |host, bind| host.streams());
@@ -494,9 +496,9 @@ fn write_token(out: &mut DataChunkHandle, i: usize, row: &TokenRow) {
             list.set_len(offset + names.len());
         }
     }
-    ffi::set_bigint(&mut out.flat_vector(col + 1), i, row.record.created_us);
+    vector::set_bigint(&mut out.flat_vector(col + 1), i, row.record.created_us);
     match row.record.last_used_us {
-        Some(us) => ffi::set_bigint(&mut out.flat_vector(col + 2), i, us),
+        Some(us) => vector::set_bigint(&mut out.flat_vector(col + 2), i, us),
         None => out.flat_vector(col + 2).set_null(i),
     }
 }
@@ -519,7 +521,7 @@ fn token_scope(bind: &BindInfo) -> Result<Scope> {
             return Err("streams must not contain NULL".into());
         }
         let name = item.to_string();
-        crate::registry::validate_stream_name(&name)?;
+        registry::validate_stream_name(&name)?;
         if !names.contains(&name) {
             names.push(name);
         }
@@ -538,7 +540,7 @@ macro_rules! token_function {
 
             fn bind($bind: &BindInfo) -> Result<Self::BindData> {
                 token_columns($bind, $secret);
-                auth::refuse_if_remote($sql_name)?;
+                refuse_if_remote($sql_name)?;
                 let $host = host_of($bind)?;
                 let rows: Result<Vec<TokenRow>> = $compute;
                 Ok(Rows { rows: rows? })

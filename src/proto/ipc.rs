@@ -6,8 +6,6 @@
 //! ([`flight_items`]), so both protocols decode alike. The output is the ingest core's [`Incoming`]: the schema
 //! once, then batches. Nothing here knows HTTP or DuckDB.
 
-use std::panic::AssertUnwindSafe;
-
 use arrow::buffer::{Buffer, MutableBuffer};
 use arrow_flight::FlightData;
 use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
@@ -15,7 +13,8 @@ use arrow_flight::error::FlightError;
 use bytes::{Buf, Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 
-use crate::ingest::{Incoming, IngestError};
+use crate::engine::error::IngestError;
+use crate::engine::ingest::Incoming;
 
 const CONTINUATION: u32 = 0xFFFF_FFFF;
 
@@ -141,7 +140,7 @@ pub fn flight_items<S>(messages: S) -> impl Stream<Item = Result<Incoming, Inges
 where
     S: Stream<Item = Result<FlightData, FlightError>> + Send + 'static,
 {
-    let decoded = AssertUnwindSafe(FlightDataDecoder::new(messages)).catch_unwind();
+    let decoded = crate::panic::contain_stream("decoding Arrow IPC", FlightDataDecoder::new(messages));
     Box::pin(decoded.filter_map(|item| async move {
         match item {
             Ok(Ok(decoded)) => match decoded.payload {
@@ -150,7 +149,7 @@ where
                 DecodedPayload::RecordBatch(b) => Some(Ok(Incoming::Batch(b))),
             },
             Ok(Err(e)) => Some(Err(decode_error(e))),
-            Err(panic) => Some(Err(IngestError::BadInput(format!("invalid Arrow IPC data: {}", crate::ffi::panic_message(panic.as_ref()))))),
+            Err(panic) => Some(Err(IngestError::BadInput(format!("invalid Arrow IPC data: {}", panic.message)))),
         }
     }))
 }

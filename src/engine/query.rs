@@ -1,145 +1,25 @@
 //! The query core, shared by every protocol that runs SQL (today: Flight SQL): statements in, Arrow out.
 //!
-//! A listener decides whether SQL is allowed at all ([`Access`], the `sql` listen option); this module checks
-//! that decision and the principal, then runs the statement on a writer connection through [`Sink`]. Results
-//! stream through a small bounded channel: a client that stops reading fills it, the writer waits at most the
-//! listener's stall timeout, then abandons the statement and is free again. Like `ingest`, this module runs no
-//! SQL itself and knows no protocol.
-
-use std::time::{Duration, Instant};
+//! A listener decides whether SQL is allowed at all (`policy::Access`, the `sql` listen option); this module
+//! checks that decision and the principal (`policy::check_statement`), then runs the statement on a writer
+//! connection through its [`Sink`]. Results stream through a small bounded channel: a client that stops reading
+//! fills it, the writer waits at most the listener's stall timeout, then abandons the statement and is free
+//! again. Like `ingest`, this module runs no SQL itself and knows no protocol.
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Schema, SchemaRef};
 use futures::Stream;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::auth::Principal;
-use crate::ffi::Param;
-use crate::ingest::{Core, IngestError, Policy, Sink, Work};
+use crate::catalog::access::Principal;
+use crate::engine::core::Core;
+use crate::engine::error::IngestError;
+use crate::engine::policy::{Access, Policy, check_statement};
+use crate::engine::sink::{Catalog, Described, Param, QueryItem, QueryOut, Sink, Statement};
+use crate::engine::writers::Work;
 
 /// Batches buffered between a statement's result and the client.
 const RESULT_DEPTH: usize = 4;
-
-/// What a listener lets clients do with SQL (`sql := ...`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// No statements; metadata calls and ingest only.
-    Off,
-    /// Only statements that read, each in a read-only transaction.
-    ReadOnly,
-    ReadWrite,
-}
-
-impl Access {
-    pub fn parse(text: &str) -> Result<Access, String> {
-        match text.trim().to_ascii_lowercase().as_str() {
-            "off" | "none" => Ok(Access::Off),
-            "read_only" => Ok(Access::ReadOnly),
-            "read_write" => Ok(Access::ReadWrite),
-            other => Err(format!("invalid value for option sql: {other:?} (allowed: off, read_only, read_write)")),
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Access::Off => "off",
-            Access::ReadOnly => "read_only",
-            Access::ReadWrite => "read_write",
-        }
-    }
-}
-
-/// One statement and its parameter rows (none, or one execution per row).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Statement {
-    pub sql: String,
-    pub params: Vec<Vec<Param>>,
-}
-
-/// What a prepared statement returns and takes.
-#[derive(Debug, Clone)]
-pub struct Described {
-    pub schema: Schema,
-    pub params: Schema,
-}
-
-/// A table or view, for catalog browsing.
-#[derive(Debug, Clone)]
-pub struct TableEntry {
-    pub catalog: String,
-    pub schema: String,
-    pub name: String,
-    /// `TABLE` or `VIEW`.
-    pub kind: String,
-    /// Filled when asked for.
-    pub arrow: Option<Schema>,
-}
-
-/// What the catalog holds, for `GetCatalogs` / `GetDbSchemas` / `GetTables`.
-#[derive(Debug, Clone, Default)]
-pub struct Catalog {
-    pub catalogs: Vec<String>,
-    /// (catalog, schema)
-    pub schemas: Vec<(String, String)>,
-    pub tables: Vec<TableEntry>,
-}
-
-/// Items from a running statement: its schema first, then batches.
-#[derive(Debug)]
-pub enum QueryItem {
-    Schema(SchemaRef),
-    Batch(RecordBatch),
-}
-
-/// The writer's end of a statement's result.
-pub struct QueryOut {
-    tx: mpsc::Sender<QueryItem>,
-    stall: Duration,
-}
-
-impl QueryOut {
-    /// Hands an item to the client side; waits (polling) while the client is slow, up to the stall timeout.
-    pub fn send(&self, item: QueryItem) -> Result<(), IngestError> {
-        let started = Instant::now();
-        let mut item = item;
-        let mut pause = Duration::from_micros(200);
-        loop {
-            match self.tx.try_send(item) {
-                Ok(()) => return Ok(()),
-                Err(mpsc::error::TrySendError::Closed(_)) => return Err(IngestError::Disconnected),
-                Err(mpsc::error::TrySendError::Full(back)) => {
-                    if started.elapsed() > self.stall {
-                        return Err(IngestError::Stalled(self.stall));
-                    }
-                    item = back;
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(10));
-                }
-            }
-        }
-    }
-}
-
-/// Names a statement sent over the network may not contain: the functions that start and stop listeners (from a
-/// writer thread they would wait for that very thread), and the scratch database the writers' scan views live
-/// in (detaching it would break every writer).
-const FORBIDDEN_NAMES: [&str; 3] = ["arrowport_stop", "arrowport_listen", "arrowport_scratch"];
-
-fn check_statement(sql: &str, access: Access, principal: &Principal) -> Result<(), IngestError> {
-    if access == Access::Off {
-        return Err(IngestError::Denied(
-            "SQL statements are off on this listener; start it with sql := 'read_only' or sql := 'read_write' to allow them".into(),
-        ));
-    }
-    if !principal.may_choose_target() {
-        return Err(IngestError::Denied("a token limited to streams cannot run SQL statements".into()));
-    }
-    let lower = sql.to_ascii_lowercase();
-    if let Some(f) = FORBIDDEN_NAMES.iter().find(|f| lower.contains(*f)) {
-        return Err(IngestError::Denied(format!("{f} cannot be used over the network; use it in the host's own session")));
-    }
-    Ok(())
-}
 
 /// Parameter rows from an Arrow batch: one row per execution, one column per parameter.
 pub fn params_from_batch(batch: &RecordBatch) -> Result<Vec<Vec<Param>>, String> {
@@ -229,7 +109,7 @@ impl<S: Sink> Core<S> {
         let admitted = policy.admit()?;
         let (tx, mut rx) = mpsc::channel(RESULT_DEPTH);
         let (reply, mut done) = oneshot::channel();
-        let out = QueryOut { tx, stall: policy.stall_timeout };
+        let out = QueryOut::new(tx, policy.stall_timeout);
         self.submit_work(Work::Query { statement, access, out, reply }).await?;
         let schema = tokio::select! {
             item = rx.recv() => match item {
@@ -275,30 +155,6 @@ mod tests {
     use std::sync::Arc;
     use arrow::array::{Date32Array, Int32Array, StringArray};
     use arrow::datatypes::Field;
-
-    #[test]
-    fn access_parses() {
-        assert_eq!(Access::parse("READ_ONLY"), Ok(Access::ReadOnly));
-        assert_eq!(Access::parse("read_write"), Ok(Access::ReadWrite));
-        assert_eq!(Access::parse("off"), Ok(Access::Off));
-        assert!(Access::parse("write").unwrap_err().contains("allowed: off, read_only, read_write"));
-    }
-
-    #[test]
-    fn statements_are_checked_before_they_reach_duckdb() {
-        let anon = Principal::Anonymous;
-        assert!(check_statement("SELECT 1", Access::ReadOnly, &anon).is_ok());
-        assert!(check_statement("SELECT 1", Access::Off, &anon).unwrap_err().to_string().contains("sql := 'read_only'"));
-        let e = check_statement("select ARROWPORT_STOP()", Access::ReadWrite, &anon).unwrap_err();
-        assert!(e.to_string().starts_with("arrowport_stop cannot be used over the network"), "{e}");
-        let e = check_statement("DETACH arrowport_scratch", Access::ReadWrite, &anon).unwrap_err();
-        assert!(e.to_string().starts_with("arrowport_scratch cannot be used over the network"), "{e}");
-        let scoped = Principal::Token {
-            name: Arc::from("etl"),
-            scope: Arc::new(crate::auth::Scope::Streams(vec!["events".into()])),
-        };
-        assert!(check_statement("SELECT 1", Access::ReadWrite, &scoped).is_err());
-    }
 
     #[test]
     fn parameters_come_from_arrow_rows() {

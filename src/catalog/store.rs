@@ -2,16 +2,17 @@
 //! `arrowport.streams`) and access tokens (table `arrowport.tokens`, salted hashes only).
 //!
 //! The SQL functions that change mappings or tokens write here first and then update memory (`registry`,
-//! `auth::Tokens`), so a change survives a restart of the process and takes effect at once. The tables are
+//! `access::Tokens`), so a change survives a restart of the process and takes effect at once. The tables are
 //! created on the first change, never on `LOAD` (a read-only database loads arrowport fine). The writes commit
 //! on our connection, independently of any transaction the calling session has open.
 
 use std::sync::Mutex;
 
-use crate::auth::{self, Scope, TokenRecord};
-use crate::ffi::{DbError, RawConn};
-use crate::registry::{Mapping, Mode, OWN_SCHEMA, SchemaPolicy, TableRule, Target};
-use crate::schema::{quote_ident, quote_literal};
+use crate::catalog::access::{self, Scope, TokenRecord};
+use crate::catalog::registry::{Mapping, Mode, OWN_SCHEMA, SchemaPolicy, TableRule, Target};
+use crate::catalog::schema::{quote_ident, quote_literal};
+use crate::duck::DbError;
+use crate::duck::conn::RawConn;
 
 const STREAMS: &str = "streams";
 const STREAMS_COLUMNS: &str = "stream VARCHAR PRIMARY KEY, catalog VARCHAR, schema VARCHAR NOT NULL, \
@@ -91,7 +92,7 @@ impl Store {
             rows.into_iter()
                 .map(|r| {
                     let v = |i: usize| r.get(i).cloned().flatten();
-                    let bad = |what: &str| DbError::Duck(format!("arrowport.streams holds an invalid {what}"));
+                    let bad = |what: &str| DbError(format!("arrowport.streams holds an invalid {what}"));
                     Ok(Mapping {
                         stream: v(0).ok_or_else(|| bad("stream"))?,
                         target: Target { catalog: v(1), schema: v(2).ok_or_else(|| bad("schema"))?, table: v(3).ok_or_else(|| bad("table"))? },
@@ -156,15 +157,15 @@ impl Store {
             rows.into_iter()
                 .map(|r| {
                     let v = |i: usize| r.get(i).cloned().flatten();
-                    let bad = |what: &str| DbError::Duck(format!("arrowport.tokens holds an invalid {what}"));
+                    let bad = |what: &str| DbError(format!("arrowport.tokens holds an invalid {what}"));
                     let scope = match v(3) {
                         None => Scope::All,
                         Some(json) => Scope::Streams(serde_json::from_str(&json).map_err(|_| bad("streams"))?),
                     };
                     Ok(TokenRecord {
                         name: v(0).ok_or_else(|| bad("name"))?,
-                        salt: v(1).as_deref().and_then(auth::from_hex).ok_or_else(|| bad("salt"))?,
-                        hash: v(2).as_deref().and_then(auth::from_hex).ok_or_else(|| bad("hash"))?,
+                        salt: v(1).as_deref().and_then(access::from_hex).ok_or_else(|| bad("salt"))?,
+                        hash: v(2).as_deref().and_then(access::from_hex).ok_or_else(|| bad("hash"))?,
                         scope,
                         created_us: v(4).and_then(|t| t.parse().ok()).ok_or_else(|| bad("created_at"))?,
                         last_used_us: v(5).and_then(|t| t.parse().ok()),
@@ -186,8 +187,8 @@ impl Store {
                 "INSERT INTO {} (name, salt, hash, streams, created_at) VALUES ({}, {}, {}, {streams}, {})",
                 Self::named(host, TOKENS),
                 quote_literal(&t.name),
-                quote_literal(&auth::to_hex(&t.salt)),
-                quote_literal(&auth::to_hex(&t.hash)),
+                quote_literal(&access::to_hex(&t.salt)),
+                quote_literal(&access::to_hex(&t.hash)),
                 timestamp_literal(t.created_us),
             ))?;
             Ok(())

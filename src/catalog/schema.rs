@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::compute::{CastOptions, cast_with_options};
-use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
+use arrow::datatypes::{DataType, FieldRef, Schema, SchemaRef};
 
 /// Quotes an SQL identifier: `my "col"` becomes `"my ""col"""`. Everything a client names goes through here.
 pub fn quote_ident(name: &str) -> String {
@@ -177,11 +177,6 @@ pub fn check_by_name(table_desc: &str, table: &[Column], incoming: &[Column], ev
         }
     }
     if problems.is_empty() { Ok(added) } else { Err(format!("the stream does not fit table {table_desc}: {}", problems.join("; "))) }
-}
-
-/// A field's description for listings: `name: type`.
-pub fn describe_field(f: &Field) -> String {
-    format!("{}: {}", f.name(), f.data_type())
 }
 
 #[cfg(test)]

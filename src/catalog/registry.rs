@@ -6,12 +6,12 @@
 //! name without a mapping lands in the same-named table of the host database's `main` schema, unless the
 //! listener refuses unknown streams.
 //!
-//! Names from clients are validated here and only ever reach SQL quoted (see `schema::quote_ident`).
+//! Names from clients are validated here and only ever reach SQL quoted (see `catalog::schema::quote_ident`).
 
 use std::collections::BTreeMap;
 use std::sync::RwLock;
 
-use crate::schema::quote_ident;
+use crate::catalog::schema::quote_ident;
 
 /// Longest stream name we accept (DuckDB identifiers have no hard limit; this keeps logs and errors sane).
 pub const MAX_STREAM_NAME: usize = 255;

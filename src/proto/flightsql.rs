@@ -24,11 +24,15 @@ use arrow_flight::{FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, Ipc
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 
-use crate::auth::Principal;
-use crate::ingest::{Core, IngestError, Incoming, Policy, Request as IngestRequest, Sink};
-use crate::metrics::Protocol;
-use crate::query::{self, Access, Statement};
-use crate::registry::{Mapping, Mode, SchemaPolicy, TableRule, Target};
+use crate::catalog::access::{self, Principal};
+use crate::catalog::registry::{Mapping, Mode, SchemaPolicy, TableRule, Target};
+use crate::engine::core::Core;
+use crate::engine::error::IngestError;
+use crate::engine::ingest::{Incoming, Request as IngestRequest};
+use crate::engine::metrics::Protocol;
+use crate::engine::policy::{Access, Policy};
+use crate::engine::query;
+use crate::engine::sink::{Param, Sink, Statement};
 
 /// The Flight SQL action names this server answers.
 pub const CREATE_PREPARED_STATEMENT: &str = "CreatePreparedStatement";
@@ -56,7 +60,7 @@ pub fn command_of(bytes: &[u8]) -> Option<Command> {
 struct PreparedEntry {
     sql: String,
     schema: Schema,
-    params: Vec<Vec<crate::ffi::Param>>,
+    params: Vec<Vec<Param>>,
     /// The token that prepared it (`None`: anonymous); nobody else may use it.
     owner: Option<String>,
     seq: u64,
@@ -119,14 +123,14 @@ fn encode(schema: SchemaRef, batches: query::QueryStream) -> DataStream {
 
 impl<S: Sink> FlightSql<S> {
     pub fn new(core: Arc<Core<S>>, policy: Arc<Policy>, access: Access) -> Self {
-        let salt = crate::auth::now_us() as u64 ^ (std::process::id() as u64).rotate_left(32);
+        let salt = access::now_us() as u64 ^ (std::process::id() as u64).rotate_left(32);
         FlightSql { core, policy, access, prepared: Mutex::new(HashMap::new()), next: AtomicU64::new(1), salt }
     }
 
     fn sql_info(&self) -> Result<SqlInfoData, IngestError> {
         let mut b = SqlInfoDataBuilder::new();
         b.append(SqlInfo::FlightSqlServerName, "arrowport");
-        b.append(SqlInfo::FlightSqlServerVersion, crate::sql::VERSION);
+        b.append(SqlInfo::FlightSqlServerVersion, crate::engine::VERSION);
         b.append(SqlInfo::FlightSqlServerArrowVersion, "60");
         b.append(SqlInfo::FlightSqlServerReadOnly, self.access != Access::ReadWrite);
         b.append(SqlInfo::FlightSqlServerSql, self.access != Access::Off);
@@ -379,7 +383,7 @@ fn one_batch(batch: Result<arrow::array::RecordBatch, FlightError>) -> Result<Da
 }
 
 /// Parameter rows from a DoPut's batches.
-async fn collect_params<I>(mut items: I) -> Result<Vec<Vec<crate::ffi::Param>>, IngestError>
+async fn collect_params<I>(mut items: I) -> Result<Vec<Vec<Param>>, IngestError>
 where
     I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
 {

@@ -12,22 +12,21 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use arrow_flight::flight_service_server::FlightServiceServer;
-use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::response::IntoResponse;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{self, AuthError, AuthMode, Principal, Scope, TokenRecord, Tokens};
-use crate::error::{Code, grpc_code, http_status};
-use crate::ffi::RawConn;
-use crate::flight::{FlightAdapter, ProvenBearer};
-use crate::ingest::{Core, MAX_CONCURRENT_REQUESTS, Policy, STALL_LIMIT, Writers};
-use crate::rest;
-use crate::tls::{self, TlsError};
-use crate::metrics::Metrics;
-use crate::query::Access;
-use crate::registry::{Mapping, MappingOptions, Registry, validate_stream_name};
-use crate::store::Store;
-use crate::writer::{CreateLocks, DuckSink};
+use crate::catalog::access::{self, Scope, TokenRecord, Tokens};
+use crate::catalog::registry::{Mapping, MappingOptions, Registry, validate_stream_name};
+use crate::catalog::store::Store;
+use crate::duck::conn::RawConn;
+use crate::engine::core::Core;
+use crate::engine::duck_sink::{CreateLocks, DuckSink};
+use crate::engine::metrics::Metrics;
+use crate::engine::policy::{Access, MAX_CONCURRENT_REQUESTS, Policy, STALL_LIMIT};
+use crate::engine::writers::Writers;
+use crate::host::gate::{AuthMode, Gate};
+use crate::host::tls::{self, TlsError};
+use crate::proto::flight::FlightAdapter;
+use crate::proto::{rest, status};
 
 /// Largest Flight or IPC message accepted by default (`max_message_bytes` changes it).
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
@@ -69,16 +68,6 @@ pub enum ListenError {
     Tls(#[from] TlsError),
     #[error("arrowport could not start: {0}")]
     Start(String),
-}
-
-impl ListenError {
-    pub fn code(&self) -> Code {
-        match self {
-            ListenError::BadAddress(..) | ListenError::BadOption(..) | ListenError::Tls(_) => Code::InvalidInput,
-            ListenError::AlreadyListening(_) | ListenError::Bind(..) => Code::Conflict,
-            ListenError::Start(_) => Code::Internal,
-        }
-    }
 }
 
 /// Options of `arrowport_listen`.
@@ -186,9 +175,10 @@ pub struct Host {
 
 static HOSTS: Mutex<Vec<Weak<Host>>> = Mutex::new(Vec::new());
 
-/// Stops every host's listeners; registered with `atexit` by the entrypoint.
+/// Stops every host's listeners; registered with `atexit` by the entrypoint (called from C, so behind the
+/// panic boundary).
 pub extern "C" fn stop_all_at_exit() {
-    let _ = std::panic::catch_unwind(|| {
+    let _ = crate::panic::contain("stopping at exit", || {
         let hosts: Vec<Arc<Host>> = HOSTS.lock().map(|h| h.iter().filter_map(Weak::upgrade).collect()).unwrap_or_default();
         for host in hosts {
             host.stop();
@@ -286,14 +276,14 @@ impl Host {
         let mut rows = Vec::new();
         match separate {
             None => {
-                let app = flight.merge(rest).fallback(not_found);
+                let app = flight.merge(rest).fallback(status::not_found);
                 let bound = running.serve(main, app, gate, &["flight", "rest"])?;
                 rows.push(("flight".to_string(), bound.to_string()));
                 rows.push(("rest".to_string(), bound.to_string()));
             }
             Some(rest_listener) => {
-                let bound = running.serve(main, flight.fallback(not_found), Arc::clone(&gate), &["flight"])?;
-                let rest_bound = running.serve(rest_listener, rest.fallback(not_found), gate, &["rest"])?;
+                let bound = running.serve(main, flight.fallback(status::not_found), Arc::clone(&gate), &["flight"])?;
+                let rest_bound = running.serve(rest_listener, rest.fallback(status::not_found), gate, &["rest"])?;
                 rows.push(("flight".to_string(), bound.to_string()));
                 rows.push(("rest".to_string(), rest_bound.to_string()));
             }
@@ -413,7 +403,7 @@ impl Host {
         if self.tokens.get(name).is_some() {
             return Err(format!("token {name:?} already exists; revoke it first to replace it"));
         }
-        let (record, secret) = auth::new_token(name, scope, auth::now_us())?;
+        let (record, secret) = access::new_token(name, scope, access::now_us())?;
         self.store.insert_token(&record).map_err(|e| e.to_string())?;
         self.tokens.put(record.clone());
         Ok((record, secret))
@@ -434,71 +424,6 @@ impl Host {
         self.store.save_last_used(&self.tokens.used()).map_err(|e| e.to_string())?;
         Ok(self.tokens.all())
     }
-}
-
-/// What a listener checks before any protocol code sees a connection or a request: TLS and authentication.
-struct Gate {
-    mode: AuthMode,
-    tokens: Arc<Tokens>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    /// Longest TLS handshake, and longest wait for an HTTP/1.1 request's headers.
-    handshake_timeout: Duration,
-}
-
-/// Paths served without authentication: liveness only, nothing about the data.
-fn is_public(request: &axum::http::Request<hyper::body::Incoming>) -> bool {
-    request.method() == Method::GET && request.uri().path() == "/health"
-}
-
-fn is_grpc<B>(request: &axum::http::Request<B>) -> bool {
-    request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"))
-}
-
-impl Gate {
-    /// Authenticates a request and passes it on with its [`Principal`], or answers it with a refusal in the
-    /// protocol it speaks (a gRPC status, or HTTP 401 with a JSON error).
-    async fn pass(&self, app: axum::Router, peer: SocketAddr, mut request: axum::http::Request<hyper::body::Incoming>) -> axum::response::Response {
-        use tower::ServiceExt;
-        let decided = if is_public(&request) {
-            Ok(Principal::Anonymous)
-        } else {
-            let credential = request.headers().get(header::AUTHORIZATION).map(|v| auth::parse_header(v.as_bytes())).transpose();
-            credential.and_then(|c| {
-                let principal = auth::authenticate(self.mode, peer.ip(), c.as_ref(), &self.tokens)?;
-                if let Some(c) = c.filter(|_| request.uri().path().ends_with("/Handshake")) {
-                    request.extensions_mut().insert(ProvenBearer(c.secret().to_string()));
-                }
-                Ok(principal)
-            })
-        };
-        match decided {
-            Ok(principal) => {
-                request.extensions_mut().insert(principal);
-                match app.oneshot(request).await {
-                    Ok(response) => response,
-                    Err(never) => match never {},
-                }
-            }
-            Err(e) => refusal(is_grpc(&request), &e),
-        }
-    }
-}
-
-/// The answer to a request that failed authentication.
-fn refusal(grpc: bool, e: &AuthError) -> axum::response::Response {
-    let code = e.code();
-    if grpc {
-        return tonic::Status::new(grpc_code(code), e.to_string()).into_http();
-    }
-    let status = StatusCode::from_u16(http_status(code)).unwrap_or(StatusCode::UNAUTHORIZED);
-    let body = serde_json::json!({"error": {"code": code.name(), "message": e.to_string()}});
-    let mut response = (status, axum::Json(body)).into_response();
-    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"arrowport\""));
-    response
 }
 
 /// Accepts connections until `shutdown`, serving HTTP/1.1 and HTTP/2 (prior knowledge, or ALPN under TLS) on
@@ -610,20 +535,6 @@ fn start(pool: &mut Pool, metrics: Arc<Metrics>, registry: Arc<Registry>) -> Res
     let cancel = CancellationToken::new();
     let core = Arc::new(Core::new(writers, cancel.clone(), metrics, registry));
     Ok(Running { runtime, core, cancel, listeners: Vec::new() })
-}
-
-/// Anything that is neither Flight nor a known HTTP route.
-async fn not_found(request: axum::extract::Request) -> axum::response::Response {
-    if is_grpc(&request) {
-        let mut response = StatusCode::OK.into_response();
-        let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-        headers.insert("grpc-status", HeaderValue::from_static("12"));
-        headers.insert("grpc-message", HeaderValue::from_static("unknown%20service"));
-        return response;
-    }
-    let body = serde_json::json!({"error": {"code": Code::NotFound.name(), "message": format!("no such endpoint: {}", request.uri().path())}});
-    (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
 }
 
 #[cfg(test)]

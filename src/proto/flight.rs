@@ -6,7 +6,7 @@
 //! `PutResult` is sent only after commit. `ListFlights`, `GetFlightInfo` and `GetSchema` describe the tables
 //! streams land in. A CMD, ticket or action that is a Flight SQL message goes to `flightsql` instead (peeked
 //! here, because arrow-flight's own Flight SQL dispatcher refuses the JSON CMD). Errors become gRPC statuses
-//! through `error::grpc_code`; nothing here touches DuckDB.
+//! through `proto::status`; nothing here touches DuckDB.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,16 +19,18 @@ use arrow_flight::{
     Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo, HandshakeRequest, HandshakeResponse,
     PollInfo, PutResult, SchemaAsIpc, SchemaResult, Ticket,
 };
-use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::Principal;
-use crate::decode;
-use crate::flightsql::{self, FlightSql};
-use crate::query::Access;
-use crate::error::grpc_code;
-use crate::ingest::{Core, IngestError, Policy, Request as IngestRequest, Sink};
-use crate::metrics::Protocol;
+use crate::catalog::access::Principal;
+use crate::engine::core::Core;
+use crate::engine::error::{Code, IngestError};
+use crate::engine::ingest::Request as IngestRequest;
+use crate::engine::metrics::Protocol;
+use crate::engine::policy::{Access, Policy};
+use crate::engine::sink::Sink;
+use crate::proto::flightsql::{self, FlightSql};
+use crate::proto::{ipc, status};
 use std::sync::atomic::Ordering;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -64,18 +66,6 @@ pub fn principal_of<T>(request: &Request<T>) -> Result<Principal, IngestError> {
 /// The bearer secret a Handshake with credentials proved, put there by the gate for `handshake` to return.
 #[derive(Clone)]
 pub struct ProvenBearer(pub String);
-
-/// An ingest failure as a gRPC status; DuckDB's text stays in the message, internal causes do not.
-pub fn status_of(e: &IngestError) -> Status {
-    let message = match e {
-        IngestError::Internal(cause) => {
-            eprintln!("arrowport: internal error: {cause}");
-            e.to_string()
-        }
-        other => other.to_string(),
-    };
-    Status::new(grpc_code(e.code()), message)
-}
 
 /// The stream a descriptor names.
 pub fn stream_of(descriptor: &FlightDescriptor) -> Result<String, IngestError> {
@@ -155,7 +145,7 @@ impl<S: Sink> FlightAdapter<S> {
         });
         let messages = futures::stream::once(async move { Ok(first) })
             .chain(counted.map_err(|status| FlightError::ExternalError(Box::new(transport_error(&status)))));
-        let items = decode::flight_items(messages);
+        let items = ipc::flight_items(messages);
         if let Some(command) = sql {
             // Flight SQL: ingest reaches the core (which counts it); statements are not ingest requests.
             return self.sql.do_put(principal, command, items, wire).await.map_err(|e| (e, true));
@@ -181,14 +171,14 @@ impl<S: Sink> FlightAdapter<S> {
 }
 
 fn unimplemented(method: &str) -> Status {
-    Status::unimplemented(format!("arrowport does not implement Flight {method}; use DoPut to send data"))
+    status::grpc(Code::Unimplemented, format!("arrowport does not implement Flight {method}; use DoPut to send data"))
 }
 
-/// Runs a handler, turning a panic into an internal error so it cannot take the listener down.
+/// Runs a handler behind the panic boundary, so a panic cannot take the listener down.
 async fn guarded<T>(f: impl Future<Output = Result<T, IngestError>>) -> Result<T, Status> {
-    match std::panic::AssertUnwindSafe(f).catch_unwind().await {
-        Ok(r) => r.map_err(|e| status_of(&e)),
-        Err(p) => Err(status_of(&IngestError::Internal(format!("handler panicked: {}", crate::ffi::panic_message(p.as_ref()))))),
+    match crate::panic::contain_future("serving a Flight call", f).await {
+        Ok(r) => r.map_err(|e| status::grpc_of(&e)),
+        Err(p) => Err(status::grpc_of(&p.into())),
     }
 }
 
@@ -209,14 +199,14 @@ impl<S: Sink> FlightService for FlightAdapter<S> {
         let mut response: Response<Self::HandshakeStream> =
             Response::new(Box::pin(futures::stream::once(async { Ok(HandshakeResponse::default()) })));
         if let Some(ProvenBearer(secret)) = bearer {
-            let value = format!("Bearer {secret}").parse().map_err(|_| Status::invalid_argument("the token cannot be sent back"))?;
+            let value = format!("Bearer {secret}").parse().map_err(|_| status::grpc(Code::InvalidInput, "the token cannot be sent back"))?;
             response.metadata_mut().insert("authorization", value);
         }
         Ok(response)
     }
 
     async fn list_flights(&self, request: Request<Criteria>) -> Result<Response<Self::ListFlightsStream>, Status> {
-        let principal = principal_of(&request).map_err(|e| status_of(&e))?;
+        let principal = principal_of(&request).map_err(|e| status::grpc_of(&e))?;
         let mut streams = guarded(self.core.streams()).await?;
         streams.retain(|s| principal.may_use(&s.mapping.stream));
         let mut infos = Vec::with_capacity(streams.len());
@@ -224,7 +214,7 @@ impl<S: Sink> FlightService for FlightAdapter<S> {
         for (name, schema) in streams.into_iter().filter_map(|s| s.schema.map(|schema| (s.mapping.stream, schema))) {
             let info = FlightInfo::new()
                 .try_with_schema(&schema)
-                .map_err(|e| status_of(&IngestError::Internal(e.to_string())))?
+                .map_err(|e| status::grpc_of(&IngestError::Internal(e.to_string())))?
                 .with_descriptor(FlightDescriptor::new_path(vec![name]))
                 .with_total_records(-1)
                 .with_total_bytes(-1);
@@ -234,7 +224,7 @@ impl<S: Sink> FlightService for FlightAdapter<S> {
     }
 
     async fn get_flight_info(&self, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
-        let principal = principal_of(&request).map_err(|e| status_of(&e))?;
+        let principal = principal_of(&request).map_err(|e| status::grpc_of(&e))?;
         let descriptor = request.into_inner();
         if let Some(command) = sql_command(&descriptor) {
             return guarded(self.sql.flight_info(principal, command, descriptor)).await.map(Response::new);
@@ -247,29 +237,29 @@ impl<S: Sink> FlightService for FlightAdapter<S> {
     }
 
     async fn get_schema(&self, request: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
-        let principal = principal_of(&request).map_err(|e| status_of(&e))?;
+        let principal = principal_of(&request).map_err(|e| status::grpc_of(&e))?;
         let descriptor = request.into_inner();
         let schema = match sql_command(&descriptor) {
             Some(command) => guarded(self.sql.schema(principal, command)).await?,
             None => {
                 let info = guarded(self.info(principal, descriptor)).await?;
-                info.try_decode_schema().map_err(|e| status_of(&IngestError::Internal(e.to_string())))?
+                info.try_decode_schema().map_err(|e| status::grpc_of(&IngestError::Internal(e.to_string())))?
             }
         };
         let result: SchemaResult = SchemaAsIpc::new(&schema, &IpcWriteOptions::default())
             .try_into()
-            .map_err(|e: arrow::error::ArrowError| status_of(&IngestError::Internal(e.to_string())))?;
+            .map_err(|e: arrow::error::ArrowError| status::grpc_of(&IngestError::Internal(e.to_string())))?;
         Ok(Response::new(result))
     }
 
     /// Flight SQL tickets only (statement results and catalog listings).
     async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
-        let principal = principal_of(&request).map_err(|e| status_of(&e))?;
+        let principal = principal_of(&request).map_err(|e| status::grpc_of(&e))?;
         let Some(command) = flightsql::command_of(&request.get_ref().ticket) else {
             return Err(unimplemented("DoGet on a ticket that is not a Flight SQL one"));
         };
         let stream = guarded(self.sql.do_get(principal, command)).await?;
-        Ok(Response::new(Box::pin(stream.map_err(|e| status_of(&e)))))
+        Ok(Response::new(Box::pin(stream.map_err(|e| status::grpc_of(&e)))))
     }
 
     async fn do_put(&self, request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
@@ -282,7 +272,7 @@ impl<S: Sink> FlightService for FlightAdapter<S> {
     }
 
     async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
-        let principal = principal_of(&request).map_err(|e| status_of(&e))?;
+        let principal = principal_of(&request).map_err(|e| status::grpc_of(&e))?;
         let action = request.into_inner();
         if action.r#type != flightsql::CREATE_PREPARED_STATEMENT && action.r#type != flightsql::CLOSE_PREPARED_STATEMENT {
             return Err(unimplemented(&format!("DoAction {:?}", action.r#type)));
@@ -320,6 +310,6 @@ mod tests {
     fn oversized_messages_are_resource_exhausted() {
         let s = Status::out_of_range("Error, decoded message length too large: found 300 bytes, the limit is: 100 bytes");
         let e = transport_error(&s);
-        assert_eq!(status_of(&e).code(), tonic::Code::ResourceExhausted);
+        assert_eq!(status::grpc_of(&e).code(), tonic::Code::ResourceExhausted);
     }
 }

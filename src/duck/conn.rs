@@ -1,0 +1,179 @@
+//! Our connections to the host database, and the transaction guard.
+//!
+//! A [`RawConn`] is opened during `LOAD` and used by one thread at a time. [`Txn`] is the only way arrowport
+//! opens a transaction: it rolls back in `Drop` unless [`Txn::commit`] consumed it, so an error, an early
+//! return or a panic between BEGIN and COMMIT never leaves a pooled connection inside a transaction.
+
+use std::ffi::{CStr, CString};
+
+use arrow::datatypes::Schema;
+use arrow::ffi::FFI_ArrowSchema;
+use duckdb::ffi as sys;
+
+use crate::duck::DbError;
+
+/// A connection of ours to the host database, opened during `LOAD`.
+///
+/// One user at a time: `RawConn` is `Send` but not `Sync` or `Clone`, so exactly one thread holds it.
+pub struct RawConn(pub(super) sys::duckdb_connection);
+
+// SAFETY: a duckdb_connection may be used from any thread provided calls on it are not concurrent; RawConn
+// hands out `&mut self` only, so the borrow checker enforces one user at a time.
+unsafe impl Send for RawConn {}
+
+impl RawConn {
+    pub(super) fn connect(db: sys::duckdb_database) -> Result<RawConn, DbError> {
+        let mut conn: sys::duckdb_connection = std::ptr::null_mut();
+        // SAFETY: `db` is the live database handle of the running entrypoint; `conn` is a valid out pointer.
+        let state = unsafe { sys::duckdb_connect(db, &mut conn) };
+        if state != sys::duckdb_state_DuckDBSuccess || conn.is_null() {
+            return Err(DbError("arrowport could not open a connection to the database".into()));
+        }
+        Ok(RawConn(conn))
+    }
+
+    /// Runs one statement; returns the number of rows it changed.
+    pub fn execute(&mut self, sql: &str) -> Result<u64, DbError> {
+        self.run(sql, |res| {
+            // SAFETY: `res` is a successful, live result.
+            Ok(unsafe { sys::duckdb_rows_changed(res) })
+        })
+    }
+
+    /// Runs a query and returns every value as text (NULL as `None`). For small catalog queries only.
+    pub fn query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, DbError> {
+        self.run(sql, |res| {
+            // SAFETY: `res` is a successful, live, materialized result; indexes stay within its bounds.
+            unsafe {
+                let rows = sys::duckdb_row_count(res);
+                let cols = sys::duckdb_column_count(res);
+                let mut out = Vec::with_capacity(rows as usize);
+                for r in 0..rows {
+                    let mut row = Vec::with_capacity(cols as usize);
+                    for c in 0..cols {
+                        if sys::duckdb_value_is_null(res, c, r) {
+                            row.push(None);
+                            continue;
+                        }
+                        let p = sys::duckdb_value_varchar(res, c, r);
+                        if p.is_null() {
+                            row.push(None);
+                        } else {
+                            row.push(Some(CStr::from_ptr(p).to_string_lossy().into_owned()));
+                            sys::duckdb_free(p.cast());
+                        }
+                    }
+                    out.push(row);
+                }
+                Ok(out)
+            }
+        })
+    }
+
+    fn run<T>(&mut self, sql: &str, f: impl FnOnce(*mut sys::duckdb_result) -> Result<T, DbError>) -> Result<T, DbError> {
+        let text = CString::new(sql).map_err(|_| DbError("SQL text contains a NUL byte".into()))?;
+        // SAFETY: duckdb_result is a plain C struct; all-zero is its documented initial state.
+        let mut res: sys::duckdb_result = unsafe { std::mem::zeroed() };
+        // SAFETY: self.0 is a live connection used by this thread only; text and res outlive the call.
+        let state = unsafe { sys::duckdb_query(self.0, text.as_ptr(), &mut res) };
+        let out = if state == sys::duckdb_state_DuckDBSuccess {
+            f(&mut res)
+        } else {
+            // SAFETY: the error pointer is owned by `res` and read before it is destroyed.
+            let msg = unsafe {
+                let p = sys::duckdb_result_error(&mut res);
+                if p.is_null() { String::new() } else { CStr::from_ptr(p).to_string_lossy().into_owned() }
+            };
+            Err(DbError(if msg.is_empty() { format!("DuckDB failed to run: {sql}") } else { msg }))
+        };
+        // SAFETY: `res` was filled by duckdb_query (success or failure) and is destroyed exactly once.
+        unsafe { sys::duckdb_destroy_result(&mut res) };
+        out
+    }
+
+    /// The Arrow schema DuckDB would produce for the result of `sql` (run it with `LIMIT 0`).
+    pub fn arrow_schema_of(&mut self, sql: &str) -> Result<Schema, DbError> {
+        let text = CString::new(sql).map_err(|_| DbError("SQL text contains a NUL byte".into()))?;
+        let mut res: sys::duckdb_arrow = std::ptr::null_mut();
+        // SAFETY: self.0 is live and ours; `res` is destroyed exactly once below whatever the outcome.
+        unsafe {
+            let state = sys::duckdb_query_arrow(self.0, text.as_ptr(), &mut res);
+            let out = if state != sys::duckdb_state_DuckDBSuccess {
+                let p = sys::duckdb_query_arrow_error(res);
+                Err(DbError(if p.is_null() { "query failed".into() } else { CStr::from_ptr(p).to_string_lossy().into_owned() }))
+            } else {
+                let mut schema = FFI_ArrowSchema::empty();
+                let mut ptr = (&mut schema as *mut FFI_ArrowSchema).cast::<sys::_duckdb_arrow_schema>();
+                if sys::duckdb_query_arrow_schema(res, &mut ptr) != sys::duckdb_state_DuckDBSuccess {
+                    Err(DbError("DuckDB could not describe the result as Arrow".into()))
+                } else {
+                    Schema::try_from(&schema).map_err(|e| DbError(e.to_string()))
+                }
+            };
+            sys::duckdb_destroy_arrow(&mut res);
+            out
+        }
+    }
+}
+
+impl Drop for RawConn {
+    fn drop(&mut self) {
+        // SAFETY: self.0 was opened by duckdb_connect and is disconnected exactly once.
+        unsafe { sys::duckdb_disconnect(&mut self.0) };
+    }
+}
+
+/// An open transaction on one of our connections; rolls back in `Drop` unless committed.
+///
+/// It derefs to the connection, so statements inside the transaction run through it, and while it lives the
+/// connection cannot be used any other way.
+pub struct Txn<'c> {
+    conn: &'c mut RawConn,
+    open: bool,
+}
+
+impl RawConn {
+    /// `BEGIN TRANSACTION`: a read-write transaction.
+    pub fn begin(&mut self) -> Result<Txn<'_>, DbError> {
+        self.execute("BEGIN TRANSACTION")?;
+        Ok(Txn { conn: self, open: true })
+    }
+
+    /// `BEGIN TRANSACTION READ ONLY`: DuckDB refuses every write inside it.
+    pub fn begin_read_only(&mut self) -> Result<Txn<'_>, DbError> {
+        self.execute("BEGIN TRANSACTION READ ONLY")?;
+        Ok(Txn { conn: self, open: true })
+    }
+}
+
+impl Txn<'_> {
+    /// `COMMIT`. When DuckDB refuses the commit, the transaction is rolled back (in `Drop`) and the error returned.
+    pub fn commit(mut self) -> Result<(), DbError> {
+        self.conn.execute("COMMIT")?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for Txn<'_> {
+    type Target = RawConn;
+    fn deref(&self) -> &RawConn {
+        self.conn
+    }
+}
+
+impl std::ops::DerefMut for Txn<'_> {
+    fn deref_mut(&mut self) -> &mut RawConn {
+        self.conn
+    }
+}
+
+impl Drop for Txn<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            // A failed or interrupted transaction: DuckDB may already have ended it, and then says so; either way
+            // the connection is outside any transaction afterwards.
+            let _ = self.conn.execute("ROLLBACK");
+        }
+    }
+}

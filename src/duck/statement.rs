@@ -1,0 +1,319 @@
+//! Prepared statements on our connections and their results as Arrow: parameters bound by value, results
+//! streamed chunk by chunk through DuckDB's own Arrow conversion (Flight SQL statements), or read whole when
+//! small.
+
+use std::ffi::{CStr, CString};
+
+use arrow::array::{RecordBatch, StructArray};
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::ffi::{FFI_ArrowArray, FFI_ArrowSchema};
+use duckdb::ffi as sys;
+
+use crate::duck::DbError;
+use crate::duck::conn::RawConn;
+
+/// A value bound to a statement parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Param {
+    Null,
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    Double(f64),
+    /// Text; DuckDB casts it to the parameter's type (dates, decimals, timestamps...).
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+/// DuckDB's classification of a prepared statement, as far as access control needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatementKind {
+    Select,
+    /// BEGIN / COMMIT / ROLLBACK.
+    Transaction,
+    Other(u32),
+}
+
+/// A statement prepared on one of our connections; it cannot outlive the borrow of that connection.
+pub struct Prepared<'c> {
+    stmt: sys::duckdb_prepared_statement,
+    _conn: std::marker::PhantomData<&'c mut RawConn>,
+}
+
+impl RawConn {
+    /// Prepares one statement (DuckDB binds it now: names are resolved, table functions bound).
+    pub fn prepare(&mut self, sql: &str) -> Result<Prepared<'_>, DbError> {
+        let text = CString::new(sql).map_err(|_| DbError("SQL text contains a NUL byte".into()))?;
+        let mut stmt: sys::duckdb_prepared_statement = std::ptr::null_mut();
+        // SAFETY: self.0 is live and ours; `stmt` is a valid out pointer and is destroyed by Prepared's drop
+        // (also on failure, where DuckDB still allocates it to carry the error).
+        let state = unsafe { sys::duckdb_prepare(self.0, text.as_ptr(), &mut stmt) };
+        let prepared = Prepared { stmt, _conn: std::marker::PhantomData };
+        if state != sys::duckdb_state_DuckDBSuccess {
+            // SAFETY: the error text is owned by the statement, read before it is destroyed.
+            let msg = unsafe {
+                let p = if stmt.is_null() { std::ptr::null() } else { sys::duckdb_prepare_error(stmt) };
+                if p.is_null() { "DuckDB could not prepare the statement".to_string() } else { CStr::from_ptr(p).to_string_lossy().into_owned() }
+            };
+            return Err(DbError(msg));
+        }
+        Ok(prepared)
+    }
+}
+
+impl Drop for Prepared<'_> {
+    fn drop(&mut self) {
+        if !self.stmt.is_null() {
+            // SAFETY: the statement was made by duckdb_prepare and is destroyed exactly once.
+            unsafe { sys::duckdb_destroy_prepare(&mut self.stmt) };
+        }
+    }
+}
+
+impl Prepared<'_> {
+    pub fn kind(&self) -> StatementKind {
+        // SAFETY: self.stmt is a successfully prepared statement.
+        let t = unsafe { sys::duckdb_prepared_statement_type(self.stmt) };
+        match t {
+            sys::duckdb_statement_type_DUCKDB_STATEMENT_TYPE_SELECT => StatementKind::Select,
+            sys::duckdb_statement_type_DUCKDB_STATEMENT_TYPE_TRANSACTION => StatementKind::Transaction,
+            other => StatementKind::Other(other as u32),
+        }
+    }
+
+    pub fn param_count(&self) -> usize {
+        // SAFETY: self.stmt is a successfully prepared statement.
+        unsafe { sys::duckdb_nparams(self.stmt) as usize }
+    }
+
+    /// The parameters' types as Arrow types (`Utf8` where DuckDB does not know the type yet, or for types
+    /// with no plain Arrow counterpart: text binds to anything).
+    pub fn param_types(&self) -> Vec<arrow::datatypes::DataType> {
+        use arrow::datatypes::{DataType, TimeUnit};
+        // SAFETY: self.stmt is a successfully prepared statement; indexes are 1-based and within nparams.
+        let n = unsafe { sys::duckdb_nparams(self.stmt) };
+        (1..=n)
+            .map(|i| match unsafe { sys::duckdb_param_type(self.stmt, i) } {
+                sys::DUCKDB_TYPE_DUCKDB_TYPE_BOOLEAN => DataType::Boolean,
+                sys::DUCKDB_TYPE_DUCKDB_TYPE_TINYINT => DataType::Int8,
+                sys::DUCKDB_TYPE_DUCKDB_TYPE_SMALLINT => DataType::Int16,
+                sys::DUCKDB_TYPE_DUCKDB_TYPE_INTEGER => DataType::Int32,
+                sys::DUCKDB_TYPE_DUCKDB_TYPE_BIGINT => DataType::Int64,
+                sys::DUCKDB_TYPE_DUCKDB_TYPE_UTINYINT => DataType::UInt8,
+                sys::DUCKDB_TYPE_DUCKDB_TYPE_USMALLINT => DataType::UInt16,
+                sys::DUCKDB_TYPE_DUCKDB_TYPE_UINTEGER => DataType::UInt32,
+                sys::DUCKDB_TYPE_DUCKDB_TYPE_UBIGINT => DataType::UInt64,
+                sys::DUCKDB_TYPE_DUCKDB_TYPE_FLOAT => DataType::Float32,
+                sys::DUCKDB_TYPE_DUCKDB_TYPE_DOUBLE => DataType::Float64,
+                sys::DUCKDB_TYPE_DUCKDB_TYPE_DATE => DataType::Date32,
+                sys::DUCKDB_TYPE_DUCKDB_TYPE_TIMESTAMP => DataType::Timestamp(TimeUnit::Microsecond, None),
+                sys::DUCKDB_TYPE_DUCKDB_TYPE_BLOB => DataType::Binary,
+                _ => DataType::Utf8,
+            })
+            .collect()
+    }
+
+    /// Binds one row of parameters (1-based positions in order); clears earlier bindings first.
+    pub fn bind(&mut self, params: &[Param]) -> Result<(), DbError> {
+        // SAFETY: self.stmt is prepared and used by this thread only; strings and blobs are passed with their
+        // lengths and copied by DuckDB during the call.
+        unsafe {
+            sys::duckdb_clear_bindings(self.stmt);
+            for (i, p) in params.iter().enumerate() {
+                let idx = (i + 1) as sys::idx_t;
+                let state = match p {
+                    Param::Null => sys::duckdb_bind_null(self.stmt, idx),
+                    Param::Bool(v) => sys::duckdb_bind_boolean(self.stmt, idx, *v),
+                    Param::Int(v) => sys::duckdb_bind_int64(self.stmt, idx, *v),
+                    Param::UInt(v) => sys::duckdb_bind_uint64(self.stmt, idx, *v),
+                    Param::Double(v) => sys::duckdb_bind_double(self.stmt, idx, *v),
+                    Param::Text(v) => sys::duckdb_bind_varchar_length(self.stmt, idx, v.as_ptr().cast(), v.len() as sys::idx_t),
+                    Param::Blob(v) => sys::duckdb_bind_blob(self.stmt, idx, v.as_ptr().cast(), v.len() as sys::idx_t),
+                };
+                if state != sys::duckdb_state_DuckDBSuccess {
+                    let p = sys::duckdb_prepare_error(self.stmt);
+                    let msg = if p.is_null() { String::new() } else { CStr::from_ptr(p).to_string_lossy().into_owned() };
+                    return Err(DbError(if msg.is_empty() { format!("could not bind parameter {}", i + 1) } else { msg }));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the statement; its result streams chunk by chunk (DuckDB keeps no more than it must). `schema` is
+    /// the result's Arrow schema as DuckDB converts it (see [`RawConn::select_schema`]); its column count is
+    /// checked against the result, and the result's own column names are used.
+    pub fn execute(&mut self, schema: &Schema) -> Result<Rows<'_>, DbError> {
+        // SAFETY: duckdb_result is a plain C struct; all-zero is its initial state. It is destroyed by Rows.
+        let mut result: sys::duckdb_result = unsafe { std::mem::zeroed() };
+        // SAFETY: self.stmt is prepared; `result` is a valid out pointer.
+        let state = unsafe { sys::duckdb_execute_prepared_streaming(self.stmt, &mut result) };
+        let mut rows = Rows { result, fields: schema.fields().clone(), done: false, _stmt: std::marker::PhantomData };
+        if state != sys::duckdb_state_DuckDBSuccess {
+            return Err(DbError(rows.error().unwrap_or_else(|| "DuckDB could not run the statement".into())));
+        }
+        // SAFETY: the result is live; names are owned by it and copied here.
+        let names: Vec<String> = unsafe {
+            let n = sys::duckdb_column_count(&mut rows.result);
+            (0..n)
+                .map(|i| {
+                    let p = sys::duckdb_column_name(&mut rows.result, i);
+                    if p.is_null() { String::new() } else { CStr::from_ptr(p).to_string_lossy().into_owned() }
+                })
+                .collect()
+        };
+        if names.len() != schema.fields().len() {
+            return Err(DbError(format!(
+                "the result has {} columns where its description has {}",
+                names.len(),
+                schema.fields().len()
+            )));
+        }
+        rows.fields = schema.fields().iter().zip(names).map(|(f, n)| f.as_ref().clone().with_name(n)).collect();
+        Ok(rows)
+    }
+
+    /// Runs the statement and reads its whole (small) result as Arrow: for statements that are not queries
+    /// (their result is a row count or nothing).
+    pub fn execute_materialized(&mut self) -> Result<(SchemaRef, Vec<RecordBatch>), DbError> {
+        let mut res: sys::duckdb_arrow = std::ptr::null_mut();
+        // SAFETY: self.stmt is prepared; `res` is destroyed exactly once below whatever the outcome.
+        unsafe {
+            let state = sys::duckdb_execute_prepared_arrow(self.stmt, &mut res);
+            let out = if state != sys::duckdb_state_DuckDBSuccess {
+                let p = if res.is_null() { std::ptr::null() } else { sys::duckdb_query_arrow_error(res) };
+                Err(DbError(if p.is_null() { "DuckDB could not run the statement".into() } else { CStr::from_ptr(p).to_string_lossy().into_owned() }))
+            } else {
+                read_arrow_result(res)
+            };
+            if !res.is_null() {
+                sys::duckdb_destroy_arrow(&mut res);
+            }
+            out
+        }
+    }
+
+    /// Runs the statement to its end; returns the rows it changed.
+    pub fn execute_update(&mut self) -> Result<u64, DbError> {
+        // SAFETY: as in `execute`; the materialized result is destroyed before returning.
+        unsafe {
+            let mut result: sys::duckdb_result = std::mem::zeroed();
+            let state = sys::duckdb_execute_prepared(self.stmt, &mut result);
+            let out = if state == sys::duckdb_state_DuckDBSuccess {
+                Ok(sys::duckdb_rows_changed(&mut result))
+            } else {
+                let p = sys::duckdb_result_error(&mut result);
+                Err(DbError(if p.is_null() { "DuckDB could not run the statement".into() } else { CStr::from_ptr(p).to_string_lossy().into_owned() }))
+            };
+            sys::duckdb_destroy_result(&mut result);
+            out
+        }
+    }
+}
+
+/// The schema and every batch of a materialized Arrow result.
+///
+/// # Safety
+/// `res` must be a live result of a successful `duckdb_execute_prepared_arrow` or `duckdb_query_arrow`.
+unsafe fn read_arrow_result(res: sys::duckdb_arrow) -> Result<(SchemaRef, Vec<RecordBatch>), DbError> {
+    let mut schema = FFI_ArrowSchema::empty();
+    let mut ptr = (&mut schema as *mut FFI_ArrowSchema).cast::<sys::_duckdb_arrow_schema>();
+    // SAFETY: per the contract; `schema` is released by its own drop.
+    if unsafe { sys::duckdb_query_arrow_schema(res, &mut ptr) } != sys::duckdb_state_DuckDBSuccess {
+        return Err(DbError("DuckDB could not describe the result as Arrow".into()));
+    }
+    let schema = std::sync::Arc::new(Schema::try_from(&schema).map_err(|e| DbError(e.to_string()))?);
+    let data_type = arrow::datatypes::DataType::Struct(schema.fields().clone());
+    let mut batches = Vec::new();
+    loop {
+        let mut array = FFI_ArrowArray::empty();
+        let mut ptr = (&mut array as *mut FFI_ArrowArray).cast::<sys::_duckdb_arrow_array>();
+        // SAFETY: per the contract; DuckDB fills `array` (released by its drop or by the imported data).
+        if unsafe { sys::duckdb_query_arrow_array(res, &mut ptr) } != sys::duckdb_state_DuckDBSuccess {
+            return Err(DbError("DuckDB could not read the result as Arrow".into()));
+        }
+        if array.is_released() || array.is_empty() {
+            break;
+        }
+        // SAFETY: DuckDB produced `array` for exactly the struct of the schema it reported for this result.
+        let data = unsafe { arrow::ffi::from_ffi_and_data_type(array, data_type.clone()) }.map_err(|e| DbError(e.to_string()))?;
+        batches.push(RecordBatch::from(StructArray::from(data)));
+    }
+    Ok((schema, batches))
+}
+
+impl RawConn {
+    /// The Arrow schema DuckDB gives the result of a query statement run with `params`: the statement is
+    /// wrapped as `SELECT * FROM (<sql>) LIMIT 0` and run, so nothing is read. `Ok(None)` when the statement
+    /// cannot be wrapped (DuckDB refused to prepare the wrapper; that leaves a transaction usable). An error
+    /// running the wrapper is the statement's own error.
+    pub fn select_schema(&mut self, sql: &str, params: &[Param]) -> Result<Option<Schema>, DbError> {
+        let body = sql.trim().trim_end_matches(';');
+        let wrapped = format!("SELECT * FROM (\n{body}\n) AS arrowport_q LIMIT 0");
+        let Ok(mut p) = self.prepare(&wrapped) else { return Ok(None) };
+        p.bind(params)?;
+        p.execute_materialized().map(|(s, _)| Some(s.as_ref().clone()))
+    }
+}
+
+/// A statement's result, read as Arrow record batches (one per DuckDB chunk).
+pub struct Rows<'p> {
+    result: sys::duckdb_result,
+    fields: arrow::datatypes::Fields,
+    done: bool,
+    _stmt: std::marker::PhantomData<&'p mut ()>,
+}
+
+impl Rows<'_> {
+    fn error(&mut self) -> Option<String> {
+        // SAFETY: the error text is owned by the live result.
+        unsafe {
+            let p = sys::duckdb_result_error(&mut self.result);
+            if p.is_null() { None } else { Some(CStr::from_ptr(p).to_string_lossy().into_owned()) }
+        }
+    }
+
+    pub fn schema(&self) -> SchemaRef {
+        std::sync::Arc::new(Schema::new(self.fields.clone()))
+    }
+
+    /// The next batch, `None` at the end.
+    pub fn next_batch(&mut self) -> Result<Option<RecordBatch>, DbError> {
+        if self.done {
+            return Ok(None);
+        }
+        // SAFETY: self.result is a live result of a successful execution; the chunk is destroyed below.
+        let mut chunk = unsafe { sys::duckdb_fetch_chunk(self.result) };
+        if chunk.is_null() || unsafe { sys::duckdb_data_chunk_get_size(chunk) } == 0 {
+            if !chunk.is_null() {
+                // SAFETY: a chunk returned by duckdb_fetch_chunk, destroyed once.
+                unsafe { sys::duckdb_destroy_data_chunk(&mut chunk) };
+            }
+            self.done = true;
+            return match self.error() {
+                Some(e) => Err(DbError(e)),
+                None => Ok(None),
+            };
+        }
+        let mut array = FFI_ArrowArray::empty();
+        let mut ptr = (&mut array as *mut FFI_ArrowArray).cast::<sys::_duckdb_arrow_array>();
+        // SAFETY: `chunk` belongs to this result; DuckDB fills `array` (which owns what it points to and is
+        // released by from_ffi's data or its own drop) and we destroy the chunk after the conversion.
+        unsafe {
+            sys::duckdb_result_arrow_array(self.result, chunk, &mut ptr);
+            sys::duckdb_destroy_data_chunk(&mut chunk);
+        }
+        let data_type = arrow::datatypes::DataType::Struct(self.fields.clone());
+        // SAFETY: DuckDB produced `array` for exactly this struct type (the schema it gave for this result).
+        let data = unsafe { arrow::ffi::from_ffi_and_data_type(array, data_type) }.map_err(|e| DbError(e.to_string()))?;
+        let batch = RecordBatch::from(StructArray::from(data));
+        Ok(Some(batch))
+    }
+}
+
+impl Drop for Rows<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the result was filled by duckdb_execute_prepared_streaming and is destroyed exactly once.
+        unsafe { sys::duckdb_destroy_result(&mut self.result) };
+    }
+}

@@ -1,0 +1,151 @@
+//! The object the protocol adapters call ([`Core`]): it owns the writer pool, the stop signal, the metrics and
+//! the stream registry, and hands work to writers. The ingest pipeline (`ingest`) and the query core (`query`)
+//! add their methods to it; here are the calls every protocol shares: describing and listing streams, and
+//! proving the database answers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arrow::datatypes::Schema;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::registry::{Mapping, Registry, ResolveError};
+use crate::engine::error::IngestError;
+use crate::engine::metrics::{self, Metrics, Outcome, Protocol};
+use crate::engine::sink::Sink;
+use crate::engine::writers::{Job, Work, Writers};
+
+/// How long a request waits for a free writer before it is answered "busy".
+const WRITER_WAIT: Duration = Duration::from_secs(30);
+
+/// A stream as listings show it.
+#[derive(Debug, Clone)]
+pub struct StreamInfo {
+    pub mapping: Mapping,
+    /// Defined with `arrowport_create_stream` (else the default: `main.<name>`).
+    pub defined: bool,
+    /// The target table's Arrow schema; `None` while the table does not exist.
+    pub schema: Option<Schema>,
+}
+
+/// The object protocol adapters call.
+pub struct Core<S: Sink> {
+    pub(crate) writers: Writers<S>,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) active: AtomicUsize,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) registry: Arc<Registry>,
+}
+
+impl<S: Sink> Core<S> {
+    pub fn new(writers: Writers<S>, cancel: CancellationToken, metrics: Arc<Metrics>, registry: Arc<Registry>) -> Core<S> {
+        Core { writers, cancel, active: AtomicUsize::new(0), metrics, registry }
+    }
+
+    /// The mapping a request uses.
+    pub(crate) fn mapping(&self, stream: &str, reject_unknown: bool) -> Result<Mapping, IngestError> {
+        self.registry.resolve(stream, reject_unknown).map_err(|e| match e {
+            ResolveError::BadName(m) => IngestError::BadInput(m),
+            ResolveError::Unknown(m) => IngestError::NotFound(m),
+        })
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Counts a request an adapter refused before it reached the core (bad descriptor, wrong media type...).
+    pub fn reject(&self, protocol: Protocol, error: &IngestError) {
+        self.metrics.record(&Outcome {
+            stream: metrics::UNKNOWN_STREAM,
+            protocol,
+            result: Err(error.to_string()),
+            rows: 0,
+            batches: 0,
+            wire_bytes: 0,
+            decoded_bytes: 0,
+            seconds: 0.0,
+        });
+    }
+
+    /// Requests being received or written right now.
+    pub fn in_flight(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    pub fn writers(&self) -> &Writers<S> {
+        &self.writers
+    }
+
+    /// The Arrow schema of the table a stream lands in; `None` when that table does not exist yet.
+    pub async fn describe(&self, stream: &str) -> Result<Option<Schema>, IngestError> {
+        let target = self.mapping(stream, false)?.target;
+        let (reply, rx) = oneshot::channel();
+        self.call(Work::Describe { target, reply }, rx).await
+    }
+
+    /// Every table an unmapped stream name lands in, with its Arrow schema.
+    pub async fn list(&self) -> Result<Vec<(String, Schema)>, IngestError> {
+        let (reply, rx) = oneshot::channel();
+        self.call(Work::List { reply }, rx).await
+    }
+
+    /// The streams a client can see: every defined mapping (with its table's schema when the table exists),
+    /// then every table of `main` that an unmapped name of the same name lands in.
+    pub async fn streams(&self) -> Result<Vec<StreamInfo>, IngestError> {
+        let mut out = Vec::new();
+        for mapping in self.registry.all() {
+            let (reply, rx) = oneshot::channel();
+            let schema = self.call(Work::Describe { target: mapping.target.clone(), reply }, rx).await?;
+            out.push(StreamInfo { mapping, defined: true, schema });
+        }
+        for (name, schema) in self.list().await? {
+            if self.registry.get(&name).is_none() {
+                out.push(StreamInfo { mapping: Mapping::default_for(&name), defined: false, schema: Some(schema) });
+            }
+        }
+        Ok(out)
+    }
+
+    /// One stream as [`Core::streams`] shows it; `None` for a name without a mapping and without a table.
+    pub async fn stream(&self, name: &str) -> Result<Option<StreamInfo>, IngestError> {
+        let defined = self.registry.get(name);
+        let mapping = self.mapping(name, false)?;
+        let (reply, rx) = oneshot::channel();
+        let schema = self.call(Work::Describe { target: mapping.target.clone(), reply }, rx).await?;
+        if defined.is_none() && schema.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(StreamInfo { mapping, defined: defined.is_some(), schema }))
+    }
+
+    /// Asks a writer to prove the database answers.
+    pub async fn ping(&self) -> Result<String, IngestError> {
+        let (reply, rx) = oneshot::channel();
+        self.call(Work::Ping { reply }, rx).await
+    }
+
+    pub(crate) async fn call<T>(&self, work: Work, rx: oneshot::Receiver<Result<T, IngestError>>) -> Result<T, IngestError> {
+        self.submit_work(work).await?;
+        rx.await.map_err(|_| IngestError::Internal("the writer went away".into()))?
+    }
+
+    /// Hands work to a free writer (waiting for one); the work replies on its own channel.
+    pub(crate) async fn submit_work(&self, work: Work) -> Result<(), IngestError> {
+        let permit = self.permit().await?;
+        self.writers.submit(Job { work, _permit: permit })
+    }
+
+    pub(crate) async fn permit(&self) -> Result<OwnedSemaphorePermit, IngestError> {
+        tokio::select! {
+            _ = self.cancel.cancelled() => Err(IngestError::Stopping),
+            p = tokio::time::timeout(WRITER_WAIT, Arc::clone(&self.writers.permits).acquire_owned()) => match p {
+                Ok(Ok(p)) => Ok(p),
+                Ok(Err(_)) => Err(IngestError::Stopping),
+                Err(_) => Err(IngestError::Busy(self.writers.size)),
+            },
+        }
+    }
+}

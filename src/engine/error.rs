@@ -1,0 +1,227 @@
+//! One classification of failures, and its two tables: to gRPC status codes and to HTTP statuses.
+//!
+//! [`IngestError`] is the engine's error, with messages written for clients; it classifies itself with a
+//! [`Code`], and so do the errors of the layers around it (`AuthError` in the gate, `ListenError` in the
+//! listener). Only the wire edge (`proto::status`) turns a `Code` into a gRPC status or an HTTP response,
+//! through the two tables here. Both matches name every variant, so a new `Code` does not compile until both
+//! edges decide.
+
+use std::time::Duration;
+
+use crate::duck::DbError;
+
+/// What kind of failure, as a client needs to know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    /// Malformed input: bad IPC, bad descriptor, bad JSON.
+    InvalidInput,
+    /// Wrong content type or encoding.
+    UnsupportedMedia,
+    /// Unknown stream or table.
+    NotFound,
+    /// The table exists and the request said it must not (Flight SQL ingest, mode `create`).
+    AlreadyExists,
+    /// The data does not fit the target (schema conflict, constraint).
+    Conflict,
+    /// Over a size limit.
+    TooLarge,
+    /// No capacity right now; retry later.
+    Busy,
+    /// The listener is shutting down.
+    Stopping,
+    /// The client sent nothing for too long.
+    Timeout,
+    /// No or bad credentials.
+    Unauthenticated,
+    /// Credentials that do not allow this.
+    Denied,
+    /// A call or service arrowport does not offer.
+    Unimplemented,
+    /// A fault of ours or of DuckDB that the client cannot fix.
+    Internal,
+}
+
+impl Code {
+    /// Stable snake_case name, used in JSON error bodies and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Code::InvalidInput => "invalid_input",
+            Code::UnsupportedMedia => "unsupported_media_type",
+            Code::NotFound => "not_found",
+            Code::AlreadyExists => "already_exists",
+            Code::Conflict => "schema_conflict",
+            Code::TooLarge => "too_large",
+            Code::Busy => "busy",
+            Code::Stopping => "stopping",
+            Code::Timeout => "timeout",
+            Code::Unauthenticated => "unauthenticated",
+            Code::Denied => "permission_denied",
+            Code::Unimplemented => "unimplemented",
+            Code::Internal => "internal",
+        }
+    }
+}
+
+/// The gRPC status code for a failure.
+pub fn grpc_code(code: Code) -> tonic::Code {
+    match code {
+        Code::InvalidInput | Code::UnsupportedMedia => tonic::Code::InvalidArgument,
+        Code::NotFound => tonic::Code::NotFound,
+        Code::AlreadyExists => tonic::Code::AlreadyExists,
+        Code::Conflict => tonic::Code::FailedPrecondition,
+        Code::TooLarge | Code::Busy => tonic::Code::ResourceExhausted,
+        Code::Stopping => tonic::Code::Unavailable,
+        Code::Timeout => tonic::Code::DeadlineExceeded,
+        Code::Unauthenticated => tonic::Code::Unauthenticated,
+        Code::Denied => tonic::Code::PermissionDenied,
+        Code::Unimplemented => tonic::Code::Unimplemented,
+        Code::Internal => tonic::Code::Internal,
+    }
+}
+
+/// The HTTP status for a failure.
+pub fn http_status(code: Code) -> u16 {
+    match code {
+        Code::InvalidInput => 400,
+        Code::UnsupportedMedia => 415,
+        Code::NotFound => 404,
+        Code::AlreadyExists => 409,
+        Code::Conflict => 409,
+        Code::TooLarge => 413,
+        Code::Busy | Code::Stopping => 503,
+        Code::Timeout => 408,
+        Code::Unauthenticated => 401,
+        Code::Denied => 403,
+        Code::Unimplemented => 501,
+        Code::Internal => 500,
+    }
+}
+
+/// Why a request did not commit. Messages are written for the client.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IngestError {
+    #[error("{0}")]
+    BadInput(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// DuckDB refused a statement sent over the network (its text verbatim).
+    #[error("{0}")]
+    Sql(String),
+    #[error("arrowport is stopping; the request was rolled back and nothing was written")]
+    Stopping,
+    #[error("the client went away before the end of the stream; nothing was written")]
+    Disconnected,
+    #[error("the client sent nothing for {0:?}; the request was rolled back and nothing was written")]
+    Stalled(Duration),
+    #[error("all {0} writers are busy; retry later")]
+    Busy(usize),
+    #[error("{0} requests are already in flight on this listener (max_concurrent_requests); retry later")]
+    Overloaded(usize),
+    #[error("{0}")]
+    Denied(String),
+    #[error("{0}")]
+    Db(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl IngestError {
+    pub fn code(&self) -> Code {
+        match self {
+            IngestError::BadInput(_) | IngestError::Unsupported(_) => Code::InvalidInput,
+            IngestError::TooLarge(_) => Code::TooLarge,
+            IngestError::Conflict(_) => Code::Conflict,
+            IngestError::NotFound(_) => Code::NotFound,
+            IngestError::AlreadyExists(_) => Code::AlreadyExists,
+            IngestError::Sql(msg) if msg.starts_with("Catalog Error") => Code::NotFound,
+            IngestError::Sql(_) => Code::InvalidInput,
+            IngestError::Stopping => Code::Stopping,
+            IngestError::Disconnected => Code::InvalidInput,
+            IngestError::Stalled(_) => Code::Timeout,
+            IngestError::Busy(_) | IngestError::Overloaded(_) => Code::Busy,
+            IngestError::Denied(_) => Code::Denied,
+            IngestError::Db(msg) => db_code(msg),
+            IngestError::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+/// DuckDB's error text starts with its class; the data-shaped ones are the client's to fix.
+fn db_code(msg: &str) -> Code {
+    const DATA: [&str; 6] =
+        ["Constraint Error", "Conversion Error", "Invalid Input Error", "Catalog Error", "Binder Error", "Mismatch Type Error"];
+    if DATA.iter().any(|p| msg.starts_with(p)) { Code::Conflict } else { Code::Internal }
+}
+
+impl IngestError {
+    /// A DuckDB error in arrowport's own work (landing a request, reading the catalog).
+    pub fn db(e: DbError) -> IngestError {
+        IngestError::Db(e.0)
+    }
+
+    /// DuckDB's refusal of a statement sent over the network: the client's to fix, DuckDB's text verbatim.
+    pub fn sql(e: DbError) -> IngestError {
+        IngestError::Sql(e.0)
+    }
+}
+
+impl From<crate::panic::Panicked> for IngestError {
+    fn from(p: crate::panic::Panicked) -> IngestError {
+        IngestError::Internal(p.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [Code; 13] = [
+        Code::InvalidInput,
+        Code::UnsupportedMedia,
+        Code::NotFound,
+        Code::AlreadyExists,
+        Code::Conflict,
+        Code::TooLarge,
+        Code::Busy,
+        Code::Stopping,
+        Code::Timeout,
+        Code::Unauthenticated,
+        Code::Denied,
+        Code::Unimplemented,
+        Code::Internal,
+    ];
+
+    #[test]
+    fn every_code_has_a_distinct_name() {
+        let mut names: Vec<_> = ALL.iter().map(|c| c.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), ALL.len());
+    }
+
+    #[test]
+    fn tables_match_the_documented_statuses() {
+        assert_eq!(grpc_code(Code::TooLarge), tonic::Code::ResourceExhausted);
+        assert_eq!(grpc_code(Code::Conflict), tonic::Code::FailedPrecondition);
+        assert_eq!(grpc_code(Code::Stopping), tonic::Code::Unavailable);
+        assert_eq!(http_status(Code::Conflict), 409);
+        assert_eq!(http_status(Code::TooLarge), 413);
+        assert_eq!(http_status(Code::UnsupportedMedia), 415);
+        assert_eq!(http_status(Code::Busy), 503);
+        assert_eq!(http_status(Code::Internal), 500);
+    }
+
+    #[test]
+    fn duckdb_errors_are_classified_by_their_class() {
+        assert_eq!(IngestError::Db("Constraint Error: NOT NULL constraint failed".into()).code(), Code::Conflict);
+        assert_eq!(IngestError::Db("IO Error: disk full".into()).code(), Code::Internal);
+    }
+}

@@ -1,0 +1,601 @@
+//! The ingest pipeline, shared by every protocol: decoded Arrow in, one committed transaction out.
+//!
+//! A protocol adapter hands [`Core::ingest`] a stream name and a stream of [`Incoming`] items (the schema
+//! first, then batches). The pipeline checks the principal and the schema, resolves the target, and reads
+//! ahead: a request that ends within [`GROUP_BYTES`] is committed with others by the group committer; a larger
+//! one checks out a writer thread and is pumped to it through a small bounded channel with a byte budget, so a
+//! slow DuckDB slows the sender instead of queueing memory. The writer commits only after the adapter's stream
+//! ended cleanly; any failure, cancellation, stall or disconnect rolls back. This module runs no SQL and knows
+//! no protocol.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use futures::{Stream, StreamExt};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::catalog::access::Principal;
+use crate::catalog::registry::{Mapping, Mode, TableRule, Target};
+use crate::catalog::schema;
+use crate::engine::core::Core;
+use crate::engine::error::IngestError;
+use crate::engine::metrics::{Outcome, Protocol};
+use crate::engine::policy::Policy;
+use crate::engine::sink::{BatchRx, Buffered, Counts, Msg, Sink, Written};
+use crate::engine::writers::{Job, Work};
+
+/// Batches buffered between the network and a writer. Small on purpose: it bounds memory per request...
+const QUEUE_DEPTH: usize = 4;
+
+/// ...and so does this budget of decoded bytes queued (a batch larger than the budget still passes, alone), so a
+/// request's memory does not grow with the size of its batches (up to `max_message_bytes` each).
+const QUEUE_BYTES: usize = 64 * 1024 * 1024;
+
+/// A request whose decoded batches stay under this is received whole and committed in a group with others.
+pub const GROUP_BYTES: usize = 4 * 1024 * 1024;
+
+/// One decoded item of an incoming Arrow stream.
+#[derive(Debug)]
+pub enum Incoming {
+    Schema(SchemaRef),
+    Batch(RecordBatch),
+}
+
+/// The memory a decoded batch's columns use.
+fn batch_bytes(b: &RecordBatch) -> usize {
+    b.columns().iter().map(|c| c.to_data().get_slice_memory_size().unwrap_or(0)).sum()
+}
+
+/// What a committed request wrote.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Report {
+    pub stream: String,
+    pub table: String,
+    pub rows: u64,
+    pub batches: u64,
+}
+
+/// One request as a protocol adapter hands it to the core.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub stream: String,
+    pub protocol: Protocol,
+    /// Bytes on the wire, counted by the adapter as the request streams in.
+    pub wire_bytes: Arc<AtomicU64>,
+    /// The target the client named itself (the original JSON endpoint); `None` uses the stream's mapping.
+    pub target: Option<Target>,
+    /// A complete mapping the client gave (Flight SQL ingest: table and mode); bypasses the stream's mapping.
+    pub mapping: Option<Mapping>,
+    /// Who sent it; the core checks the stream against the principal's scope.
+    pub principal: Principal,
+    /// The rules of the listener it came in on.
+    pub policy: Arc<Policy>,
+}
+
+impl Request {
+    pub fn new(stream: impl Into<String>, protocol: Protocol, principal: Principal, policy: Arc<Policy>) -> Request {
+        Request { stream: stream.into(), protocol, wire_bytes: Arc::default(), target: None, mapping: None, principal, policy }
+    }
+}
+
+/// Counts a request as in flight while it lives.
+struct Active<'a>(&'a AtomicUsize);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One request on its way to a writer: what each step of reading its input needs.
+struct Flow<'a> {
+    /// How long the client may send nothing.
+    stall: Duration,
+    /// The schema the client sent; a repeated schema message must equal it.
+    incoming: &'a SchemaRef,
+    /// The schema batches are cast to before DuckDB sees them, when a type needs it (see `schema::storable`).
+    cast_to: Option<&'a SchemaRef>,
+    counts: &'a Counts,
+}
+
+/// The writer's end of a streamed request: its channel and the byte budget of what may wait in it.
+struct Feed {
+    tx: mpsc::Sender<Msg>,
+    budget: Arc<Semaphore>,
+}
+
+impl<S: Sink> Core<S> {
+    /// Lands one request: the schema first, then batches, all in one transaction. Returns after commit.
+    pub async fn ingest<I>(&self, request: Request, input: I) -> Result<Report, IngestError>
+    where
+        I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
+    {
+        let started = Instant::now();
+        let _in_flight = self.metrics.in_flight(request.protocol);
+        self.active.fetch_add(1, Ordering::Relaxed);
+        let _active = Active(&self.active);
+        let counts = Arc::new(Counts::default());
+        let result = self.run(&request, input, &counts).await;
+        self.metrics.record(&Outcome {
+            stream: &request.stream,
+            protocol: request.protocol,
+            result: result.as_ref().map(|(_, w)| w.write_seconds).map_err(|e| e.to_string()),
+            rows: match &result {
+                Ok((report, _)) => report.rows,
+                Err(_) => counts.rows.load(Ordering::Relaxed),
+            },
+            batches: counts.batches.load(Ordering::Relaxed),
+            wire_bytes: request.wire_bytes.load(Ordering::Relaxed),
+            decoded_bytes: counts.decoded_bytes.load(Ordering::Relaxed),
+            seconds: started.elapsed().as_secs_f64(),
+        });
+        result.map(|(report, _)| report)
+    }
+
+    async fn run<I>(&self, request: &Request, mut input: I, counts: &Arc<Counts>) -> Result<(Report, Written), IngestError>
+    where
+        I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
+    {
+        let stream = request.stream.as_str();
+        let _admitted = request.policy.admit()?;
+        if !request.principal.may_use(stream) {
+            return Err(IngestError::Denied(request.principal.denied(stream)));
+        }
+        let mut mapping = match &request.mapping {
+            Some(m) => m.clone(),
+            None => self.mapping(stream, request.policy.reject_unknown)?,
+        };
+        if let Some(t) = &request.target {
+            mapping.target = t.clone();
+        }
+        // A principal limited to streams writes only where its stream name lands by default.
+        if !request.principal.may_choose_target() && mapping.target != Mapping::default_for(stream).target {
+            if request.target.is_some() || request.mapping.is_some() {
+                return Err(IngestError::Denied(format!(
+                    "{}; a token limited to streams cannot name its own target table",
+                    request.principal.denied(&mapping.target.display())
+                )));
+            }
+        }
+        let stall = request.policy.stall_timeout;
+        let schema = match self.next_or_cancel(&mut input, stall).await? {
+            Some(Incoming::Schema(s)) => s,
+            Some(Incoming::Batch(_)) => return Err(IngestError::BadInput("the stream sent a batch before its schema".into())),
+            None => return Err(IngestError::BadInput("the stream ended before it sent a schema".into())),
+        };
+        schema::check_supported(&schema).map_err(IngestError::Unsupported)?;
+        // Types DuckDB's scan refuses but can hold after a lossless cast (float16, decimal256 in range).
+        let incoming = schema;
+        let (schema, needs_cast) = schema::storable(&incoming);
+        let flow = Flow { stall, incoming: &incoming, cast_to: needs_cast.then_some(&schema), counts };
+
+        // Read ahead: a request that ends within GROUP_BYTES is committed with others in one transaction (group
+        // commit); a larger one streams into a writer of its own, starting with what was read ahead.
+        let groupable = mapping.mode == Mode::Append
+            && matches!(mapping.rule, TableRule::Stream | TableRule::Append | TableRule::CreateAppend)
+            && self.writers.has_group();
+        let mut ahead = Vec::new();
+        let mut ended = false;
+        if groupable {
+            let mut bytes = 0;
+            while bytes <= GROUP_BYTES {
+                match self.next_batch(&mut input, &flow).await? {
+                    None => {
+                        ended = true;
+                        break;
+                    }
+                    Some((b, size)) => {
+                        bytes += size;
+                        counts.batches.fetch_add(1, Ordering::Relaxed);
+                        counts.rows.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
+                        ahead.push((b, size));
+                    }
+                }
+            }
+            if ended && !ahead.is_empty() {
+                let rows: u64 = ahead.iter().map(|(b, _)| b.num_rows() as u64).sum();
+                let table = mapping.target.display();
+                let (reply, done) = oneshot::channel();
+                let item = Buffered { mapping, schema, batches: ahead.into_iter().map(|(b, _)| b).collect(), rows };
+                self.writers.submit_group(item, reply)?;
+                let written = done.await.map_err(|_| IngestError::Internal("the group committer went away".into()))??;
+                let batches = counts.batches.load(Ordering::Relaxed);
+                return Ok((Report { stream: stream.to_string(), table, rows: written.rows, batches }, written));
+            }
+        }
+
+        let permit = self.permit().await?;
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let batch_rx = BatchRx::new(rx, Arc::clone(counts));
+        let table = mapping.target.display();
+        let work = Work::Write { mapping, schema: Arc::clone(&schema), input: batch_rx, reply: reply_tx };
+        self.writers.submit(Job { work, _permit: permit })?;
+
+        let feed = Feed { tx, budget: Arc::new(Semaphore::new(QUEUE_BYTES)) };
+        let mut pumped = Ok(());
+        for (b, size) in ahead {
+            pumped = match self.queue(&feed, b, size, true).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(IngestError::Internal("the writer stopped reading".into())),
+                Err(e) => Err(e),
+            };
+            if pumped.is_err() {
+                break;
+            }
+        }
+        if pumped.is_ok() && !ended {
+            pumped = self.pump(&mut input, &flow, &feed).await;
+        }
+        let last = match &pumped {
+            Ok(()) => Msg::End,
+            Err(e) => Msg::Fail(e.clone()),
+        };
+        // The writer may already have finished (it failed early); then it ignores this.
+        let _ = feed.tx.send(last).await;
+        drop(feed);
+        let written = reply_rx.await.map_err(|_| IngestError::Internal("the writer went away".into()));
+        // A failure of the input is the cause; the writer's error is only its echo. (A writer that stopped
+        // reading early reports why in its reply.)
+        if let Err(IngestError::Internal(_)) = &pumped {
+            if let Ok(Err(e)) = &written {
+                return Err(e.clone());
+            }
+        }
+        pumped?;
+        let written = written??;
+        let batches = counts.batches.load(Ordering::Relaxed);
+        Ok((Report { stream: stream.to_string(), table, rows: written.rows, batches }, written))
+    }
+
+    async fn next_or_cancel<I>(&self, input: &mut I, stall: Duration) -> Result<Option<Incoming>, IngestError>
+    where
+        I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
+    {
+        tokio::select! {
+            _ = self.cancel.cancelled() => Err(IngestError::Stopping),
+            item = tokio::time::timeout(stall, input.next()) => match item {
+                Ok(item) => item.transpose(),
+                Err(_) => Err(IngestError::Stalled(stall)),
+            },
+        }
+    }
+
+    /// The next non-empty batch of the input (cast when needed) and its decoded size, counted; `None` at the
+    /// end. A repeated schema must equal the first.
+    async fn next_batch<I>(&self, input: &mut I, flow: &Flow<'_>) -> Result<Option<(RecordBatch, usize)>, IngestError>
+    where
+        I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
+    {
+        loop {
+            match self.next_or_cancel(input, flow.stall).await? {
+                None => return Ok(None),
+                Some(Incoming::Schema(s)) => {
+                    if s.fields() != flow.incoming.fields() {
+                        return Err(IngestError::BadInput("the schema changed in the middle of the stream".into()));
+                    }
+                }
+                Some(Incoming::Batch(b)) if b.num_rows() == 0 => {}
+                Some(Incoming::Batch(b)) => {
+                    let size = batch_bytes(&b);
+                    flow.counts.decoded_bytes.fetch_add(size as u64, Ordering::Relaxed);
+                    let b = match flow.cast_to {
+                        Some(to) => schema::cast_batch(&b, to).map_err(IngestError::BadInput)?,
+                        None => b,
+                    };
+                    return Ok(Some((b, size)));
+                }
+            }
+        }
+    }
+
+    /// Moves batches from the input to the writer until the input ends (Ok) or fails (Err). Returns Ok early
+    /// when the writer stopped reading: its reply carries the reason.
+    async fn pump<I>(&self, input: &mut I, flow: &Flow<'_>, feed: &Feed) -> Result<(), IngestError>
+    where
+        I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
+    {
+        loop {
+            match self.next_batch(input, flow).await? {
+                None => return Ok(()),
+                Some((b, size)) => {
+                    if !self.queue(feed, b, size, false).await? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues a batch for the writer once the request's byte budget has room for it (the writer's pace is the
+    /// sender's: while this waits, the request reads nothing more). `Ok(false)` when the writer stopped reading.
+    async fn queue(&self, feed: &Feed, b: RecordBatch, size: usize, counted: bool) -> Result<bool, IngestError> {
+        // Within QUEUE_BYTES (64 MiB), so the count fits a u32.
+        let share = size.clamp(1, QUEUE_BYTES) as u32;
+        let permit = tokio::select! {
+            _ = self.cancel.cancelled() => return Err(IngestError::Stopping),
+            p = Arc::clone(&feed.budget).acquire_many_owned(share) => p.map_err(|_| IngestError::Internal("the queue budget was closed".into()))?,
+        };
+        let msg = if counted { Msg::Counted(b, Some(permit)) } else { Msg::Batch(b, Some(permit)) };
+        tokio::select! {
+            _ = self.cancel.cancelled() => Err(IngestError::Stopping),
+            r = feed.tx.send(msg) => Ok(r.is_ok()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+    use futures::stream;
+    use tokio_util::sync::CancellationToken;
+
+    use crate::engine::error::Code;
+    use crate::engine::policy::STALL_LIMIT;
+    use crate::engine::writers::Writers;
+
+    /// A sink that keeps what it was given and "commits" only at a clean end.
+    #[derive(Default)]
+    struct Fake {
+        committed: Arc<Mutex<Vec<(String, u64)>>>,
+        groups: Arc<Mutex<Vec<usize>>>,
+        /// When set, a streamed write reads nothing until this yields (a slow DuckDB).
+        hold: Option<Arc<Mutex<std::sync::mpsc::Receiver<()>>>>,
+    }
+
+    impl Sink for Fake {
+        fn write(&mut self, mapping: &Mapping, _schema: SchemaRef, mut input: BatchRx) -> Result<Written, IngestError> {
+            if let Some(hold) = &self.hold {
+                let _ = hold.lock().unwrap().recv();
+            }
+            let mut rows = 0;
+            while let Some(b) = input.next_batch()? {
+                rows += b.num_rows() as u64;
+            }
+            self.committed.lock().unwrap().push((mapping.target.table.clone(), rows));
+            Ok(Written { rows, write_seconds: 0.0 })
+        }
+
+        fn write_group(&mut self, items: &[Buffered]) -> Vec<Result<Written, IngestError>> {
+            self.groups.lock().unwrap().push(items.len());
+            std::thread::sleep(Duration::from_millis(20));
+            items
+                .iter()
+                .map(|i| {
+                    self.committed.lock().unwrap().push((i.mapping.target.table.clone(), i.rows));
+                    Ok(Written { rows: i.rows, write_seconds: 0.0 })
+                })
+                .collect()
+        }
+
+        fn table_schema(&mut self, _: &Target) -> Result<Option<Schema>, IngestError> {
+            Ok(None)
+        }
+
+        fn list_tables(&mut self) -> Result<Vec<(String, Schema)>, IngestError> {
+            Ok(vec![])
+        }
+
+        fn ping(&mut self) -> Result<String, IngestError> {
+            Ok("fake".into())
+        }
+    }
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]))
+    }
+
+    fn batch(n: i64) -> RecordBatch {
+        RecordBatch::try_new(schema(), vec![Arc::new(Int64Array::from_iter_values(0..n))]).unwrap()
+    }
+
+    fn req(stream: &str, protocol: Protocol) -> Request {
+        Request::new(stream, protocol, Principal::Anonymous, Arc::default())
+    }
+
+    fn core(committed: &Arc<Mutex<Vec<(String, u64)>>>) -> Core<Fake> {
+        let sinks = (0..3).map(|_| Fake { committed: Arc::clone(committed), ..Fake::default() }).collect();
+        Core::new(Writers::start(sinks).unwrap(), CancellationToken::new(), Arc::default(), Arc::default())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_clean_stream_commits_every_row() {
+        let committed = Arc::default();
+        let core = core(&committed);
+        let items = vec![Ok(Incoming::Schema(schema())), Ok(Incoming::Batch(batch(3))), Ok(Incoming::Batch(batch(4)))];
+        let report = core.ingest(req("events", Protocol::Flight), stream::iter(items)).await.unwrap();
+        assert_eq!(report, Report { stream: "events".into(), table: "main.events".into(), rows: 7, batches: 2 });
+        assert_eq!(*committed.lock().unwrap(), vec![("events".to_string(), 7)]);
+        let m = &core.metrics().rows()[0];
+        assert_eq!((m.stream.as_str(), m.requests_ok, m.rows, m.batches, m.decoded_bytes), ("events", 1, 7, 2, 7 * 8));
+        assert_eq!(core.writers().stop().len(), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_writer_holds_the_sender_to_the_queue_budget() {
+        let committed: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+        let (release, hold) = std::sync::mpsc::channel();
+        let hold = Arc::new(Mutex::new(hold));
+        let sinks = (0..3).map(|_| Fake { committed: Arc::clone(&committed), hold: Some(Arc::clone(&hold)), ..Fake::default() }).collect();
+        let core = Arc::new(Core::new(Writers::start(sinks).unwrap(), CancellationToken::new(), Arc::default(), Arc::default()));
+        // Batches of 24 MiB: the 64 MiB budget queues two; the third waits for room, and nothing more is read.
+        let rows = (24 << 20) / 8;
+        let pulled = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&pulled);
+        let items = std::iter::once(Ok(Incoming::Schema(schema()))).chain((0..6).map(move |_| Ok(Incoming::Batch(batch(rows as i64)))));
+        let input = stream::iter(items).inspect(move |_| {
+            seen.fetch_add(1, Ordering::SeqCst);
+        });
+        let c = Arc::clone(&core);
+        let task = tokio::spawn(async move { c.ingest(req("events", Protocol::Flight), input).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(pulled.load(Ordering::SeqCst), 1 + 3, "the schema, two queued batches and one waiting for room");
+        release.send(()).unwrap();
+        let report = task.await.unwrap().unwrap();
+        assert_eq!(report.rows, 6 * rows as u64);
+        assert_eq!(*committed.lock().unwrap(), vec![("events".to_string(), 6 * rows as u64)]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_stream_commits_nothing_and_reports_the_input_error() {
+        let committed = Arc::default();
+        let core = core(&committed);
+        let items = vec![
+            Ok(Incoming::Schema(schema())),
+            Ok(Incoming::Batch(batch(3))),
+            Err(IngestError::BadInput("truncated IPC message".into())),
+        ];
+        let err = core.ingest(req("events", Protocol::Flight), stream::iter(items)).await.unwrap_err();
+        assert_eq!(err.to_string(), "truncated IPC message");
+        assert!(committed.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_schema_change_mid_stream_is_refused() {
+        let committed = Arc::default();
+        let core = core(&committed);
+        let other = Arc::new(Schema::new(vec![Field::new("x", DataType::Utf8, true)]));
+        let items = vec![Ok(Incoming::Schema(schema())), Ok(Incoming::Batch(batch(3))), Ok(Incoming::Schema(other))];
+        let err = core.ingest(req("events", Protocol::Flight), stream::iter(items)).await.unwrap_err();
+        assert!(err.to_string().contains("schema changed"), "{err}");
+        assert_eq!(err.code(), Code::InvalidInput);
+        assert!(committed.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cancellation_rolls_back_a_waiting_request() {
+        let committed = Arc::default();
+        let core = Arc::new(core(&committed));
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        tx.unbounded_send(Ok(Incoming::Schema(schema()))).unwrap();
+        tx.unbounded_send(Ok(Incoming::Batch(batch(5)))).unwrap();
+        let c = Arc::clone(&core);
+        let task = tokio::spawn(async move { c.ingest(req("events", Protocol::Flight), rx).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        core.cancel.cancel();
+        let err = task.await.unwrap().unwrap_err();
+        assert!(matches!(err, IngestError::Stopping), "{err:?}");
+        assert!(committed.lock().unwrap().is_empty());
+        drop(tx);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_client_is_rolled_back() {
+        let committed = Arc::default();
+        let core = core(&committed);
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        tx.unbounded_send(Ok(Incoming::Schema(schema()))).unwrap();
+        tx.unbounded_send(Ok(Incoming::Batch(batch(5)))).unwrap();
+        let policy = Arc::new(Policy::new(false, Duration::from_millis(100), 4));
+        let err = core.ingest(Request::new("events", Protocol::Rest, Principal::Anonymous, policy), rx).await.unwrap_err();
+        assert!(matches!(err, IngestError::Stalled(_)), "{err:?}");
+        assert_eq!(err.code(), Code::Timeout);
+        assert!(committed.lock().unwrap().is_empty());
+        assert_eq!(core.metrics().rows()[0].rows_rolled_back, 5);
+        drop(tx);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_producer_is_a_disconnect_not_a_commit() {
+        let (tx, rx) = mpsc::channel(1);
+        let mut input = BatchRx::new(rx, Arc::default());
+        tx.send(Msg::Batch(batch(1), None)).await.unwrap();
+        drop(tx);
+        let got = tokio::task::spawn_blocking(move || (input.next_batch().map(|b| b.is_some()), input.next_batch().map(|_| ())))
+            .await
+            .unwrap();
+        assert!(matches!(got.0, Ok(true)));
+        assert!(matches!(got.1, Err(IngestError::Disconnected)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unsupported_types_are_refused_before_any_write() {
+        let committed = Arc::default();
+        let core = core(&committed);
+        let s = Arc::new(Schema::new(vec![Field::new("u", DataType::Union(arrow::datatypes::UnionFields::empty(), arrow::datatypes::UnionMode::Sparse), true)]));
+        let err = core.ingest(req("events", Protocol::Flight), stream::iter(vec![Ok(Incoming::Schema(s))])).await.unwrap_err();
+        assert!(err.to_string().contains("column \"u\""), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_beyond_the_limit_are_refused_at_once_while_others_go_on() {
+        let committed = Arc::default();
+        let core = Arc::new(core(&committed));
+        let policy = Arc::new(Policy::new(false, STALL_LIMIT, 1));
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        tx.unbounded_send(Ok(Incoming::Schema(schema()))).unwrap();
+        let (c, p) = (Arc::clone(&core), Arc::clone(&policy));
+        let first = tokio::spawn(async move { c.ingest(Request::new("events", Protocol::Flight, Principal::Anonymous, p), rx).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let items = vec![Ok(Incoming::Schema(schema())), Ok(Incoming::Batch(batch(2)))];
+        let err = core.ingest(Request::new("events", Protocol::Flight, Principal::Anonymous, Arc::clone(&policy)), stream::iter(items)).await.unwrap_err();
+        assert!(matches!(err, IngestError::Overloaded(1)), "{err:?}");
+        assert_eq!(err.code(), Code::Busy);
+        tx.unbounded_send(Ok(Incoming::Batch(batch(3)))).unwrap();
+        drop(tx);
+        assert_eq!(first.await.unwrap().unwrap().rows, 3);
+        let items = vec![Ok(Incoming::Schema(schema())), Ok(Incoming::Batch(batch(2)))];
+        assert_eq!(core.ingest(Request::new("events", Protocol::Flight, Principal::Anonymous, policy), stream::iter(items)).await.unwrap().rows, 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_token_writes_only_its_streams() {
+        use crate::catalog::access::Scope;
+        let committed = Arc::default();
+        let core = core(&committed);
+        let etl = Principal::Token { name: Arc::from("etl"), scope: Arc::new(Scope::Streams(vec!["events".into()])) };
+        let items = || vec![Ok(Incoming::Schema(schema())), Ok(Incoming::Batch(batch(2)))];
+        let err = core.ingest(Request::new("orders", Protocol::Rest, etl.clone(), Arc::default()), stream::iter(items())).await.unwrap_err();
+        assert_eq!((err.code(), err.to_string()), (Code::Denied, "token \"etl\" is not allowed to use stream \"orders\"".to_string()));
+        let mut own_target = Request::new("events", Protocol::Rest, etl.clone(), Arc::default());
+        own_target.target = Some(Target { catalog: None, schema: "main".into(), table: "orders".into() });
+        assert_eq!(core.ingest(own_target, stream::iter(items())).await.unwrap_err().code(), Code::Denied);
+        assert_eq!(core.ingest(Request::new("events", Protocol::Rest, etl, Arc::default()), stream::iter(items())).await.unwrap().rows, 2);
+        assert_eq!(*committed.lock().unwrap(), vec![("events".to_string(), 2)]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn small_requests_commit_in_groups_and_large_ones_stream() {
+        let committed: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+        let groups: Arc<Mutex<Vec<usize>>> = Arc::default();
+        let sinks = (0..3).map(|_| Fake { committed: Arc::clone(&committed), groups: Arc::clone(&groups), ..Fake::default() }).collect();
+        let core = Arc::new(Core::new(Writers::start(sinks).unwrap(), CancellationToken::new(), Arc::default(), Arc::default()));
+        let tasks: Vec<_> = (0..20)
+            .map(|i| {
+                let c = Arc::clone(&core);
+                tokio::spawn(async move {
+                    let items = vec![Ok(Incoming::Schema(schema())), Ok(Incoming::Batch(batch(i + 1)))];
+                    c.ingest(req("events", Protocol::Rest), stream::iter(items)).await
+                })
+            })
+            .collect();
+        for (i, t) in tasks.into_iter().enumerate() {
+            assert_eq!(t.await.unwrap().unwrap().rows, i as u64 + 1);
+        }
+        let seen = groups.lock().unwrap().clone();
+        assert_eq!(seen.iter().sum::<usize>(), 20);
+        assert!(seen.len() < 20, "no request was grouped with another: {seen:?}");
+        // Over GROUP_BYTES: streamed through a writer (the Fake's write), not grouped.
+        let big = (GROUP_BYTES / 8) as i64 + 1;
+        let items = vec![Ok(Incoming::Schema(schema())), Ok(Incoming::Batch(batch(big))), Ok(Incoming::Batch(batch(3)))];
+        assert_eq!(core.ingest(req("big", Protocol::Rest), stream::iter(items)).await.unwrap().rows, big as u64 + 3);
+        assert_eq!(committed.lock().unwrap().iter().filter(|(t, _)| t == "big").count(), 1);
+        // A mode that cannot share a transaction (Flight SQL create) streams too, every batch of it.
+        let mut create = req("made", Protocol::FlightSql);
+        let mut mapping = Mapping::default_for("made");
+        mapping.rule = TableRule::Create;
+        create.mapping = Some(mapping);
+        let items = vec![Ok(Incoming::Schema(schema())), Ok(Incoming::Batch(batch(2))), Ok(Incoming::Batch(batch(5)))];
+        assert_eq!(core.ingest(create, stream::iter(items)).await.unwrap().rows, 7);
+        assert_eq!(groups.lock().unwrap().iter().sum::<usize>(), 20);
+        assert_eq!(core.writers().stop().len(), 3);
+    }
+}
+

@@ -1,0 +1,20 @@
+//! The engine: everything between a decoded request and a committed transaction, independent of protocols.
+//!
+//! The protocol adapters call one [`core::Core`]: the ingest pipeline ([`ingest`]) reads a request's batches
+//! and hands them to the writer pool ([`writers`]), whose writers are [`sink::Sink`]s (in production
+//! [`duck_sink::DuckSink`], one DuckDB connection each); the query core ([`query`]) runs SQL statements as the
+//! listener's [`policy`] allows. [`error`] is the one classification of failures; [`metrics`] counts what
+//! landed. Only `duck_sink` talks to DuckDB (through `duck`).
+
+pub mod core;
+pub mod duck_sink;
+pub mod error;
+pub mod ingest;
+pub mod metrics;
+pub mod policy;
+pub mod query;
+pub mod sink;
+pub mod writers;
+
+/// arrowport's version, as `arrowport_version()` and Flight SQL's server info report it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,206 @@
+//! What a writer is and what it speaks: the [`Sink`] trait (one DuckDB connection, in production
+//! `duck_sink::DuckSink`; a fake in tests) and the values that cross between the network side and a writer
+//! thread: a request's batches ([`BatchRx`], [`Msg`]), a buffered request ([`Buffered`]), a statement and its
+//! result channel ([`Statement`], [`QueryOut`]).
+//!
+//! The end of a request is explicit: the pipeline sends [`Msg::End`] only when the input ended normally. A
+//! writer that sees its channel close without `End` treats it as a disconnect and rolls back, so an aborted task
+//! can never commit half a request.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{Schema, SchemaRef};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+
+use crate::catalog::registry::{Mapping, Target};
+use crate::engine::error::IngestError;
+use crate::engine::policy::Access;
+
+/// A value bound to a statement parameter (DuckDB's binding, carried through the engine as data).
+pub use crate::duck::statement::Param;
+
+/// What a writer reports after commit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Written {
+    pub rows: u64,
+    /// Time spent in DuckDB, first batch to commit.
+    pub write_seconds: f64,
+}
+
+/// Counts kept while a request runs.
+#[derive(Debug, Default)]
+pub(crate) struct Counts {
+    pub(crate) batches: AtomicU64,
+    /// Rows handed to the writer (committed, or rolled back on failure).
+    pub(crate) rows: AtomicU64,
+    pub(crate) decoded_bytes: AtomicU64,
+}
+
+/// Messages from the network side to a writer. A batch carries its share of the request's queue budget, given
+/// back when the writer takes it.
+#[derive(Debug)]
+pub enum Msg {
+    Batch(RecordBatch, Option<OwnedSemaphorePermit>),
+    /// A batch read ahead by the core, already counted.
+    Counted(RecordBatch, Option<OwnedSemaphorePermit>),
+    /// The input ended normally: commit.
+    End,
+    /// The input failed: roll back with this error.
+    Fail(IngestError),
+}
+
+/// The writer's side of a request: a blocking source of batches.
+pub struct BatchRx {
+    rx: mpsc::Receiver<Msg>,
+    ended: bool,
+    counts: Arc<Counts>,
+}
+
+impl BatchRx {
+    pub(crate) fn new(rx: mpsc::Receiver<Msg>, counts: Arc<Counts>) -> BatchRx {
+        BatchRx { rx, ended: false, counts }
+    }
+}
+
+impl BatchRx {
+    /// The next batch (blocking), `Ok(None)` after a clean end, or why the request must roll back.
+    pub fn next_batch(&mut self) -> Result<Option<RecordBatch>, IngestError> {
+        if self.ended {
+            return Ok(None);
+        }
+        match self.rx.blocking_recv() {
+            Some(Msg::Batch(b, _budget)) => {
+                self.counts.batches.fetch_add(1, Ordering::Relaxed);
+                self.counts.rows.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
+                Ok(Some(b))
+            }
+            Some(Msg::Counted(b, _budget)) => Ok(Some(b)),
+            Some(Msg::End) => {
+                self.ended = true;
+                Ok(None)
+            }
+            Some(Msg::Fail(e)) => Err(e),
+            None => Err(IngestError::Disconnected),
+        }
+    }
+}
+
+/// A small request received whole before it is written, for group commit.
+#[derive(Debug, Clone)]
+pub struct Buffered {
+    pub mapping: Mapping,
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+    pub rows: u64,
+}
+
+/// Writes one request into the database: everything or nothing. Runs on a writer thread; may block.
+pub trait Sink: Send + 'static {
+    fn write(&mut self, mapping: &Mapping, schema: SchemaRef, input: BatchRx) -> Result<Written, IngestError>;
+    /// Writes several buffered requests, in one transaction when it can; one result per request, each
+    /// "committed" only if its rows are. A request that fails must not fail the others.
+    fn write_group(&mut self, items: &[Buffered]) -> Vec<Result<Written, IngestError>>;
+    /// The target's Arrow schema, `None` when it does not exist.
+    fn table_schema(&mut self, target: &Target) -> Result<Option<Schema>, IngestError>;
+    /// The tables unmapped streams land in, with their Arrow schemas.
+    fn list_tables(&mut self) -> Result<Vec<(String, Schema)>, IngestError>;
+    /// Proves the database answers; returns its version.
+    fn ping(&mut self) -> Result<String, IngestError>;
+
+    /// Prepares a statement sent over the network (see `query`); describes its result and parameters.
+    fn describe_sql(&mut self, _sql: &str, _params: Option<&[Param]>, _access: Access) -> Result<Described, IngestError> {
+        Err(IngestError::Unsupported("this writer runs no SQL".into()))
+    }
+    /// Runs a statement and sends its schema, then its batches, to `out`.
+    fn query(&mut self, _statement: &Statement, _access: Access, _out: &QueryOut) -> Result<(), IngestError> {
+        Err(IngestError::Unsupported("this writer runs no SQL".into()))
+    }
+    /// Runs a statement that changes data; returns the rows changed.
+    fn update(&mut self, _statement: &Statement, _access: Access) -> Result<u64, IngestError> {
+        Err(IngestError::Unsupported("this writer runs no SQL".into()))
+    }
+    /// Catalogs, schemas and tables.
+    fn catalog(&mut self, _with_schemas: bool) -> Result<Catalog, IngestError> {
+        Err(IngestError::Unsupported("this writer has no catalog".into()))
+    }
+}
+
+/// One statement and its parameter rows (none, or one execution per row).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Statement {
+    pub sql: String,
+    pub params: Vec<Vec<Param>>,
+}
+
+/// What a prepared statement returns and takes.
+#[derive(Debug, Clone)]
+pub struct Described {
+    pub schema: Schema,
+    pub params: Schema,
+}
+
+/// A table or view, for catalog browsing.
+#[derive(Debug, Clone)]
+pub struct TableEntry {
+    pub catalog: String,
+    pub schema: String,
+    pub name: String,
+    /// `TABLE` or `VIEW`.
+    pub kind: String,
+    /// Filled when asked for.
+    pub arrow: Option<Schema>,
+}
+
+/// What the catalog holds, for `GetCatalogs` / `GetDbSchemas` / `GetTables`.
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    pub catalogs: Vec<String>,
+    /// (catalog, schema)
+    pub schemas: Vec<(String, String)>,
+    pub tables: Vec<TableEntry>,
+}
+
+/// Items from a running statement: its schema first, then batches.
+#[derive(Debug)]
+pub enum QueryItem {
+    Schema(SchemaRef),
+    Batch(RecordBatch),
+}
+
+/// The writer's end of a statement's result.
+pub struct QueryOut {
+    tx: mpsc::Sender<QueryItem>,
+    stall: Duration,
+}
+
+impl QueryOut {
+    pub(crate) fn new(tx: mpsc::Sender<QueryItem>, stall: Duration) -> QueryOut {
+        QueryOut { tx, stall }
+    }
+}
+
+impl QueryOut {
+    /// Hands an item to the client side; waits (polling) while the client is slow, up to the stall timeout.
+    pub fn send(&self, item: QueryItem) -> Result<(), IngestError> {
+        let started = Instant::now();
+        let mut item = item;
+        let mut pause = Duration::from_micros(200);
+        loop {
+            match self.tx.try_send(item) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(IngestError::Disconnected),
+                Err(mpsc::error::TrySendError::Full(back)) => {
+                    if started.elapsed() > self.stall {
+                        return Err(IngestError::Stalled(self.stall));
+                    }
+                    item = back;
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! Failures on the wire: the one place that builds a gRPC status or an HTTP error response.
+//!
+//! The classification ([`Code`]) and its two tables (`grpc_code`, `http_status`) are the engine's
+//! (`engine::error`); this module turns a code and a message into what a client receives: a `tonic::Status`,
+//! or an HTTP status with the JSON body `{"error": {"code": "...", "message": "..."}}` (and `Retry-After` when
+//! retrying later can succeed). An internal error's cause is logged on the host's stderr and reaches the client
+//! only as "internal error".
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::engine::error::{Code, IngestError, grpc_code, http_status};
+
+/// A gRPC status for a failure.
+pub fn grpc(code: Code, message: impl Into<String>) -> tonic::Status {
+    tonic::Status::new(grpc_code(code), message)
+}
+
+/// An engine error as a gRPC status.
+pub fn grpc_of(e: &IngestError) -> tonic::Status {
+    log_internal(e);
+    grpc(e.code(), e.to_string())
+}
+
+/// An HTTP error response for a failure.
+pub fn http(code: Code, message: impl Into<String>) -> Response {
+    let status = StatusCode::from_u16(http_status(code)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = serde_json::json!({"error": {"code": code.name(), "message": message.into()}});
+    let mut response = (status, axum::Json(body)).into_response();
+    if matches!(code, Code::Busy | Code::Stopping) {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// Logs an internal error's cause on the host's stderr (the client sees only "internal error").
+pub fn log_internal(e: &IngestError) {
+    if let IngestError::Internal(cause) = e {
+        eprintln!("arrowport: internal error: {cause}");
+    }
+}
+
+/// Whether a request speaks gRPC (its refusals must be gRPC statuses).
+pub fn is_grpc<B>(request: &axum::http::Request<B>) -> bool {
+    request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// The answer to anything that is neither a Flight service nor a known HTTP route.
+pub async fn not_found(request: axum::extract::Request) -> Response {
+    if is_grpc(&request) {
+        return grpc(Code::Unimplemented, "unknown service").into_http();
+    }
+    http(Code::NotFound, format!("no such endpoint: {}", request.uri().path()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_carry_status_code_and_retry_after() {
+        let r = http(Code::Busy, "busy");
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers().get(header::RETRY_AFTER).unwrap(), "1");
+        let r = http(Code::Conflict, "no");
+        assert_eq!(r.status(), StatusCode::CONFLICT);
+        assert!(r.headers().get(header::RETRY_AFTER).is_none());
+        assert_eq!(grpc_of(&IngestError::TooLarge("big".into())).code(), tonic::Code::ResourceExhausted);
+    }
+}
