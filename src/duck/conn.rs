@@ -5,6 +5,7 @@
 //! return or a panic between BEGIN and COMMIT never leaves a pooled connection inside a transaction.
 
 use std::ffi::{CStr, CString};
+use std::sync::{Arc, Mutex};
 
 use arrow::datatypes::Schema;
 use arrow::ffi::FFI_ArrowSchema;
@@ -15,7 +16,35 @@ use crate::duck::DbError;
 /// A connection of ours to the host database, opened during `LOAD`.
 ///
 /// One user at a time: `RawConn` is `Send` but not `Sync` or `Clone`, so exactly one thread holds it.
-pub struct RawConn(pub(super) sys::duckdb_connection);
+pub struct RawConn {
+    pub(super) raw: sys::duckdb_connection,
+    /// The same handle for [`Interrupt`]s; emptied (under its lock) before the connection closes.
+    shared: Arc<Mutex<Option<Handle>>>,
+}
+
+/// A connection handle as [`Interrupt`] keeps it.
+struct Handle(sys::duckdb_connection);
+
+// SAFETY: the handle is only used for `duckdb_interrupt`, which DuckDB allows from any thread while another
+// thread runs a statement on the connection; the connection outlives every use (see `Drop for RawConn`).
+unsafe impl Send for Handle {}
+
+/// Interrupts whatever statement one of our connections is running, from any thread: DuckDB stops it with an
+/// "Interrupted" error at its next check, and the transaction guard of its owner rolls back. Does nothing once
+/// the connection is closed.
+#[derive(Clone)]
+pub struct Interrupt(Arc<Mutex<Option<Handle>>>);
+
+impl Interrupt {
+    pub fn interrupt(&self) {
+        let handle = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = handle.as_ref() {
+            // SAFETY: the connection is open: `Drop for RawConn` empties this slot, under this lock, before it
+            // disconnects.
+            unsafe { sys::duckdb_interrupt(h.0) };
+        }
+    }
+}
 
 // SAFETY: a duckdb_connection may be used from any thread provided calls on it are not concurrent; RawConn
 // hands out `&mut self` only, so the borrow checker enforces one user at a time.
@@ -29,7 +58,12 @@ impl RawConn {
         if state != sys::duckdb_state_DuckDBSuccess || conn.is_null() {
             return Err(DbError("arrowport could not open a connection to the database".into()));
         }
-        Ok(RawConn(conn))
+        Ok(RawConn { raw: conn, shared: Arc::new(Mutex::new(Some(Handle(conn)))) })
+    }
+
+    /// A handle that interrupts this connection's running statement from another thread.
+    pub fn interrupter(&self) -> Interrupt {
+        Interrupt(Arc::clone(&self.shared))
     }
 
     /// Runs one statement; returns the number of rows it changed.
@@ -74,8 +108,8 @@ impl RawConn {
         let text = CString::new(sql).map_err(|_| DbError("SQL text contains a NUL byte".into()))?;
         // SAFETY: duckdb_result is a plain C struct; all-zero is its documented initial state.
         let mut res: sys::duckdb_result = unsafe { std::mem::zeroed() };
-        // SAFETY: self.0 is a live connection used by this thread only; text and res outlive the call.
-        let state = unsafe { sys::duckdb_query(self.0, text.as_ptr(), &mut res) };
+        // SAFETY: self.raw is a live connection used by this thread only; text and res outlive the call.
+        let state = unsafe { sys::duckdb_query(self.raw, text.as_ptr(), &mut res) };
         let out = if state == sys::duckdb_state_DuckDBSuccess {
             f(&mut res)
         } else {
@@ -95,9 +129,9 @@ impl RawConn {
     pub fn arrow_schema_of(&mut self, sql: &str) -> Result<Schema, DbError> {
         let text = CString::new(sql).map_err(|_| DbError("SQL text contains a NUL byte".into()))?;
         let mut res: sys::duckdb_arrow = std::ptr::null_mut();
-        // SAFETY: self.0 is live and ours; `res` is destroyed exactly once below whatever the outcome.
+        // SAFETY: self.raw is live and ours; `res` is destroyed exactly once below whatever the outcome.
         unsafe {
-            let state = sys::duckdb_query_arrow(self.0, text.as_ptr(), &mut res);
+            let state = sys::duckdb_query_arrow(self.raw, text.as_ptr(), &mut res);
             let out = if state != sys::duckdb_state_DuckDBSuccess {
                 let p = sys::duckdb_query_arrow_error(res);
                 Err(DbError(if p.is_null() { "query failed".into() } else { CStr::from_ptr(p).to_string_lossy().into_owned() }))
@@ -118,8 +152,11 @@ impl RawConn {
 
 impl Drop for RawConn {
     fn drop(&mut self) {
-        // SAFETY: self.0 was opened by duckdb_connect and is disconnected exactly once.
-        unsafe { sys::duckdb_disconnect(&mut self.0) };
+        // No interrupt may reach the connection from now on; one in progress finishes before the lock is ours.
+        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        shared.take();
+        // SAFETY: self.raw was opened by duckdb_connect and is disconnected exactly once.
+        unsafe { sys::duckdb_disconnect(&mut self.raw) };
     }
 }
 

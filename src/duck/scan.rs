@@ -21,10 +21,10 @@ impl RawConn {
     /// The stream must outlive every statement that reads the view; drop the view before the stream.
     pub fn create_scan_view(&mut self, name: &str, stream: &mut ScanStream) -> Result<(), DbError> {
         let text = CString::new(name).map_err(|_| DbError("view name contains a NUL byte".into()))?;
-        // SAFETY: self.0 is live and ours; stream.raw is a boxed ArrowArrayStream whose address is stable and
+        // SAFETY: self.raw is live and ours; stream.raw is a boxed ArrowArrayStream whose address is stable and
         // which outlives the view (the caller's contract). DuckDB copies the callbacks and never releases it.
         let state = unsafe {
-            sys::duckdb_arrow_scan(self.0, text.as_ptr(), (&mut *stream.raw as *mut FFI_ArrowArrayStream).cast())
+            sys::duckdb_arrow_scan(self.raw, text.as_ptr(), (&mut *stream.raw as *mut FFI_ArrowArrayStream).cast())
         };
         if state == sys::duckdb_state_DuckDBSuccess {
             Ok(())

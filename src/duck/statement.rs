@@ -45,9 +45,9 @@ impl RawConn {
     pub fn prepare(&mut self, sql: &str) -> Result<Prepared<'_>, DbError> {
         let text = CString::new(sql).map_err(|_| DbError("SQL text contains a NUL byte".into()))?;
         let mut stmt: sys::duckdb_prepared_statement = std::ptr::null_mut();
-        // SAFETY: self.0 is live and ours; `stmt` is a valid out pointer and is destroyed by Prepared's drop
+        // SAFETY: self.raw is live and ours; `stmt` is a valid out pointer and is destroyed by Prepared's drop
         // (also on failure, where DuckDB still allocates it to carry the error).
-        let state = unsafe { sys::duckdb_prepare(self.0, text.as_ptr(), &mut stmt) };
+        let state = unsafe { sys::duckdb_prepare(self.raw, text.as_ptr(), &mut stmt) };
         let prepared = Prepared { stmt, _conn: std::marker::PhantomData };
         if state != sys::duckdb_state_DuckDBSuccess {
             // SAFETY: the error text is owned by the statement, read before it is destroyed.

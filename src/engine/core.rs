@@ -121,10 +121,14 @@ impl<S: Sink> Core<S> {
         Ok(Some(StreamInfo { mapping, defined: defined.is_some(), schema }))
     }
 
-    /// Asks a writer to prove the database answers.
-    pub async fn ping(&self) -> Result<String, IngestError> {
-        let (reply, rx) = oneshot::channel();
-        self.call(Work::Ping { reply }, rx).await
+    /// Writers free to take a request now (readiness: no writer is borrowed to find out).
+    pub fn free_writers(&self) -> usize {
+        if self.cancel.is_cancelled() { 0 } else { self.writers.permits.available_permits() }
+    }
+
+    /// Whether the listeners are stopping.
+    pub fn stopping(&self) -> bool {
+        self.cancel.is_cancelled()
     }
 
     pub(crate) async fn call<T>(&self, work: Work, rx: oneshot::Receiver<Result<T, IngestError>>) -> Result<T, IngestError> {

@@ -19,7 +19,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
 
-use crate::catalog::registry::{Mapping, Mode, SchemaPolicy, TableRule, Target};
+use crate::catalog::registry::{Mapping, Mode, OWN_SCHEMA, SchemaPolicy, TableRule, Target};
 use crate::catalog::schema::{self, Column, quote_ident, quote_literal};
 use crate::duck::DbError;
 use crate::duck::conn::RawConn;
@@ -29,7 +29,7 @@ use crate::engine::error::IngestError;
 use crate::engine::error::IngestError as E;
 use crate::engine::policy::{self, Access};
 use crate::engine::query;
-use crate::engine::sink::{BatchRx, Buffered, Catalog, Described, Param, QueryItem, QueryOut, Sink, Statement, TableEntry, Written};
+use crate::engine::sink::{BatchRx, Buffered, Catalog, Described, Interrupter, Param, QueryItem, QueryOut, Sink, Statement, TableEntry, Written};
 
 /// The attached in-memory database that holds the per-request scan views.
 pub const SCRATCH_DB: &str = "arrowport_scratch";
@@ -227,6 +227,7 @@ impl Landing {
         locked: &mut HashSet<String>,
     ) -> Result<(Vec<Column>, Option<CreateGuard>), IngestError> {
         let target = &mapping.target;
+        self.check_landable(target)?;
         let table = self.table_columns(conn, target)?;
         match (table.is_empty(), mapping.rule) {
             (false, TableRule::Create) => return Err(exists_error(target)),
@@ -246,6 +247,19 @@ impl Landing {
         let creating = table.is_empty() || mapping.rule == TableRule::Replace;
         let guard = if creating && locked.insert(key.clone()) { Some(self.locks.lock(key)) } else { None };
         Ok((table, guard))
+    }
+
+    /// Refuses a target in arrowport's own state, however it is spelled: the host database's `arrowport` schema
+    /// (stream mappings, tokens) and the scratch database (the writers' scan views). Every ingest path, whatever
+    /// its protocol, resolves its target here before anything is read or written.
+    fn check_landable(&self, target: &Target) -> Result<(), IngestError> {
+        let catalog = target.catalog.as_deref().unwrap_or(&self.host_db);
+        let own = catalog.eq_ignore_ascii_case(SCRATCH_DB)
+            || (catalog.eq_ignore_ascii_case(&self.host_db) && target.schema.eq_ignore_ascii_case(OWN_SCHEMA));
+        if own {
+            return Err(IngestError::Denied(format!("{} holds arrowport's own state; no request may write there", target.display())));
+        }
+        Ok(())
     }
 
     /// Lands what the scan view holds into the target, inside the caller's transaction: (re)creates the table
@@ -409,6 +423,11 @@ impl BatchPull for Pull {
 }
 
 impl Sink for DuckSink {
+    fn interrupter(&self) -> Option<Interrupter> {
+        let handle = self.conn.interrupter();
+        Some(Arc::new(move || handle.interrupt()))
+    }
+
     fn write(&mut self, mapping: &Mapping, schema: SchemaRef, mut input: BatchRx) -> Result<Written, IngestError> {
         // Nothing is created or written for a stream request without rows; in replace mode an existing table is
         // emptied (the request's rows, none, replace the table's). Flight SQL ingest creates (or replaces) the
@@ -452,11 +471,6 @@ impl Sink for DuckSink {
 
     fn list_tables(&mut self) -> Result<Vec<(String, Schema)>, IngestError> {
         self.at.main_tables(&mut self.conn)
-    }
-
-    fn ping(&mut self) -> Result<String, IngestError> {
-        let rows = self.conn.query("SELECT version()").map_err(E::db)?;
-        Ok(rows.into_iter().next().and_then(|r| r.into_iter().next().flatten()).unwrap_or_default())
     }
 
     fn describe_sql(&mut self, sql: &str, params: Option<&[Param]>, access: Access) -> Result<Described, IngestError> {

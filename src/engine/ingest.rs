@@ -145,15 +145,31 @@ impl<S: Sink> Core<S> {
             return Err(IngestError::Denied(request.principal.denied(stream)));
         }
         let mut mapping = match &request.mapping {
+            // A listener that takes only defined streams takes Flight SQL ingest only into them too: the table
+            // the client names is the stream, and it lands where the stream's mapping says, in the client's mode.
+            Some(m) if request.policy.reject_unknown => {
+                let defined = self.mapping(stream, true)?;
+                if m.target != Mapping::default_for(stream).target && m.target != defined.target {
+                    return Err(IngestError::Denied(format!(
+                        "stream {stream:?} lands in {}; this listener takes only defined streams (unknown_streams := 'reject'), \
+                         so the ingest cannot name {}",
+                        defined.target.display(),
+                        m.target.display()
+                    )));
+                }
+                Mapping { rule: m.rule, ..defined }
+            }
             Some(m) => m.clone(),
             None => self.mapping(stream, request.policy.reject_unknown)?,
         };
         if let Some(t) = &request.target {
             mapping.target = t.clone();
         }
-        // A principal limited to streams writes only where its stream name lands by default.
+        // A principal limited to streams writes only where its stream name lands by default (or its defined
+        // mapping says), never where the request itself points.
+        let client_chose = request.target.is_some() || (request.mapping.is_some() && !request.policy.reject_unknown);
         if !request.principal.may_choose_target() && mapping.target != Mapping::default_for(stream).target {
-            if request.target.is_some() || request.mapping.is_some() {
+            if client_chose {
                 return Err(IngestError::Denied(format!(
                     "{}; a token limited to streams cannot name its own target table",
                     request.principal.denied(&mapping.target.display())
@@ -382,10 +398,6 @@ mod tests {
         fn list_tables(&mut self) -> Result<Vec<(String, Schema)>, IngestError> {
             Ok(vec![])
         }
-
-        fn ping(&mut self) -> Result<String, IngestError> {
-            Ok("fake".into())
-        }
     }
 
     fn schema() -> SchemaRef {
@@ -415,7 +427,7 @@ mod tests {
         assert_eq!(*committed.lock().unwrap(), vec![("events".to_string(), 7)]);
         let m = &core.metrics().rows()[0];
         assert_eq!((m.stream.as_str(), m.requests_ok, m.rows, m.batches, m.decoded_bytes), ("events", 1, 7, 2, 7 * 8));
-        assert_eq!(core.writers().stop().len(), 3);
+        assert_eq!(core.writers().stop(Duration::from_secs(5)).len(), 3);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -595,7 +607,7 @@ mod tests {
         let items = vec![Ok(Incoming::Schema(schema())), Ok(Incoming::Batch(batch(2))), Ok(Incoming::Batch(batch(5)))];
         assert_eq!(core.ingest(create, stream::iter(items)).await.unwrap().rows, 7);
         assert_eq!(groups.lock().unwrap().iter().sum::<usize>(), 20);
-        assert_eq!(core.writers().stop().len(), 3);
+        assert_eq!(core.writers().stop(Duration::from_secs(5)).len(), 3);
     }
 }
 

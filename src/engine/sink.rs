@@ -97,8 +97,17 @@ pub struct Buffered {
     pub rows: u64,
 }
 
+/// Stops the statement a writer's connection is running, from another thread.
+pub type Interrupter = Arc<dyn Fn() + Send + Sync>;
+
 /// Writes one request into the database: everything or nothing. Runs on a writer thread; may block.
 pub trait Sink: Send + 'static {
+    /// How to interrupt this writer's running statement from another thread (when `arrowport_stop` must not
+    /// wait for it); `None` when it cannot be interrupted.
+    fn interrupter(&self) -> Option<Interrupter> {
+        None
+    }
+
     fn write(&mut self, mapping: &Mapping, schema: SchemaRef, input: BatchRx) -> Result<Written, IngestError>;
     /// Writes several buffered requests, in one transaction when it can; one result per request, each
     /// "committed" only if its rows are. A request that fails must not fail the others.
@@ -107,8 +116,6 @@ pub trait Sink: Send + 'static {
     fn table_schema(&mut self, target: &Target) -> Result<Option<Schema>, IngestError>;
     /// The tables unmapped streams land in, with their Arrow schemas.
     fn list_tables(&mut self) -> Result<Vec<(String, Schema)>, IngestError>;
-    /// Proves the database answers; returns its version.
-    fn ping(&mut self) -> Result<String, IngestError>;
 
     /// Prepares a statement sent over the network (see `query`); describes its result and parameters.
     fn describe_sql(&mut self, _sql: &str, _params: Option<&[Param]>, _access: Access) -> Result<Described, IngestError> {

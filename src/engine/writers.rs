@@ -5,8 +5,10 @@
 //! thread. Every job runs behind the panic boundary: a panic fails that job, its transaction is rolled back by
 //! its guard, and the thread goes on serving.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use arrow::datatypes::{Schema, SchemaRef};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
@@ -14,7 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use crate::catalog::registry::{Mapping, Target};
 use crate::engine::error::IngestError;
 use crate::engine::policy::Access;
-use crate::engine::sink::{BatchRx, Buffered, Catalog, Described, Param, QueryOut, Sink, Statement, Written};
+use crate::engine::sink::{BatchRx, Buffered, Catalog, Described, Interrupter, Param, QueryOut, Sink, Statement, Written};
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, IngestError>>;
 
@@ -22,7 +24,6 @@ pub(crate) enum Work {
     Write { mapping: Mapping, schema: SchemaRef, input: BatchRx, reply: Reply<Written> },
     Describe { target: Target, reply: Reply<Option<Schema>> },
     List { reply: Reply<Vec<(String, Schema)>> },
-    Ping { reply: Reply<String> },
     DescribeSql { sql: String, params: Option<Vec<Param>>, access: Access, reply: Reply<Described> },
     Query { statement: Statement, access: Access, out: QueryOut, reply: Reply<()> },
     Update { statement: Statement, access: Access, reply: Reply<u64> },
@@ -88,6 +89,39 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, IngestError>) -> Result<T, IngestErr
     crate::panic::contain("writing", f).unwrap_or_else(|p| Err(p.into()))
 }
 
+/// What a writer thread is doing, for [`Writers::interrupt`].
+const IDLE: u8 = 0;
+const WRITING: u8 = 1;
+const STATEMENT: u8 = 2;
+
+/// One writer thread as the pool watches it: what it is doing and how to interrupt it.
+struct Slot {
+    busy: Arc<AtomicU8>,
+    interrupt: Option<Interrupter>,
+}
+
+impl Slot {
+    fn of<S: Sink>(sink: &S) -> Slot {
+        Slot { busy: Arc::new(AtomicU8::new(IDLE)), interrupt: sink.interrupter() }
+    }
+}
+
+/// Marks a writer busy with one job while it lives.
+struct Busy<'a>(&'a AtomicU8);
+
+impl<'a> Busy<'a> {
+    fn with(flag: &'a AtomicU8, what: u8) -> Busy<'a> {
+        flag.store(what, Ordering::SeqCst);
+        Busy(flag)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.store(IDLE, Ordering::SeqCst);
+    }
+}
+
 /// A fixed set of writer threads, each owning one sink (one DuckDB connection). A request holds a permit for
 /// the whole time a writer works for it, so a submitted job always finds a free thread.
 pub struct Writers<S: Sink> {
@@ -99,6 +133,8 @@ pub struct Writers<S: Sink> {
     /// arrived while it committed the last group (so N waiting requests cost one commit, not N).
     group: Mutex<Option<std::sync::mpsc::Sender<GroupJob>>>,
     group_threads: Mutex<Vec<JoinHandle<S>>>,
+    /// Every thread's state, writers and committers alike.
+    slots: Vec<Slot>,
 }
 
 impl<S: Sink> Writers<S> {
@@ -109,11 +145,13 @@ impl<S: Sink> Writers<S> {
             2 | 3 => 1,
             _ => GROUP_COMMITTERS,
         };
+        let mut slots: Vec<Slot> = sinks.iter().map(Slot::of).collect();
         let group_sinks = sinks.split_off(sinks.len() - committers);
+        let group_busy: Vec<Arc<AtomicU8>> = slots[sinks.len()..].iter().map(|s| Arc::clone(&s.busy)).collect();
         let (group, group_threads) = if group_sinks.is_empty() {
             (None, Vec::new())
         } else {
-            let (tx, handles) = Self::start_group(group_sinks)?;
+            let (tx, handles) = Self::start_group(group_sinks, group_busy)?;
             (Some(tx), handles)
         };
         let size = sinks.len();
@@ -122,6 +160,7 @@ impl<S: Sink> Writers<S> {
         let mut threads = Vec::with_capacity(size);
         for (i, mut sink) in sinks.into_iter().enumerate() {
             let rx = Arc::clone(&rx);
+            let busy = Arc::clone(&slots[i].busy);
             let handle = std::thread::Builder::new().name(format!("arrowport-writer-{i}")).spawn(move || {
                 loop {
                     let job = match rx.lock() {
@@ -129,6 +168,8 @@ impl<S: Sink> Writers<S> {
                         Err(_) => break,
                     };
                     let Ok(job) = job else { break };
+                    let kind = if matches!(job.work, Work::Write { .. }) { WRITING } else { STATEMENT };
+                    let _busy = Busy::with(&busy, kind);
                     match job.work {
                         Work::Write { mapping, schema, input, reply } => {
                             let _ = reply.send(guarded(|| sink.write(&mapping, schema, input)));
@@ -138,9 +179,6 @@ impl<S: Sink> Writers<S> {
                         }
                         Work::List { reply } => {
                             let _ = reply.send(guarded(|| sink.list_tables()));
-                        }
-                        Work::Ping { reply } => {
-                            let _ = reply.send(guarded(|| sink.ping()));
                         }
                         Work::DescribeSql { sql, params, access, reply } => {
                             let _ = reply.send(guarded(|| sink.describe_sql(&sql, params.as_deref(), access)));
@@ -167,18 +205,23 @@ impl<S: Sink> Writers<S> {
             size,
             group: Mutex::new(group),
             group_threads: Mutex::new(group_threads),
+            slots: std::mem::take(&mut slots),
         })
     }
 
-    fn start_group(sinks: Vec<S>) -> std::io::Result<(std::sync::mpsc::Sender<GroupJob>, Vec<JoinHandle<S>>)> {
+    fn start_group(
+        sinks: Vec<S>,
+        busy: Vec<Arc<AtomicU8>>,
+    ) -> std::io::Result<(std::sync::mpsc::Sender<GroupJob>, Vec<JoinHandle<S>>)> {
         let (tx, rx) = std::sync::mpsc::channel::<GroupJob>();
         let rx = Arc::new(Mutex::new(rx));
         let mut handles = Vec::with_capacity(sinks.len());
-        for (i, mut sink) in sinks.into_iter().enumerate() {
+        for (i, (mut sink, busy)) in sinks.into_iter().zip(busy).enumerate() {
             let rx = Arc::clone(&rx);
             let handle = std::thread::Builder::new().name(format!("arrowport-commit-{i}")).spawn(move || {
                 // Each turn takes every request waiting now; one committer takes while the other may commit.
                 while let Some(jobs) = take_group(&rx) {
+                    let _busy = Busy::with(&busy, WRITING);
                     commit_group(&mut sink, jobs);
                 }
                 sink
@@ -201,8 +244,27 @@ impl<S: Sink> Writers<S> {
         self.group.lock().map(|g| g.is_some()).unwrap_or(false)
     }
 
-    /// Stops taking jobs, waits for the running ones, joins the threads and gives the sinks back.
-    pub fn stop(&self) -> Vec<S> {
+    /// Interrupts the statements writers are running: only SQL statements sent over the network
+    /// (`statements_only`), or every job, ingest writes included (their requests roll back).
+    pub fn interrupt(&self, statements_only: bool) -> usize {
+        let mut n = 0;
+        for slot in &self.slots {
+            let busy = slot.busy.load(Ordering::SeqCst);
+            if busy == STATEMENT || (!statements_only && busy == WRITING) {
+                if let Some(interrupt) = &slot.interrupt {
+                    interrupt();
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// Stops taking jobs and waits for the running ones within `limit`, interrupting whatever still runs; joins
+    /// the threads that ended and gives their sinks back. A thread still busy at the limit (a statement DuckDB
+    /// does not interrupt) is left to finish on its own, with its sink: the pool is smaller by one, and the
+    /// caller is never held longer than `limit`.
+    pub fn stop(&self, limit: Duration) -> Vec<S> {
         self.permits.close();
         if let Ok(mut jobs) = self.jobs.lock() {
             jobs.take();
@@ -210,11 +272,18 @@ impl<S: Sink> Writers<S> {
         if let Ok(mut group) = self.group.lock() {
             group.take();
         }
-        let threads = self.threads.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default();
-        let mut sinks: Vec<S> = threads.into_iter().filter_map(|t| t.join().ok()).collect();
-        let group_threads = self.group_threads.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default();
-        sinks.extend(group_threads.into_iter().filter_map(|t| t.join().ok()));
-        sinks
+        let mut threads = self.threads.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default();
+        threads.extend(self.group_threads.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default());
+        let deadline = Instant::now() + limit;
+        while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
+            self.interrupt(false);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (done, stuck): (Vec<_>, Vec<_>) = threads.into_iter().partition(|t| t.is_finished());
+        if !stuck.is_empty() {
+            eprintln!("arrowport: {} writer(s) still busy after {limit:?}; left to finish on their own", stuck.len());
+        }
+        done.into_iter().filter_map(|t| t.join().ok()).collect()
     }
 
     pub(crate) fn submit(&self, job: Job) -> Result<(), IngestError> {

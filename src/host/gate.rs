@@ -89,11 +89,26 @@ pub enum AuthError {
     Invalid,
     #[error("the authorization header is malformed: {0}")]
     Malformed(&'static str),
+    #[error(
+        "requests from web pages are refused: Origin {0:?} is not allowed on this listener (allow it with \
+         allowed_origins := ['<origin>'])"
+    )]
+    ForeignOrigin(String),
+    #[error(
+        "a loopback client without a token must address the listener as localhost or an IP address, not as {0:?} \
+         (a web page may reach 127.0.0.1 under another name); name it with allowed_hosts := ['<name>'], or send a token"
+    )]
+    UntrustedHost(String),
+    #[error("a loopback client without a token must send a Host header (HTTP) or :authority (gRPC)")]
+    NoHost,
 }
 
 impl AuthError {
     pub fn code(&self) -> Code {
-        Code::Unauthenticated
+        match self {
+            AuthError::ForeignOrigin(_) | AuthError::UntrustedHost(_) | AuthError::NoHost => Code::Denied,
+            _ => Code::Unauthenticated,
+        }
     }
 }
 
@@ -152,24 +167,66 @@ pub struct Gate {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Longest TLS handshake, and longest wait for an HTTP/1.1 request's headers.
     pub handshake_timeout: Duration,
+    /// Names a loopback client may address the listener by, besides IP literals and `localhost` (lowercase).
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins whose requests are served (`scheme://host[:port]`, lowercase).
+    pub allowed_origins: Vec<String>,
 }
 
-/// Paths served without authentication: liveness only, nothing about the data.
+/// Paths served without authentication: liveness and readiness only, nothing about the data.
 fn is_public(request: &axum::http::Request<hyper::body::Incoming>) -> bool {
-    request.method() == Method::GET && request.uri().path() == "/health"
+    request.method() == Method::GET && matches!(request.uri().path(), "/health" | "/ready")
+}
+
+/// The host a request addresses: HTTP/2's `:authority` (and an absolute HTTP/1.1 target), else the `Host`
+/// header; without a port, IPv6 brackets removed, lowercase.
+fn addressed_host<B>(request: &axum::http::Request<B>) -> Option<String> {
+    let authority = match request.uri().authority() {
+        Some(a) => a.clone(),
+        None => request.headers().get(header::HOST)?.to_str().ok()?.parse::<axum::http::uri::Authority>().ok()?,
+    };
+    let host = authority.host();
+    Some(host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase())
+}
+
+/// Normalises an origin for comparison: lowercase, no trailing slash.
+pub fn normal_origin(origin: &str) -> String {
+    origin.trim().trim_end_matches('/').to_ascii_lowercase()
 }
 
 impl Gate {
+    /// A request that carries a browser `Origin` is refused unless the origin is allowed: a web page must not
+    /// write into the database through a browser that can reach the listener.
+    fn check_origin<B>(&self, request: &axum::http::Request<B>) -> Result<(), AuthError> {
+        let Some(origin) = request.headers().get(header::ORIGIN) else { return Ok(()) };
+        let origin = normal_origin(&String::from_utf8_lossy(origin.as_bytes()));
+        if self.allowed_origins.contains(&origin) { Ok(()) } else { Err(AuthError::ForeignOrigin(origin)) }
+    }
+
+    /// Loopback trust (protected mode, no token) needs the request to address the listener as an IP literal,
+    /// `localhost` or an allowed name: a page that rebinds its own DNS name to 127.0.0.1 addresses it by that name.
+    fn check_host<B>(&self, request: &axum::http::Request<B>) -> Result<(), AuthError> {
+        let host = addressed_host(request).ok_or(AuthError::NoHost)?;
+        if host.parse::<IpAddr>().is_ok() || host == "localhost" || self.allowed_hosts.contains(&host) {
+            Ok(())
+        } else {
+            Err(AuthError::UntrustedHost(host))
+        }
+    }
+
     /// Authenticates a request and passes it on with its [`Principal`], or answers it with a refusal in the
-    /// protocol it speaks (a gRPC status, or HTTP 401 with a JSON error).
+    /// protocol it speaks (a gRPC status, or HTTP 401 / 403 with a JSON error).
     pub async fn pass(&self, app: axum::Router, peer: SocketAddr, mut request: axum::http::Request<hyper::body::Incoming>) -> axum::response::Response {
         use tower::ServiceExt;
         let decided = if is_public(&request) {
             Ok(Principal::Anonymous)
         } else {
             let credential = request.headers().get(header::AUTHORIZATION).map(|v| parse_header(v.as_bytes())).transpose();
-            credential.and_then(|c| {
+            self.check_origin(&request).and(credential).and_then(|c| {
                 let principal = authenticate(self.mode, peer.ip(), c.as_ref(), &self.tokens)?;
+                if c.is_none() && self.mode == AuthMode::Protected {
+                    self.check_host(&request)?;
+                }
                 if let Some(c) = c.filter(|_| request.uri().path().ends_with("/Handshake")) {
                     request.extensions_mut().insert(ProvenBearer(c.secret().to_string()));
                 }
@@ -195,7 +252,9 @@ fn refusal(grpc: bool, e: &AuthError) -> axum::response::Response {
         return status::grpc(e.code(), e.to_string()).into_http();
     }
     let mut response = status::http(e.code(), e.to_string());
-    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"arrowport\""));
+    if e.code() == Code::Unauthenticated {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"arrowport\""));
+    }
     response
 }
 
@@ -279,6 +338,50 @@ mod tests {
         assert!(!p.may_choose_target());
         assert!(p.denied("orders").contains("\"etl\""));
         assert!(Principal::Anonymous.may_choose_target());
+    }
+
+    fn gate(hosts: &[&str], origins: &[&str]) -> Gate {
+        Gate {
+            mode: AuthMode::Protected,
+            tokens: Arc::default(),
+            tls: None,
+            handshake_timeout: Duration::from_secs(1),
+            allowed_hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            allowed_origins: origins.iter().map(|o| normal_origin(o)).collect(),
+        }
+    }
+
+    fn request(host: Option<&str>, origin: Option<&str>) -> axum::http::Request<()> {
+        let mut b = axum::http::Request::builder().uri("/streams/events");
+        if let Some(h) = host {
+            b = b.header(header::HOST, h);
+        }
+        if let Some(o) = origin {
+            b = b.header(header::ORIGIN, o);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn loopback_trust_needs_a_host_the_listener_answers_to() {
+        let g = gate(&["arrowport.internal"], &[]);
+        for ok in ["127.0.0.1:8815", "localhost:8815", "LOCALHOST", "[::1]:8815", "10.1.2.3", "arrowport.internal:1"] {
+            assert_eq!(g.check_host(&request(Some(ok), None)), Ok(()), "{ok}");
+        }
+        assert_eq!(g.check_host(&request(Some("evil.example:8815"), None)), Err(AuthError::UntrustedHost("evil.example".into())));
+        assert_eq!(g.check_host(&request(None, None)), Err(AuthError::NoHost));
+        let h2 = axum::http::Request::builder().uri("http://evil.example:8815/x").body(()).unwrap();
+        assert_eq!(g.check_host(&h2), Err(AuthError::UntrustedHost("evil.example".into())));
+        assert_eq!(AuthError::NoHost.code(), Code::Denied);
+    }
+
+    #[test]
+    fn browser_origins_are_refused_unless_allowed() {
+        let g = gate(&[], &["http://localhost:3000/"]);
+        assert_eq!(g.check_origin(&request(Some("127.0.0.1"), None)), Ok(()));
+        assert_eq!(g.check_origin(&request(Some("127.0.0.1"), Some("HTTP://localhost:3000"))), Ok(()));
+        let e = g.check_origin(&request(Some("127.0.0.1"), Some("http://evil.example"))).unwrap_err();
+        assert_eq!((e.code(), e.to_string().contains("\"http://evil.example\"")), (Code::Denied, true));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::engine::duck_sink::{CreateLocks, DuckSink};
 use crate::engine::metrics::Metrics;
 use crate::engine::policy::{Access, MAX_CONCURRENT_REQUESTS, Policy, STALL_LIMIT};
 use crate::engine::writers::Writers;
-use crate::host::gate::{AuthMode, Gate};
+use crate::host::gate::{self, AuthMode, Gate};
 use crate::host::tls::{self, TlsError};
 use crate::proto::flight::FlightAdapter;
 use crate::proto::{rest, status};
@@ -90,6 +90,10 @@ pub struct ListenOptions {
     pub stall_timeout: Duration,
     /// SQL statements over Flight SQL: off (default), read_only or read_write.
     pub sql: Access,
+    /// Names loopback clients without a token may address the listener by (besides IP literals, `localhost`).
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins whose requests are served; requests with any other `Origin` header are refused.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for ListenOptions {
@@ -105,6 +109,8 @@ impl Default for ListenOptions {
             max_concurrent_requests: MAX_CONCURRENT_REQUESTS,
             stall_timeout: STALL_LIMIT,
             sql: Access::Off,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -236,6 +242,8 @@ impl Host {
             tokens: Arc::clone(&self.tokens),
             tls: tls.map(tokio_rustls::TlsAcceptor::from),
             handshake_timeout: options.stall_timeout,
+            allowed_hosts: options.allowed_hosts.iter().map(|h| h.trim().to_ascii_lowercase()).collect(),
+            allowed_origins: options.allowed_origins.iter().map(|o| gate::normal_origin(o)).collect(),
         });
         let mut state = self.lock();
         if state.running.is_none() {
@@ -256,7 +264,7 @@ impl Host {
             return Err(ListenError::BadOption("rest", "is the Flight address; leave it out to serve both on one port".into()));
         }
         let policy = Arc::new(Policy::new(options.reject_unknown, options.stall_timeout, options.max_concurrent_requests));
-        let flight = FlightServiceServer::new(FlightAdapter::new(Arc::clone(&running.core), Arc::clone(&policy), options.sql))
+        let flight = FlightServiceServer::new(FlightAdapter::new(Arc::clone(&running.core), Arc::clone(&policy), options.sql, options.max_message_bytes))
             .max_decoding_message_size(options.max_message_bytes)
             .max_encoding_message_size(options.max_message_bytes);
         let flight = tonic::service::Routes::new(flight).into_axum_router();
@@ -264,6 +272,7 @@ impl Host {
             max_message_bytes: options.max_message_bytes,
             max_body_bytes: options.max_body_bytes,
             policy,
+            duckdb_version: crate::duck::library_version(),
         };
         let rest = rest::router(Arc::clone(&running.core), limits);
 
@@ -292,12 +301,18 @@ impl Host {
     }
 
     /// Stops every listener and joins its threads; returns how many listeners were stopped.
+    ///
+    /// Bounded in time whatever clients do: statements sent over the network are interrupted at once (their
+    /// clients get DuckDB's "Interrupted" error); requests in flight get [`DRAIN_LIMIT`] to end (a request
+    /// whose stream has ended commits, others roll back), then every writer still busy is interrupted and
+    /// waited for at most [`JOIN_LIMIT`]. The state lock is held only to take the running state out and to put
+    /// the connections back, so `arrowport_status()` and the like never wait for a stop.
     pub fn stop(&self) -> usize {
-        let mut state = self.lock();
-        let Some(running) = state.running.take() else { return 0 };
+        let Some(running) = self.lock().running.take() else { return 0 };
         let Running { runtime, core, cancel, listeners } = running;
         let count = listeners.len();
         cancel.cancel();
+        core.writers().interrupt(true);
         let tasks: Vec<_> = listeners.into_iter().map(|l| l.task).collect();
         // On a thread of its own: at process exit (the atexit hook) the calling thread's thread-locals, tokio's
         // among them, are already gone, and block_on would panic there.
@@ -311,8 +326,8 @@ impl Host {
             }
             Err(e) => eprintln!("arrowport: could not start the thread that stops the listeners: {e}"),
         }
-        let sinks = core.writers().stop();
-        state.pool = Pool::Ready(sinks);
+        let sinks = core.writers().stop(JOIN_LIMIT);
+        self.lock().pool = Pool::Ready(sinks);
         self.metrics.set_started(None);
         if let Err(e) = self.store.save_last_used(&self.tokens.used()) {
             eprintln!("arrowport: could not save when tokens were last used: {e}");
@@ -523,7 +538,7 @@ fn start(pool: &mut Pool, metrics: Arc<Metrics>, registry: Arc<Registry>) -> Res
             }
             sinks
         }
-        Pool::Lent => return Err(ListenError::Start("the connections are in use".into())),
+        Pool::Lent => return Err(ListenError::Start("arrowport is stopping; listen again once arrowport_stop() has returned".into())),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(IO_THREADS)

@@ -209,6 +209,8 @@ impl VTab for ListenTable {
         if let Some(n) = positive(bind, "max_concurrent_requests")? {
             options.max_concurrent_requests = usize::try_from(n)?;
         }
+        options.allowed_hosts = text_list(bind, "allowed_hosts")?;
+        options.allowed_origins = text_list(bind, "allowed_origins")?;
         if let Some(v) = bind.get_named_parameter("stall_timeout").filter(|v| !v.is_null()) {
             let secs = v.to_double();
             if !(secs > 0.0 && secs <= 86_400.0) {
@@ -247,8 +249,25 @@ impl VTab for ListenTable {
             ("max_concurrent_requests".to_string(), LogicalTypeId::Bigint.into()),
             ("stall_timeout".to_string(), LogicalTypeId::Double.into()),
             ("sql".to_string(), varchar()),
+            ("allowed_hosts".to_string(), LogicalTypeHandle::list(&varchar())),
+            ("allowed_origins".to_string(), LogicalTypeHandle::list(&varchar())),
         ])
     }
+}
+
+/// A named `VARCHAR[]` option: its texts (none when left out or NULL); NULL or empty items are refused.
+fn text_list(bind: &BindInfo, name: &str) -> Result<Vec<String>> {
+    let Some(v) = bind.get_named_parameter(name).filter(|v| !v.is_null()) else { return Ok(Vec::new()) };
+    let items = v.to_list().ok_or_else(|| format!("{name} must be a list of texts, e.g. {name} := ['...']"))?;
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let text = if item.is_null() { String::new() } else { item.to_string() };
+        if text.trim().is_empty() {
+            return Err(format!("invalid value for option {name}: an item is NULL or empty").into());
+        }
+        out.push(text);
+    }
+    Ok(out)
 }
 
 /// A named BIGINT option that must be positive when given.

@@ -40,12 +40,14 @@ pub struct FlightAdapter<S: Sink> {
     core: Arc<Core<S>>,
     policy: Arc<Policy>,
     sql: FlightSql<S>,
+    /// The listener's message limit, which also bounds what a compressed message may claim decompressed.
+    max_message_bytes: usize,
 }
 
 impl<S: Sink> FlightAdapter<S> {
-    pub fn new(core: Arc<Core<S>>, policy: Arc<Policy>, access: Access) -> Self {
+    pub fn new(core: Arc<Core<S>>, policy: Arc<Policy>, access: Access, max_message_bytes: usize) -> Self {
         let sql = FlightSql::new(Arc::clone(&core), Arc::clone(&policy), access);
-        FlightAdapter { core, policy, sql }
+        FlightAdapter { core, policy, sql, max_message_bytes }
     }
 }
 
@@ -119,10 +121,12 @@ impl<S: Sink> FlightAdapter<S> {
         let early = |e: IngestError| (e, false);
         let principal = principal_of(&request).map_err(early)?;
         let mut input = request.into_inner();
-        let first = match input.message().await {
-            Ok(Some(m)) => m,
-            Ok(None) => return Err(early(IngestError::BadInput("DoPut carried no messages".into()))),
-            Err(status) => return Err(early(transport_error(&status))),
+        let stall = self.policy.stall_timeout;
+        let first = match tokio::time::timeout(stall, input.message()).await {
+            Ok(Ok(Some(m))) => m,
+            Ok(Ok(None)) => return Err(early(IngestError::BadInput("DoPut carried no messages".into()))),
+            Ok(Err(status)) => return Err(early(transport_error(&status))),
+            Err(_) => return Err(early(IngestError::Stalled(stall))),
         };
         let descriptor = first
             .flight_descriptor
@@ -145,7 +149,7 @@ impl<S: Sink> FlightAdapter<S> {
         });
         let messages = futures::stream::once(async move { Ok(first) })
             .chain(counted.map_err(|status| FlightError::ExternalError(Box::new(transport_error(&status)))));
-        let items = ipc::flight_items(messages);
+        let items = ipc::flight_items(messages, self.max_message_bytes);
         if let Some(command) = sql {
             // Flight SQL: ingest reaches the core (which counts it); statements are not ingest requests.
             return self.sql.do_put(principal, command, items, wire).await.map_err(|e| (e, true));

@@ -41,8 +41,11 @@ pub const CLOSE_PREPARED_STATEMENT: &str = "ClosePreparedStatement";
 /// Prepared statements one listener remembers; the oldest is forgotten beyond this.
 const MAX_PREPARED: usize = 1024;
 
-/// Parameter rows one prepared statement may be given.
+/// Parameter rows one prepared statement may be given...
 const MAX_PARAM_ROWS: usize = 100_000;
+
+/// ...and the memory their batches may take.
+const MAX_PARAM_BYTES: usize = 64 * 1024 * 1024;
 
 const SQL_TYPE_PREFIX: &str = "type.googleapis.com/arrow.flight.protocol.sql.";
 
@@ -161,14 +164,14 @@ impl<S: Sink> FlightSql<S> {
                 Ok(update_result(n))
             }
             Command::CommandPreparedStatementQuery(cmd) => {
-                let params = collect_params(items).await?;
+                let params = collect_params(items, self.policy.stall_timeout).await?;
                 let handle = cmd.prepared_statement_handle.to_vec();
                 self.with_entry(&handle, &principal, |e| e.params = params)?;
                 let result = DoPutPreparedStatementResult { prepared_statement_handle: Some(handle.into()) };
                 Ok(PutResult { app_metadata: result.encode_to_vec().into() })
             }
             Command::CommandPreparedStatementUpdate(cmd) => {
-                let params = collect_params(items).await?;
+                let params = collect_params(items, self.policy.stall_timeout).await?;
                 let entry = self.entry(&cmd.prepared_statement_handle, &principal)?;
                 let statement = Statement { sql: entry.sql, params };
                 let n = self.core.update(statement, self.access, &principal, &self.policy).await?;
@@ -383,20 +386,31 @@ fn one_batch(batch: Result<arrow::array::RecordBatch, FlightError>) -> Result<Da
 }
 
 /// Parameter rows from a DoPut's batches.
-async fn collect_params<I>(mut items: I) -> Result<Vec<Vec<Param>>, IngestError>
+/// Parameter rows from a DoPut's batches, within [`MAX_PARAM_ROWS`] and [`MAX_PARAM_BYTES`]; a client that
+/// sends nothing for `stall` is refused.
+async fn collect_params<I>(mut items: I, stall: std::time::Duration) -> Result<Vec<Vec<Param>>, IngestError>
 where
     I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
 {
     let mut rows = Vec::new();
-    while let Some(item) = items.next().await {
+    let mut bytes = 0;
+    loop {
+        let item = match tokio::time::timeout(stall, items.next()).await {
+            Ok(Some(item)) => item,
+            Ok(None) => return Ok(rows),
+            Err(_) => return Err(IngestError::Stalled(stall)),
+        };
         if let Incoming::Batch(b) = item? {
+            bytes += b.get_array_memory_size();
+            if bytes > MAX_PARAM_BYTES {
+                return Err(IngestError::TooLarge(format!("more than {MAX_PARAM_BYTES} bytes of parameters for one statement")));
+            }
             rows.extend(query::params_from_batch(&b).map_err(IngestError::BadInput)?);
             if rows.len() > MAX_PARAM_ROWS {
                 return Err(IngestError::TooLarge(format!("more than {MAX_PARAM_ROWS} parameter rows for one statement")));
             }
         }
     }
-    Ok(rows)
 }
 
 /// ADBC's ingest modes as the command's table options spell them.

@@ -134,13 +134,53 @@ fn too_large(size: usize, max: usize) -> IngestError {
     IngestError::TooLarge(format!("an Arrow IPC message of {size} bytes is over the listener's limit of {max} bytes"))
 }
 
+/// How many bytes a message's buffers claim once decompressed: each compressed buffer (LZ4 or ZSTD) starts with
+/// its uncompressed length, which the decoder allocates before it decompresses. 0 for a message without body
+/// compression, and for what does not parse (the decoder reports that).
+pub fn decompressed_claim(header: &[u8], body: &[u8]) -> u64 {
+    let Ok(message) = arrow::ipc::root_as_message(header) else { return 0 };
+    let batch = match message.header_type() {
+        arrow::ipc::MessageHeader::RecordBatch => message.header_as_record_batch(),
+        arrow::ipc::MessageHeader::DictionaryBatch => message.header_as_dictionary_batch().and_then(|d| d.data()),
+        _ => None,
+    };
+    let Some(batch) = batch.filter(|b| b.compression().is_some()) else { return 0 };
+    let mut total: u64 = 0;
+    for buffer in batch.buffers().into_iter().flatten() {
+        let (Ok(offset), Ok(length)) = (usize::try_from(buffer.offset()), usize::try_from(buffer.length())) else { continue };
+        if length < 8 {
+            continue;
+        }
+        let Some(prefix) = offset.checked_add(8).and_then(|end| body.get(offset..end)) else { continue };
+        let claimed = i64::from_le_bytes(prefix.try_into().unwrap_or([0; 8]));
+        // -1: stored uncompressed, as the buffer's own length says; other negatives the decoder refuses.
+        total = total.saturating_add(u64::try_from(claimed).unwrap_or(0));
+    }
+    total
+}
+
+/// Refuses a message whose buffers claim more decompressed bytes than the listener's message limit, before the
+/// decoder allocates for the claim.
+fn check_claim(message: &FlightData, max_message: usize) -> Result<(), IngestError> {
+    let claim = decompressed_claim(&message.data_header, &message.data_body);
+    if claim > max_message as u64 {
+        return Err(IngestError::TooLarge(format!(
+            "an Arrow IPC message claims {claim} bytes once decompressed, over the listener's limit of {max_message} bytes \
+             (max_message_bytes)"
+        )));
+    }
+    Ok(())
+}
+
 /// Decoded Flight messages (REST bodies are framed into the same messages) as the ingest core's items: the
-/// schema, then batches. Decoder panics (arrow-ipc has some on malformed input) become bad input.
-pub fn flight_items<S>(messages: S) -> impl Stream<Item = Result<Incoming, IngestError>> + Send + Unpin
+/// schema, then batches. A compressed message that claims more than `max_message` bytes decompressed is refused
+/// before it is decoded; decoder panics (arrow-ipc has some on malformed input) become bad input.
+pub fn flight_items<S>(messages: S, max_message: usize) -> impl Stream<Item = Result<Incoming, IngestError>> + Send + Unpin
 where
     S: Stream<Item = Result<FlightData, FlightError>> + Send + 'static,
 {
-    let decoded = crate::panic::contain_stream("decoding Arrow IPC", FlightDataDecoder::new(messages));
+    let checked = messages.map(move |m| m.and_then(|m| check_claim(&m, max_message).map(|()| m).map_err(|e| FlightError::ExternalError(Box::new(e)))));
+    let decoded = crate::panic::contain_stream("decoding Arrow IPC", FlightDataDecoder::new(checked));
     Box::pin(decoded.filter_map(|item| async move {
         match item {
             Ok(Ok(decoded)) => match decoded.payload {
@@ -214,7 +254,7 @@ where
 {
     let mut saw_schema = false;
     let mut ended = false;
-    let items = flight_items(framed(input, max_message)).map(Some);
+    let items = flight_items(framed(input, max_message), max_message).map(Some);
     Box::pin(items.chain(futures::stream::once(async { None })).filter_map(move |item| {
         let out = match item {
             _ if ended => None,
@@ -300,7 +340,7 @@ mod tests {
         let [_, batch] = &messages[..] else { panic!("{} messages", messages.len()) };
         let body = batch.data_body.clone();
         assert!(body.len() > 1 << 20 && body.as_ptr() as usize % 64 == 0);
-        let decoded: Vec<_> = flight_items(futures::stream::iter(messages.into_iter().map(Ok))).collect().await;
+        let decoded: Vec<_> = flight_items(futures::stream::iter(messages.into_iter().map(Ok)), 64 << 20).collect().await;
         let [Ok(Incoming::Schema(_)), Ok(Incoming::Batch(decoded))] = &decoded[..] else { panic!("{decoded:?}") };
         let ids = decoded.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
         let at = ids.values().as_ptr() as usize;
@@ -340,6 +380,29 @@ mod tests {
         let mut framer = Framer::new(1 << 20);
         framer.push(&[0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x00, 0x00, 0x80]).unwrap();
         assert!(matches!(framer.next_message(), Err(IngestError::TooLarge(_))));
+    }
+
+    #[tokio::test]
+    async fn compressed_buffers_claiming_too_much_are_refused_before_decoding() {
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+        let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(Int64Array::from_iter_values(0..1237))]).unwrap();
+        let options = arrow::ipc::writer::IpcWriteOptions::default()
+            .try_with_compression(Some(arrow::ipc::CompressionType::LZ4_FRAME))
+            .unwrap();
+        let mut out = Vec::new();
+        let mut w = StreamWriter::try_new_with_options(&mut out, &schema, options).unwrap();
+        w.write(&batch).unwrap();
+        w.finish().unwrap();
+        drop(w);
+        // The data buffer's prefix says 1237 * 8 bytes; say 2^40 instead.
+        let honest = (1237i64 * 8).to_le_bytes();
+        let at = out.windows(8).position(|w| w == honest).expect("the uncompressed length prefix");
+        let items = collect(vec![out.clone()], 1 << 20).await;
+        assert_eq!(rows(&items), (1, 1237));
+        out[at..at + 8].copy_from_slice(&(1i64 << 40).to_le_bytes());
+        let items = collect(vec![out], 1 << 20).await;
+        let err = items.into_iter().find_map(|i| i.err()).expect("an error");
+        assert!(matches!(&err, IngestError::TooLarge(m) if m.contains("claims 1099511627776 bytes once decompressed")), "{err:?}");
     }
 
     #[tokio::test]

@@ -9,7 +9,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use arrow::datatypes::Schema;
 use async_compression::tokio::bufread::{GzipDecoder, ZstdDecoder};
@@ -38,9 +37,6 @@ use crate::proto::{ipc, status};
 /// The media type of an Arrow IPC stream.
 pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 
-/// How long `/health` waits for a writer before it answers 503.
-const HEALTH_WAIT: Duration = Duration::from_secs(5);
-
 /// Limits of one REST listener.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -50,6 +46,8 @@ pub struct Limits {
     pub max_body_bytes: u64,
     /// Unknown streams, stall timeout, concurrency: shared with the listener's Flight service.
     pub policy: Arc<Policy>,
+    /// The DuckDB version `/health` reports.
+    pub duckdb_version: String,
 }
 
 struct App<S: Sink> {
@@ -90,6 +88,7 @@ pub fn router<S: Sink>(core: Arc<Core<S>>, limits: Limits) -> Router {
         .route("/streams", get(list_streams::<S>))
         .route("/stream/{name}", post(ingest_legacy::<S>))
         .route("/health", get(health::<S>))
+        .route("/ready", get(ready::<S>))
         .route("/metrics", get(prometheus_text::<S>))
         .with_state(app)
 }
@@ -261,6 +260,25 @@ async fn ingest_legacy<S: Sink>(
     .into_response())
 }
 
+/// A whole (small) body, read within `limit` bytes; a client that sends nothing for `stall` is refused.
+async fn whole_body(body: Body, limit: usize, stall: std::time::Duration) -> Result<Bytes, ApiError> {
+    let mut chunks = body.into_data_stream();
+    let mut out = bytes::BytesMut::new();
+    loop {
+        match tokio::time::timeout(stall, chunks.next()).await {
+            Err(_) => return Err(IngestError::Stalled(stall).into()),
+            Ok(None) => return Ok(out.freeze()),
+            Ok(Some(Err(_))) => return Err(IngestError::Disconnected.into()),
+            Ok(Some(Ok(chunk))) => {
+                if out.len() + chunk.len() > limit {
+                    return Err(ApiError::new(Code::TooLarge, format!("the body is over the limit of {limit} bytes for JSON requests")));
+                }
+                out.extend_from_slice(&chunk);
+            }
+        }
+    }
+}
+
 /// Reads and checks the original service's JSON body; returns the request and the IPC bytes.
 async fn legacy_request<S: Sink>(
     app: &App<S>,
@@ -279,13 +297,7 @@ async fn legacy_request<S: Sink>(
     }
     let limit = (app.limits.max_message_bytes as u64).min(app.limits.max_body_bytes);
     check_length(&headers, limit)?;
-    let raw = axum::body::to_bytes(body, limit as usize).await.map_err(|e| {
-        if e.to_string().contains("length limit") {
-            ApiError::new(Code::TooLarge, format!("the body is over the limit of {limit} bytes for JSON requests"))
-        } else {
-            ApiError::from(IngestError::Disconnected)
-        }
-    })?;
+    let raw = whole_body(body, limit as usize, app.limits.policy.stall_timeout).await?;
     let request: LegacyRequest =
         serde_json::from_slice(&raw).map_err(|e| ApiError::new(Code::InvalidInput, format!("invalid JSON request: {e}")))?;
     if let Some(backend) = request.config.storage_backend.as_deref() {
@@ -305,11 +317,20 @@ async fn legacy_request<S: Sink>(
     Ok((ingest_request, data))
 }
 
-async fn health<S: Sink>(State(app): State<Arc<App<S>>>) -> Result<Response, ApiError> {
-    match tokio::time::timeout(HEALTH_WAIT, app.core.ping()).await {
-        Ok(Ok(version)) => Ok(axum::Json(json!({"status": "ok", "duckdb": version})).into_response()),
-        Ok(Err(e)) => Err(e.into()),
-        Err(_) => Err(ApiError::new(Code::Busy, "DuckDB did not answer within 5 s; every writer is busy")),
+/// Liveness: the listener answers. Nothing is asked of DuckDB or the writers.
+async fn health<S: Sink>(State(app): State<Arc<App<S>>>) -> Response {
+    axum::Json(json!({"status": "ok", "duckdb": app.limits.duckdb_version})).into_response()
+}
+
+/// Readiness: a writer is free to take a request now (503 with Retry-After when all are busy or the listener
+/// is stopping). It counts free writers; it borrows none.
+async fn ready<S: Sink>(State(app): State<Arc<App<S>>>) -> Result<Response, ApiError> {
+    if app.core.stopping() {
+        return Err(IngestError::Stopping.into());
+    }
+    match app.core.free_writers() {
+        0 => Err(ApiError::new(Code::Busy, "every writer is busy; retry later")),
+        free => Ok(axum::Json(json!({"status": "ready", "writers_free": free})).into_response()),
     }
 }
 

@@ -45,7 +45,12 @@ def ipc_messages(table):
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as w:
         w.write_table(table)
-    reader = pa.ipc.MessageReader.open_stream(sink.getvalue())
+    return stream_messages(sink.getvalue())
+
+
+def stream_messages(ipc):
+    """The messages of IPC stream bytes as (header flatbuffer, body) pairs, as they are (nothing decoded)."""
+    reader = pa.ipc.MessageReader.open_stream(pa.py_buffer(ipc))
     out = []
     while True:
         try:
@@ -58,9 +63,11 @@ def ipc_messages(table):
     return out
 
 
-def do_put(addr, messages, timeout=30):
-    """Sends raw FlightData messages; returns the PutResult payloads or raises grpc.RpcError."""
-    with grpc.insecure_channel(addr) as channel:
+def do_put(addr, messages, timeout=30, authority=None):
+    """Sends raw FlightData messages; returns the PutResult payloads or raises grpc.RpcError. `authority` sets
+    the :authority the listener sees (default: the address)."""
+    options = [("grpc.default_authority", authority)] if authority else None
+    with grpc.insecure_channel(addr, options=options) as channel:
         call = channel.stream_stream(
             "/arrow.flight.protocol.FlightService/DoPut",
             request_serializer=lambda b: b,

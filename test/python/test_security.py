@@ -507,7 +507,7 @@ def test_a_stalled_client_is_cut_off_while_others_keep_ingesting(make_host):
     def stalled_rest():
         data = ipc_bytes(t)
         s = socket.create_connection(("127.0.0.1", h.port))
-        s.sendall(b"POST /streams/stalled HTTP/1.1\r\nHost: x\r\nContent-Type: " + ARROW.encode()
+        s.sendall(b"POST /streams/stalled HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: " + ARROW.encode()
                   + b"\r\nTransfer-Encoding: chunked\r\n\r\n" + f"{200:x}\r\n".encode() + data[:200] + b"\r\n")
         s.settimeout(10)
         results["rest"] = s.recv(4096).decode(errors="replace")

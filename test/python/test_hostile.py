@@ -1,0 +1,219 @@
+"""Hostile clients: requests built to crash, freeze or reach past their stream are refused with a clear status,
+nothing of them lands, and the host goes on serving. Each test ends by landing a normal request."""
+import base64
+import socket
+import threading
+import time
+
+import adbc_driver_manager
+import grpc
+import httpx
+import pyarrow as pa
+import pyarrow.flight as fl
+import pytest
+
+import flightraw
+from test_flightsql import make  # noqa: F401  (fixture)
+from test_security import bearer, make_host, post, refused_json  # noqa: F401  (make_host: fixture)
+from testdata import events
+
+ARROW = "application/vnd.apache.arrow.stream"
+TERABYTE = 1 << 40
+
+
+def bomb(codec):
+    """An IPC stream whose one compressed buffer claims 2^40 bytes uncompressed (its 8-byte prefix rewritten)."""
+    table = pa.table({"id": pa.array(range(1237), pa.int64())})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression=codec)) as w:
+        w.write_table(table)
+    data = sink.getvalue().to_pybytes()
+    honest = (1237 * 8).to_bytes(8, "little")
+    assert data.count(honest) == 1, "the uncompressed-length prefix of the data buffer"
+    return data.replace(honest, TERABYTE.to_bytes(8, "little"))
+
+
+def flight_messages(ipc, stream):
+    """The IPC stream's messages as raw FlightData, the first with a PATH descriptor."""
+    pairs = flightraw.stream_messages(ipc)
+    return [flightraw.flight_data(flightraw.descriptor(1, path=[stream]) if i == 0 else None, header=h, body=b)
+            for i, (h, b) in enumerate(pairs)]
+
+
+def test_a_compressed_buffer_claiming_a_terabyte_is_refused_before_any_allocation(make_host):
+    h = make_host("FROM arrowport_listen('127.0.0.1:0')").listen()
+    for codec in ("lz4", "zstd"):
+        data = bomb(codec)
+        r = httpx.post(f"http://127.0.0.1:{h.port}/streams/bomb", content=data, headers={"Content-Type": ARROW}, timeout=30)
+        msg = refused_json(r, 413, "too_large")
+        assert f"claims {TERABYTE} bytes once decompressed" in msg and "max_message_bytes" in msg, msg
+        with pytest.raises(grpc.RpcError) as e:
+            flightraw.do_put(f"127.0.0.1:{h.port}", flight_messages(data, "bomb"))
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e.value
+        assert f"claims {TERABYTE} bytes" in e.value.details()
+    assert h.count("bomb") == 0
+    assert post("127.0.0.1", h.port, "fine", events(5)).status_code == 200
+    assert h.count("fine") == 5
+
+
+def test_a_web_page_cannot_write_through_a_browser(make_host):
+    h = make_host(
+        "FROM arrowport_listen('127.0.0.1:0', allowed_hosts := ['Arrowport.test'], allowed_origins := ['http://dash.test'])"
+    ).listen()
+    landed = 0
+    # DNS rebinding: a page's own name pointing at 127.0.0.1 arrives as its Host.
+    msg = refused_json(post("127.0.0.1", h.port, "events", events(3), headers={"Host": "evil.example:8815"}), 403, "permission_denied")
+    assert '"evil.example"' in msg and "allowed_hosts" in msg, msg
+    for host in ("arrowport.test:1234", "localhost", f"127.0.0.1:{h.port}"):
+        assert post("127.0.0.1", h.port, "events", events(3), headers={"Host": host}).status_code == 200, host
+        landed += 3
+    # A cross-site request carries its page's Origin; the JSON endpoint without a Content-Type is such a request.
+    msg = refused_json(post("127.0.0.1", h.port, "events", events(3), headers={"Origin": "http://evil.example"}), 403, "permission_denied")
+    assert '"http://evil.example"' in msg and "allowed_origins" in msg, msg
+    r = httpx.post(f"http://127.0.0.1:{h.port}/stream/events", content=b'{"config": {}}', headers={"Origin": "null"}, timeout=10)
+    refused_json(r, 403, "permission_denied")
+    assert post("127.0.0.1", h.port, "events", events(3), headers={"Origin": "http://dash.test/"}).status_code == 200
+    landed += 3
+    # gRPC: the :authority is checked like Host.
+    messages = flight_messages(_ipc(events(2)), "events")
+    with pytest.raises(grpc.RpcError) as e:
+        flightraw.do_put(f"127.0.0.1:{h.port}", messages, authority="evil.example")
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED and "evil.example" in e.value.details()
+    flightraw.do_put(f"127.0.0.1:{h.port}", messages, authority="localhost")
+    landed += 2
+    # A token proves who a client is; then the name it used does not matter.
+    token = h.token("etl")
+    assert post("127.0.0.1", h.port, "events", events(3), headers={"Host": "evil.example", **bearer(token)}).status_code == 200
+    landed += 3
+    # Liveness stays answerable by any name (load balancers).
+    assert httpx.get(f"http://127.0.0.1:{h.port}/health", headers={"Host": "lb.internal"}, timeout=10).status_code == 200
+    assert h.count("events") == landed
+
+
+def _ipc(table):
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def test_health_answers_without_a_writer_and_ready_counts_free_ones(make_host):
+    h = make_host("FROM arrowport_listen('127.0.0.1:0')").listen()
+    base = f"http://127.0.0.1:{h.port}"
+    assert httpx.get(f"{base}/ready", timeout=10).json() == {"status": "ready", "writers_free": 7}
+    # Seven large requests, each streaming into a writer and holding it while its client sends nothing more
+    # (each into a table of its own: a first request into a missing table holds that table's create lock).
+    big = events(200_000)
+    held = []
+    for i in range(7):
+        c = fl.connect(f"grpc://127.0.0.1:{h.port}")
+        w, r = c.do_put(fl.FlightDescriptor.for_path(f"held{i}"), big.schema)
+        w.write_table(big)
+        held.append((c, w, r))
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{base}/ready", timeout=10).status_code == 200:
+        assert time.monotonic() < deadline, "the writers were never all busy"
+        time.sleep(0.1)
+    r = httpx.get(f"{base}/ready", timeout=10)
+    assert r.status_code == 503 and r.headers["retry-after"] == "1" and r.json()["error"]["code"] == "busy"
+    health = httpx.get(f"{base}/health", timeout=10)
+    assert health.status_code == 200 and health.json()["duckdb"].startswith("v")
+    for c, w, r in held:
+        w.done_writing()
+        r.read()
+        w.close()
+        c.close()
+    assert sum(h.count(f"held{i}") for i in range(7)) == 7 * 200_000
+    assert httpx.get(f"{base}/ready", timeout=10).json()["writers_free"] == 7
+
+
+def test_no_ingest_reaches_arrowports_own_state(make):  # noqa: F811
+    h = make()
+    h.sql("CALL arrowport_create_stream('s', target := 'main.t')")
+    db = h.sql("SELECT current_database()")[0][0]
+    conn = h.connect()
+    for catalog, schema in [(db, "arrowport"), (None, "ARROWPORT"), ("arrowport_scratch", "main")]:
+        with pytest.raises(adbc_driver_manager.Error) as e:
+            with conn.cursor() as cur:
+                cur.adbc_ingest("streams", events(3), mode="replace", catalog_name=catalog, db_schema_name=schema)
+        assert "holds arrowport's own state" in str(e.value), (catalog, schema, e.value)
+    # The original JSON endpoint's target_table, spelled with the host database's name.
+    data = _ipc(events(2))
+    payload = {"config": {"target_table": f"{db}.arrowport.tokens"},
+               "batch": {"arrow_schema": base64.b64encode(events(2).schema.serialize()).decode(), "data": base64.b64encode(data).decode()}}
+    r = httpx.post(f"http://{h.addr}/stream/x", json=payload, timeout=30)
+    assert "holds arrowport's own state" in refused_json(r, 403, "permission_denied")
+    assert h.sql("SELECT stream, \"table\" FROM arrowport.streams") == [("s", "t")]
+    assert h.sql("SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'arrowport'") == [(1,)]
+    with conn.cursor() as cur:
+        assert cur.adbc_ingest("fine", events(3), mode="create") == 3
+
+
+def test_flight_sql_ingest_takes_only_defined_streams_when_the_listener_says_so(make):  # noqa: F811
+    h = make(", unknown_streams := 'reject'")
+    h.sql("CALL arrowport_create_stream('known', target := 'main.landing')")
+    conn = h.connect()
+    with pytest.raises(adbc_driver_manager.Error) as e:
+        with conn.cursor() as cur:
+            cur.adbc_ingest("unknown", events(3), mode="create_append")
+    assert 'unknown stream "unknown"' in str(e.value)
+    with pytest.raises(adbc_driver_manager.Error) as e:
+        with conn.cursor() as cur:
+            cur.adbc_ingest("known", events(3), mode="create_append", db_schema_name="other")
+    assert "lands in main.landing" in str(e.value)
+    with conn.cursor() as cur:
+        assert cur.adbc_ingest("known", events(3), mode="create_append") == 3
+    assert h.sql("SELECT count(*) FROM landing") == [(3,)]
+    assert h.sql("SELECT count(*) FROM duckdb_tables() WHERE table_name IN ('known', 'unknown')") == [(0,)]
+
+
+def test_stop_interrupts_a_long_query_and_returns(make):  # noqa: F811
+    h = make(", sql := 'read_only'")
+    conn = h.connect()
+    errors = []
+
+    def run():
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT sum(range) FROM range(40000000000)")
+                cur.fetchall()
+        except Exception as e:  # the interrupted statement's error
+            errors.append(str(e))
+
+    t = threading.Thread(target=run)
+    t.start()
+    time.sleep(1.5)
+    started = time.monotonic()
+    assert h.sql("SELECT arrowport_stop()") == [(1,)]
+    elapsed = time.monotonic() - started
+    t.join(60)
+    assert not t.is_alive() and errors, errors
+    # Bounded: the statement was interrupted, not run to its end (which takes minutes here).
+    assert elapsed < 20, elapsed
+    assert h.sql("FROM arrowport_status()") == []
+    addr = h.sql("SELECT address FROM arrowport_listen('127.0.0.1:0', sql := 'read_only')")[0][0]
+    import adbc_driver_flightsql.dbapi as flight_sql
+    with flight_sql.connect(f"grpc://{addr}") as again, again.cursor() as cur:
+        cur.execute("SELECT 42 AS answer")
+        assert cur.fetchall() == [(42,)]
+
+
+def test_clients_that_send_nothing_are_cut_off(make_host):
+    h = make_host("FROM arrowport_listen('127.0.0.1:0', stall_timeout := 1)").listen()
+
+    def silent():
+        time.sleep(6)
+        yield from ()
+
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as e:
+        flightraw.do_put(f"127.0.0.1:{h.port}", silent())
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, e.value
+    assert "sent nothing for 1s" in e.value.details()
+    assert time.monotonic() - started < 6
+    # The original JSON endpoint: headers and part of the body, then silence.
+    with socket.create_connection(("127.0.0.1", h.port), timeout=10) as s:
+        s.sendall(b"POST /stream/x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"config\"")
+        reply = s.recv(4096).decode()
+    assert reply.startswith("HTTP/1.1 408") and "sent nothing for 1s" in reply, reply
+    assert post("127.0.0.1", h.port, "fine", events(2)).status_code == 200
