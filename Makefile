@@ -3,6 +3,7 @@
 #   make run    DuckDB CLI (pinned from PyPI) on ./arrowport.duckdb with arrowport loaded and listening
 #   make test   build, then every test: Rust unit tests, SQL logic tests on three hosts, end-to-end pytest
 #   make bench  arrowport against in-process DuckDB (bench/results/*.json)
+#   make fuzz   the structure-aware fuzzer against a live host (FUZZ_SECONDS, default 600; FUZZ_SEED)
 
 EXT_NAME    := arrowport
 EXT_VERSION := v$(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
@@ -18,7 +19,7 @@ VENV_OLD    := .venv-old
 LISTEN      ?= 127.0.0.1:8815
 DB          ?= arrowport.duckdb
 
-.PHONY: all release run test unit sqltest pytest bench clean venvs
+.PHONY: all release run test unit sqltest pytest bench fuzz clean venvs
 
 all: release
 
@@ -71,6 +72,10 @@ pytest: release venvs
 # A benchmark, not a test: never part of `make test`. BENCH_QUICK=1 for a short run.
 bench: release $(VENV)/.stamp
 	$(VENV)/bin/python bench/bench.py
+
+# A fuzz run, not a test: `make test` runs a 30-second slice of it (test/python/test_fuzz.py).
+fuzz: release $(VENV)/.stamp
+	$(VENV)/bin/python test/fuzz.py
 
 clean:
 	cargo clean

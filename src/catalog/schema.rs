@@ -30,6 +30,7 @@ pub fn check_supported(schema: &Schema) -> Result<(), String> {
         if field.name().is_empty() {
             return Err("a column of the stream has an empty name".into());
         }
+        check_names(field.name(), field.data_type())?;
         check_type(field.data_type()).map_err(|why| {
             format!("column {} has Arrow type {} which DuckDB cannot store: {why}", quote_ident(field.name()), field.data_type())
         })?;
@@ -39,6 +40,26 @@ pub fn check_supported(schema: &Schema) -> Result<(), String> {
         if !seen.insert(field.name().to_lowercase()) {
             return Err(format!("column {} appears twice (DuckDB column names ignore case)", quote_ident(field.name())));
         }
+    }
+    Ok(())
+}
+
+/// Refuses NUL characters in a column's name and in the names of its nested fields: the Arrow C interface
+/// passes names as C strings, so DuckDB would see a different (cut) name, or none.
+fn check_names(column: &str, t: &DataType) -> Result<(), String> {
+    if column.contains('\0') {
+        return Err(format!("column {} has a NUL character in its name", quote_ident(&column.replace('\0', "\\0"))));
+    }
+    let nested: Vec<&FieldRef> = match t {
+        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) | DataType::Map(f, _) => vec![f],
+        DataType::Struct(fields) => fields.iter().collect(),
+        _ => vec![],
+    };
+    for f in nested {
+        if f.name().contains('\0') {
+            return Err(format!("column {} has a nested field with a NUL character in its name", quote_ident(column)));
+        }
+        check_names(column, f.data_type())?;
     }
     Ok(())
 }
@@ -188,6 +209,16 @@ mod tests {
 
     fn col(n: &str, t: &str) -> Column {
         Column { name: n.into(), sql_type: t.into() }
+    }
+
+    #[test]
+    fn nul_characters_in_names_are_refused_at_any_depth() {
+        let nested = DataType::Struct(vec![Field::new("a\0b", DataType::Int32, true)].into());
+        for (name, t) in [("x\0", DataType::Int32), ("ok", nested), ("ok", DataType::List(Arc::new(Field::new("\0", DataType::Int32, true))))] {
+            let e = check_supported(&Schema::new(vec![Field::new(name, t, true)])).unwrap_err();
+            assert!(e.contains("NUL character"), "{e}");
+        }
+        assert!(check_supported(&Schema::new(vec![Field::new("plain", DataType::Int32, true)])).is_ok());
     }
 
     #[test]

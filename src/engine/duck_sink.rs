@@ -14,6 +14,7 @@
 //! and a transaction that writes to the host database cannot also create one in another.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use arrow::array::RecordBatch;
@@ -166,12 +167,17 @@ impl Landing {
 
     /// Makes this writer's scan view, once, outside any transaction (a transaction that writes to the host
     /// database cannot also create a view in the scratch one, and a rolled-back creation would leave none).
-    /// DuckDB binds the view when it makes it, so it is made with a real schema (the first request's).
-    fn ensure_view(&mut self, conn: &mut RawConn, schema: &SchemaRef) -> Result<(), IngestError> {
+    ///
+    /// DuckDB binds the view when it makes it, so it is made over a schema of our own, never a client's:
+    /// `duckdb_arrow_scan` does not catch DuckDB's exceptions, so a schema DuckDB refuses there would throw
+    /// through our frames and abort the host. Every later bind (DESCRIBE, INSERT) runs inside `duckdb_query`,
+    /// which turns DuckDB's refusal into an error.
+    fn ensure_view(&mut self, conn: &mut RawConn) -> Result<(), IngestError> {
         if self.scan.is_some() {
             return Ok(());
         }
-        let mut stream = ScanStream::new(Arc::clone(schema), Box::new(VecPull(Vec::new().into())));
+        let own = Arc::new(Schema::new(vec![arrow::datatypes::Field::new("arrowport", arrow::datatypes::DataType::Int64, true)]));
+        let mut stream = ScanStream::new(own, Box::new(VecPull(Vec::new().into())));
         let view = self.view_name();
         conn.execute(&format!("DROP VIEW IF EXISTS {}", view_sql(&view))).map_err(E::db)?;
         conn.create_scan_view(&view, &mut stream).map_err(E::db)?;
@@ -336,12 +342,29 @@ impl Landing {
 
 impl DuckSink {
     /// One streaming request in its own transaction; the view already points at its batches.
-    fn write_view(&mut self, mapping: &Mapping, incoming: &[Column], failed: &Mutex<Option<IngestError>>) -> Result<Written, IngestError> {
+    ///
+    /// `handed_out` counts the rows the view's stream gave DuckDB. The INSERT must have inserted exactly those:
+    /// the view is visible in the catalog, and if another connection scanned it meanwhile, it took batches of
+    /// this request, which then must not commit with rows missing.
+    fn write_view(
+        &mut self,
+        mapping: &Mapping,
+        incoming: &[Column],
+        failed: &Mutex<Option<IngestError>>,
+        handed_out: &AtomicU64,
+    ) -> Result<Written, IngestError> {
         let started = std::time::Instant::now();
         let DuckSink { conn, at } = self;
         let (mut table, _create_guard) = at.prepare_target(conn, mapping, &mut HashSet::new())?;
         let result = conn.begin().map_err(E::db).and_then(|mut txn| {
             let rows = at.land(&mut txn, mapping, incoming, &mut table)?;
+            let given = handed_out.load(Ordering::SeqCst);
+            if rows != given {
+                return Err(IngestError::Internal(format!(
+                    "the insert took {rows} of the {given} rows the request's stream handed out (was its scan view read by \
+                     another connection?); rolled back"
+                )));
+            }
             txn.commit().map_err(E::db)?;
             Ok(Written { rows, write_seconds: started.elapsed().as_secs_f64() })
         });
@@ -352,9 +375,9 @@ impl DuckSink {
     /// A buffered request on its own, in its own transaction.
     fn write_buffered(&mut self, item: &Buffered) -> Result<Written, IngestError> {
         let DuckSink { conn, at } = self;
-        at.ensure_view(conn, &item.schema)?;
+        at.ensure_view(conn)?;
         let incoming = at.point_view(conn, Arc::clone(&item.schema), Box::new(VecPull(item.batches.clone().into())))?;
-        let result = self.write_view(&item.mapping, &incoming, &Mutex::new(None));
+        let result = self.write_view(&item.mapping, &incoming, &Mutex::new(None), &AtomicU64::new(item.rows));
         self.at.release_view();
         result
     }
@@ -370,9 +393,7 @@ impl DuckSink {
             }
         }
         let DuckSink { conn, at } = self;
-        if let Some(first) = items.first() {
-            at.ensure_view(conn, &first.schema)?;
-        }
+        at.ensure_view(conn)?;
         let mut locked = HashSet::new();
         let mut guards = Vec::new();
         let mut tables = Vec::with_capacity(runs.len());
@@ -405,20 +426,30 @@ struct Pull {
     first: Option<RecordBatch>,
     input: BatchRx,
     failed: Arc<Mutex<Option<IngestError>>>,
+    /// Rows handed to DuckDB so far.
+    handed_out: Arc<AtomicU64>,
 }
 
 impl BatchPull for Pull {
     fn next_batch(&mut self) -> Result<Option<RecordBatch>, String> {
-        if let Some(b) = self.first.take() {
-            return Ok(Some(b));
-        }
-        self.input.next_batch().map_err(|e| {
-            let msg = e.to_string();
-            if let Ok(mut f) = self.failed.lock() {
-                f.get_or_insert(e);
+        let next = match self.first.take() {
+            Some(b) => Ok(Some(b)),
+            None => self.input.next_batch(),
+        };
+        match next {
+            Ok(Some(b)) => {
+                self.handed_out.fetch_add(b.num_rows() as u64, Ordering::SeqCst);
+                Ok(Some(b))
             }
-            msg
-        })
+            Ok(None) => Ok(None),
+            Err(e) => {
+                let msg = e.to_string();
+                if let Ok(mut f) = self.failed.lock() {
+                    f.get_or_insert(e);
+                }
+                Err(msg)
+            }
+        }
     }
 }
 
@@ -445,12 +476,13 @@ impl Sink for DuckSink {
             return Ok(Written { rows: 0, write_seconds: 0.0 });
         }
         let failed = Arc::new(Mutex::new(None));
-        let pull = Pull { first, input, failed: Arc::clone(&failed) };
+        let handed_out = Arc::new(AtomicU64::new(0));
+        let pull = Pull { first, input, failed: Arc::clone(&failed), handed_out: Arc::clone(&handed_out) };
         let DuckSink { conn, at } = self;
         let result = at
-            .ensure_view(conn, &schema)
+            .ensure_view(conn)
             .and_then(|()| at.point_view(conn, schema, Box::new(pull)))
-            .and_then(|incoming| self.write_view(mapping, &incoming, &failed));
+            .and_then(|incoming| self.write_view(mapping, &incoming, &failed, &handed_out));
         self.at.release_view();
         result
     }

@@ -448,7 +448,9 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: axum::Router, gate:
     use hyper_util::server::conn::auto::Builder;
 
     let mut builder = Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(gate.handshake_timeout);
+    // half_close: a client that shuts down its sending side after a complete request still gets the answer
+    // (without it, hyper closed the connection at the read EOF, and a request that committed was never answered).
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(gate.handshake_timeout).half_close(true);
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -405,6 +405,73 @@ mod tests {
         assert!(matches!(&err, IngestError::TooLarge(m) if m.contains("claims 1099511627776 bytes once decompressed")), "{err:?}");
     }
 
+    /// In-process fuzzing of the decoders: mutated IPC streams (bit flips, overwritten 4- and 8-byte words,
+    /// truncations, splices) through the framer and the Arrow decoder. Every input must end in batches or an
+    /// error: no panic escapes, no allocation sized by a claim aborts the process, nothing hangs.
+    #[tokio::test]
+    async fn mutated_streams_end_in_batches_or_errors() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("s", DataType::Utf8, true),
+            Field::new("l", DataType::List(Arc::new(Field::new("item", DataType::Int32, true))), true),
+        ]));
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(Int64Array::from(vec![Some(1), None, Some(3)])),
+                Arc::new(StringArray::from(vec![Some("a"), None, Some("ccc")])),
+                Arc::new(arrow::array::ListArray::from_iter_primitive::<arrow::datatypes::Int32Type, _, _>(vec![
+                    Some(vec![Some(1), None]),
+                    None,
+                    Some(vec![]),
+                ])),
+            ],
+        )
+        .unwrap();
+        let mut seeds = Vec::new();
+        for codec in [None, Some(arrow::ipc::CompressionType::LZ4_FRAME), Some(arrow::ipc::CompressionType::ZSTD)] {
+            let options = arrow::ipc::writer::IpcWriteOptions::default().try_with_compression(codec).unwrap();
+            let mut out = Vec::new();
+            let mut w = StreamWriter::try_new_with_options(&mut out, &schema, options).unwrap();
+            w.write(&batch).unwrap();
+            w.write(&batch).unwrap();
+            w.finish().unwrap();
+            drop(w);
+            seeds.push(out);
+        }
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let (mut ok, mut refused) = (0, 0);
+        for _ in 0..200_000 {
+            let mut b = seeds[(next() % 3) as usize].clone();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() as usize) % b.len().max(1);
+                match next() % 5 {
+                    0 => b[at] ^= 1 << (next() % 8),
+                    1 if at + 4 <= b.len() => b[at..at + 4].copy_from_slice(&[0xFF, 0xFF, 0xFF, 0x7F]),
+                    2 if at + 8 <= b.len() => b[at..at + 8].copy_from_slice(&(1i64 << (next() % 63)).to_le_bytes()),
+                    3 => b.truncate(at),
+                    _ => {
+                        let from = (next() as usize) % b.len().max(1);
+                        let piece: Vec<u8> = b[from..(from + 16).min(b.len())].to_vec();
+                        b.splice(at..at, piece);
+                    }
+                }
+                if b.is_empty() {
+                    break;
+                }
+            }
+            let items = collect(vec![b], 1 << 20).await;
+            if items.iter().any(|i| i.is_err()) { refused += 1 } else { ok += 1 }
+        }
+        assert!(ok > 0 && refused > 0, "{ok} decoded, {refused} refused");
+    }
+
     #[tokio::test]
     async fn garbage_and_empty_bodies_are_bad_input() {
         let items = collect(vec![b"definitely not arrow, but long enough".to_vec()], 1 << 20).await;

@@ -74,3 +74,23 @@ def do_put(addr, messages, timeout=30, authority=None):
             response_deserializer=lambda b: b,
         )
         return list(call(iter(messages), timeout=timeout))
+
+
+def put_result_metadata(payload):
+    """The app_metadata (field 1) of a serialized PutResult."""
+    i = 0
+    while i < len(payload):
+        tag = payload[i]
+        i += 1
+        length, shift = 0, 0
+        while True:
+            byte = payload[i]
+            i += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        if tag == (1 << 3) | 2:
+            return payload[i:i + length]
+        i += length
+    return b""

@@ -217,3 +217,49 @@ def test_clients_that_send_nothing_are_cut_off(make_host):
         reply = s.recv(4096).decode()
     assert reply.startswith("HTTP/1.1 408") and "sent nothing for 1s" in reply, reply
     assert post("127.0.0.1", h.port, "fine", events(2)).status_code == 200
+
+
+def test_a_column_name_with_a_nul_character_is_refused_on_a_fresh_host(make_host):
+    """Found by the fuzzer: on a writer's first request, arrowport used to hand the client's schema to
+    duckdb_arrow_scan, which does not catch DuckDB's exceptions; a NUL in a column name made DuckDB throw through
+    Rust frames and the host aborted ("Rust cannot catch foreign exceptions")."""
+    h = make_host("FROM arrowport_listen('127.0.0.1:0')").listen()
+    data = _ipc(pa.table({"i": [1, 2], "a\x00b": ["x", "y"]}))
+    msg = refused_json(httpx.post(f"http://127.0.0.1:{h.port}/streams/nul", content=data, headers={"Content-Type": ARROW}, timeout=30),
+                       400, "invalid_input")
+    assert "NUL character" in msg, msg
+    with pytest.raises(grpc.RpcError) as e:
+        flightraw.do_put(f"127.0.0.1:{h.port}", flight_messages(data, "nul"))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "NUL character" in e.value.details()
+    assert h.count("nul") == 0
+    assert post("127.0.0.1", h.port, "fine", events(5)).status_code == 200
+
+
+def test_a_request_whose_scan_view_is_read_elsewhere_does_not_commit(make_host):
+    """A request's batches reach DuckDB through a scan view in the catalog; a statement on another connection that
+    scans it meanwhile takes some of them. The request must then roll back, never commit with rows missing."""
+    h = make_host("FROM arrowport_listen('127.0.0.1:0')").listen()
+    c = fl.connect(f"grpc://127.0.0.1:{h.port}")
+    w, r = c.do_put(fl.FlightDescriptor.for_path("victim"), events(1).schema)
+    w.write_table(events(300_000))  # over the group limit: it streams into a writer, which waits for more
+    time.sleep(1)
+    names = [v for (v,) in h.sql("SELECT view_name FROM duckdb_views() WHERE database_name = 'arrowport_scratch'")]
+    assert names, "the writer made its scan view"
+    views = " + ".join(f'(SELECT count(*) FROM arrowport_scratch.main."{v}")' for v in names)
+    stolen = []
+    thief = threading.Thread(target=lambda: stolen.append(h.sql(f"SELECT {views}")[0][0]))
+    thief.start()
+    time.sleep(1)
+    for i in range(4):
+        w.write_table(events(50_000, start=300_000 + i * 50_000))
+        time.sleep(0.2)
+    w.done_writing()
+    with pytest.raises(fl.FlightError) as e:
+        r.read()
+        w.close()
+    assert "internal error" in str(e.value), e.value
+    thief.join(30)
+    assert stolen and stolen[0] > 0, stolen
+    assert h.count("victim") == 0
+    c.close()
+    assert post("127.0.0.1", h.port, "fine", events(5)).status_code == 200

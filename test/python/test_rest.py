@@ -256,3 +256,20 @@ def test_curl_over_http1_and_h2c(py_listening, tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     assert "curl: 4 passed, 0 failed" in out.stdout, out.stdout
     assert py_listening.count("curled") == 2 * 777
+
+
+def test_a_client_that_half_closes_after_its_request_gets_its_answer(py_listening):
+    """Found by the fuzzer: a client that shuts down its sending side after a complete request (SHUT_WR) had the
+    request committed and its connection closed without an answer."""
+    body = ipc_bytes(events(12))
+    host, port = py_listening.addr.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall((f"POST /streams/half HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ARROW}\r\n"
+                   f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+        s.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200"), reply[:300]
+    assert b'"rows":12' in reply
+    assert py_listening.count("half") == 12
