@@ -12,6 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::registry::{Mapping, Registry, ResolveError};
+use crate::engine::budget::Budget;
 use crate::engine::error::IngestError;
 use crate::engine::metrics::{self, Metrics, Outcome, Protocol};
 use crate::engine::sink::Sink;
@@ -37,11 +38,24 @@ pub struct Core<S: Sink> {
     pub(crate) active: AtomicUsize,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) registry: Arc<Registry>,
+    /// The host-wide memory budget (shared by every listener of the host).
+    pub(crate) budget: Arc<Budget>,
 }
 
 impl<S: Sink> Core<S> {
     pub fn new(writers: Writers<S>, cancel: CancellationToken, metrics: Arc<Metrics>, registry: Arc<Registry>) -> Core<S> {
-        Core { writers, cancel, active: AtomicUsize::new(0), metrics, registry }
+        Core { writers, cancel, active: AtomicUsize::new(0), metrics, registry, budget: Arc::default() }
+    }
+
+    /// The same core drawing on `budget` (the host's, shared by its listeners).
+    pub fn with_budget(mut self, budget: Arc<Budget>) -> Core<S> {
+        self.budget = budget;
+        self
+    }
+
+    /// The memory budget requests draw on.
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.budget
     }
 
     /// The mapping a request uses.

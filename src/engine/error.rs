@@ -125,6 +125,11 @@ pub enum IngestError {
     Busy(usize),
     #[error("{0} requests are already in flight on this listener (max_concurrent_requests); retry later")]
     Overloaded(usize),
+    #[error(
+        "the host's memory budget ({limit} bytes, memory_budget) has no room now for {bytes} more bytes of this \
+         request; retry later"
+    )]
+    OverBudget { bytes: usize, limit: usize },
     #[error("{0}")]
     Denied(String),
     #[error("{0}")]
@@ -146,7 +151,7 @@ impl IngestError {
             IngestError::Stopping => Code::Stopping,
             IngestError::Disconnected => Code::InvalidInput,
             IngestError::Stalled(_) => Code::Timeout,
-            IngestError::Busy(_) | IngestError::Overloaded(_) => Code::Busy,
+            IngestError::Busy(_) | IngestError::Overloaded(_) | IngestError::OverBudget { .. } => Code::Busy,
             IngestError::Denied(_) => Code::Denied,
             IngestError::Db(msg) => db_code(msg),
             IngestError::Internal(_) => Code::Internal,

@@ -20,11 +20,12 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use crate::catalog::access::Principal;
 use crate::catalog::registry::{Mapping, Mode, TableRule, Target};
 use crate::catalog::schema;
+use crate::engine::budget::{Charge, Reservation};
 use crate::engine::core::Core;
 use crate::engine::error::IngestError;
 use crate::engine::metrics::{Outcome, Protocol};
 use crate::engine::policy::Policy;
-use crate::engine::sink::{BatchRx, Buffered, Counts, Msg, Sink, Written};
+use crate::engine::sink::{BatchRx, Buffered, Counts, Held, Msg, Sink, Written};
 use crate::engine::writers::{Job, Work};
 
 /// Batches buffered between the network and a writer. Small on purpose: it bounds memory per request...
@@ -73,11 +74,22 @@ pub struct Request {
     pub principal: Principal,
     /// The rules of the listener it came in on.
     pub policy: Arc<Policy>,
+    /// What the adapter reserved of the memory budget for messages not yet decoded (see `budget`).
+    pub reservation: Reservation,
 }
 
 impl Request {
     pub fn new(stream: impl Into<String>, protocol: Protocol, principal: Principal, policy: Arc<Policy>) -> Request {
-        Request { stream: stream.into(), protocol, wire_bytes: Arc::default(), target: None, mapping: None, principal, policy }
+        Request {
+            stream: stream.into(),
+            protocol,
+            wire_bytes: Arc::default(),
+            target: None,
+            mapping: None,
+            principal,
+            policy,
+            reservation: Reservation::default(),
+        }
     }
 }
 
@@ -99,6 +111,8 @@ struct Flow<'a> {
     /// The schema batches are cast to before DuckDB sees them, when a type needs it (see `schema::storable`).
     cast_to: Option<&'a SchemaRef>,
     counts: &'a Counts,
+    /// The reservations of the messages being decoded, given up as their batches are admitted.
+    reservation: &'a Reservation,
 }
 
 /// The writer's end of a streamed request: its channel and the byte budget of what may wait in it.
@@ -186,7 +200,7 @@ impl<S: Sink> Core<S> {
         // Types DuckDB's scan refuses but can hold after a lossless cast (float16, decimal256 in range).
         let incoming = schema;
         let (schema, needs_cast) = schema::storable(&incoming);
-        let flow = Flow { stall, incoming: &incoming, cast_to: needs_cast.then_some(&schema), counts };
+        let flow = Flow { stall, incoming: &incoming, cast_to: needs_cast.then_some(&schema), counts, reservation: &request.reservation };
 
         // Read ahead: a request that ends within GROUP_BYTES is committed with others in one transaction (group
         // commit); a larger one streams into a writer of its own, starting with what was read ahead.
@@ -203,20 +217,21 @@ impl<S: Sink> Core<S> {
                         ended = true;
                         break;
                     }
-                    Some((b, size)) => {
+                    Some((b, size, charge)) => {
                         bytes += size;
                         counts.batches.fetch_add(1, Ordering::Relaxed);
                         counts.rows.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
-                        ahead.push((b, size));
+                        ahead.push((b, size, charge));
                     }
                 }
             }
             if ended && !ahead.is_empty() {
-                let rows: u64 = ahead.iter().map(|(b, _)| b.num_rows() as u64).sum();
+                let rows: u64 = ahead.iter().map(|(b, _, _)| b.num_rows() as u64).sum();
                 let table = mapping.target.display();
                 let (reply, done) = oneshot::channel();
-                let item = Buffered { mapping, schema, batches: ahead.into_iter().map(|(b, _)| b).collect(), rows };
-                self.writers.submit_group(item, reply)?;
+                let (batches, charges) = ahead.into_iter().map(|(b, _, c)| (b, c)).unzip();
+                let item = Buffered { mapping, schema, batches, rows };
+                self.writers.submit_group(item, reply, charges)?;
                 let written = done.await.map_err(|_| IngestError::Internal("the group committer went away".into()))??;
                 let batches = counts.batches.load(Ordering::Relaxed);
                 return Ok((Report { stream: stream.to_string(), table, rows: written.rows, batches }, written));
@@ -233,8 +248,8 @@ impl<S: Sink> Core<S> {
 
         let feed = Feed { tx, budget: Arc::new(Semaphore::new(QUEUE_BYTES)) };
         let mut pumped = Ok(());
-        for (b, size) in ahead {
-            pumped = match self.queue(&feed, b, size, true).await {
+        for (b, size, charge) in ahead {
+            pumped = match self.queue(&feed, b, size, charge, true).await {
                 Ok(true) => Ok(()),
                 Ok(false) => Err(IngestError::Internal("the writer stopped reading".into())),
                 Err(e) => Err(e),
@@ -282,7 +297,7 @@ impl<S: Sink> Core<S> {
 
     /// The next non-empty batch of the input (cast when needed) and its decoded size, counted; `None` at the
     /// end. A repeated schema must equal the first.
-    async fn next_batch<I>(&self, input: &mut I, flow: &Flow<'_>) -> Result<Option<(RecordBatch, usize)>, IngestError>
+    async fn next_batch<I>(&self, input: &mut I, flow: &Flow<'_>) -> Result<Option<(RecordBatch, usize, Charge)>, IngestError>
     where
         I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
     {
@@ -302,7 +317,10 @@ impl<S: Sink> Core<S> {
                         Some(to) => schema::cast_batch(&b, to).map_err(IngestError::BadInput)?,
                         None => b,
                     };
-                    return Ok(Some((b, size)));
+                    // Admitted: the batch's own charge replaces its message's reservation.
+                    flow.reservation.release();
+                    let charge = self.budget.charge(size)?;
+                    return Ok(Some((b, size, charge)));
                 }
             }
         }
@@ -317,8 +335,8 @@ impl<S: Sink> Core<S> {
         loop {
             match self.next_batch(input, flow).await? {
                 None => return Ok(()),
-                Some((b, size)) => {
-                    if !self.queue(feed, b, size, false).await? {
+                Some((b, size, charge)) => {
+                    if !self.queue(feed, b, size, charge, false).await? {
                         return Ok(());
                     }
                 }
@@ -328,14 +346,15 @@ impl<S: Sink> Core<S> {
 
     /// Queues a batch for the writer once the request's byte budget has room for it (the writer's pace is the
     /// sender's: while this waits, the request reads nothing more). `Ok(false)` when the writer stopped reading.
-    async fn queue(&self, feed: &Feed, b: RecordBatch, size: usize, counted: bool) -> Result<bool, IngestError> {
+    async fn queue(&self, feed: &Feed, b: RecordBatch, size: usize, charge: Charge, counted: bool) -> Result<bool, IngestError> {
         // Within QUEUE_BYTES (64 MiB), so the count fits a u32.
         let share = size.clamp(1, QUEUE_BYTES) as u32;
         let permit = tokio::select! {
             _ = self.cancel.cancelled() => return Err(IngestError::Stopping),
             p = Arc::clone(&feed.budget).acquire_many_owned(share) => p.map_err(|_| IngestError::Internal("the queue budget was closed".into()))?,
         };
-        let msg = if counted { Msg::Counted(b, Some(permit)) } else { Msg::Batch(b, Some(permit)) };
+        let held = Held { _queue: Some(permit), _charge: charge };
+        let msg = if counted { Msg::Counted(b, held) } else { Msg::Batch(b, held) };
         tokio::select! {
             _ = self.cancel.cancelled() => Err(IngestError::Stopping),
             r = feed.tx.send(msg) => Ok(r.is_ok()),
@@ -518,7 +537,7 @@ mod tests {
     async fn a_dropped_producer_is_a_disconnect_not_a_commit() {
         let (tx, rx) = mpsc::channel(1);
         let mut input = BatchRx::new(rx, Arc::default());
-        tx.send(Msg::Batch(batch(1), None)).await.unwrap();
+        tx.send(Msg::Batch(batch(1), Held::default())).await.unwrap();
         drop(tx);
         let got = tokio::task::spawn_blocking(move || (input.next_batch().map(|b| b.is_some()), input.next_batch().map(|_| ())))
             .await

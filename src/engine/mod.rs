@@ -6,6 +6,7 @@
 //! listener's [`policy`] allows. [`error`] is the one classification of failures; [`metrics`] counts what
 //! landed. Only `duck_sink` talks to DuckDB (through `duck`).
 
+pub mod budget;
 pub mod core;
 pub mod duck_sink;
 pub mod error;

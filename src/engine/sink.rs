@@ -16,6 +16,7 @@ use arrow::datatypes::{Schema, SchemaRef};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use crate::catalog::registry::{Mapping, Target};
+use crate::engine::budget::Charge;
 use crate::engine::error::IngestError;
 use crate::engine::policy::Access;
 
@@ -39,13 +40,21 @@ pub(crate) struct Counts {
     pub(crate) decoded_bytes: AtomicU64,
 }
 
-/// Messages from the network side to a writer. A batch carries its share of the request's queue budget, given
-/// back when the writer takes it.
+/// What a queued batch holds until the writer takes it: its share of the request's queue budget and its charge
+/// on the host's memory budget.
+#[derive(Debug, Default)]
+pub struct Held {
+    pub(crate) _queue: Option<OwnedSemaphorePermit>,
+    pub(crate) _charge: Charge,
+}
+
+/// Messages from the network side to a writer. A batch carries what it [`Held`], given back when the writer
+/// takes it.
 #[derive(Debug)]
 pub enum Msg {
-    Batch(RecordBatch, Option<OwnedSemaphorePermit>),
+    Batch(RecordBatch, Held),
     /// A batch read ahead by the core, already counted.
-    Counted(RecordBatch, Option<OwnedSemaphorePermit>),
+    Counted(RecordBatch, Held),
     /// The input ended normally: commit.
     End,
     /// The input failed: roll back with this error.
@@ -72,12 +81,12 @@ impl BatchRx {
             return Ok(None);
         }
         match self.rx.blocking_recv() {
-            Some(Msg::Batch(b, _budget)) => {
+            Some(Msg::Batch(b, _held)) => {
                 self.counts.batches.fetch_add(1, Ordering::Relaxed);
                 self.counts.rows.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
                 Ok(Some(b))
             }
-            Some(Msg::Counted(b, _budget)) => Ok(Some(b)),
+            Some(Msg::Counted(b, _held)) => Ok(Some(b)),
             Some(Msg::End) => {
                 self.ended = true;
                 Ok(None)

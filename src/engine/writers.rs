@@ -14,6 +14,7 @@ use arrow::datatypes::{Schema, SchemaRef};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::catalog::registry::{Mapping, Target};
+use crate::engine::budget::Charge;
 use crate::engine::error::IngestError;
 use crate::engine::policy::Access;
 use crate::engine::sink::{BatchRx, Buffered, Catalog, Described, Interrupter, Param, QueryOut, Sink, Statement, Written};
@@ -39,6 +40,8 @@ pub(crate) struct Job {
 pub(crate) struct GroupJob {
     item: Buffered,
     reply: Reply<Written>,
+    /// The request's batches' charges on the memory budget, given back when its group is done.
+    _charges: Vec<Charge>,
 }
 
 /// Writers that commit groups (when the pool has four connections or more). Measured on 2 cores, 8 clients of
@@ -232,10 +235,10 @@ impl<S: Sink> Writers<S> {
     }
 
     /// Queues a small request for the group committer; `Err(item)` when there is none.
-    pub(crate) fn submit_group(&self, item: Buffered, reply: Reply<Written>) -> Result<(), IngestError> {
+    pub(crate) fn submit_group(&self, item: Buffered, reply: Reply<Written>, charges: Vec<Charge>) -> Result<(), IngestError> {
         let group = self.group.lock().map_err(|_| IngestError::Internal("group queue poisoned".into()))?;
         match group.as_ref() {
-            Some(tx) => tx.send(GroupJob { item, reply }).map_err(|_| IngestError::Stopping),
+            Some(tx) => tx.send(GroupJob { item, reply, _charges: charges }).map_err(|_| IngestError::Stopping),
             None => Err(IngestError::Stopping),
         }
     }

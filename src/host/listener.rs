@@ -18,6 +18,7 @@ use crate::catalog::access::{self, Scope, TokenRecord, Tokens};
 use crate::catalog::registry::{Mapping, MappingOptions, Registry, validate_stream_name};
 use crate::catalog::store::Store;
 use crate::duck::conn::RawConn;
+use crate::engine::budget::{Budget, DEFAULT_MEMORY_BUDGET};
 use crate::engine::core::Core;
 use crate::engine::duck_sink::{CreateLocks, DuckSink};
 use crate::engine::metrics::Metrics;
@@ -94,6 +95,8 @@ pub struct ListenOptions {
     pub allowed_hosts: Vec<String>,
     /// Browser origins whose requests are served; requests with any other `Origin` header are refused.
     pub allowed_origins: Vec<String>,
+    /// The host-wide memory budget (bytes); set by the listen that starts the host's runtime.
+    pub memory_budget: Option<usize>,
 }
 
 impl Default for ListenOptions {
@@ -111,6 +114,7 @@ impl Default for ListenOptions {
             sql: Access::Off,
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
+            memory_budget: None,
         }
     }
 }
@@ -248,13 +252,21 @@ impl Host {
         let mut state = self.lock();
         if state.running.is_none() {
             self.mappings_loaded().map_err(ListenError::Start)?;
-            let running = start(&mut state.pool, Arc::clone(&self.metrics), Arc::clone(&self.registry))?;
+            let budget = Arc::new(Budget::new(options.memory_budget.unwrap_or(DEFAULT_MEMORY_BUDGET)));
+            let running = start(&mut state.pool, Arc::clone(&self.metrics), Arc::clone(&self.registry), budget)?;
             self.metrics.set_started(Some(Instant::now()));
             state.running = Some(running);
         }
         let Some(running) = state.running.as_mut() else {
             return Err(ListenError::Start("the runtime did not start".into()));
         };
+        let budget = running.core.budget().limit();
+        if options.memory_budget.is_some_and(|b| b != budget) {
+            return Err(ListenError::BadOption(
+                "memory_budget",
+                format!("the host's listeners share one budget, already {budget} bytes; stop them all to change it"),
+            ));
+        }
         for a in std::iter::once(addr).chain(rest_addr) {
             if a.port() != 0 && running.listeners.iter().any(|l| l.addr == a) {
                 return Err(ListenError::AlreadyListening(a));
@@ -523,7 +535,7 @@ async fn serve_connection<IO>(
 }
 
 /// Readies the connections, starts the writers and the runtime.
-fn start(pool: &mut Pool, metrics: Arc<Metrics>, registry: Arc<Registry>) -> Result<Running, ListenError> {
+fn start(pool: &mut Pool, metrics: Arc<Metrics>, registry: Arc<Registry>, budget: Arc<Budget>) -> Result<Running, ListenError> {
     let sinks = match std::mem::replace(pool, Pool::Lent) {
         Pool::Ready(sinks) => sinks,
         Pool::Raw(conns) => {
@@ -550,7 +562,7 @@ fn start(pool: &mut Pool, metrics: Arc<Metrics>, registry: Arc<Registry>) -> Res
         .map_err(|e| ListenError::Start(e.to_string()))?;
     let writers = Writers::start(sinks).map_err(|e| ListenError::Start(e.to_string()))?;
     let cancel = CancellationToken::new();
-    let core = Arc::new(Core::new(writers, cancel.clone(), metrics, registry));
+    let core = Arc::new(Core::new(writers, cancel.clone(), metrics, registry).with_budget(budget));
     Ok(Running { runtime, core, cancel, listeners: Vec::new() })
 }
 

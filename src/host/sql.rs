@@ -206,6 +206,9 @@ impl VTab for ListenTable {
         }
         options.tls_cert = text("tls_cert");
         options.tls_key = text("tls_key");
+        if let Some(n) = positive(bind, "memory_budget")? {
+            options.memory_budget = Some(usize::try_from(n)?);
+        }
         if let Some(n) = positive(bind, "max_concurrent_requests")? {
             options.max_concurrent_requests = usize::try_from(n)?;
         }
@@ -250,6 +253,7 @@ impl VTab for ListenTable {
             ("stall_timeout".to_string(), LogicalTypeId::Double.into()),
             ("sql".to_string(), varchar()),
             ("allowed_hosts".to_string(), LogicalTypeHandle::list(&varchar())),
+            ("memory_budget".to_string(), LogicalTypeId::Bigint.into()),
             ("allowed_origins".to_string(), LogicalTypeHandle::list(&varchar())),
         ])
     }

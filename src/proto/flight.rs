@@ -30,7 +30,8 @@ use crate::engine::metrics::Protocol;
 use crate::engine::policy::{Access, Policy};
 use crate::engine::sink::Sink;
 use crate::proto::flightsql::{self, FlightSql};
-use crate::proto::{ipc, status};
+use crate::proto::ipc::{self, Decoding};
+use crate::proto::status;
 use std::sync::atomic::Ordering;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -139,20 +140,26 @@ impl<S: Sink> FlightAdapter<S> {
         };
         let ingest_request = IngestRequest::new(stream, Protocol::Flight, principal.clone(), Arc::clone(&self.policy));
         let wire = Arc::clone(&ingest_request.wire_bytes);
-        let counter = Arc::clone(&wire);
-        let size = |m: &FlightData| (m.data_header.len() + m.data_body.len() + m.app_metadata.len()) as u64;
-        wire.fetch_add(size(&first), Ordering::Relaxed);
-        let counted = input.inspect(move |m| {
-            if let Ok(m) = m {
-                counter.fetch_add(size(m), Ordering::Relaxed);
-            }
-        });
-        let messages = futures::stream::once(async move { Ok(first) })
-            .chain(counted.map_err(|status| FlightError::ExternalError(Box::new(transport_error(&status)))));
-        let items = ipc::flight_items(messages, self.max_message_bytes);
+        let decoding = Decoding::new(self.max_message_bytes, Arc::clone(self.core.budget()), ingest_request.reservation.clone());
+        let size = |m: &FlightData| m.data_header.len() + m.data_body.len() + m.app_metadata.len();
+        // Each message counts on the wire, and is reserved from the memory budget as tonic hands it over (tonic
+        // has read it whole, within max_message_bytes), until its batch is admitted.
+        let (counter, reserving) = (Arc::clone(&wire), decoding.clone());
+        let arrived = move |m: FlightData| -> Result<FlightData, IngestError> {
+            counter.fetch_add(size(&m) as u64, Ordering::Relaxed);
+            reserving.reservation.reserve(&reserving.budget, size(&m))?;
+            Ok(m)
+        };
+        let first = arrived(first).map_err(early)?;
+        let messages = futures::stream::once(async move { Ok(first) }).chain(input.map(move |m| match m {
+            Ok(m) => arrived(m).map_err(|e| FlightError::ExternalError(Box::new(e))),
+            Err(status) => Err(FlightError::ExternalError(Box::new(transport_error(&status)))),
+        }));
+        let reservation = ingest_request.reservation.clone();
+        let items = ipc::flight_items(messages, decoding);
         if let Some(command) = sql {
             // Flight SQL: ingest reaches the core (which counts it); statements are not ingest requests.
-            return self.sql.do_put(principal, command, items, wire).await.map_err(|e| (e, true));
+            return self.sql.do_put(principal, command, items, wire, reservation).await.map_err(|e| (e, true));
         }
         let report = self.core.ingest(ingest_request, items).await.map_err(|e| (e, true))?;
         let app_metadata = serde_json::to_vec(&report).map_err(|e| (IngestError::Internal(e.to_string()), true))?;

@@ -26,6 +26,7 @@ use prost::Message;
 
 use crate::catalog::access::{self, Principal};
 use crate::catalog::registry::{Mapping, Mode, SchemaPolicy, TableRule, Target};
+use crate::engine::budget::Reservation;
 use crate::engine::core::Core;
 use crate::engine::error::IngestError;
 use crate::engine::ingest::{Incoming, Request as IngestRequest};
@@ -152,12 +153,19 @@ impl<S: Sink> FlightSql<S> {
     // ---- DoPut -------------------------------------------------------------------------------------------
 
     /// A Flight SQL DoPut: `items` is the whole decoded message stream (schema first), `wire` counts its bytes.
-    pub async fn do_put<I>(&self, principal: Principal, command: Command, items: I, wire: Arc<AtomicU64>) -> Result<PutResult, IngestError>
+    pub async fn do_put<I>(
+        &self,
+        principal: Principal,
+        command: Command,
+        items: I,
+        wire: Arc<AtomicU64>,
+        reservation: Reservation,
+    ) -> Result<PutResult, IngestError>
     where
         I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
     {
         match command {
-            Command::CommandStatementIngest(cmd) => self.ingest(principal, cmd, items, wire).await,
+            Command::CommandStatementIngest(cmd) => self.ingest(principal, cmd, items, wire, reservation).await,
             Command::CommandStatementUpdate(cmd) => {
                 let statement = Statement { sql: cmd.query, params: vec![] };
                 let n = self.core.update(statement, self.access, &principal, &self.policy).await?;
@@ -181,7 +189,14 @@ impl<S: Sink> FlightSql<S> {
         }
     }
 
-    async fn ingest<I>(&self, principal: Principal, cmd: CommandStatementIngest, items: I, wire: Arc<AtomicU64>) -> Result<PutResult, IngestError>
+    async fn ingest<I>(
+        &self,
+        principal: Principal,
+        cmd: CommandStatementIngest,
+        items: I,
+        wire: Arc<AtomicU64>,
+        reservation: Reservation,
+    ) -> Result<PutResult, IngestError>
     where
         I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
     {
@@ -204,6 +219,7 @@ impl<S: Sink> FlightSql<S> {
         let mut request = IngestRequest::new(cmd.table, Protocol::FlightSql, principal, Arc::clone(&self.policy));
         request.mapping = Some(mapping);
         request.wire_bytes = wire;
+        request.reservation = reservation;
         let report = self.core.ingest(request, items).await?;
         Ok(update_result(report.rows))
     }

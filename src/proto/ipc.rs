@@ -13,10 +13,38 @@ use arrow_flight::error::FlightError;
 use bytes::{Buf, Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 
+use std::sync::Arc;
+
+use crate::engine::budget::{Budget, Reservation};
 use crate::engine::error::IngestError;
 use crate::engine::ingest::Incoming;
 
 const CONTINUATION: u32 = 0xFFFF_FFFF;
+
+/// What decoding a request's messages may use: the listener's message limit, and the host's memory budget the
+/// request reserves each message from before it reads (and decompresses) it.
+#[derive(Debug, Clone)]
+pub struct Decoding {
+    pub max_message: usize,
+    pub budget: Arc<Budget>,
+    pub reservation: Reservation,
+}
+
+impl Decoding {
+    pub fn new(max_message: usize, budget: Arc<Budget>, reservation: Reservation) -> Decoding {
+        Decoding { max_message, budget, reservation }
+    }
+
+    /// No memory budget: for decoding that holds nothing (tests, the in-process fuzzing).
+    pub fn unbudgeted(max_message: usize) -> Decoding {
+        Decoding::new(max_message, Arc::new(Budget::new(usize::MAX)), Reservation::default())
+    }
+
+    /// Reserves `bytes` for the request, before they are read or allocated.
+    fn reserve(&self, bytes: usize) -> Result<(), IngestError> {
+        self.reservation.reserve(&self.budget, bytes)
+    }
+}
 
 /// Cuts a byte stream into whole IPC messages: each message's metadata, and its body in a buffer of its own.
 ///
@@ -30,6 +58,7 @@ pub struct Framer {
     /// A message whose metadata is complete and whose body is being filled.
     body: Option<Body>,
     max_message: usize,
+    decoding: Decoding,
     ended: bool,
 }
 
@@ -47,8 +76,8 @@ impl Body {
 }
 
 impl Framer {
-    pub fn new(max_message: usize) -> Framer {
-        Framer { buf: BytesMut::new(), body: None, max_message, ended: false }
+    pub fn new(decoding: Decoding) -> Framer {
+        Framer { buf: BytesMut::new(), body: None, max_message: decoding.max_message, decoding, ended: false }
     }
 
     pub fn push(&mut self, bytes: &[u8]) -> Result<(), IngestError> {
@@ -103,6 +132,7 @@ impl Framer {
         if size > self.max_message.saturating_sub(len) {
             return Err(too_large(len.saturating_add(size), self.max_message));
         }
+        self.decoding.reserve(len.saturating_add(size))?;
         let header = self.buf.split_to(prefix + len).freeze().slice(prefix..);
         let mut data = MutableBuffer::with_capacity(size);
         let have = size.min(self.buf.len());
@@ -159,9 +189,10 @@ pub fn decompressed_claim(header: &[u8], body: &[u8]) -> u64 {
     total
 }
 
-/// Refuses a message whose buffers claim more decompressed bytes than the listener's message limit, before the
-/// decoder allocates for the claim.
-fn check_claim(message: &FlightData, max_message: usize) -> Result<(), IngestError> {
+/// Refuses a message whose buffers claim more decompressed bytes than the listener's message limit, and
+/// reserves the claim from the memory budget, before the decoder allocates for it.
+fn check_claim(message: &FlightData, decoding: &Decoding) -> Result<(), IngestError> {
+    let max_message = decoding.max_message;
     let claim = decompressed_claim(&message.data_header, &message.data_body);
     if claim > max_message as u64 {
         return Err(IngestError::TooLarge(format!(
@@ -169,17 +200,17 @@ fn check_claim(message: &FlightData, max_message: usize) -> Result<(), IngestErr
              (max_message_bytes)"
         )));
     }
-    Ok(())
+    decoding.reserve(claim as usize)
 }
 
 /// Decoded Flight messages (REST bodies are framed into the same messages) as the ingest core's items: the
 /// schema, then batches. A compressed message that claims more than `max_message` bytes decompressed is refused
 /// before it is decoded; decoder panics (arrow-ipc has some on malformed input) become bad input.
-pub fn flight_items<S>(messages: S, max_message: usize) -> impl Stream<Item = Result<Incoming, IngestError>> + Send + Unpin
+pub fn flight_items<S>(messages: S, decoding: Decoding) -> impl Stream<Item = Result<Incoming, IngestError>> + Send + Unpin
 where
     S: Stream<Item = Result<FlightData, FlightError>> + Send + 'static,
 {
-    let checked = messages.map(move |m| m.and_then(|m| check_claim(&m, max_message).map(|()| m).map_err(|e| FlightError::ExternalError(Box::new(e)))));
+    let checked = messages.map(move |m| m.and_then(|m| check_claim(&m, &decoding).map(|()| m).map_err(|e| FlightError::ExternalError(Box::new(e)))));
     let decoded = crate::panic::contain_stream("decoding Arrow IPC", FlightDataDecoder::new(checked));
     Box::pin(decoded.filter_map(|item| async move {
         match item {
@@ -206,12 +237,12 @@ fn decode_error(e: FlightError) -> IngestError {
 }
 
 /// Cuts a byte stream into Flight messages, with the framer's size checks; input errors pass through.
-fn framed<S>(input: S, max_message: usize) -> impl Stream<Item = Result<FlightData, FlightError>> + Send + 'static
+fn framed<S>(input: S, decoding: Decoding) -> impl Stream<Item = Result<FlightData, FlightError>> + Send + 'static
 where
     S: Stream<Item = Result<Bytes, IngestError>> + Send + Unpin + 'static,
 {
     let ours = |e: IngestError| FlightError::ExternalError(Box::new(e));
-    futures::stream::unfold((input, Framer::new(max_message), false), move |(mut input, mut framer, mut done)| async move {
+    futures::stream::unfold((input, Framer::new(decoding), false), move |(mut input, mut framer, mut done)| async move {
         loop {
             if done {
                 return None;
@@ -248,13 +279,13 @@ where
 }
 
 /// Decodes an Arrow IPC stream from byte chunks (an HTTP body). Input errors pass through as they are.
-pub fn ipc_stream<S>(input: S, max_message: usize) -> impl Stream<Item = Result<Incoming, IngestError>> + Send + Unpin
+pub fn ipc_stream<S>(input: S, decoding: Decoding) -> impl Stream<Item = Result<Incoming, IngestError>> + Send + Unpin
 where
     S: Stream<Item = Result<Bytes, IngestError>> + Send + Unpin + 'static,
 {
     let mut saw_schema = false;
     let mut ended = false;
-    let items = flight_items(framed(input, max_message), max_message).map(Some);
+    let items = flight_items(framed(input, decoding.clone()), decoding).map(Some);
     Box::pin(items.chain(futures::stream::once(async { None })).filter_map(move |item| {
         let out = match item {
             _ if ended => None,
@@ -300,7 +331,7 @@ mod tests {
 
     async fn collect(chunks: Vec<Vec<u8>>, max: usize) -> Vec<Result<Incoming, IngestError>> {
         let input = futures::stream::iter(chunks.into_iter().map(|c| Ok(Bytes::from(c))));
-        ipc_stream(input, max).collect().await
+        ipc_stream(input, Decoding::unbudgeted(max)).collect().await
     }
 
     fn rows(items: &[Result<Incoming, IngestError>]) -> (usize, usize) {
@@ -328,7 +359,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_lands_aligned_and_the_decoder_uses_it_in_place() {
         let bytes = ipc(200_000, 1);
-        let mut framer = Framer::new(64 << 20);
+        let mut framer = Framer::new(Decoding::unbudgeted(64 << 20));
         let mut messages = Vec::new();
         for chunk in bytes.chunks(65_536) {
             framer.push(chunk).unwrap();
@@ -340,7 +371,7 @@ mod tests {
         let [_, batch] = &messages[..] else { panic!("{} messages", messages.len()) };
         let body = batch.data_body.clone();
         assert!(body.len() > 1 << 20 && body.as_ptr() as usize % 64 == 0);
-        let decoded: Vec<_> = flight_items(futures::stream::iter(messages.into_iter().map(Ok)), 64 << 20).collect().await;
+        let decoded: Vec<_> = flight_items(futures::stream::iter(messages.into_iter().map(Ok)), Decoding::unbudgeted(64 << 20)).collect().await;
         let [Ok(Incoming::Schema(_)), Ok(Incoming::Batch(decoded))] = &decoded[..] else { panic!("{decoded:?}") };
         let ids = decoded.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
         let at = ids.values().as_ptr() as usize;
@@ -377,7 +408,7 @@ mod tests {
         let err = items.into_iter().find_map(|i| i.err()).expect("an error");
         assert!(matches!(err, IngestError::TooLarge(_)), "{err:?}");
         // A header that claims 2 GiB is refused from its first 8 bytes.
-        let mut framer = Framer::new(1 << 20);
+        let mut framer = Framer::new(Decoding::unbudgeted(1 << 20));
         framer.push(&[0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x00, 0x00, 0x80]).unwrap();
         assert!(matches!(framer.next_message(), Err(IngestError::TooLarge(_))));
     }

@@ -26,13 +26,15 @@ use tokio_util::io::{ReaderStream, StreamReader};
 
 use crate::catalog::access::Principal;
 use crate::catalog::registry::Target;
+use crate::engine::budget::Reservation;
 use crate::engine::core::{Core, StreamInfo};
 use crate::engine::error::{Code, IngestError};
 use crate::engine::ingest::Request as IngestRequest;
 use crate::engine::metrics::{self, Protocol};
 use crate::engine::policy::Policy;
 use crate::engine::sink::Sink;
-use crate::proto::{ipc, status};
+use crate::proto::ipc::{self, Decoding};
+use crate::proto::status;
 
 /// The media type of an Arrow IPC stream.
 pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
@@ -184,7 +186,8 @@ async fn ingest_ipc<S: Sink>(
     };
     let request = IngestRequest::new(name, Protocol::Rest, principal, Arc::clone(&app.limits.policy));
     let bytes = decoded(body_stream(body, app.limits.max_body_bytes, Arc::clone(&request.wire_bytes)), enc);
-    let items = ipc::ipc_stream(bytes, app.limits.max_message_bytes);
+    let decoding = Decoding::new(app.limits.max_message_bytes, Arc::clone(app.core.budget()), request.reservation.clone());
+    let items = ipc::ipc_stream(bytes, decoding);
     let wire = Arc::clone(&request.wire_bytes);
     let report = app.core.ingest(request, items).await?;
     let body = json!({
@@ -248,7 +251,8 @@ async fn ingest_legacy<S: Sink>(
         Err(e) => return refused(&app, Err(e)),
     };
     let name = request.stream.clone();
-    let items = ipc::ipc_stream(futures::stream::iter([Ok(Bytes::from(data))]), app.limits.max_message_bytes);
+    let decoding = Decoding::new(app.limits.max_message_bytes, Arc::clone(app.core.budget()), request.reservation.clone());
+    let items = ipc::ipc_stream(futures::stream::iter([Ok(Bytes::from(data))]), decoding);
     let report = app.core.ingest(request, items).await?;
     Ok(axum::Json(json!({
         "status": "success",
@@ -261,7 +265,8 @@ async fn ingest_legacy<S: Sink>(
 }
 
 /// A whole (small) body, read within `limit` bytes; a client that sends nothing for `stall` is refused.
-async fn whole_body(body: Body, limit: usize, stall: std::time::Duration) -> Result<Bytes, ApiError> {
+/// Each chunk is reserved from the host's memory budget before it is kept.
+async fn whole_body(body: Body, limit: usize, stall: std::time::Duration, reserve: &Decoding) -> Result<Bytes, ApiError> {
     let mut chunks = body.into_data_stream();
     let mut out = bytes::BytesMut::new();
     loop {
@@ -273,6 +278,7 @@ async fn whole_body(body: Body, limit: usize, stall: std::time::Duration) -> Res
                 if out.len() + chunk.len() > limit {
                     return Err(ApiError::new(Code::TooLarge, format!("the body is over the limit of {limit} bytes for JSON requests")));
                 }
+                reserve.reservation.reserve(&reserve.budget, chunk.len())?;
                 out.extend_from_slice(&chunk);
             }
         }
@@ -297,7 +303,9 @@ async fn legacy_request<S: Sink>(
     }
     let limit = (app.limits.max_message_bytes as u64).min(app.limits.max_body_bytes);
     check_length(&headers, limit)?;
-    let raw = whole_body(body, limit as usize, app.limits.policy.stall_timeout).await?;
+    let reservation = Reservation::default();
+    let decoding = Decoding::new(app.limits.max_message_bytes, Arc::clone(app.core.budget()), reservation.clone());
+    let raw = whole_body(body, limit as usize, app.limits.policy.stall_timeout, &decoding).await?;
     let request: LegacyRequest =
         serde_json::from_slice(&raw).map_err(|e| ApiError::new(Code::InvalidInput, format!("invalid JSON request: {e}")))?;
     if let Some(backend) = request.config.storage_backend.as_deref() {
@@ -314,6 +322,8 @@ async fn legacy_request<S: Sink>(
     let mut ingest_request = IngestRequest::new(name, Protocol::Rest, principal, Arc::clone(&app.limits.policy));
     ingest_request.wire_bytes.store(raw.len() as u64, Ordering::Relaxed);
     ingest_request.target = Some(target);
+    // The JSON body stays reserved until the request's first batch is admitted.
+    ingest_request.reservation = reservation;
     Ok((ingest_request, data))
 }
 

@@ -90,10 +90,10 @@ def test_a_web_page_cannot_write_through_a_browser(make_host):
     assert h.count("events") == landed
 
 
-def _ipc(table):
+def _ipc(table, chunk=None):
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as w:
-        w.write_table(table)
+        w.write_table(table, max_chunksize=chunk)
     return sink.getvalue().to_pybytes()
 
 
@@ -263,3 +263,75 @@ def test_a_request_whose_scan_view_is_read_elsewhere_does_not_commit(make_host):
     assert h.count("victim") == 0
     c.close()
     assert post("127.0.0.1", h.port, "fine", events(5)).status_code == 200
+
+
+def rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
+def test_the_memory_budget_bounds_what_64_large_requests_hold(make_host):
+    """Seven large DoPuts hold every writer (their clients pause), then 57 large REST requests arrive and read
+    ahead while they wait for one. With memory_budget := 128 MiB the host's RSS grows by less than the budget
+    plus a stated overhead of 256 MiB (DuckDB's working memory for the seven inserts in progress, arrowport's
+    32 MiB block cache, buffers): requests that do not fit are refused at once with 503 and Retry-After. Without
+    a budget this load grows the host by ~600 MiB (measured: 603). Every acknowledged row lands, once."""
+    budget = 128
+    h = make_host(f"FROM arrowport_listen('127.0.0.1:0', memory_budget := {budget << 20})").listen()
+    pid = h.host.proc.pid
+    base_url = f"http://127.0.0.1:{h.port}"
+    assert post("127.0.0.1", h.port, "warm", events(10)).status_code == 200
+    base = rss_mib(pid)
+    peak = [base]
+    sampling = threading.Event()
+
+    def sample():
+        while not sampling.is_set():
+            peak[0] = max(peak[0], rss_mib(pid))
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    held, big = [], events(200_000)
+    for i in range(7):
+        c = fl.connect(f"grpc://127.0.0.1:{h.port}")
+        w, r = c.do_put(fl.FlightDescriptor.for_path(f"hold{i}"), big.schema)
+        w.write_table(big)
+        held.append((c, w, r))
+    time.sleep(1)
+    body = _ipc(events(400_000), 100_000)
+    outcomes = []
+
+    def client(i):
+        r = httpx.post(f"{base_url}/streams/t{i}", content=body, headers={"Content-Type": ARROW}, timeout=120)
+        outcomes.append((i, r.status_code, r.headers.get("retry-after"), r.json()))
+
+    clients = [threading.Thread(target=client, args=(i,)) for i in range(57)]
+    for t in clients:
+        t.start()
+    time.sleep(4)
+    growth_while_held = peak[0] - base
+    for c, w, r in held:
+        w.done_writing()
+        r.read()
+        w.close()
+        c.close()
+    for t in clients:
+        t.join(120)
+    sampling.set()
+    sampler.join()
+    assert growth_while_held < budget + 256, f"RSS grew by {growth_while_held} MiB"
+    refused = [o for o in outcomes if o[1] == 503]
+    landed = [o for o in outcomes if o[1] == 200]
+    assert len(refused) + len(landed) == 57, outcomes
+    assert refused and landed, [o[1] for o in outcomes]
+    assert all(o[2] == "1" and "memory budget" in o[3]["error"]["message"] for o in refused), refused[0]
+    for i, _, _, ack in landed:
+        assert ack["rows"] == 400_000 and h.count(f"t{i}") == 400_000
+    for i, _, _, _ in refused:
+        assert h.count(f"t{i}") == 0
+    assert sum(h.count(f"hold{i}") for i in range(7)) == 7 * 200_000
+
