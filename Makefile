@@ -4,6 +4,7 @@
 #   make test   build, then every test: Rust unit tests, SQL logic tests on three hosts, end-to-end pytest
 #   make bench  arrowport against in-process DuckDB (bench/results/*.json)
 #   make fuzz   the structure-aware fuzzer against a live host (FUZZ_SECONDS, default 600; FUZZ_SEED)
+#   make soak   exactly-once under kill -9 with retrying clients, then a run without kills (SOAK_SECONDS, default 300)
 
 EXT_NAME    := arrowport
 EXT_VERSION := v$(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
@@ -19,7 +20,7 @@ VENV_OLD    := .venv-old
 LISTEN      ?= 127.0.0.1:8815
 DB          ?= arrowport.duckdb
 
-.PHONY: all release run test unit sqltest pytest bench fuzz clean venvs
+.PHONY: all release run test unit sqltest pytest bench fuzz soak clean venvs
 
 all: release
 
@@ -76,6 +77,11 @@ bench: release $(VENV)/.stamp
 # A fuzz run, not a test: `make test` runs a 30-second slice of it (test/python/test_fuzz.py).
 fuzz: release $(VENV)/.stamp
 	$(VENV)/bin/python test/fuzz.py
+
+# A soak, not a test: `make test` runs a 40-second slice with kills (test/python/test_soak.py).
+soak: release $(VENV)/.stamp
+	SOAK_KILLS=1 $(VENV)/bin/python test/soak.py
+	SOAK_KILLS=0 $(VENV)/bin/python test/soak.py
 
 clean:
 	cargo clean

@@ -132,5 +132,14 @@ def start(kind, db_path):
     return CliHost(db_path) if kind == "cli" else PythonHost(kind, db_path)
 
 
+def rss_mib(pid):
+    """A process's resident memory, in MiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
 def load_sql():
     return f"LOAD '{EXTENSION}'"

@@ -3,8 +3,9 @@
 //! add their methods to it; here are the calls every protocol shares: describing and listing streams, and
 //! proving the database answers.
 
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arrow::datatypes::Schema;
@@ -15,11 +16,34 @@ use crate::catalog::registry::{Mapping, Registry, ResolveError};
 use crate::engine::budget::Budget;
 use crate::engine::error::IngestError;
 use crate::engine::metrics::{self, Metrics, Outcome, Protocol};
-use crate::engine::sink::Sink;
+use crate::engine::sink::{KeyRecord, Sink};
 use crate::engine::writers::{Job, Work, Writers};
 
 /// How long a request waits for a free writer before it is answered "busy".
 const WRITER_WAIT: Duration = Duration::from_secs(30);
+
+/// What became of a request, as its idempotency key tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyStatus {
+    /// Committed; its acknowledgement (JSON).
+    Committed(String),
+    /// Being received or written on this host now.
+    InProgress,
+    /// Not committed (within the key window): never received, rolled back, or forgotten.
+    Unknown,
+}
+
+/// An idempotency key in progress; released when dropped.
+pub(crate) struct KeyGuard {
+    keys: Arc<Mutex<HashSet<String>>>,
+    key: String,
+}
+
+impl Drop for KeyGuard {
+    fn drop(&mut self) {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+    }
+}
 
 /// A stream as listings show it.
 #[derive(Debug, Clone)]
@@ -40,11 +64,13 @@ pub struct Core<S: Sink> {
     pub(crate) registry: Arc<Registry>,
     /// The host-wide memory budget (shared by every listener of the host).
     pub(crate) budget: Arc<Budget>,
+    /// Idempotency keys of requests in progress on this host.
+    keys: Arc<Mutex<HashSet<String>>>,
 }
 
 impl<S: Sink> Core<S> {
     pub fn new(writers: Writers<S>, cancel: CancellationToken, metrics: Arc<Metrics>, registry: Arc<Registry>) -> Core<S> {
-        Core { writers, cancel, active: AtomicUsize::new(0), metrics, registry, budget: Arc::default() }
+        Core { writers, cancel, active: AtomicUsize::new(0), metrics, registry, budget: Arc::default(), keys: Arc::default() }
     }
 
     /// The same core drawing on `budget` (the host's, shared by its listeners).
@@ -133,6 +159,35 @@ impl<S: Sink> Core<S> {
             return Ok(None);
         }
         Ok(Some(StreamInfo { mapping, defined: defined.is_some(), schema }))
+    }
+
+    /// Marks an idempotency key in progress while the guard lives; refuses a key already in progress.
+    pub(crate) fn claim_key(&self, key: &str) -> Result<KeyGuard, IngestError> {
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        if !keys.insert(key.to_string()) {
+            return Err(IngestError::InProgress(key.to_string()));
+        }
+        Ok(KeyGuard { keys: Arc::clone(&self.keys), key: key.to_string() })
+    }
+
+    /// The committed request a key names, in the target's catalog.
+    pub(crate) async fn lookup_key(&self, catalog: Option<String>, key: &str, window: Duration) -> Result<Option<KeyRecord>, IngestError> {
+        let (reply, rx) = oneshot::channel();
+        self.call(Work::LookupKey { catalog, key: key.to_string(), window, reply }, rx).await
+    }
+
+    /// What became of the request a stream's idempotency key names (within the listener's key `window`).
+    pub async fn request_status(&self, stream: &str, key: &str, window: Duration) -> Result<KeyStatus, IngestError> {
+        crate::engine::sink::validate_key(key)?;
+        if self.keys.lock().unwrap_or_else(|p| p.into_inner()).contains(key) {
+            return Ok(KeyStatus::InProgress);
+        }
+        let catalog = self.mapping(stream, false)?.target.catalog;
+        match self.lookup_key(catalog, key, window).await? {
+            Some(record) if record.stream == stream => Ok(KeyStatus::Committed(record.ack)),
+            Some(record) => Err(IngestError::KeyReused { key: key.to_string(), stream: record.stream }),
+            None => Ok(KeyStatus::Unknown),
+        }
     }
 
     /// Writers free to take a request now (readiness: no writer is borrowed to find out).

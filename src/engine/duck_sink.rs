@@ -30,10 +30,22 @@ use crate::engine::error::IngestError;
 use crate::engine::error::IngestError as E;
 use crate::engine::policy::{self, Access};
 use crate::engine::query;
-use crate::engine::sink::{BatchRx, Buffered, Catalog, Described, Interrupter, Param, QueryItem, QueryOut, Sink, Statement, TableEntry, Written};
+use crate::engine::sink::{
+    BatchRx, Buffered, Catalog, Described, Interrupter, KeyRecord, Param, QueryItem, QueryOut, RequestKey, Sink, Statement, TableEntry,
+    Written,
+};
 
 /// The attached in-memory database that holds the per-request scan views.
 pub const SCRATCH_DB: &str = "arrowport_scratch";
+
+/// The table of idempotency keys, in the `arrowport` schema of each target's catalog.
+const KEYS_TABLE: &str = "requests";
+const KEYS_COLUMNS: &str =
+    "key VARCHAR PRIMARY KEY, stream VARCHAR NOT NULL, ack VARCHAR NOT NULL, committed_at TIMESTAMPTZ NOT NULL DEFAULT now()";
+/// Keys kept per catalog at most (the oldest go first), whatever the window...
+const MAX_KEYS: u64 = 1_000_000;
+/// ...checked every this many keys a writer records.
+const PURGE_EVERY: u64 = 10_000;
 
 /// Serializes the transactions that create a table, per target, so two first requests into a missing table
 /// do not both create it (the second waits, then appends).
@@ -83,6 +95,10 @@ struct Landing {
     scan: Option<ScanStream>,
     /// DuckDB's columns for an Arrow schema, as `DESCRIBE` of the view gave them.
     described: HashMap<Schema, Vec<Column>>,
+    /// Catalogs whose `arrowport.requests` (idempotency keys) exists, as far as this writer made sure.
+    keys_ready: HashSet<String>,
+    /// Keys this writer recorded, for purging now and then.
+    keys_recorded: u64,
     /// Test hook: a request into a table of this name panics inside its transaction, after its INSERT (set by
     /// `ARROWPORT_TEST_PANIC_TABLE` in the host's environment; the end-to-end tests prove the writer survives).
     panic_on: Option<String>,
@@ -135,7 +151,17 @@ impl DuckSink {
         conn.execute(&format!("ATTACH IF NOT EXISTS ':memory:' AS {}", quote_ident(SCRATCH_DB)))?;
         conn.execute(&format!("USE {}", quote_ident(SCRATCH_DB)))?;
         let panic_on = std::env::var("ARROWPORT_TEST_PANIC_TABLE").ok().filter(|t| !t.is_empty());
-        Ok(DuckSink { conn, at: Landing { id, host_db, locks, scan: None, described: HashMap::new(), panic_on } })
+        let at = Landing {
+            id,
+            host_db,
+            locks,
+            scan: None,
+            described: HashMap::new(),
+            keys_ready: HashSet::new(),
+            keys_recorded: 0,
+            panic_on,
+        };
+        Ok(DuckSink { conn, at })
     }
 }
 
@@ -258,13 +284,71 @@ impl Landing {
     /// Refuses a target in arrowport's own state, however it is spelled: the host database's `arrowport` schema
     /// (stream mappings, tokens) and the scratch database (the writers' scan views). Every ingest path, whatever
     /// its protocol, resolves its target here before anything is read or written.
+    /// The `arrowport` schema of any catalog holds arrowport's state too: idempotency keys live beside the rows
+    /// they vouch for.
     fn check_landable(&self, target: &Target) -> Result<(), IngestError> {
         let catalog = target.catalog.as_deref().unwrap_or(&self.host_db);
-        let own = catalog.eq_ignore_ascii_case(SCRATCH_DB)
-            || (catalog.eq_ignore_ascii_case(&self.host_db) && target.schema.eq_ignore_ascii_case(OWN_SCHEMA));
+        let own = catalog.eq_ignore_ascii_case(SCRATCH_DB) || target.schema.eq_ignore_ascii_case(OWN_SCHEMA);
         if own {
             return Err(IngestError::Denied(format!("{} holds arrowport's own state; no request may write there", target.display())));
         }
+        Ok(())
+    }
+
+    /// The table of idempotency keys in a catalog (`None`: the host database).
+    fn keys_table(&self, catalog: Option<&str>) -> String {
+        format!("{}.{}.{}", quote_ident(catalog.unwrap_or(&self.host_db)), quote_ident(OWN_SCHEMA), quote_ident(KEYS_TABLE))
+    }
+
+    /// Makes sure the catalog's key table exists, outside any transaction (two writers creating it inside theirs
+    /// would conflict), and purges keys past their window now and then.
+    fn ensure_keys(&mut self, conn: &mut RawConn, catalog: Option<&str>, window: std::time::Duration) -> Result<(), IngestError> {
+        let name = catalog.unwrap_or(&self.host_db).to_lowercase();
+        let table = self.keys_table(catalog);
+        if !self.keys_ready.contains(&name) {
+            let schema = format!("{}.{}", quote_ident(catalog.unwrap_or(&self.host_db)), quote_ident(OWN_SCHEMA));
+            let create = |conn: &mut RawConn| -> Result<(), DbError> {
+                conn.execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))?;
+                conn.execute(&format!("CREATE TABLE IF NOT EXISTS {table} ({KEYS_COLUMNS})"))?;
+                Ok(())
+            };
+            // Another writer creating it at the same moment makes ours fail once; then it exists.
+            create(conn).or_else(|_| create(conn)).map_err(E::db)?;
+            self.keys_ready.insert(name);
+            self.keys_recorded = 0;
+        }
+        if self.keys_recorded % PURGE_EVERY == 0 {
+            let purge = format!(
+                "DELETE FROM {table} WHERE committed_at < now() - to_microseconds({window}) \
+                 OR key IN (SELECT key FROM {table} ORDER BY committed_at DESC OFFSET {MAX_KEYS})",
+                window = window.as_micros()
+            );
+            conn.execute(&purge).map_err(E::db)?;
+        }
+        Ok(())
+    }
+
+    /// Records a request's key and acknowledgement inside its transaction: the key commits with the rows or not
+    /// at all. A key already there (another host, or a retry racing its original) fails the transaction.
+    fn record_key(&mut self, txn: &mut RawConn, target: &Target, key: &RequestKey, rows: u64, batches: u64) -> Result<(), IngestError> {
+        let ack = serde_json::json!({"stream": key.stream, "table": target.display(), "rows": rows, "batches": batches}).to_string();
+        // A row of the same key older than the window (not purged yet) is forgotten: the key is free again.
+        txn.execute(&format!(
+            "DELETE FROM {} WHERE key = {} AND committed_at < now() - to_microseconds({})",
+            self.keys_table(target.catalog.as_deref()),
+            quote_literal(&key.key),
+            key.window.as_micros()
+        ))
+        .map_err(E::db)?;
+        txn.execute(&format!(
+            "INSERT INTO {} (key, stream, ack) VALUES ({}, {}, {})",
+            self.keys_table(target.catalog.as_deref()),
+            quote_literal(&key.key),
+            quote_literal(&key.stream),
+            quote_literal(&ack)
+        ))
+        .map_err(E::db)?;
+        self.keys_recorded += 1;
         Ok(())
     }
 
@@ -346,24 +430,24 @@ impl DuckSink {
     /// `handed_out` counts the rows the view's stream gave DuckDB. The INSERT must have inserted exactly those:
     /// the view is visible in the catalog, and if another connection scanned it meanwhile, it took batches of
     /// this request, which then must not commit with rows missing.
-    fn write_view(
-        &mut self,
-        mapping: &Mapping,
-        incoming: &[Column],
-        failed: &Mutex<Option<IngestError>>,
-        handed_out: &AtomicU64,
-    ) -> Result<Written, IngestError> {
+    fn write_view(&mut self, mapping: &Mapping, incoming: &[Column], failed: &Mutex<Option<IngestError>>, fed: &Fed<'_>) -> Result<Written, IngestError> {
         let started = std::time::Instant::now();
         let DuckSink { conn, at } = self;
         let (mut table, _create_guard) = at.prepare_target(conn, mapping, &mut HashSet::new())?;
+        if let Some(key) = fed.key {
+            at.ensure_keys(conn, mapping.target.catalog.as_deref(), key.window)?;
+        }
         let result = conn.begin().map_err(E::db).and_then(|mut txn| {
             let rows = at.land(&mut txn, mapping, incoming, &mut table)?;
-            let given = handed_out.load(Ordering::SeqCst);
+            let given = fed.rows.load(Ordering::SeqCst);
             if rows != given {
                 return Err(IngestError::Internal(format!(
                     "the insert took {rows} of the {given} rows the request's stream handed out (was its scan view read by \
                      another connection?); rolled back"
                 )));
+            }
+            if let Some(key) = fed.key {
+                at.record_key(&mut txn, &mapping.target, key, rows, fed.batches.load(Ordering::SeqCst))?;
             }
             txn.commit().map_err(E::db)?;
             Ok(Written { rows, write_seconds: started.elapsed().as_secs_f64() })
@@ -377,7 +461,8 @@ impl DuckSink {
         let DuckSink { conn, at } = self;
         at.ensure_view(conn)?;
         let incoming = at.point_view(conn, Arc::clone(&item.schema), Box::new(VecPull(item.batches.clone().into())))?;
-        let result = self.write_view(&item.mapping, &incoming, &Mutex::new(None), &AtomicU64::new(item.rows));
+        let fed = Fed { rows: &AtomicU64::new(item.rows), batches: &AtomicU64::new(item.batches.len() as u64), key: item.key.as_ref() };
+        let result = self.write_view(&item.mapping, &incoming, &Mutex::new(None), &fed);
         self.at.release_view();
         result
     }
@@ -402,6 +487,11 @@ impl DuckSink {
             tables.push(table);
             guards.extend(guard);
         }
+        for item in items {
+            if let Some(key) = &item.key {
+                at.ensure_keys(conn, item.mapping.target.catalog.as_deref(), key.window)?;
+            }
+        }
         let result = conn.begin().map_err(E::db).and_then(|mut txn| {
             for (&(start, end), table) in runs.iter().zip(tables.iter_mut()) {
                 let batches: Vec<RecordBatch> = items[start..end].iter().flat_map(|i| i.batches.iter().cloned()).collect();
@@ -410,6 +500,11 @@ impl DuckSink {
                 let rows = at.land(&mut txn, &items[start].mapping, &incoming, table)?;
                 if rows != expected {
                     return Err(IngestError::Internal(format!("a grouped insert wrote {rows} rows of {expected}")));
+                }
+                for item in &items[start..end] {
+                    if let Some(key) = &item.key {
+                        at.record_key(&mut txn, &item.mapping.target, key, item.rows, item.batches.len() as u64)?;
+                    }
                 }
             }
             txn.commit().map_err(E::db)
@@ -426,8 +521,16 @@ struct Pull {
     first: Option<RecordBatch>,
     input: BatchRx,
     failed: Arc<Mutex<Option<IngestError>>>,
-    /// Rows handed to DuckDB so far.
+    /// Rows and batches handed to DuckDB so far.
     handed_out: Arc<AtomicU64>,
+    batches: Arc<AtomicU64>,
+}
+
+/// What a request's scan handed DuckDB, and its idempotency key: checked and recorded before commit.
+struct Fed<'a> {
+    rows: &'a AtomicU64,
+    batches: &'a AtomicU64,
+    key: Option<&'a RequestKey>,
 }
 
 impl BatchPull for Pull {
@@ -439,6 +542,7 @@ impl BatchPull for Pull {
         match next {
             Ok(Some(b)) => {
                 self.handed_out.fetch_add(b.num_rows() as u64, Ordering::SeqCst);
+                self.batches.fetch_add(1, Ordering::SeqCst);
                 Ok(Some(b))
             }
             Ok(None) => Ok(None),
@@ -459,7 +563,7 @@ impl Sink for DuckSink {
         Some(Arc::new(move || handle.interrupt()))
     }
 
-    fn write(&mut self, mapping: &Mapping, schema: SchemaRef, mut input: BatchRx) -> Result<Written, IngestError> {
+    fn write(&mut self, mapping: &Mapping, schema: SchemaRef, mut input: BatchRx, key: Option<&RequestKey>) -> Result<Written, IngestError> {
         // Nothing is created or written for a stream request without rows; in replace mode an existing table is
         // emptied (the request's rows, none, replace the table's). Flight SQL ingest creates (or replaces) the
         // table even from an empty stream, as its mode says.
@@ -476,13 +580,14 @@ impl Sink for DuckSink {
             return Ok(Written { rows: 0, write_seconds: 0.0 });
         }
         let failed = Arc::new(Mutex::new(None));
-        let handed_out = Arc::new(AtomicU64::new(0));
-        let pull = Pull { first, input, failed: Arc::clone(&failed), handed_out: Arc::clone(&handed_out) };
+        let (handed_out, batches) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let pull = Pull { first, input, failed: Arc::clone(&failed), handed_out: Arc::clone(&handed_out), batches: Arc::clone(&batches) };
+        let fed = Fed { rows: &handed_out, batches: &batches, key };
         let DuckSink { conn, at } = self;
         let result = at
             .ensure_view(conn)
             .and_then(|()| at.point_view(conn, schema, Box::new(pull)))
-            .and_then(|incoming| self.write_view(mapping, &incoming, &failed, &handed_out));
+            .and_then(|incoming| self.write_view(mapping, &incoming, &failed, &fed));
         self.at.release_view();
         result
     }
@@ -495,6 +600,24 @@ impl Sink for DuckSink {
         }
         // Alone, or the group failed (rolled back): each request on its own, so one cannot fail the others.
         items.iter().map(|i| self.write_buffered(i)).collect()
+    }
+
+    fn lookup_key(&mut self, catalog: Option<&str>, key: &str, window: std::time::Duration) -> Result<Option<KeyRecord>, IngestError> {
+        let sql = format!(
+            "SELECT stream, ack FROM {} WHERE key = {} AND committed_at >= now() - to_microseconds({})",
+            self.at.keys_table(catalog),
+            quote_literal(key),
+            window.as_micros()
+        );
+        match self.conn.query(&sql) {
+            Ok(rows) => Ok(rows.into_iter().next().and_then(|r| {
+                let mut it = r.into_iter();
+                Some(KeyRecord { stream: it.next().flatten()?, ack: it.next().flatten()? })
+            })),
+            // No key table yet in that catalog: no key was ever recorded there.
+            Err(e) if e.0.starts_with("Catalog Error") => Ok(None),
+            Err(e) => Err(E::db(e)),
+        }
     }
 
     fn table_schema(&mut self, target: &Target) -> Result<Option<Schema>, IngestError> {

@@ -37,6 +37,10 @@ pub enum Code {
     Denied,
     /// A call or service arrowport does not offer.
     Unimplemented,
+    /// Another request with the same idempotency key is in progress.
+    InProgress,
+    /// A well-formed request that contradicts what it refers to (an idempotency key used with another stream).
+    Unprocessable,
     /// A fault of ours or of DuckDB that the client cannot fix.
     Internal,
 }
@@ -57,6 +61,8 @@ impl Code {
             Code::Unauthenticated => "unauthenticated",
             Code::Denied => "permission_denied",
             Code::Unimplemented => "unimplemented",
+            Code::InProgress => "in_progress",
+            Code::Unprocessable => "unprocessable",
             Code::Internal => "internal",
         }
     }
@@ -75,6 +81,8 @@ pub fn grpc_code(code: Code) -> tonic::Code {
         Code::Unauthenticated => tonic::Code::Unauthenticated,
         Code::Denied => tonic::Code::PermissionDenied,
         Code::Unimplemented => tonic::Code::Unimplemented,
+        Code::InProgress => tonic::Code::Aborted,
+        Code::Unprocessable => tonic::Code::InvalidArgument,
         Code::Internal => tonic::Code::Internal,
     }
 }
@@ -93,6 +101,8 @@ pub fn http_status(code: Code) -> u16 {
         Code::Unauthenticated => 401,
         Code::Denied => 403,
         Code::Unimplemented => 501,
+        Code::InProgress => 409,
+        Code::Unprocessable => 422,
         Code::Internal => 500,
     }
 }
@@ -130,6 +140,10 @@ pub enum IngestError {
          request; retry later"
     )]
     OverBudget { bytes: usize, limit: usize },
+    #[error("a request with idempotency key {0:?} is in progress; ask for its outcome, or retry when it has ended")]
+    InProgress(String),
+    #[error("idempotency key {key:?} belongs to stream {stream:?}; a key names one request of one stream")]
+    KeyReused { key: String, stream: String },
     #[error("{0}")]
     Denied(String),
     #[error("{0}")]
@@ -152,6 +166,8 @@ impl IngestError {
             IngestError::Disconnected => Code::InvalidInput,
             IngestError::Stalled(_) => Code::Timeout,
             IngestError::Busy(_) | IngestError::Overloaded(_) | IngestError::OverBudget { .. } => Code::Busy,
+            IngestError::InProgress(_) => Code::InProgress,
+            IngestError::KeyReused { .. } => Code::Unprocessable,
             IngestError::Denied(_) => Code::Denied,
             IngestError::Db(msg) => db_code(msg),
             IngestError::Internal(_) => Code::Internal,
@@ -188,7 +204,7 @@ impl From<crate::panic::Panicked> for IngestError {
 mod tests {
     use super::*;
 
-    const ALL: [Code; 13] = [
+    const ALL: [Code; 15] = [
         Code::InvalidInput,
         Code::UnsupportedMedia,
         Code::NotFound,
@@ -201,6 +217,8 @@ mod tests {
         Code::Unauthenticated,
         Code::Denied,
         Code::Unimplemented,
+        Code::InProgress,
+        Code::Unprocessable,
         Code::Internal,
     ];
 

@@ -25,7 +25,7 @@ use crate::engine::core::Core;
 use crate::engine::error::IngestError;
 use crate::engine::metrics::{Outcome, Protocol};
 use crate::engine::policy::Policy;
-use crate::engine::sink::{BatchRx, Buffered, Counts, Held, Msg, Sink, Written};
+use crate::engine::sink::{BatchRx, Buffered, Counts, Held, Msg, RequestKey, Sink, Written, validate_key};
 use crate::engine::writers::{Job, Work};
 
 /// Batches buffered between the network and a writer. Small on purpose: it bounds memory per request...
@@ -51,12 +51,15 @@ fn batch_bytes(b: &RecordBatch) -> usize {
 }
 
 /// What a committed request wrote.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Report {
     pub stream: String,
     pub table: String,
     pub rows: u64,
     pub batches: u64,
+    /// The request's idempotency key had committed before: nothing was written now, this is its acknowledgement.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub replayed: bool,
 }
 
 /// One request as a protocol adapter hands it to the core.
@@ -76,6 +79,8 @@ pub struct Request {
     pub policy: Arc<Policy>,
     /// What the adapter reserved of the memory budget for messages not yet decoded (see `budget`).
     pub reservation: Reservation,
+    /// The client's name for this request (`Idempotency-Key`): a retry under the same key writes nothing again.
+    pub idempotency_key: Option<String>,
 }
 
 impl Request {
@@ -89,9 +94,11 @@ impl Request {
             principal,
             policy,
             reservation: Reservation::default(),
+            idempotency_key: None,
         }
     }
 }
+
 
 /// Counts a request as in flight while it lives.
 struct Active<'a>(&'a AtomicUsize);
@@ -133,6 +140,12 @@ impl<S: Sink> Core<S> {
         let _active = Active(&self.active);
         let counts = Arc::new(Counts::default());
         let result = self.run(&request, input, &counts).await;
+        if let Ok((report, _)) = &result {
+            if report.replayed {
+                // Counted as a replay (in `run`): it wrote nothing now.
+                return result.map(|(report, _)| report);
+            }
+        }
         self.metrics.record(&Outcome {
             stream: &request.stream,
             protocol: request.protocol,
@@ -190,6 +203,31 @@ impl<S: Sink> Core<S> {
                 )));
             }
         }
+        // An idempotency key: one request in progress per key on this host, and a committed one is answered
+        // with its acknowledgement, nothing written again.
+        let _key_guard = match &request.idempotency_key {
+            None => None,
+            Some(key) => {
+                validate_key(key)?;
+                let guard = self.claim_key(key)?;
+                if let Some(record) = self.lookup_key(mapping.target.catalog.clone(), key, request.policy.idempotency_window).await? {
+                    if record.stream != stream {
+                        return Err(IngestError::KeyReused { key: key.clone(), stream: record.stream });
+                    }
+                    let mut report: Report = serde_json::from_str(&record.ack)
+                        .map_err(|e| IngestError::Internal(format!("a stored acknowledgement does not parse: {e}")))?;
+                    report.replayed = true;
+                    self.metrics.replayed(stream, request.protocol);
+                    return Ok((report, Written { rows: 0, write_seconds: 0.0 }));
+                }
+                Some(guard)
+            }
+        };
+        let key = request.idempotency_key.as_ref().map(|k| RequestKey {
+            key: k.clone(),
+            stream: stream.to_string(),
+            window: request.policy.idempotency_window,
+        });
         let stall = request.policy.stall_timeout;
         let schema = match self.next_or_cancel(&mut input, stall).await? {
             Some(Incoming::Schema(s)) => s,
@@ -230,11 +268,11 @@ impl<S: Sink> Core<S> {
                 let table = mapping.target.display();
                 let (reply, done) = oneshot::channel();
                 let (batches, charges) = ahead.into_iter().map(|(b, _, c)| (b, c)).unzip();
-                let item = Buffered { mapping, schema, batches, rows };
+                let item = Buffered { mapping, schema, batches, rows, key };
                 self.writers.submit_group(item, reply, charges)?;
                 let written = done.await.map_err(|_| IngestError::Internal("the group committer went away".into()))??;
                 let batches = counts.batches.load(Ordering::Relaxed);
-                return Ok((Report { stream: stream.to_string(), table, rows: written.rows, batches }, written));
+                return Ok((Report { stream: stream.to_string(), table, rows: written.rows, batches, replayed: false }, written));
             }
         }
 
@@ -243,7 +281,7 @@ impl<S: Sink> Core<S> {
         let (reply_tx, reply_rx) = oneshot::channel();
         let batch_rx = BatchRx::new(rx, Arc::clone(counts));
         let table = mapping.target.display();
-        let work = Work::Write { mapping, schema: Arc::clone(&schema), input: batch_rx, reply: reply_tx };
+        let work = Work::Write { mapping, schema: Arc::clone(&schema), input: batch_rx, key, reply: reply_tx };
         self.writers.submit(Job { work, _permit: permit })?;
 
         let feed = Feed { tx, budget: Arc::new(Semaphore::new(QUEUE_BYTES)) };
@@ -279,7 +317,7 @@ impl<S: Sink> Core<S> {
         pumped?;
         let written = written??;
         let batches = counts.batches.load(Ordering::Relaxed);
-        Ok((Report { stream: stream.to_string(), table, rows: written.rows, batches }, written))
+        Ok((Report { stream: stream.to_string(), table, rows: written.rows, batches, replayed: false }, written))
     }
 
     async fn next_or_cancel<I>(&self, input: &mut I, stall: Duration) -> Result<Option<Incoming>, IngestError>
@@ -386,7 +424,7 @@ mod tests {
     }
 
     impl Sink for Fake {
-        fn write(&mut self, mapping: &Mapping, _schema: SchemaRef, mut input: BatchRx) -> Result<Written, IngestError> {
+        fn write(&mut self, mapping: &Mapping, _schema: SchemaRef, mut input: BatchRx, _key: Option<&RequestKey>) -> Result<Written, IngestError> {
             if let Some(hold) = &self.hold {
                 let _ = hold.lock().unwrap().recv();
             }
@@ -442,7 +480,7 @@ mod tests {
         let core = core(&committed);
         let items = vec![Ok(Incoming::Schema(schema())), Ok(Incoming::Batch(batch(3))), Ok(Incoming::Batch(batch(4)))];
         let report = core.ingest(req("events", Protocol::Flight), stream::iter(items)).await.unwrap();
-        assert_eq!(report, Report { stream: "events".into(), table: "main.events".into(), rows: 7, batches: 2 });
+        assert_eq!(report, Report { stream: "events".into(), table: "main.events".into(), rows: 7, batches: 2, replayed: false });
         assert_eq!(*committed.lock().unwrap(), vec![("events".to_string(), 7)]);
         let m = &core.metrics().rows()[0];
         assert_eq!((m.stream.as_str(), m.requests_ok, m.rows, m.batches, m.decoded_bytes), ("events", 1, 7, 2, 7 * 8));

@@ -23,6 +23,7 @@ pub const REQUEST_SECONDS: &str = "arrowport_request_duration_seconds";
 pub const WRITE_SECONDS: &str = "arrowport_write_duration_seconds";
 pub const IN_FLIGHT: &str = "arrowport_requests_in_flight";
 pub const UPTIME: &str = "arrowport_listener_uptime_seconds";
+pub const REPLAYS: &str = "arrowport_replays_total";
 
 pub const LABEL_STREAM: &str = "stream";
 pub const LABEL_PROTOCOL: &str = "protocol";
@@ -141,6 +142,7 @@ pub struct Metrics {
     write_seconds: HistogramVec,
     in_flight: IntGaugeVec,
     uptime: IntGauge,
+    replays: IntCounterVec,
     /// Streams with series of their own, and notes per (stream, protocol) for SQL.
     known: Mutex<Known>,
     started: Mutex<Option<Instant>>,
@@ -185,6 +187,7 @@ impl Metrics {
         registry.register(Box::new(in_flight.clone())).expect("metric registered once");
         let uptime = IntGauge::new(UPTIME, "Seconds since the listeners started (0 when stopped).").expect("static metric definition");
         registry.register(Box::new(uptime.clone())).expect("metric registered once");
+        let replays = counter(&registry, REPLAYS, "Requests answered from an earlier commit of their idempotency key (nothing written).", &[LABEL_PROTOCOL]);
         Metrics {
             registry,
             requests,
@@ -197,6 +200,7 @@ impl Metrics {
             write_seconds,
             in_flight,
             uptime,
+            replays,
             known: Mutex::new(Known::default()),
             started: Mutex::new(None),
         }
@@ -214,6 +218,11 @@ impl Metrics {
         let gauge = self.in_flight.with_label_values(&[protocol.name()]);
         gauge.inc();
         InFlight(gauge)
+    }
+
+    /// Counts a request answered from its idempotency key's earlier commit.
+    pub fn replayed(&self, _stream: &str, protocol: Protocol) {
+        self.replays.with_label_values(&[protocol.name()]).inc();
     }
 
     pub fn record(&self, o: &Outcome<'_>) {

@@ -28,11 +28,28 @@ pub struct Policy {
     pub stall_timeout: Duration,
     max_concurrent: usize,
     admission: Arc<Semaphore>,
+    /// How long idempotency keys are kept (`idempotency_window`).
+    pub idempotency_window: Duration,
 }
+
+/// How long idempotency keys are kept by default: 24 hours.
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 impl Policy {
     pub fn new(reject_unknown: bool, stall_timeout: Duration, max_concurrent: usize) -> Policy {
-        Policy { reject_unknown, stall_timeout, max_concurrent, admission: Arc::new(Semaphore::new(max_concurrent)) }
+        Policy {
+            reject_unknown,
+            stall_timeout,
+            max_concurrent,
+            admission: Arc::new(Semaphore::new(max_concurrent)),
+            idempotency_window: IDEMPOTENCY_WINDOW,
+        }
+    }
+
+    /// The same rules, keeping idempotency keys for `window`.
+    pub fn with_idempotency_window(mut self, window: Duration) -> Policy {
+        self.idempotency_window = window;
+        self
     }
 
     /// A place among the listener's concurrent requests, or "busy" at once.

@@ -97,6 +97,41 @@ impl BatchRx {
     }
 }
 
+/// An idempotency key as a writer records it: in the same transaction as the request's rows, in the target's
+/// catalog (`<catalog>.arrowport.requests`), with the acknowledgement the request was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestKey {
+    pub key: String,
+    /// The stream the request was for (the acknowledgement's `stream`).
+    pub stream: String,
+    /// How long keys are kept; older ones are purged.
+    pub window: Duration,
+}
+
+/// The HTTP header and gRPC metadata that name a request for exactly-once retries.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// Longest idempotency key accepted.
+pub const MAX_KEY_LEN: usize = 255;
+
+/// Checks a client's idempotency key: 1 to 255 printable ASCII characters.
+pub fn validate_key(key: &str) -> Result<(), IngestError> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN || !key.bytes().all(|b| (0x21..0x7F).contains(&b)) {
+        return Err(IngestError::BadInput(format!(
+            "an idempotency key must be 1 to {MAX_KEY_LEN} printable ASCII characters without spaces"
+        )));
+    }
+    Ok(())
+}
+
+/// A committed request's key as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub stream: String,
+    /// The acknowledgement JSON the request was given at commit.
+    pub ack: String,
+}
+
 /// A small request received whole before it is written, for group commit.
 #[derive(Debug, Clone)]
 pub struct Buffered {
@@ -104,6 +139,7 @@ pub struct Buffered {
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
     pub rows: u64,
+    pub key: Option<RequestKey>,
 }
 
 /// Stops the statement a writer's connection is running, from another thread.
@@ -117,7 +153,12 @@ pub trait Sink: Send + 'static {
         None
     }
 
-    fn write(&mut self, mapping: &Mapping, schema: SchemaRef, input: BatchRx) -> Result<Written, IngestError>;
+    fn write(&mut self, mapping: &Mapping, schema: SchemaRef, input: BatchRx, key: Option<&RequestKey>) -> Result<Written, IngestError>;
+    /// The committed request an idempotency key names, in `catalog` (`None`: the host database), if it
+    /// committed within `window`.
+    fn lookup_key(&mut self, _catalog: Option<&str>, _key: &str, _window: Duration) -> Result<Option<KeyRecord>, IngestError> {
+        Ok(None)
+    }
     /// Writes several buffered requests, in one transaction when it can; one result per request, each
     /// "committed" only if its rows are. A request that fails must not fail the others.
     fn write_group(&mut self, items: &[Buffered]) -> Vec<Result<Written, IngestError>>;

@@ -17,12 +17,15 @@ use crate::catalog::registry::{Mapping, Target};
 use crate::engine::budget::Charge;
 use crate::engine::error::IngestError;
 use crate::engine::policy::Access;
-use crate::engine::sink::{BatchRx, Buffered, Catalog, Described, Interrupter, Param, QueryOut, Sink, Statement, Written};
+use crate::engine::sink::{
+    BatchRx, Buffered, Catalog, Described, Interrupter, KeyRecord, Param, QueryOut, RequestKey, Sink, Statement, Written,
+};
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, IngestError>>;
 
 pub(crate) enum Work {
-    Write { mapping: Mapping, schema: SchemaRef, input: BatchRx, reply: Reply<Written> },
+    Write { mapping: Mapping, schema: SchemaRef, input: BatchRx, key: Option<RequestKey>, reply: Reply<Written> },
+    LookupKey { catalog: Option<String>, key: String, window: Duration, reply: Reply<Option<KeyRecord>> },
     Describe { target: Target, reply: Reply<Option<Schema>> },
     List { reply: Reply<Vec<(String, Schema)>> },
     DescribeSql { sql: String, params: Option<Vec<Param>>, access: Access, reply: Reply<Described> },
@@ -174,8 +177,11 @@ impl<S: Sink> Writers<S> {
                     let kind = if matches!(job.work, Work::Write { .. }) { WRITING } else { STATEMENT };
                     let _busy = Busy::with(&busy, kind);
                     match job.work {
-                        Work::Write { mapping, schema, input, reply } => {
-                            let _ = reply.send(guarded(|| sink.write(&mapping, schema, input)));
+                        Work::Write { mapping, schema, input, key, reply } => {
+                            let _ = reply.send(guarded(|| sink.write(&mapping, schema, input, key.as_ref())));
+                        }
+                        Work::LookupKey { catalog, key, window, reply } => {
+                            let _ = reply.send(guarded(|| sink.lookup_key(catalog.as_deref(), &key, window)));
                         }
                         Work::Describe { target, reply } => {
                             let _ = reply.send(guarded(|| sink.table_schema(&target)));

@@ -22,7 +22,7 @@ use crate::engine::budget::{Budget, DEFAULT_MEMORY_BUDGET};
 use crate::engine::core::Core;
 use crate::engine::duck_sink::{CreateLocks, DuckSink};
 use crate::engine::metrics::Metrics;
-use crate::engine::policy::{Access, MAX_CONCURRENT_REQUESTS, Policy, STALL_LIMIT};
+use crate::engine::policy::{Access, IDEMPOTENCY_WINDOW, MAX_CONCURRENT_REQUESTS, Policy, STALL_LIMIT};
 use crate::engine::writers::Writers;
 use crate::host::gate::{self, AuthMode, Gate};
 use crate::host::tls::{self, TlsError};
@@ -97,6 +97,8 @@ pub struct ListenOptions {
     pub allowed_origins: Vec<String>,
     /// The host-wide memory budget (bytes); set by the listen that starts the host's runtime.
     pub memory_budget: Option<usize>,
+    /// How long idempotency keys of this listener's requests are kept.
+    pub idempotency_window: Duration,
 }
 
 impl Default for ListenOptions {
@@ -115,6 +117,7 @@ impl Default for ListenOptions {
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
             memory_budget: None,
+            idempotency_window: IDEMPOTENCY_WINDOW,
         }
     }
 }
@@ -275,7 +278,10 @@ impl Host {
         if rest_addr == Some(addr) && addr.port() != 0 {
             return Err(ListenError::BadOption("rest", "is the Flight address; leave it out to serve both on one port".into()));
         }
-        let policy = Arc::new(Policy::new(options.reject_unknown, options.stall_timeout, options.max_concurrent_requests));
+        let policy = Arc::new(
+            Policy::new(options.reject_unknown, options.stall_timeout, options.max_concurrent_requests)
+                .with_idempotency_window(options.idempotency_window),
+        );
         let flight = FlightServiceServer::new(FlightAdapter::new(Arc::clone(&running.core), Arc::clone(&policy), options.sql, options.max_message_bytes))
             .max_decoding_message_size(options.max_message_bytes)
             .max_encoding_message_size(options.max_message_bytes);

@@ -212,6 +212,13 @@ impl VTab for ListenTable {
         if let Some(n) = positive(bind, "max_concurrent_requests")? {
             options.max_concurrent_requests = usize::try_from(n)?;
         }
+        if let Some(v) = bind.get_named_parameter("idempotency_window").filter(|v| !v.is_null()) {
+            let secs = v.to_double();
+            if !(secs > 0.0 && secs <= 366.0 * 86_400.0) {
+                return Err(format!("invalid value for option idempotency_window: {secs} (seconds, more than 0 and at most a year)").into());
+            }
+            options.idempotency_window = std::time::Duration::from_secs_f64(secs);
+        }
         options.allowed_hosts = text_list(bind, "allowed_hosts")?;
         options.allowed_origins = text_list(bind, "allowed_origins")?;
         if let Some(v) = bind.get_named_parameter("stall_timeout").filter(|v| !v.is_null()) {
@@ -254,6 +261,7 @@ impl VTab for ListenTable {
             ("sql".to_string(), varchar()),
             ("allowed_hosts".to_string(), LogicalTypeHandle::list(&varchar())),
             ("memory_budget".to_string(), LogicalTypeId::Bigint.into()),
+            ("idempotency_window".to_string(), LogicalTypeId::Double.into()),
             ("allowed_origins".to_string(), LogicalTypeHandle::list(&varchar())),
         ])
     }

@@ -26,12 +26,16 @@ use crate::catalog::access::Principal;
 use crate::engine::core::Core;
 use crate::engine::error::{Code, IngestError};
 use crate::engine::ingest::Request as IngestRequest;
+use crate::engine::sink::IDEMPOTENCY_KEY;
 use crate::engine::metrics::Protocol;
 use crate::engine::policy::{Access, Policy};
 use crate::engine::sink::Sink;
 use crate::proto::flightsql::{self, FlightSql};
 use crate::proto::ipc::{self, Decoding};
-use crate::proto::status;
+use crate::proto::{rest, status};
+
+/// The Flight action that tells what became of a request, by its idempotency key.
+pub const REQUEST_STATUS: &str = "request_status";
 use std::sync::atomic::Ordering;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -121,6 +125,10 @@ impl<S: Sink> FlightAdapter<S> {
     async fn put_inner(&self, request: Request<Streaming<FlightData>>) -> Result<PutResult, (IngestError, bool)> {
         let early = |e: IngestError| (e, false);
         let principal = principal_of(&request).map_err(early)?;
+        let key = match request.metadata().get(IDEMPOTENCY_KEY) {
+            None => None,
+            Some(v) => Some(v.to_str().map_err(|_| early(IngestError::BadInput("the idempotency-key metadata is not ASCII".into())))?.trim().to_string()),
+        };
         let mut input = request.into_inner();
         let stall = self.policy.stall_timeout;
         let first = match tokio::time::timeout(stall, input.message()).await {
@@ -138,7 +146,8 @@ impl<S: Sink> FlightAdapter<S> {
             Some(_) => String::new(),
             None => stream_of(&descriptor).map_err(early)?,
         };
-        let ingest_request = IngestRequest::new(stream, Protocol::Flight, principal.clone(), Arc::clone(&self.policy));
+        let mut ingest_request = IngestRequest::new(stream, Protocol::Flight, principal.clone(), Arc::clone(&self.policy));
+        ingest_request.idempotency_key = key;
         let wire = Arc::clone(&ingest_request.wire_bytes);
         let decoding = Decoding::new(self.max_message_bytes, Arc::clone(self.core.budget()), ingest_request.reservation.clone());
         let size = |m: &FlightData| m.data_header.len() + m.data_body.len() + m.app_metadata.len();
@@ -155,15 +164,31 @@ impl<S: Sink> FlightAdapter<S> {
             Ok(m) => arrived(m).map_err(|e| FlightError::ExternalError(Box::new(e))),
             Err(status) => Err(FlightError::ExternalError(Box::new(transport_error(&status)))),
         }));
-        let reservation = ingest_request.reservation.clone();
         let items = ipc::flight_items(messages, decoding);
         if let Some(command) = sql {
             // Flight SQL: ingest reaches the core (which counts it); statements are not ingest requests.
-            return self.sql.do_put(principal, command, items, wire, reservation).await.map_err(|e| (e, true));
+            return self.sql.do_put(command, items, ingest_request).await.map_err(|e| (e, true));
         }
         let report = self.core.ingest(ingest_request, items).await.map_err(|e| (e, true))?;
         let app_metadata = serde_json::to_vec(&report).map_err(|e| (IngestError::Internal(e.to_string()), true))?;
         Ok(PutResult { app_metadata: app_metadata.into() })
+    }
+
+    /// The `request_status` action: `{"stream", "key"}` in, the request's status as JSON out (as
+    /// `GET /streams/{stream}/requests/{key}` answers).
+    async fn request_status(&self, principal: Principal, body: &[u8]) -> Result<Vec<u8>, IngestError> {
+        #[derive(serde::Deserialize)]
+        struct Ask {
+            stream: String,
+            key: String,
+        }
+        let ask: Ask = serde_json::from_slice(body)
+            .map_err(|e| IngestError::BadInput(format!("the request_status body is not JSON {{\"stream\": ..., \"key\": ...}}: {e}")))?;
+        if !principal.may_use(&ask.stream) {
+            return Err(IngestError::Denied(principal.denied(&ask.stream)));
+        }
+        let status = self.core.request_status(&ask.stream, &ask.key, self.policy.idempotency_window).await?;
+        serde_json::to_vec(&rest::status_json(&ask.stream, &ask.key, status)).map_err(|e| IngestError::Internal(e.to_string()))
     }
 
     async fn info(&self, principal: Principal, descriptor: FlightDescriptor) -> Result<FlightInfo, IngestError> {
@@ -285,6 +310,10 @@ impl<S: Sink> FlightService for FlightAdapter<S> {
     async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
         let principal = principal_of(&request).map_err(|e| status::grpc_of(&e))?;
         let action = request.into_inner();
+        if action.r#type == REQUEST_STATUS {
+            let body = guarded(self.request_status(principal, &action.body)).await?;
+            return Ok(Response::new(Box::pin(futures::stream::iter([Ok(arrow_flight::Result { body: body.into() })]))));
+        }
         if action.r#type != flightsql::CREATE_PREPARED_STATEMENT && action.r#type != flightsql::CLOSE_PREPARED_STATEMENT {
             return Err(unimplemented(&format!("DoAction {:?}", action.r#type)));
         }
@@ -294,8 +323,14 @@ impl<S: Sink> FlightService for FlightAdapter<S> {
     }
 
     async fn list_actions(&self, _: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {
+        let status = ActionType {
+            r#type: REQUEST_STATUS.to_string(),
+            description: "what became of a request: body {\"stream\": ..., \"key\": <its idempotency key>}".to_string(),
+        };
         let actions = [flightsql::CREATE_PREPARED_STATEMENT, flightsql::CLOSE_PREPARED_STATEMENT]
-            .map(|t| Ok(ActionType { r#type: t.to_string(), description: format!("Flight SQL {t}") }));
+            .map(|t| Ok(ActionType { r#type: t.to_string(), description: format!("Flight SQL {t}") }))
+            .into_iter()
+            .chain([Ok(status)]);
         Ok(Response::new(Box::pin(futures::stream::iter(actions))))
     }
 }

@@ -26,7 +26,6 @@ use prost::Message;
 
 use crate::catalog::access::{self, Principal};
 use crate::catalog::registry::{Mapping, Mode, SchemaPolicy, TableRule, Target};
-use crate::engine::budget::Reservation;
 use crate::engine::core::Core;
 use crate::engine::error::IngestError;
 use crate::engine::ingest::{Incoming, Request as IngestRequest};
@@ -152,20 +151,15 @@ impl<S: Sink> FlightSql<S> {
 
     // ---- DoPut -------------------------------------------------------------------------------------------
 
-    /// A Flight SQL DoPut: `items` is the whole decoded message stream (schema first), `wire` counts its bytes.
-    pub async fn do_put<I>(
-        &self,
-        principal: Principal,
-        command: Command,
-        items: I,
-        wire: Arc<AtomicU64>,
-        reservation: Reservation,
-    ) -> Result<PutResult, IngestError>
+    /// A Flight SQL DoPut: `items` is the whole decoded message stream (schema first); `base` is the request as
+    /// the DoPut began it (principal, wire count, memory reservation, idempotency key), for ingest to complete.
+    pub async fn do_put<I>(&self, command: Command, items: I, base: IngestRequest) -> Result<PutResult, IngestError>
     where
         I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
     {
+        let principal = base.principal.clone();
         match command {
-            Command::CommandStatementIngest(cmd) => self.ingest(principal, cmd, items, wire, reservation).await,
+            Command::CommandStatementIngest(cmd) => self.ingest(cmd, items, base).await,
             Command::CommandStatementUpdate(cmd) => {
                 let statement = Statement { sql: cmd.query, params: vec![] };
                 let n = self.core.update(statement, self.access, &principal, &self.policy).await?;
@@ -189,14 +183,7 @@ impl<S: Sink> FlightSql<S> {
         }
     }
 
-    async fn ingest<I>(
-        &self,
-        principal: Principal,
-        cmd: CommandStatementIngest,
-        items: I,
-        wire: Arc<AtomicU64>,
-        reservation: Reservation,
-    ) -> Result<PutResult, IngestError>
+    async fn ingest<I>(&self, cmd: CommandStatementIngest, items: I, base: IngestRequest) -> Result<PutResult, IngestError>
     where
         I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
     {
@@ -216,10 +203,7 @@ impl<S: Sink> FlightSql<S> {
         }
         let target = Target { catalog: cmd.catalog.filter(|c| !c.is_empty()), schema: cmd.schema.filter(|s| !s.is_empty()).unwrap_or_else(|| "main".into()), table: cmd.table.clone() };
         let mapping = Mapping { stream: cmd.table.clone(), target, create_table: true, policy: SchemaPolicy::ByName, mode: Mode::Append, rule };
-        let mut request = IngestRequest::new(cmd.table, Protocol::FlightSql, principal, Arc::clone(&self.policy));
-        request.mapping = Some(mapping);
-        request.wire_bytes = wire;
-        request.reservation = reservation;
+        let request = IngestRequest { stream: cmd.table, protocol: Protocol::FlightSql, mapping: Some(mapping), ..base };
         let report = self.core.ingest(request, items).await?;
         Ok(update_result(report.rows))
     }

@@ -27,9 +27,10 @@ use tokio_util::io::{ReaderStream, StreamReader};
 use crate::catalog::access::Principal;
 use crate::catalog::registry::Target;
 use crate::engine::budget::Reservation;
-use crate::engine::core::{Core, StreamInfo};
+use crate::engine::core::{Core, KeyStatus, StreamInfo};
 use crate::engine::error::{Code, IngestError};
 use crate::engine::ingest::Request as IngestRequest;
+use crate::engine::sink::IDEMPOTENCY_KEY;
 use crate::engine::metrics::{self, Protocol};
 use crate::engine::policy::Policy;
 use crate::engine::sink::Sink;
@@ -87,6 +88,7 @@ pub fn router<S: Sink>(core: Arc<Core<S>>, limits: Limits) -> Router {
     let app = Arc::new(App { core, limits });
     Router::new()
         .route("/streams/{name}", post(ingest_ipc::<S>).get(stream_info::<S>))
+        .route("/streams/{name}/requests/{key}", get(request_status::<S>))
         .route("/streams", get(list_streams::<S>))
         .route("/stream/{name}", post(ingest_legacy::<S>))
         .route("/health", get(health::<S>))
@@ -184,20 +186,61 @@ async fn ingest_ipc<S: Sink>(
         Ok(enc) => enc,
         Err(e) => return refused(&app, Err(e)),
     };
-    let request = IngestRequest::new(name, Protocol::Rest, principal, Arc::clone(&app.limits.policy));
+    let mut request = IngestRequest::new(name, Protocol::Rest, principal, Arc::clone(&app.limits.policy));
+    request.idempotency_key = match idempotency_key(&headers) {
+        Ok(k) => k,
+        Err(e) => return refused(&app, Err(e)),
+    };
     let bytes = decoded(body_stream(body, app.limits.max_body_bytes, Arc::clone(&request.wire_bytes)), enc);
     let decoding = Decoding::new(app.limits.max_message_bytes, Arc::clone(app.core.budget()), request.reservation.clone());
     let items = ipc::ipc_stream(bytes, decoding);
     let wire = Arc::clone(&request.wire_bytes);
     let report = app.core.ingest(request, items).await?;
-    let body = json!({
+    let mut body = json!({
         "stream": report.stream,
         "table": report.table,
         "rows": report.rows,
         "batches": report.batches,
         "bytes": wire.load(Ordering::Relaxed),
     });
+    if report.replayed {
+        body["replayed"] = json!(true);
+    }
     Ok(axum::Json(body).into_response())
+}
+
+/// The `Idempotency-Key` header, if any (checked by the core).
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    match headers.get(IDEMPOTENCY_KEY) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(|s| Some(s.trim().to_string()))
+            .map_err(|_| ApiError::new(Code::InvalidInput, "the Idempotency-Key header is not printable ASCII")),
+    }
+}
+
+/// `GET /streams/{name}/requests/{key}`: what became of the request a key names.
+async fn request_status<S: Sink>(
+    State(app): State<Arc<App<S>>>,
+    Extension(principal): Extension<Principal>,
+    Path((name, key)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    check_scope(&principal, &name)?;
+    let status = app.core.request_status(&name, &key, app.limits.policy.idempotency_window).await?;
+    Ok(axum::Json(status_json(&name, &key, status)).into_response())
+}
+
+/// A request's status as JSON: `committed` with its acknowledgement, `in_progress`, or `unknown`.
+pub fn status_json(stream: &str, key: &str, status: KeyStatus) -> Value {
+    match status {
+        KeyStatus::Committed(ack) => {
+            let ack: Value = serde_json::from_str(&ack).unwrap_or(Value::Null);
+            json!({"stream": stream, "key": key, "status": "committed", "ack": ack})
+        }
+        KeyStatus::InProgress => json!({"stream": stream, "key": key, "status": "in_progress"}),
+        KeyStatus::Unknown => json!({"stream": stream, "key": key, "status": "unknown"}),
+    }
 }
 
 /// Checks the headers of an IPC request; returns its Content-Encoding.
@@ -245,23 +288,31 @@ async fn ingest_legacy<S: Sink>(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let key = match idempotency_key(&headers) {
+        Ok(k) => k,
+        Err(e) => return refused(&app, Err(e)),
+    };
     let prepared = legacy_request(&app, principal, name, headers, body).await;
-    let (request, data) = match prepared {
+    let (mut request, data) = match prepared {
         Ok(p) => p,
         Err(e) => return refused(&app, Err(e)),
     };
+    request.idempotency_key = key;
     let name = request.stream.clone();
     let decoding = Decoding::new(app.limits.max_message_bytes, Arc::clone(app.core.budget()), request.reservation.clone());
     let items = ipc::ipc_stream(futures::stream::iter([Ok(Bytes::from(data))]), decoding);
     let report = app.core.ingest(request, items).await?;
-    Ok(axum::Json(json!({
+    let mut body = json!({
         "status": "success",
         "stream": name,
         "rows_processed": report.rows,
         "storage_backend": "duckdb",
         "message": "Data processed successfully",
-    }))
-    .into_response())
+    });
+    if report.replayed {
+        body["replayed"] = json!(true);
+    }
+    Ok(axum::Json(body).into_response())
 }
 
 /// A whole (small) body, read within `limit` bytes; a client that sends nothing for `stall` is refused.

@@ -13,6 +13,7 @@ import pyarrow.flight as fl
 import pytest
 
 import flightraw
+import hosts
 from test_flightsql import make  # noqa: F401  (fixture)
 from test_security import bearer, make_host, post, refused_json  # noqa: F401  (make_host: fixture)
 from testdata import events
@@ -265,14 +266,6 @@ def test_a_request_whose_scan_view_is_read_elsewhere_does_not_commit(make_host):
     assert post("127.0.0.1", h.port, "fine", events(5)).status_code == 200
 
 
-def rss_mib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS"):
-                return int(line.split()[1]) // 1024
-    return 0
-
-
 def test_the_memory_budget_bounds_what_64_large_requests_hold(make_host):
     """Seven large DoPuts hold every writer (their clients pause), then 57 large REST requests arrive and read
     ahead while they wait for one. With memory_budget := 128 MiB the host's RSS grows by less than the budget
@@ -284,13 +277,13 @@ def test_the_memory_budget_bounds_what_64_large_requests_hold(make_host):
     pid = h.host.proc.pid
     base_url = f"http://127.0.0.1:{h.port}"
     assert post("127.0.0.1", h.port, "warm", events(10)).status_code == 200
-    base = rss_mib(pid)
+    base = hosts.rss_mib(pid)
     peak = [base]
     sampling = threading.Event()
 
     def sample():
         while not sampling.is_set():
-            peak[0] = max(peak[0], rss_mib(pid))
+            peak[0] = max(peak[0], hosts.rss_mib(pid))
             time.sleep(0.01)
 
     sampler = threading.Thread(target=sample)
