@@ -59,11 +59,17 @@ class Harness:
         self.replays = 0
         self.kills = 0
         self.errors = []
+        self.unopenable = None
         self.start_host()
 
     def start_host(self):
         self.host = hosts.start("py20", self.path)
-        self.host.sql(hosts.load_sql())
+        try:
+            self.host.sql(hosts.load_sql())
+        except (hosts.HostDied, hosts.HostError) as e:
+            # DuckDB itself could not open the file after the kill: not arrowport's to repair; stop the run.
+            self.unopenable = f"after kill {self.kills}, DuckDB could not open the database: {str(e)[-300:]}"
+            raise
         self.addr = self.host.sql("SELECT address FROM arrowport_listen('127.0.0.1:0')")[0][0]
         self.up.set()
 
@@ -79,8 +85,9 @@ class Harness:
 
     def send(self, client, req, rows, key, t):
         """One attempt; the acknowledgement, or None when the outcome is unknown or the host said retry."""
-        if not self.up.wait(60):
-            return None
+        while not self.up.wait(1):
+            if self.unopenable:
+                return None
         addr = self.addr
         try:
             if client % 2:
@@ -94,11 +101,11 @@ class Harness:
                     return None
                 return r.json()
             return flight_put(addr, "soak", t, chunk=65_536, key=key, timeout=120)
-        except (httpx.HTTPError, fl.FlightError, OSError, pa.ArrowException):
+        except Exception:  # noqa: BLE001  any failure of an attempt leaves its outcome unknown: retry with the key
             return None
 
     def client(self, n, deadline):
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self.unopenable:
             with self.lock:
                 req = self.sent
                 self.sent += 1
@@ -108,7 +115,7 @@ class Harness:
             attempts = 0
             while True:
                 ack = self.send(n, req, rows, key, t)
-                if ack is not None:
+                if ack is not None or self.unopenable:
                     break
                 attempts += 1
                 if attempts > 200:
@@ -126,7 +133,11 @@ class Harness:
         while time.monotonic() < deadline and not stop.is_set():
             time.sleep(self.rng.uniform(0.5, 3.0))
             if time.monotonic() < deadline:
-                self.kill()
+                try:
+                    self.kill()
+                except (hosts.HostDied, hosts.HostError):
+                    stop.set()
+                    return
 
     def check(self):
         """Violations: acknowledged requests missing or partial, rows doubled, rows of unacknowledged requests."""
@@ -167,6 +178,11 @@ def main():
     if kills:
         stop.set()
         killer.join()
+    if h.unopenable:
+        print(f"soak: {h.kills} kills, {h.sent} requests, {h.retries} retries, {h.replays} replays")
+        print(f"soak: stopped: {h.unopenable}")
+        print(f"soak: {len(h.acked)} passed, 1 failed")
+        return 3
     lost, dup, partial, stray = h.check()
     h.host.sql("SELECT arrowport_stop()")
     h.host.close()

@@ -209,7 +209,13 @@ impl<S: Sink> Core<S> {
             None => None,
             Some(key) => {
                 validate_key(key)?;
-                let guard = self.claim_key(key)?;
+                let guard = match self.claim_key(key) {
+                    Ok(guard) => guard,
+                    Err(e) => {
+                        self.drain(&mut input, request).await;
+                        return Err(e);
+                    }
+                };
                 if let Some(record) = self.lookup_key(mapping.target.catalog.clone(), key, request.policy.idempotency_window).await? {
                     if record.stream != stream {
                         return Err(IngestError::KeyReused { key: key.clone(), stream: record.stream });
@@ -218,6 +224,7 @@ impl<S: Sink> Core<S> {
                         .map_err(|e| IngestError::Internal(format!("a stored acknowledgement does not parse: {e}")))?;
                     report.replayed = true;
                     self.metrics.replayed(stream, request.protocol);
+                    self.drain(&mut input, request).await;
                     return Ok((report, Written { rows: 0, write_seconds: 0.0 }));
                 }
                 Some(guard)
@@ -318,6 +325,19 @@ impl<S: Sink> Core<S> {
         let written = written??;
         let batches = counts.batches.load(Ordering::Relaxed);
         Ok((Report { stream: stream.to_string(), table, rows: written.rows, batches, replayed: false }, written))
+    }
+
+    /// Reads the rest of a request that is answered without being written (a replay, a key in progress) and
+    /// drops it, so a client still sending its body reads the answer instead of a reset connection. Bounded by
+    /// the stall timeout per item; a malformed rest ends the drain.
+    async fn drain<I>(&self, input: &mut I, request: &Request)
+    where
+        I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
+    {
+        while let Ok(Some(_)) = self.next_or_cancel(input, request.policy.stall_timeout).await {
+            request.reservation.release();
+        }
+        request.reservation.release();
     }
 
     async fn next_or_cancel<I>(&self, input: &mut I, stall: Duration) -> Result<Option<Incoming>, IngestError>

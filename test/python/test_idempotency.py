@@ -191,3 +191,16 @@ def test_keys_are_forgotten_after_the_window(tmp_path):
     finally:
         h.sql("SELECT arrowport_stop()")
         assert h.host.close() == 0
+
+
+def test_a_large_request_is_replayed_over_both_protocols(host):
+    """40 MB requests retried under their keys: the retry reads the acknowledgement (the body it sends is read
+    and dropped), and the rows are there once."""
+    big = events(1_000_000)
+    for attempt in range(2):
+        r = host.post("large", big, key="large-rest")
+        assert r.status_code == 200 and r.json()["rows"] == 1_000_000, r.text
+        ack = host.put("large_f", big, "large-flight")
+        assert ack["rows"] == 1_000_000 and ack.get("replayed", False) == (attempt == 1), ack
+    assert r.json()["replayed"] is True
+    assert host.count("large") == 1_000_000 and host.count("large_f") == 1_000_000
