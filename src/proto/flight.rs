@@ -156,7 +156,7 @@ impl<S: Sink> FlightAdapter<S> {
         let (counter, reserving) = (Arc::clone(&wire), decoding.clone());
         let arrived = move |m: FlightData| -> Result<FlightData, IngestError> {
             counter.fetch_add(size(&m) as u64, Ordering::Relaxed);
-            reserving.reservation.reserve(&reserving.budget, size(&m))?;
+            reserving.reserve(size(&m))?;
             Ok(m)
         };
         let first = arrived(first).map_err(early)?;

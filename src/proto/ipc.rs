@@ -41,7 +41,7 @@ impl Decoding {
     }
 
     /// Reserves `bytes` for the request, before they are read or allocated.
-    fn reserve(&self, bytes: usize) -> Result<(), IngestError> {
+    pub fn reserve(&self, bytes: usize) -> Result<(), IngestError> {
         self.reservation.reserve(&self.budget, bytes)
     }
 }

@@ -329,7 +329,7 @@ async fn whole_body(body: Body, limit: usize, stall: std::time::Duration, reserv
                 if out.len() + chunk.len() > limit {
                     return Err(ApiError::new(Code::TooLarge, format!("the body is over the limit of {limit} bytes for JSON requests")));
                 }
-                reserve.reservation.reserve(&reserve.budget, chunk.len())?;
+                reserve.reserve(chunk.len())?;
                 out.extend_from_slice(&chunk);
             }
         }
