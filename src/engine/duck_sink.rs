@@ -754,6 +754,17 @@ fn allowed(p: &Prepared<'_>, access: Access) -> Result<(), IngestError> {
     }
 }
 
+/// A statement interrupted so that an administrative function could run says so (it may have been the one
+/// calling it: then this is its refusal).
+fn explain_interrupt<T>((out, by): (Result<T, IngestError>, Option<&'static str>)) -> Result<T, IngestError> {
+    match (out, by) {
+        (Err(IngestError::Sql(text)), Some(function)) if text.contains("Interrupted") => Err(IngestError::Sql(format!(
+            "{text} (interrupted so that {function} could run in the host's session; {function} cannot be called over the network)"
+        ))),
+        (out, _) => out,
+    }
+}
+
 impl DuckSink {
     /// Runs a statement sent over the network on this connection: with the host database as the default (our
     /// connections default to the scratch database), inside a read-only transaction when the listener says so,
@@ -762,12 +773,12 @@ impl DuckSink {
         self.conn.execute(&format!("USE {}", quote_ident(&self.at.host_db))).map_err(E::db)?;
         let out = if access == Access::ReadOnly {
             self.conn.begin_read_only().map_err(E::db).and_then(|mut txn| {
-                let out = policy::as_remote(|| f(&mut txn))?;
+                let out = explain_interrupt(policy::as_remote(|| f(&mut txn)))?;
                 txn.commit().map_err(E::db)?;
                 Ok(out)
             })
         } else {
-            policy::as_remote(|| f(&mut self.conn))
+            explain_interrupt(policy::as_remote(|| f(&mut self.conn)))
         };
         if let Err(e) = self.conn.execute(&format!("USE {}", quote_ident(SCRATCH_DB))) {
             eprintln!("arrowport: could not restore writer {} after a statement: {e}", self.at.id);

@@ -1,9 +1,9 @@
 //! What a listener allows: its admission limit, stall timeout and unknown-stream rule ([`Policy`]), whether
-//! and how SQL statements may run over the network ([`Access`], [`check_statement`]), and the marker that lets
-//! arrowport's own administrative SQL functions refuse statements that came over the network.
+//! and how SQL statements may run over the network ([`Access`], [`check_statement`]), and the gate that lets
+//! arrowport's own administrative SQL functions refuse statements that came over the network ([`admit_admin`]).
 
 use std::cell::Cell;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -119,22 +119,120 @@ thread_local! {
     static REMOTE: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Runs `f` marked as executing a statement sent over the network (see [`refuse_if_remote`]).
-pub fn as_remote<T>(f: impl FnOnce() -> T) -> T {
+/// Statements sent over the network that are running, and administrative calls waiting for them to end.
+///
+/// DuckDB may run a statement's functions on any of its worker threads, so a thread-local marker alone cannot
+/// tell an administrative call inside a client's statement from the host's own. The gate can: an administrative
+/// function runs only at a moment when no statement sent over the network is running. A call made inside such a
+/// statement can never see that moment (its own statement is running while it waits), so it is refused, on
+/// whatever thread DuckDB runs it. One gate per process: every database that loaded arrowport shares it.
+struct Gate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+struct GateState {
+    running: usize,
+    admins_waiting: usize,
+    /// How many times an administrative call interrupted the running statements, and the last one's name.
+    interrupts: u64,
+    interrupted_for: &'static str,
+}
+
+static GATE: Gate = Gate {
+    state: Mutex::new(GateState { running: 0, admins_waiting: 0, interrupts: 0, interrupted_for: "" }),
+    changed: Condvar::new(),
+};
+
+/// How long an administrative call waits for statements sent over the network to end before interrupting them.
+pub const ADMIN_GRACE: Duration = Duration::from_secs(1);
+/// How long it then waits for the interrupted statements to end before it refuses to run.
+pub const ADMIN_AFTER_INTERRUPT: Duration = Duration::from_secs(2);
+/// How long a statement sent over the network waits at the gate while an administrative call is waiting.
+const ENTRY_WAIT: Duration = Duration::from_secs(5);
+
+impl Gate {
+    fn lock(&self) -> MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits (within `limit`) until `done` holds; returns the state, and whether `done` held.
+    fn wait_until<'a>(&self, state: MutexGuard<'a, GateState>, limit: Duration, done: impl Fn(&GateState) -> bool) -> (MutexGuard<'a, GateState>, bool) {
+        let (state, _) = self.changed.wait_timeout_while(state, limit, |s| !done(s)).unwrap_or_else(|e| e.into_inner());
+        let ok = done(&state);
+        (state, ok)
+    }
+}
+
+/// Runs `f` marked as executing a statement sent over the network: the thread is marked (see
+/// [`refuse_if_remote`]) and the statement counts as running at the gate (see [`admit_admin`]). Also returns the
+/// administrative function that interrupted the running statements meanwhile, if one did (so the client's
+/// "Interrupted" error can say why).
+pub fn as_remote<T>(f: impl FnOnce() -> T) -> (T, Option<&'static str>) {
     struct Reset;
     impl Drop for Reset {
         fn drop(&mut self) {
             REMOTE.with(|r| r.set(false));
+            let mut state = GATE.lock();
+            state.running -= 1;
+            drop(state);
+            GATE.changed.notify_all();
         }
     }
+    // An administrative call waiting for running statements to end is not starved by new ones; after ENTRY_WAIT
+    // the statement runs anyway (the administrative call then interrupts it, or refuses).
+    let interrupts = {
+        let (mut state, _) = GATE.wait_until(GATE.lock(), ENTRY_WAIT, |s| s.admins_waiting == 0);
+        state.running += 1;
+        state.interrupts
+    };
     REMOTE.with(|r| r.set(true));
-    let _reset = Reset;
-    f()
+    let reset = Reset;
+    let out = f();
+    drop(reset);
+    let state = GATE.lock();
+    let by = (state.interrupts != interrupts).then_some(state.interrupted_for);
+    (out, by)
 }
 
 /// arrowport's own administrative SQL functions call this: they manage listeners, streams and tokens, and must
 /// not be reachable through SQL that a client sent over the network (a token could mint itself a better one).
-pub fn refuse_if_remote(function: &str) -> Result<(), String> {
+/// Refuses at once on a thread marked by [`as_remote`]; elsewhere waits until no statement sent over the network
+/// runs: [`ADMIN_GRACE`], then `interrupt` (which interrupts them), then [`ADMIN_AFTER_INTERRUPT`]; refuses if
+/// one still runs (then this call is most likely part of it).
+pub fn admit_admin(function: &'static str, interrupt: impl Fn()) -> Result<(), String> {
+    refuse_if_remote(function)?;
+    let mut state = GATE.lock();
+    state.admins_waiting += 1;
+    let (state, mut clear) = GATE.wait_until(state, ADMIN_GRACE, |s| s.running == 0);
+    let state = if clear {
+        state
+    } else {
+        let mut state = state;
+        state.interrupts += 1;
+        state.interrupted_for = function;
+        drop(state);
+        interrupt();
+        let (state, now) = GATE.wait_until(GATE.lock(), ADMIN_AFTER_INTERRUPT, |s| s.running == 0);
+        clear = now;
+        state
+    };
+    let running = state.running;
+    let mut state = state;
+    state.admins_waiting -= 1;
+    drop(state);
+    GATE.changed.notify_all();
+    if clear {
+        Ok(())
+    } else {
+        Err(format!(
+            "{function} cannot be called over the network; call it in the host's own session ({running} statement(s) sent over the network were still running {} s after this call, interrupted or not)",
+            (ADMIN_GRACE + ADMIN_AFTER_INTERRUPT).as_secs()
+        ))
+    }
+}
+
+fn refuse_if_remote(function: &str) -> Result<(), String> {
     if REMOTE.with(|r| r.get()) {
         Err(format!("{function} cannot be called over the network; call it in the host's own session"))
     } else {
@@ -145,6 +243,39 @@ pub fn refuse_if_remote(function: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn administrative_calls_inside_a_network_statement_are_refused_on_any_thread() {
+        // Nothing running: admitted at once.
+        assert!(admit_admin("f", || {}).is_ok());
+        // On the statement's own thread: refused at once.
+        let err = as_remote(|| admit_admin("f", || panic!("no interrupt expected"))).0.unwrap_err();
+        assert!(err.starts_with("f cannot be called over the network"), "{err}");
+        // On another thread while the statement runs (as on a DuckDB worker): refused after the waits, and the
+        // interrupt was asked for.
+        let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&interrupted);
+        let started = std::time::Instant::now();
+        let (result, by) = as_remote(|| {
+            std::thread::spawn(move || admit_admin("f", move || flag.store(true, std::sync::atomic::Ordering::SeqCst))).join().unwrap()
+        });
+        assert_eq!(by, Some("f"));
+        let err = result.unwrap_err();
+        assert!(err.contains("1 statement(s) sent over the network were still running"), "{err}");
+        assert!(interrupted.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(started.elapsed() >= ADMIN_GRACE + ADMIN_AFTER_INTERRUPT);
+        // A statement that ends while the call waits: admitted without an interrupt.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let statement = std::thread::spawn(move || {
+            as_remote(|| {
+                tx.send(()).unwrap();
+                std::thread::sleep(Duration::from_millis(200));
+            })
+        });
+        rx.recv().unwrap();
+        assert!(admit_admin("f", || panic!("no interrupt expected")).is_ok());
+        assert_eq!(statement.join().unwrap().1, None);
+    }
 
     #[test]
     fn access_parses() {

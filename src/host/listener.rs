@@ -22,7 +22,7 @@ use crate::engine::budget::{Budget, DEFAULT_MEMORY_BUDGET};
 use crate::engine::core::Core;
 use crate::engine::duck_sink::{CreateLocks, DuckSink};
 use crate::engine::metrics::Metrics;
-use crate::engine::policy::{Access, IDEMPOTENCY_WINDOW, MAX_CONCURRENT_REQUESTS, Policy, STALL_LIMIT};
+use crate::engine::policy::{self, Access, IDEMPOTENCY_WINDOW, MAX_CONCURRENT_REQUESTS, Policy, STALL_LIMIT};
 use crate::engine::writers::Writers;
 use crate::host::gate::{self, AuthMode, Gate};
 use crate::host::tls::{self, TlsError};
@@ -351,6 +351,16 @@ impl Host {
             eprintln!("arrowport: could not save when tokens were last used: {e}");
         }
         count
+    }
+
+    /// Lets an administrative SQL function run, or refuses it when it came over the network
+    /// ([`policy::admit_admin`]); statements sent over the network that outlast the grace are interrupted.
+    pub fn admit_admin(&self, function: &'static str) -> Result<(), String> {
+        policy::admit_admin(function, || {
+            if let Some(running) = self.lock().running.as_ref() {
+                running.core.writers().interrupt(true);
+            }
+        })
     }
 
     pub fn status(&self) -> Vec<StatusRow> {

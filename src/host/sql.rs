@@ -1,6 +1,6 @@
 //! The SQL surface: functions registered on `LOAD`. Each parses its arguments and calls into the listener's
 //! [`Host`]; errors become DuckDB errors with the message users see. The administrative ones refuse to run for
-//! a statement that came over the network (`engine::policy::refuse_if_remote`).
+//! a statement that came over the network, on whatever thread DuckDB runs them (`Host::admit_admin`).
 //!
 //! - `arrowport_version()`: the extension's version and the DuckDB it runs in.
 //! - `arrowport_listen(address)` (scalar) and `FROM arrowport_listen(address, option := value, ...)` (table).
@@ -26,7 +26,7 @@ use crate::catalog::access::{Scope, TokenRecord};
 use crate::catalog::registry::{self, Mapping, MappingOptions};
 use crate::duck::{self, vector};
 use crate::engine::metrics;
-use crate::engine::policy::{Access, refuse_if_remote};
+use crate::engine::policy::Access;
 use crate::host::gate::AuthMode;
 use crate::host::listener::{Host, ListenOptions, StatusRow};
 
@@ -83,7 +83,7 @@ impl VScalar for ListenScalar {
     type State = Arc<Host>;
 
     fn invoke(host: &Arc<Host>, input: &mut DataChunkHandle, output: &mut dyn WritableVector) -> Result<()> {
-        refuse_if_remote("arrowport_listen")?;
+        host.admit_admin("arrowport_listen")?;
         let mut out = output.flat_vector();
         for row in 0..input.len() {
             match vector::varchar_arg(input, 0, row) {
@@ -113,7 +113,7 @@ impl VScalar for Stop {
     type State = Arc<Host>;
 
     fn invoke(host: &Arc<Host>, input: &mut DataChunkHandle, output: &mut dyn WritableVector) -> Result<()> {
-        refuse_if_remote("arrowport_stop")?;
+        host.admit_admin("arrowport_stop")?;
         let mut out = output.flat_vector();
         for row in 0..input.len() {
             let stopped = host.stop();
@@ -176,8 +176,8 @@ impl VTab for ListenTable {
     fn bind(bind: &BindInfo) -> Result<Self::BindData> {
         bind.add_result_column("protocol", varchar());
         bind.add_result_column("address", varchar());
-        refuse_if_remote("arrowport_listen")?;
         let host = host_of(bind)?;
+        host.admit_admin("arrowport_listen")?;
         let addr = bind.get_parameter(0).to_string();
         let mut options = ListenOptions::default();
         if let Some(n) = positive(bind, "max_message_bytes")? {
@@ -476,15 +476,15 @@ macro_rules! mapping_function {
 }
 
 mapping_function!(CreateStream, Some(vec![varchar()]), mapping_parameters(), |host, bind| {
-    refuse_if_remote("arrowport_create_stream")?;
+    host.admit_admin("arrowport_create_stream")?;
     host.create_stream(&stream_name(bind)?, &mapping_options(bind)).map(|m| vec![m])
 });
 mapping_function!(AlterStream, Some(vec![varchar()]), mapping_parameters(), |host, bind| {
-    refuse_if_remote("arrowport_alter_stream")?;
+    host.admit_admin("arrowport_alter_stream")?;
     host.alter_stream(&stream_name(bind)?, &mapping_options(bind)).map(|m| vec![m])
 });
 mapping_function!(DropStream, Some(vec![varchar()]), None, |host, bind| {
-    refuse_if_remote("arrowport_drop_stream")?;
+    host.admit_admin("arrowport_drop_stream")?;
     host.drop_stream(&stream_name(bind)?).map(|m| vec![m])
 });
 mapping_function!(Streams, None, None, |host, bind| host.streams());
@@ -571,8 +571,8 @@ macro_rules! token_function {
 
             fn bind($bind: &BindInfo) -> Result<Self::BindData> {
                 token_columns($bind, $secret);
-                refuse_if_remote($sql_name)?;
                 let $host = host_of($bind)?;
+                $host.admit_admin($sql_name)?;
                 let rows: Result<Vec<TokenRow>> = $compute;
                 Ok(Rows { rows: rows? })
             }

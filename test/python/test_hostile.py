@@ -14,7 +14,7 @@ import pytest
 
 import flightraw
 import hosts
-from test_flightsql import make  # noqa: F401  (fixture)
+from test_flightsql import make, query  # noqa: F401  (make: fixture)
 from test_security import bearer, make_host, post, refused_json  # noqa: F401  (make_host: fixture)
 from testdata import events
 
@@ -197,6 +197,50 @@ def test_stop_interrupts_a_long_query_and_returns(make):  # noqa: F811
     with flight_sql.connect(f"grpc://{addr}") as again, again.cursor() as cur:
         cur.execute("SELECT 42 AS answer")
         assert cur.fetchall() == [(42,)]
+
+
+def test_admin_functions_reached_through_query_indirection_are_refused_on_every_thread(make):  # noqa: F811
+    """DuckDB runs a statement's scalar functions on its worker threads; the refusal must not depend on which."""
+    h = make(", sql := 'read_only'")
+    conn = h.connect()
+    indirect = [
+        "FROM query('SELECT arrowport' || '_stop() AS s FROM range(3)')",
+        "FROM query('SELECT arrowport' || '_listen(''127.0.0.1:0'') AS s')",
+        "FROM query('FROM arrowport' || '_create_token(''sneaky'')')",
+        "FROM query('FROM arrowport' || '_create_stream(''sneaky'')')",
+    ]
+    for attempt in range(3):
+        for statement in indirect:
+            with pytest.raises(adbc_driver_manager.Error) as e:
+                query(conn, statement)
+            assert "cannot be called over the network" in str(e.value), (attempt, statement, str(e.value))
+    assert [r[0] for r in h.sql("SELECT protocol FROM arrowport_status() ORDER BY 1")] == ["flight", "rest"]
+    assert h.sql("SELECT count(*) FROM arrowport_tokens()") == [(0,)]
+    assert h.sql("SELECT count(*) FROM arrowport_streams() WHERE stream = 'sneaky'") == [(0,)]
+    assert query(conn, "SELECT 42 AS answer").to_pylist() == [{"answer": 42}]
+
+
+def test_the_hosts_own_admin_call_interrupts_a_long_network_query_and_runs(make):  # noqa: F811
+    h = make(", sql := 'read_only'")
+    conn = h.connect()
+    errors = []
+
+    def run():
+        try:
+            query(conn, "SELECT sum(range) FROM range(40000000000)")
+        except Exception as e:  # the interrupted statement's error
+            errors.append(str(e))
+
+    t = threading.Thread(target=run)
+    t.start()
+    time.sleep(1.5)
+    started = time.monotonic()
+    assert h.sql("SELECT name FROM arrowport_create_token('ops')") == [("ops",)]
+    elapsed = time.monotonic() - started
+    t.join(60)
+    assert not t.is_alive() and errors and "Interrupted" in errors[0], errors
+    assert elapsed < 10, elapsed
+    assert query(conn, "SELECT 42 AS answer").to_pylist() == [{"answer": 42}]
 
 
 def test_clients_that_send_nothing_are_cut_off(make_host):
