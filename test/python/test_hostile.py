@@ -168,21 +168,25 @@ def test_flight_sql_ingest_takes_only_defined_streams_when_the_listener_says_so(
     assert h.sql("SELECT count(*) FROM duckdb_tables() WHERE table_name IN ('known', 'unknown')") == [(0,)]
 
 
-def test_stop_interrupts_a_long_query_and_returns(make):  # noqa: F811
-    h = make(", sql := 'read_only'")
-    conn = h.connect()
+def long_query_in_background(conn):
+    """Starts a read-only statement that would run for minutes; returns its thread and the errors it ends with."""
     errors = []
 
     def run():
         try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT sum(range) FROM range(40000000000)")
-                cur.fetchall()
+            query(conn, "SELECT sum(range) FROM range(40000000000)")
         except Exception as e:  # the interrupted statement's error
             errors.append(str(e))
 
     t = threading.Thread(target=run)
     t.start()
+    return t, errors
+
+
+def test_stop_interrupts_a_long_query_and_returns(make):  # noqa: F811
+    h = make(", sql := 'read_only'")
+    conn = h.connect()
+    t, errors = long_query_in_background(conn)
     time.sleep(1.5)
     started = time.monotonic()
     assert h.sql("SELECT arrowport_stop()") == [(1,)]
@@ -223,16 +227,7 @@ def test_admin_functions_reached_through_query_indirection_are_refused_on_every_
 def test_the_hosts_own_admin_call_interrupts_a_long_network_query_and_runs(make):  # noqa: F811
     h = make(", sql := 'read_only'")
     conn = h.connect()
-    errors = []
-
-    def run():
-        try:
-            query(conn, "SELECT sum(range) FROM range(40000000000)")
-        except Exception as e:  # the interrupted statement's error
-            errors.append(str(e))
-
-    t = threading.Thread(target=run)
-    t.start()
+    t, errors = long_query_in_background(conn)
     time.sleep(1.5)
     started = time.monotonic()
     assert h.sql("SELECT name FROM arrowport_create_token('ops')") == [("ops",)]
