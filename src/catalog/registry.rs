@@ -1,8 +1,8 @@
 //! Streams and where they land.
 //!
 //! A stream name resolves to a [`Mapping`]: its target table and how requests write into it. Mappings are
-//! defined in SQL (`arrowport_create_stream` ...), persisted in the host database (table `arrowport.streams`,
-//! see `store`), and cached here, so a change takes effect for the next request of every running listener. A
+//! defined in SQL (`arrowport_create_stream` ...), persisted in arrowport's own database (table
+//! `arrowport.streams`, see `store`), and cached here, so a change takes effect for the next request of every running listener. A
 //! name without a mapping lands in the same-named table of the host database's `main` schema, unless the
 //! listener refuses unknown streams.
 //!

@@ -1,10 +1,16 @@
-//! What arrowport persists in the host database, through a connection of its own: stream mappings (table
-//! `arrowport.streams`) and access tokens (table `arrowport.tokens`, salted hashes only).
+//! What arrowport persists: stream mappings (table `arrowport.streams`) and access tokens (table
+//! `arrowport.tokens`, salted hashes only), in a database of arrowport's own beside the host's
+//! (`duck::database`): the file `<host database file>.arrowport` (in memory for an in-memory host).
+//!
+//! No connection to the host database can name a table there, so no SQL a network client sends, whatever
+//! indirection it tries (`query`, `query_table`, views, macros), reaches mappings or tokens. The file is made on
+//! the first change, never on `LOAD`, and opened read-only when the host database is read-only. Tables an older
+//! layout kept inside a writable host database (`<host>.arrowport.streams` / `.tokens`) are moved here when the
+//! file is first opened.
 //!
 //! The SQL functions that change mappings or tokens write here first and then update memory (`registry`,
-//! `access::Tokens`), so a change survives a restart of the process and takes effect at once. The tables are
-//! created on the first change, never on `LOAD` (a read-only database loads arrowport fine). The writes commit
-//! on our connection, independently of any transaction the calling session has open.
+//! `access::Tokens`), so a change survives a restart of the process and takes effect at once. The writes commit
+//! on our own connection, independently of any transaction the calling session has open.
 
 use std::sync::Mutex;
 
@@ -13,6 +19,7 @@ use crate::catalog::registry::{Mapping, Mode, OWN_SCHEMA, SchemaPolicy, TableRul
 use crate::catalog::schema::{quote_ident, quote_literal};
 use crate::duck::DbError;
 use crate::duck::conn::RawConn;
+use crate::duck::database::Database;
 
 const STREAMS: &str = "streams";
 const STREAMS_COLUMNS: &str = "stream VARCHAR PRIMARY KEY, catalog VARCHAR, schema VARCHAR NOT NULL, \
@@ -24,185 +31,178 @@ const TOKENS: &str = "tokens";
 const TOKENS_COLUMNS: &str = "name VARCHAR PRIMARY KEY, salt VARCHAR NOT NULL, hash VARCHAR NOT NULL, streams VARCHAR, \
      created_at TIMESTAMPTZ NOT NULL, last_used_at TIMESTAMPTZ";
 
+/// What arrowport's own database file adds to the host database file's path.
+pub const FILE_SUFFIX: &str = ".arrowport";
+
 pub struct Store {
-    conn: Mutex<RawConn>,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    /// Our connection to the host database: where its file is, and the tables of the older layout.
+    host: RawConn,
+    own: Option<Own>,
+}
+
+/// arrowport's own database, open. Fields drop in order: the connection closes before the database.
+struct Own {
+    conn: RawConn,
+    /// Its catalog name (DuckDB derives it from the file name).
+    name: String,
+    _db: Database,
 }
 
 fn opt_literal(v: Option<&str>) -> String {
     v.map(quote_literal).unwrap_or_else(|| "NULL".into())
 }
 
+fn first_value(conn: &mut RawConn, sql: &str) -> Result<Option<String>, DbError> {
+    Ok(conn.query(sql)?.into_iter().next().and_then(|r| r.into_iter().next().flatten()))
+}
+
+fn named(db: &str, table: &str) -> String {
+    format!("{}.{}.{}", quote_ident(db), quote_ident(OWN_SCHEMA), quote_ident(table))
+}
+
+fn has(conn: &mut RawConn, db: &str, table: &str) -> Result<bool, DbError> {
+    let sql = format!(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = {} AND schema_name = {} AND table_name = {}",
+        quote_literal(db),
+        quote_literal(OWN_SCHEMA),
+        quote_literal(table)
+    );
+    Ok(first_value(conn, &sql)?.as_deref() == Some("1"))
+}
+
+fn create(conn: &mut RawConn, db: &str, table: &str, columns: &str) -> Result<(), DbError> {
+    if has(conn, db, table)? {
+        return Ok(());
+    }
+    conn.execute(&format!("CREATE SCHEMA IF NOT EXISTS {}.{}", quote_ident(db), quote_ident(OWN_SCHEMA)))?;
+    conn.execute(&format!("CREATE TABLE IF NOT EXISTS {} ({columns})", named(db, table)))?;
+    Ok(())
+}
+
 impl Store {
-    pub fn new(conn: RawConn) -> Store {
-        Store { conn: Mutex::new(conn) }
+    pub fn new(host: RawConn) -> Store {
+        Store { inner: Mutex::new(Inner { host, own: None }) }
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut RawConn, &str) -> Result<T, DbError>) -> Result<T, DbError> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let rows = conn.query("SELECT current_database()")?;
-        let host = rows.first().and_then(|r| r.first().cloned().flatten()).unwrap_or_default();
-        f(&mut conn, &host)
-    }
-
-    fn table(host: &str) -> String {
-        Self::named(host, STREAMS)
-    }
-
-    fn named(host: &str, table: &str) -> String {
-        format!("{}.{}.{}", quote_ident(host), quote_ident(OWN_SCHEMA), quote_ident(table))
-    }
-
-    fn exists(conn: &mut RawConn, host: &str) -> Result<bool, DbError> {
-        Self::has(conn, host, STREAMS)
-    }
-
-    fn has(conn: &mut RawConn, host: &str, table: &str) -> Result<bool, DbError> {
-        let sql = format!(
-            "SELECT count(*) FROM duckdb_tables() WHERE database_name = {} AND schema_name = {} AND table_name = {}",
-            quote_literal(host),
-            quote_literal(OWN_SCHEMA),
-            quote_literal(table)
-        );
-        Ok(conn.query(&sql)?.first().and_then(|r| r.first().cloned().flatten()).as_deref() == Some("1"))
-    }
-
-    fn ensure(conn: &mut RawConn, host: &str) -> Result<(), DbError> {
-        Self::create(conn, host, STREAMS, STREAMS_COLUMNS)
-    }
-
-    fn create(conn: &mut RawConn, host: &str, table: &str, columns: &str) -> Result<(), DbError> {
-        if Self::has(conn, host, table)? {
-            return Ok(());
+    /// Runs `f` on arrowport's own database (its connection and catalog name), opening it first if needed.
+    /// Without `create`, a database file that does not exist yet is not made: `f` gets `None`.
+    fn with<T>(&self, create: bool, f: impl FnOnce(Option<(&mut RawConn, &str)>) -> Result<T, DbError>) -> Result<T, DbError> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.own.is_none() {
+            inner.own = open(&mut inner.host, create)?;
         }
-        conn.execute(&format!("CREATE SCHEMA IF NOT EXISTS {}.{}", quote_ident(host), quote_ident(OWN_SCHEMA)))?;
-        conn.execute(&format!("CREATE TABLE IF NOT EXISTS {} ({columns})", Self::named(host, table)))?;
-        Ok(())
+        match inner.own.as_mut() {
+            Some(own) => f(Some((&mut own.conn, own.name.as_str()))),
+            None => f(None),
+        }
     }
+}
 
-    /// Every persisted mapping (none when the table does not exist yet).
+/// Opens arrowport's own database beside the host's (see the module doc); `None` when its file does not exist
+/// and `create` is false (and there is nothing of the older layout to move).
+fn open(host: &mut RawConn, create: bool) -> Result<Option<Own>, DbError> {
+    let rows = host.query("SELECT path, readonly FROM duckdb_databases() WHERE database_name = current_database()")?;
+    let row = rows.into_iter().next().unwrap_or_default();
+    let host_path = row.first().cloned().flatten().filter(|p| !p.is_empty() && p != ":memory:");
+    let read_only = row.get(1).cloned().flatten().as_deref() == Some("true");
+    let host_db = first_value(host, "SELECT current_database()")?.unwrap_or_default();
+    let legacy = !read_only && (has(host, &host_db, STREAMS)? || has(host, &host_db, TOKENS)?);
+    let path = match &host_path {
+        None => ":memory:".to_string(),
+        Some(p) => format!("{p}{FILE_SUFFIX}"),
+    };
+    let exists = host_path.is_none() || std::path::Path::new(&path).exists();
+    if !exists && !(create || legacy) {
+        return Ok(None);
+    }
+    if !exists && read_only {
+        return Err(DbError("the host database is read-only: arrowport cannot store stream mappings or tokens".into()));
+    }
+    let db = Database::open(&path, read_only)?;
+    let mut conn = db.connect()?;
+    let name = first_value(&mut conn, "SELECT current_database()")?.unwrap_or_default();
+    if legacy {
+        move_older_layout(host, &host_db, &mut conn, &name)?;
+    }
+    Ok(Some(Own { conn, name, _db: db }))
+}
+
+/// Moves mappings and tokens from tables of the older layout in the host database into our own, then drops them
+/// from the host (the copy commits first: a crash in between leaves both, and the next open moves nothing twice).
+fn move_older_layout(host: &mut RawConn, host_db: &str, own: &mut RawConn, own_db: &str) -> Result<(), DbError> {
+    let mappings = load_mappings(host, host_db)?;
+    let tokens = load_tokens(host, host_db)?;
+    for m in &mappings {
+        save_mapping(own, own_db, m)?;
+    }
+    let stored: Vec<String> = load_tokens(own, own_db)?.into_iter().map(|t| t.name).collect();
+    for t in tokens.iter().filter(|t| !stored.contains(&t.name)) {
+        insert_token(own, own_db, t)?;
+    }
+    let used: Vec<(String, i64)> = tokens.iter().filter_map(|t| t.last_used_us.map(|us| (t.name.clone(), us))).collect();
+    save_last_used(own, own_db, &used)?;
+    for table in [STREAMS, TOKENS] {
+        host.execute(&format!("DROP TABLE IF EXISTS {}", named(host_db, table)))?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Every persisted mapping (none when nothing was stored yet).
     pub fn load(&self) -> Result<Vec<Mapping>, DbError> {
-        self.with(|conn, host| {
-            if !Self::exists(conn, host)? {
-                return Ok(vec![]);
-            }
-            let rows = conn.query(&format!(
-                "SELECT stream, catalog, schema, \"table\", create_table, schema_policy, mode FROM {} ORDER BY stream",
-                Self::table(host)
-            ))?;
-            rows.into_iter()
-                .map(|r| {
-                    let v = |i: usize| r.get(i).cloned().flatten();
-                    let bad = |what: &str| DbError(format!("arrowport.streams holds an invalid {what}"));
-                    Ok(Mapping {
-                        stream: v(0).ok_or_else(|| bad("stream"))?,
-                        target: Target { catalog: v(1), schema: v(2).ok_or_else(|| bad("schema"))?, table: v(3).ok_or_else(|| bad("table"))? },
-                        create_table: v(4).as_deref() == Some("true"),
-                        policy: SchemaPolicy::parse(&v(5).unwrap_or_default()).map_err(|_| bad("schema_policy"))?,
-                        mode: Mode::parse(&v(6).unwrap_or_default()).map_err(|_| bad("mode"))?,
-                        rule: TableRule::Stream,
-                    })
-                })
-                .collect()
+        self.with(false, |own| match own {
+            None => Ok(vec![]),
+            Some((conn, db)) => load_mappings(conn, db),
         })
     }
 
     /// Inserts or replaces a mapping.
     pub fn save(&self, m: &Mapping) -> Result<(), DbError> {
-        self.with(|conn, host| {
-            Self::ensure(conn, host)?;
-            conn.execute(&format!(
-                "INSERT INTO {} (stream, catalog, schema, \"table\", create_table, schema_policy, mode) VALUES ({}, {}, {}, {}, {}, {}, {}) \
-                 ON CONFLICT (stream) DO UPDATE SET catalog = excluded.catalog, schema = excluded.schema, \"table\" = excluded.\"table\", \
-                 create_table = excluded.create_table, schema_policy = excluded.schema_policy, mode = excluded.mode, updated_at = now()",
-                Self::table(host),
-                quote_literal(&m.stream),
-                opt_literal(m.target.catalog.as_deref()),
-                quote_literal(&m.target.schema),
-                quote_literal(&m.target.table),
-                m.create_table,
-                quote_literal(m.policy.name()),
-                quote_literal(m.mode.name()),
-            ))?;
-            Ok(())
+        self.with(true, |own| match own {
+            None => Err(DbError("arrowport's own database is not open".into())),
+            Some((conn, db)) => save_mapping(conn, db, m),
         })
     }
 
     /// Deletes a mapping; false when there was none.
     pub fn delete(&self, stream: &str) -> Result<bool, DbError> {
-        self.with(|conn, host| {
-            if !Self::exists(conn, host)? {
+        self.delete_row(STREAMS, "stream", stream)
+    }
+
+    /// Deletes the row of `table` whose `key` column holds `value`; false when there was none.
+    fn delete_row(&self, table: &str, key: &str, value: &str) -> Result<bool, DbError> {
+        self.with(false, |own| {
+            let Some((conn, db)) = own else { return Ok(false) };
+            if !has(conn, db, table)? {
                 return Ok(false);
             }
-            let n = conn.execute(&format!("DELETE FROM {} WHERE stream = {}", Self::table(host), quote_literal(stream)))?;
-            Ok(n > 0)
+            Ok(conn.execute(&format!("DELETE FROM {} WHERE {key} = {}", named(db, table), quote_literal(value)))? > 0)
         })
     }
-}
 
-fn timestamp_literal(us: i64) -> String {
-    format!("(to_timestamp(0) + to_microseconds({us}))")
-}
-
-impl Store {
-    /// Every persisted token (none when the table does not exist yet).
+    /// Every persisted token (none when nothing was stored yet).
     pub fn load_tokens(&self) -> Result<Vec<TokenRecord>, DbError> {
-        self.with(|conn, host| {
-            if !Self::has(conn, host, TOKENS)? {
-                return Ok(vec![]);
-            }
-            let rows = conn.query(&format!(
-                "SELECT name, salt, hash, streams, epoch_us(created_at), epoch_us(last_used_at) FROM {} ORDER BY name",
-                Self::named(host, TOKENS)
-            ))?;
-            rows.into_iter()
-                .map(|r| {
-                    let v = |i: usize| r.get(i).cloned().flatten();
-                    let bad = |what: &str| DbError(format!("arrowport.tokens holds an invalid {what}"));
-                    let scope = match v(3) {
-                        None => Scope::All,
-                        Some(json) => Scope::Streams(serde_json::from_str(&json).map_err(|_| bad("streams"))?),
-                    };
-                    Ok(TokenRecord {
-                        name: v(0).ok_or_else(|| bad("name"))?,
-                        salt: v(1).as_deref().and_then(access::from_hex).ok_or_else(|| bad("salt"))?,
-                        hash: v(2).as_deref().and_then(access::from_hex).ok_or_else(|| bad("hash"))?,
-                        scope,
-                        created_us: v(4).and_then(|t| t.parse().ok()).ok_or_else(|| bad("created_at"))?,
-                        last_used_us: v(5).and_then(|t| t.parse().ok()),
-                    })
-                })
-                .collect()
+        self.with(false, |own| match own {
+            None => Ok(vec![]),
+            Some((conn, db)) => load_tokens(conn, db),
         })
     }
 
     /// Stores a new token; fails when one of that name exists.
     pub fn insert_token(&self, t: &TokenRecord) -> Result<(), DbError> {
-        let streams = match &t.scope {
-            Scope::All => "NULL".to_string(),
-            Scope::Streams(list) => quote_literal(&serde_json::to_string(list).unwrap_or_else(|_| "[]".into())),
-        };
-        self.with(|conn, host| {
-            Self::create(conn, host, TOKENS, TOKENS_COLUMNS)?;
-            conn.execute(&format!(
-                "INSERT INTO {} (name, salt, hash, streams, created_at) VALUES ({}, {}, {}, {streams}, {})",
-                Self::named(host, TOKENS),
-                quote_literal(&t.name),
-                quote_literal(&access::to_hex(&t.salt)),
-                quote_literal(&access::to_hex(&t.hash)),
-                timestamp_literal(t.created_us),
-            ))?;
-            Ok(())
+        self.with(true, |own| match own {
+            None => Err(DbError("arrowport's own database is not open".into())),
+            Some((conn, db)) => insert_token(conn, db, t),
         })
     }
 
     /// Deletes a token; false when there was none.
     pub fn delete_token(&self, name: &str) -> Result<bool, DbError> {
-        self.with(|conn, host| {
-            if !Self::has(conn, host, TOKENS)? {
-                return Ok(false);
-            }
-            Ok(conn.execute(&format!("DELETE FROM {} WHERE name = {}", Self::named(host, TOKENS), quote_literal(name)))? > 0)
-        })
+        self.delete_row(TOKENS, "name", name)
     }
 
     /// Saves last-use times kept in memory (only ones newer than what is stored).
@@ -210,19 +210,115 @@ impl Store {
         if used.is_empty() {
             return Ok(());
         }
-        self.with(|conn, host| {
-            if !Self::has(conn, host, TOKENS)? {
-                return Ok(());
-            }
-            let table = Self::named(host, TOKENS);
-            for (name, us) in used {
-                conn.execute(&format!(
-                    "UPDATE {table} SET last_used_at = {ts} WHERE name = {} AND (last_used_at IS NULL OR last_used_at < {ts})",
-                    quote_literal(name),
-                    ts = timestamp_literal(*us),
-                ))?;
-            }
-            Ok(())
+        self.with(false, |own| match own {
+            None => Ok(()),
+            Some((conn, db)) => save_last_used(conn, db, used),
         })
     }
+}
+
+fn load_mappings(conn: &mut RawConn, db: &str) -> Result<Vec<Mapping>, DbError> {
+    if !has(conn, db, STREAMS)? {
+        return Ok(vec![]);
+    }
+    let rows = conn.query(&format!(
+        "SELECT stream, catalog, schema, \"table\", create_table, schema_policy, mode FROM {} ORDER BY stream",
+        named(db, STREAMS)
+    ))?;
+    rows.into_iter()
+        .map(|r| {
+            let v = |i: usize| r.get(i).cloned().flatten();
+            let bad = |what: &str| DbError(format!("arrowport.streams holds an invalid {what}"));
+            Ok(Mapping {
+                stream: v(0).ok_or_else(|| bad("stream"))?,
+                target: Target { catalog: v(1), schema: v(2).ok_or_else(|| bad("schema"))?, table: v(3).ok_or_else(|| bad("table"))? },
+                create_table: v(4).as_deref() == Some("true"),
+                policy: SchemaPolicy::parse(&v(5).unwrap_or_default()).map_err(|_| bad("schema_policy"))?,
+                mode: Mode::parse(&v(6).unwrap_or_default()).map_err(|_| bad("mode"))?,
+                rule: TableRule::Stream,
+            })
+        })
+        .collect()
+}
+
+fn save_mapping(conn: &mut RawConn, db: &str, m: &Mapping) -> Result<(), DbError> {
+    create(conn, db, STREAMS, STREAMS_COLUMNS)?;
+    conn.execute(&format!(
+        "INSERT INTO {} (stream, catalog, schema, \"table\", create_table, schema_policy, mode) VALUES ({}, {}, {}, {}, {}, {}, {}) \
+         ON CONFLICT (stream) DO UPDATE SET catalog = excluded.catalog, schema = excluded.schema, \"table\" = excluded.\"table\", \
+         create_table = excluded.create_table, schema_policy = excluded.schema_policy, mode = excluded.mode, updated_at = now()",
+        named(db, STREAMS),
+        quote_literal(&m.stream),
+        opt_literal(m.target.catalog.as_deref()),
+        quote_literal(&m.target.schema),
+        quote_literal(&m.target.table),
+        m.create_table,
+        quote_literal(m.policy.name()),
+        quote_literal(m.mode.name()),
+    ))?;
+    Ok(())
+}
+
+fn timestamp_literal(us: i64) -> String {
+    format!("(to_timestamp(0) + to_microseconds({us}))")
+}
+
+fn load_tokens(conn: &mut RawConn, db: &str) -> Result<Vec<TokenRecord>, DbError> {
+    if !has(conn, db, TOKENS)? {
+        return Ok(vec![]);
+    }
+    let rows = conn.query(&format!(
+        "SELECT name, salt, hash, streams, epoch_us(created_at), epoch_us(last_used_at) FROM {} ORDER BY name",
+        named(db, TOKENS)
+    ))?;
+    rows.into_iter()
+        .map(|r| {
+            let v = |i: usize| r.get(i).cloned().flatten();
+            let bad = |what: &str| DbError(format!("arrowport.tokens holds an invalid {what}"));
+            let scope = match v(3) {
+                None => Scope::All,
+                Some(json) => Scope::Streams(serde_json::from_str(&json).map_err(|_| bad("streams"))?),
+            };
+            Ok(TokenRecord {
+                name: v(0).ok_or_else(|| bad("name"))?,
+                salt: v(1).as_deref().and_then(access::from_hex).ok_or_else(|| bad("salt"))?,
+                hash: v(2).as_deref().and_then(access::from_hex).ok_or_else(|| bad("hash"))?,
+                scope,
+                created_us: v(4).and_then(|t| t.parse().ok()).ok_or_else(|| bad("created_at"))?,
+                last_used_us: v(5).and_then(|t| t.parse().ok()),
+            })
+        })
+        .collect()
+}
+
+fn insert_token(conn: &mut RawConn, db: &str, t: &TokenRecord) -> Result<(), DbError> {
+    let streams = match &t.scope {
+        Scope::All => "NULL".to_string(),
+        Scope::Streams(list) => quote_literal(&serde_json::to_string(list).unwrap_or_else(|_| "[]".into())),
+    };
+    create(conn, db, TOKENS, TOKENS_COLUMNS)?;
+    conn.execute(&format!(
+        "INSERT INTO {} (name, salt, hash, streams, created_at) VALUES ({}, {}, {}, {streams}, {})",
+        named(db, TOKENS),
+        quote_literal(&t.name),
+        quote_literal(&access::to_hex(&t.salt)),
+        quote_literal(&access::to_hex(&t.hash)),
+        timestamp_literal(t.created_us),
+    ))?;
+    Ok(())
+}
+
+fn save_last_used(conn: &mut RawConn, db: &str, used: &[(String, i64)]) -> Result<(), DbError> {
+    if used.is_empty() || !has(conn, db, TOKENS)? {
+        return Ok(());
+    }
+    let table = named(db, TOKENS);
+    for (name, us) in used {
+        conn.execute(&format!(
+            "UPDATE {table} SET last_used_at = {ts} WHERE name = {} AND (last_used_at IS NULL OR last_used_at < {ts})",
+            quote_literal(name),
+            ts = timestamp_literal(*us),
+        ))?;
+    }
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! The DuckDB layer: the only `unsafe` code of arrowport (with `alloc`) and the only user of DuckDB's C API.
 //!
-//! It holds the C entrypoint DuckDB calls on `LOAD` ([`crate::entrypoint!`], [`entry`]), our own connections
+//! It holds the C entrypoint DuckDB calls on `LOAD` ([`crate::entrypoint!`], [`entry`]), arrowport's own database
+//! ([`database::Database`]), our own connections
 //! ([`conn::RawConn`]) and the transaction guard that rolls back unless committed ([`conn::Txn`]), prepared statements and
 //! their streaming Arrow results ([`statement::Prepared`], [`statement::Rows`]), the Arrow C stream DuckDB's scan pulls batches from
 //! ([`scan::ScanStream`]), and the vector helpers of the SQL functions ([`vector`]). Nothing here knows about
@@ -9,6 +10,7 @@
 #![allow(unsafe_code)]
 
 pub mod conn;
+pub mod database;
 pub mod entry;
 pub mod scan;
 pub mod statement;

@@ -31,6 +31,9 @@ pub enum StatementKind {
     Select,
     /// BEGIN / COMMIT / ROLLBACK.
     Transaction,
+    /// Statements that change the database instance rather than data: its settings, extensions and attached
+    /// databases (the statement's keyword).
+    Instance(&'static str),
     Other(u32),
 }
 
@@ -77,6 +80,15 @@ impl Prepared<'_> {
         match t {
             sys::duckdb_statement_type_DUCKDB_STATEMENT_TYPE_SELECT => StatementKind::Select,
             sys::duckdb_statement_type_DUCKDB_STATEMENT_TYPE_TRANSACTION => StatementKind::Transaction,
+            sys::duckdb_statement_type_DUCKDB_STATEMENT_TYPE_SET => StatementKind::Instance("SET"),
+            sys::duckdb_statement_type_DUCKDB_STATEMENT_TYPE_VARIABLE_SET => StatementKind::Instance("SET VARIABLE"),
+            sys::duckdb_statement_type_DUCKDB_STATEMENT_TYPE_PRAGMA => StatementKind::Instance("PRAGMA"),
+            sys::duckdb_statement_type_DUCKDB_STATEMENT_TYPE_LOAD => StatementKind::Instance("LOAD / INSTALL"),
+            sys::duckdb_statement_type_DUCKDB_STATEMENT_TYPE_UPDATE_EXTENSIONS => StatementKind::Instance("UPDATE EXTENSIONS"),
+            sys::duckdb_statement_type_DUCKDB_STATEMENT_TYPE_ATTACH => StatementKind::Instance("ATTACH"),
+            sys::duckdb_statement_type_DUCKDB_STATEMENT_TYPE_DETACH => StatementKind::Instance("DETACH"),
+            sys::duckdb_statement_type_DUCKDB_STATEMENT_TYPE_COPY_DATABASE => StatementKind::Instance("COPY FROM DATABASE"),
+            sys::duckdb_statement_type_DUCKDB_STATEMENT_TYPE_EXPORT => StatementKind::Instance("EXPORT DATABASE"),
             other => StatementKind::Other(other as u32),
         }
     }

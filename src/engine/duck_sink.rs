@@ -747,6 +747,10 @@ fn allowed(p: &Prepared<'_>, access: Access) -> Result<(), IngestError> {
         (StatementKind::Transaction, _) => {
             Err(IngestError::Denied("transaction statements are not accepted over the network: every statement commits on its own".into()))
         }
+        (StatementKind::Instance(keyword), _) => Err(IngestError::Denied(format!(
+            "{keyword} statements are not accepted over the network: they change the host's database instance (its settings, \
+             extensions or attached databases), not data; run them in the host's own session"
+        ))),
         (StatementKind::Select, _) | (_, Access::ReadWrite) => Ok(()),
         (_, _) => Err(IngestError::Denied(
             "this listener runs only statements that read (sql := 'read_only'); this statement would change the database".into(),

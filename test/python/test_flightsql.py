@@ -254,6 +254,13 @@ def test_sql_access_off_read_only_read_write(make):
     with pytest.raises(adbc_driver_manager.Error) as e:
         query(conn, "DETACH arrowport_scratch")
     assert "arrowport_scratch cannot be used over the network" in str(e.value)
+    for statement, keyword in [("DETACH scratch_alias", "DETACH"), ("ATTACH ':memory:' AS other", "ATTACH"),
+                               ("SET threads = 1", "SET"), ("RESET memory_limit", "SET"), ("SET VARIABLE v = 1", "SET"),
+                               ("PRAGMA threads = 1", "SET"), ("LOAD json", "LOAD / INSTALL"), ("INSTALL json", "LOAD / INSTALL")]:
+        with pytest.raises(adbc_driver_manager.Error) as e:
+            query(conn, statement)
+        assert f"{keyword} statements are not accepted over the network" in str(e.value), (statement, str(e.value))
+    assert rw.sql("SELECT current_setting('threads') > 1") == [(True,)]
     with conn.cursor() as cur:  # the writers are intact
         assert cur.adbc_ingest("after", events(3), mode="create") == 3
 

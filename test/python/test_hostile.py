@@ -144,10 +144,32 @@ def test_no_ingest_reaches_arrowports_own_state(make):  # noqa: F811
                "batch": {"arrow_schema": base64.b64encode(events(2).schema.serialize()).decode(), "data": base64.b64encode(data).decode()}}
     r = httpx.post(f"http://{h.addr}/stream/x", json=payload, timeout=30)
     assert "holds arrowport's own state" in refused_json(r, 403, "permission_denied")
-    assert h.sql("SELECT stream, \"table\" FROM arrowport.streams") == [("s", "t")]
-    assert h.sql("SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'arrowport'") == [(1,)]
+    assert h.sql("SELECT stream, target FROM arrowport_streams()") == [("s", "main.t")]
+    assert h.sql("SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'arrowport'") == [(0,)]
     with conn.cursor() as cur:
         assert cur.adbc_ingest("fine", events(3), mode="create") == 3
+
+
+def test_no_sql_reaches_arrowports_metadata_by_any_route(make, tmp_path):  # noqa: F811
+    """Mappings and tokens live in arrowport's own database, beside the host's: no connection to the host can
+    name them, so a client's SQL cannot reach them, whatever indirection it tries."""
+    h = make(", sql := 'read_write'", db="meta.duckdb")
+    h.sql("CALL arrowport_create_stream('s', target := 'main.t')")
+    h.sql("FROM arrowport_create_token('ops')")
+    own_file = tmp_path / "meta.duckdb.arrowport"
+    assert own_file.exists()
+    conn = h.connect()
+    for statement in ["FROM arrowport.tokens", "FROM query('FROM arrowport' || '.tokens')", "FROM query_table('arrowport.streams')",
+                      "FROM query_table(['arrowport', 'tokens'])", "CREATE VIEW peek AS FROM query('FROM arrowport.tokens')"]:
+        with pytest.raises(adbc_driver_manager.Error) as e:
+            query(conn, statement)
+        assert "Catalog Error" in str(e.value) or "does not exist" in str(e.value), (statement, str(e.value))
+    assert query(conn, "SELECT count(*) AS n FROM duckdb_tables() WHERE table_name IN ('streams', 'tokens')").to_pylist() == [{"n": 0}]
+    with pytest.raises(adbc_driver_manager.Error) as e:
+        query(conn, f"ATTACH '{own_file}' AS own")
+    assert "ATTACH statements are not accepted over the network" in str(e.value)
+    assert [r[0] for r in h.sql("SELECT stream FROM arrowport_streams()")] == ["s"]
+    assert [r[0] for r in h.sql("SELECT name FROM arrowport_tokens()")] == ["ops"]
 
 
 def test_flight_sql_ingest_takes_only_defined_streams_when_the_listener_says_so(make):  # noqa: F811

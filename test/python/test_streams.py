@@ -1,8 +1,11 @@
 """Stream mappings on a live listener: policies, modes, targets in other catalogs, changes while a client
 sends, persistence across a restart, and refusing unknown streams."""
 import json
+import os
+import re
 import threading
 
+import duckdb
 import httpx
 import pyarrow as pa
 import pyarrow.flight as fl
@@ -113,6 +116,61 @@ def test_mappings_survive_a_restart(host_kind, db_path):
         host.sql("SELECT arrowport_stop()")
     finally:
         host.close()
+
+
+def test_tokens_are_stored_as_salted_hashes_in_arrowports_own_file(db_path):
+    host = hosts.start("py20", db_path)
+    host.sql(hosts.load_sql())
+    secret = host.sql("SELECT token FROM arrowport_create_token('etl', streams := ['a'])")[0][0]
+    host.sql("CALL arrowport_create_stream('kept', target := 'landing')")
+    assert host.sql("SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'arrowport'") == [(0,)]
+    assert host.close() == 0
+    own = duckdb.connect(db_path + ".arrowport", read_only=True)
+    try:
+        rows = own.sql("SELECT name, salt, hash, streams FROM arrowport.tokens").fetchall()
+        assert [(r[0], r[3]) for r in rows] == [("etl", '["a"]')]
+        assert re.fullmatch("[0-9a-f]{32}", rows[0][1]) and re.fullmatch("[0-9a-f]{64}", rows[0][2])
+        assert secret not in str(own.sql("FROM arrowport.tokens").fetchall())
+        assert own.sql("SELECT stream, \"table\" FROM arrowport.streams").fetchall() == [("kept", "landing")]
+    finally:
+        own.close()
+    with open(db_path, "rb") as f:
+        assert secret.encode() not in f.read()
+
+
+def test_mappings_and_tokens_of_the_older_layout_move_out_of_the_host_database(db_path):
+    """Tables an older layout kept in the host database (arrowport.streams, arrowport.tokens) are moved into
+    arrowport's own database when it is first opened, and dropped from the host."""
+    host = hosts.start("py20", db_path)
+    host.sql(hosts.load_sql())
+    secret = host.sql("SELECT token FROM arrowport_create_token('etl')")[0][0]
+    host.sql("CALL arrowport_create_stream('old', target := 'landing', schema_policy := 'by_name')")
+    assert host.close() == 0
+    own = duckdb.connect(db_path + ".arrowport")
+    tokens = own.sql("FROM arrowport.tokens").fetch_arrow_table()
+    streams = own.sql("FROM arrowport.streams").fetch_arrow_table()
+    own.close()
+    os.remove(db_path + ".arrowport")
+    old = duckdb.connect(db_path)  # the older layout: the same tables inside the host database
+    old.sql("CREATE SCHEMA arrowport")
+    old.register("t", tokens)
+    old.register("s", streams)
+    old.sql("CREATE TABLE arrowport.tokens AS FROM t")
+    old.sql("CREATE TABLE arrowport.streams AS FROM s")
+    old.close()
+    host = hosts.start("py20", db_path)
+    try:
+        host.sql(hosts.load_sql())
+        assert host.sql("FROM arrowport_streams()") == [("old", "main.landing", True, "by_name", "append")]
+        addr = host.sql("SELECT address FROM arrowport_listen('127.0.0.1:0', auth := 'token')")[0][0]
+        r = httpx.post(f"http://{addr}/streams/old", content=ipc_bytes(pa.table({"a": [1, 2]})),
+                       headers={"Content-Type": ARROW, "Authorization": f"Bearer {secret}"})
+        assert r.status_code == 200, r.text
+        assert host.sql("SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'arrowport'") == [(0,)]
+        host.sql("SELECT arrowport_stop()")
+    finally:
+        host.close()
+    assert os.path.exists(db_path + ".arrowport")
 
 
 def test_unknown_streams_can_be_refused(db_path):
