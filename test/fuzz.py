@@ -16,6 +16,7 @@ that caused it is written to FUZZ_CRASHES (default /tmp/arrowport-fuzz) for a re
 the plain summary `fuzz: N passed, M failed` (inputs run; host deaths and hangs).
 """
 import base64
+import functools
 import gzip
 import json
 import os
@@ -40,6 +41,7 @@ STREAMS = ["f0", "f1", "f2"]
 BATCH = int(os.environ.get("FUZZ_BATCH", "100"))
 
 
+@functools.cache
 def tables():
     n = 12
     return [
@@ -126,6 +128,7 @@ class Fuzzer:
         )[0][0]
         self.port = int(self.addr.rsplit(":", 1)[1])
         self.client = httpx.Client(timeout=30)
+        self.channel = grpc.insecure_channel(self.addr)
         self.bodies = []
         for t in tables():
             for codec in (None, "lz4", "zstd"):
@@ -196,7 +199,7 @@ class Fuzzer:
             messages[self.rng.randrange(len(messages))] = self.mut.bytes(messages[0])
         self.last = ("flight", b"".join(messages))
         try:
-            results = flightraw.do_put(self.addr, messages, timeout=30)
+            results = flightraw.do_put(self.addr, messages, timeout=30, channel=self.channel)
             self.count("flight ok")
             for payload in results:
                 ack = json.loads(flightraw.put_result_metadata(payload))
@@ -318,12 +321,13 @@ class Fuzzer:
                     for i, (h, b) in enumerate(pairs)]
         self.last = ("flightsql", any_msg)
         try:
-            flightraw.do_put(self.addr, messages, timeout=30)
+            flightraw.do_put(self.addr, messages, timeout=30, channel=self.channel)
             self.count("flightsql ok")
         except grpc.RpcError as e:
             self.count(f"flightsql {e.code().name}")
 
     def close(self):
+        self.channel.close()
         try:
             self.host.sql("SELECT arrowport_stop()")
         except Exception:

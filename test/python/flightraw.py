@@ -63,17 +63,22 @@ def stream_messages(ipc):
     return out
 
 
-def do_put(addr, messages, timeout=30, authority=None):
+def do_put(addr, messages, timeout=30, authority=None, channel=None):
     """Sends raw FlightData messages; returns the PutResult payloads or raises grpc.RpcError. `authority` sets
-    the :authority the listener sees (default: the address)."""
+    the :authority the listener sees (default: the address); `channel` reuses an open channel instead."""
+    if channel is not None:
+        return list(_do_put_call(channel)(iter(messages), timeout=timeout))
     options = [("grpc.default_authority", authority)] if authority else None
     with grpc.insecure_channel(addr, options=options) as channel:
-        call = channel.stream_stream(
-            "/arrow.flight.protocol.FlightService/DoPut",
-            request_serializer=lambda b: b,
-            response_deserializer=lambda b: b,
-        )
-        return list(call(iter(messages), timeout=timeout))
+        return list(_do_put_call(channel)(iter(messages), timeout=timeout))
+
+
+def _do_put_call(channel):
+    return channel.stream_stream(
+        "/arrow.flight.protocol.FlightService/DoPut",
+        request_serializer=lambda b: b,
+        response_deserializer=lambda b: b,
+    )
 
 
 def put_result_metadata(payload):

@@ -83,3 +83,53 @@ def test_sql_and_prometheus_agree_on_known_traffic(py_listening):
     assert sample(samples, "arrowport_listener_uptime_seconds") >= 0
     # A total is one SUM away.
     assert py_listening.sql("SELECT sum(rows_committed)::BIGINT FROM arrowport_metrics()") == [(180,)]
+
+
+def test_every_expression_of_the_grafana_dashboard_names_what_the_host_exports(py_listening):
+    """docs/grafana/arrowport.json: each PromQL expression parses, and every metric and label it names is one the
+    running host exports (after traffic that makes every series appear: commits, a rollback, a replay)."""
+    import json
+    import os
+    import re
+
+    import promql_parser
+
+    addr = py_listening.addr
+    assert flight_put(addr, "events", events(10))["rows"] == 10
+    bad = pa.table({"id": ["x"] * 5, "timestamp": [1] * 5, "value": [1.0] * 5, "category": ["a"] * 5, "metric": [1.0] * 5})
+    with pytest.raises(pa.ArrowException):
+        flight_put(addr, "events", bad)
+    for _ in range(2):  # the second is a replay
+        r = httpx.post(f"http://{addr}/streams/events", content=ipc_bytes(events(3)),
+                       headers={"Content-Type": ARROW, "Idempotency-Key": "dash-1"})
+        assert r.status_code == 200
+    assert r.json()["replayed"] is True
+    exported = {}  # series name -> label names seen
+    for family in text_string_to_metric_families(httpx.get(f"http://{addr}/metrics").text):
+        for s in family.samples:
+            exported.setdefault(s.name, set()).update(s.labels)
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "grafana", "arrowport.json")
+    with open(path) as f:
+        dashboard = json.load(f)
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs += [v["definition"] for v in dashboard["templating"]["list"] if "definition" in v]
+    assert len(exprs) >= 12
+    checked = set()
+    for expr in exprs:
+        promql = expr.replace("$__rate_interval", "1m").replace("$stream", ".*")
+        if not promql.startswith("label_values("):
+            promql_parser.parse(promql)  # raises on a syntax error
+        names = set(re.findall(r"\barrowport_[a-z_]+\b", promql))
+        assert names, expr
+        for name in names:
+            assert name in exported, f"{name} (in {expr}) is not exported; exported: {sorted(exported)}"
+            checked.add(name)
+            labels = set(re.findall(r"\b([a-z_]+)\s*=~?\s*\"", promql))
+            for group in re.findall(r"\bby \(([^)]*)\)", promql):
+                labels.update(x.strip() for x in group.split(","))
+            labels.discard("le")
+            assert labels <= exported[name], f"{expr}: labels {labels - exported[name]} are not on {name}"
+    # rows/s, requests/s, failures, latency, in-flight and bytes are all there.
+    for name in ["arrowport_rows_total", "arrowport_requests_total", "arrowport_request_duration_seconds_bucket",
+                 "arrowport_requests_in_flight", "arrowport_wire_bytes_total", "arrowport_replays_total"]:
+        assert name in checked, name
