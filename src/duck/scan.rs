@@ -4,8 +4,9 @@
 //! [`RawConn::create_scan_view`] registers it with `duckdb_arrow_scan`. DuckDB calls the stream's callbacks on
 //! its own threads; each runs behind the panic boundary and reports failure through `get_last_error`.
 
-use std::ffi::{CString, c_char, c_int, c_void};
+use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::sync::Mutex;
+use std::thread::ThreadId;
 
 use arrow::array::{RecordBatch, StructArray, Array};
 use arrow::datatypes::SchemaRef;
@@ -41,6 +42,12 @@ pub trait BatchPull: Send {
 }
 
 struct ScanPrivate {
+    /// The thread whose statements may read the stream: the writer that points it at a request. DuckDB asks for
+    /// the schema when it binds a statement, on the thread that runs that statement; a bind on any other thread
+    /// (another connection scanning the view) is refused there, so no other connection ever gets a batch.
+    owner: Mutex<ThreadId>,
+    /// What a bind on another thread gets: see [`Refusal`].
+    refusal: Box<Refusal>,
     schema: Mutex<SchemaRef>,
     pull: Mutex<Box<dyn BatchPull>>,
     /// Every schema handed to DuckDB. DuckDB never releases the schemas it asks a scanned stream for (it nulls
@@ -62,6 +69,8 @@ unsafe impl Send for ScanStream {}
 impl ScanStream {
     pub fn new(schema: SchemaRef, pull: Box<dyn BatchPull>) -> ScanStream {
         let private = Box::into_raw(Box::new(ScanPrivate {
+            owner: Mutex::new(std::thread::current().id()),
+            refusal: Refusal::new(),
             schema: Mutex::new(schema),
             pull: Mutex::new(pull),
             exported: Mutex::new(Vec::new()),
@@ -83,11 +92,15 @@ impl ScanStream {
 
     /// Points the stream at a new request: its schema and its batches. A view made over this stream once can
     /// then serve request after request (DuckDB binds the view, and asks for the schema, on every statement).
-    /// Call only while no statement reads the stream; frees what earlier statements were handed.
+    /// Only statements run on the calling thread can read it from now on. Call only while no statement reads
+    /// the stream; frees what earlier statements were handed.
     pub fn reset(&mut self, schema: SchemaRef, pull: Box<dyn BatchPull>) {
         // SAFETY: `private` is live until Drop; `&mut self` and the caller's contract mean DuckDB is not in a
         // callback, so the schemas handed out before are no longer referenced.
         let p = unsafe { &*self.private };
+        if let Ok(mut owner) = p.owner.lock() {
+            *owner = std::thread::current().id();
+        }
         if let Ok(mut s) = p.schema.lock() {
             *s = schema;
         }
@@ -133,6 +146,38 @@ struct CArrowSchema {
     private_data: *mut c_void,
 }
 
+/// A schema DuckDB refuses when it binds a scan: one column whose "type" is the reason, so the binder fails with
+/// "Unsupported Internal Arrow Type arrowport: ..." and the statement never reads a batch. Built from static
+/// strings; nothing in it is ever released.
+struct Refusal {
+    root: CArrowSchema,
+    child: CArrowSchema,
+    children: [*mut CArrowSchema; 1],
+}
+
+const REFUSAL_REASON: &CStr = c"arrowport: this is the scan of one of arrowport's writers; no other connection can read it";
+
+impl Refusal {
+    fn new() -> Box<Refusal> {
+        let blank = |format: &'static CStr, name: &'static CStr| CArrowSchema {
+            format: format.as_ptr(),
+            name: name.as_ptr(),
+            metadata: std::ptr::null(),
+            flags: 2, // nullable
+            n_children: 0,
+            children: std::ptr::null_mut(),
+            dictionary: std::ptr::null_mut(),
+            release: Some(schema_release_noop),
+            private_data: std::ptr::null_mut(),
+        };
+        let mut r = Box::new(Refusal { root: blank(c"+s", c""), child: blank(REFUSAL_REASON, c"refused"), children: [std::ptr::null_mut()] });
+        r.children[0] = &mut r.child;
+        r.root.n_children = 1;
+        r.root.children = r.children.as_mut_ptr();
+        r
+    }
+}
+
 unsafe extern "C" fn schema_release_noop(schema: *mut CArrowSchema) {
     if !schema.is_null() {
         // SAFETY: DuckDB passes the struct we filled.
@@ -163,6 +208,13 @@ unsafe extern "C" fn stream_get_schema(stream: *mut FFI_ArrowArrayStream, out: *
     let result = crate::panic::contain("reading a request's batches", || {
         // SAFETY: DuckDB calls us with our stream and a writable out pointer.
         let p = unsafe { private_of(stream) };
+        if p.owner.lock().map(|o| *o != std::thread::current().id()).unwrap_or(true) {
+            // DuckDB ignores get_schema's result code when it binds (it reads `out` regardless), so the refusal
+            // is a schema it refuses to bind, with our reason in place of a type.
+            // SAFETY: `out` is writable; the copy borrows `p.refusal`, which lives as long as the stream.
+            unsafe { std::ptr::copy_nonoverlapping(&p.refusal.root as *const CArrowSchema, out.cast::<CArrowSchema>(), 1) };
+            return 0;
+        }
         let schema = match p.schema.lock() {
             Ok(s) => SchemaRef::clone(&s),
             Err(_) => return remember_error(p, "arrowport: schema poisoned".into()),
