@@ -10,7 +10,8 @@ a short slice (test/python/test_fuzz.py). Targets, each drawn at random per inpu
 - `json`: the original JSON endpoint with mutated JSON, base64 and IPC inside (into tables outside the check);
 - `flightsql`: Flight SQL commands (ingest, statements, prepared statements) as mutated protobuf bytes.
 
-After every batch of inputs it checks that the host is alive and answering, and that every table holds exactly
+FUZZ_WORKERS client processes (default 4) generate inputs at once, each from its own seed and into its own
+streams. After every round (each sends a batch of FUZZ_BATCH inputs) it checks that the host is alive and answering, and that every table holds exactly
 the rows the host acknowledged (nothing partial, nothing lost). A host death or hang stops the run; the input
 that caused it is written to FUZZ_CRASHES (default /tmp/arrowport-fuzz) for a regression test. The last line is
 the plain summary `fuzz: N passed, M failed` (inputs run; host deaths and hangs).
@@ -19,8 +20,11 @@ import base64
 import functools
 import gzip
 import json
+import multiprocessing
 import os
+import pickle
 import random
+import re
 import socket
 import sys
 import time
@@ -38,7 +42,7 @@ import hosts  # noqa: E402
 
 ARROW = "application/vnd.apache.arrow.stream"
 STREAMS = ["f0", "f1", "f2"]
-BATCH = int(os.environ.get("FUZZ_BATCH", "100"))
+BATCH = int(os.environ.get("FUZZ_BATCH", "200"))
 
 
 @functools.cache
@@ -116,23 +120,80 @@ class Mutator:
         return bytes(b)
 
 
-class Fuzzer:
-    def __init__(self, seed, db_path):
+class RawHttp:
+    """A lean HTTP/1.1 client on one keep-alive connection (httpx costs more CPU per request than the host spends
+    answering a refused one). A request whose connection fails raises OSError: it is never resent, since the
+    first attempt may have landed."""
+
+    def __init__(self, port):
+        self.port = port
+        self.sock = None
+
+    def post(self, path, body, headers):
+        if self.sock is None:
+            self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        head = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(body)}"]
+        head += [f"{k}: {v}" for k, v in headers.items()]
+        try:
+            self.sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+            return self._response()
+        except (OSError, ValueError) as e:
+            self.close()
+            raise OSError(f"HTTP exchange failed: {e}") from e
+
+    def _response(self):
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ValueError("connection closed before a response")
+            buf += chunk
+        head, rest = buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        fields = {k.strip().lower(): v.strip() for k, v in (l.split(":", 1) for l in lines[1:] if ":" in l)}
+        if fields.get("transfer-encoding", "").lower() == "chunked":
+            raise ValueError("chunked responses are not read here")
+        length = int(fields.get("content-length", "0"))
+        while len(rest) < length:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ValueError("connection closed inside a response")
+            rest += chunk
+        if fields.get("connection", "").lower() == "close":
+            self.close()
+        return status, rest[:length]
+
+    def close(self):
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+class Inputs:
+    """One generator of inputs: its own random stream, connections, and streams (so acknowledged rows per table
+    are known exactly while several run at once)."""
+
+    def __init__(self, seed, addr, streams):
         self.rng = random.Random(seed)
         self.mut = Mutator(self.rng)
-        self.host = hosts.start("py20", db_path)
-        self.host.sql(hosts.load_sql())
-        self.addr = self.host.sql(
-            "SELECT address FROM arrowport_listen('127.0.0.1:0', sql := 'read_write', stall_timeout := 2, "
-            "max_message_bytes := 16777216)"
-        )[0][0]
-        self.port = int(self.addr.rsplit(":", 1)[1])
-        self.client = httpx.Client(timeout=30)
-        self.channel = grpc.insecure_channel(self.addr)
+        self.addr = addr
+        self.port = int(addr.rsplit(":", 1)[1])
+        self.streams = streams
+        self.http = RawHttp(self.port)
+        self.channel = grpc.insecure_channel(addr)
         self.bodies = []
         for t in tables():
             for codec in (None, "lz4", "zstd"):
                 self.bodies.append(ipc(t, codec))
+        self.messages = [flightraw.stream_messages(b) for b in self.bodies]  # (header, body) pairs per stream
+        self.legacy_docs = []
+        for t in tables():
+            for target in ["legacy", "main.legacy", "x.y.z", "", "\"q\".t"]:
+                doc = {"config": {"target_table": target},
+                       "batch": {"arrow_schema": base64.b64encode(t.schema.serialize()).decode(), "data": base64.b64encode(ipc(t)).decode()}}
+                self.legacy_docs.append(json.dumps(doc).encode())
         self.acked = {}
         self.unsure = False
         self.inputs = 0
@@ -141,45 +202,54 @@ class Fuzzer:
 
     def count(self, outcome):
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+        self.entry["outcome"] = outcome
 
-    def ack(self, stream, rows):
-        self.acked[stream] = self.acked.get(stream, 0) + rows
+    def ack(self, ack):
+        """Counts an acknowledgement's rows under the table they landed in: a stream without a mapping lands in the
+        table of its name, and DuckDB's names are case-insensitive, so a mutated name such as "F2_3" lands in f2_3."""
+        table = ack["stream"].lower()
+        self.acked[table] = self.acked.get(table, 0) + ack["rows"]
+        self.entry.setdefault("acked", []).append((table, ack["rows"]))
 
     def body(self):
         base = self.rng.choice(self.bodies)
         return self.mut.prefixes(base) if self.rng.random() < 0.25 else self.mut.bytes(base)
 
+    def post(self, path, body, headers):
+        """One HTTP request; when the exchange fails it may still have landed, so the next check counts rows."""
+        try:
+            return self.http.post(path, body, headers)
+        except OSError:
+            self.unsure = True
+            raise
+
     # ---- targets -------------------------------------------------------------------------------------
 
     def rest(self):
-        stream = self.rng.choice(STREAMS)
+        stream = self.rng.choice(self.streams)
         data = self.body()
         self.last = ("rest", data)
-        r = self.client.post(f"http://{self.addr}/streams/{stream}", content=data, headers={"Content-Type": ARROW})
-        self.count(f"rest {r.status_code}")
-        if r.status_code == 200:
-            self.ack(stream, r.json()["rows"])
+        status, body = self.post(f"/streams/{stream}", data, {"Content-Type": ARROW})
+        self.count(f"rest {status}")
+        if status == 200:
+            self.ack(json.loads(body))
 
     def encoding(self):
-        stream = self.rng.choice(STREAMS)
+        stream = self.rng.choice(self.streams)
         data = self.rng.choice(self.bodies) if self.rng.random() < 0.5 else self.body()
         enc = self.rng.choice(["zstd", "gzip"])
         packed = pa.compress(data, codec="zstd", asbytes=True) if enc == "zstd" else gzip.compress(data)
         if self.rng.random() < 0.7:
             packed = self.mut.bytes(packed)
         self.last = (f"encoding {enc}", packed)
-        r = self.client.post(f"http://{self.addr}/streams/{stream}", content=packed, headers={"Content-Type": ARROW, "Content-Encoding": enc})
-        self.count(f"encoding {r.status_code}")
-        if r.status_code == 200:
-            self.ack(stream, r.json()["rows"])
+        status, body = self.post(f"/streams/{stream}", packed, {"Content-Type": ARROW, "Content-Encoding": enc})
+        self.count(f"encoding {status}")
+        if status == 200:
+            self.ack(json.loads(body))
 
     def flight(self):
-        stream = self.rng.choice(STREAMS)
-        data = self.rng.choice(self.bodies)
-        try:
-            pairs = flightraw.stream_messages(data)
-        except Exception:
-            return
+        stream = self.rng.choice(self.streams)
+        pairs = self.rng.choice(self.messages)
         messages = []
         for i, (h, b) in enumerate(pairs):
             if self.rng.random() < 0.3:
@@ -203,14 +273,16 @@ class Fuzzer:
             self.count("flight ok")
             for payload in results:
                 ack = json.loads(flightraw.put_result_metadata(payload))
-                self.ack(ack["stream"], ack["rows"])
+                self.ack(ack)
         except grpc.RpcError as e:
             self.count(f"flight {e.code().name}")
+            if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+                self.unsure = True  # the connection went away (e.g. GOAWAY): the request may have committed
 
     def headers(self):
         r = self.rng
         data = self.rng.choice(self.bodies)
-        lines = [f"POST /streams/{r.choice(STREAMS)} HTTP/1.1", "Host: 127.0.0.1", f"Content-Type: {ARROW}"]
+        lines = [f"POST /streams/{r.choice(self.streams)} HTTP/1.1", "Host: 127.0.0.1", f"Content-Type: {ARROW}"]
         extra = [f"Content-Length: {r.choice([len(data), len(data) - 1, len(data) + 10, 0, 2**63, -1])}",
                  "Transfer-Encoding: chunked", "Content-Encoding: " + r.choice(["zstd", "gzip", "br", "identity", ""]),
                  "Content-Type: " + r.choice(["", "text/plain", ARROW + "; x=1", "application/json"]),
@@ -244,61 +316,17 @@ class Fuzzer:
         if status == "200":
             try:
                 ack = json.loads(reply.split(b"\r\n\r\n", 1)[1])
-                self.ack(ack["stream"], ack["rows"])
+                self.ack(ack)
             except (ValueError, KeyError, IndexError):
                 self.unsure = True  # it landed, but the reply does not say how much
 
     def legacy(self):
-        t = self.rng.choice(tables())
-        doc = {"config": {"target_table": self.rng.choice(["legacy", "main.legacy", "x.y.z", "", "\"q\".t"])},
-               "batch": {"arrow_schema": base64.b64encode(t.schema.serialize()).decode(), "data": base64.b64encode(ipc(t)).decode()}}
-        raw = json.dumps(doc).encode()
+        raw = self.rng.choice(self.legacy_docs)
         if self.rng.random() < 0.8:
             raw = self.mut.bytes(raw)
         self.last = ("json", raw)
-        r = self.client.post(f"http://{self.addr}/stream/legacy", content=raw, headers={"Content-Type": "application/json"})
-        self.count(f"json {r.status_code}")
-
-    # ---- checks -------------------------------------------------------------------------------------
-
-    def alive(self):
-        if self.host.proc.poll() is not None:
-            return f"the host died (exit {self.host.proc.returncode}): {self.host.stderr()[-2000:]}"
-        try:
-            r = self.client.get(f"http://{self.addr}/health", timeout=30)
-            if r.status_code != 200:
-                return f"/health answered {r.status_code}"
-        except Exception as e:
-            return f"the host does not answer: {e}"
-        return None
-
-    def check_rows(self):
-        for stream in STREAMS:
-            rows = self.host.sql(f"SELECT count(*) FROM duckdb_tables() WHERE table_name = '{stream}'")[0][0]
-            landed = self.host.sql(f'SELECT count(*) FROM "{stream}"')[0][0] if rows else 0
-            if self.unsure:
-                self.acked[stream] = landed
-            elif landed != self.acked.get(stream, 0):
-                return f"table {stream} holds {landed} rows, {self.acked.get(stream, 0)} were acknowledged"
-        self.unsure = False
-        return None
-
-    def run(self, seconds, max_inputs=None):
-        targets = [self.rest] * 4 + [self.encoding, self.flight, self.flight, self.headers, self.legacy, self.flightsql_cmd]
-        deadline = time.monotonic() + seconds
-        failure = None
-        while time.monotonic() < deadline and (max_inputs is None or self.inputs < max_inputs):
-            for _ in range(BATCH):
-                target = self.rng.choice(targets)
-                try:
-                    target()
-                except (httpx.HTTPError, OSError) as e:
-                    self.count(f"client {type(e).__name__}")
-                self.inputs += 1
-            failure = self.alive() or self.check_rows()
-            if failure:
-                break
-        return failure
+        status, _ = self.post("/stream/legacy", raw, {"Content-Type": "application/json"})
+        self.count(f"json {status}")
 
     def flightsql_cmd(self):
         """A Flight SQL command as a mutated protobuf Any in a CMD descriptor (DoPut) or a ticket (DoGet)."""
@@ -315,8 +343,7 @@ class Fuzzer:
         any_msg = flightraw._field(1, f"type.googleapis.com/arrow.flight.protocol.sql.{kind}".encode()) + flightraw._field(2, fields)
         if r.random() < 0.6:
             any_msg = self.mut.bytes(any_msg)
-        data = r.choice(self.bodies)
-        pairs = flightraw.stream_messages(data)
+        pairs = r.choice(self.messages)
         messages = [flightraw.flight_data(flightraw.descriptor(2, cmd=any_msg) if i == 0 else None, header=h, body=b)
                     for i, (h, b) in enumerate(pairs)]
         self.last = ("flightsql", any_msg)
@@ -326,8 +353,164 @@ class Fuzzer:
         except grpc.RpcError as e:
             self.count(f"flightsql {e.code().name}")
 
+    TARGETS = ["rest"] * 4 + ["encoding", "flight", "flight", "headers", "legacy", "flightsql_cmd"]
+
+    def batch(self, n):
+        """Runs n inputs; returns what the checker needs: inputs run, outcomes, rows acknowledged per stream."""
+        self.journal = []  # this batch's inputs: what each was, how it was answered, what it acknowledged
+        for _ in range(n):
+            name = self.rng.choice(self.TARGETS)
+            self.entry = {"target": name}
+            try:
+                getattr(self, name)()
+            except (httpx.HTTPError, OSError) as e:
+                self.count(f"client {type(e).__name__}")
+            self.entry["input"] = self.last
+            self.journal.append(self.entry)
+            self.inputs += 1
+        report = {"inputs": self.inputs, "outcomes": dict(self.outcomes), "acked": dict(self.acked), "unsure": self.unsure,
+                  "last": self.last}
+        self.unsure = False
+        return report
+
     def close(self):
         self.channel.close()
+        self.http.close()
+
+
+def worker(seed, addr, streams, conn):
+    """A worker process: runs a batch each time the checker says "go", answers with its report."""
+    inputs = Inputs(seed, addr, streams)
+    while (order := conn.recv()) != "stop":
+        if order == "go":
+            conn.send(inputs.batch(BATCH))
+        else:  # ("dump", path): the last batch's journal, for a failure's regression test
+            with open(order[1], "wb") as f:
+                pickle.dump(inputs.journal, f)
+            conn.send("dumped")
+    inputs.close()
+
+
+class Fuzzer:
+    """The host and the checks; the inputs come from `workers` generators (processes when more than one)."""
+
+    def __init__(self, seed, db_path, workers=1):
+        self.seed = seed
+        self.workers = workers
+        self.host = hosts.start("py20", db_path)
+        self.host.sql(hosts.load_sql())
+        self.addr = self.host.sql(
+            "SELECT address FROM arrowport_listen('127.0.0.1:0', sql := 'read_write', stall_timeout := 2, "
+            "max_message_bytes := 16777216)"
+        )[0][0]
+        self.client = httpx.Client(timeout=30)
+        self.streams = {w: [f"{s}_{w}" for s in STREAMS] for w in range(workers)}
+        self.reports = {}
+        self.journals = None  # a folder: on a failure, every worker's last batch is saved there
+        self.inputs = 0
+        self.outcomes = {}
+        self.last = None
+
+    # ---- checks -------------------------------------------------------------------------------------
+
+    def alive(self):
+        if self.host.proc.poll() is not None:
+            return f"the host died (exit {self.host.proc.returncode}): {self.host.stderr()[-2000:]}"
+        try:
+            r = self.client.get(f"http://{self.addr}/health", timeout=30)
+            if r.status_code != 200:
+                return f"/health answered {r.status_code}"
+        except Exception as e:
+            return f"the host does not answer: {e}"
+        return None
+
+    def check_rows(self, reports):
+        """Every table holds exactly the rows acknowledged into it, by any generator (a mutated stream name can
+        land in another generator's table); where a reply was unclear, what landed is taken as acknowledged."""
+        acked = {}
+        for report in self.reports.values():
+            for table, rows in report["acked"].items():
+                acked[table] = acked.get(table, 0) + rows
+        names = {stream for w in self.streams for stream in self.streams[w]}
+        names |= {t for t in acked if re.fullmatch("[a-z0-9_]+", t)}
+        listed = ", ".join(f"'{n}'" for n in sorted(names))
+        existing = [t for (t,) in self.host.sql(f"SELECT table_name FROM duckdb_tables() WHERE lower(table_name) IN ({listed})")]
+        counts = {}
+        if existing:  # table names keep the case they were made with: "f1W3" is table f1w3
+            union = " UNION ALL ".join(f"SELECT '{t.lower()}', count(*) FROM \"{t}\"" for t in existing)
+            counts = dict(self.host.sql(union))
+        unsure = any(r["unsure"] for r in reports.values())
+        for name in sorted(names):
+            landed, expected = counts.get(name, 0), acked.get(name, 0) + self.adjust.get(name, 0)
+            if unsure:
+                self.adjust[name] = self.adjust.get(name, 0) + landed - expected
+            elif landed != expected:
+                return f"table {name} holds {landed} rows, {expected} were acknowledged"
+        return None
+
+    def run(self, seconds, max_inputs=None):
+        """Rounds until the deadline: every generator runs a batch, then the host is checked."""
+        self.adjust = {}
+        deadline = time.monotonic() + seconds
+        failure = None
+        if self.workers == 1:
+            gens = [Inputs(self.seed, self.addr, self.streams[0])]
+            step = [lambda: gens[0].batch(BATCH)]
+        else:
+            ctx = multiprocessing.get_context("fork")
+            pipes, procs = [], []
+            for w in range(self.workers):
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(target=worker, args=(self.seed * 1000 + w, self.addr, self.streams[w], child), daemon=True)
+                proc.start()
+                pipes.append(parent)
+                procs.append(proc)
+        try:
+            while time.monotonic() < deadline and (max_inputs is None or self.inputs < max_inputs):
+                if self.workers == 1:
+                    reports = {0: step[0]()}
+                else:
+                    for pipe in pipes:
+                        pipe.send("go")
+                    reports = {}
+                    for w, pipe in enumerate(pipes):
+                        if not pipe.poll(300):
+                            failure = f"worker {w} did not finish its batch within 300 s (a hang)"
+                            break
+                        reports[w] = pipe.recv()
+                    if failure:
+                        break
+                self.reports.update(reports)
+                self.inputs = sum(r["inputs"] for r in self.reports.values())
+                self.last = next((r["last"] for r in reports.values() if r["last"]), self.last)
+                failure = self.alive() or self.check_rows(reports)
+                if failure:
+                    if self.workers > 1 and self.journals:
+                        for w, pipe in enumerate(pipes):
+                            pipe.send(("dump", os.path.join(self.journals, f"journal-{self.seed}-{w}.pickle")))
+                            pipe.poll(30) and pipe.recv()
+                    break
+        finally:
+            if self.workers == 1:
+                gens[0].close()
+            else:
+                for pipe in pipes:
+                    try:
+                        pipe.send("stop")
+                    except OSError:
+                        pass
+                for proc in procs:
+                    proc.join(10)
+                    if proc.is_alive():
+                        proc.kill()
+        self.outcomes = {}
+        for r in self.reports.values():
+            for k, v in r["outcomes"].items():
+                self.outcomes[k] = self.outcomes.get(k, 0) + v
+        return failure
+
+    def close(self):
+        self.client.close()
         try:
             self.host.sql("SELECT arrowport_stop()")
         except Exception:
@@ -348,8 +531,10 @@ def main():
     for f in (db, db + ".wal"):
         if os.path.exists(f):
             os.remove(f)
-    print(f"fuzz: seed {seed}, {seconds:.0f} s", flush=True)
-    fz = Fuzzer(seed, db)
+    workers = int(os.environ.get("FUZZ_WORKERS", "4"))
+    print(f"fuzz: seed {seed}, {seconds:.0f} s, {workers} client process(es)", flush=True)
+    fz = Fuzzer(seed, db, workers)
+    fz.journals = crashes
     started = time.monotonic()
     failure = fz.run(seconds)
     elapsed = time.monotonic() - started
