@@ -50,5 +50,6 @@ pub fn init(ctx: duck::entry::LoadContext) -> Result<(), Box<dyn std::error::Err
     let host = host::listener::Host::new(ctx.pool, store);
     host::sql::register(&ctx.conn, host)?;
     AT_EXIT.call_once(|| duck::entry::at_exit(host::listener::stop_all_at_exit));
+    host::sql::autolisten(&ctx.conn)?;
     Ok(())
 }

@@ -33,6 +33,14 @@ pub fn bind_extra<T>(info: &duckdb::vtab::BindInfo) -> Option<&T> {
     if p.is_null() { None } else { Some(unsafe { &*p }) }
 }
 
+/// The bind data a table function's bind returned, from its init.
+pub fn init_bind_data<T>(info: &duckdb::vtab::InitInfo) -> Option<&T> {
+    let p = info.get_bind_data::<T>();
+    // SAFETY: the caller names the BindData type of the table function being initialised; DuckDB keeps the bind
+    // data alive for the whole execution, which outlives its init call.
+    if p.is_null() { None } else { Some(unsafe { &*p }) }
+}
+
 /// Writes `value` into row `row` of a BOOLEAN output vector.
 pub fn set_bool(output: &mut duckdb::core::FlatVector<'_>, row: usize, value: bool) {
     // SAFETY: the vector is a BOOLEAN output column (one byte per row) with capacity for `row`.

@@ -24,6 +24,7 @@ use duckdb::vtab::{BindInfo, InitInfo, TableFunctionInfo, VTab};
 
 use crate::catalog::access::{Scope, TokenRecord};
 use crate::catalog::registry::{self, Mapping, MappingOptions};
+use crate::catalog::schema::quote_literal;
 use crate::duck::{self, vector};
 use crate::engine::metrics;
 use crate::engine::policy::Access;
@@ -51,6 +52,29 @@ pub fn register(conn: &Connection, host: Arc<Host>) -> Result<()> {
     conn.register_table_function_with_extra_info::<CreateToken, Arc<Host>>("arrowport_create_token", &host)?;
     conn.register_table_function_with_extra_info::<RevokeToken, Arc<Host>>("arrowport_revoke_token", &host)?;
     conn.register_table_function_with_extra_info::<TokensTable, Arc<Host>>("arrowport_tokens", &host)?;
+    Ok(())
+}
+
+/// The environment variable that makes `LOAD arrowport` start listening: its value is the address, as for
+/// `arrowport_listen`, so `duckdb -cmd "LOAD arrowport"` in a service unit is enough.
+pub const AUTOLISTEN: &str = "ARROWPORT_LISTEN";
+/// Listen options for [`AUTOLISTEN`], as named arguments of `arrowport_listen`: `sql := 'read_only', ...`.
+pub const AUTOLISTEN_OPTIONS: &str = "ARROWPORT_LISTEN_OPTIONS";
+
+/// Starts listening at load when [`AUTOLISTEN`] is set (and not empty); the load fails with the reason when
+/// the listener cannot start, so a service never runs silently deaf.
+pub fn autolisten(conn: &Connection) -> Result<()> {
+    let addr = std::env::var(AUTOLISTEN).unwrap_or_default();
+    if addr.trim().is_empty() {
+        return Ok(());
+    }
+    let options = std::env::var(AUTOLISTEN_OPTIONS).unwrap_or_default();
+    let sql = match options.trim() {
+        "" => format!("FROM arrowport_listen({})", quote_literal(addr.trim())),
+        o => format!("FROM arrowport_listen({}, {o})", quote_literal(addr.trim())),
+    };
+    // One plain execution: a prepared statement may be bound twice, and binding this one listens.
+    conn.execute_batch(&sql).map_err(|e| format!("{AUTOLISTEN}={addr} {AUTOLISTEN_OPTIONS}={options}: {e}"))?;
     Ok(())
 }
 
@@ -167,17 +191,55 @@ where
     Ok(())
 }
 
+/// What an administrative table function does, with its arguments already read (at bind): it runs at init,
+/// once per execution, never at bind. DuckDB may bind a statement more than once (Python's relational API binds
+/// `con.sql(...)`, then binds again to run it), so an action taken at bind could happen twice.
+pub struct Action<T> {
+    run: Box<dyn Fn() -> std::result::Result<Vec<T>, String> + Send + Sync>,
+}
+
+impl<T> Action<T> {
+    fn new(run: impl Fn() -> std::result::Result<Vec<T>, String> + Send + Sync + 'static) -> Action<T> {
+        Action { run: Box::new(run) }
+    }
+}
+
+/// An action's rows, from its init, and how far they have been emitted.
+pub struct Emitted<T> {
+    rows: Vec<T>,
+    next: AtomicUsize,
+}
+
+fn init_action<T>(init: &InitInfo) -> Result<Emitted<T>> {
+    let action = vector::init_bind_data::<Action<T>>(init).ok_or("arrowport: the function was not bound")?;
+    Ok(Emitted { rows: (action.run)()?, next: AtomicUsize::new(0) })
+}
+
+/// Emits the next chunk of an action's rows.
+fn emit_action<V, T>(func: &TableFunctionInfo<V>, output: &mut DataChunkHandle, write_row: impl Fn(&mut DataChunkHandle, usize, &T)) -> Result<()>
+where
+    V: VTab<InitData = Emitted<T>, BindData = Action<T>>,
+{
+    let emitted = func.get_init_data();
+    let start = emitted.next.fetch_add(CHUNK_ROWS, Ordering::Relaxed).min(emitted.rows.len());
+    let chunk = &emitted.rows[start..(start + CHUNK_ROWS).min(emitted.rows.len())];
+    for (i, row) in chunk.iter().enumerate() {
+        write_row(output, i, row);
+    }
+    output.set_len(chunk.len());
+    Ok(())
+}
+
 struct ListenTable;
 
 impl VTab for ListenTable {
-    type InitData = Cursor;
-    type BindData = Rows<(String, String)>;
+    type InitData = Emitted<(String, String)>;
+    type BindData = Action<(String, String)>;
 
     fn bind(bind: &BindInfo) -> Result<Self::BindData> {
         bind.add_result_column("protocol", varchar());
         bind.add_result_column("address", varchar());
-        let host = host_of(bind)?;
-        host.admit_admin("arrowport_listen")?;
+        let host = Arc::clone(host_of(bind)?);
         let addr = bind.get_parameter(0).to_string();
         let mut options = ListenOptions::default();
         if let Some(n) = positive(bind, "max_message_bytes")? {
@@ -228,15 +290,18 @@ impl VTab for ListenTable {
             }
             options.stall_timeout = std::time::Duration::from_secs_f64(secs);
         }
-        Ok(Rows { rows: host.listen(&addr, &options)? })
+        Ok(Action::new(move || {
+            host.admit_admin("arrowport_listen")?;
+            host.listen(&addr, &options).map_err(|e| e.to_string())
+        }))
     }
 
     fn init(init: &InitInfo) -> Result<Self::InitData> {
-        init_cursor(init)
+        init_action(init)
     }
 
     fn func(func: &TableFunctionInfo<Self>, output: &mut DataChunkHandle) -> Result<()> {
-        emit(func, output, |out, i, (p, a)| {
+        emit_action(func, output, |out, i, (p, a)| {
             out.flat_vector(0).insert(i, p.as_str());
             out.flat_vector(1).insert(i, a.as_str());
         })
@@ -440,28 +505,32 @@ fn stream_name(bind: &BindInfo) -> Result<String> {
     Ok(v.to_string())
 }
 
-/// A table function that shows mappings; `compute` runs once, at bind.
+/// A table function that shows mappings: `$args` reads its arguments at bind, `$act` runs at init (see
+/// [`Action`]).
 macro_rules! mapping_function {
-    ($name:ident, $params:expr, $named:expr, |$host:ident, $bind:ident| $compute:expr) => {
+    ($name:ident, $params:expr, $named:expr, |$bind:ident| $args:expr, |$host:ident, $a:pat_param| $act:expr) => {
         struct $name;
 
         impl VTab for $name {
-            type InitData = Cursor;
-            type BindData = Rows<Mapping>;
+            type InitData = Emitted<Mapping>;
+            type BindData = Action<Mapping>;
 
             fn bind($bind: &BindInfo) -> Result<Self::BindData> {
                 mapping_columns($bind);
-                let $host = host_of($bind)?;
-                let rows: std::result::Result<Vec<Mapping>, String> = $compute;
-                Ok(Rows { rows: rows? })
+                let $host = Arc::clone(host_of($bind)?);
+                let args = $args;
+                Ok(Action::new(move || {
+                    let $a = &args;
+                    $act
+                }))
             }
 
             fn init(init: &InitInfo) -> Result<Self::InitData> {
-                init_cursor(init)
+                init_action(init)
             }
 
             fn func(func: &TableFunctionInfo<Self>, output: &mut DataChunkHandle) -> Result<()> {
-                emit(func, output, write_mapping)
+                emit_action(func, output, write_mapping)
             }
 
             fn parameters() -> Option<Vec<LogicalTypeHandle>> {
@@ -475,19 +544,19 @@ macro_rules! mapping_function {
     };
 }
 
-mapping_function!(CreateStream, Some(vec![varchar()]), mapping_parameters(), |host, bind| {
+mapping_function!(CreateStream, Some(vec![varchar()]), mapping_parameters(), |bind| (stream_name(bind)?, mapping_options(bind)), |host, (name, options)| {
     host.admit_admin("arrowport_create_stream")?;
-    host.create_stream(&stream_name(bind)?, &mapping_options(bind)).map(|m| vec![m])
+    host.create_stream(name, options).map(|m| vec![m])
 });
-mapping_function!(AlterStream, Some(vec![varchar()]), mapping_parameters(), |host, bind| {
+mapping_function!(AlterStream, Some(vec![varchar()]), mapping_parameters(), |bind| (stream_name(bind)?, mapping_options(bind)), |host, (name, options)| {
     host.admit_admin("arrowport_alter_stream")?;
-    host.alter_stream(&stream_name(bind)?, &mapping_options(bind)).map(|m| vec![m])
+    host.alter_stream(name, options).map(|m| vec![m])
 });
-mapping_function!(DropStream, Some(vec![varchar()]), None, |host, bind| {
+mapping_function!(DropStream, Some(vec![varchar()]), None, |bind| stream_name(bind)?, |host, name| {
     host.admit_admin("arrowport_drop_stream")?;
-    host.drop_stream(&stream_name(bind)?).map(|m| vec![m])
+    host.drop_stream(name).map(|m| vec![m])
 });
-mapping_function!(Streams, None, None, |host, bind| host.streams());
+mapping_function!(Streams, None, None, |bind| (), |host, _| host.streams());
 
 /// A token as the SQL functions show it; `secret` only from `arrowport_create_token`.
 pub struct TokenRow {
@@ -560,29 +629,33 @@ fn token_scope(bind: &BindInfo) -> Result<Scope> {
     Ok(Scope::Streams(names))
 }
 
-/// A table function over tokens; `compute` runs once, at bind.
+/// A table function over tokens: `$args` reads its arguments at bind, `$act` runs at init (see [`Action`]),
+/// after the administrative gate.
 macro_rules! token_function {
-    ($name:ident, $sql_name:literal, $secret:expr, $params:expr, $named:expr, |$host:ident, $bind:ident| $compute:expr) => {
+    ($name:ident, $sql_name:literal, $secret:expr, $params:expr, $named:expr, |$bind:ident| $args:expr, |$host:ident, $a:pat_param| $act:expr) => {
         struct $name;
 
         impl VTab for $name {
-            type InitData = Cursor;
-            type BindData = Rows<TokenRow>;
+            type InitData = Emitted<TokenRow>;
+            type BindData = Action<TokenRow>;
 
             fn bind($bind: &BindInfo) -> Result<Self::BindData> {
                 token_columns($bind, $secret);
-                let $host = host_of($bind)?;
-                $host.admit_admin($sql_name)?;
-                let rows: Result<Vec<TokenRow>> = $compute;
-                Ok(Rows { rows: rows? })
+                let $host = Arc::clone(host_of($bind)?);
+                let args = $args;
+                Ok(Action::new(move || {
+                    $host.admit_admin($sql_name)?;
+                    let $a = &args;
+                    $act
+                }))
             }
 
             fn init(init: &InitInfo) -> Result<Self::InitData> {
-                init_cursor(init)
+                init_action(init)
             }
 
             fn func(func: &TableFunctionInfo<Self>, output: &mut DataChunkHandle) -> Result<()> {
-                emit(func, output, write_token)
+                emit_action(func, output, write_token)
             }
 
             fn parameters() -> Option<Vec<LogicalTypeHandle>> {
@@ -602,14 +675,15 @@ token_function!(
     true,
     Some(vec![varchar()]),
     Some(vec![("streams".to_string(), LogicalTypeHandle::list(&varchar()))]),
-    |host, bind| {
-        let (record, secret) = host.create_token(&token_name(bind)?, token_scope(bind)?)?;
+    |bind| (token_name(bind)?, token_scope(bind)?),
+    |host, (name, scope)| {
+        let (record, secret) = host.create_token(name, scope.clone())?;
         Ok(vec![TokenRow { record, secret: Some(secret) }])
     }
 );
-token_function!(RevokeToken, "arrowport_revoke_token", false, Some(vec![varchar()]), None, |host, bind| {
-    Ok(vec![TokenRow { record: host.revoke_token(&token_name(bind)?)?, secret: None }])
+token_function!(RevokeToken, "arrowport_revoke_token", false, Some(vec![varchar()]), None, |bind| token_name(bind)?, |host, name| {
+    Ok(vec![TokenRow { record: host.revoke_token(name)?, secret: None }])
 });
-token_function!(TokensTable, "arrowport_tokens", false, None, None, |host, bind| {
+token_function!(TokensTable, "arrowport_tokens", false, None, None, |bind| (), |host, _| {
     Ok(host.tokens()?.into_iter().map(|record| TokenRow { record, secret: None }).collect())
 });
