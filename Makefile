@@ -5,6 +5,7 @@
 #   make bench  arrowport against in-process DuckDB (bench/results/*.json)
 #   make fuzz   the structure-aware fuzzer against a live host (FUZZ_SECONDS, default 600; FUZZ_SEED)
 #   make soak   exactly-once under kill -9 with retrying clients, then a run without kills (SOAK_SECONDS, default 300)
+#   make wheel  the Python wheel arrowport-duckdb (build/wheel): the extension, load(), `arrowport serve`
 
 EXT_NAME    := arrowport
 EXT_VERSION := v$(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
@@ -20,7 +21,7 @@ VENV_OLD    := .venv-old
 LISTEN      ?= 127.0.0.1:8815
 DB          ?= arrowport.duckdb
 
-.PHONY: all release run test unit sqltest pytest bench fuzz soak clean venvs
+.PHONY: all release run test unit sqltest pytest bench fuzz soak clean venvs wheel
 
 all: release
 
@@ -69,6 +70,10 @@ sqltest: release $(VENV)/.stamp $(VENV15)/.stamp
 
 pytest: release venvs
 	$(VENV)/bin/python -m pytest -q test/python
+
+# The Python wheel arrowport-duckdb (the extension, load(), connect() and `arrowport serve`), into build/wheel.
+wheel: release
+	python3 scripts/wheel/build.py --extension $(BUILD_DIR)/arrowport.duckdb_extension --library target/release/libarrowport.so --out build/wheel
 
 # A benchmark, not a test: never part of `make test`. BENCH_QUICK=1 for a short run.
 bench: release $(VENV)/.stamp

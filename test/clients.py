@@ -14,12 +14,15 @@ def ipc_bytes(table, compression=None, chunk=None):
     return sink.getvalue().to_pybytes()
 
 
-def flight_put(addr, name, table, compression=None, descriptor=None, chunk=None, client=None, key=None, timeout=None):
+def flight_put(addr, name, table, compression=None, descriptor=None, chunk=None, client=None, key=None, timeout=None, token=None):
     """One DoPut; returns the PutResult's JSON metadata. Raises pyarrow's error when the server refuses. With
-    `client`, the DoPut goes over that open connection (left open); with `key`, under that idempotency key."""
+    `client`, the DoPut goes over that open connection (left open); with `key`, under that idempotency key; with
+    `token`, presenting it."""
     c = client or fl.connect(f"grpc://{addr}")
     try:
         headers = [(b"idempotency-key", key.encode())] if key else []
+        if token:
+            headers.append((b"authorization", f"Bearer {token}".encode()))
         opts = fl.FlightCallOptions(write_options=pa.ipc.IpcWriteOptions(compression=compression), headers=headers, timeout=timeout)
         w, r = c.do_put(descriptor or fl.FlightDescriptor.for_path(name), table.schema, options=opts)
         w.write_table(table, max_chunksize=chunk)
