@@ -8,9 +8,9 @@
 #   make wheel  the Python wheel arrowport-duckdb (build/wheel): the extension, load(), `arrowport serve`
 
 EXT_NAME    := arrowport
-EXT_VERSION := v$(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+EXT_VERSION := $(or $(EXTENSION_VERSION),v$(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1))
 C_API       := v1.2.0
-PLATFORM    := linux_amd64
+PLATFORM    := $(or $(DUCKDB_PLATFORM),linux_amd64)
 BUILD_DIR   := build/release
 EXTENSION   := $(BUILD_DIR)/$(EXT_NAME).duckdb_extension
 EXT_DIR     := build/extensions
@@ -21,15 +21,29 @@ VENV_OLD    := .venv-old
 LISTEN      ?= 127.0.0.1:8815
 DB          ?= arrowport.duckdb
 
-.PHONY: all release run test unit sqltest pytest bench fuzz soak clean venvs wheel
+.PHONY: all release run test unit sqltest pytest bench fuzz soak clean venvs wheel configure test_release
 
 all: release
 
 release:
 	cargo build --release
-	mkdir -p $(BUILD_DIR)
+	mkdir -p $(BUILD_DIR)/extension/$(EXT_NAME)
 	$(PYTHON) scripts/append_metadata.py --library target/release/lib$(EXT_NAME).so --out $(EXTENSION) \
 		--platform $(PLATFORM) --duckdb-version $(C_API) --extension-version $(EXT_VERSION)
+	cp $(EXTENSION) $(BUILD_DIR)/extension/$(EXT_NAME)/$(EXT_NAME).duckdb_extension
+
+# The targets DuckDB's extension tooling runs on a C-API extension (extension-ci-tools' c_api_extensions
+# makefiles: `make configure release test_release`): configure writes configure/platform.txt and
+# configure/extension_version.txt (DUCKDB_PLATFORM and EXTENSION_VERSION override them) and makes the test
+# virtualenvs; release leaves the file where that tooling collects it too (build/release/extension/<name>/);
+# test_release runs the SQL logic tests against it, in every host.
+configure: venvs
+	mkdir -p configure
+	echo "$(PLATFORM)" > configure/platform.txt
+	echo "$(EXT_VERSION)" > configure/extension_version.txt
+
+test_release: release venvs
+	$(VENV)/bin/python test/run_sql.py
 
 # Virtualenvs, made once per requirements file (the stamp is newer than the file it was made from).
 $(VENV)/.stamp: test/requirements.txt

@@ -41,3 +41,28 @@ def test_the_community_extension_descriptor_is_complete_and_current(db_path):
         host.sql("SELECT arrowport_stop()")
     finally:
         assert host.close() == 0
+
+
+def test_the_extension_tooling_targets_configure_release_and_test_release():
+    """`make configure release test_release`, as DuckDB's extension-ci-tools run a C-API extension's build."""
+    import filecmp
+    import subprocess
+
+    def make(*args):
+        proc = subprocess.run(["make", "-s", *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    make("configure", "DUCKDB_PLATFORM=linux_amd64", "EXTENSION_VERSION=v9.9.9")
+    with open(os.path.join(ROOT, "configure", "platform.txt")) as f:
+        assert f.read().strip() == "linux_amd64"
+    with open(os.path.join(ROOT, "configure", "extension_version.txt")) as f:
+        assert f.read().strip() == "v9.9.9"
+    make("configure")
+    with open(os.path.join(ROOT, "configure", "extension_version.txt")) as f:
+        assert f.read().strip() == "v" + cargo_version()
+    make("release")
+    built = os.path.join(ROOT, "build", "release", "arrowport.duckdb_extension")
+    collected = os.path.join(ROOT, "build", "release", "extension", "arrowport", "arrowport.duckdb_extension")
+    assert filecmp.cmp(built, collected, shallow=False)
+    assert "test/run_sql.py" in make("-n", "test_release")
