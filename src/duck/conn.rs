@@ -205,12 +205,33 @@ impl std::ops::DerefMut for Txn<'_> {
     }
 }
 
+/// How often a rollback is tried again when an interrupt meant for the statement before it stops it instead.
+const ROLLBACK_ATTEMPTS: usize = 20;
+
 impl Drop for Txn<'_> {
     fn drop(&mut self) {
         if self.open {
-            // A failed or interrupted transaction: DuckDB may already have ended it, and then says so; either way
-            // the connection is outside any transaction afterwards.
-            let _ = self.conn.execute("ROLLBACK");
+            // A failed or interrupted transaction: DuckDB may already have ended it, and then says so ("no
+            // transaction is active"). An interrupt can also land on the ROLLBACK itself (a stop interrupts the
+            // writers' connections until they are idle): then the transaction is still open, aborted, and would
+            // fail every later statement on the connection, so the ROLLBACK is tried again.
+            let _ = self.conn.execute_past_interrupts("ROLLBACK");
         }
+    }
+}
+
+impl RawConn {
+    /// Runs a statement that must not be lost to an interrupt meant for the statement before it (clean-up after
+    /// a failure: ROLLBACK, restoring the default catalog): tried again while DuckDB says "Interrupted".
+    pub fn execute_past_interrupts(&mut self, sql: &str) -> Result<u64, DbError> {
+        let mut last = Err(DbError("not run".into()));
+        for _ in 0..ROLLBACK_ATTEMPTS {
+            last = self.execute(sql);
+            match &last {
+                Err(e) if e.0.contains("Interrupted") => std::thread::sleep(std::time::Duration::from_millis(5)),
+                _ => break,
+            }
+        }
+        last
     }
 }

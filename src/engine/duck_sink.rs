@@ -784,7 +784,7 @@ impl DuckSink {
         } else {
             explain_interrupt(policy::as_remote(|| f(&mut self.conn)))
         };
-        if let Err(e) = self.conn.execute(&format!("USE {}", quote_ident(SCRATCH_DB))) {
+        if let Err(e) = self.conn.execute_past_interrupts(&format!("USE {}", quote_ident(SCRATCH_DB))) {
             eprintln!("arrowport: could not restore writer {} after a statement: {e}", self.at.id);
         }
         out
