@@ -181,8 +181,12 @@ fn emit<V, T>(func: &TableFunctionInfo<V>, output: &mut DataChunkHandle, write_r
 where
     V: VTab<InitData = Cursor, BindData = Rows<T>>,
 {
-    let rows = &func.get_bind_data().rows;
-    let start = func.get_init_data().next.fetch_add(CHUNK_ROWS, Ordering::Relaxed).min(rows.len());
+    emit_chunk(&func.get_bind_data().rows, &func.get_init_data().next, output, write_row)
+}
+
+/// Writes the next chunk of `rows` (from `next`, which it advances) into `output`.
+fn emit_chunk<T>(rows: &[T], next: &AtomicUsize, output: &mut DataChunkHandle, write_row: impl Fn(&mut DataChunkHandle, usize, &T)) -> Result<()> {
+    let start = next.fetch_add(CHUNK_ROWS, Ordering::Relaxed).min(rows.len());
     let chunk = &rows[start..(start + CHUNK_ROWS).min(rows.len())];
     for (i, row) in chunk.iter().enumerate() {
         write_row(output, i, row);
@@ -221,13 +225,7 @@ where
     V: VTab<InitData = Emitted<T>, BindData = Action<T>>,
 {
     let emitted = func.get_init_data();
-    let start = emitted.next.fetch_add(CHUNK_ROWS, Ordering::Relaxed).min(emitted.rows.len());
-    let chunk = &emitted.rows[start..(start + CHUNK_ROWS).min(emitted.rows.len())];
-    for (i, row) in chunk.iter().enumerate() {
-        write_row(output, i, row);
-    }
-    output.set_len(chunk.len());
-    Ok(())
+    emit_chunk(&emitted.rows, &emitted.next, output, write_row)
 }
 
 struct ListenTable;
