@@ -204,21 +204,15 @@ pub fn admit_admin(function: &'static str, interrupt: impl Fn()) -> Result<(), S
     refuse_if_remote(function)?;
     let mut state = GATE.lock();
     state.admins_waiting += 1;
-    let (state, mut clear) = GATE.wait_until(state, ADMIN_GRACE, |s| s.running == 0);
-    let state = if clear {
-        state
-    } else {
-        let mut state = state;
+    let (mut state, mut clear) = GATE.wait_until(state, ADMIN_GRACE, |s| s.running == 0);
+    if !clear {
         state.interrupts += 1;
         state.interrupted_for = function;
         drop(state);
         interrupt();
-        let (state, now) = GATE.wait_until(GATE.lock(), ADMIN_AFTER_INTERRUPT, |s| s.running == 0);
-        clear = now;
-        state
-    };
+        (state, clear) = GATE.wait_until(GATE.lock(), ADMIN_AFTER_INTERRUPT, |s| s.running == 0);
+    }
     let running = state.running;
-    let mut state = state;
     state.admins_waiting -= 1;
     drop(state);
     GATE.changed.notify_all();
