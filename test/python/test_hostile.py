@@ -206,16 +206,25 @@ def long_query_in_background(conn):
     return t, errors
 
 
-def test_stop_interrupts_a_long_query_and_returns(make):  # noqa: F811
-    h = make(", sql := 'read_only'")
-    conn = h.connect()
+def host_call_during_a_long_query(h, conn, sql):
+    """Runs `sql` in the host while a client's long read-only query runs; returns the call's rows, how long it
+    took, and the errors the client's query ended with (it must have ended)."""
     t, errors = long_query_in_background(conn)
     time.sleep(1.5)
     started = time.monotonic()
-    assert h.sql("SELECT arrowport_stop()") == [(1,)]
+    rows = h.sql(sql)
     elapsed = time.monotonic() - started
     t.join(60)
-    assert not t.is_alive() and errors, errors
+    assert not t.is_alive(), "the client's query did not end"
+    return rows, elapsed, errors
+
+
+def test_stop_interrupts_a_long_query_and_returns(make):  # noqa: F811
+    h = make(", sql := 'read_only'")
+    conn = h.connect()
+    rows, elapsed, errors = host_call_during_a_long_query(h, conn, "SELECT arrowport_stop()")
+    assert rows == [(1,)]
+    assert errors, errors
     # Bounded: the statement was interrupted, not run to its end (which takes minutes here).
     assert elapsed < 20, elapsed
     assert h.sql("FROM arrowport_status()") == []
@@ -250,13 +259,9 @@ def test_admin_functions_reached_through_query_indirection_are_refused_on_every_
 def test_the_hosts_own_admin_call_interrupts_a_long_network_query_and_runs(make):  # noqa: F811
     h = make(", sql := 'read_only'")
     conn = h.connect()
-    t, errors = long_query_in_background(conn)
-    time.sleep(1.5)
-    started = time.monotonic()
-    assert h.sql("SELECT name FROM arrowport_create_token('ops')") == [("ops",)]
-    elapsed = time.monotonic() - started
-    t.join(60)
-    assert not t.is_alive() and errors and "Interrupted" in errors[0], errors
+    rows, elapsed, errors = host_call_during_a_long_query(h, conn, "SELECT name FROM arrowport_create_token('ops')")
+    assert rows == [("ops",)]
+    assert errors and "Interrupted" in errors[0], errors
     assert elapsed < 10, elapsed
     assert query(conn, "SELECT 42 AS answer").to_pylist() == [{"answer": 42}]
 
