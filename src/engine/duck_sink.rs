@@ -654,41 +654,32 @@ impl Sink for DuckSink {
                 allowed(&p, access)?;
                 p.kind()
             };
-            let no_params = [Vec::new()];
-            let runs: &[Vec<Param>] = if statement.params.is_empty() { &no_params } else { &statement.params };
-            let mut schema_sent = false;
-            let mut send_schema = |schema: SchemaRef| -> Result<(), IngestError> {
-                if !schema_sent {
-                    schema_sent = true;
-                    out.send(QueryItem::Schema(schema))?;
-                }
-                Ok(())
-            };
-            for params in runs {
-                // A query streams: DuckDB's Arrow schema for it comes from running it wrapped with LIMIT 0.
-                let streaming_schema =
-                    if kind == StatementKind::Select { conn.select_schema(&statement.sql, params).map_err(E::sql)? } else { None };
-                let mut p = conn.prepare(&statement.sql).map_err(E::sql)?;
-                p.bind(params).map_err(E::sql)?;
-                match streaming_schema {
-                    Some(schema) => {
-                        let mut rows = p.execute(&schema).map_err(E::sql)?;
-                        send_schema(rows.schema())?;
-                        while let Some(batch) = rows.next_batch().map_err(E::sql)? {
-                            out.send(QueryItem::Batch(batch))?;
-                        }
-                    }
-                    None => {
-                        let (schema, batches) = p.execute_materialized().map_err(E::sql)?;
-                        send_schema(schema)?;
-                        for batch in batches {
-                            out.send(QueryItem::Batch(batch))?;
-                        }
-                    }
-                }
-            }
-            Ok(())
+            stream_result(conn, statement, kind, out)
         })
+    }
+
+    fn export(&mut self, sql: &str, out: &QueryOut) -> Result<(), IngestError> {
+        self.conn.execute(&format!("USE {}", quote_ident(&self.at.host_db))).map_err(E::db)?;
+        // DuckDB's types without an Arrow equivalent (HUGEINT, UHUGEINT, UUID, TIME WITH TIME ZONE, BIT,
+        // BIGNUM) go out as Arrow extension types a DuckDB receiver reads back as the same type; without this
+        // setting DuckDB sends UUID as text and UHUGEINT as a DECIMAL(38,0) that wraps above 10^38.
+        self.conn.execute("SET SESSION arrow_lossless_conversion = true").map_err(E::db)?;
+        let out = self.conn.begin_read_only().map_err(E::db).and_then(|mut txn| {
+            let kind = txn.prepare(sql).map_err(E::sql)?.kind();
+            if kind != StatementKind::Select {
+                return Err(IngestError::BadInput("the query must be a statement that returns rows (SELECT, FROM, VALUES, ...)".into()));
+            }
+            stream_result(&mut txn, &Statement { sql: sql.to_string(), params: Vec::new() }, kind, out)?;
+            txn.commit().map_err(E::db)
+        });
+        if let Err(e) = self
+            .conn
+            .execute_past_interrupts("RESET SESSION arrow_lossless_conversion")
+            .and_then(|_| self.conn.execute_past_interrupts(&format!("USE {}", quote_ident(SCRATCH_DB))))
+        {
+            eprintln!("arrowport: could not restore writer {} after a query: {e}", self.at.id);
+        }
+        out
     }
 
     fn update(&mut self, statement: &Statement, access: Access) -> Result<u64, IngestError> {
@@ -739,6 +730,43 @@ impl Sink for DuckSink {
         }
         Ok(out)
     }
+}
+
+/// Runs a statement (once per parameter row) and sends its schema, then its batches, to `out`.
+fn stream_result(conn: &mut RawConn, statement: &Statement, kind: StatementKind, out: &QueryOut) -> Result<(), IngestError> {
+    let no_params = [Vec::new()];
+    let runs: &[Vec<Param>] = if statement.params.is_empty() { &no_params } else { &statement.params };
+    let mut schema_sent = false;
+    let mut send_schema = |schema: SchemaRef| -> Result<(), IngestError> {
+        if !schema_sent {
+            schema_sent = true;
+            out.send(QueryItem::Schema(schema))?;
+        }
+        Ok(())
+    };
+    for params in runs {
+        // A query streams: DuckDB's Arrow schema for it comes from running it wrapped with LIMIT 0.
+        let streaming_schema = if kind == StatementKind::Select { conn.select_schema(&statement.sql, params).map_err(E::sql)? } else { None };
+        let mut p = conn.prepare(&statement.sql).map_err(E::sql)?;
+        p.bind(params).map_err(E::sql)?;
+        match streaming_schema {
+            Some(schema) => {
+                let mut rows = p.execute(&schema).map_err(E::sql)?;
+                send_schema(rows.schema())?;
+                while let Some(batch) = rows.next_batch().map_err(E::sql)? {
+                    out.send(QueryItem::Batch(batch))?;
+                }
+            }
+            None => {
+                let (schema, batches) = p.execute_materialized().map_err(E::sql)?;
+                send_schema(schema)?;
+                for batch in batches {
+                    out.send(QueryItem::Batch(batch))?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether the listener's access allows this kind of statement.

@@ -93,10 +93,10 @@ impl Access {
     }
 }
 
-/// Names a statement sent over the network may not contain: the functions that start and stop listeners (from a
-/// writer thread they would wait for that very thread), and the scratch database the writers' scan views live
-/// in (detaching it would break every writer).
-const FORBIDDEN_NAMES: [&str; 3] = ["arrowport_stop", "arrowport_listen", "arrowport_scratch"];
+/// Names a statement sent over the network may not contain: the functions that start and stop listeners or send
+/// to other hosts (from a writer thread they would wait for that very thread), and the scratch database the
+/// writers' scan views live in (detaching it would break every writer).
+const FORBIDDEN_NAMES: [&str; 4] = ["arrowport_stop", "arrowport_listen", "arrowport_send", "arrowport_scratch"];
 
 pub fn check_statement(sql: &str, access: Access, principal: &Principal) -> Result<(), IngestError> {
     if access == Access::Off {
@@ -226,7 +226,7 @@ pub fn admit_admin(function: &'static str, interrupt: impl Fn()) -> Result<(), S
     }
 }
 
-fn refuse_if_remote(function: &str) -> Result<(), String> {
+pub fn refuse_if_remote(function: &str) -> Result<(), String> {
     if REMOTE.with(|r| r.get()) {
         Err(format!("{function} cannot be called over the network; call it in the host's own session"))
     } else {

@@ -107,36 +107,21 @@ impl<S: Sink> Core<S> {
     ) -> Result<(SchemaRef, QueryStream), IngestError> {
         check_statement(&statement.sql, access, principal)?;
         let admitted = policy.admit()?;
-        let (tx, mut rx) = mpsc::channel(RESULT_DEPTH);
-        let (reply, mut done) = oneshot::channel();
+        let (tx, rx) = mpsc::channel(RESULT_DEPTH);
+        let (reply, done) = oneshot::channel();
         let out = QueryOut::new(tx, policy.stall_timeout);
         self.submit_work(Work::Query { statement, access, out, reply }).await?;
-        let schema = tokio::select! {
-            item = rx.recv() => match item {
-                Some(QueryItem::Schema(s)) => s,
-                Some(QueryItem::Batch(_)) => return Err(IngestError::Internal("a result batch came before its schema".into())),
-                None => return Err(match (&mut done).await {
-                    Ok(Err(e)) => e,
-                    _ => IngestError::Internal("the statement ended without a result".into()),
-                }),
-            },
-        };
-        let state = (rx, Some(done), admitted);
-        let stream = futures::stream::unfold(state, |(mut rx, done, admitted)| async move {
-            match rx.recv().await {
-                Some(QueryItem::Batch(b)) => Some((Ok(b), (rx, done, admitted))),
-                Some(QueryItem::Schema(_)) => Some((Err(IngestError::Internal("a second schema in one result".into())), (rx, None, admitted))),
-                None => match done {
-                    None => None,
-                    Some(done) => match done.await {
-                        Ok(Ok(())) => None,
-                        Ok(Err(e)) => Some((Err(e), (rx, None, admitted))),
-                        Err(_) => Some((Err(IngestError::Internal("the writer went away".into())), (rx, None, admitted))),
-                    },
-                },
-            }
-        });
-        Ok((schema, Box::pin(stream)))
+        result_stream(rx, done, admitted).await
+    }
+
+    /// Runs a query of the host's own session (for `arrowport_send`) in a read-only transaction and streams its
+    /// result. `stall` bounds how long the writer waits for the batches to be taken.
+    pub async fn export(&self, sql: &str, stall: std::time::Duration) -> Result<(SchemaRef, QueryStream), IngestError> {
+        let (tx, rx) = mpsc::channel(RESULT_DEPTH);
+        let (reply, done) = oneshot::channel();
+        let out = QueryOut::new(tx, stall);
+        self.submit_work(Work::Export { sql: sql.to_string(), out, reply }).await?;
+        result_stream(rx, done, ()).await
     }
 
     /// Catalogs, schemas and tables (with their Arrow schemas when `with_schemas`).
@@ -147,6 +132,41 @@ impl<S: Sink> Core<S> {
         let (reply, rx) = oneshot::channel();
         self.call(Work::Catalog { with_schemas, reply }, rx).await
     }
+}
+
+/// The schema, then a stream of the batches a writer hands over; ends with the statement's error if it failed
+/// midway. `held` (an admission) lives as long as the stream.
+async fn result_stream<H: Send + 'static>(
+    mut rx: mpsc::Receiver<QueryItem>,
+    mut done: oneshot::Receiver<Result<(), IngestError>>,
+    held: H,
+) -> Result<(SchemaRef, QueryStream), IngestError> {
+    let schema = match rx.recv().await {
+        Some(QueryItem::Schema(s)) => s,
+        Some(QueryItem::Batch(_)) => return Err(IngestError::Internal("a result batch came before its schema".into())),
+        None => {
+            return Err(match (&mut done).await {
+                Ok(Err(e)) => e,
+                _ => IngestError::Internal("the statement ended without a result".into()),
+            });
+        }
+    };
+    let state = (rx, Some(done), held);
+    let stream = futures::stream::unfold(state, |(mut rx, done, held)| async move {
+        match rx.recv().await {
+            Some(QueryItem::Batch(b)) => Some((Ok(b), (rx, done, held))),
+            Some(QueryItem::Schema(_)) => Some((Err(IngestError::Internal("a second schema in one result".into())), (rx, None, held))),
+            None => match done {
+                None => None,
+                Some(done) => match done.await {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some((Err(e), (rx, None, held))),
+                    Err(_) => Some((Err(IngestError::Internal("the writer went away".into())), (rx, None, held))),
+                },
+            },
+        }
+    });
+    Ok((schema, Box::pin(stream)))
 }
 
 #[cfg(test)]

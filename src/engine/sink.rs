@@ -175,6 +175,12 @@ pub trait Sink: Send + 'static {
     fn query(&mut self, _statement: &Statement, _access: Access, _out: &QueryOut) -> Result<(), IngestError> {
         Err(IngestError::Unsupported("this writer runs no SQL".into()))
     }
+    /// Runs a query of the host's own session (`arrowport_send`) in a read-only transaction and sends its
+    /// schema, then its batches, to `out`. Not a network statement: arrowport's own functions are not refused
+    /// in it, and administrative calls do not wait for it.
+    fn export(&mut self, _sql: &str, _out: &QueryOut) -> Result<(), IngestError> {
+        Err(IngestError::Unsupported("this writer runs no SQL".into()))
+    }
     /// Runs a statement that changes data; returns the rows changed.
     fn update(&mut self, _statement: &Statement, _access: Access) -> Result<u64, IngestError> {
         Err(IngestError::Unsupported("this writer runs no SQL".into()))

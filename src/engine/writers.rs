@@ -30,6 +30,7 @@ pub(crate) enum Work {
     List { reply: Reply<Vec<(String, Schema)>> },
     DescribeSql { sql: String, params: Option<Vec<Param>>, access: Access, reply: Reply<Described> },
     Query { statement: Statement, access: Access, out: QueryOut, reply: Reply<()> },
+    Export { sql: String, out: QueryOut, reply: Reply<()> },
     Update { statement: Statement, access: Access, reply: Reply<u64> },
     Catalog { with_schemas: bool, reply: Reply<Catalog> },
 }
@@ -174,7 +175,7 @@ impl<S: Sink> Writers<S> {
                         Err(_) => break,
                     };
                     let Ok(job) = job else { break };
-                    let kind = if matches!(job.work, Work::Write { .. }) { WRITING } else { STATEMENT };
+                    let kind = if matches!(job.work, Work::Write { .. } | Work::Export { .. }) { WRITING } else { STATEMENT };
                     let _busy = Busy::with(&busy, kind);
                     match job.work {
                         Work::Write { mapping, schema, input, key, reply } => {
@@ -194,6 +195,9 @@ impl<S: Sink> Writers<S> {
                         }
                         Work::Query { statement, access, out, reply } => {
                             let _ = reply.send(guarded(|| sink.query(&statement, access, &out)));
+                        }
+                        Work::Export { sql, out, reply } => {
+                            let _ = reply.send(guarded(|| sink.export(&sql, &out)));
                         }
                         Work::Update { statement, access, reply } => {
                             let _ = reply.send(guarded(|| sink.update(&statement, access)));

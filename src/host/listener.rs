@@ -27,6 +27,7 @@ use crate::engine::writers::Writers;
 use crate::host::gate::{self, AuthMode, Gate};
 use crate::host::tls::{self, TlsError};
 use crate::proto::flight::FlightAdapter;
+use crate::proto::send::{self, SendOptions, Sent, Target};
 use crate::proto::{rest, status};
 
 /// Largest Flight or IPC message accepted by default (`max_message_bytes` changes it).
@@ -351,6 +352,31 @@ impl Host {
             eprintln!("arrowport: could not save when tokens were last used: {e}");
         }
         count
+    }
+
+    /// `arrowport_send`: runs `sql` on a writer (starting the writers and the runtime if no listener has) and
+    /// sends its result to `stream` at `target`, retrying transient failures under one idempotency key.
+    pub fn send(&self, target: &Target, stream: &str, sql: &str, options: &SendOptions) -> Result<Sent, String> {
+        let (runtime, core) = {
+            let mut state = self.lock();
+            if state.running.is_none() {
+                self.mappings_loaded()?;
+                let budget = Arc::new(Budget::new(DEFAULT_MEMORY_BUDGET));
+                let running = start(&mut state.pool, Arc::clone(&self.metrics), Arc::clone(&self.registry), budget).map_err(|e| e.to_string())?;
+                state.running = Some(running);
+            }
+            let running = state.running.as_ref().ok_or("the runtime did not start")?;
+            (running.runtime.handle().clone(), Arc::clone(&running.core))
+        };
+        // The writer waits for the sender to take batches a little longer than the sender waits for the remote,
+        // so a stalled remote is reported as such.
+        let stall = options.timeout + std::time::Duration::from_secs(30);
+        let sql = sql.to_string();
+        let source: send::Source<'_> = Box::new(move || {
+            let (core, sql) = (Arc::clone(&core), sql.clone());
+            Box::pin(async move { core.export(&sql, stall).await })
+        });
+        runtime.block_on(send::send(target, stream, options, source))
     }
 
     /// Lets an administrative SQL function run, or refuses it when it came over the network

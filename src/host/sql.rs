@@ -11,6 +11,8 @@
 //!   `arrowport_alter_stream` (same options), `arrowport_drop_stream(name)`, `FROM arrowport_streams()`.
 //! - `CALL arrowport_create_token(name, streams := [...])` (the secret, shown once), `arrowport_revoke_token(name)`,
 //!   `FROM arrowport_tokens()` (never secrets).
+//! - `FROM arrowport_send(url, stream, query := '...', ...)`: the query's result to a remote stream, one row
+//!   with the remote's acknowledgement.
 
 use std::error::Error;
 use std::sync::Arc;
@@ -30,6 +32,7 @@ use crate::engine::metrics;
 use crate::engine::policy::Access;
 use crate::host::gate::AuthMode;
 use crate::host::listener::{Host, ListenOptions, StatusRow};
+use crate::proto::send::{self, Compression, SendOptions, Sent, Target};
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
 
@@ -52,6 +55,7 @@ pub fn register(conn: &Connection, host: Arc<Host>) -> Result<()> {
     conn.register_table_function_with_extra_info::<CreateToken, Arc<Host>>("arrowport_create_token", &host)?;
     conn.register_table_function_with_extra_info::<RevokeToken, Arc<Host>>("arrowport_revoke_token", &host)?;
     conn.register_table_function_with_extra_info::<TokensTable, Arc<Host>>("arrowport_tokens", &host)?;
+    conn.register_table_function_with_extra_info::<SendTable, Arc<Host>>("arrowport_send", &host)?;
     Ok(())
 }
 
@@ -685,3 +689,125 @@ token_function!(RevokeToken, "arrowport_revoke_token", false, Some(vec![varchar(
 token_function!(TokensTable, "arrowport_tokens", false, None, None, |bind| (), |host, _| {
     Ok(host.tokens()?.into_iter().map(|record| TokenRow { record, secret: None }).collect())
 });
+
+/// `FROM arrowport_send(url, stream, query := '...', token, compression, batch_rows, idempotency_key, tls_ca,
+/// timeout, retries)`: runs the query on this database and sends its result to `stream` at `url` as one
+/// request; one row, the remote's acknowledgement. Refused in a statement sent over the network (it would let a
+/// client reach any address from the host).
+struct SendTable;
+
+/// What `arrowport_send` returns: the acknowledgement and the key it was sent under.
+pub struct SendRow {
+    sent: Sent,
+    key: String,
+}
+
+impl VTab for SendTable {
+    type InitData = Emitted<SendRow>;
+    type BindData = Action<SendRow>;
+
+    fn bind(bind: &BindInfo) -> Result<Self::BindData> {
+        crate::engine::policy::refuse_if_remote("arrowport_send")?;
+        for (name, kind) in [
+            ("stream", LogicalTypeId::Varchar),
+            ("table", LogicalTypeId::Varchar),
+            ("rows", LogicalTypeId::Bigint),
+            ("batches", LogicalTypeId::Bigint),
+            ("bytes", LogicalTypeId::Bigint),
+            ("replayed", LogicalTypeId::Boolean),
+            ("idempotency_key", LogicalTypeId::Varchar),
+            ("retries", LogicalTypeId::Bigint),
+            ("elapsed_seconds", LogicalTypeId::Double),
+        ] {
+            bind.add_result_column(name, kind.into());
+        }
+        let host = Arc::clone(host_of(bind)?);
+        let arg = |i: u64, what: &str| -> Result<String> {
+            let v = bind.get_parameter(i);
+            if v.is_null() { Err(format!("arrowport_send: the {what} is NULL").into()) } else { Ok(v.to_string()) }
+        };
+        let target = Target::parse(&arg(0, "url")?)?;
+        let stream = arg(1, "stream")?;
+        registry::validate_stream_name(&stream)?;
+        let text = |name: &str| bind.get_named_parameter(name).filter(|v| !v.is_null()).map(|v| v.to_string());
+        let query = text("query").filter(|q| !q.trim().is_empty()).ok_or("arrowport_send needs query := 'SELECT ...': the rows to send")?;
+        let mut options = SendOptions {
+            token: text("token"),
+            compression: Compression::parse(&text("compression").unwrap_or_default())?,
+            batch_rows: send::DEFAULT_BATCH_ROWS,
+            idempotency_key: text("idempotency_key").unwrap_or_default(),
+            tls_ca: text("tls_ca"),
+            timeout: send::DEFAULT_TIMEOUT,
+            retries: send::DEFAULT_RETRIES,
+        };
+        if let Some(n) = positive(bind, "batch_rows")? {
+            options.batch_rows = usize::try_from(n.min(1 << 24))?;
+        }
+        if let Some(v) = bind.get_named_parameter("timeout").filter(|v| !v.is_null()) {
+            let secs = v.to_double();
+            if !(secs > 0.0 && secs <= 86_400.0) {
+                return Err(format!("invalid value for option timeout: {secs} (seconds, more than 0 and at most 86400)").into());
+            }
+            options.timeout = std::time::Duration::from_secs_f64(secs);
+        }
+        if let Some(v) = bind.get_named_parameter("retries").filter(|v| !v.is_null()) {
+            let n = v.to_int64();
+            if !(0..=100).contains(&n) {
+                return Err(format!("invalid value for option retries: {n} (0 to 100)").into());
+            }
+            options.retries = n as u32;
+        }
+        if options.idempotency_key.len() > 200 || options.idempotency_key.chars().any(|c| !c.is_ascii_graphic()) {
+            return Err("invalid value for option idempotency_key: at most 200 printable ASCII characters, no spaces".into());
+        }
+        Ok(Action::new(move || {
+            crate::engine::policy::refuse_if_remote("arrowport_send")?;
+            let mut options = options.clone();
+            if options.idempotency_key.is_empty() {
+                // One key per call, kept across its retries.
+                options.idempotency_key = send::new_key()?;
+            }
+            let sent = host.send(&target, &stream, &query, &options)?;
+            Ok(vec![SendRow { sent, key: options.idempotency_key }])
+        }))
+    }
+
+    fn init(init: &InitInfo) -> Result<Self::InitData> {
+        init_action(init)
+    }
+
+    fn func(func: &TableFunctionInfo<Self>, output: &mut DataChunkHandle) -> Result<()> {
+        emit_action(func, output, |out, i, r: &SendRow| {
+            let ack = &r.sent.ack;
+            out.flat_vector(0).insert(i, ack.stream.as_str());
+            match &ack.table {
+                Some(t) => out.flat_vector(1).insert(i, t.as_str()),
+                None => out.flat_vector(1).set_null(i),
+            }
+            vector::set_bigint(&mut out.flat_vector(2), i, ack.rows as i64);
+            vector::set_bigint(&mut out.flat_vector(3), i, ack.batches as i64);
+            vector::set_bigint(&mut out.flat_vector(4), i, ack.bytes as i64);
+            vector::set_bool(&mut out.flat_vector(5), i, ack.replayed);
+            out.flat_vector(6).insert(i, r.key.as_str());
+            vector::set_bigint(&mut out.flat_vector(7), i, i64::from(r.sent.retries));
+            vector::set_double(&mut out.flat_vector(8), i, r.sent.elapsed.as_secs_f64());
+        })
+    }
+
+    fn parameters() -> Option<Vec<LogicalTypeHandle>> {
+        Some(vec![varchar(), varchar()])
+    }
+
+    fn named_parameters() -> Option<Vec<(String, LogicalTypeHandle)>> {
+        Some(vec![
+            ("query".to_string(), varchar()),
+            ("token".to_string(), varchar()),
+            ("compression".to_string(), varchar()),
+            ("batch_rows".to_string(), LogicalTypeId::Bigint.into()),
+            ("idempotency_key".to_string(), varchar()),
+            ("tls_ca".to_string(), varchar()),
+            ("timeout".to_string(), LogicalTypeId::Double.into()),
+            ("retries".to_string(), LogicalTypeId::Bigint.into()),
+        ])
+    }
+}
