@@ -8,7 +8,9 @@ Cases (each on a fresh file database; every run checks that the rows landed equa
   a file before the clock starts), the original's JSON endpoint (its timing includes the client's base64 and
   JSON encoding); IPC compression none / zstd / lz4 at 1M rows for each;
 - small batches: 1,000 requests of 1,000 rows, 1 and 8 concurrent clients, Flight and REST;
-- the host's RSS before, peak during, and after the 10M-row DoPut.
+- the host's RSS before, peak during, and after the 10M-row DoPut;
+- send: `arrowport_send` from a second DuckDB host process (its table made from the same SQL off the clock) over
+  Flight (send-grpc) and REST (send-http); its RSS columns are the sender's.
 
 Both sides time the same thing: rows into an existing, empty table on a connection already open. The baseline
 creates its table (`CREATE TABLE t AS SELECT * FROM src LIMIT 0`) before its clock; arrowport's host gets that
@@ -55,17 +57,20 @@ def rechunk(t):
     return pa.Table.from_batches(t.combine_chunks().to_batches(max_chunksize=BATCH_ROWS))
 
 
-def events(n):
+def events_sql(n):
     """The original service's benchmark table, deterministic."""
-    q = f"""SELECT range::BIGINT AS id, (1700000000000 + range)::BIGINT AS "timestamp", ((range % 1000) * 0.5)::DOUBLE AS value,
+    return f"""SELECT range::BIGINT AS id, (1700000000000 + range)::BIGINT AS "timestamp", ((range % 1000) * 0.5)::DOUBLE AS value,
                ['cpu', 'mem', 'disk', 'net'][(range % 4) + 1] AS category, ((range * 7) % 100) / 3.0 AS metric
             FROM range({n})"""
-    return rechunk(duckdb.sql(q).to_arrow_table())
 
 
-def wide(n):
+def events(n):
+    return rechunk(duckdb.sql(events_sql(n)).to_arrow_table())
+
+
+def wide_sql(n):
     """20 columns, string-heavy, with timestamps, decimals and lists."""
-    q = f"""SELECT range::BIGINT AS id,
+    return f"""SELECT range::BIGINT AS id,
                'user_' || (range % 50000)::VARCHAR AS user_name,
                'https://example.com/' || md5(range::VARCHAR) AS url,
                md5((range * 3)::VARCHAR) AS session,
@@ -86,7 +91,13 @@ def wide(n):
                (range * 13 % 1000003)::BIGINT AS counter,
                repeat('x', (range % 40)::INTEGER) AS padding
             FROM range({n})"""
-    return rechunk(duckdb.sql(q).to_arrow_table())
+
+
+def wide(n):
+    return rechunk(duckdb.sql(wide_sql(n)).to_arrow_table())
+
+
+DATA_SQL = {"events": events_sql, "wide": wide_sql}
 
 
 def rss_kib(pid="self"):
@@ -252,6 +263,25 @@ def one_large(table, protocol, compression, create, empty):
     return {"seconds": seconds, "landed": landed, **rss.mib()}
 
 
+def one_send(dataset, n, scheme, create):
+    """`arrowport_send` from one DuckDB host process to another: the sender's table (made off the clock from the
+    same SQL as the baseline's data) to the receiver's existing, empty table, as one request."""
+    with tempfile.TemporaryDirectory() as d:
+        receiver = Host(d)
+        receiver.host.sql(create)
+        sender = hosts.start("py20", os.path.join(d, "sender.duckdb"))
+        sender.sql(hosts.load_sql())
+        sender.sql(f"CREATE TABLE src AS {DATA_SQL[dataset](n)}")
+        sender.sql("CHECKPOINT")
+        with PeakRss(sender.proc.pid) as rss:
+            seconds, row = timed(lambda: sender.sql(f"FROM arrowport_send('{scheme}://{receiver.addr}', 't', query := 'FROM src')"))
+        assert row[0][2] == n, row
+        sender.close()
+        landed = receiver.count("t")
+        receiver.close()
+    return {"seconds": seconds, "landed": landed, **rss.mib()}
+
+
 def large_cases(results, dataset, table, base_seconds):
     n = table.num_rows
     mb = table.nbytes / 1e6
@@ -263,8 +293,12 @@ def large_cases(results, dataset, table, base_seconds):
         cases += [("json", None), ("json", "zstd"), ("json", "lz4")]
     create = table_sql(table)
     empty = ipc_bytes(table.schema.empty_table())
+    cases += [("send-grpc", None), ("send-http", None)]
     for protocol, compression in cases:
-        run = median_run([one_large(table, protocol, compression, create, empty) for _ in range(REPEAT)])
+        if protocol.startswith("send-"):
+            run = median_run([one_send(dataset, n, protocol[5:], create) for _ in range(REPEAT)])
+        else:
+            run = median_run([one_large(table, protocol, compression, create, empty) for _ in range(REPEAT)])
         seconds = run["seconds"]
         row = {"dataset": dataset, "rows": n, "case": protocol + (f"+{compression}" if compression else ""),
                "rows_per_s": n / seconds, "mb_per_s": mb / seconds, "vs_baseline": base_seconds / seconds, **run}
