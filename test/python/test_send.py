@@ -356,9 +356,14 @@ def test_clients_over_the_network_cannot_send(tmp_path):
     rx = start_host("py20", str(tmp_path / "receiver.duckdb"))
     addr = rx.sql("FROM arrowport_listen('127.0.0.1:0', sql := 'read_write', allow_unauthenticated := true)")[0][1]
     target = f"grpc://{addr}"
+    # The host's own view and macro over arrowport_send: defining them sends nothing (it acts when run).
+    rx.sql(f"CREATE VIEW send_view AS {send_sql(target, 'leak', 'SELECT 1 AS x')}")
+    rx.sql(f"CREATE MACRO send_macro() AS TABLE {send_sql(target, 'leak', 'SELECT 1 AS x')}")
     attempts = [
         send_sql(target, "leak", "SELECT 1 AS x"),
         "FROM query('FROM arrowport' || '_send(''" + target + "'', ''leak'', query := ''SELECT 1 AS x'')')",
+        "FROM send_view",
+        "FROM send_macro()",
     ]
     with flightsql.connect(f"grpc://{addr}") as conn:
         for sql in attempts:
