@@ -18,6 +18,7 @@ PYTHON      ?= python3
 VENV        := .venv
 VENV15      := .venv15
 VENV_OLD    := .venv-old
+VENV_LAKE   := .venv-lake
 LISTEN      ?= 127.0.0.1:8815
 DB          ?= arrowport.duckdb
 
@@ -61,7 +62,12 @@ $(VENV_OLD)/.stamp: test/requirements-duckdb-old.txt
 	$(VENV_OLD)/bin/pip install --quiet --disable-pip-version-check -r test/requirements-duckdb-old.txt
 	touch $@
 
-venvs: $(VENV)/.stamp $(VENV15)/.stamp $(VENV_OLD)/.stamp
+$(VENV_LAKE)/.stamp: test/requirements-lake.txt
+	$(PYTHON) -m venv $(VENV_LAKE)
+	$(VENV_LAKE)/bin/pip install --quiet --disable-pip-version-check -r test/requirements-lake.txt
+	touch $@
+
+venvs: $(VENV)/.stamp $(VENV15)/.stamp $(VENV_OLD)/.stamp $(VENV_LAKE)/.stamp
 
 run: release $(VENV)/.stamp
 	mkdir -p $(EXT_DIR)

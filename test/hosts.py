@@ -15,6 +15,8 @@ CLI = os.path.join(ROOT, ".venv", "bin", "duckdb")
 PYTHONS = {
     "py20": os.path.join(ROOT, ".venv", "bin", "python"),
     "py15": os.path.join(ROOT, ".venv15", "bin", "python"),
+    # DuckDB 1.5.5 with the ducklake, postgres and httpfs extension wheels (test/lake.py).
+    "lake": os.path.join(ROOT, ".venv-lake", "bin", "python"),
 }
 HOST_KINDS = ["cli", "py20", "py15"]
 

@@ -42,6 +42,9 @@ pub const SCRATCH_DB: &str = "arrowport_scratch";
 const KEYS_TABLE: &str = "requests";
 const KEYS_COLUMNS: &str =
     "key VARCHAR PRIMARY KEY, stream VARCHAR NOT NULL, ack VARCHAR NOT NULL, committed_at TIMESTAMPTZ NOT NULL DEFAULT now()";
+/// The same for catalogs without PRIMARY KEY constraints (DuckLake): the key is checked inside the transaction.
+const KEYS_COLUMNS_UNCONSTRAINED: &str =
+    "key VARCHAR NOT NULL, stream VARCHAR NOT NULL, ack VARCHAR NOT NULL, committed_at TIMESTAMPTZ NOT NULL DEFAULT now()";
 /// Keys kept per catalog at most (the oldest go first), whatever the window...
 const MAX_KEYS: u64 = 1_000_000;
 /// ...checked every this many keys a writer records.
@@ -97,6 +100,8 @@ struct Landing {
     described: HashMap<Schema, Vec<Column>>,
     /// Catalogs whose `arrowport.requests` (idempotency keys) exists, as far as this writer made sure.
     keys_ready: HashSet<String>,
+    /// Catalogs whose key table has no PRIMARY KEY (the catalog supports none): keys are checked before insert.
+    keys_unconstrained: HashSet<String>,
     /// Keys this writer recorded, for purging now and then.
     keys_recorded: u64,
     /// Test hook: a request into a table of this name panics inside its transaction, after its INSERT (set by
@@ -158,6 +163,7 @@ impl DuckSink {
             scan: None,
             described: HashMap::new(),
             keys_ready: HashSet::new(),
+            keys_unconstrained: HashSet::new(),
             keys_recorded: 0,
             panic_on,
         };
@@ -307,13 +313,23 @@ impl Landing {
         let table = self.keys_table(catalog);
         if !self.keys_ready.contains(&name) {
             let schema = format!("{}.{}", quote_ident(catalog.unwrap_or(&self.host_db)), quote_ident(OWN_SCHEMA));
-            let create = |conn: &mut RawConn| -> Result<(), DbError> {
+            let create = |conn: &mut RawConn| -> Result<bool, DbError> {
                 conn.execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))?;
-                conn.execute(&format!("CREATE TABLE IF NOT EXISTS {table} ({KEYS_COLUMNS})"))?;
-                Ok(())
+                match conn.execute(&format!("CREATE TABLE IF NOT EXISTS {table} ({KEYS_COLUMNS})")) {
+                    Ok(_) => Ok(false),
+                    // DuckLake has no PRIMARY KEY or UNIQUE constraints.
+                    Err(e) if e.0.contains("PRIMARY KEY/UNIQUE constraints are not supported") => {
+                        conn.execute(&format!("CREATE TABLE IF NOT EXISTS {table} ({KEYS_COLUMNS_UNCONSTRAINED})"))?;
+                        Ok(true)
+                    }
+                    Err(e) => Err(e),
+                }
             };
             // Another writer creating it at the same moment makes ours fail once; then it exists.
-            create(conn).or_else(|_| create(conn)).map_err(E::db)?;
+            let unconstrained = create(conn).or_else(|_| create(conn)).map_err(E::db)?;
+            if unconstrained {
+                self.keys_unconstrained.insert(name.clone());
+            }
             self.keys_ready.insert(name);
             self.keys_recorded = 0;
         }
@@ -340,6 +356,17 @@ impl Landing {
             key.window.as_micros()
         ))
         .map_err(E::db)?;
+        let catalog = target.catalog.as_deref().unwrap_or(&self.host_db).to_lowercase();
+        if self.keys_unconstrained.contains(&catalog) {
+            // No constraint to refuse a second row: look inside this transaction (the key is in progress on this
+            // host, so only a commit elsewhere can have put it there).
+            let found = txn
+                .query(&format!("SELECT count(*) FROM {} WHERE key = {}", self.keys_table(target.catalog.as_deref()), quote_literal(&key.key)))
+                .map_err(E::db)?;
+            if found.first().and_then(|r| r.first().cloned().flatten()).is_some_and(|n| n != "0") {
+                return Err(IngestError::InProgress(key.key.clone()));
+            }
+        }
         txn.execute(&format!(
             "INSERT INTO {} (key, stream, ack) VALUES ({}, {}, {})",
             self.keys_table(target.catalog.as_deref()),
