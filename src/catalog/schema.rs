@@ -158,6 +158,61 @@ pub fn create_table_sql(target: &str, columns: &[Column]) -> String {
     format!("CREATE TABLE {target} ({})", cols.join(", "))
 }
 
+/// DuckDB types a DuckLake table cannot hold (DuckLake 0.4 with DuckDB 1.5): BIT, BIGNUM, UNION, ENUM, fixed-size
+/// arrays, and TIME_NS (its catalog in PostgreSQL has no such type). Refuses, naming every such column, before
+/// anything is written.
+pub fn check_lake_types(table_desc: &str, incoming: &[Column]) -> Result<(), String> {
+    let refused: Vec<String> = incoming
+        .iter()
+        .filter(|c| lake_refuses(&c.sql_type))
+        .map(|c| format!("{} {}", quote_ident(&c.name), c.sql_type))
+        .collect();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "table {table_desc} is in a DuckLake, which cannot store column(s) {}; cast them (a fixed-size array to a list, \
+         an ENUM to VARCHAR, TIME_NS to TIME, BIT or BIGNUM to VARCHAR) before sending",
+        refused.join(", ")
+    ))
+}
+
+fn lake_refuses(sql_type: &str) -> bool {
+    // Quoted parts are names (STRUCT fields) or values (ENUM members), never types.
+    let mut upper = String::with_capacity(sql_type.len());
+    let mut quote = None;
+    for c in sql_type.chars() {
+        match (quote, c) {
+            (None, '"' | '\'') => quote = Some(c),
+            (Some(q), c) if c == q => {
+                quote = None;
+                upper.push('q');
+            }
+            (Some(_), _) => {}
+            (None, c) => upper.push(c.to_ascii_uppercase()),
+        }
+    }
+    let bytes = upper.as_bytes();
+    let fixed_array = upper.match_indices('[').any(|(at, _)| bytes.get(at + 1).is_some_and(u8::is_ascii_digit));
+    // A word in type position (a STRUCT field's name is followed by a space, a type is not).
+    let mut start = 0;
+    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let mut refused = false;
+    for (i, &c) in bytes.iter().enumerate().chain(std::iter::once((bytes.len(), &b' '))) {
+        if i < bytes.len() && word(c) {
+            continue;
+        }
+        let w = &upper[start..i];
+        if i < bytes.len() && c == b' ' {
+            start = i + 1;
+            continue;
+        }
+        refused |= matches!(w, "BIT" | "BIGNUM" | "VARINT" | "UNION" | "ENUM" | "TIME_NS");
+        start = i + 1;
+    }
+    fixed_array || refused
+}
+
 /// Checks that the incoming columns match the table's: same count, same names (ignoring case, as DuckDB does)
 /// in the same order, same types. The error lists what differs.
 pub fn check_fits(table_desc: &str, table: &[Column], incoming: &[Column]) -> Result<(), String> {
@@ -203,6 +258,20 @@ pub fn check_by_name(table_desc: &str, table: &[Column], incoming: &[Column], ev
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn types_a_ducklake_cannot_hold_are_named_before_anything_is_written() {
+        let col = |name: &str, t: &str| Column { name: name.into(), sql_type: t.into() };
+        for t in ["BIT", "BIGNUM", "UNION(a INTEGER, b VARCHAR)", "ENUM('a', 'b')", "BIGINT[2]", "TIME_NS", "STRUCT(a INTEGER[3])", "MAP(VARCHAR, BIT)"] {
+            assert!(lake_refuses(t), "{t}");
+        }
+        for t in ["INTEGER", "BIGINT[]", "STRUCT(\"bit\" INTEGER)", "STRUCT(bit INTEGER, enum VARCHAR)", "TIMESTAMP_NS", "TIME", "HUGEINT", "UUID"] {
+            assert!(!lake_refuses(t), "{t}");
+        }
+        let e = check_lake_types("lake.main.t", &[col("ok", "INTEGER"), col("pair", "BIGINT[2]"), col("t", "TIME_NS")]).unwrap_err();
+        assert!(e.starts_with("table lake.main.t is in a DuckLake, which cannot store column(s) \"pair\" BIGINT[2], \"t\" TIME_NS;"), "{e}");
+        assert!(check_lake_types("x", &[col("a", "VARCHAR")]).is_ok());
+    }
     use arrow::array::{ArrayRef, Decimal256Array, Float32Array};
     use arrow::datatypes::i256;
     use arrow::datatypes::{Field, TimeUnit};

@@ -31,7 +31,8 @@ use crate::engine::error::IngestError as E;
 use crate::engine::policy::{self, Access};
 use crate::engine::query;
 use crate::engine::sink::{
-    BatchRx, Buffered, Catalog, Described, Interrupter, KeyRecord, Param, QueryItem, QueryOut, RequestKey, Sink, Statement, TableEntry,
+    BatchRx, Buffered, Catalog, Described, Interrupter, KeyRecord, Maintained, Param, QueryItem, QueryOut, RequestKey, Sink, Statement,
+    TableEntry,
     Written,
 };
 
@@ -102,6 +103,8 @@ struct Landing {
     keys_ready: HashSet<String>,
     /// Catalogs whose key table has no PRIMARY KEY (the catalog supports none): keys are checked before insert.
     keys_unconstrained: HashSet<String>,
+    /// Catalogs known to be DuckLakes (true) or not.
+    lakes: HashMap<String, bool>,
     /// Keys this writer recorded, for purging now and then.
     keys_recorded: u64,
     /// Test hook: a request into a table of this name panics inside its transaction, after its INSERT (set by
@@ -164,6 +167,7 @@ impl DuckSink {
             described: HashMap::new(),
             keys_ready: HashSet::new(),
             keys_unconstrained: HashSet::new(),
+            lakes: HashMap::new(),
             keys_recorded: 0,
             panic_on,
         };
@@ -301,6 +305,19 @@ impl Landing {
         Ok(())
     }
 
+    /// Whether a catalog is an attached DuckLake (asked once per catalog and writer).
+    fn is_lake(&mut self, conn: &mut RawConn, catalog: Option<&str>) -> Result<bool, IngestError> {
+        let Some(catalog) = catalog else { return Ok(false) };
+        let name = catalog.to_lowercase();
+        if let Some(&known) = self.lakes.get(&name) {
+            return Ok(known);
+        }
+        let rows = conn.query(&format!("SELECT type FROM duckdb_databases() WHERE lower(database_name) = {}", quote_literal(&name))).map_err(E::db)?;
+        let lake = rows.first().and_then(|r| r.first().cloned().flatten()).is_some_and(|t| t.eq_ignore_ascii_case("ducklake"));
+        self.lakes.insert(name, lake);
+        Ok(lake)
+    }
+
     /// The table of idempotency keys in a catalog (`None`: the host database).
     fn keys_table(&self, catalog: Option<&str>) -> String {
         format!("{}.{}.{}", quote_ident(catalog.unwrap_or(&self.host_db)), quote_ident(OWN_SCHEMA), quote_ident(KEYS_TABLE))
@@ -385,6 +402,9 @@ impl Landing {
         let target = &mapping.target;
         let target_sql = target.sql(&self.host_db);
         let view_sql = view_sql(&self.view_name());
+        if self.is_lake(txn, target.catalog.as_deref())? {
+            schema::check_lake_types(&target.display(), incoming).map_err(IngestError::Conflict)?;
+        }
         if mapping.rule == TableRule::Replace {
             txn.execute(&format!("DROP TABLE IF EXISTS {target_sql}")).map_err(E::db)?;
             table.clear();
@@ -477,7 +497,7 @@ impl DuckSink {
                 at.record_key(&mut txn, &mapping.target, key, rows, fed.batches.load(Ordering::SeqCst))?;
             }
             txn.commit().map_err(E::db)?;
-            Ok(Written { rows, write_seconds: started.elapsed().as_secs_f64() })
+            Ok(Written { rows, write_seconds: started.elapsed().as_secs_f64(), retries: 0 })
         });
         // When the input failed while DuckDB was reading it, DuckDB's error only echoes ours.
         result.map_err(|e| failed.lock().ok().and_then(|mut f| f.take()).unwrap_or(e))
@@ -602,9 +622,9 @@ impl Sink for DuckSink {
                 let mut txn = self.conn.begin().map_err(E::db)?;
                 txn.execute(&format!("DELETE FROM {target_sql}")).map_err(E::db)?;
                 txn.commit().map_err(E::db)?;
-                return Ok(Written { rows: 0, write_seconds: started.elapsed().as_secs_f64() });
+                return Ok(Written { rows: 0, write_seconds: started.elapsed().as_secs_f64(), retries: 0 });
             }
-            return Ok(Written { rows: 0, write_seconds: 0.0 });
+            return Ok(Written { rows: 0, write_seconds: 0.0, retries: 0 });
         }
         let failed = Arc::new(Mutex::new(None));
         let (handed_out, batches) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -623,7 +643,7 @@ impl Sink for DuckSink {
         let started = std::time::Instant::now();
         if items.len() > 1 && self.try_group(items).is_ok() {
             let seconds = started.elapsed().as_secs_f64();
-            return items.iter().map(|i| Ok(Written { rows: i.rows, write_seconds: seconds })).collect();
+            return items.iter().map(|i| Ok(Written { rows: i.rows, write_seconds: seconds, retries: 0 })).collect();
         }
         // Alone, or the group failed (rolled back): each request on its own, so one cannot fail the others.
         items.iter().map(|i| self.write_buffered(i)).collect()
@@ -683,6 +703,27 @@ impl Sink for DuckSink {
             };
             stream_result(conn, statement, kind, out)
         })
+    }
+
+    fn maintain(&mut self, catalog: &str, older_than: std::time::Duration) -> Result<Vec<Maintained>, IngestError> {
+        let lit = quote_literal(catalog);
+        let cutoff = format!("older_than => now() - to_microseconds({})", older_than.as_micros());
+        let steps: [(&'static str, String); 4] = [
+            ("ducklake_flush_inlined_data", format!("CALL ducklake_flush_inlined_data({lit})")),
+            ("ducklake_merge_adjacent_files", format!("CALL ducklake_merge_adjacent_files({lit})")),
+            ("ducklake_expire_snapshots", format!("CALL ducklake_expire_snapshots({lit}, {cutoff})")),
+            ("ducklake_cleanup_old_files", format!("CALL ducklake_cleanup_old_files({lit}, {cutoff})")),
+        ];
+        let mut done = Vec::with_capacity(steps.len());
+        for (step, sql) in steps {
+            let started = std::time::Instant::now();
+            let rows = self.conn.query(&sql).map_err(|e| match e.0.contains(step) && e.0.starts_with("Catalog Error") {
+                true => IngestError::BadInput(format!("{catalog:?} is not an attached DuckLake catalog: {}", e.0)),
+                false => IngestError::db(e),
+            })?;
+            done.push(Maintained { step, rows: rows.len() as u64, seconds: started.elapsed().as_secs_f64() });
+        }
+        Ok(done)
     }
 
     fn export(&mut self, sql: &str, out: &QueryOut) -> Result<(), IngestError> {

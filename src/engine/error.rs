@@ -39,6 +39,9 @@ pub enum Code {
     Unimplemented,
     /// Another request with the same idempotency key is in progress.
     InProgress,
+    /// The commit lost a race with another writer of a shared catalog (a DuckLake's); nothing was written, a retry
+    /// can succeed.
+    Contended,
     /// A well-formed request that contradicts what it refers to (an idempotency key used with another stream).
     Unprocessable,
     /// A fault of ours or of DuckDB that the client cannot fix.
@@ -62,6 +65,7 @@ impl Code {
             Code::Denied => "permission_denied",
             Code::Unimplemented => "unimplemented",
             Code::InProgress => "in_progress",
+            Code::Contended => "commit_conflict",
             Code::Unprocessable => "unprocessable",
             Code::Internal => "internal",
         }
@@ -81,7 +85,7 @@ pub fn grpc_code(code: Code) -> tonic::Code {
         Code::Unauthenticated => tonic::Code::Unauthenticated,
         Code::Denied => tonic::Code::PermissionDenied,
         Code::Unimplemented => tonic::Code::Unimplemented,
-        Code::InProgress => tonic::Code::Aborted,
+        Code::InProgress | Code::Contended => tonic::Code::Aborted,
         Code::Unprocessable => tonic::Code::InvalidArgument,
         Code::Internal => tonic::Code::Internal,
     }
@@ -96,7 +100,7 @@ pub fn http_status(code: Code) -> u16 {
         Code::AlreadyExists => 409,
         Code::Conflict => 409,
         Code::TooLarge => 413,
-        Code::Busy | Code::Stopping => 503,
+        Code::Busy | Code::Stopping | Code::Contended => 503,
         Code::Timeout => 408,
         Code::Unauthenticated => 401,
         Code::Denied => 403,
@@ -175,14 +179,31 @@ impl IngestError {
     }
 }
 
-/// DuckDB's error text starts with its class; the data-shaped ones are the client's to fix.
+/// DuckDB's error text starts with its class; the data-shaped ones are the client's to fix, a lost commit race
+/// is worth a retry.
 fn db_code(msg: &str) -> Code {
+    if is_commit_conflict(msg) {
+        return Code::Contended;
+    }
     const DATA: [&str; 6] =
         ["Constraint Error", "Conversion Error", "Invalid Input Error", "Catalog Error", "Binder Error", "Mismatch Type Error"];
     if DATA.iter().any(|p| msg.starts_with(p)) { Code::Conflict } else { Code::Internal }
 }
 
+/// Whether DuckDB refused a commit because another writer of a shared catalog committed first (DuckLake, after
+/// its own retries): nothing was written.
+pub fn is_commit_conflict(msg: &str) -> bool {
+    // DuckLake says "Failed to commit DuckLake transaction" for any failure of its commit (a type its catalog
+    // database lacks too); only these causes are races.
+    msg.contains("Transaction conflict") || msg.contains("duplicate key value violates unique constraint \"ducklake_snapshot")
+}
+
 impl IngestError {
+    /// Whether this failure is a lost commit race (see [`is_commit_conflict`]).
+    pub fn is_commit_conflict(&self) -> bool {
+        matches!(self, IngestError::Db(msg) if is_commit_conflict(msg))
+    }
+
     /// A DuckDB error in arrowport's own work (landing a request, reading the catalog).
     pub fn db(e: DbError) -> IngestError {
         IngestError::Db(e.0)
@@ -204,7 +225,8 @@ impl From<crate::panic::Panicked> for IngestError {
 mod tests {
     use super::*;
 
-    const ALL: [Code; 15] = [
+    const ALL: [Code; 16] = [
+        Code::Contended,
         Code::InvalidInput,
         Code::UnsupportedMedia,
         Code::NotFound,
@@ -228,6 +250,16 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), ALL.len());
+    }
+
+    #[test]
+    fn a_lost_commit_race_is_worth_a_retry() {
+        let e = IngestError::Db("TransactionContext Error: Failed to commit: Failed to commit DuckLake transaction.\nTransaction conflict - attempting to insert".into());
+        assert!(e.is_commit_conflict());
+        assert_eq!((e.code(), grpc_code(e.code()), http_status(e.code())), (Code::Contended, tonic::Code::Aborted, 503));
+        assert!(!IngestError::Db("IO Error: disk full".into()).is_commit_conflict());
+        let not_a_race = "TransactionContext Error: Failed to commit: Failed to commit DuckLake transaction.\nFailed to flush changes into DuckLake: ERROR:  type \"time_ns\" does not exist";
+        assert!(!IngestError::Db(not_a_race.into()).is_commit_conflict());
     }
 
     #[test]

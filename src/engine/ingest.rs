@@ -146,6 +146,9 @@ impl<S: Sink> Core<S> {
                 return result.map(|(report, _)| report);
             }
         }
+        if let Ok((_, written)) = &result {
+            self.metrics.commit_retried(request.protocol, written.retries);
+        }
         self.metrics.record(&Outcome {
             stream: &request.stream,
             protocol: request.protocol,
@@ -225,11 +228,12 @@ impl<S: Sink> Core<S> {
                     report.replayed = true;
                     self.metrics.replayed(stream, request.protocol);
                     self.drain(&mut input, request).await;
-                    return Ok((report, Written { rows: 0, write_seconds: 0.0 }));
+                    return Ok((report, Written { rows: 0, write_seconds: 0.0, retries: 0 }));
                 }
                 Some(guard)
             }
         };
+        let catalog = mapping.target.catalog.clone();
         let key = request.idempotency_key.as_ref().map(|k| RequestKey {
             key: k.clone(),
             stream: stream.to_string(),
@@ -275,9 +279,13 @@ impl<S: Sink> Core<S> {
                 let table = mapping.target.display();
                 let (reply, done) = oneshot::channel();
                 let (batches, charges) = ahead.into_iter().map(|(b, _, c)| (b, c)).unzip();
-                let item = Buffered { mapping, schema, batches, rows, key };
+                let item = Buffered { mapping, schema, batches, rows, key, commit_retries: request.policy.commit_retries };
                 self.writers.submit_group(item, reply, charges)?;
-                let written = done.await.map_err(|_| IngestError::Internal("the group committer went away".into()))??;
+                let written = done.await.map_err(|_| IngestError::Internal("the group committer went away".into()))?;
+                let written = match written {
+                    Ok(w) => w,
+                    Err(e) => return self.resolve_unknown(&catalog, request, stream, e).await,
+                };
                 let batches = counts.batches.load(Ordering::Relaxed);
                 return Ok((Report { stream: stream.to_string(), table, rows: written.rows, batches, replayed: false }, written));
             }
@@ -322,9 +330,29 @@ impl<S: Sink> Core<S> {
             }
         }
         pumped?;
-        let written = written??;
+        let written = match written? {
+            Ok(w) => w,
+            Err(e) => return self.resolve_unknown(&catalog, request, stream, e).await,
+        };
         let batches = counts.batches.load(Ordering::Relaxed);
         Ok((Report { stream: stream.to_string(), table, rows: written.rows, batches, replayed: false }, written))
+    }
+
+    /// A keyed request whose commit failed in a way that leaves its outcome unknown (the connection to a
+    /// DuckLake's catalog lost during COMMIT, say) is resolved through its key, which commits with the rows: found,
+    /// the request committed and is acknowledged; not found, the failure stands.
+    async fn resolve_unknown(&self, catalog: &Option<String>, request: &Request, stream: &str, e: IngestError) -> Result<(Report, Written), IngestError> {
+        let (Some(key), IngestError::Db(_)) = (&request.idempotency_key, &e) else { return Err(e) };
+        if e.is_commit_conflict() {
+            return Err(e);
+        }
+        match self.lookup_key(catalog.clone(), key, request.policy.idempotency_window).await {
+            Ok(Some(record)) if record.stream == stream => {
+                let report: Report = serde_json::from_str(&record.ack).map_err(|_| e.clone())?;
+                Ok((report, Written { rows: 0, write_seconds: 0.0, retries: 0 }))
+            }
+            _ => Err(e),
+        }
     }
 
     /// Reads the rest of a request that is answered without being written (a replay, a key in progress) and
@@ -453,7 +481,7 @@ mod tests {
                 rows += b.num_rows() as u64;
             }
             self.committed.lock().unwrap().push((mapping.target.table.clone(), rows));
-            Ok(Written { rows, write_seconds: 0.0 })
+            Ok(Written { rows, write_seconds: 0.0, retries: 0 })
         }
 
         fn write_group(&mut self, items: &[Buffered]) -> Vec<Result<Written, IngestError>> {
@@ -463,7 +491,7 @@ mod tests {
                 .iter()
                 .map(|i| {
                     self.committed.lock().unwrap().push((i.mapping.target.table.clone(), i.rows));
-                    Ok(Written { rows: i.rows, write_seconds: 0.0 })
+                    Ok(Written { rows: i.rows, write_seconds: 0.0, retries: 0 })
                 })
                 .collect()
         }

@@ -24,6 +24,7 @@ pub const WRITE_SECONDS: &str = "arrowport_write_duration_seconds";
 pub const IN_FLIGHT: &str = "arrowport_requests_in_flight";
 pub const UPTIME: &str = "arrowport_listener_uptime_seconds";
 pub const REPLAYS: &str = "arrowport_replays_total";
+pub const COMMIT_RETRIES: &str = "arrowport_commit_retries_total";
 
 pub const LABEL_STREAM: &str = "stream";
 pub const LABEL_PROTOCOL: &str = "protocol";
@@ -143,6 +144,7 @@ pub struct Metrics {
     in_flight: IntGaugeVec,
     uptime: IntGauge,
     replays: IntCounterVec,
+    commit_retries: IntCounterVec,
     /// Streams with series of their own, and notes per (stream, protocol) for SQL.
     known: Mutex<Known>,
     started: Mutex<Option<Instant>>,
@@ -188,6 +190,12 @@ impl Metrics {
         let uptime = IntGauge::new(UPTIME, "Seconds since the listeners started (0 when stopped).").expect("static metric definition");
         registry.register(Box::new(uptime.clone())).expect("metric registered once");
         let replays = counter(&registry, REPLAYS, "Requests answered from an earlier commit of their idempotency key (nothing written).", &[LABEL_PROTOCOL]);
+        let commit_retries = counter(
+            &registry,
+            COMMIT_RETRIES,
+            "Commits tried again after losing a race with another writer of a shared catalog (a DuckLake's).",
+            &[LABEL_PROTOCOL],
+        );
         Metrics {
             registry,
             requests,
@@ -201,6 +209,7 @@ impl Metrics {
             in_flight,
             uptime,
             replays,
+            commit_retries,
             known: Mutex::new(Known::default()),
             started: Mutex::new(None),
         }
@@ -223,6 +232,13 @@ impl Metrics {
     /// Counts a request answered from its idempotency key's earlier commit.
     pub fn replayed(&self, _stream: &str, protocol: Protocol) {
         self.replays.with_label_values(&[protocol.name()]).inc();
+    }
+
+    /// Counts the commits of a request that were tried again (see [`COMMIT_RETRIES`]).
+    pub fn commit_retried(&self, protocol: Protocol, retries: u32) {
+        if retries > 0 {
+            self.commit_retries.with_label_values(&[protocol.name()]).inc_by(u64::from(retries));
+        }
     }
 
     pub fn record(&self, o: &Outcome<'_>) {

@@ -30,7 +30,13 @@ pub struct Policy {
     admission: Arc<Semaphore>,
     /// How long idempotency keys are kept (`idempotency_window`).
     pub idempotency_window: Duration,
+    /// How often a grouped commit that lost a race with another writer of a shared catalog is tried again
+    /// (`commit_retries`).
+    pub commit_retries: u32,
 }
+
+/// Retries of a lost commit race by default.
+pub const COMMIT_RETRIES: u32 = 5;
 
 /// How long idempotency keys are kept by default: 24 hours.
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
@@ -43,7 +49,14 @@ impl Policy {
             max_concurrent,
             admission: Arc::new(Semaphore::new(max_concurrent)),
             idempotency_window: IDEMPOTENCY_WINDOW,
+            commit_retries: COMMIT_RETRIES,
         }
+    }
+
+    /// The same rules, retrying lost commit races `n` times.
+    pub fn with_commit_retries(mut self, n: u32) -> Policy {
+        self.commit_retries = n;
+        self
     }
 
     /// The same rules, keeping idempotency keys for `window`.
@@ -96,7 +109,7 @@ impl Access {
 /// Names a statement sent over the network may not contain: the functions that start and stop listeners or send
 /// to other hosts (from a writer thread they would wait for that very thread), and the scratch database the
 /// writers' scan views live in (detaching it would break every writer).
-const FORBIDDEN_NAMES: [&str; 4] = ["arrowport_stop", "arrowport_listen", "arrowport_send", "arrowport_scratch"];
+const FORBIDDEN_NAMES: [&str; 5] = ["arrowport_stop", "arrowport_listen", "arrowport_send", "arrowport_maintain", "arrowport_scratch"];
 
 pub fn check_statement(sql: &str, access: Access, principal: &Principal) -> Result<(), IngestError> {
     if access == Access::Off {

@@ -15,7 +15,7 @@ use crate::catalog::access::Principal;
 use crate::engine::core::Core;
 use crate::engine::error::IngestError;
 use crate::engine::policy::{Access, Policy, check_statement};
-use crate::engine::sink::{Catalog, Described, Param, QueryItem, QueryOut, Sink, Statement};
+use crate::engine::sink::{Catalog, Described, Maintained, Param, QueryItem, QueryOut, Sink, Statement};
 use crate::engine::writers::Work;
 
 /// Batches buffered between a statement's result and the client.
@@ -122,6 +122,12 @@ impl<S: Sink> Core<S> {
         let out = QueryOut::new(tx, stall);
         self.submit_work(Work::Export { sql: sql.to_string(), out, reply }).await?;
         result_stream(rx, done, ()).await
+    }
+
+    /// Compacts a DuckLake catalog on a writer (see `Sink::maintain`).
+    pub async fn maintain(&self, catalog: &str, older_than: std::time::Duration) -> Result<Vec<Maintained>, IngestError> {
+        let (reply, rx) = oneshot::channel();
+        self.call(Work::Maintain { catalog: catalog.to_string(), older_than, reply }, rx).await
     }
 
     /// Catalogs, schemas and tables (with their Arrow schemas when `with_schemas`).

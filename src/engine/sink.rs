@@ -29,6 +29,8 @@ pub struct Written {
     pub rows: u64,
     /// Time spent in DuckDB, first batch to commit.
     pub write_seconds: f64,
+    /// Commits tried again after losing a race with another writer of a shared catalog.
+    pub retries: u32,
 }
 
 /// Counts kept while a request runs.
@@ -140,6 +142,8 @@ pub struct Buffered {
     pub batches: Vec<RecordBatch>,
     pub rows: u64,
     pub key: Option<RequestKey>,
+    /// How often a commit that lost a race (see `IngestError::is_commit_conflict`) is tried again.
+    pub commit_retries: u32,
 }
 
 /// Stops the statement a writer's connection is running, from another thread.
@@ -181,6 +185,11 @@ pub trait Sink: Send + 'static {
     fn export(&mut self, _sql: &str, _out: &QueryOut) -> Result<(), IngestError> {
         Err(IngestError::Unsupported("this writer runs no SQL".into()))
     }
+    /// Compacts a DuckLake catalog: flushes inlined rows to files, merges small files, expires snapshots and
+    /// deletes the files no snapshot younger than `older_than` needs.
+    fn maintain(&mut self, _catalog: &str, _older_than: Duration) -> Result<Vec<Maintained>, IngestError> {
+        Err(IngestError::Unsupported("this writer runs no SQL".into()))
+    }
     /// Runs a statement that changes data; returns the rows changed.
     fn update(&mut self, _statement: &Statement, _access: Access) -> Result<u64, IngestError> {
         Err(IngestError::Unsupported("this writer runs no SQL".into()))
@@ -196,6 +205,14 @@ pub trait Sink: Send + 'static {
 pub struct Statement {
     pub sql: String,
     pub params: Vec<Vec<Param>>,
+}
+
+/// One step of a lake's maintenance: DuckLake's function, the rows it reported, how long it took.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Maintained {
+    pub step: &'static str,
+    pub rows: u64,
+    pub seconds: f64,
 }
 
 /// What a prepared statement returns and takes.

@@ -18,7 +18,7 @@ use crate::engine::budget::Charge;
 use crate::engine::error::IngestError;
 use crate::engine::policy::Access;
 use crate::engine::sink::{
-    BatchRx, Buffered, Catalog, Described, Interrupter, KeyRecord, Param, QueryOut, RequestKey, Sink, Statement, Written,
+    BatchRx, Buffered, Catalog, Described, Interrupter, KeyRecord, Maintained, Param, QueryOut, RequestKey, Sink, Statement, Written,
 };
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, IngestError>>;
@@ -33,6 +33,7 @@ pub(crate) enum Work {
     Export { sql: String, out: QueryOut, reply: Reply<()> },
     Update { statement: Statement, access: Access, reply: Reply<u64> },
     Catalog { with_schemas: bool, reply: Reply<Catalog> },
+    Maintain { catalog: String, older_than: Duration, reply: Reply<Vec<Maintained>> },
 }
 
 pub(crate) struct Job {
@@ -69,23 +70,48 @@ fn take_group(rx: &Mutex<std::sync::mpsc::Receiver<GroupJob>>) -> Option<Vec<Gro
 /// Lands one group and answers each request in it.
 fn commit_group<S: Sink>(sink: &mut S, jobs: Vec<GroupJob>) {
     let items: Vec<Buffered> = jobs.iter().map(|j| j.item.clone()).collect();
-    match crate::panic::contain("committing a group", || sink.write_group(&items)) {
-        Ok(results) if results.len() == jobs.len() => {
-            for (job, result) in jobs.into_iter().zip(results) {
-                let _ = job.reply.send(result);
-            }
+    let mut results = match crate::panic::contain("committing a group", || sink.write_group(&items)) {
+        Ok(results) if results.len() == jobs.len() => results,
+        Ok(_) => jobs.iter().map(|_| Err(IngestError::Internal("the group committer lost a result".into()))).collect(),
+        Err(p) => jobs.iter().map(|_| Err(p.clone().into())).collect(),
+    };
+    // A commit that lost a race with another writer of a shared catalog (a DuckLake's) wrote nothing: the
+    // buffered requests are committed again, with a short growing pause, up to their retry limit.
+    let limit = items.iter().map(|i| i.commit_retries).max().unwrap_or(0);
+    let mut retries = 0;
+    while retries < limit {
+        let again: Vec<usize> = (0..items.len())
+            .filter(|&i| items[i].commit_retries > retries && results[i].as_ref().is_err_and(IngestError::is_commit_conflict))
+            .collect();
+        if again.is_empty() {
+            break;
         }
-        Ok(_) => {
-            for job in jobs {
-                let _ = job.reply.send(Err(IngestError::Internal("the group committer lost a result".into())));
-            }
-        }
-        Err(p) => {
-            for job in jobs {
-                let _ = job.reply.send(Err(p.clone().into()));
-            }
+        retries += 1;
+        std::thread::sleep(commit_backoff(retries, again.len()));
+        let subset: Vec<Buffered> = again.iter().map(|&i| items[i].clone()).collect();
+        let redone = crate::panic::contain("committing a group", || sink.write_group(&subset));
+        for (n, &i) in again.iter().enumerate() {
+            results[i] = match &redone {
+                Ok(r) if r.len() == subset.len() => r[n].clone().map(|mut w| {
+                    w.retries = retries;
+                    w
+                }),
+                Ok(_) => Err(IngestError::Internal("the group committer lost a result".into())),
+                Err(p) => Err(p.clone().into()),
+            };
         }
     }
+    for (job, result) in jobs.into_iter().zip(results) {
+        let _ = job.reply.send(result);
+    }
+}
+
+/// The pause before the `n`th retry of a lost commit race: 20 ms doubling, spread by a pseudo-random part so that
+/// the hosts that collided do not collide again.
+fn commit_backoff(n: u32, salt: usize) -> Duration {
+    let base = 20u64 << n.min(6);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos() as u64).unwrap_or(0);
+    Duration::from_millis(base + (nanos ^ salt as u64 * 7919) % base)
 }
 
 /// Requests one group commit takes at most.
@@ -175,7 +201,7 @@ impl<S: Sink> Writers<S> {
                         Err(_) => break,
                     };
                     let Ok(job) = job else { break };
-                    let kind = if matches!(job.work, Work::Write { .. } | Work::Export { .. }) { WRITING } else { STATEMENT };
+                    let kind = if matches!(job.work, Work::Write { .. } | Work::Export { .. } | Work::Maintain { .. }) { WRITING } else { STATEMENT };
                     let _busy = Busy::with(&busy, kind);
                     match job.work {
                         Work::Write { mapping, schema, input, key, reply } => {
@@ -201,6 +227,9 @@ impl<S: Sink> Writers<S> {
                         }
                         Work::Update { statement, access, reply } => {
                             let _ = reply.send(guarded(|| sink.update(&statement, access)));
+                        }
+                        Work::Maintain { catalog, older_than, reply } => {
+                            let _ = reply.send(guarded(|| sink.maintain(&catalog, older_than)));
                         }
                         Work::Catalog { with_schemas, reply } => {
                             let _ = reply.send(guarded(|| sink.catalog(with_schemas)));
@@ -304,6 +333,78 @@ impl<S: Sink> Writers<S> {
         match jobs.as_ref() {
             Some(tx) => tx.send(job).map_err(|_| IngestError::Stopping),
             None => Err(IngestError::Stopping),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::sink::BatchRx;
+    use arrow::datatypes::Schema;
+
+    /// Fails the first `conflicts` group commits with DuckLake's lost-race error; records every commit's size.
+    struct Racing {
+        conflicts: usize,
+        commits: Vec<usize>,
+    }
+
+    impl Sink for Racing {
+        fn write(&mut self, _: &Mapping, _: SchemaRef, _: BatchRx, _: Option<&RequestKey>) -> Result<Written, IngestError> {
+            unreachable!("only groups here")
+        }
+        fn write_group(&mut self, items: &[Buffered]) -> Vec<Result<Written, IngestError>> {
+            self.commits.push(items.len());
+            if self.conflicts > 0 {
+                self.conflicts -= 1;
+                let e = IngestError::Db("TransactionContext Error: Failed to commit: Failed to commit DuckLake transaction.\nTransaction conflict".into());
+                return items.iter().map(|_| Err(e.clone())).collect();
+            }
+            items.iter().map(|i| Ok(Written { rows: i.rows, write_seconds: 0.0, retries: 0 })).collect()
+        }
+        fn table_schema(&mut self, _: &Target) -> Result<Option<Schema>, IngestError> {
+            Ok(None)
+        }
+        fn list_tables(&mut self) -> Result<Vec<(String, Schema)>, IngestError> {
+            Ok(vec![])
+        }
+    }
+
+    fn jobs(n: usize, retries: u32) -> (Vec<GroupJob>, Vec<oneshot::Receiver<Result<Written, IngestError>>>) {
+        (0..n)
+            .map(|i| {
+                let (reply, rx) = oneshot::channel();
+                let item = Buffered {
+                    mapping: Mapping::default_for("s"),
+                    schema: Arc::new(Schema::empty()),
+                    batches: vec![],
+                    rows: i as u64 + 1,
+                    key: None,
+                    commit_retries: retries,
+                };
+                (GroupJob { item, reply, _charges: vec![] }, rx)
+            })
+            .unzip()
+    }
+
+    #[test]
+    fn lost_commit_races_are_retried_up_to_the_limit() {
+        let mut sink = Racing { conflicts: 2, commits: vec![] };
+        let (js, rxs) = jobs(3, 5);
+        commit_group(&mut sink, js);
+        assert_eq!(sink.commits, vec![3, 3, 3]);
+        for (i, mut rx) in rxs.into_iter().enumerate() {
+            let w = rx.try_recv().unwrap().unwrap();
+            assert_eq!((w.rows, w.retries), (i as u64 + 1, 2));
+        }
+        // Past the limit the client gets the conflict (503 / ABORTED, worth its own retry).
+        let mut sink = Racing { conflicts: 10, commits: vec![] };
+        let (js, rxs) = jobs(2, 1);
+        commit_group(&mut sink, js);
+        assert_eq!(sink.commits, vec![2, 2]);
+        for mut rx in rxs {
+            let e = rx.try_recv().unwrap().unwrap_err();
+            assert_eq!(e.code(), crate::engine::error::Code::Contended);
         }
     }
 }

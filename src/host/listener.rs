@@ -23,6 +23,7 @@ use crate::engine::core::Core;
 use crate::engine::duck_sink::{CreateLocks, DuckSink};
 use crate::engine::metrics::Metrics;
 use crate::engine::policy::{self, Access, IDEMPOTENCY_WINDOW, MAX_CONCURRENT_REQUESTS, Policy, STALL_LIMIT};
+use crate::engine::sink::Maintained;
 use crate::engine::writers::Writers;
 use crate::host::gate::{self, AuthMode, Gate};
 use crate::host::tls::{self, TlsError};
@@ -100,6 +101,8 @@ pub struct ListenOptions {
     pub memory_budget: Option<usize>,
     /// How long idempotency keys of this listener's requests are kept.
     pub idempotency_window: Duration,
+    /// How often a grouped commit that lost a race with another host's (a shared DuckLake) is tried again.
+    pub commit_retries: u32,
 }
 
 impl Default for ListenOptions {
@@ -119,6 +122,7 @@ impl Default for ListenOptions {
             allowed_origins: Vec::new(),
             memory_budget: None,
             idempotency_window: IDEMPOTENCY_WINDOW,
+            commit_retries: policy::COMMIT_RETRIES,
         }
     }
 }
@@ -157,6 +161,8 @@ struct Running {
     core: Arc<Core<DuckSink>>,
     cancel: CancellationToken,
     listeners: Vec<Listener>,
+    /// `arrowport_maintain(..., every := ...)` schedules, by catalog.
+    schedules: std::collections::HashMap<String, tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -281,7 +287,8 @@ impl Host {
         }
         let policy = Arc::new(
             Policy::new(options.reject_unknown, options.stall_timeout, options.max_concurrent_requests)
-                .with_idempotency_window(options.idempotency_window),
+                .with_idempotency_window(options.idempotency_window)
+                .with_commit_retries(options.commit_retries),
         );
         let flight = FlightServiceServer::new(FlightAdapter::new(Arc::clone(&running.core), Arc::clone(&policy), options.sql, options.max_message_bytes))
             .max_decoding_message_size(options.max_message_bytes)
@@ -328,7 +335,8 @@ impl Host {
     /// the connections back, so `arrowport_status()` and the like never wait for a stop.
     pub fn stop(&self) -> usize {
         let Some(running) = self.lock().running.take() else { return 0 };
-        let Running { runtime, core, cancel, listeners } = running;
+        let Running { runtime, core, cancel, listeners, schedules } = running;
+        schedules.values().for_each(|t| t.abort());
         let count = listeners.len();
         cancel.cancel();
         core.writers().interrupt(true);
@@ -354,20 +362,23 @@ impl Host {
         count
     }
 
+    /// The writers and the runtime, started if no listener has started them.
+    fn engine(&self) -> Result<(tokio::runtime::Handle, Arc<Core<DuckSink>>), String> {
+        let mut state = self.lock();
+        if state.running.is_none() {
+            self.mappings_loaded()?;
+            let budget = Arc::new(Budget::new(DEFAULT_MEMORY_BUDGET));
+            let running = start(&mut state.pool, Arc::clone(&self.metrics), Arc::clone(&self.registry), budget).map_err(|e| e.to_string())?;
+            state.running = Some(running);
+        }
+        let running = state.running.as_ref().ok_or("the runtime did not start")?;
+        Ok((running.runtime.handle().clone(), Arc::clone(&running.core)))
+    }
+
     /// `arrowport_send`: runs `sql` on a writer (starting the writers and the runtime if no listener has) and
     /// sends its result to `stream` at `target`, retrying transient failures under one idempotency key.
     pub fn send(&self, target: &Target, stream: &str, sql: &str, options: &SendOptions) -> Result<Sent, String> {
-        let (runtime, core) = {
-            let mut state = self.lock();
-            if state.running.is_none() {
-                self.mappings_loaded()?;
-                let budget = Arc::new(Budget::new(DEFAULT_MEMORY_BUDGET));
-                let running = start(&mut state.pool, Arc::clone(&self.metrics), Arc::clone(&self.registry), budget).map_err(|e| e.to_string())?;
-                state.running = Some(running);
-            }
-            let running = state.running.as_ref().ok_or("the runtime did not start")?;
-            (running.runtime.handle().clone(), Arc::clone(&running.core))
-        };
+        let (runtime, core) = self.engine()?;
         // The writer waits for the sender to take batches a little longer than the sender waits for the remote,
         // so a stalled remote is reported as such.
         let stall = options.timeout + std::time::Duration::from_secs(30);
@@ -377,6 +388,37 @@ impl Host {
             Box::pin(async move { core.export(&sql, stall).await })
         });
         runtime.block_on(send::send(target, stream, options, source))
+    }
+
+    /// `arrowport_maintain`: compacts a DuckLake catalog now; with `every`, also from then on at that interval
+    /// (replacing an earlier schedule of that catalog; zero ends it) until the host stops. A scheduled run that
+    /// fails says so on the host's stderr and runs again at the next interval.
+    pub fn maintain(&self, catalog: &str, older_than: Duration, every: Option<Duration>) -> Result<Vec<Maintained>, String> {
+        let (runtime, core) = self.engine()?;
+        let done = runtime.block_on(core.maintain(catalog, older_than)).map_err(|e| e.to_string())?;
+        if let Some(every) = every {
+            let mut state = self.lock();
+            let running = state.running.as_mut().ok_or("arrowport stopped meanwhile")?;
+            if let Some(old) = running.schedules.remove(&catalog.to_lowercase()) {
+                old.abort();
+            }
+            if !every.is_zero() {
+                let (catalog_name, cancel) = (catalog.to_string(), running.cancel.clone());
+                let task = running.runtime.spawn(async move {
+                    loop {
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            _ = tokio::time::sleep(every) => {}
+                        }
+                        if let Err(e) = core.maintain(&catalog_name, older_than).await {
+                            eprintln!("arrowport: scheduled maintenance of {catalog_name} failed: {e}");
+                        }
+                    }
+                });
+                running.schedules.insert(catalog.to_lowercase(), task);
+            }
+        }
+        Ok(done)
     }
 
     /// Lets an administrative SQL function run, or refuses it when it came over the network
@@ -605,7 +647,7 @@ fn start(pool: &mut Pool, metrics: Arc<Metrics>, registry: Arc<Registry>, budget
     let writers = Writers::start(sinks).map_err(|e| ListenError::Start(e.to_string()))?;
     let cancel = CancellationToken::new();
     let core = Arc::new(Core::new(writers, cancel.clone(), metrics, registry).with_budget(budget));
-    Ok(Running { runtime, core, cancel, listeners: Vec::new() })
+    Ok(Running { runtime, core, cancel, listeners: Vec::new(), schedules: Default::default() })
 }
 
 #[cfg(test)]

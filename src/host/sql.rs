@@ -11,6 +11,7 @@
 //!   `arrowport_alter_stream` (same options), `arrowport_drop_stream(name)`, `FROM arrowport_streams()`.
 //! - `CALL arrowport_create_token(name, streams := [...])` (the secret, shown once), `arrowport_revoke_token(name)`,
 //!   `FROM arrowport_tokens()` (never secrets).
+//! - `FROM arrowport_maintain(catalog, every := seconds, older_than := seconds)`: compacts a DuckLake catalog.
 //! - `FROM arrowport_send(url, stream, query := '...', ...)`: the query's result to a remote stream, one row
 //!   with the remote's acknowledgement.
 
@@ -29,6 +30,7 @@ use crate::catalog::registry::{self, Mapping, MappingOptions};
 use crate::catalog::schema::quote_literal;
 use crate::duck::{self, vector};
 use crate::engine::metrics;
+use crate::engine::sink::Maintained;
 use crate::engine::policy::Access;
 use crate::host::gate::AuthMode;
 use crate::host::listener::{Host, ListenOptions, StatusRow};
@@ -56,6 +58,7 @@ pub fn register(conn: &Connection, host: Arc<Host>) -> Result<()> {
     conn.register_table_function_with_extra_info::<RevokeToken, Arc<Host>>("arrowport_revoke_token", &host)?;
     conn.register_table_function_with_extra_info::<TokensTable, Arc<Host>>("arrowport_tokens", &host)?;
     conn.register_table_function_with_extra_info::<SendTable, Arc<Host>>("arrowport_send", &host)?;
+    conn.register_table_function_with_extra_info::<Maintain, Arc<Host>>("arrowport_maintain", &host)?;
     Ok(())
 }
 
@@ -283,6 +286,13 @@ impl VTab for ListenTable {
             }
             options.idempotency_window = std::time::Duration::from_secs_f64(secs);
         }
+        if let Some(v) = bind.get_named_parameter("commit_retries").filter(|v| !v.is_null()) {
+            let n = v.to_int64();
+            if !(0..=100).contains(&n) {
+                return Err(format!("invalid value for option commit_retries: {n} (0 to 100)").into());
+            }
+            options.commit_retries = n as u32;
+        }
         options.allowed_hosts = text_list(bind, "allowed_hosts")?;
         options.allowed_origins = text_list(bind, "allowed_origins")?;
         if let Some(v) = bind.get_named_parameter("stall_timeout").filter(|v| !v.is_null()) {
@@ -330,6 +340,7 @@ impl VTab for ListenTable {
             ("memory_budget".to_string(), LogicalTypeId::Bigint.into()),
             ("idempotency_window".to_string(), LogicalTypeId::Double.into()),
             ("allowed_origins".to_string(), LogicalTypeHandle::list(&varchar())),
+            ("commit_retries".to_string(), LogicalTypeId::Bigint.into()),
         ])
     }
 }
@@ -809,5 +820,61 @@ impl VTab for SendTable {
             ("timeout".to_string(), LogicalTypeId::Double.into()),
             ("retries".to_string(), LogicalTypeId::Bigint.into()),
         ])
+    }
+}
+
+/// `FROM arrowport_maintain(catalog, every := seconds, older_than := seconds)`: compacts a DuckLake catalog now
+/// (flush inlined rows, merge small files, expire snapshots and delete their files), and with `every` from then on
+/// at that interval until `arrowport_stop()`. One row per step. Refused in a statement sent over the network.
+struct Maintain;
+
+impl VTab for Maintain {
+    type InitData = Emitted<Maintained>;
+    type BindData = Action<Maintained>;
+
+    fn bind(bind: &BindInfo) -> Result<Self::BindData> {
+        crate::engine::policy::refuse_if_remote("arrowport_maintain")?;
+        bind.add_result_column("step", varchar());
+        bind.add_result_column("rows", LogicalTypeId::Bigint.into());
+        bind.add_result_column("seconds", LogicalTypeId::Double.into());
+        let host = Arc::clone(host_of(bind)?);
+        let v = bind.get_parameter(0);
+        if v.is_null() {
+            return Err("arrowport_maintain: the catalog is NULL".into());
+        }
+        let catalog = v.to_string();
+        let seconds = |name: &str, default: Option<f64>, zero_ok: bool| -> Result<Option<std::time::Duration>> {
+            let Some(v) = bind.get_named_parameter(name).filter(|v| !v.is_null()).map(|v| v.to_double()).or(default) else { return Ok(None) };
+            if !(v >= 0.0 && v <= 366.0 * 86_400.0) || (v == 0.0 && !zero_ok) {
+                return Err(format!("invalid value for option {name}: {v} (seconds, {} and at most a year)", if zero_ok { "0 or more" } else { "more than 0" }).into());
+            }
+            Ok(Some(std::time::Duration::from_secs_f64(v)))
+        };
+        let every = seconds("every", None, true)?;
+        let older_than = seconds("older_than", Some(3600.0), true)?.unwrap_or_default();
+        Ok(Action::new(move || {
+            crate::engine::policy::refuse_if_remote("arrowport_maintain")?;
+            host.maintain(&catalog, older_than, every)
+        }))
+    }
+
+    fn init(init: &InitInfo) -> Result<Self::InitData> {
+        init_action(init)
+    }
+
+    fn func(func: &TableFunctionInfo<Self>, output: &mut DataChunkHandle) -> Result<()> {
+        emit_action(func, output, |out, i, m: &Maintained| {
+            out.flat_vector(0).insert(i, m.step);
+            vector::set_bigint(&mut out.flat_vector(1), i, m.rows as i64);
+            vector::set_double(&mut out.flat_vector(2), i, m.seconds);
+        })
+    }
+
+    fn parameters() -> Option<Vec<LogicalTypeHandle>> {
+        Some(vec![varchar()])
+    }
+
+    fn named_parameters() -> Option<Vec<(String, LogicalTypeHandle)>> {
+        Some(vec![("every".to_string(), LogicalTypeId::Double.into()), ("older_than".to_string(), LogicalTypeId::Double.into())])
     }
 }

@@ -27,7 +27,7 @@ pub fn http(code: Code, message: impl Into<String>) -> Response {
     let status = StatusCode::from_u16(http_status(code)).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = serde_json::json!({"error": {"code": code.name(), "message": message.into()}});
     let mut response = (status, axum::Json(body)).into_response();
-    if matches!(code, Code::Busy | Code::Stopping) {
+    if matches!(code, Code::Busy | Code::Stopping | Code::Contended) {
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     response
