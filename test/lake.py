@@ -8,6 +8,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 
 import httpx
@@ -48,17 +49,17 @@ def why_missing():
 class Postgres:
     """A PostgreSQL server of its own: data and socket under `directory`, listening on a free loopback port."""
 
-    def __init__(self, directory):
-        self.dir = os.path.join(directory, "pg")
+    def __init__(self):
+        # A directory of its own under /tmp: as root the server runs as the postgres user, who cannot enter a
+        # test's private temporary directory.
+        self.dir = tempfile.mkdtemp(prefix="arrowport-pg-")
         self.data = os.path.join(self.dir, "data")
-        os.makedirs(self.dir)
         self.port = free_port()
         self.as_user = []
         if os.geteuid() == 0:
             # initdb and postgres refuse to run as root.
             pw = pwd.getpwnam("postgres")
             shutil.chown(self.dir, pw.pw_uid, pw.pw_gid)
-            os.chmod(directory, 0o755)
             self.as_user = ["runuser", "-u", "postgres", "--"]
         self.run(os.path.join(PG_BIN, "initdb"), "--no-sync", "-A", "trust", "-U", "postgres", "-D", self.data)
         options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
@@ -75,6 +76,7 @@ class Postgres:
     def stop(self):
         subprocess.run(self.as_user + [os.path.join(PG_BIN, "pg_ctl"), "-D", self.data, "-m", "immediate", "stop"],
                        capture_output=True, timeout=60)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class Moto:
@@ -121,7 +123,7 @@ class World:
 
     def __init__(self, directory):
         self.dir = directory
-        self.pg = Postgres(directory)
+        self.pg = Postgres()
         try:
             self.s3 = Moto(directory)
         except Exception:

@@ -714,13 +714,13 @@ impl Sink for DuckSink {
             ("ducklake_expire_snapshots", format!("CALL ducklake_expire_snapshots({lit}, {cutoff})")),
             ("ducklake_cleanup_old_files", format!("CALL ducklake_cleanup_old_files({lit}, {cutoff})")),
         ];
+        if !self.at.is_lake(&mut self.conn, Some(catalog))? {
+            return Err(IngestError::BadInput(format!("{catalog:?} is not an attached DuckLake catalog")));
+        }
         let mut done = Vec::with_capacity(steps.len());
         for (step, sql) in steps {
             let started = std::time::Instant::now();
-            let rows = self.conn.query(&sql).map_err(|e| match e.0.contains(step) && e.0.starts_with("Catalog Error") {
-                true => IngestError::BadInput(format!("{catalog:?} is not an attached DuckLake catalog: {}", e.0)),
-                false => IngestError::db(e),
-            })?;
+            let rows = self.conn.query(&sql).map_err(IngestError::db)?;
             done.push(Maintained { step, rows: rows.len() as u64, seconds: started.elapsed().as_secs_f64() });
         }
         Ok(done)
