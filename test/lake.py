@@ -130,20 +130,21 @@ class World:
             self.pg.stop()
             raise
 
-    def attach_sql(self, name="lake"):
+    def attach_sql(self, name="lake", inline_rows=None):
         return [
             f"LOAD '{extension_file('ducklake')}'",
             f"LOAD '{extension_file('postgres_scanner')}'",
             f"LOAD '{extension_file('httpfs')}'",
             f"CREATE OR REPLACE SECRET lake_s3 (TYPE s3, KEY_ID 'test', SECRET 'test', REGION 'us-east-1', "
             f"ENDPOINT '127.0.0.1:{self.s3.port}', URL_STYLE 'path', USE_SSL false)",
-            f"ATTACH IF NOT EXISTS 'ducklake:postgres:{self.pg.dsn()}' AS {name} (DATA_PATH 's3://{BUCKET}/data/')",
+            f"ATTACH IF NOT EXISTS 'ducklake:postgres:{self.pg.dsn()}' AS {name} (DATA_PATH 's3://{BUCKET}/data/'"
+            + ("" if inline_rows is None else f", DATA_INLINING_ROW_LIMIT {inline_rows}") + ")",
         ]
 
-    def host(self, db_path, listen=True):
+    def host(self, db_path, listen=True, inline_rows=None):
         """A DuckDB 1.5.5 host with the lake attached and arrowport loaded (and listening)."""
         h = hosts.PythonHost("lake", db_path)
-        for sql in self.attach_sql():
+        for sql in self.attach_sql(inline_rows=inline_rows):
             h.sql(sql)
         h.sql(hosts.load_sql())
         if listen:

@@ -361,38 +361,35 @@ impl Landing {
         Ok(())
     }
 
-    /// Records a request's key and acknowledgement inside its transaction: the key commits with the rows or not
-    /// at all. A key already there (another host, or a retry racing its original) fails the transaction.
-    fn record_key(&mut self, txn: &mut RawConn, target: &Target, key: &RequestKey, rows: u64, batches: u64) -> Result<(), IngestError> {
-        let ack = serde_json::json!({"stream": key.stream, "table": target.display(), "rows": rows, "batches": batches}).to_string();
+    /// Records requests' keys and acknowledgements inside their transaction (one statement of each kind for all of
+    /// them: in a DuckLake every statement is a round trip to its catalog): the keys commit with the rows or not at
+    /// all. A key already there (another host, or a retry racing its original) fails the transaction.
+    fn record_keys(&mut self, txn: &mut RawConn, target: &Target, keys: &[(&RequestKey, u64, u64)]) -> Result<(), IngestError> {
+        let Some((first, _, _)) = keys.first() else { return Ok(()) };
+        let table = self.keys_table(target.catalog.as_deref());
+        let names: Vec<String> = keys.iter().map(|(k, _, _)| quote_literal(&k.key)).collect();
+        let names = names.join(", ");
         // A row of the same key older than the window (not purged yet) is forgotten: the key is free again.
-        txn.execute(&format!(
-            "DELETE FROM {} WHERE key = {} AND committed_at < now() - to_microseconds({})",
-            self.keys_table(target.catalog.as_deref()),
-            quote_literal(&key.key),
-            key.window.as_micros()
-        ))
-        .map_err(E::db)?;
+        txn.execute(&format!("DELETE FROM {table} WHERE key IN ({names}) AND committed_at < now() - to_microseconds({})", first.window.as_micros()))
+            .map_err(E::db)?;
         let catalog = target.catalog.as_deref().unwrap_or(&self.host_db).to_lowercase();
         if self.keys_unconstrained.contains(&catalog) {
-            // No constraint to refuse a second row: look inside this transaction (the key is in progress on this
-            // host, so only a commit elsewhere can have put it there).
-            let found = txn
-                .query(&format!("SELECT count(*) FROM {} WHERE key = {}", self.keys_table(target.catalog.as_deref()), quote_literal(&key.key)))
-                .map_err(E::db)?;
-            if found.first().and_then(|r| r.first().cloned().flatten()).is_some_and(|n| n != "0") {
-                return Err(IngestError::InProgress(key.key.clone()));
+            // No constraint to refuse a second row: look inside this transaction (the keys are in progress on this
+            // host, so only a commit elsewhere can have put one there).
+            let found = txn.query(&format!("SELECT key FROM {table} WHERE key IN ({names}) LIMIT 1")).map_err(E::db)?;
+            if let Some(key) = found.into_iter().next().and_then(|r| r.into_iter().next().flatten()) {
+                return Err(IngestError::InProgress(key));
             }
         }
-        txn.execute(&format!(
-            "INSERT INTO {} (key, stream, ack) VALUES ({}, {}, {})",
-            self.keys_table(target.catalog.as_deref()),
-            quote_literal(&key.key),
-            quote_literal(&key.stream),
-            quote_literal(&ack)
-        ))
-        .map_err(E::db)?;
-        self.keys_recorded += 1;
+        let rows: Vec<String> = keys
+            .iter()
+            .map(|(key, rows, batches)| {
+                let ack = serde_json::json!({"stream": key.stream, "table": target.display(), "rows": rows, "batches": batches}).to_string();
+                format!("({}, {}, {})", quote_literal(&key.key), quote_literal(&key.stream), quote_literal(&ack))
+            })
+            .collect();
+        txn.execute(&format!("INSERT INTO {table} (key, stream, ack) VALUES {}", rows.join(", "))).map_err(E::db)?;
+        self.keys_recorded += keys.len() as u64;
         Ok(())
     }
 
@@ -494,7 +491,7 @@ impl DuckSink {
                 )));
             }
             if let Some(key) = fed.key {
-                at.record_key(&mut txn, &mapping.target, key, rows, fed.batches.load(Ordering::SeqCst))?;
+                at.record_keys(&mut txn, &mapping.target, &[(key, rows, fed.batches.load(Ordering::SeqCst))])?;
             }
             txn.commit().map_err(E::db)?;
             Ok(Written { rows, write_seconds: started.elapsed().as_secs_f64(), retries: 0 })
@@ -548,11 +545,8 @@ impl DuckSink {
                 if rows != expected {
                     return Err(IngestError::Internal(format!("a grouped insert wrote {rows} rows of {expected}")));
                 }
-                for item in &items[start..end] {
-                    if let Some(key) = &item.key {
-                        at.record_key(&mut txn, &item.mapping.target, key, item.rows, item.batches.len() as u64)?;
-                    }
-                }
+                let keys: Vec<_> = items[start..end].iter().filter_map(|i| Some((i.key.as_ref()?, i.rows, i.batches.len() as u64))).collect();
+                at.record_keys(&mut txn, &items[start].mapping.target, &keys)?;
             }
             txn.commit().map_err(E::db)
         });

@@ -1,0 +1,164 @@
+"""`make bench` (its lake half; `make bench-lake` alone): many arrowport hosts landing into one DuckLake (catalog in
+PostgreSQL, data files in moto's S3), each case in a fresh world (test/lake.py), on this one machine.
+
+Cases:
+- small: 1,000-row requests with an idempotency key each, 8 REST clients per host, for LAKE_BENCH_SECONDS
+  (default 20), with 1, 2 and 3 hosts: aggregate rows/s and lake commits/s (DuckLake snapshots made), against
+  the same clients into one host's local DuckDB file;
+- large: one 1M-row request into the lake, against the same request into a local DuckDB file on the same host;
+- files: the lake table's Parquet files after the small 3-host case, and after `arrowport_maintain`.
+Every case checks that the rows landed equal the rows acknowledged. Prints a Markdown table and writes
+bench/results/<timestamp>-lake.json."""
+import datetime
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+
+import httpx
+import pyarrow as pa
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "test"))
+import hosts  # noqa: E402
+import lake  # noqa: E402
+from clients import ipc_bytes  # noqa: E402
+
+SECONDS = float(os.environ.get("LAKE_BENCH_SECONDS", "20"))
+CLIENTS = 8
+# DuckLake's data inlining: a commit of up to this many rows per table goes into the catalog, not a new Parquet
+# file (arrowport_maintain flushes them into files). LAKE_BENCH_INLINE=0 measures a file per commit.
+INLINE_ROWS = int(os.environ.get("LAKE_BENCH_INLINE", "100000"))
+ARROW = "application/vnd.apache.arrow.stream"
+
+
+def small(world, directory, n_hosts, local=False):
+    hs = []
+    for i in range(n_hosts):
+        h = world.host(os.path.join(directory, f"h{i}.duckdb"), inline_rows=INLINE_ROWS)
+        h.sql("FROM arrowport_create_stream('ev', target := '" + ("main.ev" if local else "lake.main.ev") + "')")
+        hs.append(h)
+    acked = [0] * (CLIENTS * n_hosts)
+    stop = time.time() + SECONDS
+    errors = []
+
+    def client(i):
+        h = hs[i % n_hosts]
+        http = httpx.Client(timeout=60)
+        seq = 0
+        while time.time() < stop:
+            t = pa.table({"c": pa.array([i] * 1000, pa.int32()), "q": pa.array([seq] * 1000, pa.int32()),
+                          "r": pa.array(range(1000), pa.int32())})
+            body = ipc_bytes(t)
+            while True:
+                r = http.post(f"http://{h.addr}/streams/ev", content=body,
+                              headers={"Content-Type": ARROW, "Idempotency-Key": f"{i}-{seq}"})
+                if r.status_code == 200:
+                    acked[i] += 1000
+                    break
+                errors.append(r.status_code)
+                time.sleep(0.05)
+            seq += 1
+
+    snapshots_before = 0 if local else hs[0].sql("SELECT count(*) FROM lake.snapshots()")[0][0]
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS * n_hosts)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    table = "main.ev" if local else "lake.main.ev"
+    landed = sum(h.sql(f"SELECT count(*) FROM {table}")[0][0] for h in (hs if local else hs[:1]))
+    commits = None if local else hs[0].sql("SELECT count(*) FROM lake.snapshots()")[0][0] - snapshots_before
+    retries = sum(int(line.split()[-1]) for h in hs for line in httpx.get(f"http://{h.addr}/metrics").text.splitlines()
+                  if line.startswith("arrowport_commit_retries_total{"))
+    return hs, {"hosts": n_hosts, "rows": sum(acked), "landed": landed, "seconds": elapsed, "rows_per_s": sum(acked) / elapsed,
+                "commits_per_s": None if commits is None else commits / elapsed, "commit_retries": retries,
+                "client_retries": len(errors)}
+
+
+def close(hs):
+    for h in hs:
+        h.sql("SELECT arrowport_stop()")
+        h.close()
+
+
+def large(world, directory):
+    h = world.host(os.path.join(directory, "big.duckdb"))
+    n = 1_000_000
+    table = pa.table({"id": pa.array(range(n), pa.int64()), "v": pa.array([i * 0.5 for i in range(n)], pa.float64()),
+                      "s": pa.array([f"s{i % 1000}" for i in range(n)])})
+    body = ipc_bytes(table)
+    out = {}
+    for name, target in [("local", "main.big"), ("lake", "lake.main.big")]:
+        h.sql(f"FROM arrowport_create_stream('{name}', target := '{target}')")
+        h.sql(f"CREATE TABLE {target} (id BIGINT, v DOUBLE, s VARCHAR)")
+        started = time.perf_counter()
+        r = httpx.post(f"http://{h.addr}/streams/{name}", content=body, headers={"Content-Type": ARROW}, timeout=600)
+        seconds = time.perf_counter() - started
+        assert r.status_code == 200, r.text
+        out[name] = {"seconds": seconds, "rows_per_s": n / seconds, "landed": h.sql(f"SELECT count(*) FROM {target}")[0][0]}
+    close([h])
+    return out
+
+
+def main():
+    why = lake.why_missing()
+    if why:
+        print(f"lake bench skipped: {why}")
+        return
+    results = {"when": datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ"), "seconds": SECONDS,
+               "clients_per_host": CLIENTS, "small": [], "files": None, "large": None}
+    bad = []
+    for n_hosts, local in [(1, True), (1, False), (2, False), (3, False)]:
+        with tempfile.TemporaryDirectory() as d:
+            world = lake.World(d)
+            try:
+                hs, row = small(world, d, n_hosts, local)
+                row["target"] = "local file" if local else "lake"
+                if row["landed"] != row["rows"]:
+                    bad.append(f"{n_hosts} hosts {row['target']}: landed {row['landed']} of {row['rows']}")
+                if n_hosts == 3:
+                    files = len(world.s3.objects("data/main/ev/"))
+                    hs[0].sql("FROM arrowport_maintain('lake', older_than := 0)")
+                    results["files"] = {"before": files, "after": len(world.s3.objects("data/main/ev/"))}
+                close(hs)
+                results["small"].append(row)
+                print(f"  small {row['target']:>10} {n_hosts} host(s): {row['rows_per_s']:9.0f} rows/s  "
+                      f"commits/s {row['commits_per_s'] or 0:6.1f}  commit retries {row['commit_retries']}", flush=True)
+            finally:
+                world.close()
+    with tempfile.TemporaryDirectory() as d:
+        world = lake.World(d)
+        try:
+            results["large"] = large(world, d)
+        finally:
+            world.close()
+    one = next(r for r in results["small"] if r["hosts"] == 1 and r["target"] == "lake")["rows_per_s"]
+    lines = ["| case | hosts | rows/s | lake commits/s | vs one lake host |", "|---|---:|---:|---:|---:|"]
+    for r in results["small"]:
+        commits = "" if r["commits_per_s"] is None else f"{r['commits_per_s']:.1f}"
+        lines.append(f"| 1,000-row requests, {CLIENTS} clients per host, into {r['target']} | {r['hosts']} | {r['rows_per_s']:,.0f} | "
+                     f"{commits} | {r['rows_per_s'] / one:.2f}x |")
+    big = results["large"]
+    lines.append(f"| one 1M-row request into the lake | 1 | {big['lake']['rows_per_s']:,.0f} | | "
+                 f"{big['lake']['rows_per_s'] / big['local']['rows_per_s']:.2f}x of a local file ({big['local']['rows_per_s']:,.0f} rows/s) |")
+    files = results["files"]
+    lines.append(f"| Parquet files after the 3-host case / after arrowport_maintain | | {files['before']} / {files['after']} | | |")
+    print()
+    print("\n".join(lines))
+    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
+    out = os.path.join(ROOT, "bench", "results", f"{results['when']}-lake.json")
+    with open(out, "w") as f:
+        json.dump(results, f, indent=1)
+    print(f"\nwrote {out}")
+    if bad:
+        print("ROW COUNT MISMATCH: " + "; ".join(bad))
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
