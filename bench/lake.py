@@ -31,6 +31,9 @@ CLIENTS = 8
 # DuckLake's data inlining: a commit of up to this many rows per table goes into the catalog, not a new Parquet
 # file (arrowport_maintain flushes them into files). LAKE_BENCH_INLINE=0 measures a file per commit.
 INLINE_ROWS = int(os.environ.get("LAKE_BENCH_INLINE", "100000"))
+# DuckLake's pause before it retries a commit that lost a race (its default: 100 ms, growing 1.5x);
+# LAKE_BENCH_RETRY_WAIT_MS sets it on every host.
+RETRY_WAIT_MS = os.environ.get("LAKE_BENCH_RETRY_WAIT_MS")
 ARROW = "application/vnd.apache.arrow.stream"
 
 
@@ -38,6 +41,8 @@ def small(world, directory, n_hosts, local=False):
     hs = []
     for i in range(n_hosts):
         h = world.host(os.path.join(directory, f"h{i}.duckdb"), inline_rows=INLINE_ROWS)
+        if RETRY_WAIT_MS is not None:
+            h.sql(f"SET ducklake_retry_wait_ms = {RETRY_WAIT_MS}")
         h.sql("FROM arrowport_create_stream('ev', target := '" + ("main.ev" if local else "lake.main.ev") + "')")
         hs.append(h)
     acked = [0] * (CLIENTS * n_hosts)

@@ -318,6 +318,21 @@ impl Landing {
         Ok(lake)
     }
 
+    /// Grouped commits into one DuckLake take turns on this host: two of them at once would race each other for
+    /// the lake's next snapshot, and the loser waits out DuckLake's retry pause (100 ms and more). Held for a
+    /// group's transaction, which holds buffered rows only, so briefly; streaming requests do not take it.
+    fn lake_commit_locks<'m>(&mut self, conn: &mut RawConn, mappings: impl IntoIterator<Item = &'m Mapping>) -> Result<Vec<CreateGuard>, IngestError> {
+        let mut lakes = std::collections::BTreeSet::new();
+        for m in mappings {
+            if let Some(catalog) = m.target.catalog.as_deref() {
+                if self.is_lake(conn, Some(catalog))? {
+                    lakes.insert(catalog.to_lowercase());
+                }
+            }
+        }
+        Ok(lakes.into_iter().map(|c| self.locks.lock(format!("lake commit {c}"))).collect())
+    }
+
     /// The table of idempotency keys in a catalog (`None`: the host database).
     fn keys_table(&self, catalog: Option<&str>) -> String {
         format!("{}.{}.{}", quote_ident(catalog.unwrap_or(&self.host_db)), quote_ident(OWN_SCHEMA), quote_ident(KEYS_TABLE))
@@ -503,6 +518,7 @@ impl DuckSink {
     /// A buffered request on its own, in its own transaction.
     fn write_buffered(&mut self, item: &Buffered) -> Result<Written, IngestError> {
         let DuckSink { conn, at } = self;
+        let _lake = at.lake_commit_locks(conn, [&item.mapping])?;
         at.ensure_view(conn)?;
         let incoming = at.point_view(conn, Arc::clone(&item.schema), Box::new(VecPull(item.batches.clone().into())))?;
         let fed = Fed { rows: &AtomicU64::new(item.rows), batches: &AtomicU64::new(item.batches.len() as u64), key: item.key.as_ref() };
@@ -522,6 +538,7 @@ impl DuckSink {
             }
         }
         let DuckSink { conn, at } = self;
+        let _lake = at.lake_commit_locks(conn, items.iter().map(|i| &i.mapping))?;
         at.ensure_view(conn)?;
         let mut locked = HashSet::new();
         let mut guards = Vec::new();
