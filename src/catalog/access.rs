@@ -77,6 +77,13 @@ pub struct TokenRecord {
 
 /// A new token: its record (to store) and its secret (to show once).
 pub fn new_token(name: &str, scope: Scope, now_us: i64) -> Result<(TokenRecord, String), String> {
+    token_with_secret(name, scope, now_us, None)
+}
+
+/// A token with a secret of the caller's (`arrowport_create_token(..., secret := ...)`: the same token on every
+/// host behind a load balancer), or a fresh one. A given secret must be one arrowport made (`arrowport_` and 43
+/// more characters of base64url), so it is as strong as a fresh one.
+pub fn token_with_secret(name: &str, scope: Scope, now_us: i64, given: Option<&str>) -> Result<(TokenRecord, String), String> {
     validate_token_name(name)?;
     if let Scope::Streams(list) = &scope {
         if list.is_empty() {
@@ -84,11 +91,23 @@ pub fn new_token(name: &str, scope: Scope, now_us: i64) -> Result<(TokenRecord, 
         }
     }
     let rng = ring::rand::SystemRandom::new();
-    let mut secret = [0u8; 32];
     let mut salt = [0u8; 16];
-    rng.fill(&mut secret).map_err(|_| "the system's random number generator failed".to_string())?;
     rng.fill(&mut salt).map_err(|_| "the system's random number generator failed".to_string())?;
-    let secret = format!("{SECRET_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret));
+    let secret = match given {
+        Some(g) => {
+            let body = g.strip_prefix(SECRET_PREFIX).unwrap_or("");
+            let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(body).unwrap_or_default();
+            if decoded.len() != 32 {
+                return Err("secret must be a token secret arrowport made (arrowport_ and 43 characters), e.g. one shown by arrowport_create_token on another host".into());
+            }
+            g.to_string()
+        }
+        None => {
+            let mut secret = [0u8; 32];
+            rng.fill(&mut secret).map_err(|_| "the system's random number generator failed".to_string())?;
+            format!("{SECRET_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret))
+        }
+    };
     let hash = digest(&salt, &secret);
     Ok((TokenRecord { name: name.to_string(), salt: salt.to_vec(), hash, scope, created_us: now_us, last_used_us: None }, secret))
 }

@@ -509,12 +509,12 @@ impl Host {
 
     /// `arrowport_create_token`: a new token, persisted as a salted hash, in effect at once. Returns the
     /// record and the secret, which is never shown again.
-    pub fn create_token(&self, name: &str, scope: Scope) -> Result<(TokenRecord, String), String> {
+    pub fn create_token(&self, name: &str, scope: Scope, secret: Option<&str>) -> Result<(TokenRecord, String), String> {
         self.mappings_loaded()?;
         if self.tokens.get(name).is_some() {
             return Err(format!("token {name:?} already exists; revoke it first to replace it"));
         }
-        let (record, secret) = access::new_token(name, scope, access::now_us())?;
+        let (record, secret) = access::token_with_secret(name, scope, access::now_us(), secret)?;
         self.store.insert_token(&record).map_err(|e| e.to_string())?;
         self.tokens.put(record.clone());
         Ok((record, secret))

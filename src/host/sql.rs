@@ -687,10 +687,10 @@ token_function!(
     "arrowport_create_token",
     true,
     Some(vec![varchar()]),
-    Some(vec![("streams".to_string(), LogicalTypeHandle::list(&varchar()))]),
-    |bind| (token_name(bind)?, token_scope(bind)?),
-    |host, (name, scope)| {
-        let (record, secret) = host.create_token(name, scope.clone())?;
+    Some(vec![("streams".to_string(), LogicalTypeHandle::list(&varchar())), ("secret".to_string(), varchar())]),
+    |bind| (token_name(bind)?, token_scope(bind)?, bind.get_named_parameter("secret").filter(|v| !v.is_null()).map(|v| v.to_string())),
+    |host, (name, scope, secret)| {
+        let (record, secret) = host.create_token(name, scope.clone(), secret.as_deref())?;
         Ok(vec![TokenRow { record, secret: Some(secret) }])
     }
 );

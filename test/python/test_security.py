@@ -261,6 +261,20 @@ def test_a_bare_port_binds_loopback_only(make_host):
             httpx.get(f"http://{EXTERNAL_IP}:{h.port}/health", timeout=5)
 
 
+def test_one_token_secret_can_be_given_to_every_host_behind_a_balancer(make_host):
+    a = make_host("FROM arrowport_listen('127.0.0.1:0', auth := 'token')", db="a.duckdb").listen()
+    b = make_host("FROM arrowport_listen('127.0.0.1:0', auth := 'token')", db="b.duckdb").listen()
+    secret = a.token("loader", ["events"])
+    assert b.sql(f"SELECT token FROM arrowport_create_token('loader', streams := ['events'], secret := '{secret}')")[0][0] == secret
+    for h in (a, b):
+        assert post("127.0.0.1", h.port, "events", events(3), bearer(secret)).status_code == 200
+        assert h.count("events") == 3
+    # Only a secret arrowport made is taken: a weak one would be the weakest door of every host.
+    for weak in ["hunter2", "arrowport_short", secret[:-1]]:
+        with pytest.raises(hosts.HostError, match="secret must be a token secret arrowport made"):
+            b.sql(f"FROM arrowport_create_token('weak', secret := '{weak}')")
+
+
 def test_token_mode_refuses_missing_wrong_revoked_and_out_of_scope_tokens(make_host):
     h = make_host("FROM arrowport_listen('127.0.0.1:0', auth := 'token')").listen()
     etl = h.token("etl", ["events"])
