@@ -2,7 +2,7 @@
 #   make        build build/release/arrowport.duckdb_extension
 #   make run    DuckDB CLI (pinned from PyPI) on ./arrowport.duckdb with arrowport loaded and listening
 #   make test   build, then every test: Rust unit tests, SQL logic tests on three hosts, end-to-end pytest
-#   make bench  arrowport against in-process DuckDB (bench/results/*.json)
+#   make bench  arrowport against in-process DuckDB, then many hosts into one DuckLake (bench/results/*.json)
 #   make fuzz   the structure-aware fuzzer against a live host (FUZZ_SECONDS, default 600; FUZZ_SEED)
 #   make soak   exactly-once under kill -9 with retrying clients, then a run without kills (SOAK_SECONDS, default 300)
 #   make wheel  the Python wheel arrowport-duckdb (build/wheel): the extension, load(), `arrowport serve`
@@ -22,7 +22,7 @@ VENV_LAKE   := .venv-lake
 LISTEN      ?= 127.0.0.1:8815
 DB          ?= arrowport.duckdb
 
-.PHONY: all release run test unit sqltest pytest bench fuzz soak clean venvs wheel configure test_release
+.PHONY: all release run test unit sqltest pytest bench bench-lake fuzz soak clean venvs wheel configure test_release
 
 all: release
 
@@ -96,8 +96,13 @@ wheel: release
 	python3 scripts/wheel/build.py --extension $(BUILD_DIR)/arrowport.duckdb_extension --library target/release/libarrowport.so --out build/wheel
 
 # A benchmark, not a test: never part of `make test`. BENCH_QUICK=1 for a short run.
-bench: release $(VENV)/.stamp
+bench: release $(VENV)/.stamp $(VENV_LAKE)/.stamp
 	$(VENV)/bin/python bench/bench.py
+	$(VENV)/bin/python bench/lake.py
+
+# The lake half of the bench alone: many hosts into one DuckLake (PostgreSQL, moto).
+bench-lake: release $(VENV)/.stamp $(VENV_LAKE)/.stamp
+	$(VENV)/bin/python bench/lake.py
 
 # A fuzz run, not a test: `make test` runs a 30-second slice of it (test/python/test_fuzz.py).
 fuzz: release $(VENV)/.stamp
