@@ -34,6 +34,8 @@ INLINE_ROWS = int(os.environ.get("LAKE_BENCH_INLINE", "100000"))
 # DuckLake's pause before it retries a commit that lost a race (its default: 100 ms, growing 1.5x);
 # LAKE_BENCH_RETRY_WAIT_MS sets it on every host.
 RETRY_WAIT_MS = os.environ.get("LAKE_BENCH_RETRY_WAIT_MS")
+# An idempotency key on every request (LAKE_BENCH_KEYS=0: none).
+KEYS = os.environ.get("LAKE_BENCH_KEYS", "1") != "0"
 ARROW = "application/vnd.apache.arrow.stream"
 
 
@@ -58,8 +60,10 @@ def small(world, directory, n_hosts, local=False):
                           "r": pa.array(range(1000), pa.int32())})
             body = ipc_bytes(t)
             while True:
-                r = http.post(f"http://{h.addr}/streams/ev", content=body,
-                              headers={"Content-Type": ARROW, "Idempotency-Key": f"{i}-{seq}"})
+                headers = {"Content-Type": ARROW}
+                if KEYS:
+                    headers["Idempotency-Key"] = f"{i}-{seq}"
+                r = http.post(f"http://{h.addr}/streams/ev", content=body, headers=headers)
                 if r.status_code == 200:
                     acked[i] += 1000
                     break
