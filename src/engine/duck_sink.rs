@@ -385,16 +385,29 @@ impl Landing {
         let names: Vec<String> = keys.iter().map(|(k, _, _)| quote_literal(&k.key)).collect();
         let names = names.join(", ");
         // A row of the same key older than the window (not purged yet) is forgotten: the key is free again.
-        txn.execute(&format!("DELETE FROM {table} WHERE key IN ({names}) AND committed_at < now() - to_microseconds({})", first.window.as_micros()))
-            .map_err(E::db)?;
+        let cutoff = format!("now() - to_microseconds({})", first.window.as_micros());
         let catalog = target.catalog.as_deref().unwrap_or(&self.host_db).to_lowercase();
         if self.keys_unconstrained.contains(&catalog) {
             // No constraint to refuse a second row: look inside this transaction (the keys are in progress on this
-            // host, so only a commit elsewhere can have put one there).
-            let found = txn.query(&format!("SELECT key FROM {table} WHERE key IN ({names}) LIMIT 1")).map_err(E::db)?;
-            if let Some(key) = found.into_iter().next().and_then(|r| r.into_iter().next().flatten()) {
-                return Err(IngestError::InProgress(key));
+            // host, so only a commit elsewhere can have put one there). One query finds live and expired rows (in a
+            // DuckLake each statement is a round trip to its catalog); expired ones, rare, are deleted.
+            let found = txn
+                .query(&format!("SELECT key, CASE WHEN committed_at >= {cutoff} THEN 'live' ELSE 'expired' END FROM {table} WHERE key IN ({names})"))
+                .map_err(E::db)?;
+            let mut expired = Vec::new();
+            for row in found {
+                let mut cells = row.into_iter();
+                let (key, state) = (cells.next().flatten().unwrap_or_default(), cells.next().flatten().unwrap_or_default());
+                if state == "live" {
+                    return Err(IngestError::InProgress(key));
+                }
+                expired.push(quote_literal(&key));
             }
+            if !expired.is_empty() {
+                txn.execute(&format!("DELETE FROM {table} WHERE key IN ({}) AND committed_at < {cutoff}", expired.join(", "))).map_err(E::db)?;
+            }
+        } else {
+            txn.execute(&format!("DELETE FROM {table} WHERE key IN ({names}) AND committed_at < {cutoff}")).map_err(E::db)?;
         }
         let rows: Vec<String> = keys
             .iter()

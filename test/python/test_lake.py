@@ -95,6 +95,16 @@ def test_a_lake_stream_behaves_like_any_other(world, tmp_path):
         assert r.status_code == 409, r.text
         assert f'cannot store column(s) "{c}" {sql_type}' in r.json()["error"]["message"], r.text
         assert h.sql(f"SELECT count(*) FROM duckdb_tables() WHERE database_name = 'lake' AND table_name = 'bad_{c}'")[0][0] == 0
+
+    # A key past its window is free again: the expired row is replaced inside the new request's transaction.
+    short = h.sql("FROM arrowport_listen('127.0.0.1:0', idempotency_window := 1)")[0][1]
+    one = pa.table({"i": pa.array([7], pa.int64()), "s": pa.array(["w"])})
+    assert "replayed" not in post(short, "ev", one, key="k-window").json()
+    assert post(short, "ev", one, key="k-window").json()["replayed"] is True
+    time.sleep(1.5)
+    assert "replayed" not in post(short, "ev", one, key="k-window").json()
+    assert h.sql("SELECT count(*) FROM lake.main.ev WHERE s = 'w'")[0][0] == 2
+    assert h.sql("SELECT count(*) FROM lake.arrowport.requests WHERE key = 'k-window'")[0][0] == 1
     h.sql("SELECT arrowport_stop()")
     h.close()
 
