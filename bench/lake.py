@@ -5,7 +5,8 @@ Cases:
 - small: 1,000-row requests with an idempotency key each, 8 REST clients per host, for LAKE_BENCH_SECONDS
   (default 20), with 1, 2 and 3 hosts: aggregate rows/s and lake commits/s (DuckLake snapshots made), against
   the same clients into one host's local DuckDB file;
-- large: one 1M-row request into the lake, against the same request into a local DuckDB file on the same host;
+- large: one 1M-row request per host, 1, 2 and 3 hosts at once, into the lake, against one such request into a
+  local DuckDB file;
 - files: the lake table's Parquet files after the small 3-host case, and after `arrowport_maintain`.
 Every case checks that the rows landed equal the rows acknowledged. Prints a Markdown table and writes
 bench/results/<timestamp>-lake.json."""
@@ -95,22 +96,40 @@ def close(hs):
         h.close()
 
 
-def large(world, directory):
-    h = world.host(os.path.join(directory, "big.duckdb"))
+def large(world, directory, n_hosts):
+    """One 1M-row request per host at once, into the lake; and (one host) the same request into a local file."""
+    hs = [world.host(os.path.join(directory, f"big{i}.duckdb")) for i in range(n_hosts)]
     n = 1_000_000
     table = pa.table({"id": pa.array(range(n), pa.int64()), "v": pa.array([i * 0.5 for i in range(n)], pa.float64()),
                       "s": pa.array([f"s{i % 1000}" for i in range(n)])})
     body = ipc_bytes(table)
+    hs[0].sql("CREATE TABLE lake.main.big (id BIGINT, v DOUBLE, s VARCHAR)")
+    hs[0].sql("CREATE TABLE main.big (id BIGINT, v DOUBLE, s VARCHAR)")
+    for h in hs:
+        h.sql("FROM arrowport_create_stream('lake', target := 'lake.main.big')")
+        h.sql("FROM arrowport_create_stream('local', target := 'main.big')")
     out = {}
-    for name, target in [("local", "main.big"), ("lake", "lake.main.big")]:
-        h.sql(f"FROM arrowport_create_stream('{name}', target := '{target}')")
-        h.sql(f"CREATE TABLE {target} (id BIGINT, v DOUBLE, s VARCHAR)")
+    cases = [("lake", hs)] + ([("local", hs[:1])] if n_hosts == 1 else [])
+    for name, senders in cases:
+        codes = []
+
+        def put(h):
+            r = httpx.post(f"http://{h.addr}/streams/{name}", content=body, headers={"Content-Type": ARROW}, timeout=600)
+            codes.append(r.status_code)
+
+        threads = [threading.Thread(target=put, args=(h,)) for h in senders]
         started = time.perf_counter()
-        r = httpx.post(f"http://{h.addr}/streams/{name}", content=body, headers={"Content-Type": ARROW}, timeout=600)
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
         seconds = time.perf_counter() - started
-        assert r.status_code == 200, r.text
-        out[name] = {"seconds": seconds, "rows_per_s": n / seconds, "landed": h.sql(f"SELECT count(*) FROM {target}")[0][0]}
-    close([h])
+        assert codes == [200] * len(senders), codes
+        target = "lake.main.big" if name == "lake" else "main.big"
+        rows = n * len(senders)
+        out[name] = {"hosts": len(senders), "rows": rows, "seconds": seconds, "rows_per_s": rows / seconds,
+                     "landed": hs[0].sql(f"SELECT count(*) FROM {target}")[0][0]}
+    close(hs)
     return out
 
 
@@ -140,12 +159,17 @@ def main():
                       f"commits/s {row['commits_per_s'] or 0:6.1f}  commit retries {row['commit_retries']}", flush=True)
             finally:
                 world.close()
-    with tempfile.TemporaryDirectory() as d:
-        world = lake.World(d)
-        try:
-            results["large"] = large(world, d)
-        finally:
-            world.close()
+    results["large"] = {}
+    for n_hosts in (1, 2, 3):
+        with tempfile.TemporaryDirectory() as d:
+            world = lake.World(d)
+            try:
+                results["large"][n_hosts] = large(world, d, n_hosts)
+                for case in results["large"][n_hosts].values():
+                    if case["landed"] != case["rows"]:
+                        bad.append(f"1M-row requests, {n_hosts} hosts: landed {case['landed']} of {case['rows']}")
+            finally:
+                world.close()
     one = next(r for r in results["small"] if r["hosts"] == 1 and r["target"] == "lake")["rows_per_s"]
     lines = ["| case | hosts | rows/s | lake commits/s | vs one lake host |", "|---|---:|---:|---:|---:|"]
     for r in results["small"]:
@@ -153,8 +177,11 @@ def main():
         lines.append(f"| 1,000-row requests, {CLIENTS} clients per host, into {r['target']} | {r['hosts']} | {r['rows_per_s']:,.0f} | "
                      f"{commits} | {r['rows_per_s'] / one:.2f}x |")
     big = results["large"]
-    lines.append(f"| one 1M-row request into the lake | 1 | {big['lake']['rows_per_s']:,.0f} | | "
-                 f"{big['lake']['rows_per_s'] / big['local']['rows_per_s']:.2f}x of a local file ({big['local']['rows_per_s']:,.0f} rows/s) |")
+    local = big[1]["local"]["rows_per_s"]
+    for n_hosts, cases in big.items():
+        lake_rate = cases["lake"]["rows_per_s"]
+        lines.append(f"| one 1M-row request per host at once, into the lake | {n_hosts} | {lake_rate:,.0f} | | "
+                     f"{lake_rate / local:.2f}x of one request into a local file ({local:,.0f} rows/s) |")
     files = results["files"]
     lines.append(f"| Parquet files after the 3-host case / after arrowport_maintain | | {files['before']} / {files['after']} | | |")
     print()
