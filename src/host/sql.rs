@@ -279,28 +279,16 @@ impl VTab for ListenTable {
         if let Some(n) = positive(bind, "max_concurrent_requests")? {
             options.max_concurrent_requests = usize::try_from(n)?;
         }
-        if let Some(v) = bind.get_named_parameter("idempotency_window").filter(|v| !v.is_null()) {
-            let secs = v.to_double();
-            if !(secs > 0.0 && secs <= 366.0 * 86_400.0) {
-                return Err(format!("invalid value for option idempotency_window: {secs} (seconds, more than 0 and at most a year)").into());
-            }
-            options.idempotency_window = std::time::Duration::from_secs_f64(secs);
+        if let Some(d) = seconds(bind, "idempotency_window", A_YEAR, false)? {
+            options.idempotency_window = d;
         }
-        if let Some(v) = bind.get_named_parameter("commit_retries").filter(|v| !v.is_null()) {
-            let n = v.to_int64();
-            if !(0..=100).contains(&n) {
-                return Err(format!("invalid value for option commit_retries: {n} (0 to 100)").into());
-            }
-            options.commit_retries = n as u32;
+        if let Some(n) = count(bind, "commit_retries")? {
+            options.commit_retries = n;
         }
         options.allowed_hosts = text_list(bind, "allowed_hosts")?;
         options.allowed_origins = text_list(bind, "allowed_origins")?;
-        if let Some(v) = bind.get_named_parameter("stall_timeout").filter(|v| !v.is_null()) {
-            let secs = v.to_double();
-            if !(secs > 0.0 && secs <= 86_400.0) {
-                return Err(format!("invalid value for option stall_timeout: {secs} (seconds, more than 0 and at most 86400)").into());
-            }
-            options.stall_timeout = std::time::Duration::from_secs_f64(secs);
+        if let Some(d) = seconds(bind, "stall_timeout", A_DAY, false)? {
+            options.stall_timeout = d;
         }
         Ok(Action::new(move || {
             host.admit_admin("arrowport_listen")?;
@@ -358,6 +346,33 @@ fn text_list(bind: &BindInfo, name: &str) -> Result<Vec<String>> {
         out.push(text);
     }
     Ok(out)
+}
+
+/// Upper bounds of options in seconds, and how their errors say them.
+const A_DAY: (f64, &str) = (86_400.0, "86400");
+const A_YEAR: (f64, &str) = (366.0 * 86_400.0, "a year");
+
+/// A named DOUBLE option in seconds (`None` when left out or NULL): more than 0 (or 0 too, `zero_ok`) and at most
+/// `max`.
+fn seconds(bind: &BindInfo, name: &str, (max, max_text): (f64, &str), zero_ok: bool) -> Result<Option<std::time::Duration>> {
+    let Some(v) = bind.get_named_parameter(name).filter(|v| !v.is_null()) else { return Ok(None) };
+    let secs = v.to_double();
+    let low_ok = if zero_ok { secs >= 0.0 } else { secs > 0.0 };
+    if !(low_ok && secs <= max) {
+        let low = if zero_ok { "0 or more" } else { "more than 0" };
+        return Err(format!("invalid value for option {name}: {secs} (seconds, {low} and at most {max_text})").into());
+    }
+    Ok(Some(std::time::Duration::from_secs_f64(secs)))
+}
+
+/// A named BIGINT option counting retries (`None` when left out or NULL): 0 to 100.
+fn count(bind: &BindInfo, name: &str) -> Result<Option<u32>> {
+    let Some(v) = bind.get_named_parameter(name).filter(|v| !v.is_null()) else { return Ok(None) };
+    let n = v.to_int64();
+    if !(0..=100).contains(&n) {
+        return Err(format!("invalid value for option {name}: {n} (0 to 100)").into());
+    }
+    Ok(Some(n as u32))
 }
 
 /// A named BIGINT option that must be positive when given.
@@ -754,19 +769,11 @@ impl VTab for SendTable {
         if let Some(n) = positive(bind, "batch_rows")? {
             options.batch_rows = usize::try_from(n.min(1 << 24))?;
         }
-        if let Some(v) = bind.get_named_parameter("timeout").filter(|v| !v.is_null()) {
-            let secs = v.to_double();
-            if !(secs > 0.0 && secs <= 86_400.0) {
-                return Err(format!("invalid value for option timeout: {secs} (seconds, more than 0 and at most 86400)").into());
-            }
-            options.timeout = std::time::Duration::from_secs_f64(secs);
+        if let Some(d) = seconds(bind, "timeout", A_DAY, false)? {
+            options.timeout = d;
         }
-        if let Some(v) = bind.get_named_parameter("retries").filter(|v| !v.is_null()) {
-            let n = v.to_int64();
-            if !(0..=100).contains(&n) {
-                return Err(format!("invalid value for option retries: {n} (0 to 100)").into());
-            }
-            options.retries = n as u32;
+        if let Some(n) = count(bind, "retries")? {
+            options.retries = n;
         }
         if options.idempotency_key.len() > 200 || options.idempotency_key.chars().any(|c| !c.is_ascii_graphic()) {
             return Err("invalid value for option idempotency_key: at most 200 printable ASCII characters, no spaces".into());
@@ -843,15 +850,8 @@ impl VTab for Maintain {
             return Err("arrowport_maintain: the catalog is NULL".into());
         }
         let catalog = v.to_string();
-        let seconds = |name: &str, default: Option<f64>, zero_ok: bool| -> Result<Option<std::time::Duration>> {
-            let Some(v) = bind.get_named_parameter(name).filter(|v| !v.is_null()).map(|v| v.to_double()).or(default) else { return Ok(None) };
-            if !(v >= 0.0 && v <= 366.0 * 86_400.0) || (v == 0.0 && !zero_ok) {
-                return Err(format!("invalid value for option {name}: {v} (seconds, {} and at most a year)", if zero_ok { "0 or more" } else { "more than 0" }).into());
-            }
-            Ok(Some(std::time::Duration::from_secs_f64(v)))
-        };
-        let every = seconds("every", None, true)?;
-        let older_than = seconds("older_than", Some(3600.0), true)?.unwrap_or_default();
+        let every = seconds(bind, "every", A_YEAR, true)?;
+        let older_than = seconds(bind, "older_than", A_YEAR, true)?.unwrap_or(std::time::Duration::from_secs(3600));
         Ok(Action::new(move || {
             crate::engine::policy::refuse_if_remote("arrowport_maintain")?;
             host.maintain(&catalog, older_than, every)
