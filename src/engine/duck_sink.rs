@@ -751,27 +751,25 @@ impl Sink for DuckSink {
     }
 
     fn export(&mut self, sql: &str, out: &QueryOut) -> Result<(), IngestError> {
-        self.conn.execute(&format!("USE {}", quote_ident(&self.at.host_db))).map_err(E::db)?;
-        // DuckDB's types without an Arrow equivalent (HUGEINT, UHUGEINT, UUID, TIME WITH TIME ZONE, BIT,
-        // BIGNUM) go out as Arrow extension types a DuckDB receiver reads back as the same type; without this
-        // setting DuckDB sends UUID as text and UHUGEINT as a DECIMAL(38,0) that wraps above 10^38.
-        self.conn.execute("SET SESSION arrow_lossless_conversion = true").map_err(E::db)?;
-        let out = self.conn.begin_read_only().map_err(E::db).and_then(|mut txn| {
-            let kind = txn.prepare(sql).map_err(E::sql)?.kind();
-            if kind != StatementKind::Select {
-                return Err(IngestError::BadInput("the query must be a statement that returns rows (SELECT, FROM, VALUES, ...)".into()));
+        let id = self.at.id;
+        self.on_host_db(|conn| {
+            // DuckDB's types without an Arrow equivalent (HUGEINT, UHUGEINT, UUID, TIME WITH TIME ZONE, BIT,
+            // BIGNUM) go out as Arrow extension types a DuckDB receiver reads back as the same type; without this
+            // setting DuckDB sends UUID as text and UHUGEINT as a DECIMAL(38,0) that wraps above 10^38.
+            conn.execute("SET SESSION arrow_lossless_conversion = true").map_err(E::db)?;
+            let exported = conn.begin_read_only().map_err(E::db).and_then(|mut txn| {
+                let kind = txn.prepare(sql).map_err(E::sql)?.kind();
+                if kind != StatementKind::Select {
+                    return Err(IngestError::BadInput("the query must be a statement that returns rows (SELECT, FROM, VALUES, ...)".into()));
+                }
+                stream_result(&mut txn, &Statement { sql: sql.to_string(), params: Vec::new() }, kind, out)?;
+                txn.commit().map_err(E::db)
+            });
+            if let Err(e) = conn.execute_past_interrupts("RESET SESSION arrow_lossless_conversion") {
+                eprintln!("arrowport: could not restore writer {id} after a query: {e}");
             }
-            stream_result(&mut txn, &Statement { sql: sql.to_string(), params: Vec::new() }, kind, out)?;
-            txn.commit().map_err(E::db)
-        });
-        if let Err(e) = self
-            .conn
-            .execute_past_interrupts("RESET SESSION arrow_lossless_conversion")
-            .and_then(|_| self.conn.execute_past_interrupts(&format!("USE {}", quote_ident(SCRATCH_DB))))
-        {
-            eprintln!("arrowport: could not restore writer {} after a query: {e}", self.at.id);
-        }
-        out
+            exported
+        })
     }
 
     fn update(&mut self, statement: &Statement, access: Access) -> Result<u64, IngestError> {
@@ -894,16 +892,24 @@ impl DuckSink {
     /// connections default to the scratch database), inside a read-only transaction when the listener says so,
     /// with arrowport's own SQL functions refusing to run; then restores the connection.
     fn remote<T>(&mut self, access: Access, f: impl FnOnce(&mut RawConn) -> Result<T, IngestError>) -> Result<T, IngestError> {
+        self.on_host_db(|conn| {
+            if access == Access::ReadOnly {
+                conn.begin_read_only().map_err(E::db).and_then(|mut txn| {
+                    let out = explain_interrupt(policy::as_remote(|| f(&mut txn)))?;
+                    txn.commit().map_err(E::db)?;
+                    Ok(out)
+                })
+            } else {
+                explain_interrupt(policy::as_remote(|| f(conn)))
+            }
+        })
+    }
+
+    /// Runs `f` with the host database as this connection's default (our connections default to the scratch
+    /// database), then restores the scratch database, whatever `f` did.
+    fn on_host_db<T>(&mut self, f: impl FnOnce(&mut RawConn) -> Result<T, IngestError>) -> Result<T, IngestError> {
         self.conn.execute(&format!("USE {}", quote_ident(&self.at.host_db))).map_err(E::db)?;
-        let out = if access == Access::ReadOnly {
-            self.conn.begin_read_only().map_err(E::db).and_then(|mut txn| {
-                let out = explain_interrupt(policy::as_remote(|| f(&mut txn)))?;
-                txn.commit().map_err(E::db)?;
-                Ok(out)
-            })
-        } else {
-            explain_interrupt(policy::as_remote(|| f(&mut self.conn)))
-        };
+        let out = f(&mut self.conn);
         if let Err(e) = self.conn.execute_past_interrupts(&format!("USE {}", quote_ident(SCRATCH_DB))) {
             eprintln!("arrowport: could not restore writer {} after a statement: {e}", self.at.id);
         }
