@@ -260,16 +260,11 @@ impl Host {
             allowed_origins: options.allowed_origins.iter().map(|o| gate::normal_origin(o)).collect(),
         });
         let mut state = self.lock();
-        if state.running.is_none() {
-            self.mappings_loaded().map_err(ListenError::Start)?;
-            let budget = Arc::new(Budget::new(options.memory_budget.unwrap_or(DEFAULT_MEMORY_BUDGET)));
-            let running = start(&mut state.pool, Arc::clone(&self.metrics), Arc::clone(&self.registry), budget)?;
+        let running = self.running(&mut state, options.memory_budget.unwrap_or(DEFAULT_MEMORY_BUDGET))?;
+        if running.listeners.is_empty() {
+            // The first listener (the writers may have been started earlier by arrowport_send).
             self.metrics.set_started(Some(Instant::now()));
-            state.running = Some(running);
         }
-        let Some(running) = state.running.as_mut() else {
-            return Err(ListenError::Start("the runtime did not start".into()));
-        };
         let budget = running.core.budget().limit();
         if options.memory_budget.is_some_and(|b| b != budget) {
             return Err(ListenError::BadOption(
@@ -362,16 +357,20 @@ impl Host {
         count
     }
 
-    /// The writers and the runtime, started if no listener has started them.
+    /// The running writers and runtime, started (with a memory budget of `budget` bytes) if they are not.
+    fn running<'s>(&self, state: &'s mut State, budget: usize) -> Result<&'s mut Running, ListenError> {
+        if state.running.is_none() {
+            self.mappings_loaded().map_err(ListenError::Start)?;
+            let budget = Arc::new(Budget::new(budget));
+            state.running = Some(start(&mut state.pool, Arc::clone(&self.metrics), Arc::clone(&self.registry), budget)?);
+        }
+        state.running.as_mut().ok_or_else(|| ListenError::Start("the runtime did not start".into()))
+    }
+
+    /// The writers and the runtime, for work that needs no listener (`arrowport_send`, `arrowport_maintain`).
     fn engine(&self) -> Result<(tokio::runtime::Handle, Arc<Core<DuckSink>>), String> {
         let mut state = self.lock();
-        if state.running.is_none() {
-            self.mappings_loaded()?;
-            let budget = Arc::new(Budget::new(DEFAULT_MEMORY_BUDGET));
-            let running = start(&mut state.pool, Arc::clone(&self.metrics), Arc::clone(&self.registry), budget).map_err(|e| e.to_string())?;
-            state.running = Some(running);
-        }
-        let running = state.running.as_ref().ok_or("the runtime did not start")?;
+        let running = self.running(&mut state, DEFAULT_MEMORY_BUDGET).map_err(|e| e.to_string())?;
         Ok((running.runtime.handle().clone(), Arc::clone(&running.core)))
     }
 
