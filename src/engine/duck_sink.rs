@@ -20,6 +20,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
 
+use crate::catalog::access::to_hex;
 use crate::catalog::registry::{Mapping, Mode, OWN_SCHEMA, SchemaPolicy, TableRule, Target};
 use crate::catalog::schema::{self, Column, quote_ident, quote_literal};
 use crate::duck::DbError;
@@ -39,13 +40,19 @@ use crate::engine::sink::{
 /// The attached in-memory database that holds the per-request scan views.
 pub const SCRATCH_DB: &str = "arrowport_scratch";
 
-/// The table of idempotency keys, in the `arrowport` schema of each target's catalog.
+/// The table of idempotency keys, in the `arrowport` schema of each target's catalog. It holds each key's SHA-256
+/// (hex, as DuckDB's `sha256()` writes it), never the key: whoever can read the table learns no key from it.
 const KEYS_TABLE: &str = "requests";
 const KEYS_COLUMNS: &str =
-    "key VARCHAR PRIMARY KEY, stream VARCHAR NOT NULL, ack VARCHAR NOT NULL, committed_at TIMESTAMPTZ NOT NULL DEFAULT now()";
+    "key_sha256 VARCHAR PRIMARY KEY, stream VARCHAR NOT NULL, ack VARCHAR NOT NULL, committed_at TIMESTAMPTZ NOT NULL DEFAULT now()";
 /// The same for catalogs without PRIMARY KEY constraints (DuckLake): the key is checked inside the transaction.
 const KEYS_COLUMNS_UNCONSTRAINED: &str =
-    "key VARCHAR NOT NULL, stream VARCHAR NOT NULL, ack VARCHAR NOT NULL, committed_at TIMESTAMPTZ NOT NULL DEFAULT now()";
+    "key_sha256 VARCHAR NOT NULL, stream VARCHAR NOT NULL, ack VARCHAR NOT NULL, committed_at TIMESTAMPTZ NOT NULL DEFAULT now()";
+
+/// What the keys table holds for a key: its SHA-256 in hex, as a SQL literal.
+fn key_digest(key: &str) -> String {
+    quote_literal(&to_hex(ring::digest::digest(&ring::digest::SHA256, key.as_bytes()).as_ref()))
+}
 /// Keys kept per catalog at most (the oldest go first), whatever the window...
 const MAX_KEYS: u64 = 1_000_000;
 /// ...checked every this many keys a writer records.
@@ -101,6 +108,8 @@ struct Landing {
     described: HashMap<Schema, Vec<Column>>,
     /// Catalogs whose `arrowport.requests` (idempotency keys) exists, as far as this writer made sure.
     keys_ready: HashSet<String>,
+    /// Catalogs whose keys table is known to hold digests (see `upgrade_keys`).
+    keys_upgraded: HashSet<String>,
     /// Catalogs whose key table has no PRIMARY KEY (the catalog supports none): keys are checked before insert.
     keys_unconstrained: HashSet<String>,
     /// Catalogs known to be DuckLakes (true) or not.
@@ -166,6 +175,7 @@ impl DuckSink {
             scan: None,
             described: HashMap::new(),
             keys_ready: HashSet::new(),
+            keys_upgraded: HashSet::new(),
             keys_unconstrained: HashSet::new(),
             lakes: HashMap::new(),
             keys_recorded: 0,
@@ -338,6 +348,36 @@ impl Landing {
         format!("{}.{}.{}", quote_ident(catalog.unwrap_or(&self.host_db)), quote_ident(OWN_SCHEMA), quote_ident(KEYS_TABLE))
     }
 
+    /// Turns the keys an older layout kept in a column `key` into digests, in one transaction, once per catalog
+    /// and writer (lookups and writes both come here first).
+    fn upgrade_keys(&mut self, conn: &mut RawConn, catalog: Option<&str>) -> Result<(), IngestError> {
+        let name = catalog.unwrap_or(&self.host_db).to_lowercase();
+        if self.keys_upgraded.contains(&name) {
+            return Ok(());
+        }
+        let table = self.keys_table(catalog);
+        let old_layout = format!(
+            "SELECT count(*) FROM duckdb_columns() WHERE database_name = {} AND schema_name = {} AND table_name = {} AND column_name = 'key'",
+            quote_literal(catalog.unwrap_or(&self.host_db)),
+            quote_literal(OWN_SCHEMA),
+            quote_literal(KEYS_TABLE)
+        );
+        let upgrade = |conn: &mut RawConn| -> Result<(), DbError> {
+            let old = conn.query(&old_layout)?;
+            if old.first().and_then(|r| r.first().cloned().flatten()).as_deref() != Some("1") {
+                return Ok(());
+            }
+            let mut txn = conn.begin()?;
+            txn.execute(&format!("ALTER TABLE {table} RENAME COLUMN key TO key_sha256"))?;
+            txn.execute(&format!("UPDATE {table} SET key_sha256 = sha256(key_sha256)"))?;
+            txn.commit()
+        };
+        // Another writer upgrading at the same moment makes ours fail once; then there is nothing left to do.
+        upgrade(conn).or_else(|_| upgrade(conn)).map_err(E::db)?;
+        self.keys_upgraded.insert(name);
+        Ok(())
+    }
+
     /// Makes sure the catalog's key table exists, outside any transaction (two writers creating it inside theirs
     /// would conflict), and purges keys past their window now and then.
     fn ensure_keys(&mut self, conn: &mut RawConn, catalog: Option<&str>, window: std::time::Duration) -> Result<(), IngestError> {
@@ -359,6 +399,7 @@ impl Landing {
             };
             // Another writer creating it at the same moment makes ours fail once; then it exists.
             let unconstrained = create(conn).or_else(|_| create(conn)).map_err(E::db)?;
+            self.upgrade_keys(conn, catalog)?;
             if unconstrained {
                 self.keys_unconstrained.insert(name.clone());
             }
@@ -368,7 +409,7 @@ impl Landing {
         if self.keys_recorded % PURGE_EVERY == 0 {
             let purge = format!(
                 "DELETE FROM {table} WHERE committed_at < now() - to_microseconds({window}) \
-                 OR key IN (SELECT key FROM {table} ORDER BY committed_at DESC OFFSET {MAX_KEYS})",
+                 OR key_sha256 IN (SELECT key_sha256 FROM {table} ORDER BY committed_at DESC OFFSET {MAX_KEYS})",
                 window = window.as_micros()
             );
             conn.execute(&purge).map_err(E::db)?;
@@ -382,8 +423,8 @@ impl Landing {
     fn record_keys(&mut self, txn: &mut RawConn, target: &Target, keys: &[(&RequestKey, u64, u64)]) -> Result<(), IngestError> {
         let Some((first, _, _)) = keys.first() else { return Ok(()) };
         let table = self.keys_table(target.catalog.as_deref());
-        let names: Vec<String> = keys.iter().map(|(k, _, _)| quote_literal(&k.key)).collect();
-        let names = names.join(", ");
+        let digests: HashMap<String, &str> = keys.iter().map(|(k, _, _)| (key_digest(&k.key), k.key.as_str())).collect();
+        let names = digests.keys().cloned().collect::<Vec<_>>().join(", ");
         // A row of the same key older than the window (not purged yet) is forgotten: the key is free again.
         let cutoff = format!("now() - to_microseconds({})", first.window.as_micros());
         let catalog = target.catalog.as_deref().unwrap_or(&self.host_db).to_lowercase();
@@ -392,31 +433,33 @@ impl Landing {
             // host, so only a commit elsewhere can have put one there). One query finds live and expired rows (in a
             // DuckLake each statement is a round trip to its catalog); expired ones, rare, are deleted.
             let found = txn
-                .query(&format!("SELECT key, CASE WHEN committed_at >= {cutoff} THEN 'live' ELSE 'expired' END FROM {table} WHERE key IN ({names})"))
+                .query(&format!(
+                    "SELECT key_sha256, CASE WHEN committed_at >= {cutoff} THEN 'live' ELSE 'expired' END FROM {table} WHERE key_sha256 IN ({names})"
+                ))
                 .map_err(E::db)?;
             let mut expired = Vec::new();
             for row in found {
                 let mut cells = row.into_iter();
-                let (key, state) = (cells.next().flatten().unwrap_or_default(), cells.next().flatten().unwrap_or_default());
+                let (digest, state) = (quote_literal(&cells.next().flatten().unwrap_or_default()), cells.next().flatten().unwrap_or_default());
                 if state == "live" {
-                    return Err(IngestError::InProgress(key));
+                    return Err(IngestError::InProgress(digests.get(&digest).map_or_else(|| digest.clone(), |k| k.to_string())));
                 }
-                expired.push(quote_literal(&key));
+                expired.push(digest);
             }
             if !expired.is_empty() {
-                txn.execute(&format!("DELETE FROM {table} WHERE key IN ({}) AND committed_at < {cutoff}", expired.join(", "))).map_err(E::db)?;
+                txn.execute(&format!("DELETE FROM {table} WHERE key_sha256 IN ({}) AND committed_at < {cutoff}", expired.join(", "))).map_err(E::db)?;
             }
         } else {
-            txn.execute(&format!("DELETE FROM {table} WHERE key IN ({names}) AND committed_at < {cutoff}")).map_err(E::db)?;
+            txn.execute(&format!("DELETE FROM {table} WHERE key_sha256 IN ({names}) AND committed_at < {cutoff}")).map_err(E::db)?;
         }
         let rows: Vec<String> = keys
             .iter()
             .map(|(key, rows, batches)| {
                 let ack = serde_json::json!({"stream": key.stream, "table": target.display(), "rows": rows, "batches": batches}).to_string();
-                format!("({}, {}, {})", quote_literal(&key.key), quote_literal(&key.stream), quote_literal(&ack))
+                format!("({}, {}, {})", key_digest(&key.key), quote_literal(&key.stream), quote_literal(&ack))
             })
             .collect();
-        txn.execute(&format!("INSERT INTO {table} (key, stream, ack) VALUES {}", rows.join(", "))).map_err(E::db)?;
+        txn.execute(&format!("INSERT INTO {table} (key_sha256, stream, ack) VALUES {}", rows.join(", "))).map_err(E::db)?;
         self.keys_recorded += keys.len() as u64;
         Ok(())
     }
@@ -674,10 +717,11 @@ impl Sink for DuckSink {
     }
 
     fn lookup_key(&mut self, catalog: Option<&str>, key: &str, window: std::time::Duration) -> Result<Option<KeyRecord>, IngestError> {
+        self.at.upgrade_keys(&mut self.conn, catalog)?;
         let sql = format!(
-            "SELECT stream, ack FROM {} WHERE key = {} AND committed_at >= now() - to_microseconds({})",
+            "SELECT stream, ack FROM {} WHERE key_sha256 = {} AND committed_at >= now() - to_microseconds({})",
             self.at.keys_table(catalog),
-            quote_literal(key),
+            key_digest(key),
             window.as_micros()
         );
         match self.conn.query(&sql) {
@@ -703,7 +747,7 @@ impl Sink for DuckSink {
         self.remote(access, |conn| {
             let (kind, types) = {
                 let p = conn.prepare(sql).map_err(E::sql)?;
-                allowed(&p, access)?;
+                allowed(sql, &p, access)?;
                 (p.kind(), p.param_types())
             };
             // A query's columns, for the given values or NULL for each parameter; other statements answer with
@@ -722,7 +766,7 @@ impl Sink for DuckSink {
         self.remote(access, |conn| {
             let kind = {
                 let p = conn.prepare(&statement.sql).map_err(E::sql)?;
-                allowed(&p, access)?;
+                allowed(&statement.sql, &p, access)?;
                 p.kind()
             };
             stream_result(conn, statement, kind, out)
@@ -775,7 +819,7 @@ impl Sink for DuckSink {
     fn update(&mut self, statement: &Statement, access: Access) -> Result<u64, IngestError> {
         self.remote(access, |conn| {
             let mut p = conn.prepare(&statement.sql).map_err(E::sql)?;
-            allowed(&p, access)?;
+            allowed(&statement.sql, &p, access)?;
             let no_params = [Vec::new()];
             let runs: &[Vec<Param>] = if statement.params.is_empty() { &no_params } else { &statement.params };
             let mut changed = 0;
@@ -859,8 +903,13 @@ fn stream_result(conn: &mut RawConn, statement: &Statement, kind: StatementKind,
     Ok(())
 }
 
-/// Whether the listener's access allows this kind of statement.
-fn allowed(p: &Prepared<'_>, access: Access) -> Result<(), IngestError> {
+/// Whether the listener's access allows this statement: its kind, and the names it uses.
+fn allowed(sql: &str, p: &Prepared<'_>, access: Access) -> Result<(), IngestError> {
+    kind_allowed(p, access)?;
+    policy::check_names(sql)
+}
+
+fn kind_allowed(p: &Prepared<'_>, access: Access) -> Result<(), IngestError> {
     match (p.kind(), access) {
         (StatementKind::Transaction, _) => {
             Err(IngestError::Denied("transaction statements are not accepted over the network: every statement commits on its own".into()))

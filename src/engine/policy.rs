@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::catalog::access::Principal;
+use crate::catalog::registry::OWN_SCHEMA;
 use crate::engine::error::IngestError;
 
 /// How long a request may send nothing before it is rolled back, by default (`stall_timeout` changes it). A
@@ -124,7 +125,56 @@ pub fn check_statement(sql: &str, access: Access, principal: &Principal) -> Resu
     if let Some(f) = FORBIDDEN_NAMES.iter().find(|f| lower.contains(*f)) {
         return Err(IngestError::Denied(format!("{f} cannot be used over the network; use it in the host's own session")));
     }
+    if first_word(&lower) == "import" {
+        // DuckDB expands IMPORT DATABASE into the statements of files on the host while it parses, so its text
+        // says nothing of what it runs.
+        return Err(IngestError::Denied("IMPORT DATABASE is not accepted over the network: it runs statements from files on the host".into()));
+    }
     Ok(())
+}
+
+/// Refuses a statement that names arrowport's schema, where the idempotency keys are: no client's SQL reads,
+/// changes or drops them by name. Checked once DuckDB has prepared the statement, so that what DuckDB refuses
+/// on its own (a missing table, an administrative function bound over the network) says so first.
+pub fn check_names(sql: &str) -> Result<(), IngestError> {
+    if names_word(&sql.to_ascii_lowercase(), OWN_SCHEMA) {
+        return Err(IngestError::Denied(format!(
+            "statements sent over the network may not name the schema {OWN_SCHEMA:?}: it holds arrowport's idempotency keys \
+             (ask GET /streams/{{stream}}/requests/{{key}} or the Flight action request_status for a key's outcome)"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `word` occurs in `text` as a name of its own: not as a part of a longer identifier (`arrowport_metrics`
+/// does not name `arrowport`, nor does `'arrowport' || '_stop()'`, a string that continues in the next one),
+/// quoted or not, in a string literal too (`query_table('arrowport.requests')`).
+fn names_word(text: &str, word: &str) -> bool {
+    let part_of_name = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+    let bytes = text.as_bytes();
+    text.match_indices(word).any(|(at, _)| {
+        let before = at.checked_sub(1).map(|i| bytes[i]);
+        let rest = &text[at + word.len()..];
+        let continued = rest.strip_prefix('\'').is_some_and(|r| r.trim_start().starts_with("||"));
+        !before.is_some_and(part_of_name) && !rest.bytes().next().is_some_and(part_of_name) && !continued
+    })
+}
+
+/// The statement's first word, past white space and comments.
+fn first_word(text: &str) -> &str {
+    let mut rest = text;
+    loop {
+        rest = rest.trim_start();
+        if let Some(r) = rest.strip_prefix("--") {
+            rest = r.split_once('\n').map_or("", |(_, after)| after);
+        } else if let Some(r) = rest.strip_prefix("/*") {
+            rest = r.split_once("*/").map_or("", |(_, after)| after);
+        } else {
+            break;
+        }
+    }
+    let end = rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len());
+    &rest[..end]
 }
 
 thread_local! {
@@ -306,5 +356,31 @@ mod tests {
             scope: Arc::new(crate::catalog::access::Scope::Streams(vec!["events".into()])),
         };
         assert!(check_statement("SELECT 1", Access::ReadWrite, &scoped).is_err());
+    }
+
+    #[test]
+    fn statements_naming_the_keys_schema_or_importing_files_are_refused() {
+        let anon = Principal::Anonymous;
+        for sql in [
+            "FROM arrowport.requests",
+            "SELECT * FROM \"ARROWPORT\".\"requests\"",
+            "DELETE FROM lake.arrowport.requests",
+            "FROM query_table('arrowport.requests')",
+            "DROP SCHEMA arrowport CASCADE",
+            "select 1 from t where x = 'arrowport'",
+        ] {
+            let e = check_names(sql).unwrap_err().to_string();
+            assert!(e.contains("may not name the schema \"arrowport\""), "{sql}: {e}");
+        }
+        for sql in ["SELECT * FROM arrowport_metrics()", "SELECT 1 AS my_arrowport", "FROM arrowports", "SELECT 'not arrowportable'",
+                    "FROM query('SELECT arrowport' || '_stop()')", "FROM query('FROM arrowport'||'_create_token(''x'')')"] {
+            assert!(check_names(sql).is_ok(), "{sql}");
+        }
+        for sql in ["IMPORT DATABASE '/tmp/x'", "  -- note\n /* c */ import database 'x'"] {
+            let e = check_statement(sql, Access::ReadWrite, &anon).unwrap_err().to_string();
+            assert!(e.contains("IMPORT DATABASE is not accepted over the network"), "{sql}: {e}");
+        }
+        assert_eq!(first_word("/* a */ -- b\n\tSelect 1"), "Select");
+        assert_eq!(first_word("-- only a comment"), "");
     }
 }

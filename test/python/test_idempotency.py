@@ -204,3 +204,64 @@ def test_a_large_request_is_replayed_over_both_protocols(host):
         assert ack["rows"] == 1_000_000 and ack.get("replayed", False) == (attempt == 1), ack
     assert r.json()["replayed"] is True
     assert host.count("large") == 1_000_000 and host.count("large_f") == 1_000_000
+
+
+def sql_over_network(addr, statement):
+    with flight_sql.connect(f"grpc://{addr}") as conn, conn.cursor() as cur:
+        cur.execute(statement)
+        return cur.fetch_arrow_table().to_pylist()
+
+
+def test_the_keys_table_holds_digests_and_network_sql_cannot_name_it(tmp_path):
+    """The keys table keeps each key's SHA-256, never the key; a statement sent over the network that names
+    arrowport's schema is refused (read_write included), and one that reaches the table by building its name
+    finds only digests."""
+    import hashlib
+    h = Host(str(tmp_path / "digests.duckdb"), ", sql := 'read_write'")
+    try:
+        key = "customer-42-batch-7"
+        assert h.post("events", events(5), key=key).status_code == 200
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        rows = h.sql("SELECT key_sha256, stream FROM arrowport.requests")
+        assert rows == [(digest, "events")]
+        assert key not in str(h.sql("FROM arrowport.requests"))
+        for statement in ["FROM arrowport.requests", "SELECT count(*) FROM \"ARROWPORT\".requests", "DELETE FROM arrowport.requests",
+                          "DROP TABLE arrowport.requests", "UPDATE arrowport.requests SET committed_at = now() - INTERVAL 2 DAY",
+                          "FROM query_table('arrowport.requests')", "CREATE VIEW peek AS FROM arrowport.requests"]:
+            with pytest.raises(flight_sql.Error) as e:
+                sql_over_network(h.addr, statement)
+            assert "may not name the schema \"arrowport\"" in str(e.value), (statement, str(e.value))
+        with pytest.raises(flight_sql.Error) as e:
+            sql_over_network(h.addr, f"IMPORT DATABASE '{tmp_path}'")
+        assert "IMPORT DATABASE is not accepted over the network" in str(e.value)
+        seen = sql_over_network(h.addr, "FROM query('FROM arrow' || 'port.requests')")
+        assert [r["key_sha256"] for r in seen] == [digest] and key not in str(seen)
+        # The key still works: nothing above changed the table.
+        assert h.post("events", events(5), key=key).json()["replayed"] is True
+        assert h.count("events") == 5
+    finally:
+        h.sql("SELECT arrowport_stop()")
+        assert h.host.close() == 0
+
+
+def test_keys_kept_by_an_older_layout_become_digests_and_still_answer(tmp_path):
+    path = str(tmp_path / "older.duckdb")
+    h = Host(path)
+    assert h.post("events", events(8), key="old-1").status_code == 200
+    h.sql("SELECT arrowport_stop()")
+    assert h.host.close() == 0
+    # The older layout: the key itself in a column `key`.
+    plain = hosts.start("py20", path)
+    plain.sql("ALTER TABLE arrowport.requests RENAME COLUMN key_sha256 TO key")
+    plain.sql("UPDATE arrowport.requests SET key = 'old-1'")
+    assert plain.close() == 0
+    h.start()
+    try:
+        again = h.post("events", events(8), key="old-1")
+        assert again.status_code == 200 and again.json()["replayed"] is True, again.text + str(h.sql("FROM duckdb_columns() WHERE table_name = 'requests'"))
+        assert h.count("events") == 8
+        assert h.sql("SELECT key_sha256 = sha256('old-1') FROM arrowport.requests") == [(True,)]
+        assert h.sql("SELECT count(*) FROM duckdb_columns() WHERE table_name = 'requests' AND column_name = 'key'") == [(0,)]
+    finally:
+        h.sql("SELECT arrowport_stop()")
+        assert h.host.close() == 0

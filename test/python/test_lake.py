@@ -104,7 +104,7 @@ def test_a_lake_stream_behaves_like_any_other(world, tmp_path):
     time.sleep(1.5)
     assert "replayed" not in post(short, "ev", one, key="k-window").json()
     assert h.sql("SELECT count(*) FROM lake.main.ev WHERE s = 'w'")[0][0] == 2
-    assert h.sql("SELECT count(*) FROM lake.arrowport.requests WHERE key = 'k-window'")[0][0] == 1
+    assert h.sql("SELECT count(*) FROM lake.arrowport.requests WHERE key_sha256 = sha256('k-window')")[0][0] == 1
     h.sql("SELECT arrowport_stop()")
     h.close()
 
