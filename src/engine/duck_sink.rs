@@ -53,6 +53,7 @@ const KEYS_COLUMNS_UNCONSTRAINED: &str =
 fn key_digest(key: &str) -> String {
     quote_literal(&to_hex(ring::digest::digest(&ring::digest::SHA256, key.as_bytes()).as_ref()))
 }
+
 /// Keys kept per catalog at most (the oldest go first), whatever the window...
 const MAX_KEYS: u64 = 1_000_000;
 /// ...checked every this many keys a writer records.
