@@ -23,7 +23,6 @@ Set BENCH_QUICK=1 for a short run (100k/1M rows, 200 small requests) while devel
 BENCH_ONLY=small for one half.
 """
 import base64
-import datetime
 import json
 import os
 import platform
@@ -42,6 +41,7 @@ import pyarrow.flight as fl
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "test"))
 import hosts  # noqa: E402
+import report  # noqa: E402  (bench/, this script's own directory)
 from clients import flight_put, ipc_bytes  # noqa: E402
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
@@ -407,17 +407,10 @@ def main():
     table = markdown(results)
     print()
     print(table)
-    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    when = report.stamp()
     suffix = ("-quick" if QUICK else "") + (f"-{ONLY}" if ONLY else "")
-    out = os.path.join(ROOT, "bench", "results", f"{stamp}{suffix}.json")
-    with open(out, "w") as f:
-        json.dump({"when": stamp, "host": platform.node(), "cores": os.cpu_count(), "duckdb": duckdb.__version__,
-                   "quick": QUICK, "repeat": REPEAT, "results": results}, f, indent=1)
-    print(f"\nwrote {out}")
-    if bad:
-        print("ROW COUNT MISMATCH: " + "; ".join(bad))
-        sys.exit(1)
+    report.finish({"when": when, "host": platform.node(), "cores": os.cpu_count(), "duckdb": duckdb.__version__,
+                   "quick": QUICK, "repeat": REPEAT, "results": results}, f"{when}{suffix}", bad)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,6 @@ Cases:
 - files: the lake table's Parquet files after the small 3-host case, and after `arrowport_maintain`.
 Every case checks that the rows landed equal the rows acknowledged. Prints a Markdown table and writes
 bench/results/<timestamp>-lake.json."""
-import datetime
-import json
 import os
 import sys
 import tempfile
@@ -26,6 +24,8 @@ sys.path.insert(0, os.path.join(ROOT, "test"))
 import hosts  # noqa: E402
 import lake  # noqa: E402
 from clients import ipc_bytes  # noqa: E402
+
+import report  # noqa: E402  (bench/, this script's own directory)
 
 SECONDS = float(os.environ.get("LAKE_BENCH_SECONDS", "20"))
 CLIENTS = 8
@@ -73,13 +73,7 @@ def small(world, directory, n_hosts, local=False):
             seq += 1
 
     snapshots_before = 0 if local else hs[0].sql("SELECT count(*) FROM lake.snapshots()")[0][0]
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS * n_hosts)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - started
+    elapsed = report.run_threads([threading.Thread(target=client, args=(i,)) for i in range(CLIENTS * n_hosts)])
     table = "main.ev" if local else "lake.main.ev"
     landed = sum(h.sql(f"SELECT count(*) FROM {table}")[0][0] for h in (hs if local else hs[:1]))
     commits = None if local else hs[0].sql("SELECT count(*) FROM lake.snapshots()")[0][0] - snapshots_before
@@ -117,13 +111,7 @@ def large(world, directory, n_hosts):
             r = httpx.post(f"http://{h.addr}/streams/{name}", content=body, headers={"Content-Type": ARROW}, timeout=600)
             codes.append(r.status_code)
 
-        threads = [threading.Thread(target=put, args=(h,)) for h in senders]
-        started = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        seconds = time.perf_counter() - started
+        seconds = report.run_threads([threading.Thread(target=put, args=(h,)) for h in senders])
         assert codes == [200] * len(senders), codes
         target = "lake.main.big" if name == "lake" else "main.big"
         rows = n * len(senders)
@@ -138,7 +126,7 @@ def main():
     if why:
         print(f"lake bench skipped: {why}")
         return
-    results = {"when": datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ"), "seconds": SECONDS,
+    results = {"when": report.stamp(), "seconds": SECONDS,
                "clients_per_host": CLIENTS, "small": [], "files": None, "large": None}
     bad = []
     for n_hosts, local in [(1, True), (1, False), (2, False), (3, False)]:
@@ -186,14 +174,7 @@ def main():
     lines.append(f"| Parquet files after the 3-host case / after arrowport_maintain | | {files['before']} / {files['after']} | | |")
     print()
     print("\n".join(lines))
-    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
-    out = os.path.join(ROOT, "bench", "results", f"{results['when']}-lake.json")
-    with open(out, "w") as f:
-        json.dump(results, f, indent=1)
-    print(f"\nwrote {out}")
-    if bad:
-        print("ROW COUNT MISMATCH: " + "; ".join(bad))
-        sys.exit(1)
+    report.finish(results, f"{results['when']}-lake", bad)
 
 
 if __name__ == "__main__":
