@@ -100,41 +100,6 @@ def wide(n):
 DATA_SQL = {"events": events_sql, "wide": wide_sql}
 
 
-def rss_kib(pid="self"):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-class PeakRss:
-    """Samples a process's RSS every 20 ms while the block runs."""
-
-    def __init__(self, pid="self"):
-        self.pid, self.peak, self.stop = pid, 0, threading.Event()
-
-    def __enter__(self):
-        self.before = rss_kib(self.pid)
-        self.thread = threading.Thread(target=self.sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def sample(self):
-        while not self.stop.is_set():
-            self.peak = max(self.peak, rss_kib(self.pid))
-            time.sleep(0.02)
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join()
-        self.after = rss_kib(self.pid)
-        self.peak = max(self.peak, self.after)
-
-    def mib(self):
-        return {"rss_before_mib": self.before / 1024, "rss_peak_mib": self.peak / 1024, "rss_after_mib": self.after / 1024}
-
-
 def table_sql(table):
     """The CREATE TABLE that the baseline's `CREATE TABLE t AS SELECT * FROM src LIMIT 0` makes for this table, so
     arrowport's target starts out exactly like the baseline's: existing, empty, the same column types."""
@@ -153,7 +118,7 @@ def baseline(table):
         con = duckdb.connect(os.path.join(d, "base.duckdb"))
         con.register("src", table)
         con.execute("CREATE TABLE t AS SELECT * FROM src LIMIT 0")
-        with PeakRss() as rss:
+        with hosts.PeakRss() as rss:
             start = time.perf_counter()
             con.execute("INSERT INTO t SELECT * FROM src")
             elapsed = time.perf_counter() - start
@@ -240,7 +205,7 @@ def one_large(table, protocol, compression, create, empty):
         # Set-up off the clock, as the baseline's is: the target table exists (empty) and the client's
         # connection is open, warmed by an empty request (which writes nothing). curl opens its own.
         host.host.sql(create)
-        with PeakRss(host.host.proc.pid) as rss, httpx.Client(timeout=600) as client:
+        with hosts.PeakRss(host.host.proc.pid) as rss, httpx.Client(timeout=600) as client:
             if protocol in ("rest", "json"):
                 client.post(f"http://{host.addr}/streams/t", content=empty, headers={"Content-Type": ARROW}).raise_for_status()
             if protocol == "flight":
@@ -273,7 +238,7 @@ def one_send(dataset, n, scheme, create):
         sender.sql(hosts.load_sql())
         sender.sql(f"CREATE TABLE src AS {DATA_SQL[dataset](n)}")
         sender.sql("CHECKPOINT")
-        with PeakRss(sender.proc.pid) as rss:
+        with hosts.PeakRss(sender.proc.pid) as rss:
             seconds, row = timed(lambda: sender.sql(f"FROM arrowport_send('{scheme}://{receiver.addr}', 't', query := 'FROM src')"))
         assert row[0][2] == n, row
         sender.close()
@@ -342,13 +307,7 @@ def small_batches(results, protocol, clients, threshold=None):
             with lock:
                 latencies.extend(mine)
 
-        threads = [threading.Thread(target=worker) for _ in range(clients)]
-        start = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        seconds = time.perf_counter() - start
+        seconds = report.run_threads([threading.Thread(target=worker) for _ in range(clients)])
         landed = host.count("small")
         host.close()
     sent = per_client * clients

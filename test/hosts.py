@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,13 +136,50 @@ def start(kind, db_path):
     return CliHost(db_path) if kind == "cli" else PythonHost(kind, db_path)
 
 
-def rss_mib(pid):
-    """A process's resident memory, in MiB."""
+def rss_kib(pid="self"):
+    """A process's resident memory, in KiB."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS"):
-                return int(line.split()[1]) // 1024
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
     return 0
+
+
+def rss_mib(pid):
+    """A process's resident memory, in MiB."""
+    return rss_kib(pid) // 1024
+
+
+class PeakRss:
+    """Samples a process's RSS (KiB) every `every` seconds while the block runs: `before`, `peak` (readable while it
+    runs too) and `after`."""
+
+    def __init__(self, pid="self", every=0.02):
+        self.pid, self.every, self.stop = pid, every, threading.Event()
+
+    def __enter__(self):
+        self.before = self.peak = rss_kib(self.pid)
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def sample(self):
+        while not self.stop.is_set():
+            self.peak = max(self.peak, rss_kib(self.pid))
+            time.sleep(self.every)
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        self.after = rss_kib(self.pid)
+        self.peak = max(self.peak, self.after)
+
+    def growth_mib(self):
+        """The peak so far over the start, in whole MiB as `rss_mib` reads them."""
+        return self.peak // 1024 - self.before // 1024
+
+    def mib(self):
+        return {"rss_before_mib": self.before / 1024, "rss_peak_mib": self.peak / 1024, "rss_after_mib": self.after / 1024}
 
 
 def load_sql():

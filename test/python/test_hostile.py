@@ -350,45 +350,33 @@ def test_the_memory_budget_bounds_what_64_large_requests_hold(make_host):
     pid = h.host.proc.pid
     base_url = f"http://127.0.0.1:{h.port}"
     assert post("127.0.0.1", h.port, "warm", events(10)).status_code == 200
-    base = hosts.rss_mib(pid)
-    peak = [base]
-    sampling = threading.Event()
+    with hosts.PeakRss(pid, every=0.01) as rss:
+        held, big = [], events(200_000)
+        for i in range(7):
+            c = fl.connect(f"grpc://127.0.0.1:{h.port}")
+            w, r = c.do_put(fl.FlightDescriptor.for_path(f"hold{i}"), big.schema)
+            w.write_table(big)
+            held.append((c, w, r))
+        time.sleep(1)
+        body = _ipc(events(400_000), 100_000)
+        outcomes = []
 
-    def sample():
-        while not sampling.is_set():
-            peak[0] = max(peak[0], hosts.rss_mib(pid))
-            time.sleep(0.01)
+        def client(i):
+            r = httpx.post(f"{base_url}/streams/t{i}", content=body, headers={"Content-Type": ARROW}, timeout=120)
+            outcomes.append((i, r.status_code, r.headers.get("retry-after"), r.json()))
 
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    held, big = [], events(200_000)
-    for i in range(7):
-        c = fl.connect(f"grpc://127.0.0.1:{h.port}")
-        w, r = c.do_put(fl.FlightDescriptor.for_path(f"hold{i}"), big.schema)
-        w.write_table(big)
-        held.append((c, w, r))
-    time.sleep(1)
-    body = _ipc(events(400_000), 100_000)
-    outcomes = []
-
-    def client(i):
-        r = httpx.post(f"{base_url}/streams/t{i}", content=body, headers={"Content-Type": ARROW}, timeout=120)
-        outcomes.append((i, r.status_code, r.headers.get("retry-after"), r.json()))
-
-    clients = [threading.Thread(target=client, args=(i,)) for i in range(57)]
-    for t in clients:
-        t.start()
-    time.sleep(4)
-    growth_while_held = peak[0] - base
-    for c, w, r in held:
-        w.done_writing()
-        r.read()
-        w.close()
-        c.close()
-    for t in clients:
-        t.join(120)
-    sampling.set()
-    sampler.join()
+        clients = [threading.Thread(target=client, args=(i,)) for i in range(57)]
+        for t in clients:
+            t.start()
+        time.sleep(4)
+        growth_while_held = rss.growth_mib()
+        for c, w, r in held:
+            w.done_writing()
+            r.read()
+            w.close()
+            c.close()
+        for t in clients:
+            t.join(120)
     assert growth_while_held < budget + 256, f"RSS grew by {growth_while_held} MiB"
     refused = [o for o in outcomes if o[1] == 503]
     landed = [o for o in outcomes if o[1] == 200]

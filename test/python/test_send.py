@@ -327,25 +327,12 @@ def test_a_hundred_million_rows_stream_in_bounded_memory(tmp_path):
     threading.Thread(target=server.serve, daemon=True).start()
     sender = start_host("py20", str(tmp_path / "sender.duckdb"))
     sender.sql("SELECT 1")
-    pid = sender.proc.pid
-    before = hosts.rss_mib(pid)
-    peak = [before]
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], hosts.rss_mib(pid))
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    got = sent_row(sender, f"grpc://127.0.0.1:{server.port}", "huge", "SELECT i FROM range(100000000) t(i)")
-    done.set()
-    sampler.join()
+    with hosts.PeakRss(sender.proc.pid, every=0.05) as rss:
+        got = sent_row(sender, f"grpc://127.0.0.1:{server.port}", "huge", "SELECT i FROM range(100000000) t(i)")
     assert got["rows"] == 100_000_000
     assert len(server.puts) == 1 and server.puts[0][1] == 100_000_000
-    growth = peak[0] - before
-    print(f"sender RSS {before} MiB before, {peak[0]} MiB peak: +{growth} MiB for 100M rows")
+    growth = rss.growth_mib()
+    print(f"sender RSS {rss.before // 1024} MiB before, {rss.peak // 1024} MiB peak: +{growth} MiB for 100M rows")
     assert growth < 256, f"the sender grew by {growth} MiB"
     sender.close()
     server.shutdown()
