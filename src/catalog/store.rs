@@ -56,10 +56,6 @@ fn opt_literal(v: Option<&str>) -> String {
     v.map(quote_literal).unwrap_or_else(|| "NULL".into())
 }
 
-fn first_value(conn: &mut RawConn, sql: &str) -> Result<Option<String>, DbError> {
-    Ok(conn.query(sql)?.into_iter().next().and_then(|r| r.into_iter().next().flatten()))
-}
-
 fn named(db: &str, table: &str) -> String {
     format!("{}.{}.{}", quote_ident(db), quote_ident(OWN_SCHEMA), quote_ident(table))
 }
@@ -71,7 +67,7 @@ fn has(conn: &mut RawConn, db: &str, table: &str) -> Result<bool, DbError> {
         quote_literal(OWN_SCHEMA),
         quote_literal(table)
     );
-    Ok(first_value(conn, &sql)?.as_deref() == Some("1"))
+    Ok(conn.query_value(&sql)?.as_deref() == Some("1"))
 }
 
 fn create(conn: &mut RawConn, db: &str, table: &str, columns: &str) -> Result<(), DbError> {
@@ -109,7 +105,7 @@ fn open(host: &mut RawConn, create: bool) -> Result<Option<Own>, DbError> {
     let row = rows.into_iter().next().unwrap_or_default();
     let host_path = row.first().cloned().flatten().filter(|p| !p.is_empty() && p != ":memory:");
     let read_only = row.get(1).cloned().flatten().as_deref() == Some("true");
-    let host_db = first_value(host, "SELECT current_database()")?.unwrap_or_default();
+    let host_db = host.query_value("SELECT current_database()")?.unwrap_or_default();
     let legacy = !read_only && (has(host, &host_db, STREAMS)? || has(host, &host_db, TOKENS)?);
     let path = match &host_path {
         None => ":memory:".to_string(),
@@ -124,7 +120,7 @@ fn open(host: &mut RawConn, create: bool) -> Result<Option<Own>, DbError> {
     }
     let db = Database::open(&path, read_only)?;
     let mut conn = db.connect()?;
-    let name = first_value(&mut conn, "SELECT current_database()")?.unwrap_or_default();
+    let name = conn.query_value("SELECT current_database()")?.unwrap_or_default();
     if legacy {
         move_older_layout(host, &host_db, &mut conn, &name)?;
     }

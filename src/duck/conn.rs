@@ -104,6 +104,11 @@ impl RawConn {
         })
     }
 
+    /// The first column of the first row of a query's result (`None` for no row or NULL).
+    pub fn query_value(&mut self, sql: &str) -> Result<Option<String>, DbError> {
+        Ok(self.query(sql)?.into_iter().next().and_then(|r| r.into_iter().next().flatten()))
+    }
+
     fn run<T>(&mut self, sql: &str, f: impl FnOnce(*mut sys::duckdb_result) -> Result<T, DbError>) -> Result<T, DbError> {
         let text = CString::new(sql).map_err(|_| DbError("SQL text contains a NUL byte".into()))?;
         // SAFETY: duckdb_result is a plain C struct; all-zero is its documented initial state.

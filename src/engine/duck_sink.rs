@@ -164,8 +164,7 @@ impl DuckSink {
     /// Readies a pooled connection: remembers the host database's name, attaches the scratch database and makes
     /// it the connection's default, so scan views land there.
     pub fn prepare(mut conn: RawConn, id: usize, locks: Arc<CreateLocks>) -> Result<DuckSink, DbError> {
-        let rows = conn.query("SELECT current_database()")?;
-        let host_db = rows.first().and_then(|r| r.first().cloned().flatten()).ok_or_else(|| DbError("no current database".into()))?;
+        let host_db = conn.query_value("SELECT current_database()")?.ok_or_else(|| DbError("no current database".into()))?;
         conn.execute(&format!("ATTACH IF NOT EXISTS ':memory:' AS {}", quote_ident(SCRATCH_DB)))?;
         conn.execute(&format!("USE {}", quote_ident(SCRATCH_DB)))?;
         let panic_on = std::env::var("ARROWPORT_TEST_PANIC_TABLE").ok().filter(|t| !t.is_empty());
@@ -323,8 +322,8 @@ impl Landing {
         if let Some(&known) = self.lakes.get(&name) {
             return Ok(known);
         }
-        let rows = conn.query(&format!("SELECT type FROM duckdb_databases() WHERE lower(database_name) = {}", quote_literal(&name))).map_err(E::db)?;
-        let lake = rows.first().and_then(|r| r.first().cloned().flatten()).is_some_and(|t| t.eq_ignore_ascii_case("ducklake"));
+        let kind = conn.query_value(&format!("SELECT type FROM duckdb_databases() WHERE lower(database_name) = {}", quote_literal(&name))).map_err(E::db)?;
+        let lake = kind.is_some_and(|t| t.eq_ignore_ascii_case("ducklake"));
         self.lakes.insert(name, lake);
         Ok(lake)
     }
@@ -364,8 +363,7 @@ impl Landing {
             quote_literal(KEYS_TABLE)
         );
         let upgrade = |conn: &mut RawConn| -> Result<(), DbError> {
-            let old = conn.query(&old_layout)?;
-            if old.first().and_then(|r| r.first().cloned().flatten()).as_deref() != Some("1") {
+            if conn.query_value(&old_layout)?.as_deref() != Some("1") {
                 return Ok(());
             }
             let mut txn = conn.begin()?;
