@@ -384,22 +384,32 @@ impl Landing {
         let table = self.keys_table(catalog);
         if !self.keys_ready.contains(&name) {
             let schema = format!("{}.{}", quote_ident(catalog.unwrap_or(&self.host_db)), quote_ident(OWN_SCHEMA));
-            let create = |conn: &mut RawConn| -> Result<bool, DbError> {
+            let create = |conn: &mut RawConn| -> Result<(), DbError> {
                 conn.execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))?;
                 match conn.execute(&format!("CREATE TABLE IF NOT EXISTS {table} ({KEYS_COLUMNS})")) {
-                    Ok(_) => Ok(false),
+                    Ok(_) => Ok(()),
                     // DuckLake has no PRIMARY KEY or UNIQUE constraints.
                     Err(e) if e.0.contains("PRIMARY KEY/UNIQUE constraints are not supported") => {
-                        conn.execute(&format!("CREATE TABLE IF NOT EXISTS {table} ({KEYS_COLUMNS_UNCONSTRAINED})"))?;
-                        Ok(true)
+                        conn.execute(&format!("CREATE TABLE IF NOT EXISTS {table} ({KEYS_COLUMNS_UNCONSTRAINED})")).map(|_| ())
                     }
                     Err(e) => Err(e),
                 }
             };
             // Another writer creating it at the same moment makes ours fail once; then it exists.
-            let unconstrained = create(conn).or_else(|_| create(conn)).map_err(E::db)?;
+            create(conn).or_else(|_| create(conn)).map_err(E::db)?;
             self.upgrade_keys(conn, catalog)?;
-            if unconstrained {
+            // Whether the table (whoever made it) has its PRIMARY KEY decides how keys are checked: a DuckLake accepts
+            // `CREATE TABLE IF NOT EXISTS ... PRIMARY KEY` without a word when the table is already there.
+            let primary_key = conn
+                .query_value(&format!(
+                    "SELECT count(*) FROM duckdb_constraints() WHERE database_name = {} AND schema_name = {} AND table_name = {} \
+                     AND constraint_type = 'PRIMARY KEY'",
+                    quote_literal(catalog.unwrap_or(&self.host_db)),
+                    quote_literal(OWN_SCHEMA),
+                    quote_literal(KEYS_TABLE)
+                ))
+                .map_err(E::db)?;
+            if primary_key.as_deref() != Some("1") {
                 self.keys_unconstrained.insert(name.clone());
             }
             self.keys_ready.insert(name);
