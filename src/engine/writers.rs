@@ -67,14 +67,19 @@ fn take_group(rx: &Mutex<std::sync::mpsc::Receiver<GroupJob>>) -> Option<Vec<Gro
     Some(jobs)
 }
 
+/// One result per item of a group written behind the panic boundary.
+fn land_group<S: Sink>(sink: &mut S, items: &[Buffered]) -> Vec<Result<Written, IngestError>> {
+    match crate::panic::contain("committing a group", || sink.write_group(items)) {
+        Ok(results) if results.len() == items.len() => results,
+        Ok(_) => items.iter().map(|_| Err(IngestError::Internal("the group committer lost a result".into()))).collect(),
+        Err(p) => items.iter().map(|_| Err(p.clone().into())).collect(),
+    }
+}
+
 /// Lands one group and answers each request in it.
 fn commit_group<S: Sink>(sink: &mut S, jobs: Vec<GroupJob>) {
     let items: Vec<Buffered> = jobs.iter().map(|j| j.item.clone()).collect();
-    let mut results = match crate::panic::contain("committing a group", || sink.write_group(&items)) {
-        Ok(results) if results.len() == jobs.len() => results,
-        Ok(_) => jobs.iter().map(|_| Err(IngestError::Internal("the group committer lost a result".into()))).collect(),
-        Err(p) => jobs.iter().map(|_| Err(p.clone().into())).collect(),
-    };
+    let mut results = land_group(sink, &items);
     // A commit that lost a race with another writer of a shared catalog (a DuckLake's) wrote nothing: the
     // buffered requests are committed again, with a short growing pause, up to their retry limit.
     let limit = items.iter().map(|i| i.commit_retries).max().unwrap_or(0);
@@ -89,16 +94,11 @@ fn commit_group<S: Sink>(sink: &mut S, jobs: Vec<GroupJob>) {
         retries += 1;
         std::thread::sleep(commit_backoff(retries, again.len()));
         let subset: Vec<Buffered> = again.iter().map(|&i| items[i].clone()).collect();
-        let redone = crate::panic::contain("committing a group", || sink.write_group(&subset));
-        for (n, &i) in again.iter().enumerate() {
-            results[i] = match &redone {
-                Ok(r) if r.len() == subset.len() => r[n].clone().map(|mut w| {
-                    w.retries = retries;
-                    w
-                }),
-                Ok(_) => Err(IngestError::Internal("the group committer lost a result".into())),
-                Err(p) => Err(p.clone().into()),
-            };
+        for (result, &i) in land_group(sink, &subset).into_iter().zip(&again) {
+            results[i] = result.map(|mut w| {
+                w.retries = retries;
+                w
+            });
         }
     }
     for (job, result) in jobs.into_iter().zip(results) {
