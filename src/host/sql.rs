@@ -30,7 +30,7 @@ use crate::catalog::registry::{self, Mapping, MappingOptions};
 use crate::catalog::schema::quote_literal;
 use crate::duck::{self, vector};
 use crate::engine::metrics;
-use crate::engine::sink::Maintained;
+use crate::engine::sink::{Maintained, validate_key};
 use crate::engine::policy::Access;
 use crate::host::gate::AuthMode;
 use crate::host::listener::{Host, ListenOptions, StatusRow};
@@ -775,8 +775,9 @@ impl VTab for SendTable {
         if let Some(n) = count(bind, "retries")? {
             options.retries = n;
         }
-        if options.idempotency_key.len() > 200 || options.idempotency_key.chars().any(|c| !c.is_ascii_graphic()) {
-            return Err("invalid value for option idempotency_key: at most 200 printable ASCII characters, no spaces".into());
+        if !options.idempotency_key.is_empty() {
+            // The receiver's own rule for keys.
+            validate_key(&options.idempotency_key).map_err(|e| format!("invalid value for option idempotency_key: {e}"))?;
         }
         Ok(Action::new(move || {
             crate::engine::policy::refuse_if_remote("arrowport_send")?;
