@@ -697,7 +697,7 @@ pub fn new_key() -> Result<String, String> {
     use ring::rand::SecureRandom;
     let mut bytes = [0u8; 16];
     ring::rand::SystemRandom::new().fill(&mut bytes).map_err(|_| "no randomness for an idempotency key".to_string())?;
-    Ok(format!("send-{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()))
+    Ok(format!("send-{}", crate::catalog::access::to_hex(&bytes)))
 }
 
 #[cfg(test)]
