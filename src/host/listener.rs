@@ -288,7 +288,7 @@ impl Host {
         let flight = FlightServiceServer::new(FlightAdapter::new(Arc::clone(&running.core), Arc::clone(&policy), options.sql, options.max_message_bytes))
             .max_decoding_message_size(options.max_message_bytes)
             .max_encoding_message_size(options.max_message_bytes);
-        let flight = tonic::service::Routes::new(flight).into_axum_router();
+        let flight = crate::proto::flight::watch_request_ends(tonic::service::Routes::new(flight).into_axum_router());
         let limits = rest::Limits {
             max_message_bytes: options.max_message_bytes,
             max_body_bytes: options.max_body_bytes,

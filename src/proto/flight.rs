@@ -36,7 +36,62 @@ use crate::proto::{rest, status};
 
 /// The Flight action that tells what became of a request, by its idempotency key.
 pub const REQUEST_STATUS: &str = "request_status";
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// How a call's request body ended on the wire. tonic reads a client's RST_STREAM(CANCEL) (a call cancelled or
+/// past its deadline, mid-stream) as the end of a request stream, as if the client had finished; for DoPut that
+/// would commit whatever arrived before it. Each request body is watched (see [`watch_request_ends`]) so that
+/// only a body that really ended is taken as the end of the data.
+/// 0 while the body is still open, then [`BODY_ENDED`] or [`BODY_BROKEN`].
+#[derive(Clone, Default)]
+pub struct BodyEnd(Arc<AtomicU8>);
+
+const BODY_ENDED: u8 = 1;
+const BODY_BROKEN: u8 = 2;
+
+impl BodyEnd {
+    fn ended(&self) -> bool {
+        self.0.load(Ordering::Acquire) == BODY_ENDED
+    }
+}
+
+/// A request body that records in its [`BodyEnd`] whether it ended or broke off.
+struct Watched {
+    inner: axum::body::Body,
+    end: BodyEnd,
+}
+
+impl http_body::Body for Watched {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(None) => self.end.0.store(BODY_ENDED, Ordering::Release),
+            std::task::Poll::Ready(Some(Err(_))) => self.end.0.store(BODY_BROKEN, Ordering::Release),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Gives every request of a gRPC router a watched body and its [`BodyEnd`] (an extension the handlers read).
+pub fn watch_request_ends(router: axum::Router) -> axum::Router {
+    router.layer(tower::util::MapRequestLayer::new(|mut request: axum::http::Request<axum::body::Body>| {
+        let end = BodyEnd::default();
+        request.extensions_mut().insert(end.clone());
+        request.map(|inner| axum::body::Body::new(Watched { inner, end }))
+    }))
+}
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -129,6 +184,7 @@ impl<S: Sink> FlightAdapter<S> {
             None => None,
             Some(v) => Some(v.to_str().map_err(|_| early(IngestError::BadInput("the idempotency-key metadata is not ASCII".into())))?.trim().to_string()),
         };
+        let end = request.extensions().get::<BodyEnd>().cloned();
         let mut input = request.into_inner();
         let stall = self.policy.stall_timeout;
         let first = match tokio::time::timeout(stall, input.message()).await {
@@ -160,10 +216,20 @@ impl<S: Sink> FlightAdapter<S> {
             Ok(m)
         };
         let first = arrived(first).map_err(early)?;
-        let messages = futures::stream::once(async move { Ok(first) }).chain(input.map(move |m| match m {
-            Ok(m) => arrived(m).map_err(|e| FlightError::ExternalError(Box::new(e))),
-            Err(status) => Err(FlightError::ExternalError(Box::new(transport_error(&status)))),
-        }));
+        // The end of tonic's stream is the end of the data only if the body ended (not on a cancelled call).
+        let cancelled = futures::stream::once(async move {
+            match end {
+                Some(end) if !end.ended() => Some(Err(FlightError::ExternalError(Box::new(IngestError::Disconnected)))),
+                _ => None,
+            }
+        })
+        .filter_map(futures::future::ready);
+        let messages = futures::stream::once(async move { Ok(first) })
+            .chain(input.map(move |m| match m {
+                Ok(m) => arrived(m).map_err(|e| FlightError::ExternalError(Box::new(e))),
+                Err(status) => Err(FlightError::ExternalError(Box::new(transport_error(&status)))),
+            }))
+            .chain(cancelled);
         let items = ipc::flight_items(messages, decoding);
         if let Some(command) = sql {
             // Flight SQL: ingest reaches the core (which counts it); statements are not ingest requests.
