@@ -115,11 +115,14 @@ impl<S: Sink> Core<S> {
     }
 
     /// Runs a query of the host's own session (for `arrowport_send`) in a read-only transaction and streams its
-    /// result. `stall` bounds how long the writer waits for the batches to be taken.
-    pub async fn export(&self, sql: &str, stall: std::time::Duration) -> Result<(SchemaRef, QueryStream), IngestError> {
-        let (tx, rx) = mpsc::channel(RESULT_DEPTH);
+    /// result in batches of about `rows` rows (DuckDB's chunks gathered on the writer). `stall` bounds how long
+    /// the writer waits for the batches to be taken.
+    pub async fn export(&self, sql: &str, rows: usize, stall: std::time::Duration) -> Result<(SchemaRef, QueryStream), IngestError> {
+        // One gathered batch waits while the sender takes the one before: the writer keeps working, and what is
+        // held stays within a few batches.
+        let (tx, rx) = mpsc::channel(1);
         let (reply, done) = oneshot::channel();
-        let out = QueryOut::new(tx, stall);
+        let out = QueryOut::gathering(tx, stall, rows);
         self.submit_work(Work::Export { sql: sql.to_string(), out, reply }).await?;
         result_stream(rx, done, ()).await
     }

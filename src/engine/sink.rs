@@ -254,15 +254,63 @@ pub enum QueryItem {
 pub struct QueryOut {
     tx: mpsc::Sender<QueryItem>,
     stall: Duration,
+    /// Rows per handed-over batch: DuckDB's chunks are gathered on the writer's thread up to this many (0: each
+    /// chunk as it comes), so the other side is woken once per batch, not once per 2,048 rows.
+    gather: usize,
+    /// The chunks gathered so far.
+    held: std::cell::RefCell<Gathered>,
 }
+
+/// Chunks gathered for one batch, with their rows and bytes.
+#[derive(Default)]
+struct Gathered {
+    batches: Vec<RecordBatch>,
+    rows: usize,
+    bytes: usize,
+}
+
+/// A gathered batch is handed over at this size even short of its rows, so wide rows do not make batches (and the
+/// few that are held or in flight at once) of hundreds of megabytes. Flight messages are cut at this size anyway.
+pub const GATHER_BYTES: usize = 8 << 20;
 
 impl QueryOut {
     pub(crate) fn new(tx: mpsc::Sender<QueryItem>, stall: Duration) -> QueryOut {
-        QueryOut { tx, stall }
+        QueryOut::gathering(tx, stall, 0)
+    }
+
+    pub(crate) fn gathering(tx: mpsc::Sender<QueryItem>, stall: Duration, rows: usize) -> QueryOut {
+        QueryOut { tx, stall, gather: rows, held: Default::default() }
     }
 }
 
 impl QueryOut {
+    /// Hands a batch over, or holds it until `gather` rows (or [`GATHER_BYTES`]) are held and hands them over
+    /// as one batch.
+    pub fn batch(&self, batch: RecordBatch) -> Result<(), IngestError> {
+        if self.gather <= 1 {
+            return self.send(QueryItem::Batch(batch));
+        }
+        let full = {
+            let mut held = self.held.borrow_mut();
+            held.rows += batch.num_rows();
+            held.bytes += batch.get_array_memory_size();
+            held.batches.push(batch);
+            held.rows >= self.gather || held.bytes >= GATHER_BYTES
+        };
+        if full { self.finish() } else { Ok(()) }
+    }
+
+    /// Hands over what is held (the end of a result).
+    pub fn finish(&self) -> Result<(), IngestError> {
+        let held = std::mem::take(&mut *self.held.borrow_mut()).batches;
+        let whole = match held.len() {
+            0 => return Ok(()),
+            1 => held.into_iter().next().expect("one batch"),
+            _ => arrow::compute::concat_batches(&held[0].schema(), &held).map_err(|e| IngestError::Internal(format!("gathering a result: {e}")))?,
+        };
+        self.send(QueryItem::Batch(whole))
+    }
+
     /// Hands an item to the client side; waits (polling) while the client is slow, up to the stall timeout.
     pub fn send(&self, item: QueryItem) -> Result<(), IngestError> {
         let started = Instant::now();

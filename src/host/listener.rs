@@ -381,10 +381,10 @@ impl Host {
         // The writer waits for the sender to take batches a little longer than the sender waits for the remote,
         // so a stalled remote is reported as such.
         let stall = options.timeout + std::time::Duration::from_secs(30);
-        let sql = sql.to_string();
+        let (sql, rows) = (sql.to_string(), options.batch_rows);
         let source: send::Source<'_> = Box::new(move || {
             let (core, sql) = (Arc::clone(&core), sql.clone());
-            Box::pin(async move { core.export(&sql, stall).await })
+            Box::pin(async move { core.export(&sql, rows, stall).await })
         });
         runtime.block_on(send::send(target, stream, options, source))
     }

@@ -26,7 +26,7 @@ use crate::engine::error::IngestError;
 use crate::engine::query::QueryStream;
 
 /// Largest Flight message the sender builds: batches are split to stay under it.
-const MAX_FLIGHT_DATA: usize = 8 * 1024 * 1024;
+const MAX_FLIGHT_DATA: usize = crate::engine::sink::GATHER_BYTES;
 /// The first pause between attempts; it doubles up to [`MAX_BACKOFF`] (a 503's Retry-After wins when given).
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
