@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use arrow::ipc::CompressionType;
-use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
+use arrow::ipc::writer::{IpcWriteOptions, StreamEncoder};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde_json::Value;
@@ -438,20 +438,27 @@ impl Attempt<'_> {
         S: Stream<Item = Result<RecordBatch, IngestError>> + Send + 'static,
     {
         let options = self.options.compression.ipc_options().map_err(Failure::Permanent)?;
-        let mut writer = StreamWriter::try_new_with_options(Vec::new(), &schema, options).map_err(|e| Failure::Permanent(e.to_string()))?;
-        let head = Bytes::from(std::mem::take(writer.get_mut()));
-        let body = futures::stream::once(async move { Ok(head) })
-            .chain(batches.map(Some).chain(futures::stream::once(async { None })).map(move |item| match item {
-                Some(Ok(batch)) => {
-                    writer.write(&batch).map_err(|e| e.to_string())?;
-                    Ok(Bytes::from(std::mem::take(writer.get_mut())))
-                }
+        // The IPC stream as the buffers it is made of: a batch's own column buffers go to the socket as they are
+        // (hyper writes a body's chunks with vectored writes), only the message headers are new bytes. The schema
+        // goes out with the first batch (or the end of an empty result).
+        let mut encoder = Some(StreamEncoder::try_new_with_options(&schema, options).map_err(|e| Failure::Permanent(e.to_string()))?);
+        let body = batches.map(Some).chain(futures::stream::once(async { None })).flat_map(move |item| {
+            let buffers = match item {
+                Some(Ok(batch)) => match encoder.as_mut() {
+                    Some(e) => e.encode(&batch).map_err(|e| e.to_string()),
+                    None => Err("a batch after the end of the stream".to_string()),
+                },
                 Some(Err(e)) => Err(e.to_string()),
-                None => {
-                    writer.finish().map_err(|e| e.to_string())?;
-                    Ok(Bytes::from(std::mem::take(writer.get_mut())))
-                }
-            }));
+                None => match encoder.take() {
+                    Some(e) => e.finish().map_err(|e| e.to_string()),
+                    None => Ok(Vec::new()),
+                },
+            };
+            futures::stream::iter(match buffers {
+                Ok(buffers) => buffers.into_iter().map(|b| Ok(Bytes::from_owner(b))).collect::<Vec<_>>(),
+                Err(e) => vec![Err(e)],
+            })
+        });
         let outgoing = parts.wrap(body, |b: &Bytes| b.len()).map(Ok::<Bytes, std::io::Error>);
 
         let io = self.connect().await?;
