@@ -273,6 +273,14 @@ struct Gathered {
 /// few that are held or in flight at once) of hundreds of megabytes. Flight messages are cut at this size anyway.
 pub const GATHER_BYTES: usize = 8 << 20;
 
+/// The held chunks as one batch (the one itself when there is one).
+fn gathered(mut held: Vec<RecordBatch>) -> Result<RecordBatch, IngestError> {
+    if held.len() == 1 {
+        return Ok(held.pop().expect("one batch"));
+    }
+    arrow::compute::concat_batches(&held[0].schema(), &held).map_err(|e| IngestError::Internal(format!("gathering a result: {e}")))
+}
+
 impl QueryOut {
     pub(crate) fn new(tx: mpsc::Sender<QueryItem>, stall: Duration) -> QueryOut {
         QueryOut::gathering(tx, stall, 0)
@@ -284,31 +292,46 @@ impl QueryOut {
 }
 
 impl QueryOut {
-    /// Hands a batch over, or holds it until `gather` rows (or [`GATHER_BYTES`]) are held and hands them over
-    /// as one batch.
+    /// Hands a batch over, or gathers it with the ones before: batches of exactly `gather` rows are handed over
+    /// (a larger chunk is cut), or fewer when what is held reaches [`GATHER_BYTES`] first.
     pub fn batch(&self, batch: RecordBatch) -> Result<(), IngestError> {
         if self.gather <= 1 {
             return self.send(QueryItem::Batch(batch));
         }
-        let full = {
+        {
             let mut held = self.held.borrow_mut();
             held.rows += batch.num_rows();
             held.bytes += batch.get_array_memory_size();
             held.batches.push(batch);
-            held.rows >= self.gather || held.bytes >= GATHER_BYTES
-        };
-        if full { self.finish() } else { Ok(()) }
+        }
+        loop {
+            let ready = {
+                let held = self.held.borrow();
+                held.rows >= self.gather || held.bytes >= GATHER_BYTES
+            };
+            if !ready {
+                return Ok(());
+            }
+            let held = std::mem::take(&mut *self.held.borrow_mut());
+            let whole = gathered(held.batches)?;
+            let take = whole.num_rows().min(self.gather);
+            let rest = whole.num_rows() - take;
+            if rest > 0 {
+                // The rest starts the next batch; its bytes in proportion (a slice reports its whole buffers).
+                let bytes = held.bytes / held.rows.max(1) * rest;
+                *self.held.borrow_mut() = Gathered { batches: vec![whole.slice(take, rest)], rows: rest, bytes };
+            }
+            self.send(QueryItem::Batch(whole.slice(0, take)))?;
+        }
     }
 
     /// Hands over what is held (the end of a result).
     pub fn finish(&self) -> Result<(), IngestError> {
         let held = std::mem::take(&mut *self.held.borrow_mut()).batches;
-        let whole = match held.len() {
-            0 => return Ok(()),
-            1 => held.into_iter().next().expect("one batch"),
-            _ => arrow::compute::concat_batches(&held[0].schema(), &held).map_err(|e| IngestError::Internal(format!("gathering a result: {e}")))?,
-        };
-        self.send(QueryItem::Batch(whole))
+        if held.is_empty() {
+            return Ok(());
+        }
+        self.send(QueryItem::Batch(gathered(held)?))
     }
 
     /// Hands an item to the client side; waits (polling) while the client is slow, up to the stall timeout.
@@ -330,5 +353,34 @@ impl QueryOut {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod query_out_tests {
+    use super::*;
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field};
+
+    fn handed_over(gather: usize, chunks: &[i64]) -> Vec<usize> {
+        let schema = Arc::new(Schema::new(vec![Field::new("i", DataType::Int64, false)]));
+        let chunk = |n: i64| RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(Int64Array::from_iter_values(0..n))]).unwrap();
+        let (tx, mut rx) = mpsc::channel(64);
+        let out = QueryOut::gathering(tx, Duration::from_secs(1), gather);
+        for &n in chunks {
+            out.batch(chunk(n)).unwrap();
+        }
+        out.finish().unwrap();
+        let mut rows = Vec::new();
+        while let Ok(QueryItem::Batch(b)) = rx.try_recv() {
+            rows.push(b.num_rows());
+        }
+        rows
+    }
+
+    #[test]
+    fn chunks_are_gathered_into_batches() {
+        assert_eq!(handed_over(7, &[3, 3, 3, 3, 3]), vec![7, 7, 1]);
+        assert_eq!(handed_over(2, &[5]), vec![2, 2, 1]);
     }
 }

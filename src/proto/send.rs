@@ -217,42 +217,6 @@ pub async fn send(target: &Target, stream: &str, options: &SendOptions, mut sour
     }
 }
 
-/// Gathers DuckDB's small chunks into batches of `rows` rows (the last may be smaller); larger chunks are cut.
-fn coalesced(batches: QueryStream, schema: SchemaRef, rows: usize) -> impl Stream<Item = Result<RecordBatch, IngestError>> + Send {
-    let rows = rows.max(1);
-    let state = (batches, Vec::<RecordBatch>::new(), 0usize, false);
-    futures::stream::unfold(state, move |(mut input, mut held, mut count, mut ended)| {
-        let schema = Arc::clone(&schema);
-        async move {
-            while !ended && count < rows {
-                match input.next().await {
-                    Some(Ok(b)) => {
-                        count += b.num_rows();
-                        held.push(b);
-                    }
-                    Some(Err(e)) => return Some((Err(e), (input, Vec::new(), 0, true))),
-                    None => ended = true,
-                }
-            }
-            if count == 0 {
-                return None;
-            }
-            let whole = if held.len() == 1 {
-                held.pop().expect("one batch")
-            } else {
-                match arrow::compute::concat_batches(&schema, &held) {
-                    Ok(b) => b,
-                    Err(e) => return Some((Err(IngestError::Internal(e.to_string())), (input, Vec::new(), 0, true))),
-                }
-            };
-            let take = whole.num_rows().min(rows);
-            let rest = whole.num_rows() - take;
-            let held = if rest > 0 { vec![whole.slice(take, rest)] } else { Vec::new() };
-            Some((Ok(whole.slice(0, take)), (input, held, rest, ended)))
-        }
-    })
-}
-
 /// What the outgoing stream has done: for the acknowledgement's defaults and for the no-progress timeout.
 #[derive(Default)]
 struct Progress {
@@ -342,7 +306,7 @@ impl Attempt<'_> {
         let progress = Arc::new(Progress::default());
         let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
         let counting = Arc::clone(&progress);
-        let batches = coalesced(batches, Arc::clone(&schema), self.options.batch_rows).map(move |b| {
+        let batches = batches.map(move |b| {
             if let Ok(b) = &b {
                 counting.rows.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
                 counting.batches.fetch_add(1, Ordering::Relaxed);
@@ -758,24 +722,5 @@ mod tests {
         assert_eq!(percent_encode("ev 1/x"), "ev%201%2Fx");
         assert_eq!(Compression::parse("ZSTD"), Ok(Compression::Zstd));
         assert!(Compression::parse("gzip").unwrap_err().contains("allowed: zstd, lz4, none"));
-    }
-
-    fn block_on<F: Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
-    }
-
-    #[test]
-    fn chunks_are_gathered_into_batches() {
-        use arrow::array::Int64Array;
-        use arrow::datatypes::{DataType, Field, Schema};
-        let schema = Arc::new(Schema::new(vec![Field::new("i", DataType::Int64, false)]));
-        let chunk = |n: i64| RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(Int64Array::from_iter_values(0..n))]).unwrap();
-        let input: QueryStream = Box::pin(futures::stream::iter((0..5).map(|_| Ok(chunk(3))).collect::<Vec<_>>()));
-        let out: Vec<_> = block_on(coalesced(input, Arc::clone(&schema), 7).collect::<Vec<_>>());
-        let input: QueryStream = Box::pin(futures::stream::iter([Ok(chunk(5))]));
-        let cut: Vec<usize> = block_on(coalesced(input, Arc::clone(&schema), 2).collect::<Vec<_>>()).into_iter().map(|b| b.unwrap().num_rows()).collect();
-        assert_eq!(cut, vec![2, 2, 1]);
-        let rows: Vec<usize> = out.into_iter().map(|b| b.unwrap().num_rows()).collect();
-        assert_eq!(rows, vec![7, 7, 1]);
     }
 }
