@@ -809,19 +809,23 @@ impl Sink for DuckSink {
             // DuckDB's types without an Arrow equivalent (HUGEINT, UHUGEINT, UUID, TIME WITH TIME ZONE, BIT,
             // BIGNUM) go out as Arrow extension types a DuckDB receiver reads back as the same type; without this
             // setting DuckDB sends UUID as text and UHUGEINT as a DECIMAL(38,0) that wraps above 10^38.
-            conn.execute("SET SESSION arrow_lossless_conversion = true").map_err(E::db)?;
             // How far DuckDB's threads may run ahead of the reader of a streaming result: 10 MiB by default in DuckDB
             // 2.0 (1.5: 976 KiB). At the rate a send reads, that much in flight left DuckDB's allocator holding
             // 150-250 MiB more (100M rows, measured); 1 MiB keeps a send's memory flat at the same speed.
-            conn.execute("SET SESSION streaming_buffer_size = '1MB'").map_err(E::db)?;
-            let exported = conn.begin_read_only().map_err(E::db).and_then(|mut txn| {
-                let kind = txn.prepare(sql).map_err(E::sql)?.kind();
-                if kind != StatementKind::Select {
-                    return Err(IngestError::BadInput("the query must be a statement that returns rows (SELECT, FROM, VALUES, ...)".into()));
-                }
-                stream_result(&mut txn, &Statement { sql: sql.to_string(), params: Vec::new() }, kind, out)?;
-                txn.commit().map_err(E::db)
-            });
+            // Both are reset below whatever happens, the first even when the second cannot be set.
+            let exported = conn
+                .execute("SET SESSION arrow_lossless_conversion = true")
+                .and_then(|_| conn.execute("SET SESSION streaming_buffer_size = '1MB'"))
+                .and_then(|_| conn.begin_read_only())
+                .map_err(E::db)
+                .and_then(|mut txn| {
+                    let kind = txn.prepare(sql).map_err(E::sql)?.kind();
+                    if kind != StatementKind::Select {
+                        return Err(IngestError::BadInput("the query must be a statement that returns rows (SELECT, FROM, VALUES, ...)".into()));
+                    }
+                    stream_result(&mut txn, &Statement { sql: sql.to_string(), params: Vec::new() }, kind, out)?;
+                    txn.commit().map_err(E::db)
+                });
             for setting in ["arrow_lossless_conversion", "streaming_buffer_size"] {
                 if let Err(e) = conn.execute_past_interrupts(&format!("RESET SESSION {setting}")) {
                     eprintln!("arrowport: could not restore writer {id} after a query: {e}");
