@@ -348,6 +348,16 @@ impl Landing {
         format!("{}.{}.{}", quote_ident(catalog.unwrap_or(&self.host_db)), quote_ident(OWN_SCHEMA), quote_ident(KEYS_TABLE))
     }
 
+    /// The condition on `duckdb_columns()`, `duckdb_constraints()` and the like that selects the keys table's rows.
+    fn keys_table_is(&self, catalog: Option<&str>) -> String {
+        format!(
+            "database_name = {} AND schema_name = {} AND table_name = {}",
+            quote_literal(catalog.unwrap_or(&self.host_db)),
+            quote_literal(OWN_SCHEMA),
+            quote_literal(KEYS_TABLE)
+        )
+    }
+
     /// Turns the keys an older layout kept in a column `key` into digests, in one transaction, once per catalog
     /// and writer (lookups and writes both come here first).
     fn upgrade_keys(&mut self, conn: &mut RawConn, catalog: Option<&str>) -> Result<(), IngestError> {
@@ -356,12 +366,7 @@ impl Landing {
             return Ok(());
         }
         let table = self.keys_table(catalog);
-        let old_layout = format!(
-            "SELECT count(*) FROM duckdb_columns() WHERE database_name = {} AND schema_name = {} AND table_name = {} AND column_name = 'key'",
-            quote_literal(catalog.unwrap_or(&self.host_db)),
-            quote_literal(OWN_SCHEMA),
-            quote_literal(KEYS_TABLE)
-        );
+        let old_layout = format!("SELECT count(*) FROM duckdb_columns() WHERE {} AND column_name = 'key'", self.keys_table_is(catalog));
         let upgrade = |conn: &mut RawConn| -> Result<(), DbError> {
             if conn.query_value(&old_layout)?.as_deref() != Some("1") {
                 return Ok(());
@@ -401,13 +406,7 @@ impl Landing {
             // Whether the table (whoever made it) has its PRIMARY KEY decides how keys are checked: a DuckLake accepts
             // `CREATE TABLE IF NOT EXISTS ... PRIMARY KEY` without a word when the table is already there.
             let primary_key = conn
-                .query_value(&format!(
-                    "SELECT count(*) FROM duckdb_constraints() WHERE database_name = {} AND schema_name = {} AND table_name = {} \
-                     AND constraint_type = 'PRIMARY KEY'",
-                    quote_literal(catalog.unwrap_or(&self.host_db)),
-                    quote_literal(OWN_SCHEMA),
-                    quote_literal(KEYS_TABLE)
-                ))
+                .query_value(&format!("SELECT count(*) FROM duckdb_constraints() WHERE {} AND constraint_type = 'PRIMARY KEY'", self.keys_table_is(catalog)))
                 .map_err(E::db)?;
             if primary_key.as_deref() != Some("1") {
                 self.keys_unconstrained.insert(name.clone());
