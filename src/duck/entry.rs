@@ -8,13 +8,15 @@ use std::ffi::{CString, c_int};
 use duckdb::ffi as sys;
 
 use crate::duck::conn::RawConn;
-use crate::duck::{MIN_C_API, POOL_SIZE};
+use crate::duck::{MIN_C_API, POOL_SIZE, STATEMENT_POOL_SIZE};
 
 /// What the entrypoint hands to the init function: a safe connection for registering SQL functions, the pool
 /// of raw connections for the writers, and one for arrowport's own catalog work.
 pub struct LoadContext {
     pub conn: duckdb::Connection,
     pub pool: Vec<RawConn>,
+    /// For statements sent over the network.
+    pub statements: Vec<RawConn>,
     /// For arrowport's own catalog work (stream mappings, tokens), apart from the writers.
     pub admin: RawConn,
 }
@@ -75,8 +77,12 @@ unsafe fn load(info: sys::duckdb_extension_info, access: *const sys::duckdb_exte
     for _ in 0..POOL_SIZE {
         pool.push(RawConn::connect(db).map_err(|e| e.to_string())?);
     }
+    let mut statements = Vec::with_capacity(STATEMENT_POOL_SIZE);
+    for _ in 0..STATEMENT_POOL_SIZE {
+        statements.push(RawConn::connect(db).map_err(|e| e.to_string())?);
+    }
     let admin = RawConn::connect(db).map_err(|e| e.to_string())?;
-    init(LoadContext { conn, pool, admin }).map_err(|e| e.to_string())?;
+    init(LoadContext { conn, pool, statements, admin }).map_err(|e| e.to_string())?;
     Ok(true)
 }
 

@@ -12,6 +12,7 @@
 pub mod conn;
 pub mod database;
 pub mod entry;
+pub mod os;
 pub mod scan;
 pub mod statement;
 pub mod vector;
@@ -27,6 +28,10 @@ pub const MIN_C_API: &str = "v1.2.0";
 /// How many connections the entrypoint opens for the writers. They can only be opened while DuckDB hands us
 /// the database (during `LOAD`), so this is the ceiling on concurrent writes into DuckDB.
 pub const POOL_SIZE: usize = 8;
+
+/// How many connections the entrypoint opens for statements sent over the network (Flight SQL), apart from the
+/// writers: a statement a client sends never runs on a connection that lands data.
+pub const STATEMENT_POOL_SIZE: usize = 4;
 
 /// An error from DuckDB, with DuckDB's own text verbatim.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

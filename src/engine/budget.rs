@@ -2,9 +2,10 @@
 //! listener of the host.
 //!
 //! Two kinds of charge draw on one [`Budget`]:
-//! - a message's size is reserved before its body is read (REST: from the IPC header, before the body buffer
-//!   is allocated; Flight: as the message arrives) and held in the request's [`Reservation`] while it is
-//!   decoded (with what a compressed message claims decompressed);
+//! - a message is reserved as it arrives (REST: each chunk of the body before it is kept, so a size an IPC
+//!   header claims holds nothing until it is sent; Flight: as tonic hands the message over) and held in the
+//!   request's [`Reservation`] while it is decoded (with what a compressed message claims decompressed);
+//! - a request's schema is charged per field for as long as the request lives ([`Reservation::pin`]);
 //! - each decoded batch is charged when the pipeline admits it (read-ahead, group commit, the queue to a
 //!   writer), and the charge travels with the batch until a writer hands it to DuckDB or its group commits or
 //!   rolls back; admitting a batch gives up the reservation of the message it came from.
@@ -76,16 +77,29 @@ impl Default for Budget {
 /// A request's reservations for the messages it is receiving and decoding; emptied as their batches are
 /// admitted, and with the request.
 #[derive(Debug, Clone, Default)]
-pub struct Reservation(Arc<Mutex<Vec<Charge>>>);
+pub struct Reservation(Arc<Mutex<Held>>);
+
+#[derive(Debug, Default)]
+struct Held {
+    /// Messages being received and decoded: given up as their batches are admitted.
+    messages: Vec<Charge>,
+    /// What the request costs for as long as it lives (its schema).
+    pinned: Vec<Charge>,
+}
 
 impl Reservation {
     pub fn hold(&self, charge: Charge) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(charge);
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).messages.push(charge);
     }
 
-    /// Gives up every reservation held so far (their messages are decoded and admitted).
+    /// Holds `charge` until the request ends (the last clone of this reservation is dropped).
+    pub fn pin(&self, charge: Charge) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).pinned.push(charge);
+    }
+
+    /// Gives up every message reservation held so far (their messages are decoded and admitted).
     pub fn release(&self) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).messages.clear();
     }
 
     /// Reserves `bytes` of `budget` for a message about to be read.

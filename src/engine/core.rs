@@ -17,7 +17,7 @@ use crate::engine::budget::Budget;
 use crate::engine::error::IngestError;
 use crate::engine::metrics::{self, Metrics, Outcome, Protocol};
 use crate::engine::sink::{KeyRecord, Sink};
-use crate::engine::writers::{Job, Work, Writers};
+use crate::engine::writers::{Job, Watch, Work, Writers};
 
 /// How long a request waits for a free writer before it is answered "busy".
 const WRITER_WAIT: Duration = Duration::from_secs(30);
@@ -58,6 +58,8 @@ pub struct StreamInfo {
 /// The object protocol adapters call.
 pub struct Core<S: Sink> {
     pub(crate) writers: Writers<S>,
+    /// The threads and connections that run statements sent over the network (never the ingest writers).
+    pub(crate) statements: Option<Writers<S>>,
     pub(crate) cancel: CancellationToken,
     pub(crate) active: AtomicUsize,
     pub(crate) metrics: Arc<Metrics>,
@@ -70,7 +72,18 @@ pub struct Core<S: Sink> {
 
 impl<S: Sink> Core<S> {
     pub fn new(writers: Writers<S>, cancel: CancellationToken, metrics: Arc<Metrics>, registry: Arc<Registry>) -> Core<S> {
-        Core { writers, cancel, active: AtomicUsize::new(0), metrics, registry, budget: Arc::default(), keys: Arc::default() }
+        Core { writers, statements: None, cancel, active: AtomicUsize::new(0), metrics, registry, budget: Arc::default(), keys: Arc::default() }
+    }
+
+    /// The same core running statements sent over the network on `statements`.
+    pub fn with_statements(mut self, statements: Writers<S>) -> Core<S> {
+        self.statements = Some(statements);
+        self
+    }
+
+    /// The pool of statements sent over the network, if there is one.
+    pub fn statements(&self) -> Option<&Writers<S>> {
+        self.statements.as_ref()
     }
 
     /// The same core drawing on `budget` (the host's, shared by its listeners).
@@ -208,7 +221,36 @@ impl<S: Sink> Core<S> {
     /// Hands work to a free writer (waiting for one); the work replies on its own channel.
     pub(crate) async fn submit_work(&self, work: Work) -> Result<(), IngestError> {
         let permit = self.permit().await?;
-        self.writers.submit(Job { work, _permit: permit })
+        self.writers.submit(Job { work, _permit: permit, watch: None })
+    }
+
+    /// Hands a statement sent over the network to a free thread of the statement pool (waiting for one), and
+    /// interrupts it if it still runs after `limit`.
+    pub(crate) async fn submit_statement(&self, work: Work, limit: Duration) -> Result<(), IngestError> {
+        let pool = self.statements.as_ref().ok_or_else(|| IngestError::Unsupported("this host has no connections for SQL statements".into()))?;
+        if pool.size == 0 {
+            return Err(IngestError::Busy(0));
+        }
+        let permit = tokio::select! {
+            _ = self.cancel.cancelled() => return Err(IngestError::Stopping),
+            p = tokio::time::timeout(WRITER_WAIT, Arc::clone(&pool.permits).acquire_owned()) => match p {
+                Ok(Ok(p)) => p,
+                Ok(Err(_)) => return Err(IngestError::Stopping),
+                Err(_) => return Err(IngestError::Busy(pool.size)),
+            },
+        };
+        let watch = Arc::new(Watch::default());
+        let timer = Arc::clone(&watch);
+        tokio::spawn(async move {
+            tokio::time::sleep(limit).await;
+            timer.fire();
+        });
+        pool.submit(Job { work, _permit: permit, watch: Some(watch) })
+    }
+
+    pub(crate) async fn call_statement<T>(&self, work: Work, limit: Duration, rx: oneshot::Receiver<Result<T, IngestError>>) -> Result<T, IngestError> {
+        self.submit_statement(work, limit).await?;
+        rx.await.map_err(|_| IngestError::Internal("the statement's thread went away".into()))?
     }
 
     pub(crate) async fn permit(&self) -> Result<OwnedSemaphorePermit, IngestError> {

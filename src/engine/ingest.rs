@@ -297,7 +297,7 @@ impl<S: Sink> Core<S> {
         let batch_rx = BatchRx::new(rx, Arc::clone(counts));
         let table = mapping.target.display();
         let work = Work::Write { mapping, schema: Arc::clone(&schema), input: batch_rx, key, reply: reply_tx };
-        self.writers.submit(Job { work, _permit: permit })?;
+        self.writers.submit(Job { work, _permit: permit, watch: None })?;
 
         let feed = Feed { tx, budget: Arc::new(Semaphore::new(QUEUE_BYTES)) };
         let mut pumped = Ok(());

@@ -34,7 +34,26 @@ pub struct Policy {
     /// How often a grouped commit that lost a race with another writer of a shared catalog is tried again
     /// (`commit_retries`).
     pub commit_retries: u32,
+    /// Fields a request's schema may have, nested ones included (`max_columns`).
+    pub max_columns: usize,
+    /// Bytes a request's schema message may take (`max_schema_bytes`).
+    pub max_schema_bytes: usize,
+    /// How long a statement sent over the network may run (its result streaming included) before it is
+    /// interrupted (`statement_timeout`).
+    pub statement_timeout: Duration,
+    /// Bytes of SQL text one statement may have (`max_sql_bytes`).
+    pub max_sql_bytes: usize,
 }
+
+/// How long a statement sent over the network may run by default.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Bytes of SQL text a statement may have by default.
+pub const MAX_SQL_BYTES: usize = 1 << 20;
+
+/// Fields a request's schema may have by default.
+pub const MAX_COLUMNS: usize = 4096;
+/// Bytes a request's schema message may take by default.
+pub const MAX_SCHEMA_BYTES: usize = 4 << 20;
 
 /// Retries of a lost commit race by default.
 pub const COMMIT_RETRIES: u32 = 5;
@@ -51,7 +70,25 @@ impl Policy {
             admission: Arc::new(Semaphore::new(max_concurrent)),
             idempotency_window: IDEMPOTENCY_WINDOW,
             commit_retries: COMMIT_RETRIES,
+            max_columns: MAX_COLUMNS,
+            max_schema_bytes: MAX_SCHEMA_BYTES,
+            statement_timeout: STATEMENT_TIMEOUT,
+            max_sql_bytes: MAX_SQL_BYTES,
         }
+    }
+
+    /// The same rules, with these bounds on statements sent over the network.
+    pub fn with_statement_limits(mut self, timeout: Duration, max_sql_bytes: usize) -> Policy {
+        self.statement_timeout = timeout;
+        self.max_sql_bytes = max_sql_bytes;
+        self
+    }
+
+    /// The same rules, with these bounds on a request's schema.
+    pub fn with_schema_limits(mut self, max_columns: usize, max_schema_bytes: usize) -> Policy {
+        self.max_columns = max_columns;
+        self.max_schema_bytes = max_schema_bytes;
+        self
     }
 
     /// The same rules, retrying lost commit races `n` times.
@@ -112,7 +149,14 @@ impl Access {
 /// writers' scan views live in (detaching it would break every writer).
 const FORBIDDEN_NAMES: [&str; 5] = ["arrowport_stop", "arrowport_listen", "arrowport_send", "arrowport_maintain", "arrowport_scratch"];
 
-pub fn check_statement(sql: &str, access: Access, principal: &Principal) -> Result<(), IngestError> {
+pub fn check_statement(sql: &str, access: Access, principal: &Principal, policy: &Policy) -> Result<(), IngestError> {
+    if sql.len() > policy.max_sql_bytes {
+        return Err(IngestError::TooLarge(format!(
+            "the statement has {} bytes of SQL, over the listener's limit of {} bytes (max_sql_bytes)",
+            sql.len(),
+            policy.max_sql_bytes
+        )));
+    }
     if access == Access::Off {
         return Err(IngestError::Denied(
             "SQL statements are off on this listener; start it with sql := 'read_only' or sql := 'read_write' to allow them".into(),
@@ -345,17 +389,17 @@ mod tests {
     #[test]
     fn statements_are_checked_before_they_reach_duckdb() {
         let anon = Principal::Anonymous;
-        assert!(check_statement("SELECT 1", Access::ReadOnly, &anon).is_ok());
-        assert!(check_statement("SELECT 1", Access::Off, &anon).unwrap_err().to_string().contains("sql := 'read_only'"));
-        let e = check_statement("select ARROWPORT_STOP()", Access::ReadWrite, &anon).unwrap_err();
+        assert!(check_statement("SELECT 1", Access::ReadOnly, &anon, &Policy::default()).is_ok());
+        assert!(check_statement("SELECT 1", Access::Off, &anon, &Policy::default()).unwrap_err().to_string().contains("sql := 'read_only'"));
+        let e = check_statement("select ARROWPORT_STOP()", Access::ReadWrite, &anon, &Policy::default()).unwrap_err();
         assert!(e.to_string().starts_with("arrowport_stop cannot be used over the network"), "{e}");
-        let e = check_statement("DETACH arrowport_scratch", Access::ReadWrite, &anon).unwrap_err();
+        let e = check_statement("DETACH arrowport_scratch", Access::ReadWrite, &anon, &Policy::default()).unwrap_err();
         assert!(e.to_string().starts_with("arrowport_scratch cannot be used over the network"), "{e}");
         let scoped = Principal::Token {
             name: Arc::from("etl"),
             scope: Arc::new(crate::catalog::access::Scope::Streams(vec!["events".into()])),
         };
-        assert!(check_statement("SELECT 1", Access::ReadWrite, &scoped).is_err());
+        assert!(check_statement("SELECT 1", Access::ReadWrite, &scoped, &Policy::default()).is_err());
     }
 
     #[test]
@@ -377,10 +421,13 @@ mod tests {
             assert!(check_names(sql).is_ok(), "{sql}");
         }
         for sql in ["IMPORT DATABASE '/tmp/x'", "  -- note\n /* c */ import database 'x'"] {
-            let e = check_statement(sql, Access::ReadWrite, &anon).unwrap_err().to_string();
+            let e = check_statement(sql, Access::ReadWrite, &anon, &Policy::default()).unwrap_err().to_string();
             assert!(e.contains("IMPORT DATABASE is not accepted over the network"), "{sql}: {e}");
         }
         assert_eq!(first_word("/* a */ -- b\n\tSelect 1"), "Select");
+        let small = Policy::default().with_statement_limits(STATEMENT_TIMEOUT, 16);
+        let e = check_statement("SELECT 'a long statement'", Access::ReadOnly, &anon, &small).unwrap_err().to_string();
+        assert!(e.contains("25 bytes of SQL, over the listener's limit of 16 bytes (max_sql_bytes)"), "{e}");
         assert_eq!(first_word("-- only a comment"), "");
     }
 }

@@ -83,18 +83,25 @@ pub type QueryStream = std::pin::Pin<Box<dyn Stream<Item = Result<RecordBatch, I
 impl<S: Sink> Core<S> {
     /// Prepares a statement (without running it): its result schema and its parameters.
     /// With `params`, the columns are described for those values (else for NULLs).
-    pub async fn describe_sql(&self, sql: &str, params: Option<Vec<Param>>, access: Access, principal: &Principal) -> Result<Described, IngestError> {
-        check_statement(sql, access, principal)?;
+    pub async fn describe_sql(
+        &self,
+        sql: &str,
+        params: Option<Vec<Param>>,
+        access: Access,
+        principal: &Principal,
+        policy: &Policy,
+    ) -> Result<Described, IngestError> {
+        check_statement(sql, access, principal, policy)?;
         let (reply, rx) = oneshot::channel();
-        self.call(Work::DescribeSql { sql: sql.to_string(), params, access, reply }, rx).await
+        self.call_statement(Work::DescribeSql { sql: sql.to_string(), params, access, reply }, policy.statement_timeout, rx).await
     }
 
     /// Runs a statement that changes data; returns the rows changed (summed over parameter rows).
     pub async fn update(&self, statement: Statement, access: Access, principal: &Principal, policy: &Policy) -> Result<u64, IngestError> {
-        check_statement(&statement.sql, access, principal)?;
+        check_statement(&statement.sql, access, principal, policy)?;
         let _admitted = policy.admit()?;
         let (reply, rx) = oneshot::channel();
-        self.call(Work::Update { statement, access, reply }, rx).await
+        self.call_statement(Work::Update { statement, access, reply }, policy.statement_timeout, rx).await
     }
 
     /// Runs a statement and streams its result: the schema, then batches as the client takes them.
@@ -105,12 +112,12 @@ impl<S: Sink> Core<S> {
         principal: &Principal,
         policy: &Policy,
     ) -> Result<(SchemaRef, QueryStream), IngestError> {
-        check_statement(&statement.sql, access, principal)?;
+        check_statement(&statement.sql, access, principal, policy)?;
         let admitted = policy.admit()?;
         let (tx, rx) = mpsc::channel(RESULT_DEPTH);
         let (reply, done) = oneshot::channel();
         let out = QueryOut::new(tx, policy.stall_timeout);
-        self.submit_work(Work::Query { statement, access, out, reply }).await?;
+        self.submit_statement(Work::Query { statement, access, out, reply }, policy.statement_timeout).await?;
         result_stream(rx, done, admitted).await
     }
 

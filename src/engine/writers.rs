@@ -39,7 +39,69 @@ pub(crate) enum Work {
 pub(crate) struct Job {
     pub(crate) work: Work,
     pub(crate) _permit: OwnedSemaphorePermit,
+    /// A time limit on the job: the thread that runs it arms this with its connection's interrupt.
+    pub(crate) watch: Option<Arc<Watch>>,
 }
+
+/// A job's time limit as its writer and a timer share it: the writer arms it with its connection's interrupt
+/// while it runs the job; the timer fires it when the limit passes; a fired watch interrupts at once when armed
+/// late, and a disarmed one does nothing.
+#[derive(Default)]
+pub(crate) struct Watch {
+    state: Mutex<WatchState>,
+}
+
+#[derive(Default)]
+struct WatchState {
+    interrupt: Option<Interrupter>,
+    fired: bool,
+    done: bool,
+}
+
+impl Watch {
+    fn arm(&self, interrupt: Option<Interrupter>) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.fired {
+            if let Some(i) = &interrupt {
+                i();
+            }
+        }
+        s.interrupt = interrupt;
+    }
+
+    fn disarm(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.interrupt = None;
+        s.done = true;
+    }
+
+    /// The limit passed: interrupts the job if it is running. Returns whether it was still running.
+    pub(crate) fn fire(&self) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.fired = true;
+        if let Some(i) = &s.interrupt {
+            i();
+        }
+        !s.done
+    }
+}
+
+/// How a pool's threads are made.
+pub struct Shape {
+    /// Thread names: `<name>-<i>`.
+    pub name: &'static str,
+    /// Each thread's stack.
+    pub stack: usize,
+    /// Whether the pool's last connection(s) commit groups of small requests.
+    pub group: bool,
+}
+
+/// The ingest writers.
+pub const INGEST: Shape = Shape { name: "arrowport-writer", stack: 2 << 20, group: true };
+
+/// Statements sent over the network. DuckDB's parser, binder and planner recurse as deeply as a statement
+/// nests, and DuckDB's depth guard is sized for the 8 MiB stack of a main thread: these threads have twice that.
+pub const STATEMENTS: Shape = Shape { name: "arrowport-sql", stack: 16 << 20, group: false };
 
 /// A small request waiting for the group committer.
 pub(crate) struct GroupJob {
@@ -171,9 +233,14 @@ pub struct Writers<S: Sink> {
 }
 
 impl<S: Sink> Writers<S> {
-    pub fn start(mut sinks: Vec<S>) -> std::io::Result<Writers<S>> {
+    pub fn start(sinks: Vec<S>) -> std::io::Result<Writers<S>> {
+        Writers::start_shaped(sinks, &INGEST)
+    }
+
+    pub fn start_shaped(mut sinks: Vec<S>, shape: &Shape) -> std::io::Result<Writers<S>> {
         // The last connection(s) of the pool commit groups of small requests.
         let committers = match sinks.len() {
+            _ if !shape.group => 0,
             0 | 1 => 0,
             2 | 3 => 1,
             _ => GROUP_COMMITTERS,
@@ -194,7 +261,8 @@ impl<S: Sink> Writers<S> {
         for (i, mut sink) in sinks.into_iter().enumerate() {
             let rx = Arc::clone(&rx);
             let busy = Arc::clone(&slots[i].busy);
-            let handle = std::thread::Builder::new().name(format!("arrowport-writer-{i}")).spawn(move || {
+            let interrupt = slots[i].interrupt.clone();
+            let handle = std::thread::Builder::new().name(format!("{}-{i}", shape.name)).stack_size(shape.stack).spawn(move || {
                 loop {
                     let job = match rx.lock() {
                         Ok(guard) => guard.recv(),
@@ -203,6 +271,10 @@ impl<S: Sink> Writers<S> {
                     let Ok(job) = job else { break };
                     let kind = if matches!(job.work, Work::Write { .. } | Work::Export { .. } | Work::Maintain { .. }) { WRITING } else { STATEMENT };
                     let _busy = Busy::with(&busy, kind);
+                    if let Some(w) = &job.watch {
+                        w.arm(interrupt.clone());
+                    }
+                    let watch = job.watch;
                     match job.work {
                         Work::Write { mapping, schema, input, key, reply } => {
                             let _ = reply.send(guarded(|| sink.write(&mapping, schema, input, key.as_ref())));
@@ -234,6 +306,9 @@ impl<S: Sink> Writers<S> {
                         Work::Catalog { with_schemas, reply } => {
                             let _ = reply.send(guarded(|| sink.catalog(with_schemas)));
                         }
+                    }
+                    if let Some(w) = watch {
+                        w.disarm();
                     }
                 }
                 sink

@@ -25,6 +25,7 @@ use crate::engine::metrics::Metrics;
 use crate::engine::policy::{self, Access, IDEMPOTENCY_WINDOW, MAX_CONCURRENT_REQUESTS, Policy, STALL_LIMIT};
 use crate::engine::sink::Maintained;
 use crate::engine::writers::Writers;
+use crate::host::connections::{self, Admission, Admitted, Connections};
 use crate::host::gate::{self, AuthMode, Gate};
 use crate::host::tls::{self, TlsError};
 use crate::proto::flight::FlightAdapter;
@@ -101,6 +102,14 @@ pub struct ListenOptions {
     pub memory_budget: Option<usize>,
     /// How long idempotency keys of this listener's requests are kept.
     pub idempotency_window: Duration,
+    /// Connections kept open at once (see `connections`).
+    pub max_connections: usize,
+    /// Fields a request's schema may have, and bytes its schema message may take.
+    pub max_columns: usize,
+    pub max_schema_bytes: usize,
+    /// How long a statement sent over the network may run, and how much SQL text it may have.
+    pub statement_timeout: Duration,
+    pub max_sql_bytes: usize,
     /// How often a grouped commit that lost a race with another host's (a shared DuckLake) is tried again.
     pub commit_retries: u32,
 }
@@ -122,6 +131,11 @@ impl Default for ListenOptions {
             allowed_origins: Vec::new(),
             memory_budget: None,
             idempotency_window: IDEMPOTENCY_WINDOW,
+            max_connections: connections::DEFAULT_MAX_CONNECTIONS,
+            max_columns: policy::MAX_COLUMNS,
+            max_schema_bytes: policy::MAX_SCHEMA_BYTES,
+            statement_timeout: policy::STATEMENT_TIMEOUT,
+            max_sql_bytes: policy::MAX_SQL_BYTES,
             commit_retries: policy::COMMIT_RETRIES,
         }
     }
@@ -138,11 +152,12 @@ pub struct StatusRow {
     pub auth: &'static str,
 }
 
+/// The writers' connections and the statement pool's.
 enum Pool {
     /// Connections as the entrypoint opened them.
-    Raw(Vec<RawConn>),
-    /// Connections readied by an earlier listen.
-    Ready(Vec<DuckSink>),
+    Raw(Vec<RawConn>, Vec<RawConn>),
+    /// Connections readied by an earlier listen (a statement that never ended keeps its connection).
+    Ready(Vec<DuckSink>, Vec<DuckSink>),
     /// Lent to a running writer pool.
     Lent,
 }
@@ -167,11 +182,19 @@ struct Running {
 
 impl Running {
     /// Serves `app` on a bound listener until the host stops; one status row per protocol it carries.
-    fn serve(&mut self, listener: tokio::net::TcpListener, app: axum::Router, gate: Arc<Gate>, protocols: &[&'static str]) -> Result<SocketAddr, ListenError> {
+    fn serve(
+        &mut self,
+        listener: tokio::net::TcpListener,
+        app: axum::Router,
+        gate: Arc<Gate>,
+        protocols: &[&'static str],
+        max_connections: usize,
+    ) -> Result<SocketAddr, ListenError> {
         let bound = listener.local_addr().map_err(|e| ListenError::Start(e.to_string()))?;
         let shutdown = self.cancel.clone();
         let (tls, auth) = (gate.tls.is_some(), gate.mode);
-        let task = self.runtime.spawn(accept_loop(listener, app, gate, shutdown));
+        let conns = Connections::new(connection_cap(max_connections));
+        let task = self.runtime.spawn(accept_loop(listener, app, gate, shutdown, conns));
         self.listeners.push(Listener { protocols: protocols.to_vec(), addr: bound, started: Instant::now(), task, tls, auth });
         Ok(bound)
     }
@@ -214,9 +237,9 @@ pub fn parse_addr(text: &str) -> Result<SocketAddr, ListenError> {
 }
 
 impl Host {
-    pub fn new(pool: Vec<RawConn>, store: Store) -> Arc<Host> {
+    pub fn new(pool: Vec<RawConn>, statements: Vec<RawConn>, store: Store) -> Arc<Host> {
         let host = Arc::new(Host {
-            state: Mutex::new(State { pool: Pool::Raw(pool), running: None }),
+            state: Mutex::new(State { pool: Pool::Raw(pool, statements), running: None }),
             metrics: Arc::new(Metrics::new()),
             registry: Arc::new(Registry::default()),
             tokens: Arc::new(Tokens::default()),
@@ -246,6 +269,15 @@ impl Host {
         }
         if options.max_concurrent_requests == 0 {
             return Err(ListenError::BadOption("max_concurrent_requests", "must be positive".into()));
+        }
+        if options.max_columns == 0 || options.max_schema_bytes == 0 {
+            return Err(ListenError::BadOption("max_columns", "max_columns and max_schema_bytes must be positive".into()));
+        }
+        if options.statement_timeout.is_zero() || options.max_sql_bytes == 0 {
+            return Err(ListenError::BadOption("statement_timeout", "statement_timeout and max_sql_bytes must be positive".into()));
+        }
+        if options.max_connections == 0 {
+            return Err(ListenError::BadOption("max_connections", "must be positive".into()));
         }
         if options.stall_timeout.is_zero() {
             return Err(ListenError::BadOption("stall_timeout", "must be positive".into()));
@@ -283,7 +315,9 @@ impl Host {
         let policy = Arc::new(
             Policy::new(options.reject_unknown, options.stall_timeout, options.max_concurrent_requests)
                 .with_idempotency_window(options.idempotency_window)
-                .with_commit_retries(options.commit_retries),
+                .with_commit_retries(options.commit_retries)
+                .with_schema_limits(options.max_columns, options.max_schema_bytes)
+                .with_statement_limits(options.statement_timeout, options.max_sql_bytes),
         );
         let flight = FlightServiceServer::new(FlightAdapter::new(Arc::clone(&running.core), Arc::clone(&policy), options.sql, options.max_message_bytes))
             .max_decoding_message_size(options.max_message_bytes)
@@ -307,13 +341,13 @@ impl Host {
         match separate {
             None => {
                 let app = flight.merge(rest).fallback(status::not_found);
-                let bound = running.serve(main, app, gate, &["flight", "rest"])?;
+                let bound = running.serve(main, app, gate, &["flight", "rest"], options.max_connections)?;
                 rows.push(("flight".to_string(), bound.to_string()));
                 rows.push(("rest".to_string(), bound.to_string()));
             }
             Some(rest_listener) => {
-                let bound = running.serve(main, flight.fallback(status::not_found), Arc::clone(&gate), &["flight"])?;
-                let rest_bound = running.serve(rest_listener, rest.fallback(status::not_found), gate, &["rest"])?;
+                let bound = running.serve(main, flight.fallback(status::not_found), Arc::clone(&gate), &["flight"], options.max_connections)?;
+                let rest_bound = running.serve(rest_listener, rest.fallback(status::not_found), gate, &["rest"], options.max_connections)?;
                 rows.push(("flight".to_string(), bound.to_string()));
                 rows.push(("rest".to_string(), rest_bound.to_string()));
             }
@@ -335,6 +369,9 @@ impl Host {
         let count = listeners.len();
         cancel.cancel();
         core.writers().interrupt(true);
+        if let Some(statements) = core.statements() {
+            statements.interrupt(false);
+        }
         let tasks: Vec<_> = listeners.into_iter().map(|l| l.task).collect();
         // On a thread of its own: at process exit (the atexit hook) the calling thread's thread-locals, tokio's
         // among them, are already gone, and block_on would panic there.
@@ -349,7 +386,8 @@ impl Host {
             Err(e) => eprintln!("arrowport: could not start the thread that stops the listeners: {e}"),
         }
         let sinks = core.writers().stop(JOIN_LIMIT);
-        self.lock().pool = Pool::Ready(sinks);
+        let statement_sinks = core.statements().map(|s| s.stop(JOIN_LIMIT)).unwrap_or_default();
+        self.lock().pool = Pool::Ready(sinks, statement_sinks);
         self.metrics.set_started(None);
         if let Err(e) = self.store.save_last_used(&self.tokens.used()) {
             eprintln!("arrowport: could not save when tokens were last used: {e}");
@@ -426,6 +464,9 @@ impl Host {
         policy::admit_admin(function, || {
             if let Some(running) = self.lock().running.as_ref() {
                 running.core.writers().interrupt(true);
+                if let Some(statements) = running.core.statements() {
+                    statements.interrupt(false);
+                }
             }
         })
     }
@@ -536,9 +577,30 @@ impl Host {
     }
 }
 
+/// Descriptors kept free for the host's own work (DuckDB's files, its WAL, extensions), whatever clients do.
+const DESCRIPTOR_RESERVE: u64 = 256;
+
+/// The connection cap a listener can keep: `wanted`, once the process's descriptor limit is raised to hold it
+/// beside what is open now and [`DESCRIPTOR_RESERVE`]; less (said on stderr) when the hard limit is lower.
+fn connection_cap(wanted: usize) -> usize {
+    let open = crate::duck::os::open_descriptors() as u64;
+    let Some(soft) = crate::duck::os::raise_descriptor_limit(open + wanted as u64 + DESCRIPTOR_RESERVE) else { return wanted };
+    let room = soft.saturating_sub(open + DESCRIPTOR_RESERVE).max(1);
+    if room < wanted as u64 {
+        eprintln!(
+            "arrowport: max_connections {wanted} does not fit the process's descriptor limit ({soft}, {open} open, \
+             {DESCRIPTOR_RESERVE} kept for the host); this listener keeps at most {room} connections"
+        );
+    }
+    room.min(wanted as u64) as usize
+}
+
 /// Accepts connections until `shutdown`, serving HTTP/1.1 and HTTP/2 (prior knowledge, or ALPN under TLS) on
 /// each, every request through the gate; then asks every connection to finish gracefully and waits for them.
-async fn accept_loop(listener: tokio::net::TcpListener, app: axum::Router, gate: Arc<Gate>, shutdown: CancellationToken) {
+/// Connections are admitted by `conns` (a cap; the oldest idle one makes room); one that sends nothing within
+/// [`connections::FIRST_BYTE_TIMEOUT`] (or the listener's `stall_timeout`, when shorter) is closed. When the process runs out of descriptors, a spare one is given
+/// up to accept and close the waiting connection, so the backlog drains and the loop never spins.
+async fn accept_loop(listener: tokio::net::TcpListener, app: axum::Router, gate: Arc<Gate>, shutdown: CancellationToken, conns: Arc<Connections>) {
     use hyper_util::rt::{TokioExecutor, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
 
@@ -554,6 +616,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: axum::Router, gate:
         .initial_connection_window_size(H2_CONN_WINDOW)
         .max_frame_size(H2_MAX_FRAME);
     let connections = tokio_util::task::TaskTracker::new();
+    let mut spare = std::fs::File::open("/dev/null").ok();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -561,26 +624,55 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: axum::Router, gate:
         };
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
+            Err(e) if e.raw_os_error() == Some(24) || e.raw_os_error() == Some(23) => {
+                // EMFILE / ENFILE: free the spare descriptor, take the waiting connection and close it at once.
+                drop(spare.take());
+                if let Ok((s, _)) = listener.accept().await {
+                    drop(s);
+                }
+                spare = std::fs::File::open("/dev/null").ok();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
             Err(e) => {
-                // Out of file descriptors and the like: wait a moment instead of spinning.
                 eprintln!("arrowport: accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let admitted = match conns.admit() {
+            Admission::Admitted(a) => a,
+            Admission::Refused(answer) => {
+                if let (Some(permit), None) = (answer, gate.tls.as_ref()) {
+                    connections.spawn(refuse(builder.clone(), stream, conns.max(), permit));
+                }
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
         let (app, gate, builder, shutdown) = (app.clone(), Arc::clone(&gate), builder.clone(), shutdown.clone());
         connections.spawn(async move {
+            // Nothing is served, and no TLS handshake started, for a connection that has not said anything.
+            let mut first = [0u8; 1];
+            let spoke = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = admitted.close.cancelled() => return,
+                p = tokio::time::timeout(connections::FIRST_BYTE_TIMEOUT.min(gate.handshake_timeout), stream.peek(&mut first)) => matches!(p, Ok(Ok(n)) if n > 0),
+            };
+            if !spoke {
+                return;
+            }
             match gate.tls.clone() {
-                None => serve_connection(builder, stream, app, gate, peer, shutdown).await,
+                None => serve_connection(builder, stream, app, gate, peer, shutdown, admitted).await,
                 Some(acceptor) => {
                     let handshake = tokio::select! {
                         _ = shutdown.cancelled() => return,
+                        _ = admitted.close.cancelled() => return,
                         h = tokio::time::timeout(gate.handshake_timeout, acceptor.accept(stream)) => h,
                     };
                     // A failed or stalled handshake just closes the connection; rustls has sent its alert.
                     if let Ok(Ok(tls)) = handshake {
-                        serve_connection(builder, tls, app, gate, peer, shutdown).await;
+                        serve_connection(builder, tls, app, gate, peer, shutdown, admitted).await;
                     }
                 }
             }
@@ -591,7 +683,22 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: axum::Router, gate:
     connections.wait().await;
 }
 
-/// Serves one connection (clear or TLS) until it closes or the listener stops.
+/// Answers every request of a refused connection with 503 (gRPC: UNAVAILABLE) for a moment, then closes it.
+async fn refuse(
+    builder: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    stream: tokio::net::TcpStream,
+    max: usize,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let service = hyper::service::service_fn(move |request: axum::http::Request<hyper::body::Incoming>| {
+        let text = connections::refusal_text(max);
+        async move { Ok::<_, std::convert::Infallible>(status::unavailable(&request, &text)) }
+    });
+    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
+}
+
+/// Serves one connection (clear or TLS) until it closes, the listener stops, or it is closed to make room.
 async fn serve_connection<IO>(
     builder: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
     io: IO,
@@ -599,17 +706,32 @@ async fn serve_connection<IO>(
     gate: Arc<Gate>,
     peer: SocketAddr,
     shutdown: CancellationToken,
+    admitted: Admitted,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let close = admitted.close.clone();
+    let admitted = Arc::new(admitted);
     let service = hyper::service::service_fn(move |request| {
-        let (app, gate) = (app.clone(), Arc::clone(&gate));
-        async move { Ok::<_, std::convert::Infallible>(gate.pass(app, peer, request).await) }
+        let (app, gate, admitted) = (app.clone(), Arc::clone(&gate), Arc::clone(&admitted));
+        async move {
+            // The request counts as in progress until its answer's body is done (or dropped).
+            let in_request = admitted.request();
+            let response = gate.pass(app, peer, request).await;
+            Ok::<_, std::convert::Infallible>(response.map(|body| {
+                use http_body_util::BodyExt;
+                axum::body::Body::new(body.map_frame(move |frame| {
+                    let _ = &in_request;
+                    frame
+                }))
+            }))
+        }
     });
     let conn = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}
+        _ = close.cancelled() => {}
         _ = shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
@@ -619,21 +741,24 @@ async fn serve_connection<IO>(
 
 /// Readies the connections, starts the writers and the runtime.
 fn start(pool: &mut Pool, metrics: Arc<Metrics>, registry: Arc<Registry>, budget: Arc<Budget>) -> Result<Running, ListenError> {
-    let sinks = match std::mem::replace(pool, Pool::Lent) {
-        Pool::Ready(sinks) => sinks,
-        Pool::Raw(conns) => {
+    let (sinks, statement_sinks) = match std::mem::replace(pool, Pool::Lent) {
+        Pool::Ready(sinks, statements) => (sinks, statements),
+        Pool::Raw(conns, statements) => {
             let locks = Arc::new(CreateLocks::default());
             let mut sinks = Vec::with_capacity(conns.len());
-            for (i, conn) in conns.into_iter().enumerate() {
+            let mut statement_sinks = Vec::with_capacity(statements.len());
+            let n = conns.len();
+            for (i, conn) in conns.into_iter().chain(statements).enumerate() {
                 match DuckSink::prepare(conn, i, Arc::clone(&locks)) {
-                    Ok(s) => sinks.push(s),
+                    Ok(s) if i < n => sinks.push(s),
+                    Ok(s) => statement_sinks.push(s),
                     Err(e) => {
-                        *pool = Pool::Ready(sinks);
+                        *pool = Pool::Ready(sinks, statement_sinks);
                         return Err(ListenError::Start(e.to_string()));
                     }
                 }
             }
-            sinks
+            (sinks, statement_sinks)
         }
         Pool::Lent => return Err(ListenError::Start("arrowport is stopping; listen again once arrowport_stop() has returned".into())),
     };
@@ -644,8 +769,9 @@ fn start(pool: &mut Pool, metrics: Arc<Metrics>, registry: Arc<Registry>, budget
         .build()
         .map_err(|e| ListenError::Start(e.to_string()))?;
     let writers = Writers::start(sinks).map_err(|e| ListenError::Start(e.to_string()))?;
+    let statements = Writers::start_shaped(statement_sinks, &crate::engine::writers::STATEMENTS).map_err(|e| ListenError::Start(e.to_string()))?;
     let cancel = CancellationToken::new();
-    let core = Arc::new(Core::new(writers, cancel.clone(), metrics, registry).with_budget(budget));
+    let core = Arc::new(Core::new(writers, cancel.clone(), metrics, registry).with_budget(budget).with_statements(statements));
     Ok(Running { runtime, core, cancel, listeners: Vec::new(), schedules: Default::default() })
 }
 

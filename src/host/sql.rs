@@ -279,6 +279,21 @@ impl VTab for ListenTable {
         if let Some(n) = positive(bind, "max_concurrent_requests")? {
             options.max_concurrent_requests = usize::try_from(n)?;
         }
+        if let Some(n) = positive(bind, "max_connections")? {
+            options.max_connections = usize::try_from(n)?;
+        }
+        if let Some(n) = positive(bind, "max_sql_bytes")? {
+            options.max_sql_bytes = usize::try_from(n)?;
+        }
+        if let Some(d) = seconds(bind, "statement_timeout", A_DAY, false)? {
+            options.statement_timeout = d;
+        }
+        if let Some(n) = positive(bind, "max_columns")? {
+            options.max_columns = usize::try_from(n)?;
+        }
+        if let Some(n) = positive(bind, "max_schema_bytes")? {
+            options.max_schema_bytes = usize::try_from(n)?;
+        }
         if let Some(d) = seconds(bind, "idempotency_window", A_YEAR, false)? {
             options.idempotency_window = d;
         }
@@ -322,7 +337,12 @@ impl VTab for ListenTable {
             ("tls_cert".to_string(), varchar()),
             ("tls_key".to_string(), varchar()),
             ("max_concurrent_requests".to_string(), LogicalTypeId::Bigint.into()),
+            ("max_connections".to_string(), LogicalTypeId::Bigint.into()),
+            ("max_columns".to_string(), LogicalTypeId::Bigint.into()),
+            ("max_sql_bytes".to_string(), LogicalTypeId::Bigint.into()),
+            ("max_schema_bytes".to_string(), LogicalTypeId::Bigint.into()),
             ("stall_timeout".to_string(), LogicalTypeId::Double.into()),
+            ("statement_timeout".to_string(), LogicalTypeId::Double.into()),
             ("sql".to_string(), varchar()),
             ("allowed_hosts".to_string(), LogicalTypeHandle::list(&varchar())),
             ("memory_budget".to_string(), LogicalTypeId::Bigint.into()),

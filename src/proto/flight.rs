@@ -31,7 +31,7 @@ use crate::engine::metrics::Protocol;
 use crate::engine::policy::{Access, Policy};
 use crate::engine::sink::Sink;
 use crate::proto::flightsql::{self, FlightSql};
-use crate::proto::ipc::{self, Decoding};
+use crate::proto::ipc::{self, Decoding, SchemaLimits};
 use crate::proto::{rest, status};
 
 /// The Flight action that tells what became of a request, by its idempotency key.
@@ -205,7 +205,8 @@ impl<S: Sink> FlightAdapter<S> {
         let mut ingest_request = IngestRequest::new(stream, Protocol::Flight, principal.clone(), Arc::clone(&self.policy));
         ingest_request.idempotency_key = key;
         let wire = Arc::clone(&ingest_request.wire_bytes);
-        let decoding = Decoding::new(self.max_message_bytes, Arc::clone(self.core.budget()), ingest_request.reservation.clone());
+        let decoding = Decoding::new(self.max_message_bytes, Arc::clone(self.core.budget()), ingest_request.reservation.clone())
+            .with_schema_limits(SchemaLimits::of(&self.policy));
         let size = |m: &FlightData| m.data_header.len() + m.data_body.len() + m.app_metadata.len();
         // Each message counts on the wire, and is reserved from the memory budget as tonic hands it over (tonic
         // has read it whole, within max_message_bytes), until its batch is admitted.

@@ -213,7 +213,7 @@ impl<S: Sink> FlightSql<S> {
     pub async fn flight_info(&self, principal: Principal, command: Command, descriptor: FlightDescriptor) -> Result<FlightInfo, IngestError> {
         match command {
             Command::CommandStatementQuery(cmd) => {
-                let described = self.core.describe_sql(&cmd.query, None, self.access, &principal).await?;
+                let described = self.core.describe_sql(&cmd.query, None, self.access, &principal, &self.policy).await?;
                 let ticket = TicketStatementQuery { statement_handle: cmd.query.into_bytes().into() };
                 info_for(&described.schema, descriptor, ticket.as_any().encode_to_vec())
             }
@@ -222,7 +222,7 @@ impl<S: Sink> FlightSql<S> {
                 // With parameters bound, the columns are described with them (a parameter's type can decide a
                 // column's).
                 let schema = match entry.params.first() {
-                    Some(first) => self.core.describe_sql(&entry.sql, Some(first.clone()), self.access, &principal).await?.schema,
+                    Some(first) => self.core.describe_sql(&entry.sql, Some(first.clone()), self.access, &principal, &self.policy).await?.schema,
                     None => entry.schema,
                 };
                 info_for(&schema, descriptor, cmd.as_any().encode_to_vec())
@@ -292,7 +292,7 @@ impl<S: Sink> FlightSql<S> {
     /// The result schema of a statement (Flight `GetSchema` on a statement CMD).
     pub async fn schema(&self, principal: Principal, command: Command) -> Result<Schema, IngestError> {
         match command {
-            Command::CommandStatementQuery(cmd) => Ok(self.core.describe_sql(&cmd.query, None, self.access, &principal).await?.schema),
+            Command::CommandStatementQuery(cmd) => Ok(self.core.describe_sql(&cmd.query, None, self.access, &principal, &self.policy).await?.schema),
             Command::CommandPreparedStatementQuery(cmd) => Ok(self.entry(&cmd.prepared_statement_handle, &principal)?.schema),
             other => Err(IngestError::Unsupported(format!("arrowport does not implement Flight SQL GetSchema {}", other.type_url()))),
         }
@@ -312,7 +312,7 @@ impl<S: Sink> FlightSql<S> {
                 if req.transaction_id.is_some() {
                     return Err(IngestError::Unsupported("transactions are not available; every statement commits on its own".into()));
                 }
-                let described = self.core.describe_sql(&req.query, None, self.access, &principal).await?;
+                let described = self.core.describe_sql(&req.query, None, self.access, &principal, &self.policy).await?;
                 let handle = self.remember(req.query, described.schema.clone(), owner_of(&principal));
                 let result = ActionCreatePreparedStatementResult {
                     prepared_statement_handle: handle.into(),

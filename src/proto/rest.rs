@@ -34,7 +34,7 @@ use crate::engine::sink::IDEMPOTENCY_KEY;
 use crate::engine::metrics::{self, Protocol};
 use crate::engine::policy::Policy;
 use crate::engine::sink::Sink;
-use crate::proto::ipc::{self, Decoding};
+use crate::proto::ipc::{self, Decoding, SchemaLimits};
 use crate::proto::status;
 
 /// The media type of an Arrow IPC stream.
@@ -192,7 +192,8 @@ async fn ingest_ipc<S: Sink>(
         Err(e) => return refused(&app, Err(e)),
     };
     let bytes = decoded(body_stream(body, app.limits.max_body_bytes, Arc::clone(&request.wire_bytes)), enc);
-    let decoding = Decoding::new(app.limits.max_message_bytes, Arc::clone(app.core.budget()), request.reservation.clone());
+    let decoding = Decoding::new(app.limits.max_message_bytes, Arc::clone(app.core.budget()), request.reservation.clone())
+        .with_schema_limits(SchemaLimits::of(&app.limits.policy));
     let items = ipc::ipc_stream(bytes, decoding);
     let wire = Arc::clone(&request.wire_bytes);
     let report = app.core.ingest(request, items).await?;
@@ -299,7 +300,8 @@ async fn ingest_legacy<S: Sink>(
     };
     request.idempotency_key = key;
     let name = request.stream.clone();
-    let decoding = Decoding::new(app.limits.max_message_bytes, Arc::clone(app.core.budget()), request.reservation.clone());
+    let decoding = Decoding::new(app.limits.max_message_bytes, Arc::clone(app.core.budget()), request.reservation.clone())
+        .with_schema_limits(SchemaLimits::of(&app.limits.policy));
     let items = ipc::ipc_stream(futures::stream::iter([Ok(Bytes::from(data))]), decoding);
     let report = app.core.ingest(request, items).await?;
     let mut body = json!({
@@ -355,7 +357,8 @@ async fn legacy_request<S: Sink>(
     let limit = (app.limits.max_message_bytes as u64).min(app.limits.max_body_bytes);
     check_length(&headers, limit)?;
     let reservation = Reservation::default();
-    let decoding = Decoding::new(app.limits.max_message_bytes, Arc::clone(app.core.budget()), reservation.clone());
+    let decoding = Decoding::new(app.limits.max_message_bytes, Arc::clone(app.core.budget()), reservation.clone())
+        .with_schema_limits(SchemaLimits::of(&app.limits.policy));
     let raw = whole_body(body, limit as usize, app.limits.policy.stall_timeout, &decoding).await?;
     let request: LegacyRequest =
         serde_json::from_slice(&raw).map_err(|e| ApiError::new(Code::InvalidInput, format!("invalid JSON request: {e}")))?;

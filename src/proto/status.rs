@@ -49,6 +49,15 @@ pub fn is_grpc<B>(request: &axum::http::Request<B>) -> bool {
         .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
+/// The answer to a request the listener cannot take now (a refused connection): 503 with `Retry-After`, or the
+/// gRPC status of "busy".
+pub fn unavailable<B>(request: &axum::http::Request<B>, message: &str) -> Response {
+    if is_grpc(request) {
+        return grpc(Code::Busy, message).into_http();
+    }
+    http(Code::Busy, message)
+}
+
 /// The answer to anything that is neither a Flight service nor a known HTTP route.
 pub async fn not_found(request: axum::extract::Request) -> Response {
     if is_grpc(&request) {
