@@ -34,11 +34,19 @@ class HostDied(Exception):
 class PythonHost:
     """Python duckdb in a child process, driven by JSON lines (see pyhost.py)."""
 
-    def __init__(self, kind, db_path, extra_config=None):
+    def __init__(self, kind, db_path, extra_config=None, nofile=None):
+        """`nofile`: the host's descriptor limit, soft and hard (as a service manager would set it)."""
         self.kind = kind
+
+        def limits():
+            if nofile is not None:
+                import resource
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         self.proc = subprocess.Popen(
             [PYTHONS[kind], os.path.join(ROOT, "test", "pyhost.py"), db_path, json.dumps(extra_config or {})],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
+            preexec_fn=limits if nofile is not None else None,
         )
 
     def sql(self, query, conn=0):

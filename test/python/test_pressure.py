@@ -1,0 +1,218 @@
+"""Clients that press on the port without a bug to exploit: connections that never speak, claims they never send,
+schemas built to be expensive, and statements that nest deep or run long. The port keeps answering (`/health`
+first), the host's own SQL keeps working, and what a client holds is bounded."""
+import os
+import socket
+import struct
+import threading
+import time
+
+import adbc_driver_manager
+import httpx
+import pyarrow as pa
+import pyarrow.flight as fl
+import pytest
+
+import hosts
+from clients import ipc_bytes
+from test_flightsql import make, query  # noqa: F401  (make: fixture)
+from test_security import Host, post, refused_json
+from testdata import events
+
+ARROW = "application/vnd.apache.arrow.stream"
+
+
+@pytest.fixture
+def made(tmp_path):
+    out = []
+    yield out
+    for h in out:
+        assert h.close() == 0, h.host.stderr()[-2000:]
+
+
+def start(made, tmp_path, listen_sql, nofile=None):
+    h = Host.__new__(Host)
+    h.host = hosts.PythonHost("py20", str(tmp_path / "p.duckdb"), nofile=nofile)
+    h.host.sql(hosts.load_sql())
+    h.setup, h.listen_sql = [], listen_sql
+    made.append(h)
+    return h.listen()
+
+
+def health(port, timeout=5):
+    return httpx.get(f"http://127.0.0.1:{port}/health", timeout=timeout).status_code
+
+
+def silent(port, n):
+    conns = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        conns.append(s)
+    return conns
+
+
+def closed_by_peer(s, within):
+    s.settimeout(within)
+    try:
+        return s.recv(1) == b""
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except socket.timeout:
+        return False
+
+
+def test_connections_that_never_speak_cannot_starve_the_port_or_the_host(made, tmp_path):
+    # The host as a service manager may start it: 1,024 descriptors, soft and hard.
+    h = start(made, tmp_path, "FROM arrowport_listen('127.0.0.1:0')", nofile=1024)
+    crowd = silent(h.port, 1100)
+    try:
+        # The port answers past the crowd, and so does ingest.
+        assert health(h.port) == 200
+        assert post("127.0.0.1", h.port, "fine", events(3)).status_code == 200
+        # The host's own work still opens files.
+        out = str(tmp_path / "own.csv")
+        h.sql(f"COPY (SELECT 42 AS x) TO '{out}'")
+        assert h.sql(f"SELECT x FROM read_csv('{out}')") == [(42,)]
+        assert h.count("fine") == 3
+        # The oldest silent ones were closed to make room.
+        assert sum(closed_by_peer(s, 0.01) for s in crowd[:50]) == 50
+    finally:
+        for s in crowd:
+            s.close()
+
+
+def test_a_silent_connection_is_closed_and_a_full_port_says_so(made, tmp_path):
+    h = start(made, tmp_path, "FROM arrowport_listen('127.0.0.1:0', stall_timeout := 2, max_connections := 2)")
+    s = socket.create_connection(("127.0.0.1", h.port))
+    started = time.monotonic()
+    assert closed_by_peer(s, 10), "a connection that sent nothing is closed"
+    assert 1.5 < time.monotonic() - started < 8
+    # Two connections with a request in progress (headers sent, body still coming) fill the port: a third is
+    # answered 503 with the reason.
+    busy = []
+    for _ in range(2):
+        b = socket.create_connection(("127.0.0.1", h.port))
+        b.sendall(b"POST /streams/slow HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: " + ARROW.encode()
+                  + b"\r\nTransfer-Encoding: chunked\r\n\r\n")
+        busy.append(b)
+    time.sleep(0.3)
+    r = httpx.get(f"http://127.0.0.1:{h.port}/health", timeout=5)
+    msg = refused_json(r, 503, "busy")
+    assert "too many connections" in msg and "max_connections" in msg, msg
+    for b in busy:
+        b.close()
+    time.sleep(0.3)
+    assert health(h.port) == 200
+
+
+def claim(port, stream, claimed):
+    """A REST request that sends a schema and the header of a batch claiming `claimed` body bytes, then nothing."""
+    table = events(3)
+    data = ipc_bytes(table)
+    schema_end = _first_message_end(data)
+    header = _batch_header(data, schema_end)
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(f"POST /streams/{stream} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ARROW}\r\n"
+              f"Content-Length: {len(data) + claimed}\r\n\r\n".encode())
+    s.sendall(data[:schema_end] + header(claimed))
+    return s
+
+
+def _first_message_end(data):
+    assert struct.unpack("<I", data[:4])[0] == 0xFFFFFFFF
+    n = struct.unpack("<I", data[4:8])[0]
+    return 8 + n
+
+
+def _batch_header(data, at):
+    """A function making the batch message's prefix and metadata with its bodyLength replaced."""
+    n = struct.unpack("<I", data[at + 4:at + 8])[0]
+    meta = data[at + 8:at + 8 + n]
+    honest = pa.ipc.read_message(pa.py_buffer(data[at:])).body.size
+
+    def make(claimed):
+        packed = struct.pack("<q", honest)
+        assert meta.count(packed) == 1
+        return data[at:at + 8] + meta.replace(packed, struct.pack("<q", claimed))
+    return make
+
+
+def test_claims_that_are_never_sent_do_not_hold_the_budget(made, tmp_path):
+    h = start(made, tmp_path, "FROM arrowport_listen('127.0.0.1:0', memory_budget := 64 * 1024 * 1024)")
+    claimers = [claim(h.port, "claims", 60 << 20) for _ in range(15)]
+    try:
+        time.sleep(0.5)
+        for _ in range(5):
+            r = post("127.0.0.1", h.port, "fine", events(3))
+            assert r.status_code == 200, r.text
+    finally:
+        for c in claimers:
+            c.close()
+    assert h.count("fine") == 15 and h.count("claims") == 0
+
+
+def wide(n):
+    return pa.table({f"c{i}": pa.array([i], pa.int32()) for i in range(n)})
+
+
+def test_schemas_are_bounded_in_fields_before_they_are_taken_in(made, tmp_path):
+    h = start(made, tmp_path, "FROM arrowport_listen('127.0.0.1:0', max_columns := 100)")
+    client = fl.FlightClient(f"grpc://127.0.0.1:{h.port}")
+    writer, reader = client.do_put(fl.FlightDescriptor.for_path("wide"), wide(100).schema)
+    writer.write_table(wide(100))
+    writer.close()
+    assert h.count("wide") == 1
+    with pytest.raises((fl.FlightError, pa.ArrowInvalid)) as e:
+        writer, reader = client.do_put(fl.FlightDescriptor.for_path("wider"), wide(101).schema)
+        writer.write_table(wide(101))
+        writer.close()
+    assert "more than 100 fields" in str(e.value) and "max_columns" in str(e.value), e.value
+    nested = pa.table({"s": pa.array([{f"f{i}": i for i in range(120)}])})
+    msg = refused_json(post("127.0.0.1", h.port, "nested", nested), 413, "too_large")
+    assert "nested fields count" in msg, msg
+    # 20,000 fields are refused at once, not taken in.
+    started = time.monotonic()
+    msg = refused_json(post("127.0.0.1", h.port, "huge", wide(20_000)), 413, "too_large")
+    assert time.monotonic() - started < 20 and "max_columns" in msg
+    assert h.count("wider") == 0 and h.count("nested") == 0 and h.count("huge") == 0
+    assert post("127.0.0.1", h.port, "fine", events(3)).status_code == 200
+
+
+def nested_expression(depth):
+    return "SELECT " + "(" * depth + "1" + " + 1)" * depth
+
+
+def nested_type(depth):
+    return "SELECT NULL::" + "STRUCT(a " * depth + "INTEGER" + ")" * depth
+
+
+def test_statements_nested_to_duckdbs_limit_do_not_kill_the_host(make):  # noqa: F811
+    # Statements run on threads of their own with 16 MiB stacks (the ingest writers have 2 MiB).
+    h = make(", sql := 'read_only'")
+    conn = h.connect()
+    nested_calls = "SELECT " + "abs(" * 990 + "1" + ")" * 990
+    nested_queries = "SELECT " + "(SELECT " * 400 + "1" + ")" * 400
+    for sql in (nested_expression(490), nested_calls, nested_queries, nested_type(300)):
+        try:
+            query(conn, sql)
+        except pa.ArrowInvalid as e:
+            # The host answered; pyarrow itself refuses to import a schema nested this deep.
+            assert "Recursion level" in str(e), e
+        except adbc_driver_manager.Error as e:
+            assert "depth" in str(e).lower() or "stack" in str(e).lower() or "recursion" in str(e).lower(), str(e)[:300]
+    assert query(conn, "SELECT 41 + 1 AS x").to_pylist() == [{"x": 42}]
+    assert h.sql("SELECT 1") == [(1,)]
+
+
+def test_statements_are_timed_out_and_bounded_in_text(make):  # noqa: F811
+    h = make(", sql := 'read_only', statement_timeout := 1, max_sql_bytes := 4096")
+    conn = h.connect()
+    started = time.monotonic()
+    with pytest.raises(adbc_driver_manager.Error) as e:
+        query(conn, "SELECT count(*) FROM range(100000000000) a")
+    assert "Interrupted" in str(e.value) or "interrupt" in str(e.value).lower(), e.value
+    assert time.monotonic() - started < 30
+    with pytest.raises(adbc_driver_manager.Error) as e:
+        query(conn, "SELECT '" + "x" * 5000 + "'")
+    assert "max_sql_bytes" in str(e.value), e.value
+    assert query(conn, "SELECT 42 AS x").to_pylist() == [{"x": 42}]
