@@ -118,6 +118,8 @@ class CliHost:
                 raise HostDied(f"cli host died: rc={self.proc.wait()} output={''.join(out)[-2000:]}")
             if line.strip() == marker:
                 break
+            if line.startswith("arrowport: "):
+                continue  # the extension's own log line (stderr goes to the same pipe)
             out.append(line)
         text = "".join(out).strip()
         if not text:

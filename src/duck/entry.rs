@@ -19,6 +19,8 @@ pub struct LoadContext {
     pub statements: Vec<RawConn>,
     /// For arrowport's own catalog work (stream mappings, tokens), apart from the writers.
     pub admin: RawConn,
+    /// For registering functions through the C API directly (`caller::register_scalar`); closed after LOAD.
+    pub registrar: RawConn,
 }
 
 /// The init function arrowport's top layer gives [`crate::entrypoint!`].
@@ -62,6 +64,14 @@ unsafe fn load(info: sys::duckdb_extension_info, access: *const sys::duckdb_exte
     if !have_api {
         return Ok(false);
     }
+    // SAFETY: as above; the table get_api returns stays valid for the process (DuckDB keeps it with the
+    // database's extension state), and resolve only reads it now.
+    unsafe {
+        if let Some(get_api) = (*access).get_api {
+            let version = CString::new(MIN_C_API).unwrap_or_default();
+            crate::duck::caller::resolve(get_api(info, version.as_ptr()).cast());
+        }
+    }
     // SAFETY: as above; get_database returns a pointer to the database handle, valid during this call only.
     let db: sys::duckdb_database = unsafe {
         let get_database = (*access).get_database.ok_or("arrowport: DuckDB offers no get_database")?;
@@ -82,7 +92,8 @@ unsafe fn load(info: sys::duckdb_extension_info, access: *const sys::duckdb_exte
         statements.push(RawConn::connect(db).map_err(|e| e.to_string())?);
     }
     let admin = RawConn::connect(db).map_err(|e| e.to_string())?;
-    init(LoadContext { conn, pool, statements, admin }).map_err(|e| e.to_string())?;
+    let registrar = RawConn::connect(db).map_err(|e| e.to_string())?;
+    init(LoadContext { conn, pool, statements, admin, registrar }).map_err(|e| e.to_string())?;
     Ok(true)
 }
 

@@ -9,6 +9,7 @@
 //! invariant makes it sound; every call into us from C runs behind the panic boundary (`crate::panic`).
 #![allow(unsafe_code)]
 
+pub mod caller;
 pub mod conn;
 pub mod database;
 pub mod entry;

@@ -230,6 +230,8 @@ pub struct Writers<S: Sink> {
     group_threads: Mutex<Vec<JoinHandle<S>>>,
     /// Every thread's state, writers and committers alike.
     slots: Vec<Slot>,
+    /// The pool's thread name, for messages.
+    name: &'static str,
 }
 
 impl<S: Sink> Writers<S> {
@@ -323,6 +325,7 @@ impl<S: Sink> Writers<S> {
             group: Mutex::new(group),
             group_threads: Mutex::new(group_threads),
             slots: std::mem::take(&mut slots),
+            name: shape.name,
         })
     }
 
@@ -398,7 +401,7 @@ impl<S: Sink> Writers<S> {
         }
         let (done, stuck): (Vec<_>, Vec<_>) = threads.into_iter().partition(|t| t.is_finished());
         if !stuck.is_empty() {
-            eprintln!("arrowport: {} writer(s) still busy after {limit:?}; left to finish on their own", stuck.len());
+            eprintln!("arrowport: {} thread(s) of {} still busy after {limit:?}; left to finish on their own", stuck.len(), self.name);
         }
         done.into_iter().filter_map(|t| t.join().ok()).collect()
     }

@@ -205,8 +205,29 @@ struct State {
     running: Option<Running>,
 }
 
+/// An administrative call as its bind saw it: `verified` when it was bound on a connection of the host's own
+/// session (so it runs at once), else it goes through [`Host::admit_admin`] when it runs.
+pub struct AdminCall {
+    function: &'static str,
+    verified: bool,
+}
+
+impl AdminCall {
+    /// Whether the call was bound on the host's own session.
+    pub fn is_verified(&self) -> bool {
+        self.verified
+    }
+
+    pub fn admit(&self, host: &Host) -> Result<(), String> {
+        if self.verified { Ok(()) } else { host.admit_admin(self.function) }
+    }
+}
+
 /// arrowport's state for one host database.
 pub struct Host {
+    /// The ids of arrowport's own connections to this database (writers and the statement pool), as DuckDB's
+    /// client context tells them; empty where it cannot.
+    own_connections: Vec<u64>,
     state: Mutex<State>,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
@@ -238,7 +259,9 @@ pub fn parse_addr(text: &str) -> Result<SocketAddr, ListenError> {
 
 impl Host {
     pub fn new(pool: Vec<RawConn>, statements: Vec<RawConn>, store: Store) -> Arc<Host> {
+        let own_connections = pool.iter().chain(&statements).filter_map(RawConn::connection_id).collect();
         let host = Arc::new(Host {
+            own_connections,
             state: Mutex::new(State { pool: Pool::Raw(pool, statements), running: None }),
             metrics: Arc::new(Metrics::new()),
             registry: Arc::new(Registry::default()),
@@ -456,6 +479,26 @@ impl Host {
             }
         }
         Ok(done)
+    }
+
+    /// Who calls an administrative function, from the id of the connection that binds the call: one of
+    /// arrowport's own connections (statements sent over the network, the writers) is refused now; any other
+    /// connection is the host's own session, served without waiting for anything; an unknown caller (DuckDB does
+    /// not tell) is left to [`Host::admit_admin`] when the call runs.
+    pub fn admin_call(&self, function: &'static str, caller: Option<u64>) -> Result<AdminCall, String> {
+        policy::refuse_if_remote(function)?;
+        self.refuse_own_connection(function, caller)?;
+        Ok(AdminCall { function, verified: caller.is_some() })
+    }
+
+    /// Refuses a call bound on one of arrowport's own connections.
+    pub fn refuse_own_connection(&self, function: &str, caller: Option<u64>) -> Result<(), String> {
+        match caller {
+            Some(id) if self.own_connections.contains(&id) => {
+                Err(format!("{function} cannot be called over the network; call it in the host's own session"))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Lets an administrative SQL function run, or refuses it when it came over the network

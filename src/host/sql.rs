@@ -33,7 +33,7 @@ use crate::engine::metrics;
 use crate::engine::sink::{Maintained, validate_key};
 use crate::engine::policy::Access;
 use crate::host::gate::AuthMode;
-use crate::host::listener::{Host, ListenOptions, StatusRow};
+use crate::host::listener::{AdminCall, Host, ListenOptions, StatusRow};
 use crate::proto::send::{self, Compression, SendOptions, Sent, Target};
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
@@ -43,10 +43,16 @@ pub fn version_text() -> String {
     format!("arrowport {} (DuckDB {}, C API {})", crate::engine::VERSION, duck::library_version(), duck::MIN_C_API)
 }
 
-pub fn register(conn: &Connection, host: Arc<Host>) -> Result<()> {
+pub fn register(conn: &Connection, mut registrar: duck::conn::RawConn, host: Arc<Host>) -> Result<()> {
     conn.register_scalar_function::<Version>("arrowport_version")?;
-    conn.register_scalar_function_with_state::<ListenScalar>("arrowport_listen", &host)?;
-    conn.register_scalar_function_with_state::<Stop>("arrowport_stop", &host)?;
+    if duck::caller::available() {
+        // Bound with the calling connection in view: the host's own session is served at once, whatever runs.
+        register_admin_scalars(&mut registrar, &host)?;
+    } else {
+        conn.register_scalar_function_with_state::<ListenScalar>("arrowport_listen", &host)?;
+        conn.register_scalar_function_with_state::<Stop>("arrowport_stop", &host)?;
+    }
+    drop(registrar);
     conn.register_table_function_with_extra_info::<ListenTable, Arc<Host>>("arrowport_listen", &host)?;
     conn.register_table_function_with_extra_info::<Status, Arc<Host>>("arrowport_status", &host)?;
     conn.register_table_function_with_extra_info::<MetricsTable, Arc<Host>>("arrowport_metrics", &host)?;
@@ -162,6 +168,45 @@ impl VScalar for Stop {
     }
 }
 
+/// `arrowport_listen(address)` and `arrowport_stop()` as scalar functions with a bind step (see
+/// `duck::caller`): refused at bind on arrowport's own connections, served at once on the host's.
+fn register_admin_scalars(registrar: &mut duck::conn::RawConn, host: &Arc<Host>) -> Result<()> {
+    use duck::caller::{ScalarOut, ScalarSpec, register_scalar};
+    const VERIFIED: u8 = 1;
+    let bind_for = |host: &Arc<Host>, function: &'static str| {
+        let host = Arc::clone(host);
+        Box::new(move |caller: Option<u64>| host.admin_call(function, caller).map(|c| if c.is_verified() { VERIFIED } else { 0 }))
+    };
+    let h = Arc::clone(host);
+    register_scalar(registrar, ScalarSpec {
+        name: "arrowport_listen",
+        varchar_arg: true,
+        returns_bigint: false,
+        bind: bind_for(host, "arrowport_listen"),
+        call: Box::new(move |tag, addr| {
+            if tag != VERIFIED {
+                h.admit_admin("arrowport_listen")?;
+            }
+            let bound = h.listen(&addr.unwrap_or_default(), &ListenOptions::default()).map_err(|e| e.to_string())?;
+            Ok(ScalarOut::Text(bound.first().map(|(_, a)| a.clone()).unwrap_or_default()))
+        }),
+    })?;
+    let h = Arc::clone(host);
+    register_scalar(registrar, ScalarSpec {
+        name: "arrowport_stop",
+        varchar_arg: false,
+        returns_bigint: true,
+        bind: bind_for(host, "arrowport_stop"),
+        call: Box::new(move |tag, _| {
+            if tag != VERIFIED {
+                h.admit_admin("arrowport_stop")?;
+            }
+            Ok(ScalarOut::BigInt(h.stop() as i64))
+        }),
+    })?;
+    Ok(())
+}
+
 fn host_of(bind: &BindInfo) -> Result<&Arc<Host>> {
     vector::bind_extra::<Arc<Host>>(bind).ok_or_else(|| "arrowport is not initialised for this database".into())
 }
@@ -200,6 +245,11 @@ fn emit_chunk<T>(rows: &[T], next: &AtomicUsize, output: &mut DataChunkHandle, w
     }
     output.set_len(chunk.len());
     Ok(())
+}
+
+/// Who calls an administrative table function, decided when it is bound (see [`AdminCall`]).
+fn admin_call(host: &Arc<Host>, bind: &BindInfo, function: &'static str) -> Result<AdminCall> {
+    Ok(host.admin_call(function, crate::duck::caller::table_caller(bind))?)
 }
 
 /// What an administrative table function does, with its arguments already read (at bind): it runs at init,
@@ -305,8 +355,9 @@ impl VTab for ListenTable {
         if let Some(d) = seconds(bind, "stall_timeout", A_DAY, false)? {
             options.stall_timeout = d;
         }
+        let call = admin_call(&host, bind, "arrowport_listen")?;
         Ok(Action::new(move || {
-            host.admit_admin("arrowport_listen")?;
+            call.admit(&host)?;
             host.listen(&addr, &options).map_err(|e| e.to_string())
         }))
     }
@@ -556,7 +607,7 @@ fn stream_name(bind: &BindInfo) -> Result<String> {
 /// A table function that shows mappings: `$args` reads its arguments at bind, `$act` runs at init (see
 /// [`Action`]).
 macro_rules! mapping_function {
-    ($name:ident, $params:expr, $named:expr, |$bind:ident| $args:expr, |$host:ident, $a:pat_param| $act:expr) => {
+    ($name:ident, $admin:expr, $params:expr, $named:expr, |$bind:ident| $args:expr, |$host:ident, $a:pat_param| $act:expr) => {
         struct $name;
 
         impl VTab for $name {
@@ -566,8 +617,13 @@ macro_rules! mapping_function {
             fn bind($bind: &BindInfo) -> Result<Self::BindData> {
                 mapping_columns($bind);
                 let $host = Arc::clone(host_of($bind)?);
+                let admin: Option<&'static str> = $admin;
+                let call = admin.map(|f| admin_call(&$host, $bind, f)).transpose()?;
                 let args = $args;
                 Ok(Action::new(move || {
+                    if let Some(call) = &call {
+                        call.admit(&$host)?;
+                    }
                     let $a = &args;
                     $act
                 }))
@@ -592,19 +648,16 @@ macro_rules! mapping_function {
     };
 }
 
-mapping_function!(CreateStream, Some(vec![varchar()]), mapping_parameters(), |bind| (stream_name(bind)?, mapping_options(bind)), |host, (name, options)| {
-    host.admit_admin("arrowport_create_stream")?;
+mapping_function!(CreateStream, Some("arrowport_create_stream"), Some(vec![varchar()]), mapping_parameters(), |bind| (stream_name(bind)?, mapping_options(bind)), |host, (name, options)| {
     host.create_stream(name, options).map(|m| vec![m])
 });
-mapping_function!(AlterStream, Some(vec![varchar()]), mapping_parameters(), |bind| (stream_name(bind)?, mapping_options(bind)), |host, (name, options)| {
-    host.admit_admin("arrowport_alter_stream")?;
+mapping_function!(AlterStream, Some("arrowport_alter_stream"), Some(vec![varchar()]), mapping_parameters(), |bind| (stream_name(bind)?, mapping_options(bind)), |host, (name, options)| {
     host.alter_stream(name, options).map(|m| vec![m])
 });
-mapping_function!(DropStream, Some(vec![varchar()]), None, |bind| stream_name(bind)?, |host, name| {
-    host.admit_admin("arrowport_drop_stream")?;
+mapping_function!(DropStream, Some("arrowport_drop_stream"), Some(vec![varchar()]), None, |bind| stream_name(bind)?, |host, name| {
     host.drop_stream(name).map(|m| vec![m])
 });
-mapping_function!(Streams, None, None, |bind| (), |host, _| host.streams());
+mapping_function!(Streams, None, None, None, |bind| (), |host, _| host.streams());
 
 /// A token as the SQL functions show it; `secret` only from `arrowport_create_token`.
 pub struct TokenRow {
@@ -690,9 +743,10 @@ macro_rules! token_function {
             fn bind($bind: &BindInfo) -> Result<Self::BindData> {
                 token_columns($bind, $secret);
                 let $host = Arc::clone(host_of($bind)?);
+                let call = admin_call(&$host, $bind, $sql_name)?;
                 let args = $args;
                 Ok(Action::new(move || {
-                    $host.admit_admin($sql_name)?;
+                    call.admit(&$host)?;
                     let $a = &args;
                     $act
                 }))
@@ -768,6 +822,7 @@ impl VTab for SendTable {
             bind.add_result_column(name, kind.into());
         }
         let host = Arc::clone(host_of(bind)?);
+        host.refuse_own_connection("arrowport_send", crate::duck::caller::table_caller(bind))?;
         let arg = |i: u64, what: &str| -> Result<String> {
             let v = bind.get_parameter(i);
             if v.is_null() { Err(format!("arrowport_send: the {what} is NULL").into()) } else { Ok(v.to_string()) }
@@ -866,6 +921,7 @@ impl VTab for Maintain {
         bind.add_result_column("rows", LogicalTypeId::Bigint.into());
         bind.add_result_column("seconds", LogicalTypeId::Double.into());
         let host = Arc::clone(host_of(bind)?);
+        host.refuse_own_connection("arrowport_maintain", crate::duck::caller::table_caller(bind))?;
         let v = bind.get_parameter(0);
         if v.is_null() {
             return Err("arrowport_maintain: the catalog is NULL".into());
