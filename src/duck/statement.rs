@@ -34,6 +34,8 @@ pub enum StatementKind {
     /// Statements that change the database instance rather than data: its settings, extensions and attached
     /// databases (the statement's keyword).
     Instance(&'static str),
+    /// CREATE MACRO / CREATE FUNCTION: code kept in the catalog that runs later in whoever's session calls it.
+    Function,
     Other(u32),
 }
 
@@ -89,6 +91,7 @@ impl Prepared<'_> {
             sys::duckdb_statement_type_DUCKDB_STATEMENT_TYPE_DETACH => StatementKind::Instance("DETACH"),
             sys::duckdb_statement_type_DUCKDB_STATEMENT_TYPE_COPY_DATABASE => StatementKind::Instance("COPY FROM DATABASE"),
             sys::duckdb_statement_type_DUCKDB_STATEMENT_TYPE_EXPORT => StatementKind::Instance("EXPORT DATABASE"),
+            sys::duckdb_statement_type_DUCKDB_STATEMENT_TYPE_CREATE_FUNC => StatementKind::Function,
             other => StatementKind::Other(other as u32),
         }
     }

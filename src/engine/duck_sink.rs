@@ -936,6 +936,7 @@ fn kind_allowed(p: &Prepared<'_>, access: Access) -> Result<(), IngestError> {
             "{keyword} statements are not accepted over the network: they change the host's database instance (its settings, \
              extensions or attached databases), not data; run them in the host's own session"
         ))),
+        (StatementKind::Function, _) => Err(IngestError::Denied("CREATE MACRO / CREATE FUNCTION is not accepted over the network".into())),
         (StatementKind::Select, _) | (_, Access::ReadWrite) => Ok(()),
         (_, _) => Err(IngestError::Denied(
             "this listener runs only statements that read (sql := 'read_only'); this statement would change the database".into(),

@@ -169,6 +169,13 @@ pub fn check_statement(sql: &str, access: Access, principal: &Principal, policy:
     if let Some(f) = FORBIDDEN_NAMES.iter().find(|f| lower.contains(*f)) {
         return Err(IngestError::Denied(format!("{f} cannot be used over the network; use it in the host's own session")));
     }
+    if creates_code(&lower) {
+        return Err(IngestError::Denied(
+            "CREATE MACRO / CREATE FUNCTION is not accepted over the network: a macro is code that runs later in the session \
+             of whoever calls it (the host's own included), and can shadow a function of the same name"
+                .into(),
+        ));
+    }
     if first_word(&lower) == "import" {
         // DuckDB expands IMPORT DATABASE into the statements of files on the host while it parses, so its text
         // says nothing of what it runs.
@@ -202,6 +209,32 @@ fn names_word(text: &str, word: &str) -> bool {
         let continued = rest.strip_prefix('\'').is_some_and(|r| r.trim_start().starts_with("||"));
         !before.is_some_and(part_of_name) && !rest.bytes().next().is_some_and(part_of_name) && !continued
     })
+}
+
+/// Whether a statement (lower case) creates a macro or function: `CREATE [OR REPLACE] [TEMP | TEMPORARY]
+/// (MACRO | FUNCTION)`, keywords only (DuckDB reports such a statement as a plain CREATE).
+fn creates_code(text: &str) -> bool {
+    let mut rest = text;
+    let mut word = || {
+        let w = first_word(rest);
+        let at = rest.find(w).map_or(rest.len(), |i| i + w.len());
+        rest = &rest[at..];
+        w.to_string()
+    };
+    if word() != "create" {
+        return false;
+    }
+    let mut w = word();
+    if w == "or" {
+        if word() != "replace" {
+            return false;
+        }
+        w = word();
+    }
+    if w == "temp" || w == "temporary" {
+        w = word();
+    }
+    w == "macro" || w == "function"
 }
 
 /// The statement's first word, past white space and comments.
@@ -429,5 +462,12 @@ mod tests {
         let e = check_statement("SELECT 'a long statement'", Access::ReadOnly, &anon, &small).unwrap_err().to_string();
         assert!(e.contains("25 bytes of SQL, over the listener's limit of 16 bytes (max_sql_bytes)"), "{e}");
         assert_eq!(first_word("-- only a comment"), "");
+        for sql in ["CREATE MACRO m() AS 1", "create or replace temp macro x(a) as a", "Create /* c */ Temporary -- x\n FUNCTION f() AS 1"] {
+            let e = check_statement(sql, Access::ReadWrite, &anon, &Policy::default()).unwrap_err().to_string();
+            assert!(e.starts_with("CREATE MACRO / CREATE FUNCTION is not accepted"), "{sql}: {e}");
+        }
+        for sql in ["CREATE TABLE macro (x INT)", "CREATE VIEW function AS SELECT 1", "SELECT 'create macro'"] {
+            assert!(check_statement(sql, Access::ReadWrite, &anon, &Policy::default()).is_ok(), "{sql}");
+        }
     }
 }

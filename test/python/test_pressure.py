@@ -216,3 +216,61 @@ def test_statements_are_timed_out_and_bounded_in_text(make):  # noqa: F811
         query(conn, "SELECT '" + "x" * 5000 + "'")
     assert "max_sql_bytes" in str(e.value), e.value
     assert query(conn, "SELECT 42 AS x").to_pylist() == [{"x": 42}]
+
+
+@pytest.mark.parametrize("kind", ["cli", "py20", "py15"])
+def test_the_operator_stops_and_revokes_while_a_client_statement_cannot_be_interrupted(make, tmp_path, kind):  # noqa: F811
+    h = make(", sql := 'read_only', auth := 'token'", kind=kind)
+    token = h.sql("SELECT token FROM arrowport_create_token('reader')")[0][0]
+    h.sql("SELECT token FROM arrowport_create_token('other')")
+    fifo = str(tmp_path / "fifo.csv")
+    os.mkfifo(fifo)
+    conn = h.connect(token)
+    stuck = {}
+
+    def read_fifo():
+        try:
+            stuck["rows"] = query(conn, f"SELECT * FROM read_csv('{fifo}')").num_rows
+        except Exception as e:  # noqa: BLE001
+            stuck["error"] = str(e)
+
+    t = threading.Thread(target=read_fifo, daemon=True)
+    t.start()
+    time.sleep(1.5)  # the statement is blocked opening the FIFO, where DuckDB cannot interrupt it
+    try:
+        started = time.monotonic()
+        assert [r[0] for r in h.sql("SELECT name FROM arrowport_revoke_token('other')")] == ["other"]
+        assert [r[0] for r in h.sql("SELECT name FROM arrowport_tokens()")] == ["reader"]
+        assert h.sql("SELECT arrowport_stop()") == [(1,)]
+        assert time.monotonic() - started < 30
+        assert h.sql("FROM arrowport_status()") == []
+    finally:
+        # Let the blocked open return, so the statement's thread ends.
+        with open(fifo, "w") as w:
+            w.write("a\n1\n")
+        t.join(30)
+    # The administrative functions stay refused to a client statement.
+    addr = h.sql("SELECT address FROM arrowport_listen('127.0.0.1:0', sql := 'read_write')")[0][0]
+    h.addr = addr
+    anon = h.connect()
+    # (Built at run time, past the statement's text, so that the bind-time refusal is what answers.)
+    for sql in ("FROM query('SELECT arrowport' || '_stop()')", "FROM arrowport_create_token('mine')",
+                "FROM query('SELECT arrowport' || '_listen(''127.0.0.1:0'')')", "FROM query('FROM arrowport' || '_revoke_token(''reader'')')"):
+        with pytest.raises(adbc_driver_manager.Error) as e:
+            query(anon, sql)
+        assert "cannot be called over the network" in str(e.value), (sql, str(e.value)[:300])
+    assert [r[0] for r in h.sql("SELECT name FROM arrowport_tokens()")] == ["reader"]
+    # No object a client makes can run them later in the host's session, or shadow them: a view is bound as it
+    # is made (on the client's connection: refused), and macros, bound only when called, are not accepted.
+    with pytest.raises(adbc_driver_manager.Error) as e:
+        query(anon, "CREATE VIEW trap AS FROM query('FROM arrowport' || '_create_token(''evil'', secret := ''x'')')")
+    assert "cannot be called over the network" in str(e.value), str(e.value)[:300]
+    for sql in ("CREATE MACRO arrowport_revoke_token(x) AS TABLE SELECT 'reader' AS name",
+                "CREATE TEMP MACRO sha256(x) AS 'same'", "CREATE OR REPLACE FUNCTION f() AS 1"):
+        with pytest.raises(adbc_driver_manager.Error) as e:
+            query(anon, sql)
+        assert "CREATE MACRO / CREATE FUNCTION is not accepted over the network" in str(e.value), (sql, str(e.value)[:300])
+    assert h.sql("SELECT count(*) FROM duckdb_views() WHERE view_name = 'trap'") == [(0,)]
+    assert h.sql("SELECT count(*) FROM duckdb_functions() WHERE function_type = 'macro' AND function_name IN "
+                 "('arrowport_revoke_token', 'sha256', 'f')") == [(0,)]
+    assert [r[0] for r in h.sql("SELECT name FROM arrowport_revoke_token('reader')")] == ["reader"]
