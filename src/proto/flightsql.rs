@@ -214,7 +214,10 @@ impl<S: Sink> FlightSql<S> {
         match command {
             Command::CommandStatementQuery(cmd) => {
                 let described = self.core.describe_sql(&cmd.query, None, self.access, &principal, &self.policy).await?;
-                let ticket = TicketStatementQuery { statement_handle: cmd.query.into_bytes().into() };
+                // The ticket is a handle to the statement kept here (as a prepared statement is), not its text: a
+                // client cannot run SQL the describe step never saw, and tickets stay small.
+                let handle = self.remember(cmd.query, described.schema.clone(), owner_of(&principal));
+                let ticket = TicketStatementQuery { statement_handle: handle.into() };
                 info_for(&described.schema, descriptor, ticket.as_any().encode_to_vec())
             }
             Command::CommandPreparedStatementQuery(cmd) => {
@@ -239,8 +242,8 @@ impl<S: Sink> FlightSql<S> {
     pub async fn do_get(&self, principal: Principal, command: Command) -> Result<DataStream, IngestError> {
         match command {
             Command::TicketStatementQuery(t) => {
-                let sql = String::from_utf8(t.statement_handle.to_vec()).map_err(|_| IngestError::BadInput("the statement ticket is not UTF-8".into()))?;
-                let (schema, batches) = self.core.query(Statement { sql, params: vec![] }, self.access, &principal, &self.policy).await?;
+                let entry = self.entry(&t.statement_handle, &principal)?;
+                let (schema, batches) = self.core.query(Statement { sql: entry.sql, params: vec![] }, self.access, &principal, &self.policy).await?;
                 Ok(encode(schema, batches))
             }
             Command::CommandPreparedStatementQuery(cmd) => {
@@ -358,7 +361,7 @@ impl<S: Sink> FlightSql<S> {
         let map = self.lock();
         let entry = map
             .get(handle)
-            .ok_or_else(|| IngestError::NotFound("no such prepared statement (closed, or forgotten after 1024 newer ones)".into()))?;
+            .ok_or_else(|| IngestError::NotFound("no such statement handle: tickets and prepared statements are handles this listener gave out (closed, or forgotten after 1024 newer ones)".into()))?;
         if entry.owner != owner_of(principal) {
             return Err(IngestError::Denied("the prepared statement belongs to another token".into()));
         }

@@ -295,14 +295,20 @@ def pb_bytes(field, data):
 
 
 def statement_ticket(sql):
-    """Any{TicketStatementQuery{statement_handle: sql}}, as a Flight SQL client builds it."""
+    """Any{TicketStatementQuery{statement_handle: sql}}: a ticket that carries SQL text instead of a handle."""
     inner = pb_bytes(1, sql.encode())
     return pb_bytes(1, b"type.googleapis.com/arrow.flight.protocol.sql.TicketStatementQuery") + pb_bytes(2, inner)
 
 
-def test_a_large_result_streams_and_a_client_that_stops_reading_frees_its_writer(make):
+def statement_query(sql):
+    """Any{CommandStatementQuery{query: sql}}, the descriptor command a Flight SQL client sends."""
+    inner = pb_bytes(1, sql.encode())
+    return pb_bytes(1, b"type.googleapis.com/arrow.flight.protocol.sql.CommandStatementQuery") + pb_bytes(2, inner)
+
+
+def test_a_large_result_streams_and_a_client_that_stops_reading_holds_no_writer(make):
     h = make(", sql := 'read_only', stall_timeout := 1")
-    # 8 clients (as many as there are writers) each read one batch of a large result and then stop reading.
+    # As many clients as the statement pool has connections (4) each read one batch of a large result and stop.
     release = threading.Event()
     first_batches = []
     errors = []
@@ -310,7 +316,9 @@ def test_a_large_result_streams_and_a_client_that_stops_reading_frees_its_writer
     def stuck_reader():
         c = fl.connect(f"grpc://{h.addr}")
         try:
-            reader = c.do_get(fl.Ticket(statement_ticket("SELECT range AS n, range * 2 AS m FROM range(200000000)")))
+            info = c.get_flight_info(fl.FlightDescriptor.for_command(statement_query(
+                "SELECT range AS n, range * 2 AS m FROM range(200000000)")))
+            reader = c.do_get(info.endpoints[0].ticket)
             first_batches.append(reader.read_chunk().data.num_rows)
             release.wait(60)
         except Exception as e:  # noqa: BLE001
@@ -318,21 +326,29 @@ def test_a_large_result_streams_and_a_client_that_stops_reading_frees_its_writer
         finally:
             c.close()
 
-    readers = [threading.Thread(target=stuck_reader) for _ in range(8)]
+    readers = [threading.Thread(target=stuck_reader) for _ in range(4)]
     for r in readers:
         r.start()
     for _ in range(400):
-        if len(first_batches) + len(errors) == 8:
+        if len(first_batches) + len(errors) == 4:
             break
         time.sleep(0.05)
-    assert len(first_batches) == 8, errors
-    # Every writer now waits on a client that does not read; after stall_timeout they give up and ingest goes on.
+    assert len(first_batches) == 4, errors
+    # Statements never hold an ingest writer: ingest lands while every statement connection waits on a reader.
     r = httpx.post(f"http://{h.addr}/streams/after", content=ipc_bytes(events(10)), headers={"Content-Type": ARROW}, timeout=20)
+    assert r.status_code == 200, r.text
     release.set()
     for t in readers:
         t.join(30)
-    assert r.status_code == 200, r.text
     assert h.sql("SELECT count(*) FROM after") == [(10,)]
+    # After stall_timeout the statements gave up: the pool serves again.
+    conn = h.connect()
+    assert query(conn, "SELECT 7 AS x").to_pylist() == [{"x": 7}]
+    # A ticket is a handle this listener gave out, never SQL text.
+    c = fl.connect(f"grpc://{h.addr}")
+    with pytest.raises((fl.FlightError, pa.ArrowKeyError)) as e:
+        c.do_get(fl.Ticket(statement_ticket("SELECT 1"))).read_all()
+    assert "no such statement handle" in str(e.value), e.value
 
 
 def test_flight_sql_follows_tokens_and_scopes(make):
