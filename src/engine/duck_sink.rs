@@ -95,6 +95,8 @@ impl Drop for CreateGuard {
 pub struct DuckSink {
     conn: RawConn,
     at: Landing,
+    /// Function names the host has (lower case), as last read, for [`DuckSink::preflight`].
+    known_functions: HashSet<String>,
 }
 
 /// Everything a writer knows besides its connection: the methods that take the connection as an argument run
@@ -181,7 +183,7 @@ impl DuckSink {
             keys_recorded: 0,
             panic_on,
         };
-        Ok(DuckSink { conn, at })
+        Ok(DuckSink { conn, at, known_functions: HashSet::new() })
     }
 }
 
@@ -555,7 +557,7 @@ impl DuckSink {
     /// this request, which then must not commit with rows missing.
     fn write_view(&mut self, mapping: &Mapping, incoming: &[Column], failed: &Mutex<Option<IngestError>>, fed: &Fed<'_>) -> Result<Written, IngestError> {
         let started = std::time::Instant::now();
-        let DuckSink { conn, at } = self;
+        let DuckSink { conn, at, .. } = self;
         let (mut table, _create_guard) = at.prepare_target(conn, mapping, &mut HashSet::new())?;
         if let Some(key) = fed.key {
             at.ensure_keys(conn, mapping.target.catalog.as_deref(), key.window)?;
@@ -581,7 +583,7 @@ impl DuckSink {
 
     /// A buffered request on its own, in its own transaction.
     fn write_buffered(&mut self, item: &Buffered) -> Result<Written, IngestError> {
-        let DuckSink { conn, at } = self;
+        let DuckSink { conn, at, .. } = self;
         let _lake = at.lake_commit_locks(conn, [&item.mapping])?;
         at.ensure_view(conn)?;
         let incoming = at.point_view(conn, Arc::clone(&item.schema), Box::new(VecPull(item.batches.clone().into())))?;
@@ -601,7 +603,7 @@ impl DuckSink {
                 _ => runs.push((i, i + 1)),
             }
         }
-        let DuckSink { conn, at } = self;
+        let DuckSink { conn, at, .. } = self;
         let _lake = at.lake_commit_locks(conn, items.iter().map(|i| &i.mapping))?;
         at.ensure_view(conn)?;
         let mut locked = HashSet::new();
@@ -705,7 +707,7 @@ impl Sink for DuckSink {
         let (handed_out, batches) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let pull = Pull { first, input, failed: Arc::clone(&failed), handed_out: Arc::clone(&handed_out), batches: Arc::clone(&batches) };
         let fed = Fed { rows: &handed_out, batches: &batches, key };
-        let DuckSink { conn, at } = self;
+        let DuckSink { conn, at, .. } = self;
         let result = at
             .ensure_view(conn)
             .and_then(|()| at.point_view(conn, schema, Box::new(pull)))
@@ -752,6 +754,7 @@ impl Sink for DuckSink {
     }
 
     fn describe_sql(&mut self, sql: &str, params: Option<&[Param]>, access: Access) -> Result<Described, IngestError> {
+        self.preflight(sql, access)?;
         self.remote(access, |conn| {
             let (kind, types) = {
                 let p = conn.prepare(sql).map_err(E::sql)?;
@@ -771,6 +774,7 @@ impl Sink for DuckSink {
     }
 
     fn query(&mut self, statement: &Statement, access: Access, out: &QueryOut) -> Result<(), IngestError> {
+        self.preflight(&statement.sql, access)?;
         self.remote(access, |conn| {
             let kind = {
                 let p = conn.prepare(&statement.sql).map_err(E::sql)?;
@@ -835,6 +839,7 @@ impl Sink for DuckSink {
     }
 
     fn update(&mut self, statement: &Statement, access: Access) -> Result<u64, IngestError> {
+        self.preflight(&statement.sql, access)?;
         self.remote(access, |conn| {
             let mut p = conn.prepare(&statement.sql).map_err(E::sql)?;
             allowed(&statement.sql, &p, access)?;
@@ -955,7 +960,47 @@ fn explain_interrupt<T>((out, by): (Result<T, IngestError>, Option<&'static str>
     }
 }
 
+/// How many `query('...')` texts one statement may nest.
+const MAX_NESTED_TEXTS: usize = 16;
+
 impl DuckSink {
+    /// Checks a statement sent to a read-only listener before DuckDB binds it (see `sql_tree`): parsed without
+    /// binding, it must be a query, call no function with side effects, and call only functions the host
+    /// already has (binding an unknown one would make DuckDB load, even download, an extension); the texts
+    /// given to `query()` are checked the same way.
+    fn preflight(&mut self, sql: &str, access: Access) -> Result<(), IngestError> {
+        if access != Access::ReadOnly {
+            return Ok(());
+        }
+        let mut texts = vec![sql.to_string()];
+        let mut checked = 0;
+        while let Some(text) = texts.pop() {
+            checked += 1;
+            if checked > MAX_NESTED_TEXTS {
+                return Err(IngestError::Denied(format!("query() texts nest more than {MAX_NESTED_TEXTS} deep")));
+            }
+            let serialized = self.conn.query_value(&format!("SELECT json_serialize_sql({})", quote_literal(&text))).map_err(E::db)?;
+            let calls = crate::engine::sql_tree::calls_of(&serialized.unwrap_or_default()).map_err(|r| match r {
+                crate::engine::sql_tree::Refusal::Invalid(m) => IngestError::Sql(m),
+                other => IngestError::Denied(other.message()),
+            })?;
+            for f in &calls.functions {
+                if !self.known_functions.contains(f) {
+                    let rows = self.conn.query("SELECT DISTINCT lower(function_name) FROM duckdb_functions()").map_err(E::db)?;
+                    self.known_functions = rows.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect();
+                    if !self.known_functions.contains(f) {
+                        return Err(IngestError::Denied(format!(
+                            "{f}() is not a function this host has; a statement sent over the network calls only functions \
+                             already loaded (no extension is loaded on a client's behalf)"
+                        )));
+                    }
+                }
+            }
+            texts.extend(calls.nested);
+        }
+        Ok(())
+    }
+
     /// Runs a statement sent over the network on this connection: with the host database as the default (our
     /// connections default to the scratch database), inside a read-only transaction when the listener says so,
     /// with arrowport's own SQL functions refusing to run; then restores the connection.

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod policy;
 pub mod query;
 pub mod sink;
+pub mod sql_tree;
 pub mod writers;
 
 /// arrowport's version, as `arrowport_version()` and Flight SQL's server info report it.

@@ -274,3 +274,27 @@ def test_the_operator_stops_and_revokes_while_a_client_statement_cannot_be_inter
     assert h.sql("SELECT count(*) FROM duckdb_functions() WHERE function_type = 'macro' AND function_name IN "
                  "('arrowport_revoke_token', 'sha256', 'f')") == [(0,)]
     assert [r[0] for r in h.sql("SELECT name FROM arrowport_revoke_token('reader')")] == ["reader"]
+
+
+def test_a_read_only_listener_lets_nothing_act_before_it_is_admitted(make, tmp_path):  # noqa: F811
+    h = make(", sql := 'read_only'")
+    conn = h.connect()
+    loaded = h.sql("SELECT extension_name FROM duckdb_extensions() WHERE loaded ORDER BY 1")
+    made = tmp_path / "made_at_bind"
+    for sql, text in [
+        ("FROM checkpoint()", "checkpoint() changes the database"),
+        ("SELECT * FROM force_checkpoint()", "force_checkpoint() changes the database"),
+        ("FROM query('FROM checkpoint()')", "checkpoint() changes the database"),
+        ("SELECT nextval('s')", "nextval() changes the database"),
+        ("SELECT st_point(1, 2)", "st_point() is not a function this host has"),
+        ("FROM query('SELECT ' || 'st_point(1, 2)')", "takes a constant string"),
+        (f"COPY (SELECT 1 AS x) TO '{made}' (FORMAT csv, PER_THREAD_OUTPUT true)", "runs only statements that read"),
+        ("CREATE TABLE x (a INT)", "runs only statements that read"),
+    ]:
+        with pytest.raises(adbc_driver_manager.Error) as e:
+            query(conn, sql)
+        assert text in str(e.value), (sql, str(e.value)[:300])
+    assert not made.exists()
+    assert h.sql("SELECT extension_name FROM duckdb_extensions() WHERE loaded ORDER BY 1") == loaded
+    table = query(conn, "SELECT abs(-1) + 1 AS x, count(*) AS n FROM query('FROM range(3)')")
+    assert table.to_pylist() == [{"x": 2, "n": 3}]
