@@ -3,7 +3,8 @@
 #   make run    DuckDB CLI (pinned from PyPI) on ./arrowport.duckdb with arrowport loaded and listening
 #   make test   build, then every test: Rust unit tests, SQL logic tests on three hosts, end-to-end pytest
 #   make bench  arrowport against in-process DuckDB, then many hosts into one DuckLake (bench/results/*.json)
-#   make fuzz   the structure-aware fuzzer against a live host (FUZZ_SECONDS, default 600; FUZZ_SEED)
+#   make fuzz   the structure-aware fuzzer against a live host (FUZZ_SECONDS, default 600; FUZZ_SEED), then fuzz-sql
+#   make fuzz-sql  generated SQL over Flight SQL against a read-only listener (FUZZ_SQL_STATEMENTS, default 100000)
 #   make soak   exactly-once under kill -9 with retrying clients, then a run without kills (SOAK_SECONDS, default 300)
 #   make wheel  the Python wheel arrowport-duckdb (build/wheel): the extension, load(), `arrowport serve`
 
@@ -22,7 +23,7 @@ VENV_LAKE   := .venv-lake
 LISTEN      ?= 127.0.0.1:8815
 DB          ?= arrowport.duckdb
 
-.PHONY: all release run test unit sqltest pytest bench bench-lake fuzz soak clean venvs wheel configure test_release
+.PHONY: all release run test unit sqltest pytest bench bench-lake fuzz fuzz-sql soak clean venvs wheel configure test_release
 
 all: release
 
@@ -107,6 +108,11 @@ bench-lake: release $(VENV)/.stamp $(VENV_LAKE)/.stamp
 # A fuzz run, not a test: `make test` runs a 30-second slice of it (test/python/test_fuzz.py).
 fuzz: release $(VENV)/.stamp
 	$(VENV)/bin/python test/fuzz.py
+	$(VENV)/bin/python test/fuzz_sql.py
+
+# Generated SQL alone (`make test` runs a 600-statement slice: test/python/test_fuzz.py).
+fuzz-sql: release $(VENV)/.stamp
+	$(VENV)/bin/python test/fuzz_sql.py
 
 # A soak, not a test: `make test` runs a 40-second slice with kills (test/python/test_soak.py).
 soak: release $(VENV)/.stamp
