@@ -472,7 +472,9 @@ impl VTab for Status {
         bind.add_result_column("requests_in_flight", LogicalTypeId::Bigint.into());
         bind.add_result_column("tls", LogicalTypeId::Boolean.into());
         bind.add_result_column("auth", varchar());
-        Ok(Rows { rows: host_of(bind)?.status() })
+        let host = host_of(bind)?;
+        host.refuse_own_connection("arrowport_status", crate::duck::caller::table_caller(bind))?;
+        Ok(Rows { rows: host.status() })
     }
 
     fn init(init: &InitInfo) -> Result<Self::InitData> {
@@ -521,7 +523,9 @@ impl VTab for MetricsTable {
         for (name, ty) in METRIC_COLUMNS {
             bind.add_result_column(name, ty.into());
         }
-        Ok(Rows { rows: host_of(bind)?.metrics().rows() })
+        let host = host_of(bind)?;
+        host.refuse_own_connection("arrowport_metrics", crate::duck::caller::table_caller(bind))?;
+        Ok(Rows { rows: host.metrics().rows() })
     }
 
     fn init(init: &InitInfo) -> Result<Self::InitData> {
@@ -657,7 +661,7 @@ mapping_function!(AlterStream, Some("arrowport_alter_stream"), Some(vec![varchar
 mapping_function!(DropStream, Some("arrowport_drop_stream"), Some(vec![varchar()]), None, |bind| stream_name(bind)?, |host, name| {
     host.drop_stream(name).map(|m| vec![m])
 });
-mapping_function!(Streams, None, None, None, |bind| (), |host, _| host.streams());
+mapping_function!(Streams, None, None, None, |bind| host_of(bind)?.refuse_own_connection("arrowport_streams", crate::duck::caller::table_caller(bind))?, |host, _| host.streams());
 
 /// A token as the SQL functions show it; `secret` only from `arrowport_create_token`.
 pub struct TokenRow {

@@ -260,6 +260,11 @@ def test_the_operator_stops_and_revokes_while_a_client_statement_cannot_be_inter
             query(anon, sql)
         assert "cannot be called over the network" in str(e.value), (sql, str(e.value)[:300])
     assert [r[0] for r in h.sql("SELECT name FROM arrowport_tokens()")] == ["reader"]
+    # Nor arrowport's own state: its listings answer the host's session only.
+    for sql in ("FROM arrowport_streams()", "FROM arrowport_metrics()", "FROM arrowport_status()"):
+        with pytest.raises(adbc_driver_manager.Error) as e:
+            query(anon, sql)
+        assert "cannot be called over the network" in str(e.value), (sql, str(e.value)[:300])
     # No object a client makes can run them later in the host's session, or shadow them: a view is bound as it
     # is made (on the client's connection: refused), and macros, bound only when called, are not accepted.
     with pytest.raises(adbc_driver_manager.Error) as e:
