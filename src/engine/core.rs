@@ -231,14 +231,7 @@ impl<S: Sink> Core<S> {
         if pool.size == 0 {
             return Err(IngestError::Busy(0));
         }
-        let permit = tokio::select! {
-            _ = self.cancel.cancelled() => return Err(IngestError::Stopping),
-            p = tokio::time::timeout(WRITER_WAIT, Arc::clone(&pool.permits).acquire_owned()) => match p {
-                Ok(Ok(p)) => p,
-                Ok(Err(_)) => return Err(IngestError::Stopping),
-                Err(_) => return Err(IngestError::Busy(pool.size)),
-            },
-        };
+        let permit = self.permit_of(pool).await?;
         let watch = Arc::new(Watch::default());
         let timer = Arc::clone(&watch);
         tokio::spawn(async move {
@@ -254,12 +247,17 @@ impl<S: Sink> Core<S> {
     }
 
     pub(crate) async fn permit(&self) -> Result<OwnedSemaphorePermit, IngestError> {
+        self.permit_of(&self.writers).await
+    }
+
+    /// A free thread of `pool` (waiting at most [`WRITER_WAIT`]), or "busy" / "stopping".
+    async fn permit_of(&self, pool: &Writers<S>) -> Result<OwnedSemaphorePermit, IngestError> {
         tokio::select! {
             _ = self.cancel.cancelled() => Err(IngestError::Stopping),
-            p = tokio::time::timeout(WRITER_WAIT, Arc::clone(&self.writers.permits).acquire_owned()) => match p {
+            p = tokio::time::timeout(WRITER_WAIT, Arc::clone(&pool.permits).acquire_owned()) => match p {
                 Ok(Ok(p)) => Ok(p),
                 Ok(Err(_)) => Err(IngestError::Stopping),
-                Err(_) => Err(IngestError::Busy(self.writers.size)),
+                Err(_) => Err(IngestError::Busy(pool.size)),
             },
         }
     }
