@@ -21,6 +21,8 @@ pub struct LoadContext {
     pub admin: RawConn,
     /// For registering functions through the C API directly (`caller::register_scalar`); closed after LOAD.
     pub registrar: RawConn,
+    /// For the settings arrowport changes while it listens (`host::extensions`).
+    pub control: RawConn,
 }
 
 /// The init function arrowport's top layer gives [`crate::entrypoint!`].
@@ -93,7 +95,8 @@ unsafe fn load(info: sys::duckdb_extension_info, access: *const sys::duckdb_exte
     }
     let admin = RawConn::connect(db).map_err(|e| e.to_string())?;
     let registrar = RawConn::connect(db).map_err(|e| e.to_string())?;
-    init(LoadContext { conn, pool, statements, admin, registrar }).map_err(|e| e.to_string())?;
+    let control = RawConn::connect(db).map_err(|e| e.to_string())?;
+    init(LoadContext { conn, pool, statements, admin, registrar, control }).map_err(|e| e.to_string())?;
     Ok(true)
 }
 

@@ -926,6 +926,26 @@ fn stream_result(conn: &mut RawConn, statement: &Statement, kind: StatementKind,
     out.finish()
 }
 
+/// Refuses what a network statement left in the connection's temporary catalog (the caller rolls back).
+fn refuse_temporary_objects(conn: &mut RawConn) -> Result<(), IngestError> {
+    let left = conn
+        .query_value(
+            "SELECT (SELECT count(*) FROM duckdb_tables() WHERE database_name = 'temp') \
+             + (SELECT count(*) FROM duckdb_views() WHERE database_name = 'temp' AND NOT internal) \
+             + (SELECT count(*) FROM duckdb_sequences() WHERE database_name = 'temp') \
+             + (SELECT count(*) FROM duckdb_types() WHERE database_name = 'temp' AND NOT internal)",
+        )
+        .map_err(E::db)?;
+    match left.as_deref() {
+        Some("0") => Ok(()),
+        _ => Err(IngestError::Denied(
+            "temporary tables, views, sequences and types are not accepted over the network: statements share arrowport's \
+             connections, so a temporary object would outlive its statement; create a table in a schema instead"
+                .into(),
+        )),
+    }
+}
+
 /// Whether the listener's access allows this statement: its kind, and the names it uses.
 fn allowed(sql: &str, p: &Prepared<'_>, access: Access) -> Result<(), IngestError> {
     kind_allowed(p, access)?;
@@ -1004,17 +1024,21 @@ impl DuckSink {
     /// Runs a statement sent over the network on this connection: with the host database as the default (our
     /// connections default to the scratch database), inside a read-only transaction when the listener says so,
     /// with arrowport's own SQL functions refusing to run; then restores the connection.
+    ///
+    /// With `read_write`, the statement runs in a transaction of ours that commits only if it left no temporary
+    /// object: the statement pool's connections serve every client in turn, so a temporary table, view, sequence
+    /// or type would outlive its statement and be seen (or shadow names) in the next client's.
     fn remote<T>(&mut self, access: Access, f: impl FnOnce(&mut RawConn) -> Result<T, IngestError>) -> Result<T, IngestError> {
         self.on_host_db(|conn| {
-            if access == Access::ReadOnly {
-                conn.begin_read_only().map_err(E::db).and_then(|mut txn| {
-                    let out = explain_interrupt(policy::as_remote(|| f(&mut txn)))?;
-                    txn.commit().map_err(E::db)?;
-                    Ok(out)
-                })
-            } else {
-                explain_interrupt(policy::as_remote(|| f(conn)))
-            }
+            let begun = if access == Access::ReadOnly { conn.begin_read_only() } else { conn.begin() };
+            begun.map_err(E::db).and_then(|mut txn| {
+                let out = explain_interrupt(policy::as_remote(|| f(&mut txn)))?;
+                if access != Access::ReadOnly {
+                    refuse_temporary_objects(&mut txn)?;
+                }
+                txn.commit().map_err(E::db)?;
+                Ok(out)
+            })
         })
     }
 

@@ -26,6 +26,7 @@ use crate::engine::policy::{self, Access, IDEMPOTENCY_WINDOW, MAX_CONCURRENT_REQ
 use crate::engine::sink::Maintained;
 use crate::engine::writers::Writers;
 use crate::host::connections::{self, Admission, Admitted, Connections};
+use crate::host::extensions::ExtensionLoading;
 use crate::host::gate::{self, AuthMode, Gate};
 use crate::host::tls::{self, TlsError};
 use crate::proto::flight::FlightAdapter;
@@ -233,6 +234,8 @@ pub struct Host {
     registry: Arc<Registry>,
     tokens: Arc<Tokens>,
     store: Store,
+    /// DuckDB's extension autoloading, held off while a listener accepts SQL.
+    extensions: ExtensionLoading,
     /// Whether the registry and the tokens hold what is persisted yet (loaded on first use, never during LOAD).
     loaded: Mutex<bool>,
 }
@@ -258,7 +261,7 @@ pub fn parse_addr(text: &str) -> Result<SocketAddr, ListenError> {
 }
 
 impl Host {
-    pub fn new(pool: Vec<RawConn>, statements: Vec<RawConn>, store: Store) -> Arc<Host> {
+    pub fn new(pool: Vec<RawConn>, statements: Vec<RawConn>, store: Store, extensions: ExtensionLoading) -> Arc<Host> {
         let own_connections = pool.iter().chain(&statements).filter_map(RawConn::connection_id).collect();
         let host = Arc::new(Host {
             own_connections,
@@ -267,6 +270,7 @@ impl Host {
             registry: Arc::new(Registry::default()),
             tokens: Arc::new(Tokens::default()),
             store,
+            extensions,
             loaded: Mutex::new(false),
         });
         if let Ok(mut hosts) = HOSTS.lock() {
@@ -306,6 +310,9 @@ impl Host {
             return Err(ListenError::BadOption("stall_timeout", "must be positive".into()));
         }
         let tls = tls::config(options.tls_cert.as_deref(), options.tls_key.as_deref())?;
+        if options.sql != Access::Off {
+            self.extensions.hold_off().map_err(ListenError::Start)?;
+        }
         let gate = Arc::new(Gate {
             mode: options.auth,
             tokens: Arc::clone(&self.tokens),
@@ -386,7 +393,10 @@ impl Host {
     /// waited for at most [`JOIN_LIMIT`]. The state lock is held only to take the running state out and to put
     /// the connections back, so `arrowport_status()` and the like never wait for a stop.
     pub fn stop(&self) -> usize {
-        let Some(running) = self.lock().running.take() else { return 0 };
+        let Some(running) = self.lock().running.take() else {
+            self.extensions.restore();
+            return 0;
+        };
         let Running { runtime, core, cancel, listeners, schedules } = running;
         schedules.values().for_each(|t| t.abort());
         let count = listeners.len();
@@ -412,6 +422,7 @@ impl Host {
         let statement_sinks = core.statements().map(|s| s.stop(JOIN_LIMIT)).unwrap_or_default();
         self.lock().pool = Pool::Ready(sinks, statement_sinks);
         self.metrics.set_started(None);
+        self.extensions.restore();
         if let Err(e) = self.store.save_last_used(&self.tokens.used()) {
             eprintln!("arrowport: could not save when tokens were last used: {e}");
         }

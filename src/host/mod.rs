@@ -5,6 +5,7 @@
 //! [`tls`]. Below it: the protocol adapters (`proto`), the engine, the catalog.
 
 pub mod connections;
+pub mod extensions;
 pub mod gate;
 pub mod listener;
 pub mod sql;

@@ -303,3 +303,34 @@ def test_a_read_only_listener_lets_nothing_act_before_it_is_admitted(make, tmp_p
     assert h.sql("SELECT extension_name FROM duckdb_extensions() WHERE loaded ORDER BY 1") == loaded
     table = query(conn, "SELECT abs(-1) + 1 AS x, count(*) AS n FROM query('FROM range(3)')")
     assert table.to_pylist() == [{"x": 2, "n": 3}]
+
+
+def test_a_read_write_client_loads_no_extension_and_leaves_no_temporary_object(make):  # noqa: F811
+    settings = "SELECT current_setting('autoload_known_extensions'), current_setting('autoinstall_known_extensions')"
+    h = make(", sql := 'read_write'")
+    installed = h.sql("SELECT extension_name FROM duckdb_extensions() WHERE installed OR loaded ORDER BY 1")
+    assert h.sql(settings) == [(False, False)]  # held off while a listener accepts SQL
+    conn = h.connect()
+    for sql, text in [
+        ("SELECT st_point(1, 2)", 'Scalar Function with name "st_point" is not in the catalog'),
+        ("CREATE TABLE p AS SELECT st_point(1, 2) AS g", 'Scalar Function with name "st_point" is not in the catalog'),
+        ("SELECT * FROM 'https://example.invalid/x.parquet'", "requires the extension httpfs to be loaded"),
+        ("CREATE TEMP TABLE tt AS SELECT 1 AS a", "temporary tables, views, sequences and types are not accepted"),
+        ("CREATE TEMPORARY VIEW tv AS SELECT 1 AS a", "temporary tables, views, sequences and types are not accepted"),
+        ("CREATE TEMP SEQUENCE ts", "temporary tables, views, sequences and types are not accepted"),
+        ("CREATE TEMP TYPE mood AS ENUM ('a')", "temporary tables, views, sequences and types are not accepted"),
+    ]:
+        with pytest.raises(adbc_driver_manager.Error) as e:
+            query(conn, sql)
+        assert text in str(e.value), (sql, str(e.value)[:300])
+    # Each of the pool's connections was tried: nothing temporary is left on any of them.
+    for _ in range(8):
+        with pytest.raises(adbc_driver_manager.Error, match="Table with name tt does not exist"):
+            query(conn, "SELECT * FROM tt")
+    query(conn, "CREATE TABLE kept AS SELECT 1 AS a")
+    query(conn, "INSERT INTO kept VALUES (2)")
+    assert query(conn, "SELECT a FROM kept ORDER BY a").to_pylist() == [{"a": 1}, {"a": 2}]
+    conn.close()
+    assert h.sql("SELECT extension_name FROM duckdb_extensions() WHERE installed OR loaded ORDER BY 1") == installed
+    assert h.sql("SELECT arrowport_stop()") == [(1,)]
+    assert h.sql(settings) == [(True, True)]  # put back when the last listener stops
