@@ -8,9 +8,11 @@
 //! as rows; a rolled-back request counts as a failure and its received rows as rolled back.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use crate::engine::budget::Budget;
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 pub const REQUESTS: &str = "arrowport_requests_total";
@@ -23,6 +25,8 @@ pub const REQUEST_SECONDS: &str = "arrowport_request_duration_seconds";
 pub const WRITE_SECONDS: &str = "arrowport_write_duration_seconds";
 pub const IN_FLIGHT: &str = "arrowport_requests_in_flight";
 pub const UPTIME: &str = "arrowport_listener_uptime_seconds";
+pub const BUDGET_USED: &str = "arrowport_memory_budget_used_bytes";
+pub const BUDGET_LIMIT: &str = "arrowport_memory_budget_bytes";
 pub const REPLAYS: &str = "arrowport_replays_total";
 pub const COMMIT_RETRIES: &str = "arrowport_commit_retries_total";
 
@@ -148,6 +152,10 @@ pub struct Metrics {
     /// Streams with series of their own, and notes per (stream, protocol) for SQL.
     known: Mutex<Known>,
     started: Mutex<Option<Instant>>,
+    budget_used: IntGauge,
+    budget_limit: IntGauge,
+    /// The budget the gauges above read when the metrics are rendered (the running core's).
+    budget: Mutex<Option<Arc<Budget>>>,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -189,6 +197,11 @@ impl Metrics {
         registry.register(Box::new(in_flight.clone())).expect("metric registered once");
         let uptime = IntGauge::new(UPTIME, "Seconds since the listeners started (0 when stopped).").expect("static metric definition");
         registry.register(Box::new(uptime.clone())).expect("metric registered once");
+        let budget_used = IntGauge::new(BUDGET_USED, "Bytes of client data held against the memory budget now (messages arriving and being decoded, batches queued).")
+            .expect("static metric definition");
+        registry.register(Box::new(budget_used.clone())).expect("metric registered once");
+        let budget_limit = IntGauge::new(BUDGET_LIMIT, "The memory budget (memory_budget), 0 when stopped.").expect("static metric definition");
+        registry.register(Box::new(budget_limit.clone())).expect("metric registered once");
         let replays = counter(&registry, REPLAYS, "Requests answered from an earlier commit of their idempotency key (nothing written).", &[LABEL_PROTOCOL]);
         let commit_retries = counter(
             &registry,
@@ -212,6 +225,9 @@ impl Metrics {
             commit_retries,
             known: Mutex::new(Known::default()),
             started: Mutex::new(None),
+            budget_used,
+            budget_limit,
+            budget: Mutex::new(None),
         }
     }
 
@@ -268,9 +284,26 @@ impl Metrics {
         self.uptime.set(secs);
     }
 
+    /// The budget the memory gauges show (`None` when stopped).
+    pub fn watch_budget(&self, budget: Option<Arc<Budget>>) {
+        if let Ok(mut b) = self.budget.lock() {
+            *b = budget;
+        }
+    }
+
+    fn refresh_budget(&self) {
+        let (used, limit) = match self.budget.lock().ok().and_then(|b| b.clone()) {
+            Some(b) => (b.in_use(), b.limit()),
+            None => (0, 0),
+        };
+        self.budget_used.set(used as i64);
+        self.budget_limit.set(limit as i64);
+    }
+
     /// The Prometheus text exposition of every series.
     pub fn render(&self) -> String {
         self.refresh_uptime();
+        self.refresh_budget();
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()

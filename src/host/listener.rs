@@ -352,7 +352,7 @@ impl Host {
         let flight = FlightServiceServer::new(FlightAdapter::new(Arc::clone(&running.core), Arc::clone(&policy), options.sql, options.max_message_bytes))
             .max_decoding_message_size(options.max_message_bytes)
             .max_encoding_message_size(options.max_message_bytes);
-        let flight = crate::proto::flight::watch_request_ends(tonic::service::Routes::new(flight).into_axum_router());
+        let flight = crate::proto::grpc_body::watch_request_bodies(tonic::service::Routes::new(flight).into_axum_router(), Arc::clone(running.core.budget()));
         let limits = rest::Limits {
             max_message_bytes: options.max_message_bytes,
             max_body_bytes: options.max_body_bytes,
@@ -422,6 +422,7 @@ impl Host {
         let statement_sinks = core.statements().map(|s| s.stop(JOIN_LIMIT)).unwrap_or_default();
         self.lock().pool = Pool::Ready(sinks, statement_sinks);
         self.metrics.set_started(None);
+        self.metrics.watch_budget(None);
         self.extensions.restore();
         if let Err(e) = self.store.save_last_used(&self.tokens.used()) {
             eprintln!("arrowport: could not save when tokens were last used: {e}");
@@ -434,6 +435,7 @@ impl Host {
         if state.running.is_none() {
             self.mappings_loaded().map_err(ListenError::Start)?;
             let budget = Arc::new(Budget::new(budget));
+            self.metrics.watch_budget(Some(Arc::clone(&budget)));
             state.running = Some(start(&mut state.pool, Arc::clone(&self.metrics), Arc::clone(&self.registry), budget)?);
         }
         state.running.as_mut().ok_or_else(|| ListenError::Start("the runtime did not start".into()))

@@ -32,66 +32,12 @@ use crate::engine::policy::{Access, Policy};
 use crate::engine::sink::Sink;
 use crate::proto::flightsql::{self, FlightSql};
 use crate::proto::ipc::{self, Decoding, SchemaLimits};
+use crate::proto::grpc_body::BodyEnd;
 use crate::proto::{rest, status};
 
 /// The Flight action that tells what became of a request, by its idempotency key.
 pub const REQUEST_STATUS: &str = "request_status";
-use std::sync::atomic::{AtomicU8, Ordering};
-
-/// How a call's request body ended on the wire. tonic reads a client's RST_STREAM(CANCEL) (a call cancelled or
-/// past its deadline, mid-stream) as the end of a request stream, as if the client had finished; for DoPut that
-/// would commit whatever arrived before it. Each request body is watched (see [`watch_request_ends`]) so that
-/// only a body that really ended is taken as the end of the data.
-/// 0 while the body is still open, then [`BODY_ENDED`] or [`BODY_BROKEN`].
-#[derive(Clone, Default)]
-pub struct BodyEnd(Arc<AtomicU8>);
-
-const BODY_ENDED: u8 = 1;
-const BODY_BROKEN: u8 = 2;
-
-impl BodyEnd {
-    fn ended(&self) -> bool {
-        self.0.load(Ordering::Acquire) == BODY_ENDED
-    }
-}
-
-/// A request body that records in its [`BodyEnd`] whether it ended or broke off.
-struct Watched {
-    inner: axum::body::Body,
-    end: BodyEnd,
-}
-
-impl http_body::Body for Watched {
-    type Data = bytes::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            std::task::Poll::Ready(None) => self.end.0.store(BODY_ENDED, Ordering::Release),
-            std::task::Poll::Ready(Some(Err(_))) => self.end.0.store(BODY_BROKEN, Ordering::Release),
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// Gives every request of a gRPC router a watched body and its [`BodyEnd`] (an extension the handlers read).
-pub fn watch_request_ends(router: axum::Router) -> axum::Router {
-    router.layer(tower::util::MapRequestLayer::new(|mut request: axum::http::Request<axum::body::Body>| {
-        let end = BodyEnd::default();
-        request.extensions_mut().insert(end.clone());
-        request.map(|inner| axum::body::Body::new(Watched { inner, end }))
-    }))
-}
+use std::sync::atomic::Ordering;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -185,12 +131,17 @@ impl<S: Sink> FlightAdapter<S> {
             Some(v) => Some(v.to_str().map_err(|_| early(IngestError::BadInput("the idempotency-key metadata is not ASCII".into())))?.trim().to_string()),
         };
         let end = request.extensions().get::<BodyEnd>().cloned();
+        // A body the budget refused says so; other transport errors are read from tonic's status.
+        let failed = {
+            let end = end.clone();
+            move |status: &Status| end.as_ref().and_then(BodyEnd::over_budget).unwrap_or_else(|| transport_error(status))
+        };
         let mut input = request.into_inner();
         let stall = self.policy.stall_timeout;
         let first = match tokio::time::timeout(stall, input.message()).await {
             Ok(Ok(Some(m))) => m,
             Ok(Ok(None)) => return Err(early(IngestError::BadInput("DoPut carried no messages".into()))),
-            Ok(Err(status)) => return Err(early(transport_error(&status))),
+            Ok(Err(status)) => return Err(early(failed(&status))),
             Err(_) => return Err(early(IngestError::Stalled(stall))),
         };
         let descriptor = first
@@ -208,8 +159,8 @@ impl<S: Sink> FlightAdapter<S> {
         let decoding = Decoding::new(self.max_message_bytes, Arc::clone(self.core.budget()), ingest_request.reservation.clone())
             .with_schema_limits(SchemaLimits::of(&self.policy));
         let size = |m: &FlightData| m.data_header.len() + m.data_body.len() + m.app_metadata.len();
-        // Each message counts on the wire, and is reserved from the memory budget as tonic hands it over (tonic
-        // has read it whole, within max_message_bytes), until its batch is admitted.
+        // Each message counts on the wire, and is reserved from the memory budget as tonic hands it over (until
+        // then its bytes were charged as they arrived, see `grpc_body`), until its batch is admitted.
         let (counter, reserving) = (Arc::clone(&wire), decoding.clone());
         let arrived = move |m: FlightData| -> Result<FlightData, IngestError> {
             counter.fetch_add(size(&m) as u64, Ordering::Relaxed);
@@ -228,7 +179,7 @@ impl<S: Sink> FlightAdapter<S> {
         let messages = futures::stream::once(async move { Ok(first) })
             .chain(input.map(move |m| match m {
                 Ok(m) => arrived(m).map_err(|e| FlightError::ExternalError(Box::new(e))),
-                Err(status) => Err(FlightError::ExternalError(Box::new(transport_error(&status)))),
+                Err(status) => Err(FlightError::ExternalError(Box::new(failed(&status)))),
             }))
             .chain(cancelled);
         let items = ipc::flight_items(messages, decoding);

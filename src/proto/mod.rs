@@ -8,6 +8,7 @@
 
 pub mod flight;
 pub mod flightsql;
+pub mod grpc_body;
 pub mod ipc;
 pub mod rest;
 pub mod send;

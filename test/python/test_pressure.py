@@ -6,6 +6,7 @@ import socket
 import struct
 import threading
 import time
+import urllib.parse
 
 import adbc_driver_manager
 import httpx
@@ -334,3 +335,77 @@ def test_a_read_write_client_loads_no_extension_and_leaves_no_temporary_object(m
     assert h.sql("SELECT extension_name FROM duckdb_extensions() WHERE installed OR loaded ORDER BY 1") == installed
     assert h.sql("SELECT arrowport_stop()") == [(1,)]
     assert h.sql(settings) == [(True, True)]  # put back when the last listener stops
+
+
+def grpc_partial_put(port, claimed, sent):
+    """A raw HTTP/2 DoPut whose one message claims `claimed` bytes and sends `sent` of them, then nothing."""
+    import h2.config
+    import h2.connection
+    import h2.settings
+    s = socket.create_connection(("127.0.0.1", port))
+    s.settimeout(10)
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    c.initiate_connection()
+    sid = c.get_next_available_stream_id()
+    c.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":authority", f"127.0.0.1:{port}"),
+                         (":path", "/arrow.flight.protocol.FlightService/DoPut"),
+                         ("content-type", "application/grpc"), ("te", "trailers")])
+    s.sendall(c.data_to_send())
+    payload, at, answer = b"\0" + struct.pack(">I", claimed) + b"\x0a" * sent, 0, {}
+    while at < len(payload) and not answer:
+        room = min(c.local_flow_control_window(sid), c.max_outbound_frame_size)
+        if room == 0:
+            for event in c.receive_data(s.recv(1 << 16)):
+                answer.update(dict(getattr(event, "headers", None) or []))
+            s.sendall(c.data_to_send())
+            continue
+        c.send_data(sid, payload[at:at + room])
+        at += room
+        s.sendall(c.data_to_send())
+    return s, c, sid, answer
+
+
+def grpc_answer(s, c, answer, within=10):
+    deadline = time.monotonic() + within
+    while b"grpc-status" not in answer and time.monotonic() < deadline:
+        for event in c.receive_data(s.recv(1 << 16)):
+            answer.update(dict(getattr(event, "headers", None) or []))
+    return answer
+
+
+def budget_used(port):
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    return {line.split()[0]: int(line.split()[1]) for line in text.splitlines() if line.startswith("arrowport_memory_budget")}
+
+
+def test_a_flight_message_still_arriving_is_charged_to_the_budget_as_its_bytes_arrive(made, tmp_path):
+    h = start(made, tmp_path, "FROM arrowport_listen('127.0.0.1:0', memory_budget := 64 * 1024 * 1024)")
+    assert budget_used(h.port) == {"arrowport_memory_budget_bytes": 64 << 20, "arrowport_memory_budget_used_bytes": 0}
+    # Two calls each send 20 MiB of a message claiming 60 MiB, then stall: what they sent is held, not what
+    # they claim.
+    stalled = [grpc_partial_put(h.port, 60 << 20, 20 << 20) for _ in range(2)]
+    deadline = time.monotonic() + 10
+    while budget_used(h.port)["arrowport_memory_budget_used_bytes"] < 2 * (20 << 20) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert budget_used(h.port)["arrowport_memory_budget_used_bytes"] == 2 * ((20 << 20) + 5)
+    # A third that sends more than is left is refused with the budget's reason, and holds nothing after.
+    s, c, _, answer = grpc_partial_put(h.port, 60 << 20, 30 << 20)
+    answer = grpc_answer(s, c, answer)
+    assert answer.get(b"grpc-status") == b"8", answer
+    message = urllib.parse.unquote(answer.get(b"grpc-message", b"").decode())
+    assert "the host's memory budget (67108864 bytes, memory_budget) has no room now" in message, message
+    s.close()
+    # A whole request still lands beside the stalled ones (3 rows need far less than what is left).
+    client = fl.FlightClient(f"grpc://127.0.0.1:{h.port}")
+    writer, reader = client.do_put(fl.FlightDescriptor.for_path("fine"), events(3).schema)
+    writer.write_table(events(3))
+    writer.done_writing()
+    reader.read()
+    writer.close()
+    assert h.count("fine") == 3
+    for s, *_ in stalled:
+        s.close()
+    deadline = time.monotonic() + 10
+    while budget_used(h.port)["arrowport_memory_budget_used_bytes"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert budget_used(h.port)["arrowport_memory_budget_used_bytes"] == 0
