@@ -1,5 +1,5 @@
-//! The process's descriptor limit, as the listeners need it: how many descriptors the process may open, raised
-//! toward the hard limit when a listener needs more, and how many are open now.
+//! The process as the listeners need it: how many descriptors it may open (raised toward the hard limit when a
+//! listener needs more), how many are open now, and how much memory is resident.
 
 /// The soft and hard limits on open descriptors (RLIMIT_NOFILE).
 pub fn descriptor_limits() -> Option<(u64, u64)> {
@@ -24,4 +24,13 @@ pub fn raise_descriptor_limit(wanted: u64) -> Option<u64> {
 /// Descriptors the process has open now.
 pub fn open_descriptors() -> usize {
     std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+}
+
+/// Bytes of the process resident in memory now (`/proc/self/statm`), `None` where the system does not say.
+pub fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf reads a constant of the system.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
 }

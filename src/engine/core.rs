@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::catalog::registry::{Mapping, Registry, ResolveError};
 use crate::engine::budget::Budget;
 use crate::engine::error::IngestError;
+use crate::engine::memory_guard::MemoryGuard;
 use crate::engine::metrics::{self, Metrics, Outcome, Protocol};
 use crate::engine::sink::{KeyRecord, Sink};
 use crate::engine::writers::{Job, Watch, Work, Writers};
@@ -68,11 +69,13 @@ pub struct Core<S: Sink> {
     pub(crate) budget: Arc<Budget>,
     /// Idempotency keys of requests in progress on this host.
     keys: Arc<Mutex<HashSet<String>>>,
+    /// Watches the process's memory while statements sent over the network run.
+    guard: Option<Arc<MemoryGuard>>,
 }
 
 impl<S: Sink> Core<S> {
     pub fn new(writers: Writers<S>, cancel: CancellationToken, metrics: Arc<Metrics>, registry: Arc<Registry>) -> Core<S> {
-        Core { writers, statements: None, cancel, active: AtomicUsize::new(0), metrics, registry, budget: Arc::default(), keys: Arc::default() }
+        Core { writers, statements: None, cancel, active: AtomicUsize::new(0), metrics, registry, budget: Arc::default(), keys: Arc::default(), guard: None }
     }
 
     /// The same core running statements sent over the network on `statements`.
@@ -84,6 +87,12 @@ impl<S: Sink> Core<S> {
     /// The pool of statements sent over the network, if there is one.
     pub fn statements(&self) -> Option<&Writers<S>> {
         self.statements.as_ref()
+    }
+
+    /// The same core with its statements watched by `guard`.
+    pub fn with_memory_guard(mut self, guard: Arc<MemoryGuard>) -> Core<S> {
+        self.guard = Some(guard);
+        self
     }
 
     /// The same core drawing on `budget` (the host's, shared by its listeners).
@@ -236,8 +245,11 @@ impl<S: Sink> Core<S> {
         let timer = Arc::clone(&watch);
         tokio::spawn(async move {
             tokio::time::sleep(limit).await;
-            timer.fire();
+            timer.fire(IngestError::TimedOut(limit));
         });
+        if let Some(guard) = &self.guard {
+            guard.watch(&watch);
+        }
         pool.submit(Job { work, _permit: permit, watch: Some(watch) })
     }
 

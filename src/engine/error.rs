@@ -137,6 +137,13 @@ pub enum IngestError {
     Stalled(Duration),
     #[error("all {0} writers are busy; retry later")]
     Busy(usize),
+    #[error("the statement ran longer than statement_timeout ({0:?}) and was interrupted")]
+    TimedOut(Duration),
+    #[error(
+        "the statement was interrupted: while it ran the host's process grew to {resident} bytes resident, over its \
+         memory limit of {limit} bytes (sql_memory_limit)"
+    )]
+    OverMemory { resident: u64, limit: u64 },
     #[error("{0} requests are already in flight on this listener (max_concurrent_requests); retry later")]
     Overloaded(usize),
     #[error(
@@ -168,7 +175,8 @@ impl IngestError {
             IngestError::Sql(_) => Code::InvalidInput,
             IngestError::Stopping => Code::Stopping,
             IngestError::Disconnected => Code::InvalidInput,
-            IngestError::Stalled(_) => Code::Timeout,
+            IngestError::Stalled(_) | IngestError::TimedOut(_) => Code::Timeout,
+            IngestError::OverMemory { .. } => Code::TooLarge,
             IngestError::Busy(_) | IngestError::Overloaded(_) | IngestError::OverBudget { .. } => Code::Busy,
             IngestError::InProgress(_) => Code::InProgress,
             IngestError::KeyReused { .. } => Code::Unprocessable,

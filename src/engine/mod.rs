@@ -11,6 +11,7 @@ pub mod core;
 pub mod duck_sink;
 pub mod error;
 pub mod ingest;
+pub mod memory_guard;
 pub mod metrics;
 pub mod policy;
 pub mod query;

@@ -43,9 +43,9 @@ pub(crate) struct Job {
     pub(crate) watch: Option<Arc<Watch>>,
 }
 
-/// A job's time limit as its writer and a timer share it: the writer arms it with its connection's interrupt
-/// while it runs the job; the timer fires it when the limit passes; a fired watch interrupts at once when armed
-/// late, and a disarmed one does nothing.
+/// A job's limits as its writer, its timer and the memory guard share them: the writer arms it with its
+/// connection's interrupt while it runs the job; the timer (or the guard) fires it with the reason; a fired
+/// watch interrupts at once when armed late, and a disarmed one does nothing. The job's error is then the reason.
 #[derive(Default)]
 pub(crate) struct Watch {
     state: Mutex<WatchState>,
@@ -54,14 +54,14 @@ pub(crate) struct Watch {
 #[derive(Default)]
 struct WatchState {
     interrupt: Option<Interrupter>,
-    fired: bool,
+    fired: Option<IngestError>,
     done: bool,
 }
 
 impl Watch {
     fn arm(&self, interrupt: Option<Interrupter>) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if s.fired {
+        if s.fired.is_some() {
             if let Some(i) = &interrupt {
                 i();
             }
@@ -75,14 +75,38 @@ impl Watch {
         s.done = true;
     }
 
-    /// The limit passed: interrupts the job if it is running. Returns whether it was still running.
-    pub(crate) fn fire(&self) -> bool {
+    /// A limit passed (`why`): interrupts the job if it is running. Returns whether it was still running.
+    pub(crate) fn fire(&self, why: IngestError) -> bool {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        s.fired = true;
+        if s.done {
+            return false;
+        }
+        s.fired.get_or_insert(why);
         if let Some(i) = &s.interrupt {
             i();
         }
-        !s.done
+        true
+    }
+
+    /// Whether the job has ended.
+    pub(crate) fn is_done(&self) -> bool {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).done
+    }
+
+    /// The job's outcome, its failure told by why the watch fired (the interrupt caused it).
+    pub(crate) fn explain<T>(&self, out: Result<T, IngestError>) -> Result<T, IngestError> {
+        match (out, &self.state.lock().unwrap_or_else(|p| p.into_inner()).fired) {
+            (Err(_), Some(why)) => Err(why.clone()),
+            (out, _) => out,
+        }
+    }
+}
+
+/// A job's outcome, explained by its watch if it has one.
+fn explained<T>(watch: &Option<Arc<Watch>>, out: Result<T, IngestError>) -> Result<T, IngestError> {
+    match watch {
+        Some(w) => w.explain(out),
+        None => out,
     }
 }
 
@@ -279,34 +303,34 @@ impl<S: Sink> Writers<S> {
                     let watch = job.watch;
                     match job.work {
                         Work::Write { mapping, schema, input, key, reply } => {
-                            let _ = reply.send(guarded(|| sink.write(&mapping, schema, input, key.as_ref())));
+                            let _ = reply.send(explained(&watch, guarded(|| sink.write(&mapping, schema, input, key.as_ref()))));
                         }
                         Work::LookupKey { catalog, key, window, reply } => {
-                            let _ = reply.send(guarded(|| sink.lookup_key(catalog.as_deref(), &key, window)));
+                            let _ = reply.send(explained(&watch, guarded(|| sink.lookup_key(catalog.as_deref(), &key, window))));
                         }
                         Work::Describe { target, reply } => {
-                            let _ = reply.send(guarded(|| sink.table_schema(&target)));
+                            let _ = reply.send(explained(&watch, guarded(|| sink.table_schema(&target))));
                         }
                         Work::List { reply } => {
-                            let _ = reply.send(guarded(|| sink.list_tables()));
+                            let _ = reply.send(explained(&watch, guarded(|| sink.list_tables())));
                         }
                         Work::DescribeSql { sql, params, access, reply } => {
-                            let _ = reply.send(guarded(|| sink.describe_sql(&sql, params.as_deref(), access)));
+                            let _ = reply.send(explained(&watch, guarded(|| sink.describe_sql(&sql, params.as_deref(), access))));
                         }
                         Work::Query { statement, access, out, reply } => {
-                            let _ = reply.send(guarded(|| sink.query(&statement, access, &out)));
+                            let _ = reply.send(explained(&watch, guarded(|| sink.query(&statement, access, &out))));
                         }
                         Work::Export { sql, out, reply } => {
-                            let _ = reply.send(guarded(|| sink.export(&sql, &out)));
+                            let _ = reply.send(explained(&watch, guarded(|| sink.export(&sql, &out))));
                         }
                         Work::Update { statement, access, reply } => {
-                            let _ = reply.send(guarded(|| sink.update(&statement, access)));
+                            let _ = reply.send(explained(&watch, guarded(|| sink.update(&statement, access))));
                         }
                         Work::Maintain { catalog, older_than, reply } => {
-                            let _ = reply.send(guarded(|| sink.maintain(&catalog, older_than)));
+                            let _ = reply.send(explained(&watch, guarded(|| sink.maintain(&catalog, older_than))));
                         }
                         Work::Catalog { with_schemas, reply } => {
-                            let _ = reply.send(guarded(|| sink.catalog(with_schemas)));
+                            let _ = reply.send(explained(&watch, guarded(|| sink.catalog(with_schemas))));
                         }
                     }
                     if let Some(w) = watch {

@@ -21,12 +21,13 @@ use crate::duck::conn::RawConn;
 use crate::engine::budget::{Budget, DEFAULT_MEMORY_BUDGET};
 use crate::engine::core::Core;
 use crate::engine::duck_sink::{CreateLocks, DuckSink};
+use crate::engine::memory_guard::MemoryGuard;
 use crate::engine::metrics::Metrics;
 use crate::engine::policy::{self, Access, IDEMPOTENCY_WINDOW, MAX_CONCURRENT_REQUESTS, Policy, STALL_LIMIT};
 use crate::engine::sink::Maintained;
 use crate::engine::writers::Writers;
 use crate::host::connections::{self, Admission, Admitted, Connections};
-use crate::host::extensions::ExtensionLoading;
+use crate::host::settings::HostSettings;
 use crate::host::gate::{self, AuthMode, Gate};
 use crate::host::tls::{self, TlsError};
 use crate::proto::flight::FlightAdapter;
@@ -101,6 +102,9 @@ pub struct ListenOptions {
     pub allowed_origins: Vec<String>,
     /// The host-wide memory budget (bytes); set by the listen that starts the host's runtime.
     pub memory_budget: Option<usize>,
+    /// The process's resident size above which statements sent over the network that grew it are interrupted
+    /// (bytes; DuckDB's `memory_limit` when not given); set by the listen that starts the host's runtime.
+    pub sql_memory_limit: Option<u64>,
     /// How long idempotency keys of this listener's requests are kept.
     pub idempotency_window: Duration,
     /// Connections kept open at once (see `connections`).
@@ -131,6 +135,7 @@ impl Default for ListenOptions {
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
             memory_budget: None,
+            sql_memory_limit: None,
             idempotency_window: IDEMPOTENCY_WINDOW,
             max_connections: connections::DEFAULT_MAX_CONNECTIONS,
             max_columns: policy::MAX_COLUMNS,
@@ -176,6 +181,7 @@ struct Running {
     runtime: tokio::runtime::Runtime,
     core: Arc<Core<DuckSink>>,
     cancel: CancellationToken,
+    guard: Arc<MemoryGuard>,
     listeners: Vec<Listener>,
     /// `arrowport_maintain(..., every := ...)` schedules, by catalog.
     schedules: std::collections::HashMap<String, tokio::task::JoinHandle<()>>,
@@ -234,8 +240,9 @@ pub struct Host {
     registry: Arc<Registry>,
     tokens: Arc<Tokens>,
     store: Store,
-    /// DuckDB's extension autoloading, held off while a listener accepts SQL.
-    extensions: ExtensionLoading,
+    /// The host's settings arrowport reads (memory_limit) and changes (extension autoloading, while a listener
+    /// accepts SQL).
+    settings: HostSettings,
     /// Whether the registry and the tokens hold what is persisted yet (loaded on first use, never during LOAD).
     loaded: Mutex<bool>,
 }
@@ -261,7 +268,7 @@ pub fn parse_addr(text: &str) -> Result<SocketAddr, ListenError> {
 }
 
 impl Host {
-    pub fn new(pool: Vec<RawConn>, statements: Vec<RawConn>, store: Store, extensions: ExtensionLoading) -> Arc<Host> {
+    pub fn new(pool: Vec<RawConn>, statements: Vec<RawConn>, store: Store, settings: HostSettings) -> Arc<Host> {
         let own_connections = pool.iter().chain(&statements).filter_map(RawConn::connection_id).collect();
         let host = Arc::new(Host {
             own_connections,
@@ -270,7 +277,7 @@ impl Host {
             registry: Arc::new(Registry::default()),
             tokens: Arc::new(Tokens::default()),
             store,
-            extensions,
+            settings,
             loaded: Mutex::new(false),
         });
         if let Ok(mut hosts) = HOSTS.lock() {
@@ -311,7 +318,7 @@ impl Host {
         }
         let tls = tls::config(options.tls_cert.as_deref(), options.tls_key.as_deref())?;
         if options.sql != Access::Off {
-            self.extensions.hold_off().map_err(ListenError::Start)?;
+            self.settings.hold_off_extension_loading().map_err(ListenError::Start)?;
         }
         let gate = Arc::new(Gate {
             mode: options.auth,
@@ -322,12 +329,19 @@ impl Host {
             allowed_origins: options.allowed_origins.iter().map(|o| gate::normal_origin(o)).collect(),
         });
         let mut state = self.lock();
-        let running = self.running(&mut state, options.memory_budget.unwrap_or(DEFAULT_MEMORY_BUDGET))?;
+        let running = self.running(&mut state, options.memory_budget.unwrap_or(DEFAULT_MEMORY_BUDGET), options.sql_memory_limit)?;
         if running.listeners.is_empty() {
             // The first listener (the writers may have been started earlier by arrowport_send).
             self.metrics.set_started(Some(Instant::now()));
         }
         let budget = running.core.budget().limit();
+        let memory_limit = running.guard.limit();
+        if options.sql_memory_limit.is_some_and(|l| l != memory_limit) {
+            return Err(ListenError::BadOption(
+                "sql_memory_limit",
+                format!("the host's listeners share one memory guard, already at {memory_limit} bytes; stop them all to change it"),
+            ));
+        }
         if options.memory_budget.is_some_and(|b| b != budget) {
             return Err(ListenError::BadOption(
                 "memory_budget",
@@ -394,10 +408,10 @@ impl Host {
     /// the connections back, so `arrowport_status()` and the like never wait for a stop.
     pub fn stop(&self) -> usize {
         let Some(running) = self.lock().running.take() else {
-            self.extensions.restore();
+            self.settings.restore_extension_loading();
             return 0;
         };
-        let Running { runtime, core, cancel, listeners, schedules } = running;
+        let Running { runtime, core, cancel, listeners, schedules, .. } = running;
         schedules.values().for_each(|t| t.abort());
         let count = listeners.len();
         cancel.cancel();
@@ -423,7 +437,7 @@ impl Host {
         self.lock().pool = Pool::Ready(sinks, statement_sinks);
         self.metrics.set_started(None);
         self.metrics.watch_budget(None);
-        self.extensions.restore();
+        self.settings.restore_extension_loading();
         if let Err(e) = self.store.save_last_used(&self.tokens.used()) {
             eprintln!("arrowport: could not save when tokens were last used: {e}");
         }
@@ -431,12 +445,15 @@ impl Host {
     }
 
     /// The running writers and runtime, started (with a memory budget of `budget` bytes) if they are not.
-    fn running<'s>(&self, state: &'s mut State, budget: usize) -> Result<&'s mut Running, ListenError> {
+    fn running<'s>(&self, state: &'s mut State, budget: usize, memory_limit: Option<u64>) -> Result<&'s mut Running, ListenError> {
         if state.running.is_none() {
             self.mappings_loaded().map_err(ListenError::Start)?;
             let budget = Arc::new(Budget::new(budget));
+            // Without a limit of its own or DuckDB's, the guard never interrupts.
+            let limit = memory_limit.or_else(|| self.settings.memory_limit()).unwrap_or(u64::MAX);
+            let guard = Arc::new(MemoryGuard::new(limit, crate::duck::os::resident_bytes));
             self.metrics.watch_budget(Some(Arc::clone(&budget)));
-            state.running = Some(start(&mut state.pool, Arc::clone(&self.metrics), Arc::clone(&self.registry), budget)?);
+            state.running = Some(start(&mut state.pool, Arc::clone(&self.metrics), Arc::clone(&self.registry), budget, guard)?);
         }
         state.running.as_mut().ok_or_else(|| ListenError::Start("the runtime did not start".into()))
     }
@@ -444,7 +461,7 @@ impl Host {
     /// The writers and the runtime, for work that needs no listener (`arrowport_send`, `arrowport_maintain`).
     fn engine(&self) -> Result<(tokio::runtime::Handle, Arc<Core<DuckSink>>), String> {
         let mut state = self.lock();
-        let running = self.running(&mut state, DEFAULT_MEMORY_BUDGET).map_err(|e| e.to_string())?;
+        let running = self.running(&mut state, DEFAULT_MEMORY_BUDGET, None).map_err(|e| e.to_string())?;
         Ok((running.runtime.handle().clone(), Arc::clone(&running.core)))
     }
 
@@ -796,7 +813,7 @@ async fn serve_connection<IO>(
 }
 
 /// Readies the connections, starts the writers and the runtime.
-fn start(pool: &mut Pool, metrics: Arc<Metrics>, registry: Arc<Registry>, budget: Arc<Budget>) -> Result<Running, ListenError> {
+fn start(pool: &mut Pool, metrics: Arc<Metrics>, registry: Arc<Registry>, budget: Arc<Budget>, guard: Arc<MemoryGuard>) -> Result<Running, ListenError> {
     let (sinks, statement_sinks) = match std::mem::replace(pool, Pool::Lent) {
         Pool::Ready(sinks, statements) => (sinks, statements),
         Pool::Raw(conns, statements) => {
@@ -827,8 +844,11 @@ fn start(pool: &mut Pool, metrics: Arc<Metrics>, registry: Arc<Registry>, budget
     let writers = Writers::start(sinks).map_err(|e| ListenError::Start(e.to_string()))?;
     let statements = Writers::start_shaped(statement_sinks, &crate::engine::writers::STATEMENTS).map_err(|e| ListenError::Start(e.to_string()))?;
     let cancel = CancellationToken::new();
-    let core = Arc::new(Core::new(writers, cancel.clone(), metrics, registry).with_budget(budget).with_statements(statements));
-    Ok(Running { runtime, core, cancel, listeners: Vec::new(), schedules: Default::default() })
+    let core = Arc::new(
+        Core::new(writers, cancel.clone(), metrics, registry).with_budget(budget).with_statements(statements).with_memory_guard(Arc::clone(&guard)),
+    );
+    runtime.spawn(Arc::clone(&guard).run(cancel.clone()));
+    Ok(Running { runtime, core, cancel, guard, listeners: Vec::new(), schedules: Default::default() })
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@
 //! [`tls`]. Below it: the protocol adapters (`proto`), the engine, the catalog.
 
 pub mod connections;
-pub mod extensions;
 pub mod gate;
 pub mod listener;
+pub mod settings;
 pub mod sql;
 pub mod tls;

@@ -326,6 +326,9 @@ impl VTab for ListenTable {
         if let Some(n) = positive(bind, "memory_budget")? {
             options.memory_budget = Some(usize::try_from(n)?);
         }
+        if let Some(n) = positive(bind, "sql_memory_limit")? {
+            options.sql_memory_limit = Some(u64::try_from(n)?);
+        }
         if let Some(n) = positive(bind, "max_concurrent_requests")? {
             options.max_concurrent_requests = usize::try_from(n)?;
         }
@@ -397,6 +400,7 @@ impl VTab for ListenTable {
             ("sql".to_string(), varchar()),
             ("allowed_hosts".to_string(), LogicalTypeHandle::list(&varchar())),
             ("memory_budget".to_string(), LogicalTypeId::Bigint.into()),
+            ("sql_memory_limit".to_string(), LogicalTypeId::Bigint.into()),
             ("idempotency_window".to_string(), LogicalTypeId::Double.into()),
             ("allowed_origins".to_string(), LogicalTypeHandle::list(&varchar())),
             ("commit_retries".to_string(), LogicalTypeId::Bigint.into()),
