@@ -56,6 +56,11 @@ impl Target {
             [c, s, t] => Target { catalog: Some(c.clone()), schema: s.clone(), table: t.clone() },
             _ => return Err(format!("invalid target {text:?}: use table, schema.table or catalog.schema.table")),
         };
+        if let Some(c) = target.catalog.as_deref().filter(|c| c.eq_ignore_ascii_case("temp") || c.eq_ignore_ascii_case("system")) {
+            return Err(format!(
+                "invalid target {text:?}: the catalog {c:?} is DuckDB's own (temporary tables belong to one connection); land in a database's table"
+            ));
+        }
         if target.schema.eq_ignore_ascii_case(OWN_SCHEMA) && target.catalog.is_none() {
             return Err(format!("invalid target {text:?}: the schema {OWN_SCHEMA:?} holds arrowport's own tables"));
         }
@@ -330,6 +335,8 @@ mod tests {
         assert!(Target::parse("a.b.c.d").is_err());
         assert!(Target::parse("\"open").is_err());
         assert!(Target::parse("arrowport.streams").unwrap_err().contains("arrowport's own tables"));
+        assert!(Target::parse("temp.main.x").unwrap_err().contains("the catalog \"temp\" is DuckDB's own"));
+        assert!(Target::parse("TEMP.main.x").is_err() && Target::parse("system.main.x").is_err());
         assert_eq!(Target::parse("x; DROP TABLE y").unwrap().sql("db"), "\"db\".\"main\".\"x; DROP TABLE y\"");
     }
 

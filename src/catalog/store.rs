@@ -116,7 +116,7 @@ fn open(host: &mut RawConn, create: bool) -> Result<Option<Own>, DbError> {
         return Ok(None);
     }
     if !exists && read_only {
-        return Err(DbError("the host database is read-only: arrowport cannot store stream mappings or tokens".into()));
+        return Err(DbError::ours("the host database is read-only: arrowport cannot store stream mappings or tokens"));
     }
     let db = Database::open(&path, read_only)?;
     let mut conn = db.connect()?;
@@ -159,7 +159,7 @@ impl Store {
     /// Inserts or replaces a mapping.
     pub fn save(&self, m: &Mapping) -> Result<(), DbError> {
         self.with(true, |own| match own {
-            None => Err(DbError("arrowport's own database is not open".into())),
+            None => Err(DbError::ours("arrowport's own database is not open")),
             Some((conn, db)) => save_mapping(conn, db, m),
         })
     }
@@ -191,7 +191,7 @@ impl Store {
     /// Stores a new token; fails when one of that name exists.
     pub fn insert_token(&self, t: &TokenRecord) -> Result<(), DbError> {
         self.with(true, |own| match own {
-            None => Err(DbError("arrowport's own database is not open".into())),
+            None => Err(DbError::ours("arrowport's own database is not open")),
             Some((conn, db)) => insert_token(conn, db, t),
         })
     }
@@ -224,7 +224,7 @@ fn load_mappings(conn: &mut RawConn, db: &str) -> Result<Vec<Mapping>, DbError> 
     rows.into_iter()
         .map(|r| {
             let v = |i: usize| r.get(i).cloned().flatten();
-            let bad = |what: &str| DbError(format!("arrowport.streams holds an invalid {what}"));
+            let bad = |what: &str| DbError::ours(format!("arrowport.streams holds an invalid {what}"));
             Ok(Mapping {
                 stream: v(0).ok_or_else(|| bad("stream"))?,
                 target: Target { catalog: v(1), schema: v(2).ok_or_else(|| bad("schema"))?, table: v(3).ok_or_else(|| bad("table"))? },
@@ -270,7 +270,7 @@ fn load_tokens(conn: &mut RawConn, db: &str) -> Result<Vec<TokenRecord>, DbError
     rows.into_iter()
         .map(|r| {
             let v = |i: usize| r.get(i).cloned().flatten();
-            let bad = |what: &str| DbError(format!("arrowport.tokens holds an invalid {what}"));
+            let bad = |what: &str| DbError::ours(format!("arrowport.tokens holds an invalid {what}"));
             let scope = match v(3) {
                 None => Scope::All,
                 Some(json) => Scope::Streams(serde_json::from_str(&json).map_err(|_| bad("streams"))?),

@@ -208,8 +208,8 @@ pub struct ScalarSpec {
 
 /// Registers `spec` as a volatile scalar function of the database `conn` belongs to. Requires [`available`].
 pub fn register_scalar(conn: &mut RawConn, spec: ScalarSpec) -> Result<(), crate::duck::DbError> {
-    let api = API.get().copied().flatten().ok_or_else(|| crate::duck::DbError("DuckDB's client context is not available".into()))?;
-    let name = CString::new(spec.name).map_err(|_| crate::duck::DbError("function name".into()))?;
+    let api = API.get().copied().flatten().ok_or_else(|| crate::duck::DbError::ours("DuckDB's client context is not available"))?;
+    let name = CString::new(spec.name).map_err(|_| crate::duck::DbError::ours("function name"))?;
     // SAFETY: the function object is made, configured and registered here, then destroyed once; the spec is
     // boxed into DuckDB's catalog as extra info with its own destructor.
     unsafe {
@@ -232,7 +232,7 @@ pub fn register_scalar(conn: &mut RawConn, spec: ScalarSpec) -> Result<(), crate
         let state = sys::duckdb_register_scalar_function(conn.raw, f);
         sys::duckdb_destroy_scalar_function(&mut f);
         if state != sys::duckdb_state_DuckDBSuccess {
-            return Err(crate::duck::DbError(format!("could not register {}", name.to_string_lossy())));
+            return Err(crate::duck::DbError::ours(format!("could not register {}", name.to_string_lossy())));
         }
     }
     Ok(())

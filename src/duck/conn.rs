@@ -11,7 +11,7 @@ use arrow::datatypes::Schema;
 use arrow::ffi::FFI_ArrowSchema;
 use duckdb::ffi as sys;
 
-use crate::duck::DbError;
+use crate::duck::{DbError, DbErrorKind};
 
 /// A connection of ours to the host database, opened during `LOAD`.
 ///
@@ -56,7 +56,7 @@ impl RawConn {
         // SAFETY: `db` is the live database handle of the running entrypoint; `conn` is a valid out pointer.
         let state = unsafe { sys::duckdb_connect(db, &mut conn) };
         if state != sys::duckdb_state_DuckDBSuccess || conn.is_null() {
-            return Err(DbError("arrowport could not open a connection to the database".into()));
+            return Err(DbError::ours("arrowport could not open a connection to the database"));
         }
         Ok(RawConn { raw: conn, shared: Arc::new(Mutex::new(Some(Handle(conn)))) })
     }
@@ -110,7 +110,7 @@ impl RawConn {
     }
 
     fn run<T>(&mut self, sql: &str, f: impl FnOnce(*mut sys::duckdb_result) -> Result<T, DbError>) -> Result<T, DbError> {
-        let text = CString::new(sql).map_err(|_| DbError("SQL text contains a NUL byte".into()))?;
+        let text = CString::new(sql).map_err(|_| DbError::ours("SQL text contains a NUL byte"))?;
         // SAFETY: duckdb_result is a plain C struct; all-zero is its documented initial state.
         let mut res: sys::duckdb_result = unsafe { std::mem::zeroed() };
         // SAFETY: self.raw is a live connection used by this thread only; text and res outlive the call.
@@ -118,12 +118,13 @@ impl RawConn {
         let out = if state == sys::duckdb_state_DuckDBSuccess {
             f(&mut res)
         } else {
-            // SAFETY: the error pointer is owned by `res` and read before it is destroyed.
-            let msg = unsafe {
+            // SAFETY: the error pointer is owned by `res` and read (with the error's type) before it is destroyed.
+            let (msg, kind) = unsafe {
                 let p = sys::duckdb_result_error(&mut res);
-                if p.is_null() { String::new() } else { CStr::from_ptr(p).to_string_lossy().into_owned() }
+                let kind = DbErrorKind::of_type(sys::duckdb_result_error_type(&mut res));
+                (if p.is_null() { String::new() } else { CStr::from_ptr(p).to_string_lossy().into_owned() }, kind)
             };
-            Err(DbError(if msg.is_empty() { format!("DuckDB failed to run: {sql}") } else { msg }))
+            Err(if msg.is_empty() { DbError::ours(format!("DuckDB failed to run: {sql}")) } else { DbError { kind, message: msg } })
         };
         // SAFETY: `res` was filled by duckdb_query (success or failure) and is destroyed exactly once.
         unsafe { sys::duckdb_destroy_result(&mut res) };
@@ -132,21 +133,21 @@ impl RawConn {
 
     /// The Arrow schema DuckDB would produce for the result of `sql` (run it with `LIMIT 0`).
     pub fn arrow_schema_of(&mut self, sql: &str) -> Result<Schema, DbError> {
-        let text = CString::new(sql).map_err(|_| DbError("SQL text contains a NUL byte".into()))?;
+        let text = CString::new(sql).map_err(|_| DbError::ours("SQL text contains a NUL byte"))?;
         let mut res: sys::duckdb_arrow = std::ptr::null_mut();
         // SAFETY: self.raw is live and ours; `res` is destroyed exactly once below whatever the outcome.
         unsafe {
             let state = sys::duckdb_query_arrow(self.raw, text.as_ptr(), &mut res);
             let out = if state != sys::duckdb_state_DuckDBSuccess {
                 let p = sys::duckdb_query_arrow_error(res);
-                Err(DbError(if p.is_null() { "query failed".into() } else { CStr::from_ptr(p).to_string_lossy().into_owned() }))
+                Err(if p.is_null() { DbError::ours("query failed") } else { DbError::from_text(CStr::from_ptr(p).to_string_lossy()) })
             } else {
                 let mut schema = FFI_ArrowSchema::empty();
                 let mut ptr = (&mut schema as *mut FFI_ArrowSchema).cast::<sys::_duckdb_arrow_schema>();
                 if sys::duckdb_query_arrow_schema(res, &mut ptr) != sys::duckdb_state_DuckDBSuccess {
-                    Err(DbError("DuckDB could not describe the result as Arrow".into()))
+                    Err(DbError::ours("DuckDB could not describe the result as Arrow"))
                 } else {
-                    Schema::try_from(&schema).map_err(|e| DbError(e.to_string()))
+                    Schema::try_from(&schema).map_err(|e| DbError::ours(e.to_string()))
                 }
             };
             sys::duckdb_destroy_arrow(&mut res);
@@ -229,11 +230,11 @@ impl RawConn {
     /// Runs a statement that must not be lost to an interrupt meant for the statement before it (clean-up after
     /// a failure: ROLLBACK, restoring the default catalog): tried again while DuckDB says "Interrupted".
     pub fn execute_past_interrupts(&mut self, sql: &str) -> Result<u64, DbError> {
-        let mut last = Err(DbError("not run".into()));
+        let mut last = Err(DbError::ours("not run"));
         for _ in 0..ROLLBACK_ATTEMPTS {
             last = self.execute(sql);
             match &last {
-                Err(e) if e.0.contains("Interrupted") => std::thread::sleep(std::time::Duration::from_millis(5)),
+                Err(e) if e.is(DbErrorKind::Interrupted) => std::thread::sleep(std::time::Duration::from_millis(5)),
                 _ => break,
             }
         }

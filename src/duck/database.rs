@@ -25,11 +25,11 @@ impl Database {
     /// Opens (creating when absent, unless `read_only`) the database file at `path`, or an in-memory database
     /// for `:memory:`.
     pub fn open(path: &str, read_only: bool) -> Result<Database, DbError> {
-        let c_path = CString::new(path).map_err(|_| DbError(format!("invalid database path {path:?}")))?;
+        let c_path = CString::new(path).map_err(|_| DbError::ours(format!("invalid database path {path:?}")))?;
         let mut config: sys::duckdb_config = std::ptr::null_mut();
         // SAFETY: `config` is a valid out pointer; it is destroyed below on every path.
         if unsafe { sys::duckdb_create_config(&mut config) } != sys::duckdb_state_DuckDBSuccess {
-            return Err(DbError("could not create a DuckDB configuration".into()));
+            return Err(DbError::ours("could not create a DuckDB configuration"));
         }
         let mut settings = vec![("threads", "1"), ("autoload_known_extensions", "false"), ("autoinstall_known_extensions", "false")];
         if read_only {
@@ -55,7 +55,7 @@ impl Database {
                 unsafe { sys::duckdb_free(error.cast()) };
                 t
             };
-            return Err(DbError(format!("could not open {path}: {text}")));
+            return Err(DbError::ours(format!("could not open {path}: {text}")));
         }
         Ok(Database { raw: db })
     }

@@ -13,6 +13,7 @@ pub mod caller;
 pub mod conn;
 pub mod database;
 pub mod entry;
+pub mod error;
 pub mod os;
 pub mod scan;
 pub mod statement;
@@ -34,10 +35,7 @@ pub const POOL_SIZE: usize = 8;
 /// writers: a statement a client sends never runs on a connection that lands data.
 pub const STATEMENT_POOL_SIZE: usize = 4;
 
-/// An error from DuckDB, with DuckDB's own text verbatim.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct DbError(pub String);
+pub use error::{DbError, DbErrorKind};
 
 /// The version string of the DuckDB library we run in, e.g. `v1.5.6`.
 pub fn library_version() -> String {

@@ -21,7 +21,7 @@ impl RawConn {
     /// Creates the view `name` (in the connection's current catalog) over DuckDB's Arrow scan of `stream`.
     /// The stream must outlive every statement that reads the view; drop the view before the stream.
     pub fn create_scan_view(&mut self, name: &str, stream: &mut ScanStream) -> Result<(), DbError> {
-        let text = CString::new(name).map_err(|_| DbError("view name contains a NUL byte".into()))?;
+        let text = CString::new(name).map_err(|_| DbError::ours("view name contains a NUL byte"))?;
         // SAFETY: self.raw is live and ours; stream.raw is a boxed ArrowArrayStream whose address is stable and
         // which outlives the view (the caller's contract). DuckDB copies the callbacks and never releases it.
         let state = unsafe {
@@ -30,7 +30,7 @@ impl RawConn {
         if state == sys::duckdb_state_DuckDBSuccess {
             Ok(())
         } else {
-            Err(DbError(stream.take_error().unwrap_or_else(|| "DuckDB could not scan the Arrow stream".into())))
+            Err(stream.take_error().map(DbError::from_text).unwrap_or_else(|| DbError::ours("DuckDB could not scan the Arrow stream")))
         }
     }
 }

@@ -9,7 +9,7 @@ use arrow::datatypes::{Schema, SchemaRef};
 use arrow::ffi::{FFI_ArrowArray, FFI_ArrowSchema};
 use duckdb::ffi as sys;
 
-use crate::duck::DbError;
+use crate::duck::{DbError, DbErrorKind};
 use crate::duck::conn::RawConn;
 
 /// A value bound to a statement parameter.
@@ -48,7 +48,7 @@ pub struct Prepared<'c> {
 impl RawConn {
     /// Prepares one statement (DuckDB binds it now: names are resolved, table functions bound).
     pub fn prepare(&mut self, sql: &str) -> Result<Prepared<'_>, DbError> {
-        let text = CString::new(sql).map_err(|_| DbError("SQL text contains a NUL byte".into()))?;
+        let text = CString::new(sql).map_err(|_| DbError::ours("SQL text contains a NUL byte"))?;
         let mut stmt: sys::duckdb_prepared_statement = std::ptr::null_mut();
         // SAFETY: self.raw is live and ours; `stmt` is a valid out pointer and is destroyed by Prepared's drop
         // (also on failure, where DuckDB still allocates it to carry the error).
@@ -60,7 +60,7 @@ impl RawConn {
                 let p = if stmt.is_null() { std::ptr::null() } else { sys::duckdb_prepare_error(stmt) };
                 if p.is_null() { "DuckDB could not prepare the statement".to_string() } else { CStr::from_ptr(p).to_string_lossy().into_owned() }
             };
-            return Err(DbError(msg));
+            return Err(DbError::from_text(msg));
         }
         Ok(prepared)
     }
@@ -148,7 +148,7 @@ impl Prepared<'_> {
                 if state != sys::duckdb_state_DuckDBSuccess {
                     let p = sys::duckdb_prepare_error(self.stmt);
                     let msg = if p.is_null() { String::new() } else { CStr::from_ptr(p).to_string_lossy().into_owned() };
-                    return Err(DbError(if msg.is_empty() { format!("could not bind parameter {}", i + 1) } else { msg }));
+                    return Err(if msg.is_empty() { DbError::ours(format!("could not bind parameter {}", i + 1)) } else { DbError::from_text(msg) });
                 }
             }
         }
@@ -165,7 +165,7 @@ impl Prepared<'_> {
         let state = unsafe { sys::duckdb_execute_prepared_streaming(self.stmt, &mut result) };
         let mut rows = Rows { result, fields: schema.fields().clone(), done: false, _stmt: std::marker::PhantomData };
         if state != sys::duckdb_state_DuckDBSuccess {
-            return Err(DbError(rows.error().unwrap_or_else(|| "DuckDB could not run the statement".into())));
+            return Err(rows.error().unwrap_or_else(|| DbError::ours("DuckDB could not run the statement")));
         }
         // SAFETY: the result is live; names are owned by it and copied here.
         let names: Vec<String> = unsafe {
@@ -178,7 +178,7 @@ impl Prepared<'_> {
                 .collect()
         };
         if names.len() != schema.fields().len() {
-            return Err(DbError(format!(
+            return Err(DbError::ours(format!(
                 "the result has {} columns where its description has {}",
                 names.len(),
                 schema.fields().len()
@@ -197,7 +197,7 @@ impl Prepared<'_> {
             let state = sys::duckdb_execute_prepared_arrow(self.stmt, &mut res);
             let out = if state != sys::duckdb_state_DuckDBSuccess {
                 let p = if res.is_null() { std::ptr::null() } else { sys::duckdb_query_arrow_error(res) };
-                Err(DbError(if p.is_null() { "DuckDB could not run the statement".into() } else { CStr::from_ptr(p).to_string_lossy().into_owned() }))
+                Err(if p.is_null() { DbError::ours("DuckDB could not run the statement") } else { DbError::from_text(CStr::from_ptr(p).to_string_lossy()) })
             } else {
                 read_arrow_result(res)
             };
@@ -218,7 +218,8 @@ impl Prepared<'_> {
                 Ok(sys::duckdb_rows_changed(&mut result))
             } else {
                 let p = sys::duckdb_result_error(&mut result);
-                Err(DbError(if p.is_null() { "DuckDB could not run the statement".into() } else { CStr::from_ptr(p).to_string_lossy().into_owned() }))
+                let kind = DbErrorKind::of_type(sys::duckdb_result_error_type(&mut result));
+                Err(if p.is_null() { DbError::ours("DuckDB could not run the statement") } else { DbError { kind, message: CStr::from_ptr(p).to_string_lossy().into_owned() } })
             };
             sys::duckdb_destroy_result(&mut result);
             out
@@ -235,9 +236,9 @@ unsafe fn read_arrow_result(res: sys::duckdb_arrow) -> Result<(SchemaRef, Vec<Re
     let mut ptr = (&mut schema as *mut FFI_ArrowSchema).cast::<sys::_duckdb_arrow_schema>();
     // SAFETY: per the contract; `schema` is released by its own drop.
     if unsafe { sys::duckdb_query_arrow_schema(res, &mut ptr) } != sys::duckdb_state_DuckDBSuccess {
-        return Err(DbError("DuckDB could not describe the result as Arrow".into()));
+        return Err(DbError::ours("DuckDB could not describe the result as Arrow"));
     }
-    let schema = std::sync::Arc::new(Schema::try_from(&schema).map_err(|e| DbError(e.to_string()))?);
+    let schema = std::sync::Arc::new(Schema::try_from(&schema).map_err(|e| DbError::ours(e.to_string()))?);
     let data_type = arrow::datatypes::DataType::Struct(schema.fields().clone());
     let mut batches = Vec::new();
     loop {
@@ -245,13 +246,13 @@ unsafe fn read_arrow_result(res: sys::duckdb_arrow) -> Result<(SchemaRef, Vec<Re
         let mut ptr = (&mut array as *mut FFI_ArrowArray).cast::<sys::_duckdb_arrow_array>();
         // SAFETY: per the contract; DuckDB fills `array` (released by its drop or by the imported data).
         if unsafe { sys::duckdb_query_arrow_array(res, &mut ptr) } != sys::duckdb_state_DuckDBSuccess {
-            return Err(DbError("DuckDB could not read the result as Arrow".into()));
+            return Err(DbError::ours("DuckDB could not read the result as Arrow"));
         }
         if array.is_released() || array.is_empty() {
             break;
         }
         // SAFETY: DuckDB produced `array` for exactly the struct of the schema it reported for this result.
-        let data = unsafe { arrow::ffi::from_ffi_and_data_type(array, data_type.clone()) }.map_err(|e| DbError(e.to_string()))?;
+        let data = unsafe { arrow::ffi::from_ffi_and_data_type(array, data_type.clone()) }.map_err(|e| DbError::ours(e.to_string()))?;
         batches.push(RecordBatch::from(StructArray::from(data)));
     }
     Ok((schema, batches))
@@ -280,11 +281,15 @@ pub struct Rows<'p> {
 }
 
 impl Rows<'_> {
-    fn error(&mut self) -> Option<String> {
-        // SAFETY: the error text is owned by the live result.
+    fn error(&mut self) -> Option<DbError> {
+        // SAFETY: the error text is owned by the live result; its type is read from the same result.
         unsafe {
             let p = sys::duckdb_result_error(&mut self.result);
-            if p.is_null() { None } else { Some(CStr::from_ptr(p).to_string_lossy().into_owned()) }
+            if p.is_null() {
+                return None;
+            }
+            let kind = DbErrorKind::of_type(sys::duckdb_result_error_type(&mut self.result));
+            Some(DbError { kind, message: CStr::from_ptr(p).to_string_lossy().into_owned() })
         }
     }
 
@@ -306,7 +311,7 @@ impl Rows<'_> {
             }
             self.done = true;
             return match self.error() {
-                Some(e) => Err(DbError(e)),
+                Some(e) => Err(e),
                 None => Ok(None),
             };
         }
@@ -320,7 +325,7 @@ impl Rows<'_> {
         }
         let data_type = arrow::datatypes::DataType::Struct(self.fields.clone());
         // SAFETY: DuckDB produced `array` for exactly this struct type (the schema it gave for this result).
-        let data = unsafe { arrow::ffi::from_ffi_and_data_type(array, data_type) }.map_err(|e| DbError(e.to_string()))?;
+        let data = unsafe { arrow::ffi::from_ffi_and_data_type(array, data_type) }.map_err(|e| DbError::ours(e.to_string()))?;
         let batch = RecordBatch::from(StructArray::from(data));
         Ok(Some(batch))
     }

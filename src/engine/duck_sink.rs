@@ -23,7 +23,7 @@ use arrow::datatypes::{Schema, SchemaRef};
 use crate::catalog::access::to_hex;
 use crate::catalog::registry::{Mapping, Mode, OWN_SCHEMA, SchemaPolicy, TableRule, Target};
 use crate::catalog::schema::{self, Column, quote_ident, quote_literal};
-use crate::duck::DbError;
+use crate::duck::{DbError, DbErrorKind};
 use crate::duck::conn::RawConn;
 use crate::duck::scan::{BatchPull, ScanStream};
 use crate::duck::statement::{Prepared, StatementKind};
@@ -166,7 +166,7 @@ impl DuckSink {
     /// Readies a pooled connection: remembers the host database's name, attaches the scratch database and makes
     /// it the connection's default, so scan views land there.
     pub fn prepare(mut conn: RawConn, id: usize, locks: Arc<CreateLocks>) -> Result<DuckSink, DbError> {
-        let host_db = conn.query_value("SELECT current_database()")?.ok_or_else(|| DbError("no current database".into()))?;
+        let host_db = conn.query_value("SELECT current_database()")?.ok_or_else(|| DbError::ours("no current database"))?;
         conn.execute(&format!("ATTACH IF NOT EXISTS ':memory:' AS {}", quote_ident(SCRATCH_DB)))?;
         conn.execute(&format!("USE {}", quote_ident(SCRATCH_DB)))?;
         let panic_on = std::env::var("ARROWPORT_TEST_PANIC_TABLE").ok().filter(|t| !t.is_empty());
@@ -195,7 +195,7 @@ impl Landing {
     fn table_columns(&self, conn: &mut RawConn, target: &Target) -> Result<Vec<Column>, IngestError> {
         match conn.query(&format!("DESCRIBE {}", target.sql(&self.host_db))) {
             Ok(rows) => Ok(columns(rows)),
-            Err(e) if e.0.starts_with("Catalog Error") => Ok(vec![]),
+            Err(e) if e.is(DbErrorKind::Catalog) => Ok(vec![]),
             Err(e) => Err(E::db(e)),
         }
     }
@@ -253,9 +253,10 @@ impl Landing {
         Ok(cols)
     }
 
-    /// A DuckDB error; if it says our view is gone (someone dropped it), the next request makes it again.
+    /// A DuckDB error; if a name was not found (our view may be gone: someone dropped it), the next request makes
+    /// the view again.
     fn view_lost(&mut self, e: DbError) -> IngestError {
-        if e.0.contains(&self.view_name()) {
+        if e.is(DbErrorKind::Catalog) {
             self.scan = None;
         }
         E::db(e)
@@ -391,16 +392,11 @@ impl Landing {
         let table = self.keys_table(catalog);
         if !self.keys_ready.contains(&name) {
             let schema = format!("{}.{}", quote_ident(catalog.unwrap_or(&self.host_db)), quote_ident(OWN_SCHEMA));
+            // DuckLake has no PRIMARY KEY or UNIQUE constraints.
+            let columns = if self.is_lake(conn, catalog)? { KEYS_COLUMNS_UNCONSTRAINED } else { KEYS_COLUMNS };
             let create = |conn: &mut RawConn| -> Result<(), DbError> {
                 conn.execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))?;
-                match conn.execute(&format!("CREATE TABLE IF NOT EXISTS {table} ({KEYS_COLUMNS})")) {
-                    Ok(_) => Ok(()),
-                    // DuckLake has no PRIMARY KEY or UNIQUE constraints.
-                    Err(e) if e.0.contains("PRIMARY KEY/UNIQUE constraints are not supported") => {
-                        conn.execute(&format!("CREATE TABLE IF NOT EXISTS {table} ({KEYS_COLUMNS_UNCONSTRAINED})")).map(|_| ())
-                    }
-                    Err(e) => Err(e),
-                }
+                conn.execute(&format!("CREATE TABLE IF NOT EXISTS {table} ({columns})")).map(|_| ())
             };
             // Another writer creating it at the same moment makes ours fail once; then it exists.
             create(conn).or_else(|_| create(conn)).map_err(E::db)?;
@@ -740,7 +736,7 @@ impl Sink for DuckSink {
                 Some(KeyRecord { stream: it.next().flatten()?, ack: it.next().flatten()? })
             })),
             // No key table yet in that catalog: no key was ever recorded there.
-            Err(e) if e.0.starts_with("Catalog Error") => Ok(None),
+            Err(e) if e.is(DbErrorKind::Catalog) => Ok(None),
             Err(e) => Err(E::db(e)),
         }
     }
@@ -973,9 +969,9 @@ fn kind_allowed(p: &Prepared<'_>, access: Access) -> Result<(), IngestError> {
 /// calling it: then this is its refusal).
 fn explain_interrupt<T>((out, by): (Result<T, IngestError>, Option<&'static str>)) -> Result<T, IngestError> {
     match (out, by) {
-        (Err(IngestError::Sql(text)), Some(function)) if text.contains("Interrupted") => Err(IngestError::Sql(format!(
-            "{text} (interrupted so that {function} could run in the host's session; {function} cannot be called over the network)"
-        ))),
+        (Err(IngestError::Sql(e)), Some(function)) if e.is(DbErrorKind::Interrupted) => Err(IngestError::Sql(e.with_message(format!(
+            "{e} (interrupted so that {function} could run in the host's session; {function} cannot be called over the network)"
+        )))),
         (out, _) => out,
     }
 }
@@ -1001,7 +997,7 @@ impl DuckSink {
             }
             let serialized = self.conn.query_value(&format!("SELECT json_serialize_sql({})", quote_literal(&text))).map_err(E::db)?;
             let calls = crate::engine::sql_tree::calls_of(&serialized.unwrap_or_default()).map_err(|r| match r {
-                crate::engine::sql_tree::Refusal::Invalid(m) => IngestError::Sql(m),
+                crate::engine::sql_tree::Refusal::Invalid(m) => IngestError::Sql(DbError::from_text(m)),
                 other => IngestError::Denied(other.message()),
             })?;
             for f in &calls.functions {

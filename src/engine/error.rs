@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use crate::duck::DbError;
+use crate::duck::{DbError, DbErrorKind};
 
 /// What kind of failure, as a client needs to know it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +70,41 @@ impl Code {
             Code::Internal => "internal",
         }
     }
+
+    /// The code of a name ([`Code::name`]), as a client reads it from an answer.
+    pub fn from_name(name: &str) -> Option<Code> {
+        ALL_CODES.into_iter().find(|c| c.name() == name)
+    }
+
+    /// Whether the same request can succeed when tried again later (nothing was written).
+    pub fn is_transient(self) -> bool {
+        matches!(self, Code::Busy | Code::Stopping | Code::Contended | Code::InProgress | Code::Timeout)
+    }
 }
+
+/// Every code.
+pub const ALL_CODES: [Code; 16] = [
+    Code::Contended,
+    Code::InvalidInput,
+    Code::UnsupportedMedia,
+    Code::NotFound,
+    Code::AlreadyExists,
+    Code::Conflict,
+    Code::TooLarge,
+    Code::Busy,
+    Code::Stopping,
+    Code::Timeout,
+    Code::Unauthenticated,
+    Code::Denied,
+    Code::Unimplemented,
+    Code::InProgress,
+    Code::Unprocessable,
+    Code::Internal,
+];
+
+/// The gRPC metadata key that carries a failure's code name (as REST's `error.code` does), so that clients
+/// decide on codes, not on messages.
+pub const GRPC_CODE_KEY: &str = "arrowport-error-code";
 
 /// The gRPC status code for a failure.
 pub fn grpc_code(code: Code) -> tonic::Code {
@@ -128,7 +162,7 @@ pub enum IngestError {
     AlreadyExists(String),
     /// DuckDB refused a statement sent over the network (its text verbatim).
     #[error("{0}")]
-    Sql(String),
+    Sql(DbError),
     #[error("arrowport is stopping; the request was rolled back and nothing was written")]
     Stopping,
     #[error("the client went away before the end of the stream; nothing was written")]
@@ -157,8 +191,9 @@ pub enum IngestError {
     KeyReused { key: String, stream: String },
     #[error("{0}")]
     Denied(String),
+    /// DuckDB failed in arrowport's own work (landing a request, reading the catalog).
     #[error("{0}")]
-    Db(String),
+    Db(DbError),
     #[error("internal error")]
     Internal(String),
 }
@@ -171,7 +206,8 @@ impl IngestError {
             IngestError::Conflict(_) => Code::Conflict,
             IngestError::NotFound(_) => Code::NotFound,
             IngestError::AlreadyExists(_) => Code::AlreadyExists,
-            IngestError::Sql(msg) if msg.starts_with("Catalog Error") => Code::NotFound,
+            IngestError::Sql(e) if e.is(DbErrorKind::Catalog) => Code::NotFound,
+            IngestError::Sql(e) if e.is(DbErrorKind::OutOfMemory) => Code::TooLarge,
             IngestError::Sql(_) => Code::InvalidInput,
             IngestError::Stopping => Code::Stopping,
             IngestError::Disconnected => Code::InvalidInput,
@@ -181,45 +217,54 @@ impl IngestError {
             IngestError::InProgress(_) => Code::InProgress,
             IngestError::KeyReused { .. } => Code::Unprocessable,
             IngestError::Denied(_) => Code::Denied,
-            IngestError::Db(msg) => db_code(msg),
+            IngestError::Db(e) => db_code(e),
             IngestError::Internal(_) => Code::Internal,
         }
     }
 }
 
-/// DuckDB's error text starts with its class; the data-shaped ones are the client's to fix, a lost commit race
-/// is worth a retry.
-fn db_code(msg: &str) -> Code {
-    if is_commit_conflict(msg) {
+/// What a DuckDB failure in arrowport's own work means for the client, by its kind: data that does not fit the
+/// target (or a target that does not take it) is the client's to fix, a lost commit race is worth a retry.
+fn db_code(e: &DbError) -> Code {
+    if is_commit_conflict(e) {
         return Code::Contended;
     }
-    const DATA: [&str; 6] =
-        ["Constraint Error", "Conversion Error", "Invalid Input Error", "Catalog Error", "Binder Error", "Mismatch Type Error"];
-    if DATA.iter().any(|p| msg.starts_with(p)) { Code::Conflict } else { Code::Internal }
+    match e.kind {
+        DbErrorKind::Constraint
+        | DbErrorKind::Conversion
+        | DbErrorKind::InvalidInput
+        | DbErrorKind::Catalog
+        | DbErrorKind::Binder
+        | DbErrorKind::Parser => Code::Conflict,
+        DbErrorKind::OutOfMemory => Code::Busy,
+        _ => Code::Internal,
+    }
 }
 
 /// Whether DuckDB refused a commit because another writer of a shared catalog committed first (DuckLake, after
 /// its own retries): nothing was written.
-pub fn is_commit_conflict(msg: &str) -> bool {
-    // DuckLake says "Failed to commit DuckLake transaction" for any failure of its commit (a type its catalog
-    // database lacks too); only these causes are races.
-    msg.contains("Transaction conflict") || msg.contains("duplicate key value violates unique constraint \"ducklake_snapshot")
+pub fn is_commit_conflict(e: &DbError) -> bool {
+    // DuckLake reports any failure of its commit as one transaction error, "Failed to commit DuckLake
+    // transaction" (a type its catalog database lacks too); only these causes, which DuckDB gives no kind of
+    // their own, are races.
+    e.is(DbErrorKind::Transaction)
+        && (e.message.contains("Transaction conflict") || e.message.contains("duplicate key value violates unique constraint \"ducklake_snapshot"))
 }
 
 impl IngestError {
     /// Whether this failure is a lost commit race (see [`is_commit_conflict`]).
     pub fn is_commit_conflict(&self) -> bool {
-        matches!(self, IngestError::Db(msg) if is_commit_conflict(msg))
+        matches!(self, IngestError::Db(e) if is_commit_conflict(e))
     }
 
     /// A DuckDB error in arrowport's own work (landing a request, reading the catalog).
     pub fn db(e: DbError) -> IngestError {
-        IngestError::Db(e.0)
+        IngestError::Db(e)
     }
 
     /// DuckDB's refusal of a statement sent over the network: the client's to fix, DuckDB's text verbatim.
     pub fn sql(e: DbError) -> IngestError {
-        IngestError::Sql(e.0)
+        IngestError::Sql(e)
     }
 }
 
@@ -233,24 +278,7 @@ impl From<crate::panic::Panicked> for IngestError {
 mod tests {
     use super::*;
 
-    const ALL: [Code; 16] = [
-        Code::Contended,
-        Code::InvalidInput,
-        Code::UnsupportedMedia,
-        Code::NotFound,
-        Code::AlreadyExists,
-        Code::Conflict,
-        Code::TooLarge,
-        Code::Busy,
-        Code::Stopping,
-        Code::Timeout,
-        Code::Unauthenticated,
-        Code::Denied,
-        Code::Unimplemented,
-        Code::InProgress,
-        Code::Unprocessable,
-        Code::Internal,
-    ];
+    const ALL: [Code; 16] = ALL_CODES;
 
     #[test]
     fn every_code_has_a_distinct_name() {
@@ -258,16 +286,19 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), ALL.len());
+        for c in ALL {
+            assert_eq!(Code::from_name(c.name()), Some(c));
+        }
     }
 
     #[test]
     fn a_lost_commit_race_is_worth_a_retry() {
-        let e = IngestError::Db("TransactionContext Error: Failed to commit: Failed to commit DuckLake transaction.\nTransaction conflict - attempting to insert".into());
+        let e = IngestError::Db(DbError::from_text("TransactionContext Error: Failed to commit: Failed to commit DuckLake transaction.\nTransaction conflict - attempting to insert"));
         assert!(e.is_commit_conflict());
         assert_eq!((e.code(), grpc_code(e.code()), http_status(e.code())), (Code::Contended, tonic::Code::Aborted, 503));
-        assert!(!IngestError::Db("IO Error: disk full".into()).is_commit_conflict());
+        assert!(!IngestError::Db(DbError::from_text("IO Error: disk full")).is_commit_conflict());
         let not_a_race = "TransactionContext Error: Failed to commit: Failed to commit DuckLake transaction.\nFailed to flush changes into DuckLake: ERROR:  type \"time_ns\" does not exist";
-        assert!(!IngestError::Db(not_a_race.into()).is_commit_conflict());
+        assert!(!IngestError::Db(DbError::from_text(not_a_race)).is_commit_conflict());
     }
 
     #[test]
@@ -284,7 +315,7 @@ mod tests {
 
     #[test]
     fn duckdb_errors_are_classified_by_their_class() {
-        assert_eq!(IngestError::Db("Constraint Error: NOT NULL constraint failed".into()).code(), Code::Conflict);
-        assert_eq!(IngestError::Db("IO Error: disk full".into()).code(), Code::Internal);
+        assert_eq!(IngestError::Db(DbError::from_text("Constraint Error: NOT NULL constraint failed")).code(), Code::Conflict);
+        assert_eq!(IngestError::Db(DbError::from_text("IO Error: disk full")).code(), Code::Internal);
     }
 }

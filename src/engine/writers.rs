@@ -459,7 +459,7 @@ mod tests {
             self.commits.push(items.len());
             if self.conflicts > 0 {
                 self.conflicts -= 1;
-                let e = IngestError::Db("TransactionContext Error: Failed to commit: Failed to commit DuckLake transaction.\nTransaction conflict".into());
+                let e = IngestError::Db(crate::duck::DbError::from_text("TransactionContext Error: Failed to commit: Failed to commit DuckLake transaction.\nTransaction conflict"));
                 return items.iter().map(|_| Err(e.clone())).collect();
             }
             items.iter().map(|i| Ok(Written { rows: i.rows, write_seconds: 0.0, retries: 0 })).collect()

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde_json::Value;
 
-use crate::engine::error::IngestError;
+use crate::engine::error::{Code as ErrorCode, GRPC_CODE_KEY, IngestError};
 use crate::engine::query::QueryStream;
 
 /// Largest Flight message the sender builds: batches are split to stay under it.
@@ -598,13 +598,17 @@ fn status_failure(status: &tonic::Status) -> Failure {
     use tonic::Code;
     let message = if status.message().is_empty() { format!("{:?}", status.code()) } else { status.message().to_string() };
     let text = format!("the remote refused the request ({:?}): {message}", status.code());
+    // An arrowport receiver names its failure's code; other Flight servers are judged by the gRPC code alone.
+    let named = status.metadata().get(GRPC_CODE_KEY).and_then(|v| v.to_str().ok()).and_then(ErrorCode::from_name);
+    if let Some(code) = named {
+        return if code.is_transient() { Failure::transient(text) } else { Failure::Permanent(text) };
+    }
     match status.code() {
         Code::Unavailable | Code::Aborted | Code::Cancelled | Code::DeadlineExceeded => Failure::transient(text),
         // The transport's own failures (a connection reset mid-call) come as Unknown with a source.
         Code::Unknown if std::error::Error::source(status).is_some() || message.contains("transport") || message.contains("h2") => {
             Failure::transient(format!("the connection failed: {}", error_chain(status)))
         }
-        Code::ResourceExhausted if message.contains("retry later") => Failure::transient(text),
         _ => Failure::Permanent(text),
     }
 }
@@ -620,10 +624,10 @@ fn http_failure(status: u16, body: &[u8], retry_after: Option<Duration>) -> Fail
         .map(str::to_string)
         .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(500)]).trim().to_string());
     let text = format!("the remote refused the request (HTTP {status}): {message}");
-    match status {
-        503 => Failure::Transient { message: text, after: retry_after },
-        502 | 504 | 408 => Failure::transient(text),
-        409 if code == "in_progress" => Failure::transient(text),
+    match (status, ErrorCode::from_name(code)) {
+        (503, _) => Failure::Transient { message: text, after: retry_after },
+        (_, Some(code)) if code.is_transient() => Failure::transient(text),
+        (502 | 504 | 408, _) => Failure::transient(text),
         _ => Failure::Permanent(text),
     }
 }
@@ -701,8 +705,14 @@ mod tests {
         assert_eq!(f, Failure::Permanent("the remote refused the request (HTTP 409): column x is missing".into()));
         assert!(matches!(http_failure(401, b"nope", None), Failure::Permanent(m) if m.ends_with("nope")));
         assert!(matches!(status_failure(&tonic::Status::unavailable("stopping")), Failure::Transient { .. }));
-        assert!(matches!(status_failure(&tonic::Status::resource_exhausted("busy; retry later")), Failure::Transient { .. }));
-        assert!(matches!(status_failure(&tonic::Status::resource_exhausted("over the listener's limit")), Failure::Permanent(_)));
+        // Decided on the code an arrowport receiver names, whatever its message says.
+        let busy = crate::proto::status::grpc(ErrorCode::Busy, "the words do not matter");
+        assert_eq!(busy.code(), tonic::Code::ResourceExhausted);
+        assert!(matches!(status_failure(&busy), Failure::Transient { .. }));
+        let too_large = crate::proto::status::grpc(ErrorCode::TooLarge, "retry later");
+        assert_eq!(too_large.code(), tonic::Code::ResourceExhausted);
+        assert!(matches!(status_failure(&too_large), Failure::Permanent(_)));
+        assert!(matches!(status_failure(&tonic::Status::resource_exhausted("busy; retry later")), Failure::Permanent(_)));
         assert!(matches!(status_failure(&tonic::Status::permission_denied("no")), Failure::Permanent(_)));
     }
 

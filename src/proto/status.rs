@@ -9,11 +9,13 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::engine::error::{Code, IngestError, grpc_code, http_status};
+use crate::engine::error::{Code, GRPC_CODE_KEY, IngestError, grpc_code, http_status};
 
-/// A gRPC status for a failure.
+/// A gRPC status for a failure, with the code's name in the metadata (`arrowport-error-code`).
 pub fn grpc(code: Code, message: impl Into<String>) -> tonic::Status {
-    tonic::Status::new(grpc_code(code), message)
+    let mut status = tonic::Status::new(grpc_code(code), message);
+    status.metadata_mut().insert(GRPC_CODE_KEY, tonic::metadata::MetadataValue::from_static(code.name()));
+    status
 }
 
 /// An engine error as a gRPC status.

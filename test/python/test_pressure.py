@@ -392,6 +392,7 @@ def test_a_flight_message_still_arriving_is_charged_to_the_budget_as_its_bytes_a
     s, c, _, answer = grpc_partial_put(h.port, 60 << 20, 30 << 20)
     answer = grpc_answer(s, c, answer)
     assert answer.get(b"grpc-status") == b"8", answer
+    assert answer.get(b"arrowport-error-code") == b"busy", answer  # the code clients decide retries on
     message = urllib.parse.unquote(answer.get(b"grpc-message", b"").decode())
     assert "the host's memory budget (67108864 bytes, memory_budget) has no room now" in message, message
     s.close()

@@ -76,6 +76,19 @@ def test_create_table_false_refuses_a_missing_target(py_listening):
     assert "does not exist" in str(e.value)
 
 
+def test_duckdbs_own_catalogs_are_not_targets_and_a_target_that_rejects_data_is_a_client_error(py_listening):
+    for target in ["temp.main.x", "system.main.x"]:
+        with pytest.raises(hosts.HostError, match="is DuckDB's own"):
+            py_listening.sql(f"CALL arrowport_create_stream('t_{target[:4]}', target := '{target}')")
+    # DuckDB's refusal of the data (a CHECK here) is classified by its error type: 409, not 500.
+    py_listening.sql("CREATE TABLE checked (a BIGINT CHECK (a > 0))")
+    py_listening.sql("CALL arrowport_create_stream('checked', target := 'checked')")
+    r = rest(py_listening, "checked", pa.table({"a": pa.array([-1], pa.int64())}))
+    assert r.status_code == 409 and r.json()["error"]["code"] == "schema_conflict", r.text
+    assert r.json()["error"]["message"].startswith("Constraint Error: CHECK constraint failed"), r.text
+    assert py_listening.count("checked") == 0
+
+
 def test_targets_in_another_catalog_with_identifiers_that_need_quotes(py_listening, tmp_path):
     other = tmp_path / "other.duckdb"
     py_listening.sql(f"ATTACH '{other}' AS \"Other Db\"")
