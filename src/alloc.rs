@@ -257,7 +257,11 @@ mod alloc_tests {
         let mut evicted = [(0, 0); EVICT_AT_ONCE];
         assert_eq!(c.keep(block(1), 2 << 20, &mut evicted), Ok(0));
         assert_eq!(c.keep(block(2), 4 << 20, &mut evicted), Ok(0));
-        assert_eq!(c.keep(block(3), CACHE_BLOCK + LARGE_ALLOC, &mut evicted), Err(()), "blocks over the per-block bound go back to the kernel");
+        assert_eq!(
+            c.keep(block(3), CACHE_BLOCK + LARGE_ALLOC, &mut evicted),
+            Err(()),
+            "blocks over the per-block bound go back to the kernel"
+        );
         assert_eq!(c.take(3 << 20), None, "only the same rounded size is reused");
         assert_eq!(c.take(4 << 20), Some(block(2)));
         assert_eq!((c.count, c.bytes), (1, 2 << 20));
@@ -271,7 +275,11 @@ mod alloc_tests {
         assert_eq!(out[0], (PAGE, 2 << 20), "the oldest block goes first");
         assert_eq!(out[1], (10 * PAGE, CACHE_BLOCK));
         assert_eq!(c.bytes, CACHE_BYTES);
-        assert_eq!(c.take(CACHE_BLOCK), Some(block(9 + 2 * CACHE_BYTES / CACHE_BLOCK)), "the newest block is reused first");
+        assert_eq!(
+            c.take(CACHE_BLOCK),
+            Some(block(9 + 2 * CACHE_BYTES / CACHE_BLOCK)),
+            "the newest block is reused first"
+        );
         // A full set of small slots makes room too.
         let mut small = BlockCache { slots: [(0, 0); CACHE_SLOTS], count: 0, bytes: 0 };
         for i in 0..CACHE_SLOTS {

@@ -145,7 +145,8 @@ fn references(module: &str, code: &str, known: &BTreeSet<String>) -> BTreeSet<St
             .collect()
     };
     for (at, _) in code.match_indices("crate::") {
-        if code[..at].ends_with('$') || code[..at].chars().next_back().is_some_and(|c| c.is_alphanumeric() || c == '_') {
+        if code[..at].ends_with('$') || code[..at].chars().next_back().is_some_and(|c| c.is_alphanumeric() || c == '_')
+        {
             continue;
         }
         let parts: Vec<String> = path_at(at + "crate::".len());
@@ -265,8 +266,11 @@ fn unsafe_lives_only_in_duck_and_alloc() {
 
 #[test]
 fn the_checks_see_what_they_should() {
-    let known: BTreeSet<String> = ["engine", "engine::core", "engine::sink", "duck", "duck::conn"].map(String::from).into();
-    let code = code_of("use crate::engine::{core::Core, sink};\nuse super::conn::RawConn; // crate::duck\nlet s = \"crate::x\";");
+    let known: BTreeSet<String> =
+        ["engine", "engine::core", "engine::sink", "duck", "duck::conn"].map(String::from).into();
+    let code = code_of(
+        "use crate::engine::{core::Core, sink};\nuse super::conn::RawConn; // crate::duck\nlet s = \"crate::x\";",
+    );
     let refs = references("duck::scan", &code, &known);
     assert_eq!(refs, ["duck::conn", "engine", "engine::core", "engine::sink"].map(String::from).into());
     assert!(has_word("unsafe { x }", "unsafe") && !has_word("deny(unsafe_code)", "unsafe"));

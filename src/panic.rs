@@ -49,7 +49,10 @@ pub async fn contain_future<F: Future>(what: &'static str, f: F) -> Result<F::Ou
 }
 
 /// The items of `s`; a panic while polling it becomes one `Err(Panicked)` item, and the stream ends there.
-pub fn contain_stream<S: Stream + Send>(what: &'static str, s: S) -> impl Stream<Item = Result<S::Item, Panicked>> + Send {
+pub fn contain_stream<S: Stream + Send>(
+    what: &'static str,
+    s: S,
+) -> impl Stream<Item = Result<S::Item, Panicked>> + Send {
     AssertUnwindSafe(s).catch_unwind().map(move |item| item.map_err(|p| Panicked::from_payload(what, p.as_ref())))
 }
 

@@ -33,7 +33,10 @@ impl Scope {
 pub enum Principal {
     /// No credential, and the listener did not need one (loopback in protected mode, or an open listener).
     Anonymous,
-    Token { name: Arc<str>, scope: Arc<Scope> },
+    Token {
+        name: Arc<str>,
+        scope: Arc<Scope>,
+    },
 }
 
 impl Principal {
@@ -83,7 +86,12 @@ pub fn new_token(name: &str, scope: Scope, now_us: i64) -> Result<(TokenRecord, 
 /// A token with a secret of the caller's (`arrowport_create_token(..., secret := ...)`: the same token on every
 /// host behind a load balancer), or a fresh one. A given secret must be one arrowport made (`arrowport_` and 43
 /// more characters of base64url), so it is as strong as a fresh one.
-pub fn token_with_secret(name: &str, scope: Scope, now_us: i64, given: Option<&str>) -> Result<(TokenRecord, String), String> {
+pub fn token_with_secret(
+    name: &str,
+    scope: Scope,
+    now_us: i64,
+    given: Option<&str>,
+) -> Result<(TokenRecord, String), String> {
     validate_token_name(name)?;
     if let Scope::Streams(list) = &scope {
         if list.is_empty() {
@@ -109,7 +117,17 @@ pub fn token_with_secret(name: &str, scope: Scope, now_us: i64, given: Option<&s
         }
     };
     let hash = digest(&salt, &secret);
-    Ok((TokenRecord { name: name.to_string(), salt: salt.to_vec(), hash, scope, created_us: now_us, last_used_us: None }, secret))
+    Ok((
+        TokenRecord {
+            name: name.to_string(),
+            salt: salt.to_vec(),
+            hash,
+            scope,
+            created_us: now_us,
+            last_used_us: None,
+        },
+        secret,
+    ))
 }
 
 /// Every secret starts with this, so secret scanners and people can tell what it is.

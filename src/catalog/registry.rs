@@ -56,7 +56,9 @@ impl Target {
             [c, s, t] => Target { catalog: Some(c.clone()), schema: s.clone(), table: t.clone() },
             _ => return Err(format!("invalid target {text:?}: use table, schema.table or catalog.schema.table")),
         };
-        if let Some(c) = target.catalog.as_deref().filter(|c| c.eq_ignore_ascii_case("temp") || c.eq_ignore_ascii_case("system")) {
+        if let Some(c) =
+            target.catalog.as_deref().filter(|c| c.eq_ignore_ascii_case("temp") || c.eq_ignore_ascii_case("system"))
+        {
             return Err(format!(
                 "invalid target {text:?}: the catalog {c:?} is DuckDB's own (temporary tables belong to one connection); land in a database's table"
             ));
@@ -342,14 +344,26 @@ mod tests {
 
     #[test]
     fn options_name_the_allowed_values() {
-        let e = MappingOptions { schema_policy: Some("loose".into()), ..Default::default() }.apply(Mapping::default_for("s")).unwrap_err();
-        assert_eq!(e, "invalid value for option schema_policy: \"loose\" (allowed: strict, by_name, evolve)");
-        let e = MappingOptions { mode: Some("upsert".into()), ..Default::default() }.apply(Mapping::default_for("s")).unwrap_err();
-        assert_eq!(e, "invalid value for option mode: \"upsert\" (allowed: append, replace)");
-        let m = MappingOptions { target: Some("c.s.t".into()), mode: Some("REPLACE".into()), create_table: Some(false), ..Default::default() }
+        let e = MappingOptions { schema_policy: Some("loose".into()), ..Default::default() }
             .apply(Mapping::default_for("s"))
-            .unwrap();
-        assert_eq!((m.target.display(), m.mode, m.create_table, m.policy), ("c.s.t".into(), Mode::Replace, false, SchemaPolicy::Strict));
+            .unwrap_err();
+        assert_eq!(e, "invalid value for option schema_policy: \"loose\" (allowed: strict, by_name, evolve)");
+        let e = MappingOptions { mode: Some("upsert".into()), ..Default::default() }
+            .apply(Mapping::default_for("s"))
+            .unwrap_err();
+        assert_eq!(e, "invalid value for option mode: \"upsert\" (allowed: append, replace)");
+        let m = MappingOptions {
+            target: Some("c.s.t".into()),
+            mode: Some("REPLACE".into()),
+            create_table: Some(false),
+            ..Default::default()
+        }
+        .apply(Mapping::default_for("s"))
+        .unwrap();
+        assert_eq!(
+            (m.target.display(), m.mode, m.create_table, m.policy),
+            ("c.s.t".into(), Mode::Replace, false, SchemaPolicy::Strict)
+        );
     }
 
     #[test]

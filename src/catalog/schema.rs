@@ -32,13 +32,20 @@ pub fn check_supported(schema: &Schema) -> Result<(), String> {
         }
         check_names(field.name(), field.data_type())?;
         check_type(field.data_type()).map_err(|why| {
-            format!("column {} has Arrow type {} which DuckDB cannot store: {why}", quote_ident(field.name()), field.data_type())
+            format!(
+                "column {} has Arrow type {} which DuckDB cannot store: {why}",
+                quote_ident(field.name()),
+                field.data_type()
+            )
         })?;
     }
     let mut seen = std::collections::HashSet::new();
     for field in schema.fields() {
         if !seen.insert(field.name().to_lowercase()) {
-            return Err(format!("column {} appears twice (DuckDB column names ignore case)", quote_ident(field.name())));
+            return Err(format!(
+                "column {} appears twice (DuckDB column names ignore case)",
+                quote_ident(field.name())
+            ));
         }
     }
     Ok(())
@@ -100,7 +107,8 @@ fn check_type(t: &DataType) -> Result<(), String> {
 /// scan refuses both). Nested types are mapped inside.
 fn storable_type(t: &DataType) -> DataType {
     use DataType::*;
-    let field = |f: &FieldRef| -> FieldRef { Arc::new(f.as_ref().clone().with_data_type(storable_type(f.data_type()))) };
+    let field =
+        |f: &FieldRef| -> FieldRef { Arc::new(f.as_ref().clone().with_data_type(storable_type(f.data_type()))) };
     match t {
         Float16 => Float32,
         Decimal256(p, s) => Decimal128((*p).min(38), *s),
@@ -116,8 +124,11 @@ fn storable_type(t: &DataType) -> DataType {
 
 /// The schema to hand DuckDB, and whether batches need [`cast_batch`] to match it.
 pub fn storable(schema: &SchemaRef) -> (SchemaRef, bool) {
-    let fields: Vec<FieldRef> =
-        schema.fields().iter().map(|f| Arc::new(f.as_ref().clone().with_data_type(storable_type(f.data_type())))).collect();
+    let fields: Vec<FieldRef> = schema
+        .fields()
+        .iter()
+        .map(|f| Arc::new(f.as_ref().clone().with_data_type(storable_type(f.data_type()))))
+        .collect();
     let changed = fields.iter().zip(schema.fields().iter()).any(|(a, b)| a.data_type() != b.data_type());
     if !changed {
         return (Arc::clone(schema), false);
@@ -137,7 +148,12 @@ pub fn cast_batch(batch: &RecordBatch, to: &SchemaRef) -> Result<RecordBatch, St
                 Ok(Arc::clone(c))
             } else {
                 cast_with_options(c, f.data_type(), &options).map_err(|e| {
-                    format!("column {} ({}) does not fit DuckDB's {}: {e}", quote_ident(f.name()), c.data_type(), f.data_type())
+                    format!(
+                        "column {} ({}) does not fit DuckDB's {}: {e}",
+                        quote_ident(f.name()),
+                        c.data_type(),
+                        f.data_type()
+                    )
                 })
             }
         })
@@ -222,9 +238,19 @@ pub fn check_fits(table_desc: &str, table: &[Column], incoming: &[Column]) -> Re
     }
     for (i, (t, s)) in table.iter().zip(incoming.iter()).enumerate() {
         if !t.name.eq_ignore_ascii_case(&s.name) {
-            problems.push(format!("column {} is {} in the table but {} in the stream", i + 1, quote_ident(&t.name), quote_ident(&s.name)));
+            problems.push(format!(
+                "column {} is {} in the table but {} in the stream",
+                i + 1,
+                quote_ident(&t.name),
+                quote_ident(&s.name)
+            ));
         } else if t.sql_type != s.sql_type {
-            problems.push(format!("column {} is {} in the table but {} in the stream", quote_ident(&t.name), t.sql_type, s.sql_type));
+            problems.push(format!(
+                "column {} is {} in the table but {} in the stream",
+                quote_ident(&t.name),
+                t.sql_type,
+                s.sql_type
+            ));
         }
     }
     if problems.is_empty() {
@@ -236,14 +262,22 @@ pub fn check_fits(table_desc: &str, table: &[Column], incoming: &[Column]) -> Re
 
 /// For `by_name` and `evolve`: every stream column must exist in the table with the same type (ignoring case in
 /// names) or, with `evolve`, be new; returns the new columns to add. Table columns the stream lacks get NULL.
-pub fn check_by_name(table_desc: &str, table: &[Column], incoming: &[Column], evolve: bool) -> Result<Vec<Column>, String> {
+pub fn check_by_name(
+    table_desc: &str,
+    table: &[Column],
+    incoming: &[Column],
+    evolve: bool,
+) -> Result<Vec<Column>, String> {
     let mut problems = Vec::new();
     let mut added = Vec::new();
     for s in incoming {
         match table.iter().find(|t| t.name.eq_ignore_ascii_case(&s.name)) {
-            Some(t) if t.sql_type != s.sql_type => {
-                problems.push(format!("column {} is {} in the table but {} in the stream", quote_ident(&t.name), t.sql_type, s.sql_type))
-            }
+            Some(t) if t.sql_type != s.sql_type => problems.push(format!(
+                "column {} is {} in the table but {} in the stream",
+                quote_ident(&t.name),
+                t.sql_type,
+                s.sql_type
+            )),
             Some(_) => {}
             None if evolve => added.push(s.clone()),
             None => problems.push(format!(
@@ -252,7 +286,11 @@ pub fn check_by_name(table_desc: &str, table: &[Column], incoming: &[Column], ev
             )),
         }
     }
-    if problems.is_empty() { Ok(added) } else { Err(format!("the stream does not fit table {table_desc}: {}", problems.join("; "))) }
+    if problems.is_empty() {
+        Ok(added)
+    } else {
+        Err(format!("the stream does not fit table {table_desc}: {}", problems.join("; ")))
+    }
 }
 
 #[cfg(test)]
@@ -262,14 +300,38 @@ mod tests {
     #[test]
     fn types_a_ducklake_cannot_hold_are_named_before_anything_is_written() {
         let col = |name: &str, t: &str| Column { name: name.into(), sql_type: t.into() };
-        for t in ["BIT", "BIGNUM", "UNION(a INTEGER, b VARCHAR)", "ENUM('a', 'b')", "BIGINT[2]", "TIME_NS", "STRUCT(a INTEGER[3])", "MAP(VARCHAR, BIT)"] {
+        for t in [
+            "BIT",
+            "BIGNUM",
+            "UNION(a INTEGER, b VARCHAR)",
+            "ENUM('a', 'b')",
+            "BIGINT[2]",
+            "TIME_NS",
+            "STRUCT(a INTEGER[3])",
+            "MAP(VARCHAR, BIT)",
+        ] {
             assert!(lake_refuses(t), "{t}");
         }
-        for t in ["INTEGER", "BIGINT[]", "STRUCT(\"bit\" INTEGER)", "STRUCT(bit INTEGER, enum VARCHAR)", "TIMESTAMP_NS", "TIME", "HUGEINT", "UUID"] {
+        for t in [
+            "INTEGER",
+            "BIGINT[]",
+            "STRUCT(\"bit\" INTEGER)",
+            "STRUCT(bit INTEGER, enum VARCHAR)",
+            "TIMESTAMP_NS",
+            "TIME",
+            "HUGEINT",
+            "UUID",
+        ] {
             assert!(!lake_refuses(t), "{t}");
         }
-        let e = check_lake_types("lake.main.t", &[col("ok", "INTEGER"), col("pair", "BIGINT[2]"), col("t", "TIME_NS")]).unwrap_err();
-        assert!(e.starts_with("table lake.main.t is in a DuckLake, which cannot store column(s) \"pair\" BIGINT[2], \"t\" TIME_NS;"), "{e}");
+        let e = check_lake_types("lake.main.t", &[col("ok", "INTEGER"), col("pair", "BIGINT[2]"), col("t", "TIME_NS")])
+            .unwrap_err();
+        assert!(
+            e.starts_with(
+                "table lake.main.t is in a DuckLake, which cannot store column(s) \"pair\" BIGINT[2], \"t\" TIME_NS;"
+            ),
+            "{e}"
+        );
         assert!(check_lake_types("x", &[col("a", "VARCHAR")]).is_ok());
     }
     use arrow::array::{ArrayRef, Decimal256Array, Float32Array};
@@ -283,7 +345,11 @@ mod tests {
     #[test]
     fn nul_characters_in_names_are_refused_at_any_depth() {
         let nested = DataType::Struct(vec![Field::new("a\0b", DataType::Int32, true)].into());
-        for (name, t) in [("x\0", DataType::Int32), ("ok", nested), ("ok", DataType::List(Arc::new(Field::new("\0", DataType::Int32, true))))] {
+        for (name, t) in [
+            ("x\0", DataType::Int32),
+            ("ok", nested),
+            ("ok", DataType::List(Arc::new(Field::new("\0", DataType::Int32, true)))),
+        ] {
             let e = check_supported(&Schema::new(vec![Field::new(name, t, true)])).unwrap_err();
             assert!(e.contains("NUL character"), "{e}");
         }
@@ -306,10 +372,21 @@ mod tests {
             Field::new("d", DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)), true),
         ]);
         assert!(check_supported(&ok).is_ok());
-        let bad = Schema::new(vec![Field::new("a", DataType::Int64, true), Field::new("u", DataType::Union(arrow::datatypes::UnionFields::empty(), arrow::datatypes::UnionMode::Dense), true)]);
+        let bad = Schema::new(vec![
+            Field::new("a", DataType::Int64, true),
+            Field::new(
+                "u",
+                DataType::Union(arrow::datatypes::UnionFields::empty(), arrow::datatypes::UnionMode::Dense),
+                true,
+            ),
+        ]);
         let err = check_supported(&bad).unwrap_err();
         assert!(err.contains("column \"u\" has Arrow type Union"), "{err}");
-        let nested = Schema::new(vec![Field::new("l", DataType::List(Arc::new(Field::new("item", DataType::Decimal256(40, 39), true))), true)]);
+        let nested = Schema::new(vec![Field::new(
+            "l",
+            DataType::List(Arc::new(Field::new("item", DataType::Decimal256(40, 39), true))),
+            true,
+        )]);
         assert!(check_supported(&nested).unwrap_err().contains("\"l\""));
     }
 
@@ -344,7 +421,10 @@ mod tests {
         assert_eq!(check_by_name("t", &table, &[col("V", "DOUBLE"), col("id", "BIGINT")], false).unwrap(), vec![]);
         let err = check_by_name("t", &table, &[col("id", "BIGINT"), col("extra", "INTEGER")], false).unwrap_err();
         assert!(err.contains("column \"extra\" is not in the table"), "{err}");
-        assert_eq!(check_by_name("t", &table, &[col("id", "BIGINT"), col("extra", "INTEGER")], true).unwrap(), vec![col("extra", "INTEGER")]);
+        assert_eq!(
+            check_by_name("t", &table, &[col("id", "BIGINT"), col("extra", "INTEGER")], true).unwrap(),
+            vec![col("extra", "INTEGER")]
+        );
         let err = check_by_name("t", &table, &[col("v", "VARCHAR")], true).unwrap_err();
         assert!(err.contains("column \"v\" is DOUBLE in the table but VARCHAR in the stream"), "{err}");
     }
@@ -368,13 +448,20 @@ mod tests {
         let plain = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, true)]));
         assert!(!storable(&plain).1);
 
-        let two = Arc::new(Schema::new(vec![Field::new("h", DataType::Float16, true), Field::new("d", DataType::Decimal256(40, 2), true)]));
+        let two = Arc::new(Schema::new(vec![
+            Field::new("h", DataType::Float16, true),
+            Field::new("d", DataType::Decimal256(40, 2), true),
+        ]));
         let (to, _) = storable(&two);
         let ok = RecordBatch::try_new(
             Arc::clone(&two),
             vec![
                 half(&[Some(1.5), None]),
-                Arc::new(Decimal256Array::from(vec![Some(i256::from_i128(12345)), None]).with_precision_and_scale(40, 2).unwrap()),
+                Arc::new(
+                    Decimal256Array::from(vec![Some(i256::from_i128(12345)), None])
+                        .with_precision_and_scale(40, 2)
+                        .unwrap(),
+                ),
             ],
         )
         .unwrap();
@@ -384,7 +471,11 @@ mod tests {
             Arc::clone(&two),
             vec![
                 half(&[Some(1.0)]),
-                Arc::new(Decimal256Array::from(vec![Some(i256::from_i128(i128::MAX).wrapping_mul(i256::from_i128(10)))]).with_precision_and_scale(40, 2).unwrap()),
+                Arc::new(
+                    Decimal256Array::from(vec![Some(i256::from_i128(i128::MAX).wrapping_mul(i256::from_i128(10)))])
+                        .with_precision_and_scale(40, 2)
+                        .unwrap(),
+                ),
             ],
         )
         .unwrap();

@@ -86,7 +86,11 @@ impl Store {
 
     /// Runs `f` on arrowport's own database (its connection and catalog name), opening it first if needed.
     /// Without `create`, a database file that does not exist yet is not made: `f` gets `None`.
-    fn with<T>(&self, create: bool, f: impl FnOnce(Option<(&mut RawConn, &str)>) -> Result<T, DbError>) -> Result<T, DbError> {
+    fn with<T>(
+        &self,
+        create: bool,
+        f: impl FnOnce(Option<(&mut RawConn, &str)>) -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if inner.own.is_none() {
             inner.own = open(&mut inner.host, create)?;
@@ -139,7 +143,8 @@ fn move_older_layout(host: &mut RawConn, host_db: &str, own: &mut RawConn, own_d
     for t in tokens.iter().filter(|t| !stored.contains(&t.name)) {
         insert_token(own, own_db, t)?;
     }
-    let used: Vec<(String, i64)> = tokens.iter().filter_map(|t| t.last_used_us.map(|us| (t.name.clone(), us))).collect();
+    let used: Vec<(String, i64)> =
+        tokens.iter().filter_map(|t| t.last_used_us.map(|us| (t.name.clone(), us))).collect();
     save_last_used(own, own_db, &used)?;
     for table in [STREAMS, TOKENS] {
         host.execute(&format!("DROP TABLE IF EXISTS {}", named(host_db, table)))?;
@@ -227,7 +232,11 @@ fn load_mappings(conn: &mut RawConn, db: &str) -> Result<Vec<Mapping>, DbError> 
             let bad = |what: &str| DbError::ours(format!("arrowport.streams holds an invalid {what}"));
             Ok(Mapping {
                 stream: v(0).ok_or_else(|| bad("stream"))?,
-                target: Target { catalog: v(1), schema: v(2).ok_or_else(|| bad("schema"))?, table: v(3).ok_or_else(|| bad("table"))? },
+                target: Target {
+                    catalog: v(1),
+                    schema: v(2).ok_or_else(|| bad("schema"))?,
+                    table: v(3).ok_or_else(|| bad("table"))?,
+                },
                 create_table: v(4).as_deref() == Some("true"),
                 policy: SchemaPolicy::parse(&v(5).unwrap_or_default()).map_err(|_| bad("schema_policy"))?,
                 mode: Mode::parse(&v(6).unwrap_or_default()).map_err(|_| bad("mode"))?,

@@ -27,10 +27,12 @@ struct Api {
     client_context_get_connection_id: unsafe extern "C" fn(Ctx) -> sys::idx_t,
     destroy_client_context: unsafe extern "C" fn(*mut Ctx),
     table_function_get_client_context: unsafe extern "C" fn(sys::duckdb_bind_info, *mut Ctx),
-    scalar_function_set_bind: unsafe extern "C" fn(sys::duckdb_scalar_function, Option<unsafe extern "C" fn(sys::duckdb_bind_info)>),
+    scalar_function_set_bind:
+        unsafe extern "C" fn(sys::duckdb_scalar_function, Option<unsafe extern "C" fn(sys::duckdb_bind_info)>),
     scalar_function_get_client_context: unsafe extern "C" fn(sys::duckdb_bind_info, *mut Ctx),
     scalar_function_bind_set_error: unsafe extern "C" fn(sys::duckdb_bind_info, *const c_char),
-    scalar_function_set_bind_data: unsafe extern "C" fn(sys::duckdb_bind_info, *mut c_void, sys::duckdb_delete_callback_t),
+    scalar_function_set_bind_data:
+        unsafe extern "C" fn(sys::duckdb_bind_info, *mut c_void, sys::duckdb_delete_callback_t),
     scalar_function_get_bind_data: unsafe extern "C" fn(sys::duckdb_function_info) -> *mut c_void,
     scalar_function_bind_get_extra_info: unsafe extern "C" fn(sys::duckdb_bind_info) -> *mut c_void,
 }
@@ -102,24 +104,55 @@ unsafe fn find(api: *const sys::duckdb_ext_api_v1) -> (Option<Api>, String) {
                 // SAFETY: the pointer is DuckDB's function of that name (by its exported name, or by its slot in a
                 // table whose layout is stable for this version); the type is its C signature.
                 Some(p) => unsafe { std::mem::transmute::<*const c_void, _>(p) },
-                None => return (None, format!("unavailable: {} not found in DuckDB {}", $name, crate::duck::library_version())),
+                None => {
+                    return (
+                        None,
+                        format!("unavailable: {} not found in DuckDB {}", $name, crate::duck::library_version()),
+                    );
+                }
             }
         }};
     }
     let found = Api {
-        connection_get_client_context: take!(duckdb_connection_get_client_context, "duckdb_connection_get_client_context"),
-        client_context_get_connection_id: take!(duckdb_client_context_get_connection_id, "duckdb_client_context_get_connection_id"),
+        connection_get_client_context: take!(
+            duckdb_connection_get_client_context,
+            "duckdb_connection_get_client_context"
+        ),
+        client_context_get_connection_id: take!(
+            duckdb_client_context_get_connection_id,
+            "duckdb_client_context_get_connection_id"
+        ),
         destroy_client_context: take!(duckdb_destroy_client_context, "duckdb_destroy_client_context"),
-        table_function_get_client_context: take!(duckdb_table_function_get_client_context, "duckdb_table_function_get_client_context"),
+        table_function_get_client_context: take!(
+            duckdb_table_function_get_client_context,
+            "duckdb_table_function_get_client_context"
+        ),
         scalar_function_set_bind: take!(duckdb_scalar_function_set_bind, "duckdb_scalar_function_set_bind"),
-        scalar_function_get_client_context: take!(duckdb_scalar_function_get_client_context, "duckdb_scalar_function_get_client_context"),
-        scalar_function_bind_set_error: take!(duckdb_scalar_function_bind_set_error, "duckdb_scalar_function_bind_set_error"),
-        scalar_function_set_bind_data: take!(duckdb_scalar_function_set_bind_data, "duckdb_scalar_function_set_bind_data"),
-        scalar_function_get_bind_data: take!(duckdb_scalar_function_get_bind_data, "duckdb_scalar_function_get_bind_data"),
-        scalar_function_bind_get_extra_info: take!(duckdb_scalar_function_bind_get_extra_info, "duckdb_scalar_function_bind_get_extra_info"),
+        scalar_function_get_client_context: take!(
+            duckdb_scalar_function_get_client_context,
+            "duckdb_scalar_function_get_client_context"
+        ),
+        scalar_function_bind_set_error: take!(
+            duckdb_scalar_function_bind_set_error,
+            "duckdb_scalar_function_bind_set_error"
+        ),
+        scalar_function_set_bind_data: take!(
+            duckdb_scalar_function_set_bind_data,
+            "duckdb_scalar_function_set_bind_data"
+        ),
+        scalar_function_get_bind_data: take!(
+            duckdb_scalar_function_get_bind_data,
+            "duckdb_scalar_function_get_bind_data"
+        ),
+        scalar_function_bind_get_extra_info: take!(
+            duckdb_scalar_function_bind_get_extra_info,
+            "duckdb_scalar_function_bind_get_extra_info"
+        ),
     };
     if !disagreed.is_empty() {
-        eprintln!("arrowport: DuckDB's API table and its exported names disagree for {disagreed:?}; the exported names are used");
+        eprintln!(
+            "arrowport: DuckDB's API table and its exported names disagree for {disagreed:?}; the exported names are used"
+        );
     }
     let how = match (by_name, by_slot) {
         (n, 0) => format!("by name ({n})"),
@@ -176,7 +209,8 @@ impl RawConn {
 
 /// The id of the connection that binds a table function call (`None` where it cannot be read).
 pub fn table_caller(bind: &duckdb::vtab::BindInfo) -> Option<u64> {
-    const _: () = assert!(std::mem::size_of::<duckdb::vtab::BindInfo>() == std::mem::size_of::<sys::duckdb_bind_info>());
+    const _: () =
+        assert!(std::mem::size_of::<duckdb::vtab::BindInfo>() == std::mem::size_of::<sys::duckdb_bind_info>());
     let api = API.get().copied().flatten()?;
     // SAFETY: `BindInfo` is the duckdb crate's wrapper of exactly one `duckdb_bind_info` (same size, asserted
     // above); the handle is live for the bind call we are in.
@@ -208,7 +242,11 @@ pub struct ScalarSpec {
 
 /// Registers `spec` as a volatile scalar function of the database `conn` belongs to. Requires [`available`].
 pub fn register_scalar(conn: &mut RawConn, spec: ScalarSpec) -> Result<(), crate::duck::DbError> {
-    let api = API.get().copied().flatten().ok_or_else(|| crate::duck::DbError::ours("DuckDB's client context is not available"))?;
+    let api = API
+        .get()
+        .copied()
+        .flatten()
+        .ok_or_else(|| crate::duck::DbError::ours("DuckDB's client context is not available"))?;
     let name = CString::new(spec.name).map_err(|_| crate::duck::DbError::ours("function name"))?;
     // SAFETY: the function object is made, configured and registered here, then destroyed once; the spec is
     // boxed into DuckDB's catalog as extra info with its own destructor.
@@ -221,7 +259,11 @@ pub fn register_scalar(conn: &mut RawConn, spec: ScalarSpec) -> Result<(), crate
             sys::duckdb_scalar_function_add_parameter(f, t);
             sys::duckdb_destroy_logical_type(&mut t);
         }
-        let mut ret = if spec.returns_bigint { sys::duckdb_create_logical_type(sys::DUCKDB_TYPE_DUCKDB_TYPE_BIGINT) } else { varchar() };
+        let mut ret = if spec.returns_bigint {
+            sys::duckdb_create_logical_type(sys::DUCKDB_TYPE_DUCKDB_TYPE_BIGINT)
+        } else {
+            varchar()
+        };
         sys::duckdb_scalar_function_set_return_type(f, ret);
         sys::duckdb_destroy_logical_type(&mut ret);
         sys::duckdb_scalar_function_set_volatile(f);
@@ -257,7 +299,9 @@ unsafe extern "C" fn scalar_bind(info: sys::duckdb_bind_info) {
     let message = match outcome {
         Ok(Ok(tag)) => {
             // SAFETY: the bind data is a boxed u8 with its own destructor.
-            unsafe { (api.scalar_function_set_bind_data)(info, Box::into_raw(Box::new(tag)).cast(), Some(drop_box::<u8>)) };
+            unsafe {
+                (api.scalar_function_set_bind_data)(info, Box::into_raw(Box::new(tag)).cast(), Some(drop_box::<u8>))
+            };
             return;
         }
         Ok(Err(m)) => m,
@@ -268,7 +312,11 @@ unsafe extern "C" fn scalar_bind(info: sys::duckdb_bind_info) {
     unsafe { (api.scalar_function_bind_set_error)(info, text.as_ptr()) };
 }
 
-unsafe extern "C" fn scalar_call(info: sys::duckdb_function_info, input: sys::duckdb_data_chunk, output: sys::duckdb_vector) {
+unsafe extern "C" fn scalar_call(
+    info: sys::duckdb_function_info,
+    input: sys::duckdb_data_chunk,
+    output: sys::duckdb_vector,
+) {
     let Some(api) = API.get().copied().flatten() else { return };
     let outcome = crate::panic::contain("running an arrowport function", || -> Result<(), String> {
         // SAFETY: extra info and bind data are the ones registered and set above, alive for this call; the
@@ -279,14 +327,20 @@ unsafe extern "C" fn scalar_call(info: sys::duckdb_function_info, input: sys::du
             let tag = (api.scalar_function_get_bind_data)(info).cast::<u8>().as_ref().copied().unwrap_or(0);
             let rows = sys::duckdb_data_chunk_get_size(input) as usize;
             for row in 0..rows {
-                let arg = if spec.varchar_arg { varchar_at(sys::duckdb_data_chunk_get_vector(input, 0), row) } else { None };
+                let arg =
+                    if spec.varchar_arg { varchar_at(sys::duckdb_data_chunk_get_vector(input, 0), row) } else { None };
                 if spec.varchar_arg && arg.is_none() {
                     set_null(output, row);
                     continue;
                 }
                 match (spec.call)(tag, arg)? {
                     ScalarOut::BigInt(v) => *sys::duckdb_vector_get_data(output).cast::<i64>().add(row) = v,
-                    ScalarOut::Text(t) => sys::duckdb_vector_assign_string_element_len(output, row as u64, t.as_ptr().cast(), t.len() as u64),
+                    ScalarOut::Text(t) => sys::duckdb_vector_assign_string_element_len(
+                        output,
+                        row as u64,
+                        t.as_ptr().cast(),
+                        t.len() as u64,
+                    ),
                     ScalarOut::Null => set_null(output, row),
                 }
             }

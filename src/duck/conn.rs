@@ -109,7 +109,11 @@ impl RawConn {
         Ok(self.query(sql)?.into_iter().next().and_then(|r| r.into_iter().next().flatten()))
     }
 
-    fn run<T>(&mut self, sql: &str, f: impl FnOnce(*mut sys::duckdb_result) -> Result<T, DbError>) -> Result<T, DbError> {
+    fn run<T>(
+        &mut self,
+        sql: &str,
+        f: impl FnOnce(*mut sys::duckdb_result) -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
         let text = CString::new(sql).map_err(|_| DbError::ours("SQL text contains a NUL byte"))?;
         // SAFETY: duckdb_result is a plain C struct; all-zero is its documented initial state.
         let mut res: sys::duckdb_result = unsafe { std::mem::zeroed() };
@@ -124,7 +128,11 @@ impl RawConn {
                 let kind = DbErrorKind::of_type(sys::duckdb_result_error_type(&mut res));
                 (if p.is_null() { String::new() } else { CStr::from_ptr(p).to_string_lossy().into_owned() }, kind)
             };
-            Err(if msg.is_empty() { DbError::ours(format!("DuckDB failed to run: {sql}")) } else { DbError { kind, message: msg } })
+            Err(if msg.is_empty() {
+                DbError::ours(format!("DuckDB failed to run: {sql}"))
+            } else {
+                DbError { kind, message: msg }
+            })
         };
         // SAFETY: `res` was filled by duckdb_query (success or failure) and is destroyed exactly once.
         unsafe { sys::duckdb_destroy_result(&mut res) };
@@ -140,7 +148,11 @@ impl RawConn {
             let state = sys::duckdb_query_arrow(self.raw, text.as_ptr(), &mut res);
             let out = if state != sys::duckdb_state_DuckDBSuccess {
                 let p = sys::duckdb_query_arrow_error(res);
-                Err(if p.is_null() { DbError::ours("query failed") } else { DbError::from_text(CStr::from_ptr(p).to_string_lossy()) })
+                Err(if p.is_null() {
+                    DbError::ours("query failed")
+                } else {
+                    DbError::from_text(CStr::from_ptr(p).to_string_lossy())
+                })
             } else {
                 let mut schema = FFI_ArrowSchema::empty();
                 let mut ptr = (&mut schema as *mut FFI_ArrowSchema).cast::<sys::_duckdb_arrow_schema>();

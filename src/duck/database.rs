@@ -31,7 +31,8 @@ impl Database {
         if unsafe { sys::duckdb_create_config(&mut config) } != sys::duckdb_state_DuckDBSuccess {
             return Err(DbError::ours("could not create a DuckDB configuration"));
         }
-        let mut settings = vec![("threads", "1"), ("autoload_known_extensions", "false"), ("autoinstall_known_extensions", "false")];
+        let mut settings =
+            vec![("threads", "1"), ("autoload_known_extensions", "false"), ("autoinstall_known_extensions", "false")];
         if read_only {
             settings.push(("access_mode", "READ_ONLY"));
         }

@@ -56,7 +56,11 @@ pub unsafe fn run(info: sys::duckdb_extension_info, access: *const sys::duckdb_e
 
 /// # Safety
 /// `info` and `access` come straight from DuckDB's call of the entrypoint.
-unsafe fn load(info: sys::duckdb_extension_info, access: *const sys::duckdb_extension_access, init: Init) -> Result<bool, String> {
+unsafe fn load(
+    info: sys::duckdb_extension_info,
+    access: *const sys::duckdb_extension_access,
+    init: Init,
+) -> Result<bool, String> {
     if access.is_null() {
         return Err("arrowport: DuckDB passed no extension access table".into());
     }

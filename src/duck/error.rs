@@ -43,7 +43,9 @@ impl DbErrorKind {
     pub fn of_type(t: sys::duckdb_error_type) -> DbErrorKind {
         match t {
             sys::duckdb_error_type_DUCKDB_ERROR_CATALOG => DbErrorKind::Catalog,
-            sys::duckdb_error_type_DUCKDB_ERROR_PARSER | sys::duckdb_error_type_DUCKDB_ERROR_SYNTAX => DbErrorKind::Parser,
+            sys::duckdb_error_type_DUCKDB_ERROR_PARSER | sys::duckdb_error_type_DUCKDB_ERROR_SYNTAX => {
+                DbErrorKind::Parser
+            }
             sys::duckdb_error_type_DUCKDB_ERROR_BINDER
             | sys::duckdb_error_type_DUCKDB_ERROR_PARAMETER_NOT_RESOLVED
             | sys::duckdb_error_type_DUCKDB_ERROR_PARAMETER_NOT_ALLOWED => DbErrorKind::Binder,

@@ -8,7 +8,7 @@ use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::sync::Mutex;
 use std::thread::ThreadId;
 
-use arrow::array::{RecordBatch, StructArray, Array};
+use arrow::array::{Array, RecordBatch, StructArray};
 use arrow::datatypes::SchemaRef;
 use arrow::ffi::{FFI_ArrowArray, FFI_ArrowSchema};
 use arrow::ffi_stream::FFI_ArrowArrayStream;
@@ -30,7 +30,10 @@ impl RawConn {
         if state == sys::duckdb_state_DuckDBSuccess {
             Ok(())
         } else {
-            Err(stream.take_error().map(DbError::from_text).unwrap_or_else(|| DbError::ours("DuckDB could not scan the Arrow stream")))
+            Err(stream
+                .take_error()
+                .map(DbError::from_text)
+                .unwrap_or_else(|| DbError::ours("DuckDB could not scan the Arrow stream")))
         }
     }
 }
@@ -155,7 +158,8 @@ struct Refusal {
     children: [*mut CArrowSchema; 1],
 }
 
-const REFUSAL_REASON: &CStr = c"arrowport: this is the scan of one of arrowport's writers; no other connection can read it";
+const REFUSAL_REASON: &CStr =
+    c"arrowport: this is the scan of one of arrowport's writers; no other connection can read it";
 
 impl Refusal {
     fn new() -> Box<Refusal> {
@@ -170,7 +174,11 @@ impl Refusal {
             release: Some(schema_release_noop),
             private_data: std::ptr::null_mut(),
         };
-        let mut r = Box::new(Refusal { root: blank(c"+s", c""), child: blank(REFUSAL_REASON, c"refused"), children: [std::ptr::null_mut()] });
+        let mut r = Box::new(Refusal {
+            root: blank(c"+s", c""),
+            child: blank(REFUSAL_REASON, c"refused"),
+            children: [std::ptr::null_mut()],
+        });
         r.children[0] = &mut r.child;
         r.root.n_children = 1;
         r.root.children = r.children.as_mut_ptr();
@@ -212,7 +220,9 @@ unsafe extern "C" fn stream_get_schema(stream: *mut FFI_ArrowArrayStream, out: *
             // DuckDB ignores get_schema's result code when it binds (it reads `out` regardless), so the refusal
             // is a schema it refuses to bind, with our reason in place of a type.
             // SAFETY: `out` is writable; the copy borrows `p.refusal`, which lives as long as the stream.
-            unsafe { std::ptr::copy_nonoverlapping(&p.refusal.root as *const CArrowSchema, out.cast::<CArrowSchema>(), 1) };
+            unsafe {
+                std::ptr::copy_nonoverlapping(&p.refusal.root as *const CArrowSchema, out.cast::<CArrowSchema>(), 1)
+            };
             return 0;
         }
         let schema = match p.schema.lock() {
@@ -227,7 +237,11 @@ unsafe extern "C" fn stream_get_schema(stream: *mut FFI_ArrowArrayStream, out: *
         // bitwise copy that borrows `owned`'s strings and children; its release only clears itself, and `owned`
         // stays in `exported` until the stream is dropped, after DuckDB's last use.
         unsafe {
-            std::ptr::copy_nonoverlapping((&*owned as *const FFI_ArrowSchema).cast::<CArrowSchema>(), out.cast::<CArrowSchema>(), 1);
+            std::ptr::copy_nonoverlapping(
+                (&*owned as *const FFI_ArrowSchema).cast::<CArrowSchema>(),
+                out.cast::<CArrowSchema>(),
+                1,
+            );
             (*out.cast::<CArrowSchema>()).release = Some(schema_release_noop);
         }
         match p.exported.lock() {

@@ -9,8 +9,8 @@ use arrow::datatypes::{Schema, SchemaRef};
 use arrow::ffi::{FFI_ArrowArray, FFI_ArrowSchema};
 use duckdb::ffi as sys;
 
-use crate::duck::{DbError, DbErrorKind};
 use crate::duck::conn::RawConn;
+use crate::duck::{DbError, DbErrorKind};
 
 /// A value bound to a statement parameter.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,7 +58,11 @@ impl RawConn {
             // SAFETY: the error text is owned by the statement, read before it is destroyed.
             let msg = unsafe {
                 let p = if stmt.is_null() { std::ptr::null() } else { sys::duckdb_prepare_error(stmt) };
-                if p.is_null() { "DuckDB could not prepare the statement".to_string() } else { CStr::from_ptr(p).to_string_lossy().into_owned() }
+                if p.is_null() {
+                    "DuckDB could not prepare the statement".to_string()
+                } else {
+                    CStr::from_ptr(p).to_string_lossy().into_owned()
+                }
             };
             return Err(DbError::from_text(msg));
         }
@@ -86,10 +90,14 @@ impl Prepared<'_> {
             sys::duckdb_statement_type_DUCKDB_STATEMENT_TYPE_VARIABLE_SET => StatementKind::Instance("SET VARIABLE"),
             sys::duckdb_statement_type_DUCKDB_STATEMENT_TYPE_PRAGMA => StatementKind::Instance("PRAGMA"),
             sys::duckdb_statement_type_DUCKDB_STATEMENT_TYPE_LOAD => StatementKind::Instance("LOAD / INSTALL"),
-            sys::duckdb_statement_type_DUCKDB_STATEMENT_TYPE_UPDATE_EXTENSIONS => StatementKind::Instance("UPDATE EXTENSIONS"),
+            sys::duckdb_statement_type_DUCKDB_STATEMENT_TYPE_UPDATE_EXTENSIONS => {
+                StatementKind::Instance("UPDATE EXTENSIONS")
+            }
             sys::duckdb_statement_type_DUCKDB_STATEMENT_TYPE_ATTACH => StatementKind::Instance("ATTACH"),
             sys::duckdb_statement_type_DUCKDB_STATEMENT_TYPE_DETACH => StatementKind::Instance("DETACH"),
-            sys::duckdb_statement_type_DUCKDB_STATEMENT_TYPE_COPY_DATABASE => StatementKind::Instance("COPY FROM DATABASE"),
+            sys::duckdb_statement_type_DUCKDB_STATEMENT_TYPE_COPY_DATABASE => {
+                StatementKind::Instance("COPY FROM DATABASE")
+            }
             sys::duckdb_statement_type_DUCKDB_STATEMENT_TYPE_EXPORT => StatementKind::Instance("EXPORT DATABASE"),
             sys::duckdb_statement_type_DUCKDB_STATEMENT_TYPE_CREATE_FUNC => StatementKind::Function,
             other => StatementKind::Other(other as u32),
@@ -142,13 +150,20 @@ impl Prepared<'_> {
                     Param::Int(v) => sys::duckdb_bind_int64(self.stmt, idx, *v),
                     Param::UInt(v) => sys::duckdb_bind_uint64(self.stmt, idx, *v),
                     Param::Double(v) => sys::duckdb_bind_double(self.stmt, idx, *v),
-                    Param::Text(v) => sys::duckdb_bind_varchar_length(self.stmt, idx, v.as_ptr().cast(), v.len() as sys::idx_t),
+                    Param::Text(v) => {
+                        sys::duckdb_bind_varchar_length(self.stmt, idx, v.as_ptr().cast(), v.len() as sys::idx_t)
+                    }
                     Param::Blob(v) => sys::duckdb_bind_blob(self.stmt, idx, v.as_ptr().cast(), v.len() as sys::idx_t),
                 };
                 if state != sys::duckdb_state_DuckDBSuccess {
                     let p = sys::duckdb_prepare_error(self.stmt);
-                    let msg = if p.is_null() { String::new() } else { CStr::from_ptr(p).to_string_lossy().into_owned() };
-                    return Err(if msg.is_empty() { DbError::ours(format!("could not bind parameter {}", i + 1)) } else { DbError::from_text(msg) });
+                    let msg =
+                        if p.is_null() { String::new() } else { CStr::from_ptr(p).to_string_lossy().into_owned() };
+                    return Err(if msg.is_empty() {
+                        DbError::ours(format!("could not bind parameter {}", i + 1))
+                    } else {
+                        DbError::from_text(msg)
+                    });
                 }
             }
         }
@@ -197,7 +212,11 @@ impl Prepared<'_> {
             let state = sys::duckdb_execute_prepared_arrow(self.stmt, &mut res);
             let out = if state != sys::duckdb_state_DuckDBSuccess {
                 let p = if res.is_null() { std::ptr::null() } else { sys::duckdb_query_arrow_error(res) };
-                Err(if p.is_null() { DbError::ours("DuckDB could not run the statement") } else { DbError::from_text(CStr::from_ptr(p).to_string_lossy()) })
+                Err(if p.is_null() {
+                    DbError::ours("DuckDB could not run the statement")
+                } else {
+                    DbError::from_text(CStr::from_ptr(p).to_string_lossy())
+                })
             } else {
                 read_arrow_result(res)
             };
@@ -219,7 +238,11 @@ impl Prepared<'_> {
             } else {
                 let p = sys::duckdb_result_error(&mut result);
                 let kind = DbErrorKind::of_type(sys::duckdb_result_error_type(&mut result));
-                Err(if p.is_null() { DbError::ours("DuckDB could not run the statement") } else { DbError { kind, message: CStr::from_ptr(p).to_string_lossy().into_owned() } })
+                Err(if p.is_null() {
+                    DbError::ours("DuckDB could not run the statement")
+                } else {
+                    DbError { kind, message: CStr::from_ptr(p).to_string_lossy().into_owned() }
+                })
             };
             sys::duckdb_destroy_result(&mut result);
             out
@@ -252,7 +275,8 @@ unsafe fn read_arrow_result(res: sys::duckdb_arrow) -> Result<(SchemaRef, Vec<Re
             break;
         }
         // SAFETY: DuckDB produced `array` for exactly the struct of the schema it reported for this result.
-        let data = unsafe { arrow::ffi::from_ffi_and_data_type(array, data_type.clone()) }.map_err(|e| DbError::ours(e.to_string()))?;
+        let data = unsafe { arrow::ffi::from_ffi_and_data_type(array, data_type.clone()) }
+            .map_err(|e| DbError::ours(e.to_string()))?;
         batches.push(RecordBatch::from(StructArray::from(data)));
     }
     Ok((schema, batches))
@@ -325,7 +349,8 @@ impl Rows<'_> {
         }
         let data_type = arrow::datatypes::DataType::Struct(self.fields.clone());
         // SAFETY: DuckDB produced `array` for exactly this struct type (the schema it gave for this result).
-        let data = unsafe { arrow::ffi::from_ffi_and_data_type(array, data_type) }.map_err(|e| DbError::ours(e.to_string()))?;
+        let data = unsafe { arrow::ffi::from_ffi_and_data_type(array, data_type) }
+            .map_err(|e| DbError::ours(e.to_string()))?;
         let batch = RecordBatch::from(StructArray::from(data));
         Ok(Some(batch))
     }

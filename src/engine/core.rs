@@ -74,8 +74,23 @@ pub struct Core<S: Sink> {
 }
 
 impl<S: Sink> Core<S> {
-    pub fn new(writers: Writers<S>, cancel: CancellationToken, metrics: Arc<Metrics>, registry: Arc<Registry>) -> Core<S> {
-        Core { writers, statements: None, cancel, active: AtomicUsize::new(0), metrics, registry, budget: Arc::default(), keys: Arc::default(), guard: None }
+    pub fn new(
+        writers: Writers<S>,
+        cancel: CancellationToken,
+        metrics: Arc<Metrics>,
+        registry: Arc<Registry>,
+    ) -> Core<S> {
+        Core {
+            writers,
+            statements: None,
+            cancel,
+            active: AtomicUsize::new(0),
+            metrics,
+            registry,
+            budget: Arc::default(),
+            keys: Arc::default(),
+            guard: None,
+        }
     }
 
     /// The same core running statements sent over the network on `statements`.
@@ -193,7 +208,12 @@ impl<S: Sink> Core<S> {
     }
 
     /// The committed request a key names, in the target's catalog.
-    pub(crate) async fn lookup_key(&self, catalog: Option<String>, key: &str, window: Duration) -> Result<Option<KeyRecord>, IngestError> {
+    pub(crate) async fn lookup_key(
+        &self,
+        catalog: Option<String>,
+        key: &str,
+        window: Duration,
+    ) -> Result<Option<KeyRecord>, IngestError> {
         let (reply, rx) = oneshot::channel();
         self.call(Work::LookupKey { catalog, key: key.to_string(), window, reply }, rx).await
     }
@@ -222,7 +242,11 @@ impl<S: Sink> Core<S> {
         self.cancel.is_cancelled()
     }
 
-    pub(crate) async fn call<T>(&self, work: Work, rx: oneshot::Receiver<Result<T, IngestError>>) -> Result<T, IngestError> {
+    pub(crate) async fn call<T>(
+        &self,
+        work: Work,
+        rx: oneshot::Receiver<Result<T, IngestError>>,
+    ) -> Result<T, IngestError> {
         self.submit_work(work).await?;
         rx.await.map_err(|_| IngestError::Internal("the writer went away".into()))?
     }
@@ -236,7 +260,10 @@ impl<S: Sink> Core<S> {
     /// Hands a statement sent over the network to a free thread of the statement pool (waiting for one), and
     /// interrupts it if it still runs after `limit`.
     pub(crate) async fn submit_statement(&self, work: Work, limit: Duration) -> Result<(), IngestError> {
-        let pool = self.statements.as_ref().ok_or_else(|| IngestError::Unsupported("this host has no connections for SQL statements".into()))?;
+        let pool = self
+            .statements
+            .as_ref()
+            .ok_or_else(|| IngestError::Unsupported("this host has no connections for SQL statements".into()))?;
         if pool.size == 0 {
             return Err(IngestError::Busy(0));
         }
@@ -253,7 +280,12 @@ impl<S: Sink> Core<S> {
         pool.submit(Job { work, _permit: permit, watch: Some(watch) })
     }
 
-    pub(crate) async fn call_statement<T>(&self, work: Work, limit: Duration, rx: oneshot::Receiver<Result<T, IngestError>>) -> Result<T, IngestError> {
+    pub(crate) async fn call_statement<T>(
+        &self,
+        work: Work,
+        limit: Duration,
+        rx: oneshot::Receiver<Result<T, IngestError>>,
+    ) -> Result<T, IngestError> {
         self.submit_statement(work, limit).await?;
         rx.await.map_err(|_| IngestError::Internal("the statement's thread went away".into()))?
     }

@@ -23,18 +23,17 @@ use arrow::datatypes::{Schema, SchemaRef};
 use crate::catalog::access::to_hex;
 use crate::catalog::registry::{Mapping, Mode, OWN_SCHEMA, SchemaPolicy, TableRule, Target};
 use crate::catalog::schema::{self, Column, quote_ident, quote_literal};
-use crate::duck::{DbError, DbErrorKind};
 use crate::duck::conn::RawConn;
 use crate::duck::scan::{BatchPull, ScanStream};
 use crate::duck::statement::{Prepared, StatementKind};
+use crate::duck::{DbError, DbErrorKind};
 use crate::engine::error::IngestError;
 use crate::engine::error::IngestError as E;
 use crate::engine::policy::{self, Access};
 use crate::engine::query;
 use crate::engine::sink::{
-    BatchRx, Buffered, Catalog, Described, Interrupter, KeyRecord, Maintained, Param, QueryItem, QueryOut, RequestKey, Sink, Statement,
-    TableEntry,
-    Written,
+    BatchRx, Buffered, Catalog, Described, Interrupter, KeyRecord, Maintained, Param, QueryItem, QueryOut, RequestKey,
+    Sink, Statement, TableEntry, Written,
 };
 
 /// The attached in-memory database that holds the per-request scan views.
@@ -43,11 +42,9 @@ pub const SCRATCH_DB: &str = "arrowport_scratch";
 /// The table of idempotency keys, in the `arrowport` schema of each target's catalog. It holds each key's SHA-256
 /// (hex, as DuckDB's `sha256()` writes it), never the key: whoever can read the table learns no key from it.
 const KEYS_TABLE: &str = "requests";
-const KEYS_COLUMNS: &str =
-    "key_sha256 VARCHAR PRIMARY KEY, stream VARCHAR NOT NULL, ack VARCHAR NOT NULL, committed_at TIMESTAMPTZ NOT NULL DEFAULT now()";
+const KEYS_COLUMNS: &str = "key_sha256 VARCHAR PRIMARY KEY, stream VARCHAR NOT NULL, ack VARCHAR NOT NULL, committed_at TIMESTAMPTZ NOT NULL DEFAULT now()";
 /// The same for catalogs without PRIMARY KEY constraints (DuckLake): the key is checked inside the transaction.
-const KEYS_COLUMNS_UNCONSTRAINED: &str =
-    "key_sha256 VARCHAR NOT NULL, stream VARCHAR NOT NULL, ack VARCHAR NOT NULL, committed_at TIMESTAMPTZ NOT NULL DEFAULT now()";
+const KEYS_COLUMNS_UNCONSTRAINED: &str = "key_sha256 VARCHAR NOT NULL, stream VARCHAR NOT NULL, ack VARCHAR NOT NULL, committed_at TIMESTAMPTZ NOT NULL DEFAULT now()";
 
 /// What the keys table holds for a key: its SHA-256 in hex, as a SQL literal.
 fn key_digest(key: &str) -> String {
@@ -128,7 +125,10 @@ struct Landing {
 const DESCRIBED_CACHE: usize = 256;
 
 fn exists_error(target: &Target) -> IngestError {
-    IngestError::AlreadyExists(format!("table {} already exists (ingest mode create); use mode append, replace or create_append", target.display()))
+    IngestError::AlreadyExists(format!(
+        "table {} already exists (ingest mode create); use mode append, replace or create_append",
+        target.display()
+    ))
 }
 
 /// Batches already in memory, for DuckDB's scan.
@@ -166,7 +166,8 @@ impl DuckSink {
     /// Readies a pooled connection: remembers the host database's name, attaches the scratch database and makes
     /// it the connection's default, so scan views land there.
     pub fn prepare(mut conn: RawConn, id: usize, locks: Arc<CreateLocks>) -> Result<DuckSink, DbError> {
-        let host_db = conn.query_value("SELECT current_database()")?.ok_or_else(|| DbError::ours("no current database"))?;
+        let host_db =
+            conn.query_value("SELECT current_database()")?.ok_or_else(|| DbError::ours("no current database"))?;
         conn.execute(&format!("ATTACH IF NOT EXISTS ':memory:' AS {}", quote_ident(SCRATCH_DB)))?;
         conn.execute(&format!("USE {}", quote_ident(SCRATCH_DB)))?;
         let panic_on = std::env::var("ARROWPORT_TEST_PANIC_TABLE").ok().filter(|t| !t.is_empty());
@@ -224,7 +225,11 @@ impl Landing {
         if self.scan.is_some() {
             return Ok(());
         }
-        let own = Arc::new(Schema::new(vec![arrow::datatypes::Field::new("arrowport", arrow::datatypes::DataType::Int64, true)]));
+        let own = Arc::new(Schema::new(vec![arrow::datatypes::Field::new(
+            "arrowport",
+            arrow::datatypes::DataType::Int64,
+            true,
+        )]));
         let mut stream = ScanStream::new(own, Box::new(VecPull(Vec::new().into())));
         let view = self.view_name();
         conn.execute(&format!("DROP VIEW IF EXISTS {}", view_sql(&view))).map_err(E::db)?;
@@ -236,7 +241,12 @@ impl Landing {
     /// Points this writer's scan view at a request's batches and returns DuckDB's columns for them. The view
     /// is made once (see [`Self::ensure_view`]): DuckDB binds it, and asks our stream for the schema, on every
     /// statement, so it serves request after request. DuckDB's columns for an Arrow schema are cached.
-    fn point_view(&mut self, conn: &mut RawConn, schema: SchemaRef, pull: Box<dyn BatchPull>) -> Result<Vec<Column>, IngestError> {
+    fn point_view(
+        &mut self,
+        conn: &mut RawConn,
+        schema: SchemaRef,
+        pull: Box<dyn BatchPull>,
+    ) -> Result<Vec<Column>, IngestError> {
         let Some(stream) = self.scan.as_mut() else {
             return Err(IngestError::Internal("the scan view was not made".into()));
         };
@@ -287,7 +297,10 @@ impl Landing {
         match (table.is_empty(), mapping.rule) {
             (false, TableRule::Create) => return Err(exists_error(target)),
             (true, TableRule::Append) => {
-                return Err(IngestError::NotFound(format!("table {} does not exist (ingest mode append does not create it)", target.display())));
+                return Err(IngestError::NotFound(format!(
+                    "table {} does not exist (ingest mode append does not create it)",
+                    target.display()
+                )));
             }
             (true, TableRule::Stream) if !mapping.create_table => {
                 return Err(IngestError::NotFound(format!(
@@ -313,7 +326,10 @@ impl Landing {
         let catalog = target.catalog.as_deref().unwrap_or(&self.host_db);
         let own = catalog.eq_ignore_ascii_case(SCRATCH_DB) || target.schema.eq_ignore_ascii_case(OWN_SCHEMA);
         if own {
-            return Err(IngestError::Denied(format!("{} holds arrowport's own state; no request may write there", target.display())));
+            return Err(IngestError::Denied(format!(
+                "{} holds arrowport's own state; no request may write there",
+                target.display()
+            )));
         }
         Ok(())
     }
@@ -325,7 +341,12 @@ impl Landing {
         if let Some(&known) = self.lakes.get(&name) {
             return Ok(known);
         }
-        let kind = conn.query_value(&format!("SELECT type FROM duckdb_databases() WHERE lower(database_name) = {}", quote_literal(&name))).map_err(E::db)?;
+        let kind = conn
+            .query_value(&format!(
+                "SELECT type FROM duckdb_databases() WHERE lower(database_name) = {}",
+                quote_literal(&name)
+            ))
+            .map_err(E::db)?;
         let lake = kind.is_some_and(|t| t.eq_ignore_ascii_case("ducklake"));
         self.lakes.insert(name, lake);
         Ok(lake)
@@ -334,7 +355,11 @@ impl Landing {
     /// Grouped commits into one DuckLake take turns on this host: two of them at once would race each other for
     /// the lake's next snapshot, and the loser waits out DuckLake's retry pause (100 ms and more). Held for a
     /// group's transaction, which holds buffered rows only, so briefly; streaming requests do not take it.
-    fn lake_commit_locks<'m>(&mut self, conn: &mut RawConn, mappings: impl IntoIterator<Item = &'m Mapping>) -> Result<Vec<CreateGuard>, IngestError> {
+    fn lake_commit_locks<'m>(
+        &mut self,
+        conn: &mut RawConn,
+        mappings: impl IntoIterator<Item = &'m Mapping>,
+    ) -> Result<Vec<CreateGuard>, IngestError> {
         let mut lakes = std::collections::BTreeSet::new();
         for m in mappings {
             if let Some(catalog) = m.target.catalog.as_deref() {
@@ -348,7 +373,12 @@ impl Landing {
 
     /// The table of idempotency keys in a catalog (`None`: the host database).
     fn keys_table(&self, catalog: Option<&str>) -> String {
-        format!("{}.{}.{}", quote_ident(catalog.unwrap_or(&self.host_db)), quote_ident(OWN_SCHEMA), quote_ident(KEYS_TABLE))
+        format!(
+            "{}.{}.{}",
+            quote_ident(catalog.unwrap_or(&self.host_db)),
+            quote_ident(OWN_SCHEMA),
+            quote_ident(KEYS_TABLE)
+        )
     }
 
     /// The condition on `duckdb_columns()`, `duckdb_constraints()` and the like that selects the keys table's rows.
@@ -369,7 +399,10 @@ impl Landing {
             return Ok(());
         }
         let table = self.keys_table(catalog);
-        let old_layout = format!("SELECT count(*) FROM duckdb_columns() WHERE {} AND column_name = 'key'", self.keys_table_is(catalog));
+        let old_layout = format!(
+            "SELECT count(*) FROM duckdb_columns() WHERE {} AND column_name = 'key'",
+            self.keys_table_is(catalog)
+        );
         let upgrade = |conn: &mut RawConn| -> Result<(), DbError> {
             if conn.query_value(&old_layout)?.as_deref() != Some("1") {
                 return Ok(());
@@ -387,7 +420,12 @@ impl Landing {
 
     /// Makes sure the catalog's key table exists, outside any transaction (two writers creating it inside theirs
     /// would conflict), and purges keys past their window now and then.
-    fn ensure_keys(&mut self, conn: &mut RawConn, catalog: Option<&str>, window: std::time::Duration) -> Result<(), IngestError> {
+    fn ensure_keys(
+        &mut self,
+        conn: &mut RawConn,
+        catalog: Option<&str>,
+        window: std::time::Duration,
+    ) -> Result<(), IngestError> {
         let name = catalog.unwrap_or(&self.host_db).to_lowercase();
         let table = self.keys_table(catalog);
         if !self.keys_ready.contains(&name) {
@@ -404,7 +442,10 @@ impl Landing {
             // Whether the table (whoever made it) has its PRIMARY KEY decides how keys are checked: a DuckLake accepts
             // `CREATE TABLE IF NOT EXISTS ... PRIMARY KEY` without a word when the table is already there.
             let primary_key = conn
-                .query_value(&format!("SELECT count(*) FROM duckdb_constraints() WHERE {} AND constraint_type = 'PRIMARY KEY'", self.keys_table_is(catalog)))
+                .query_value(&format!(
+                    "SELECT count(*) FROM duckdb_constraints() WHERE {} AND constraint_type = 'PRIMARY KEY'",
+                    self.keys_table_is(catalog)
+                ))
                 .map_err(E::db)?;
             if primary_key.as_deref() != Some("1") {
                 self.keys_unconstrained.insert(name.clone());
@@ -426,10 +467,16 @@ impl Landing {
     /// Records requests' keys and acknowledgements inside their transaction (one statement of each kind for all of
     /// them: in a DuckLake every statement is a round trip to its catalog): the keys commit with the rows or not at
     /// all. A key already there (another host, or a retry racing its original) fails the transaction.
-    fn record_keys(&mut self, txn: &mut RawConn, target: &Target, keys: &[(&RequestKey, u64, u64)]) -> Result<(), IngestError> {
+    fn record_keys(
+        &mut self,
+        txn: &mut RawConn,
+        target: &Target,
+        keys: &[(&RequestKey, u64, u64)],
+    ) -> Result<(), IngestError> {
         let Some((first, _, _)) = keys.first() else { return Ok(()) };
         let table = self.keys_table(target.catalog.as_deref());
-        let digests: HashMap<String, &str> = keys.iter().map(|(k, _, _)| (key_digest(&k.key), k.key.as_str())).collect();
+        let digests: HashMap<String, &str> =
+            keys.iter().map(|(k, _, _)| (key_digest(&k.key), k.key.as_str())).collect();
         let names = digests.keys().cloned().collect::<Vec<_>>().join(", ");
         // A row of the same key older than the window (not purged yet) is forgotten: the key is free again.
         let cutoff = format!("now() - to_microseconds({})", first.window.as_micros());
@@ -446,17 +493,27 @@ impl Landing {
             let mut expired = Vec::new();
             for row in found {
                 let mut cells = row.into_iter();
-                let (digest, state) = (quote_literal(&cells.next().flatten().unwrap_or_default()), cells.next().flatten().unwrap_or_default());
+                let (digest, state) = (
+                    quote_literal(&cells.next().flatten().unwrap_or_default()),
+                    cells.next().flatten().unwrap_or_default(),
+                );
                 if state == "live" {
-                    return Err(IngestError::InProgress(digests.get(&digest).map_or_else(|| digest.clone(), |k| k.to_string())));
+                    return Err(IngestError::InProgress(
+                        digests.get(&digest).map_or_else(|| digest.clone(), |k| k.to_string()),
+                    ));
                 }
                 expired.push(digest);
             }
             if !expired.is_empty() {
-                txn.execute(&format!("DELETE FROM {table} WHERE key_sha256 IN ({}) AND committed_at < {cutoff}", expired.join(", "))).map_err(E::db)?;
+                txn.execute(&format!(
+                    "DELETE FROM {table} WHERE key_sha256 IN ({}) AND committed_at < {cutoff}",
+                    expired.join(", ")
+                ))
+                .map_err(E::db)?;
             }
         } else {
-            txn.execute(&format!("DELETE FROM {table} WHERE key_sha256 IN ({names}) AND committed_at < {cutoff}")).map_err(E::db)?;
+            txn.execute(&format!("DELETE FROM {table} WHERE key_sha256 IN ({names}) AND committed_at < {cutoff}"))
+                .map_err(E::db)?;
         }
         let rows: Vec<String> = keys
             .iter()
@@ -465,14 +522,21 @@ impl Landing {
                 format!("({}, {}, {})", key_digest(&key.key), quote_literal(&key.stream), quote_literal(&ack))
             })
             .collect();
-        txn.execute(&format!("INSERT INTO {table} (key_sha256, stream, ack) VALUES {}", rows.join(", "))).map_err(E::db)?;
+        txn.execute(&format!("INSERT INTO {table} (key_sha256, stream, ack) VALUES {}", rows.join(", ")))
+            .map_err(E::db)?;
         self.keys_recorded += keys.len() as u64;
         Ok(())
     }
 
     /// Lands what the scan view holds into the target, inside the caller's transaction: (re)creates the table
     /// when the rule says so, checks the fit, inserts. Returns the rows inserted.
-    fn land(&mut self, txn: &mut RawConn, mapping: &Mapping, incoming: &[Column], table: &mut Vec<Column>) -> Result<u64, IngestError> {
+    fn land(
+        &mut self,
+        txn: &mut RawConn,
+        mapping: &Mapping,
+        incoming: &[Column],
+        table: &mut Vec<Column>,
+    ) -> Result<u64, IngestError> {
         let target = &mapping.target;
         let target_sql = target.sql(&self.host_db);
         let view_sql = view_sql(&self.view_name());
@@ -500,9 +564,15 @@ impl Landing {
             }
             SchemaPolicy::ByName | SchemaPolicy::Evolve => {
                 let evolve = mapping.policy == SchemaPolicy::Evolve;
-                let added = schema::check_by_name(&target.display(), table, incoming, evolve).map_err(IngestError::Conflict)?;
+                let added =
+                    schema::check_by_name(&target.display(), table, incoming, evolve).map_err(IngestError::Conflict)?;
                 for c in added {
-                    txn.execute(&format!("ALTER TABLE {target_sql} ADD COLUMN {} {}", quote_ident(&c.name), c.sql_type)).map_err(E::db)?;
+                    txn.execute(&format!(
+                        "ALTER TABLE {target_sql} ADD COLUMN {} {}",
+                        quote_ident(&c.name),
+                        c.sql_type
+                    ))
+                    .map_err(E::db)?;
                     table.push(c);
                 }
                 format!("INSERT INTO {target_sql} BY NAME SELECT * FROM {view_sql}")
@@ -533,7 +603,8 @@ impl Landing {
             "SELECT table_name FROM duckdb_tables() WHERE database_name = {} AND schema_name = 'main' ORDER BY 1",
             quote_literal(&self.host_db)
         );
-        let names: Vec<String> = conn.query(&sql).map_err(E::db)?.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect();
+        let names: Vec<String> =
+            conn.query(&sql).map_err(E::db)?.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect();
         let mut out = Vec::with_capacity(names.len());
         for name in names {
             let target = Target { catalog: None, schema: "main".into(), table: name.clone() };
@@ -551,7 +622,13 @@ impl DuckSink {
     /// `handed_out` counts the rows the view's stream gave DuckDB. The INSERT must have inserted exactly those:
     /// the view is visible in the catalog, and if another connection scanned it meanwhile, it took batches of
     /// this request, which then must not commit with rows missing.
-    fn write_view(&mut self, mapping: &Mapping, incoming: &[Column], failed: &Mutex<Option<IngestError>>, fed: &Fed<'_>) -> Result<Written, IngestError> {
+    fn write_view(
+        &mut self,
+        mapping: &Mapping,
+        incoming: &[Column],
+        failed: &Mutex<Option<IngestError>>,
+        fed: &Fed<'_>,
+    ) -> Result<Written, IngestError> {
         let started = std::time::Instant::now();
         let DuckSink { conn, at, .. } = self;
         let (mut table, _create_guard) = at.prepare_target(conn, mapping, &mut HashSet::new())?;
@@ -583,7 +660,11 @@ impl DuckSink {
         let _lake = at.lake_commit_locks(conn, [&item.mapping])?;
         at.ensure_view(conn)?;
         let incoming = at.point_view(conn, Arc::clone(&item.schema), Box::new(VecPull(item.batches.clone().into())))?;
-        let fed = Fed { rows: &AtomicU64::new(item.rows), batches: &AtomicU64::new(item.batches.len() as u64), key: item.key.as_ref() };
+        let fed = Fed {
+            rows: &AtomicU64::new(item.rows),
+            batches: &AtomicU64::new(item.batches.len() as u64),
+            key: item.key.as_ref(),
+        };
         let result = self.write_view(&item.mapping, &incoming, &Mutex::new(None), &fed);
         self.at.release_view();
         result
@@ -595,7 +676,12 @@ impl DuckSink {
         let mut runs: Vec<(usize, usize)> = Vec::new();
         for (i, item) in items.iter().enumerate() {
             match runs.last_mut() {
-                Some((start, end)) if items[*start].mapping == item.mapping && items[*start].schema.fields() == item.schema.fields() => *end = i + 1,
+                Some((start, end))
+                    if items[*start].mapping == item.mapping
+                        && items[*start].schema.fields() == item.schema.fields() =>
+                {
+                    *end = i + 1
+                }
                 _ => runs.push((i, i + 1)),
             }
         }
@@ -617,14 +703,19 @@ impl DuckSink {
         }
         let result = conn.begin().map_err(E::db).and_then(|mut txn| {
             for (&(start, end), table) in runs.iter().zip(tables.iter_mut()) {
-                let batches: Vec<RecordBatch> = items[start..end].iter().flat_map(|i| i.batches.iter().cloned()).collect();
+                let batches: Vec<RecordBatch> =
+                    items[start..end].iter().flat_map(|i| i.batches.iter().cloned()).collect();
                 let expected: u64 = items[start..end].iter().map(|i| i.rows).sum();
-                let incoming = at.point_view(&mut txn, Arc::clone(&items[start].schema), Box::new(VecPull(batches.into())))?;
+                let incoming =
+                    at.point_view(&mut txn, Arc::clone(&items[start].schema), Box::new(VecPull(batches.into())))?;
                 let rows = at.land(&mut txn, &items[start].mapping, &incoming, table)?;
                 if rows != expected {
                     return Err(IngestError::Internal(format!("a grouped insert wrote {rows} rows of {expected}")));
                 }
-                let keys: Vec<_> = items[start..end].iter().filter_map(|i| Some((i.key.as_ref()?, i.rows, i.batches.len() as u64))).collect();
+                let keys: Vec<_> = items[start..end]
+                    .iter()
+                    .filter_map(|i| Some((i.key.as_ref()?, i.rows, i.batches.len() as u64)))
+                    .collect();
                 at.record_keys(&mut txn, &items[start].mapping.target, &keys)?;
             }
             txn.commit().map_err(E::db)
@@ -683,7 +774,13 @@ impl Sink for DuckSink {
         Some(Arc::new(move || handle.interrupt()))
     }
 
-    fn write(&mut self, mapping: &Mapping, schema: SchemaRef, mut input: BatchRx, key: Option<&RequestKey>) -> Result<Written, IngestError> {
+    fn write(
+        &mut self,
+        mapping: &Mapping,
+        schema: SchemaRef,
+        mut input: BatchRx,
+        key: Option<&RequestKey>,
+    ) -> Result<Written, IngestError> {
         // Nothing is created or written for a stream request without rows; in replace mode an existing table is
         // emptied (the request's rows, none, replace the table's). Flight SQL ingest creates (or replaces) the
         // table even from an empty stream, as its mode says.
@@ -701,7 +798,13 @@ impl Sink for DuckSink {
         }
         let failed = Arc::new(Mutex::new(None));
         let (handed_out, batches) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let pull = Pull { first, input, failed: Arc::clone(&failed), handed_out: Arc::clone(&handed_out), batches: Arc::clone(&batches) };
+        let pull = Pull {
+            first,
+            input,
+            failed: Arc::clone(&failed),
+            handed_out: Arc::clone(&handed_out),
+            batches: Arc::clone(&batches),
+        };
         let fed = Fed { rows: &handed_out, batches: &batches, key };
         let DuckSink { conn, at, .. } = self;
         let result = at
@@ -722,7 +825,12 @@ impl Sink for DuckSink {
         items.iter().map(|i| self.write_buffered(i)).collect()
     }
 
-    fn lookup_key(&mut self, catalog: Option<&str>, key: &str, window: std::time::Duration) -> Result<Option<KeyRecord>, IngestError> {
+    fn lookup_key(
+        &mut self,
+        catalog: Option<&str>,
+        key: &str,
+        window: std::time::Duration,
+    ) -> Result<Option<KeyRecord>, IngestError> {
         self.at.upgrade_keys(&mut self.conn, catalog)?;
         let sql = format!(
             "SELECT stream, ack FROM {} WHERE key_sha256 = {} AND committed_at >= now() - to_microseconds({})",
@@ -820,7 +928,9 @@ impl Sink for DuckSink {
                 .and_then(|mut txn| {
                     let kind = txn.prepare(sql).map_err(E::sql)?.kind();
                     if kind != StatementKind::Select {
-                        return Err(IngestError::BadInput("the query must be a statement that returns rows (SELECT, FROM, VALUES, ...)".into()));
+                        return Err(IngestError::BadInput(
+                            "the query must be a statement that returns rows (SELECT, FROM, VALUES, ...)".into(),
+                        ));
                     }
                     stream_result(&mut txn, &Statement { sql: sql.to_string(), params: Vec::new() }, kind, out)?;
                     txn.commit().map_err(E::db)
@@ -856,8 +966,14 @@ impl Sink for DuckSink {
         let text = |rows: Vec<Vec<Option<String>>>| -> Vec<Vec<String>> {
             rows.into_iter().map(|r| r.into_iter().map(Option::unwrap_or_default).collect()).collect()
         };
-        let catalogs = text(conn.query(&format!("SELECT database_name FROM duckdb_databases() WHERE {own} ORDER BY 1")).map_err(E::db)?);
-        let schemas = text(conn.query(&format!("SELECT database_name, schema_name FROM duckdb_schemas() WHERE {own} ORDER BY 1, 2")).map_err(E::db)?);
+        let catalogs = text(
+            conn.query(&format!("SELECT database_name FROM duckdb_databases() WHERE {own} ORDER BY 1"))
+                .map_err(E::db)?,
+        );
+        let schemas = text(
+            conn.query(&format!("SELECT database_name, schema_name FROM duckdb_schemas() WHERE {own} ORDER BY 1, 2"))
+                .map_err(E::db)?,
+        );
         let tables = text(
             conn.query(&format!(
                 "SELECT database_name, schema_name, table_name, 'TABLE' FROM duckdb_tables() WHERE {own} AND NOT temporary \
@@ -872,9 +988,15 @@ impl Sink for DuckSink {
             tables: Vec::with_capacity(tables.len()),
         };
         for r in tables {
-            let [catalog, schema, name, kind] = <[String; 4]>::try_from(r).map_err(|_| IngestError::Internal("catalog row".into()))?;
+            let [catalog, schema, name, kind] =
+                <[String; 4]>::try_from(r).map_err(|_| IngestError::Internal("catalog row".into()))?;
             let arrow = if with_schemas {
-                let sql = format!("SELECT * FROM {}.{}.{} LIMIT 0", quote_ident(&catalog), quote_ident(&schema), quote_ident(&name));
+                let sql = format!(
+                    "SELECT * FROM {}.{}.{} LIMIT 0",
+                    quote_ident(&catalog),
+                    quote_ident(&schema),
+                    quote_ident(&name)
+                );
                 Some(conn.arrow_schema_of(&sql).map_err(E::db)?)
             } else {
                 None
@@ -886,7 +1008,12 @@ impl Sink for DuckSink {
 }
 
 /// Runs a statement (once per parameter row) and sends its schema, then its batches, to `out`.
-fn stream_result(conn: &mut RawConn, statement: &Statement, kind: StatementKind, out: &QueryOut) -> Result<(), IngestError> {
+fn stream_result(
+    conn: &mut RawConn,
+    statement: &Statement,
+    kind: StatementKind,
+    out: &QueryOut,
+) -> Result<(), IngestError> {
     let no_params = [Vec::new()];
     let runs: &[Vec<Param>] = if statement.params.is_empty() { &no_params } else { &statement.params };
     let mut schema_sent = false;
@@ -899,7 +1026,11 @@ fn stream_result(conn: &mut RawConn, statement: &Statement, kind: StatementKind,
     };
     for params in runs {
         // A query streams: DuckDB's Arrow schema for it comes from running it wrapped with LIMIT 0.
-        let streaming_schema = if kind == StatementKind::Select { conn.select_schema(&statement.sql, params).map_err(E::sql)? } else { None };
+        let streaming_schema = if kind == StatementKind::Select {
+            conn.select_schema(&statement.sql, params).map_err(E::sql)?
+        } else {
+            None
+        };
         let mut p = conn.prepare(&statement.sql).map_err(E::sql)?;
         p.bind(params).map_err(E::sql)?;
         match streaming_schema {
@@ -995,14 +1126,20 @@ impl DuckSink {
             if checked > MAX_NESTED_TEXTS {
                 return Err(IngestError::Denied(format!("query() texts nest more than {MAX_NESTED_TEXTS} deep")));
             }
-            let serialized = self.conn.query_value(&format!("SELECT json_serialize_sql({})", quote_literal(&text))).map_err(E::db)?;
+            let serialized = self
+                .conn
+                .query_value(&format!("SELECT json_serialize_sql({})", quote_literal(&text)))
+                .map_err(E::db)?;
             let calls = crate::engine::sql_tree::calls_of(&serialized.unwrap_or_default()).map_err(|r| match r {
                 crate::engine::sql_tree::Refusal::Invalid(m) => IngestError::Sql(DbError::from_text(m)),
                 other => IngestError::Denied(other.message()),
             })?;
             for f in &calls.functions {
                 if !self.known_functions.contains(f) {
-                    let rows = self.conn.query("SELECT DISTINCT lower(function_name) FROM duckdb_functions()").map_err(E::db)?;
+                    let rows = self
+                        .conn
+                        .query("SELECT DISTINCT lower(function_name) FROM duckdb_functions()")
+                        .map_err(E::db)?;
                     self.known_functions = rows.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect();
                     if !self.known_functions.contains(f) {
                         return Err(IngestError::Denied(format!(
@@ -1024,7 +1161,11 @@ impl DuckSink {
     /// With `read_write`, the statement runs in a transaction of ours that commits only if it left no temporary
     /// object: the statement pool's connections serve every client in turn, so a temporary table, view, sequence
     /// or type would outlive its statement and be seen (or shadow names) in the next client's.
-    fn remote<T>(&mut self, access: Access, f: impl FnOnce(&mut RawConn) -> Result<T, IngestError>) -> Result<T, IngestError> {
+    fn remote<T>(
+        &mut self,
+        access: Access,
+        f: impl FnOnce(&mut RawConn) -> Result<T, IngestError>,
+    ) -> Result<T, IngestError> {
         self.on_host_db(|conn| {
             let begun = if access == Access::ReadOnly { conn.begin_read_only() } else { conn.begin() };
             begun.map_err(E::db).and_then(|mut txn| {

@@ -248,7 +248,8 @@ pub fn is_commit_conflict(e: &DbError) -> bool {
     // transaction" (a type its catalog database lacks too); only these causes, which DuckDB gives no kind of
     // their own, are races.
     e.is(DbErrorKind::Transaction)
-        && (e.message.contains("Transaction conflict") || e.message.contains("duplicate key value violates unique constraint \"ducklake_snapshot"))
+        && (e.message.contains("Transaction conflict")
+            || e.message.contains("duplicate key value violates unique constraint \"ducklake_snapshot"))
 }
 
 impl IngestError {
@@ -293,9 +294,14 @@ mod tests {
 
     #[test]
     fn a_lost_commit_race_is_worth_a_retry() {
-        let e = IngestError::Db(DbError::from_text("TransactionContext Error: Failed to commit: Failed to commit DuckLake transaction.\nTransaction conflict - attempting to insert"));
+        let e = IngestError::Db(DbError::from_text(
+            "TransactionContext Error: Failed to commit: Failed to commit DuckLake transaction.\nTransaction conflict - attempting to insert",
+        ));
         assert!(e.is_commit_conflict());
-        assert_eq!((e.code(), grpc_code(e.code()), http_status(e.code())), (Code::Contended, tonic::Code::Aborted, 503));
+        assert_eq!(
+            (e.code(), grpc_code(e.code()), http_status(e.code())),
+            (Code::Contended, tonic::Code::Aborted, 503)
+        );
         assert!(!IngestError::Db(DbError::from_text("IO Error: disk full")).is_commit_conflict());
         let not_a_race = "TransactionContext Error: Failed to commit: Failed to commit DuckLake transaction.\nFailed to flush changes into DuckLake: ERROR:  type \"time_ns\" does not exist";
         assert!(!IngestError::Db(DbError::from_text(not_a_race)).is_commit_conflict());
@@ -315,7 +321,10 @@ mod tests {
 
     #[test]
     fn duckdb_errors_are_classified_by_their_class() {
-        assert_eq!(IngestError::Db(DbError::from_text("Constraint Error: NOT NULL constraint failed")).code(), Code::Conflict);
+        assert_eq!(
+            IngestError::Db(DbError::from_text("Constraint Error: NOT NULL constraint failed")).code(),
+            Code::Conflict
+        );
         assert_eq!(IngestError::Db(DbError::from_text("IO Error: disk full")).code(), Code::Internal);
     }
 }

@@ -99,7 +99,6 @@ impl Request {
     }
 }
 
-
 /// Counts a request as in flight while it lives.
 struct Active<'a>(&'a AtomicUsize);
 
@@ -165,7 +164,12 @@ impl<S: Sink> Core<S> {
         result.map(|(report, _)| report)
     }
 
-    async fn run<I>(&self, request: &Request, mut input: I, counts: &Arc<Counts>) -> Result<(Report, Written), IngestError>
+    async fn run<I>(
+        &self,
+        request: &Request,
+        mut input: I,
+        counts: &Arc<Counts>,
+    ) -> Result<(Report, Written), IngestError>
     where
         I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
     {
@@ -219,7 +223,9 @@ impl<S: Sink> Core<S> {
                         return Err(e);
                     }
                 };
-                if let Some(record) = self.lookup_key(mapping.target.catalog.clone(), key, request.policy.idempotency_window).await? {
+                if let Some(record) =
+                    self.lookup_key(mapping.target.catalog.clone(), key, request.policy.idempotency_window).await?
+                {
                     if record.stream != stream {
                         return Err(IngestError::KeyReused { key: key.clone(), stream: record.stream });
                     }
@@ -242,14 +248,22 @@ impl<S: Sink> Core<S> {
         let stall = request.policy.stall_timeout;
         let schema = match self.next_or_cancel(&mut input, stall).await? {
             Some(Incoming::Schema(s)) => s,
-            Some(Incoming::Batch(_)) => return Err(IngestError::BadInput("the stream sent a batch before its schema".into())),
+            Some(Incoming::Batch(_)) => {
+                return Err(IngestError::BadInput("the stream sent a batch before its schema".into()));
+            }
             None => return Err(IngestError::BadInput("the stream ended before it sent a schema".into())),
         };
         schema::check_supported(&schema).map_err(IngestError::Unsupported)?;
         // Types DuckDB's scan refuses but can hold after a lossless cast (float16, decimal256 in range).
         let incoming = schema;
         let (schema, needs_cast) = schema::storable(&incoming);
-        let flow = Flow { stall, incoming: &incoming, cast_to: needs_cast.then_some(&schema), counts, reservation: &request.reservation };
+        let flow = Flow {
+            stall,
+            incoming: &incoming,
+            cast_to: needs_cast.then_some(&schema),
+            counts,
+            reservation: &request.reservation,
+        };
 
         // Read ahead: a request that ends within GROUP_BYTES is committed with others in one transaction (group
         // commit); a larger one streams into a writer of its own, starting with what was read ahead.
@@ -279,7 +293,8 @@ impl<S: Sink> Core<S> {
                 let table = mapping.target.display();
                 let (reply, done) = oneshot::channel();
                 let (batches, charges) = ahead.into_iter().map(|(b, _, c)| (b, c)).unzip();
-                let item = Buffered { mapping, schema, batches, rows, key, commit_retries: request.policy.commit_retries };
+                let item =
+                    Buffered { mapping, schema, batches, rows, key, commit_retries: request.policy.commit_retries };
                 self.writers.submit_group(item, reply, charges)?;
                 let written = done.await.map_err(|_| IngestError::Internal("the group committer went away".into()))?;
                 let written = match written {
@@ -287,7 +302,10 @@ impl<S: Sink> Core<S> {
                     Err(e) => return self.resolve_unknown(&catalog, request, stream, e).await,
                 };
                 let batches = counts.batches.load(Ordering::Relaxed);
-                return Ok((Report { stream: stream.to_string(), table, rows: written.rows, batches, replayed: false }, written));
+                return Ok((
+                    Report { stream: stream.to_string(), table, rows: written.rows, batches, replayed: false },
+                    written,
+                ));
             }
         }
 
@@ -341,7 +359,13 @@ impl<S: Sink> Core<S> {
     /// A keyed request whose commit failed in a way that leaves its outcome unknown (the connection to a
     /// DuckLake's catalog lost during COMMIT, say) is resolved through its key, which commits with the rows: found,
     /// the request committed and is acknowledged; not found, the failure stands.
-    async fn resolve_unknown(&self, catalog: &Option<String>, request: &Request, stream: &str, e: IngestError) -> Result<(Report, Written), IngestError> {
+    async fn resolve_unknown(
+        &self,
+        catalog: &Option<String>,
+        request: &Request,
+        stream: &str,
+        e: IngestError,
+    ) -> Result<(Report, Written), IngestError> {
         let (Some(key), IngestError::Db(_)) = (&request.idempotency_key, &e) else { return Err(e) };
         if e.is_commit_conflict() {
             return Err(e);
@@ -383,7 +407,11 @@ impl<S: Sink> Core<S> {
 
     /// The next non-empty batch of the input (cast when needed) and its decoded size, counted; `None` at the
     /// end. A repeated schema must equal the first.
-    async fn next_batch<I>(&self, input: &mut I, flow: &Flow<'_>) -> Result<Option<(RecordBatch, usize, Charge)>, IngestError>
+    async fn next_batch<I>(
+        &self,
+        input: &mut I,
+        flow: &Flow<'_>,
+    ) -> Result<Option<(RecordBatch, usize, Charge)>, IngestError>
     where
         I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
     {
@@ -432,7 +460,14 @@ impl<S: Sink> Core<S> {
 
     /// Queues a batch for the writer once the request's byte budget has room for it (the writer's pace is the
     /// sender's: while this waits, the request reads nothing more). `Ok(false)` when the writer stopped reading.
-    async fn queue(&self, feed: &Feed, b: RecordBatch, size: usize, charge: Charge, counted: bool) -> Result<bool, IngestError> {
+    async fn queue(
+        &self,
+        feed: &Feed,
+        b: RecordBatch,
+        size: usize,
+        charge: Charge,
+        counted: bool,
+    ) -> Result<bool, IngestError> {
         // Within QUEUE_BYTES (64 MiB), so the count fits a u32.
         let share = size.clamp(1, QUEUE_BYTES) as u32;
         let permit = tokio::select! {
@@ -472,7 +507,13 @@ mod tests {
     }
 
     impl Sink for Fake {
-        fn write(&mut self, mapping: &Mapping, _schema: SchemaRef, mut input: BatchRx, _key: Option<&RequestKey>) -> Result<Written, IngestError> {
+        fn write(
+            &mut self,
+            mapping: &Mapping,
+            _schema: SchemaRef,
+            mut input: BatchRx,
+            _key: Option<&RequestKey>,
+        ) -> Result<Written, IngestError> {
             if let Some(hold) = &self.hold {
                 let _ = hold.lock().unwrap().recv();
             }
@@ -528,7 +569,10 @@ mod tests {
         let core = core(&committed);
         let items = vec![Ok(Incoming::Schema(schema())), Ok(Incoming::Batch(batch(3))), Ok(Incoming::Batch(batch(4)))];
         let report = core.ingest(req("events", Protocol::Flight), stream::iter(items)).await.unwrap();
-        assert_eq!(report, Report { stream: "events".into(), table: "main.events".into(), rows: 7, batches: 2, replayed: false });
+        assert_eq!(
+            report,
+            Report { stream: "events".into(), table: "main.events".into(), rows: 7, batches: 2, replayed: false }
+        );
         assert_eq!(*committed.lock().unwrap(), vec![("events".to_string(), 7)]);
         let m = &core.metrics().rows()[0];
         assert_eq!((m.stream.as_str(), m.requests_ok, m.rows, m.batches, m.decoded_bytes), ("events", 1, 7, 2, 7 * 8));
@@ -540,13 +584,21 @@ mod tests {
         let committed: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
         let (release, hold) = std::sync::mpsc::channel();
         let hold = Arc::new(Mutex::new(hold));
-        let sinks = (0..3).map(|_| Fake { committed: Arc::clone(&committed), hold: Some(Arc::clone(&hold)), ..Fake::default() }).collect();
-        let core = Arc::new(Core::new(Writers::start(sinks).unwrap(), CancellationToken::new(), Arc::default(), Arc::default()));
+        let sinks = (0..3)
+            .map(|_| Fake { committed: Arc::clone(&committed), hold: Some(Arc::clone(&hold)), ..Fake::default() })
+            .collect();
+        let core = Arc::new(Core::new(
+            Writers::start(sinks).unwrap(),
+            CancellationToken::new(),
+            Arc::default(),
+            Arc::default(),
+        ));
         // Batches of 24 MiB: the 64 MiB budget queues two; the third waits for room, and nothing more is read.
         let rows = (24 << 20) / 8;
         let pulled = Arc::new(AtomicUsize::new(0));
         let seen = Arc::clone(&pulled);
-        let items = std::iter::once(Ok(Incoming::Schema(schema()))).chain((0..6).map(move |_| Ok(Incoming::Batch(batch(rows as i64)))));
+        let items = std::iter::once(Ok(Incoming::Schema(schema())))
+            .chain((0..6).map(move |_| Ok(Incoming::Batch(batch(rows as i64)))));
         let input = stream::iter(items).inspect(move |_| {
             seen.fetch_add(1, Ordering::SeqCst);
         });
@@ -611,7 +663,8 @@ mod tests {
         tx.unbounded_send(Ok(Incoming::Schema(schema()))).unwrap();
         tx.unbounded_send(Ok(Incoming::Batch(batch(5)))).unwrap();
         let policy = Arc::new(Policy::new(false, Duration::from_millis(100), 4));
-        let err = core.ingest(Request::new("events", Protocol::Rest, Principal::Anonymous, policy), rx).await.unwrap_err();
+        let err =
+            core.ingest(Request::new("events", Protocol::Rest, Principal::Anonymous, policy), rx).await.unwrap_err();
         assert!(matches!(err, IngestError::Stalled(_)), "{err:?}");
         assert_eq!(err.code(), Code::Timeout);
         assert!(committed.lock().unwrap().is_empty());
@@ -625,9 +678,11 @@ mod tests {
         let mut input = BatchRx::new(rx, Arc::default());
         tx.send(Msg::Batch(batch(1), Held::default())).await.unwrap();
         drop(tx);
-        let got = tokio::task::spawn_blocking(move || (input.next_batch().map(|b| b.is_some()), input.next_batch().map(|_| ())))
-            .await
-            .unwrap();
+        let got = tokio::task::spawn_blocking(move || {
+            (input.next_batch().map(|b| b.is_some()), input.next_batch().map(|_| ()))
+        })
+        .await
+        .unwrap();
         assert!(matches!(got.0, Ok(true)));
         assert!(matches!(got.1, Err(IngestError::Disconnected)));
     }
@@ -636,8 +691,15 @@ mod tests {
     async fn unsupported_types_are_refused_before_any_write() {
         let committed = Arc::default();
         let core = core(&committed);
-        let s = Arc::new(Schema::new(vec![Field::new("u", DataType::Union(arrow::datatypes::UnionFields::empty(), arrow::datatypes::UnionMode::Sparse), true)]));
-        let err = core.ingest(req("events", Protocol::Flight), stream::iter(vec![Ok(Incoming::Schema(s))])).await.unwrap_err();
+        let s = Arc::new(Schema::new(vec![Field::new(
+            "u",
+            DataType::Union(arrow::datatypes::UnionFields::empty(), arrow::datatypes::UnionMode::Sparse),
+            true,
+        )]));
+        let err = core
+            .ingest(req("events", Protocol::Flight), stream::iter(vec![Ok(Incoming::Schema(s))]))
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("column \"u\""), "{err}");
     }
 
@@ -649,17 +711,31 @@ mod tests {
         let (tx, rx) = futures::channel::mpsc::unbounded();
         tx.unbounded_send(Ok(Incoming::Schema(schema()))).unwrap();
         let (c, p) = (Arc::clone(&core), Arc::clone(&policy));
-        let first = tokio::spawn(async move { c.ingest(Request::new("events", Protocol::Flight, Principal::Anonymous, p), rx).await });
+        let first = tokio::spawn(async move {
+            c.ingest(Request::new("events", Protocol::Flight, Principal::Anonymous, p), rx).await
+        });
         tokio::time::sleep(Duration::from_millis(50)).await;
         let items = vec![Ok(Incoming::Schema(schema())), Ok(Incoming::Batch(batch(2)))];
-        let err = core.ingest(Request::new("events", Protocol::Flight, Principal::Anonymous, Arc::clone(&policy)), stream::iter(items)).await.unwrap_err();
+        let err = core
+            .ingest(
+                Request::new("events", Protocol::Flight, Principal::Anonymous, Arc::clone(&policy)),
+                stream::iter(items),
+            )
+            .await
+            .unwrap_err();
         assert!(matches!(err, IngestError::Overloaded(1)), "{err:?}");
         assert_eq!(err.code(), Code::Busy);
         tx.unbounded_send(Ok(Incoming::Batch(batch(3)))).unwrap();
         drop(tx);
         assert_eq!(first.await.unwrap().unwrap().rows, 3);
         let items = vec![Ok(Incoming::Schema(schema())), Ok(Incoming::Batch(batch(2)))];
-        assert_eq!(core.ingest(Request::new("events", Protocol::Flight, Principal::Anonymous, policy), stream::iter(items)).await.unwrap().rows, 2);
+        assert_eq!(
+            core.ingest(Request::new("events", Protocol::Flight, Principal::Anonymous, policy), stream::iter(items))
+                .await
+                .unwrap()
+                .rows,
+            2
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -669,12 +745,24 @@ mod tests {
         let core = core(&committed);
         let etl = Principal::Token { name: Arc::from("etl"), scope: Arc::new(Scope::Streams(vec!["events".into()])) };
         let items = || vec![Ok(Incoming::Schema(schema())), Ok(Incoming::Batch(batch(2)))];
-        let err = core.ingest(Request::new("orders", Protocol::Rest, etl.clone(), Arc::default()), stream::iter(items())).await.unwrap_err();
-        assert_eq!((err.code(), err.to_string()), (Code::Denied, "token \"etl\" is not allowed to use stream \"orders\"".to_string()));
+        let err = core
+            .ingest(Request::new("orders", Protocol::Rest, etl.clone(), Arc::default()), stream::iter(items()))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.code(), err.to_string()),
+            (Code::Denied, "token \"etl\" is not allowed to use stream \"orders\"".to_string())
+        );
         let mut own_target = Request::new("events", Protocol::Rest, etl.clone(), Arc::default());
         own_target.target = Some(Target { catalog: None, schema: "main".into(), table: "orders".into() });
         assert_eq!(core.ingest(own_target, stream::iter(items())).await.unwrap_err().code(), Code::Denied);
-        assert_eq!(core.ingest(Request::new("events", Protocol::Rest, etl, Arc::default()), stream::iter(items())).await.unwrap().rows, 2);
+        assert_eq!(
+            core.ingest(Request::new("events", Protocol::Rest, etl, Arc::default()), stream::iter(items()))
+                .await
+                .unwrap()
+                .rows,
+            2
+        );
         assert_eq!(*committed.lock().unwrap(), vec![("events".to_string(), 2)]);
     }
 
@@ -682,8 +770,15 @@ mod tests {
     async fn small_requests_commit_in_groups_and_large_ones_stream() {
         let committed: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
         let groups: Arc<Mutex<Vec<usize>>> = Arc::default();
-        let sinks = (0..3).map(|_| Fake { committed: Arc::clone(&committed), groups: Arc::clone(&groups), ..Fake::default() }).collect();
-        let core = Arc::new(Core::new(Writers::start(sinks).unwrap(), CancellationToken::new(), Arc::default(), Arc::default()));
+        let sinks = (0..3)
+            .map(|_| Fake { committed: Arc::clone(&committed), groups: Arc::clone(&groups), ..Fake::default() })
+            .collect();
+        let core = Arc::new(Core::new(
+            Writers::start(sinks).unwrap(),
+            CancellationToken::new(),
+            Arc::default(),
+            Arc::default(),
+        ));
         let tasks: Vec<_> = (0..20)
             .map(|i| {
                 let c = Arc::clone(&core);
@@ -701,7 +796,8 @@ mod tests {
         assert!(seen.len() < 20, "no request was grouped with another: {seen:?}");
         // Over GROUP_BYTES: streamed through a writer (the Fake's write), not grouped.
         let big = (GROUP_BYTES / 8) as i64 + 1;
-        let items = vec![Ok(Incoming::Schema(schema())), Ok(Incoming::Batch(batch(big))), Ok(Incoming::Batch(batch(3)))];
+        let items =
+            vec![Ok(Incoming::Schema(schema())), Ok(Incoming::Batch(batch(big))), Ok(Incoming::Batch(batch(3)))];
         assert_eq!(core.ingest(req("big", Protocol::Rest), stream::iter(items)).await.unwrap().rows, big as u64 + 3);
         assert_eq!(committed.lock().unwrap().iter().filter(|(t, _)| t == "big").count(), 1);
         // A mode that cannot share a transaction (Flight SQL create) streams too, every batch of it.
@@ -715,4 +811,3 @@ mod tests {
         assert_eq!(core.writers().stop(Duration::from_secs(5)).len(), 3);
     }
 }
-

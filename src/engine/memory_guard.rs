@@ -37,7 +37,13 @@ pub struct MemoryGuard {
 
 impl MemoryGuard {
     pub fn new(limit: u64, resident: fn() -> Option<u64>) -> MemoryGuard {
-        MemoryGuard { limit, resident, running: Mutex::new(Vec::new()), wake: Notify::new(), interrupted: Default::default() }
+        MemoryGuard {
+            limit,
+            resident,
+            running: Mutex::new(Vec::new()),
+            wake: Notify::new(),
+            interrupted: Default::default(),
+        }
     }
 
     pub fn limit(&self) -> u64 {
@@ -117,7 +123,9 @@ mod tests {
         RESIDENT.store((2 << 30) + GROWTH, Ordering::Relaxed);
         assert!(guard.check(), "the older statement did not grow the process by GROWTH: still watched");
         assert_eq!(guard.interrupted(), 1);
-        let e = new.explain::<()>(Err(IngestError::Sql(crate::duck::DbError::from_text("INTERRUPT Error: Interrupted!")))).unwrap_err();
+        let e = new
+            .explain::<()>(Err(IngestError::Sql(crate::duck::DbError::from_text("INTERRUPT Error: Interrupted!"))))
+            .unwrap_err();
         assert!(matches!(e, IngestError::OverMemory { limit, .. } if limit == 1 << 30), "{e:?}");
         drop(old);
         assert!(!guard.check(), "nothing left to watch");

@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::engine::budget::Budget;
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 pub const REQUESTS: &str = "arrowport_requests_total";
 pub const ROWS: &str = "arrowport_rows_total";
@@ -42,7 +44,8 @@ pub const OTHER_STREAMS: &str = "_other";
 pub const MAX_STREAMS: usize = 1000;
 
 /// Latency buckets in seconds: 1 ms to 2 min.
-const BUCKETS: [f64; 16] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+const BUCKETS: [f64; 16] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
 
 /// The protocols that count separately.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -165,8 +168,9 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntC
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str) -> HistogramVec {
-    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()), &[LABEL_STREAM, LABEL_PROTOCOL])
-        .expect("static metric definition");
+    let h =
+        HistogramVec::new(HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()), &[LABEL_STREAM, LABEL_PROTOCOL])
+            .expect("static metric definition");
     registry.register(Box::new(h.clone())).expect("metric registered once");
     h
 }
@@ -185,24 +189,40 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let sp = [LABEL_STREAM, LABEL_PROTOCOL];
-        let requests = counter(&registry, REQUESTS, "Requests finished, by outcome (ok = committed).", &[LABEL_STREAM, LABEL_PROTOCOL, LABEL_OUTCOME]);
+        let requests = counter(
+            &registry,
+            REQUESTS,
+            "Requests finished, by outcome (ok = committed).",
+            &[LABEL_STREAM, LABEL_PROTOCOL, LABEL_OUTCOME],
+        );
         let rows = counter(&registry, ROWS, "Rows committed.", &sp);
         let batches = counter(&registry, BATCHES, "Record batches committed.", &sp);
         let wire = counter(&registry, WIRE_BYTES, "Request bytes on the wire, committed or not.", &sp);
-        let decoded = counter(&registry, DECODED_BYTES, "Arrow bytes after decoding (and decompression), committed or not.", &sp);
+        let decoded =
+            counter(&registry, DECODED_BYTES, "Arrow bytes after decoding (and decompression), committed or not.", &sp);
         let rolled_back = counter(&registry, ROWS_ROLLED_BACK, "Rows received by a writer and rolled back.", &sp);
         let request_seconds = histogram(&registry, REQUEST_SECONDS, "Request duration, first byte to answer.");
-        let write_seconds = histogram(&registry, WRITE_SECONDS, "Time spent writing into DuckDB, first batch to commit.");
-        let in_flight = IntGaugeVec::new(Opts::new(IN_FLIGHT, "Requests being received or written."), &[LABEL_PROTOCOL]).expect("static metric definition");
+        let write_seconds =
+            histogram(&registry, WRITE_SECONDS, "Time spent writing into DuckDB, first batch to commit.");
+        let in_flight =
+            IntGaugeVec::new(Opts::new(IN_FLIGHT, "Requests being received or written."), &[LABEL_PROTOCOL])
+                .expect("static metric definition");
         registry.register(Box::new(in_flight.clone())).expect("metric registered once");
-        let uptime = IntGauge::new(UPTIME, "Seconds since the listeners started (0 when stopped).").expect("static metric definition");
+        let uptime = IntGauge::new(UPTIME, "Seconds since the listeners started (0 when stopped).")
+            .expect("static metric definition");
         registry.register(Box::new(uptime.clone())).expect("metric registered once");
         let budget_used = IntGauge::new(BUDGET_USED, "Bytes of client data held against the memory budget now (messages arriving and being decoded, batches queued).")
             .expect("static metric definition");
         registry.register(Box::new(budget_used.clone())).expect("metric registered once");
-        let budget_limit = IntGauge::new(BUDGET_LIMIT, "The memory budget (memory_budget), 0 when stopped.").expect("static metric definition");
+        let budget_limit = IntGauge::new(BUDGET_LIMIT, "The memory budget (memory_budget), 0 when stopped.")
+            .expect("static metric definition");
         registry.register(Box::new(budget_limit.clone())).expect("metric registered once");
-        let replays = counter(&registry, REPLAYS, "Requests answered from an earlier commit of their idempotency key (nothing written).", &[LABEL_PROTOCOL]);
+        let replays = counter(
+            &registry,
+            REPLAYS,
+            "Requests answered from an earlier commit of their idempotency key (nothing written).",
+            &[LABEL_PROTOCOL],
+        );
         let commit_retries = counter(
             &registry,
             COMMIT_RETRIES,
@@ -311,8 +331,11 @@ impl Metrics {
 
     /// One row per (stream, protocol) that has series, sorted.
     pub fn rows(&self) -> Vec<Row> {
-        let notes: Vec<((String, Protocol), Notes)> =
-            self.known.lock().map(|k| k.notes.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
+        let notes: Vec<((String, Protocol), Notes)> = self
+            .known
+            .lock()
+            .map(|k| k.notes.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
         let mut rows: Vec<Row> = notes
             .into_iter()
             .map(|((stream, protocol), notes)| {
@@ -321,7 +344,10 @@ impl Metrics {
                 let q = |p: f64| quantile(&latency, p).map(|s| s * 1000.0);
                 Row {
                     requests_ok: self.requests.with_label_values(&[stream.as_str(), protocol.name(), "ok"]).get(),
-                    requests_failed: self.requests.with_label_values(&[stream.as_str(), protocol.name(), "failed"]).get(),
+                    requests_failed: self
+                        .requests
+                        .with_label_values(&[stream.as_str(), protocol.name(), "failed"])
+                        .get(),
                     rows: self.rows.with_label_values(&sp).get(),
                     batches: self.batches.with_label_values(&sp).get(),
                     wire_bytes: self.wire.with_label_values(&sp).get(),

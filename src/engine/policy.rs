@@ -147,7 +147,8 @@ impl Access {
 /// Names a statement sent over the network may not contain: the functions that start and stop listeners or send
 /// to other hosts (from a writer thread they would wait for that very thread), and the scratch database the
 /// writers' scan views live in (detaching it would break every writer).
-const FORBIDDEN_NAMES: [&str; 5] = ["arrowport_stop", "arrowport_listen", "arrowport_send", "arrowport_maintain", "arrowport_scratch"];
+const FORBIDDEN_NAMES: [&str; 5] =
+    ["arrowport_stop", "arrowport_listen", "arrowport_send", "arrowport_maintain", "arrowport_scratch"];
 
 pub fn check_statement(sql: &str, access: Access, principal: &Principal, policy: &Policy) -> Result<(), IngestError> {
     if sql.len() > policy.max_sql_bytes {
@@ -167,7 +168,9 @@ pub fn check_statement(sql: &str, access: Access, principal: &Principal, policy:
     }
     let lower = sql.to_ascii_lowercase();
     if let Some(f) = FORBIDDEN_NAMES.iter().find(|f| lower.contains(*f)) {
-        return Err(IngestError::Denied(format!("{f} cannot be used over the network; use it in the host's own session")));
+        return Err(IngestError::Denied(format!(
+            "{f} cannot be used over the network; use it in the host's own session"
+        )));
     }
     if creates_code(&lower) {
         return Err(IngestError::Denied(
@@ -179,7 +182,9 @@ pub fn check_statement(sql: &str, access: Access, principal: &Principal, policy:
     if first_word(&lower) == "import" {
         // DuckDB expands IMPORT DATABASE into the statements of files on the host while it parses, so its text
         // says nothing of what it runs.
-        return Err(IngestError::Denied("IMPORT DATABASE is not accepted over the network: it runs statements from files on the host".into()));
+        return Err(IngestError::Denied(
+            "IMPORT DATABASE is not accepted over the network: it runs statements from files on the host".into(),
+        ));
     }
     Ok(())
 }
@@ -297,7 +302,12 @@ impl Gate {
     }
 
     /// Waits (within `limit`) until `done` holds; returns the state, and whether `done` held.
-    fn wait_until<'a>(&self, state: MutexGuard<'a, GateState>, limit: Duration, done: impl Fn(&GateState) -> bool) -> (MutexGuard<'a, GateState>, bool) {
+    fn wait_until<'a>(
+        &self,
+        state: MutexGuard<'a, GateState>,
+        limit: Duration,
+        done: impl Fn(&GateState) -> bool,
+    ) -> (MutexGuard<'a, GateState>, bool) {
         let (state, _) = self.changed.wait_timeout_while(state, limit, |s| !done(s)).unwrap_or_else(|e| e.into_inner());
         let ok = done(&state);
         (state, ok)
@@ -391,7 +401,9 @@ mod tests {
         let flag = Arc::clone(&interrupted);
         let started = std::time::Instant::now();
         let (result, by) = as_remote(|| {
-            std::thread::spawn(move || admit_admin("f", move || flag.store(true, std::sync::atomic::Ordering::SeqCst))).join().unwrap()
+            std::thread::spawn(move || admit_admin("f", move || flag.store(true, std::sync::atomic::Ordering::SeqCst)))
+                .join()
+                .unwrap()
         });
         assert_eq!(by, Some("f"));
         let err = result.unwrap_err();
@@ -423,7 +435,12 @@ mod tests {
     fn statements_are_checked_before_they_reach_duckdb() {
         let anon = Principal::Anonymous;
         assert!(check_statement("SELECT 1", Access::ReadOnly, &anon, &Policy::default()).is_ok());
-        assert!(check_statement("SELECT 1", Access::Off, &anon, &Policy::default()).unwrap_err().to_string().contains("sql := 'read_only'"));
+        assert!(
+            check_statement("SELECT 1", Access::Off, &anon, &Policy::default())
+                .unwrap_err()
+                .to_string()
+                .contains("sql := 'read_only'")
+        );
         let e = check_statement("select ARROWPORT_STOP()", Access::ReadWrite, &anon, &Policy::default()).unwrap_err();
         assert!(e.to_string().starts_with("arrowport_stop cannot be used over the network"), "{e}");
         let e = check_statement("DETACH arrowport_scratch", Access::ReadWrite, &anon, &Policy::default()).unwrap_err();
@@ -449,8 +466,14 @@ mod tests {
             let e = check_names(sql).unwrap_err().to_string();
             assert!(e.contains("may not name the schema \"arrowport\""), "{sql}: {e}");
         }
-        for sql in ["SELECT * FROM arrowport_metrics()", "SELECT 1 AS my_arrowport", "FROM arrowports", "SELECT 'not arrowportable'",
-                    "FROM query('SELECT arrowport' || '_stop()')", "FROM query('FROM arrowport'||'_create_token(''x'')')"] {
+        for sql in [
+            "SELECT * FROM arrowport_metrics()",
+            "SELECT 1 AS my_arrowport",
+            "FROM arrowports",
+            "SELECT 'not arrowportable'",
+            "FROM query('SELECT arrowport' || '_stop()')",
+            "FROM query('FROM arrowport'||'_create_token(''x'')')",
+        ] {
             assert!(check_names(sql).is_ok(), "{sql}");
         }
         for sql in ["IMPORT DATABASE '/tmp/x'", "  -- note\n /* c */ import database 'x'"] {
@@ -462,7 +485,11 @@ mod tests {
         let e = check_statement("SELECT 'a long statement'", Access::ReadOnly, &anon, &small).unwrap_err().to_string();
         assert!(e.contains("25 bytes of SQL, over the listener's limit of 16 bytes (max_sql_bytes)"), "{e}");
         assert_eq!(first_word("-- only a comment"), "");
-        for sql in ["CREATE MACRO m() AS 1", "create or replace temp macro x(a) as a", "Create /* c */ Temporary -- x\n FUNCTION f() AS 1"] {
+        for sql in [
+            "CREATE MACRO m() AS 1",
+            "create or replace temp macro x(a) as a",
+            "Create /* c */ Temporary -- x\n FUNCTION f() AS 1",
+        ] {
             let e = check_statement(sql, Access::ReadWrite, &anon, &Policy::default()).unwrap_err().to_string();
             assert!(e.starts_with("CREATE MACRO / CREATE FUNCTION is not accepted"), "{sql}: {e}");
         }

@@ -74,7 +74,13 @@ fn column_params(column: &dyn Array) -> Result<Vec<Param>, String> {
 
 /// The parameter schema clients are shown: `$1`, `$2`... with DuckDB's types.
 pub fn param_schema(types: Vec<DataType>) -> Schema {
-    Schema::new(types.into_iter().enumerate().map(|(i, t)| arrow::datatypes::Field::new(format!("${}", i + 1), t, true)).collect::<Vec<_>>())
+    Schema::new(
+        types
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| arrow::datatypes::Field::new(format!("${}", i + 1), t, true))
+            .collect::<Vec<_>>(),
+    )
 }
 
 /// A running statement's batches; ends with the statement's error if it failed midway.
@@ -93,11 +99,22 @@ impl<S: Sink> Core<S> {
     ) -> Result<Described, IngestError> {
         check_statement(sql, access, principal, policy)?;
         let (reply, rx) = oneshot::channel();
-        self.call_statement(Work::DescribeSql { sql: sql.to_string(), params, access, reply }, policy.statement_timeout, rx).await
+        self.call_statement(
+            Work::DescribeSql { sql: sql.to_string(), params, access, reply },
+            policy.statement_timeout,
+            rx,
+        )
+        .await
     }
 
     /// Runs a statement that changes data; returns the rows changed (summed over parameter rows).
-    pub async fn update(&self, statement: Statement, access: Access, principal: &Principal, policy: &Policy) -> Result<u64, IngestError> {
+    pub async fn update(
+        &self,
+        statement: Statement,
+        access: Access,
+        principal: &Principal,
+        policy: &Policy,
+    ) -> Result<u64, IngestError> {
         check_statement(&statement.sql, access, principal, policy)?;
         let _admitted = policy.admit()?;
         let (reply, rx) = oneshot::channel();
@@ -124,7 +141,12 @@ impl<S: Sink> Core<S> {
     /// Runs a query of the host's own session (for `arrowport_send`) in a read-only transaction and streams its
     /// result in batches of about `rows` rows (DuckDB's chunks gathered on the writer). `stall` bounds how long
     /// the writer waits for the batches to be taken.
-    pub async fn export(&self, sql: &str, rows: usize, stall: std::time::Duration) -> Result<(SchemaRef, QueryStream), IngestError> {
+    pub async fn export(
+        &self,
+        sql: &str,
+        rows: usize,
+        stall: std::time::Duration,
+    ) -> Result<(SchemaRef, QueryStream), IngestError> {
         // One gathered batch waits while the sender takes the one before: the writer keeps working, and what is
         // held stays within a few batches.
         let (tx, rx) = mpsc::channel(1);
@@ -135,7 +157,11 @@ impl<S: Sink> Core<S> {
     }
 
     /// Compacts a DuckLake catalog on a writer (see `Sink::maintain`).
-    pub async fn maintain(&self, catalog: &str, older_than: std::time::Duration) -> Result<Vec<Maintained>, IngestError> {
+    pub async fn maintain(
+        &self,
+        catalog: &str,
+        older_than: std::time::Duration,
+    ) -> Result<Vec<Maintained>, IngestError> {
         let (reply, rx) = oneshot::channel();
         self.call(Work::Maintain { catalog: catalog.to_string(), older_than, reply }, rx).await
     }
@@ -171,7 +197,9 @@ async fn result_stream<H: Send + 'static>(
     let stream = futures::stream::unfold(state, |(mut rx, done, held)| async move {
         match rx.recv().await {
             Some(QueryItem::Batch(b)) => Some((Ok(b), (rx, done, held))),
-            Some(QueryItem::Schema(_)) => Some((Err(IngestError::Internal("a second schema in one result".into())), (rx, None, held))),
+            Some(QueryItem::Schema(_)) => {
+                Some((Err(IngestError::Internal("a second schema in one result".into())), (rx, None, held)))
+            }
             None => match done {
                 None => None,
                 Some(done) => match done.await {
@@ -188,9 +216,9 @@ async fn result_stream<H: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
     use arrow::array::{Date32Array, Int32Array, StringArray};
     use arrow::datatypes::Field;
+    use std::sync::Arc;
 
     #[test]
     fn parameters_come_from_arrow_rows() {

@@ -157,10 +157,21 @@ pub trait Sink: Send + 'static {
         None
     }
 
-    fn write(&mut self, mapping: &Mapping, schema: SchemaRef, input: BatchRx, key: Option<&RequestKey>) -> Result<Written, IngestError>;
+    fn write(
+        &mut self,
+        mapping: &Mapping,
+        schema: SchemaRef,
+        input: BatchRx,
+        key: Option<&RequestKey>,
+    ) -> Result<Written, IngestError>;
     /// The committed request an idempotency key names, in `catalog` (`None`: the host database), if it
     /// committed within `window`.
-    fn lookup_key(&mut self, _catalog: Option<&str>, _key: &str, _window: Duration) -> Result<Option<KeyRecord>, IngestError> {
+    fn lookup_key(
+        &mut self,
+        _catalog: Option<&str>,
+        _key: &str,
+        _window: Duration,
+    ) -> Result<Option<KeyRecord>, IngestError> {
         Ok(None)
     }
     /// Writes several buffered requests, in one transaction when it can; one result per request, each
@@ -172,7 +183,12 @@ pub trait Sink: Send + 'static {
     fn list_tables(&mut self) -> Result<Vec<(String, Schema)>, IngestError>;
 
     /// Prepares a statement sent over the network (see `query`); describes its result and parameters.
-    fn describe_sql(&mut self, _sql: &str, _params: Option<&[Param]>, _access: Access) -> Result<Described, IngestError> {
+    fn describe_sql(
+        &mut self,
+        _sql: &str,
+        _params: Option<&[Param]>,
+        _access: Access,
+    ) -> Result<Described, IngestError> {
         Err(IngestError::Unsupported("this writer runs no SQL".into()))
     }
     /// Runs a statement and sends its schema, then its batches, to `out`.
@@ -278,7 +294,8 @@ fn gathered(mut held: Vec<RecordBatch>) -> Result<RecordBatch, IngestError> {
     if held.len() == 1 {
         return Ok(held.pop().expect("one batch"));
     }
-    arrow::compute::concat_batches(&held[0].schema(), &held).map_err(|e| IngestError::Internal(format!("gathering a result: {e}")))
+    arrow::compute::concat_batches(&held[0].schema(), &held)
+        .map_err(|e| IngestError::Internal(format!("gathering a result: {e}")))
 }
 
 impl QueryOut {
@@ -364,7 +381,9 @@ mod query_out_tests {
 
     fn handed_over(gather: usize, chunks: &[i64]) -> Vec<usize> {
         let schema = Arc::new(Schema::new(vec![Field::new("i", DataType::Int64, false)]));
-        let chunk = |n: i64| RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(Int64Array::from_iter_values(0..n))]).unwrap();
+        let chunk = |n: i64| {
+            RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(Int64Array::from_iter_values(0..n))]).unwrap()
+        };
         let (tx, mut rx) = mpsc::channel(64);
         let out = QueryOut::gathering(tx, Duration::from_secs(1), gather);
         for &n in chunks {

@@ -104,7 +104,9 @@ fn constant_text(expr: &Value) -> Option<&str> {
         return v.get("is_null").and_then(Value::as_bool).filter(|n| !n).and(v.get("value")).and_then(Value::as_str);
     }
     let literal = expr.get("literal")?;
-    (literal.get("kind").and_then(Value::as_str) == Some("STRING")).then(|| literal.get("text").and_then(Value::as_str)).flatten()
+    (literal.get("kind").and_then(Value::as_str) == Some("STRING"))
+        .then(|| literal.get("text").and_then(Value::as_str))
+        .flatten()
 }
 
 impl Refusal {
@@ -139,7 +141,8 @@ mod tests {
     }
 
     fn tree(select: Value, from: Value) -> String {
-        serde_json::json!({"error": false, "statements": [{"node": {"select_list": [select], "from_table": from}}]}).to_string()
+        serde_json::json!({"error": false, "statements": [{"node": {"select_list": [select], "from_table": from}}]})
+            .to_string()
     }
 
     #[test]
@@ -150,14 +153,19 @@ mod tests {
         names.sort();
         assert_eq!(names, vec!["abs".to_string(), "query".to_string()]);
         assert_eq!(calls.nested, vec!["SELECT 1".to_string()]);
-        let from = serde_json::json!({"type": "TABLE_FUNCTION", "function": function("checkpoint", serde_json::json!([]))});
+        let from =
+            serde_json::json!({"type": "TABLE_FUNCTION", "function": function("checkpoint", serde_json::json!([]))});
         assert_eq!(calls_of(&tree(constant("x"), from)), Err(Refusal::SideEffect("checkpoint".into())));
         let dynamic = function("query", serde_json::json!([function("concat", serde_json::json!([]))]));
         assert_eq!(calls_of(&tree(dynamic, Value::Null)), Err(Refusal::DynamicText("query".into())));
         let not_select = r#"{"error":true,"error_type":"not implemented","error_message":"Only SELECT statements can be serialized to json!"}"#;
         assert_eq!(calls_of(not_select), Err(Refusal::NotAQuery));
-        let deep = r#"{"error":true,"error_type":"parser","error_message":"Max expression depth limit of 1000 exceeded"}"#;
-        assert_eq!(calls_of(deep), Err(Refusal::Invalid("Parser Error: Max expression depth limit of 1000 exceeded".into())));
+        let deep =
+            r#"{"error":true,"error_type":"parser","error_message":"Max expression depth limit of 1000 exceeded"}"#;
+        assert_eq!(
+            calls_of(deep),
+            Err(Refusal::Invalid("Parser Error: Max expression depth limit of 1000 exceeded".into()))
+        );
         // DuckDB 2's shape: arguments[].expression with a literal.
         let v2 = serde_json::json!({"class": "FUNCTION", "function_name": "query", "arguments": [
             {"name": "", "expression": {"class": "CONSTANT", "literal": {"kind": "STRING", "text": "FROM checkpoint()"}}}]});

@@ -18,7 +18,8 @@ use crate::engine::budget::Charge;
 use crate::engine::error::IngestError;
 use crate::engine::policy::Access;
 use crate::engine::sink::{
-    BatchRx, Buffered, Catalog, Described, Interrupter, KeyRecord, Maintained, Param, QueryOut, RequestKey, Sink, Statement, Written,
+    BatchRx, Buffered, Catalog, Described, Interrupter, KeyRecord, Maintained, Param, QueryOut, RequestKey, Sink,
+    Statement, Written,
 };
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, IngestError>>;
@@ -172,7 +173,9 @@ fn commit_group<S: Sink>(sink: &mut S, jobs: Vec<GroupJob>) {
     let mut retries = 0;
     while retries < limit {
         let again: Vec<usize> = (0..items.len())
-            .filter(|&i| items[i].commit_retries > retries && results[i].as_ref().is_err_and(IngestError::is_commit_conflict))
+            .filter(|&i| {
+                items[i].commit_retries > retries && results[i].as_ref().is_err_and(IngestError::is_commit_conflict)
+            })
             .collect();
         if again.is_empty() {
             break;
@@ -196,7 +199,10 @@ fn commit_group<S: Sink>(sink: &mut S, jobs: Vec<GroupJob>) {
 /// the hosts that collided do not collide again.
 fn commit_backoff(n: u32, salt: usize) -> Duration {
     let base = 20u64 << n.min(6);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos() as u64).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
     Duration::from_millis(base + (nanos ^ salt as u64 * 7919) % base)
 }
 
@@ -288,57 +294,74 @@ impl<S: Sink> Writers<S> {
             let rx = Arc::clone(&rx);
             let busy = Arc::clone(&slots[i].busy);
             let interrupt = slots[i].interrupt.clone();
-            let handle = std::thread::Builder::new().name(format!("{}-{i}", shape.name)).stack_size(shape.stack).spawn(move || {
-                loop {
-                    let job = match rx.lock() {
-                        Ok(guard) => guard.recv(),
-                        Err(_) => break,
-                    };
-                    let Ok(job) = job else { break };
-                    let kind = if matches!(job.work, Work::Write { .. } | Work::Export { .. } | Work::Maintain { .. }) { WRITING } else { STATEMENT };
-                    let _busy = Busy::with(&busy, kind);
-                    if let Some(w) = &job.watch {
-                        w.arm(interrupt.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("{}-{i}", shape.name))
+                .stack_size(shape.stack)
+                .spawn(move || {
+                    loop {
+                        let job = match rx.lock() {
+                            Ok(guard) => guard.recv(),
+                            Err(_) => break,
+                        };
+                        let Ok(job) = job else { break };
+                        let kind =
+                            if matches!(job.work, Work::Write { .. } | Work::Export { .. } | Work::Maintain { .. }) {
+                                WRITING
+                            } else {
+                                STATEMENT
+                            };
+                        let _busy = Busy::with(&busy, kind);
+                        if let Some(w) = &job.watch {
+                            w.arm(interrupt.clone());
+                        }
+                        let watch = job.watch;
+                        match job.work {
+                            Work::Write { mapping, schema, input, key, reply } => {
+                                let _ = reply.send(explained(
+                                    &watch,
+                                    guarded(|| sink.write(&mapping, schema, input, key.as_ref())),
+                                ));
+                            }
+                            Work::LookupKey { catalog, key, window, reply } => {
+                                let _ = reply.send(explained(
+                                    &watch,
+                                    guarded(|| sink.lookup_key(catalog.as_deref(), &key, window)),
+                                ));
+                            }
+                            Work::Describe { target, reply } => {
+                                let _ = reply.send(explained(&watch, guarded(|| sink.table_schema(&target))));
+                            }
+                            Work::List { reply } => {
+                                let _ = reply.send(explained(&watch, guarded(|| sink.list_tables())));
+                            }
+                            Work::DescribeSql { sql, params, access, reply } => {
+                                let _ = reply.send(explained(
+                                    &watch,
+                                    guarded(|| sink.describe_sql(&sql, params.as_deref(), access)),
+                                ));
+                            }
+                            Work::Query { statement, access, out, reply } => {
+                                let _ = reply.send(explained(&watch, guarded(|| sink.query(&statement, access, &out))));
+                            }
+                            Work::Export { sql, out, reply } => {
+                                let _ = reply.send(explained(&watch, guarded(|| sink.export(&sql, &out))));
+                            }
+                            Work::Update { statement, access, reply } => {
+                                let _ = reply.send(explained(&watch, guarded(|| sink.update(&statement, access))));
+                            }
+                            Work::Maintain { catalog, older_than, reply } => {
+                                let _ = reply.send(explained(&watch, guarded(|| sink.maintain(&catalog, older_than))));
+                            }
+                            Work::Catalog { with_schemas, reply } => {
+                                let _ = reply.send(explained(&watch, guarded(|| sink.catalog(with_schemas))));
+                            }
+                        }
+                        if let Some(w) = watch {
+                            w.disarm();
+                        }
                     }
-                    let watch = job.watch;
-                    match job.work {
-                        Work::Write { mapping, schema, input, key, reply } => {
-                            let _ = reply.send(explained(&watch, guarded(|| sink.write(&mapping, schema, input, key.as_ref()))));
-                        }
-                        Work::LookupKey { catalog, key, window, reply } => {
-                            let _ = reply.send(explained(&watch, guarded(|| sink.lookup_key(catalog.as_deref(), &key, window))));
-                        }
-                        Work::Describe { target, reply } => {
-                            let _ = reply.send(explained(&watch, guarded(|| sink.table_schema(&target))));
-                        }
-                        Work::List { reply } => {
-                            let _ = reply.send(explained(&watch, guarded(|| sink.list_tables())));
-                        }
-                        Work::DescribeSql { sql, params, access, reply } => {
-                            let _ = reply.send(explained(&watch, guarded(|| sink.describe_sql(&sql, params.as_deref(), access))));
-                        }
-                        Work::Query { statement, access, out, reply } => {
-                            let _ = reply.send(explained(&watch, guarded(|| sink.query(&statement, access, &out))));
-                        }
-                        Work::Export { sql, out, reply } => {
-                            let _ = reply.send(explained(&watch, guarded(|| sink.export(&sql, &out))));
-                        }
-                        Work::Update { statement, access, reply } => {
-                            let _ = reply.send(explained(&watch, guarded(|| sink.update(&statement, access))));
-                        }
-                        Work::Maintain { catalog, older_than, reply } => {
-                            let _ = reply.send(explained(&watch, guarded(|| sink.maintain(&catalog, older_than))));
-                        }
-                        Work::Catalog { with_schemas, reply } => {
-                            let _ = reply.send(explained(&watch, guarded(|| sink.catalog(with_schemas))));
-                        }
-                    }
-                    if let Some(w) = watch {
-                        w.disarm();
-                    }
-                }
-                sink
-            })?;
+                    sink
+                })?;
             threads.push(handle);
         }
         Ok(Writers {
@@ -376,7 +399,12 @@ impl<S: Sink> Writers<S> {
     }
 
     /// Queues a small request for the group committer; `Err(item)` when there is none.
-    pub(crate) fn submit_group(&self, item: Buffered, reply: Reply<Written>, charges: Vec<Charge>) -> Result<(), IngestError> {
+    pub(crate) fn submit_group(
+        &self,
+        item: Buffered,
+        reply: Reply<Written>,
+        charges: Vec<Charge>,
+    ) -> Result<(), IngestError> {
         let group = self.group.lock().map_err(|_| IngestError::Internal("group queue poisoned".into()))?;
         match group.as_ref() {
             Some(tx) => tx.send(GroupJob { item, reply, _charges: charges }).map_err(|_| IngestError::Stopping),
@@ -425,7 +453,11 @@ impl<S: Sink> Writers<S> {
         }
         let (done, stuck): (Vec<_>, Vec<_>) = threads.into_iter().partition(|t| t.is_finished());
         if !stuck.is_empty() {
-            eprintln!("arrowport: {} thread(s) of {} still busy after {limit:?}; left to finish on their own", stuck.len(), self.name);
+            eprintln!(
+                "arrowport: {} thread(s) of {} still busy after {limit:?}; left to finish on their own",
+                stuck.len(),
+                self.name
+            );
         }
         done.into_iter().filter_map(|t| t.join().ok()).collect()
     }
@@ -452,14 +484,22 @@ mod tests {
     }
 
     impl Sink for Racing {
-        fn write(&mut self, _: &Mapping, _: SchemaRef, _: BatchRx, _: Option<&RequestKey>) -> Result<Written, IngestError> {
+        fn write(
+            &mut self,
+            _: &Mapping,
+            _: SchemaRef,
+            _: BatchRx,
+            _: Option<&RequestKey>,
+        ) -> Result<Written, IngestError> {
             unreachable!("only groups here")
         }
         fn write_group(&mut self, items: &[Buffered]) -> Vec<Result<Written, IngestError>> {
             self.commits.push(items.len());
             if self.conflicts > 0 {
                 self.conflicts -= 1;
-                let e = IngestError::Db(crate::duck::DbError::from_text("TransactionContext Error: Failed to commit: Failed to commit DuckLake transaction.\nTransaction conflict"));
+                let e = IngestError::Db(crate::duck::DbError::from_text(
+                    "TransactionContext Error: Failed to commit: Failed to commit DuckLake transaction.\nTransaction conflict",
+                ));
                 return items.iter().map(|_| Err(e.clone())).collect();
             }
             items.iter().map(|i| Ok(Written { rows: i.rows, write_seconds: 0.0, retries: 0 })).collect()

@@ -57,13 +57,15 @@ impl AuthMode {
     }
 }
 
-
 /// A credential as a client presented it.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Credential {
     Bearer(String),
     /// HTTP Basic (Flight's Handshake): the token's name and its secret.
-    Basic { name: String, secret: String },
+    Basic {
+        name: String,
+        secret: String,
+    },
 }
 
 impl Credential {
@@ -83,7 +85,9 @@ pub enum AuthError {
          allow_unauthenticated := true"
     )]
     ProtectedNoTokens,
-    #[error("a token is required: send 'authorization: Bearer <token>' (create one with CALL arrowport_create_token('<name>'))")]
+    #[error(
+        "a token is required: send 'authorization: Bearer <token>' (create one with CALL arrowport_create_token('<name>'))"
+    )]
     Missing,
     #[error("the token is not valid (unknown or revoked)")]
     Invalid,
@@ -124,14 +128,15 @@ pub fn parse_header(value: &[u8]) -> Result<Credential, AuthError> {
         return Ok(Credential::Bearer(rest.to_string()));
     }
     if scheme.eq_ignore_ascii_case("basic") {
-        let raw = base64::engine::general_purpose::STANDARD.decode(rest).map_err(|_| AuthError::Malformed("Basic credentials are not base64"))?;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(rest)
+            .map_err(|_| AuthError::Malformed("Basic credentials are not base64"))?;
         let raw = String::from_utf8(raw).map_err(|_| AuthError::Malformed("Basic credentials are not UTF-8"))?;
         let (name, secret) = raw.split_once(':').ok_or(AuthError::Malformed("Basic credentials need 'name:token'"))?;
         return Ok(Credential::Basic { name: name.to_string(), secret: secret.to_string() });
     }
     Err(AuthError::Malformed("expected 'Bearer <token>' or 'Basic <credentials>'"))
 }
-
 
 /// Loopback in every spelling, IPv4-mapped IPv6 included.
 pub fn is_loopback(ip: IpAddr) -> bool {
@@ -142,7 +147,12 @@ pub fn is_loopback(ip: IpAddr) -> bool {
 }
 
 /// The decision for one request.
-pub fn authenticate(mode: AuthMode, peer: IpAddr, credential: Option<&Credential>, tokens: &Tokens) -> Result<Principal, AuthError> {
+pub fn authenticate(
+    mode: AuthMode,
+    peer: IpAddr,
+    credential: Option<&Credential>,
+    tokens: &Tokens,
+) -> Result<Principal, AuthError> {
     if let Some(c) = credential {
         let (name, scope) = match c {
             Credential::Bearer(secret) => tokens.verify(secret, None),
@@ -216,12 +226,18 @@ impl Gate {
 
     /// Authenticates a request and passes it on with its [`Principal`], or answers it with a refusal in the
     /// protocol it speaks (a gRPC status, or HTTP 401 / 403 with a JSON error).
-    pub async fn pass(&self, app: axum::Router, peer: SocketAddr, mut request: axum::http::Request<hyper::body::Incoming>) -> axum::response::Response {
+    pub async fn pass(
+        &self,
+        app: axum::Router,
+        peer: SocketAddr,
+        mut request: axum::http::Request<hyper::body::Incoming>,
+    ) -> axum::response::Response {
         use tower::ServiceExt;
         let decided = if is_public(&request) {
             Ok(Principal::Anonymous)
         } else {
-            let credential = request.headers().get(header::AUTHORIZATION).map(|v| parse_header(v.as_bytes())).transpose();
+            let credential =
+                request.headers().get(header::AUTHORIZATION).map(|v| parse_header(v.as_bytes())).transpose();
             self.check_origin(&request).and(credential).and_then(|c| {
                 let principal = authenticate(self.mode, peer.ip(), c.as_ref(), &self.tokens)?;
                 if c.is_none() && self.mode == AuthMode::Protected {
@@ -296,7 +312,10 @@ mod tests {
         assert_eq!(authenticate(AuthMode::Protected, ip("192.0.2.2"), None, &tokens), Err(AuthError::Missing));
         assert_eq!(authenticate(AuthMode::Protected, ip("::1"), None, &tokens), Ok(Principal::Anonymous));
         let good = Credential::Bearer(secret);
-        assert!(matches!(authenticate(AuthMode::Protected, ip("192.0.2.2"), Some(&good), &tokens), Ok(Principal::Token { .. })));
+        assert!(matches!(
+            authenticate(AuthMode::Protected, ip("192.0.2.2"), Some(&good), &tokens),
+            Ok(Principal::Token { .. })
+        ));
     }
 
     #[test]
@@ -320,13 +339,19 @@ mod tests {
         let (tokens, secret) = with_token(Scope::All);
         let mut bad = secret.clone();
         bad.push('x');
-        assert_eq!(authenticate(AuthMode::Token, ip("127.0.0.1"), Some(&Credential::Bearer(bad)), &tokens), Err(AuthError::Invalid));
+        assert_eq!(
+            authenticate(AuthMode::Token, ip("127.0.0.1"), Some(&Credential::Bearer(bad)), &tokens),
+            Err(AuthError::Invalid)
+        );
         let basic = Credential::Basic { name: "other".into(), secret: secret.clone() };
         assert_eq!(authenticate(AuthMode::Token, ip("127.0.0.1"), Some(&basic), &tokens), Err(AuthError::Invalid));
         let basic = Credential::Basic { name: "etl".into(), secret: secret.clone() };
         assert!(authenticate(AuthMode::Token, ip("127.0.0.1"), Some(&basic), &tokens).is_ok());
         assert!(tokens.remove("etl"));
-        assert_eq!(authenticate(AuthMode::Token, ip("127.0.0.1"), Some(&Credential::Bearer(secret)), &tokens), Err(AuthError::Invalid));
+        assert_eq!(
+            authenticate(AuthMode::Token, ip("127.0.0.1"), Some(&Credential::Bearer(secret)), &tokens),
+            Err(AuthError::Invalid)
+        );
     }
 
     #[test]
@@ -368,7 +393,10 @@ mod tests {
         for ok in ["127.0.0.1:8815", "localhost:8815", "LOCALHOST", "[::1]:8815", "10.1.2.3", "arrowport.internal:1"] {
             assert_eq!(g.check_host(&request(Some(ok), None)), Ok(()), "{ok}");
         }
-        assert_eq!(g.check_host(&request(Some("evil.example:8815"), None)), Err(AuthError::UntrustedHost("evil.example".into())));
+        assert_eq!(
+            g.check_host(&request(Some("evil.example:8815"), None)),
+            Err(AuthError::UntrustedHost("evil.example".into()))
+        );
         assert_eq!(g.check_host(&request(None, None)), Err(AuthError::NoHost));
         let h2 = axum::http::Request::builder().uri("http://evil.example:8815/x").body(()).unwrap();
         assert_eq!(g.check_host(&h2), Err(AuthError::UntrustedHost("evil.example".into())));
@@ -389,7 +417,10 @@ mod tests {
         assert_eq!(parse_header(b"Bearer abc"), Ok(Credential::Bearer("abc".into())));
         assert_eq!(parse_header(b"bearer  abc "), Ok(Credential::Bearer("abc".into())));
         let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("etl:s3cret"));
-        assert_eq!(parse_header(basic.as_bytes()), Ok(Credential::Basic { name: "etl".into(), secret: "s3cret".into() }));
+        assert_eq!(
+            parse_header(basic.as_bytes()),
+            Ok(Credential::Basic { name: "etl".into(), secret: "s3cret".into() })
+        );
         assert!(matches!(parse_header(b"Bearer "), Err(AuthError::Malformed(_))));
         assert!(matches!(parse_header(b"Token abc"), Err(AuthError::Malformed(_))));
         assert!(matches!(parse_header(b"Basic !!!"), Err(AuthError::Malformed(_))));

@@ -27,8 +27,8 @@ use crate::engine::policy::{self, Access, IDEMPOTENCY_WINDOW, MAX_CONCURRENT_REQ
 use crate::engine::sink::Maintained;
 use crate::engine::writers::Writers;
 use crate::host::connections::{self, Admission, Admitted, Connections};
-use crate::host::settings::HostSettings;
 use crate::host::gate::{self, AuthMode, Gate};
+use crate::host::settings::HostSettings;
 use crate::host::tls::{self, TlsError};
 use crate::proto::flight::FlightAdapter;
 use crate::proto::send::{self, SendOptions, Sent, Target};
@@ -202,7 +202,14 @@ impl Running {
         let (tls, auth) = (gate.tls.is_some(), gate.mode);
         let conns = Connections::new(connection_cap(max_connections));
         let task = self.runtime.spawn(accept_loop(listener, app, gate, shutdown, conns));
-        self.listeners.push(Listener { protocols: protocols.to_vec(), addr: bound, started: Instant::now(), task, tls, auth });
+        self.listeners.push(Listener {
+            protocols: protocols.to_vec(),
+            addr: bound,
+            started: Instant::now(),
+            task,
+            tls,
+            auth,
+        });
         Ok(bound)
     }
 }
@@ -253,7 +260,8 @@ static HOSTS: Mutex<Vec<Weak<Host>>> = Mutex::new(Vec::new());
 /// panic boundary).
 pub extern "C" fn stop_all_at_exit() {
     let _ = crate::panic::contain("stopping at exit", || {
-        let hosts: Vec<Arc<Host>> = HOSTS.lock().map(|h| h.iter().filter_map(Weak::upgrade).collect()).unwrap_or_default();
+        let hosts: Vec<Arc<Host>> =
+            HOSTS.lock().map(|h| h.iter().filter_map(Weak::upgrade).collect()).unwrap_or_default();
         for host in hosts {
             host.stop();
         }
@@ -305,10 +313,16 @@ impl Host {
             return Err(ListenError::BadOption("max_concurrent_requests", "must be positive".into()));
         }
         if options.max_columns == 0 || options.max_schema_bytes == 0 {
-            return Err(ListenError::BadOption("max_columns", "max_columns and max_schema_bytes must be positive".into()));
+            return Err(ListenError::BadOption(
+                "max_columns",
+                "max_columns and max_schema_bytes must be positive".into(),
+            ));
         }
         if options.statement_timeout.is_zero() || options.max_sql_bytes == 0 {
-            return Err(ListenError::BadOption("statement_timeout", "statement_timeout and max_sql_bytes must be positive".into()));
+            return Err(ListenError::BadOption(
+                "statement_timeout",
+                "statement_timeout and max_sql_bytes must be positive".into(),
+            ));
         }
         if options.max_connections == 0 {
             return Err(ListenError::BadOption("max_connections", "must be positive".into()));
@@ -329,7 +343,8 @@ impl Host {
             allowed_origins: options.allowed_origins.iter().map(|o| gate::normal_origin(o)).collect(),
         });
         let mut state = self.lock();
-        let running = self.running(&mut state, options.memory_budget.unwrap_or(DEFAULT_MEMORY_BUDGET), options.sql_memory_limit)?;
+        let running =
+            self.running(&mut state, options.memory_budget.unwrap_or(DEFAULT_MEMORY_BUDGET), options.sql_memory_limit)?;
         if running.listeners.is_empty() {
             // The first listener (the writers may have been started earlier by arrowport_send).
             self.metrics.set_started(Some(Instant::now()));
@@ -339,7 +354,9 @@ impl Host {
         if options.sql_memory_limit.is_some_and(|l| l != memory_limit) {
             return Err(ListenError::BadOption(
                 "sql_memory_limit",
-                format!("the host's listeners share one memory guard, already at {memory_limit} bytes; stop them all to change it"),
+                format!(
+                    "the host's listeners share one memory guard, already at {memory_limit} bytes; stop them all to change it"
+                ),
             ));
         }
         if options.memory_budget.is_some_and(|b| b != budget) {
@@ -354,7 +371,10 @@ impl Host {
             }
         }
         if rest_addr == Some(addr) && addr.port() != 0 {
-            return Err(ListenError::BadOption("rest", "is the Flight address; leave it out to serve both on one port".into()));
+            return Err(ListenError::BadOption(
+                "rest",
+                "is the Flight address; leave it out to serve both on one port".into(),
+            ));
         }
         let policy = Arc::new(
             Policy::new(options.reject_unknown, options.stall_timeout, options.max_concurrent_requests)
@@ -363,10 +383,18 @@ impl Host {
                 .with_schema_limits(options.max_columns, options.max_schema_bytes)
                 .with_statement_limits(options.statement_timeout, options.max_sql_bytes),
         );
-        let flight = FlightServiceServer::new(FlightAdapter::new(Arc::clone(&running.core), Arc::clone(&policy), options.sql, options.max_message_bytes))
-            .max_decoding_message_size(options.max_message_bytes)
-            .max_encoding_message_size(options.max_message_bytes);
-        let flight = crate::proto::grpc_body::watch_request_bodies(tonic::service::Routes::new(flight).into_axum_router(), Arc::clone(running.core.budget()));
+        let flight = FlightServiceServer::new(FlightAdapter::new(
+            Arc::clone(&running.core),
+            Arc::clone(&policy),
+            options.sql,
+            options.max_message_bytes,
+        ))
+        .max_decoding_message_size(options.max_message_bytes)
+        .max_encoding_message_size(options.max_message_bytes);
+        let flight = crate::proto::grpc_body::watch_request_bodies(
+            tonic::service::Routes::new(flight).into_axum_router(),
+            Arc::clone(running.core.budget()),
+        );
         let limits = rest::Limits {
             max_message_bytes: options.max_message_bytes,
             max_body_bytes: options.max_body_bytes,
@@ -376,9 +404,17 @@ impl Host {
         let rest = rest::router(Arc::clone(&running.core), limits);
 
         // Bind everything before serving anything, so a failure leaves nothing half-started.
-        let main = running.runtime.block_on(tokio::net::TcpListener::bind(addr)).map_err(|e| ListenError::Bind(addr, e.to_string()))?;
+        let main = running
+            .runtime
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .map_err(|e| ListenError::Bind(addr, e.to_string()))?;
         let separate = match rest_addr {
-            Some(ra) => Some(running.runtime.block_on(tokio::net::TcpListener::bind(ra)).map_err(|e| ListenError::Bind(ra, e.to_string()))?),
+            Some(ra) => Some(
+                running
+                    .runtime
+                    .block_on(tokio::net::TcpListener::bind(ra))
+                    .map_err(|e| ListenError::Bind(ra, e.to_string()))?,
+            ),
             None => None,
         };
         let mut rows = Vec::new();
@@ -390,8 +426,20 @@ impl Host {
                 rows.push(("rest".to_string(), bound.to_string()));
             }
             Some(rest_listener) => {
-                let bound = running.serve(main, flight.fallback(status::not_found), Arc::clone(&gate), &["flight"], options.max_connections)?;
-                let rest_bound = running.serve(rest_listener, rest.fallback(status::not_found), gate, &["rest"], options.max_connections)?;
+                let bound = running.serve(
+                    main,
+                    flight.fallback(status::not_found),
+                    Arc::clone(&gate),
+                    &["flight"],
+                    options.max_connections,
+                )?;
+                let rest_bound = running.serve(
+                    rest_listener,
+                    rest.fallback(status::not_found),
+                    gate,
+                    &["rest"],
+                    options.max_connections,
+                )?;
                 rows.push(("flight".to_string(), bound.to_string()));
                 rows.push(("rest".to_string(), rest_bound.to_string()));
             }
@@ -423,7 +471,8 @@ impl Host {
         // On a thread of its own: at process exit (the atexit hook) the calling thread's thread-locals, tokio's
         // among them, are already gone, and block_on would panic there.
         let drained = std::thread::Builder::new().name("arrowport-stop".into()).spawn(move || {
-            let _ = runtime.block_on(async { tokio::time::timeout(DRAIN_LIMIT, futures::future::join_all(tasks)).await });
+            let _ =
+                runtime.block_on(async { tokio::time::timeout(DRAIN_LIMIT, futures::future::join_all(tasks)).await });
             runtime.shutdown_timeout(JOIN_LIMIT);
         });
         match drained {
@@ -445,7 +494,12 @@ impl Host {
     }
 
     /// The running writers and runtime, started (with a memory budget of `budget` bytes) if they are not.
-    fn running<'s>(&self, state: &'s mut State, budget: usize, memory_limit: Option<u64>) -> Result<&'s mut Running, ListenError> {
+    fn running<'s>(
+        &self,
+        state: &'s mut State,
+        budget: usize,
+        memory_limit: Option<u64>,
+    ) -> Result<&'s mut Running, ListenError> {
         if state.running.is_none() {
             self.mappings_loaded().map_err(ListenError::Start)?;
             let budget = Arc::new(Budget::new(budget));
@@ -453,7 +507,8 @@ impl Host {
             let limit = memory_limit.or_else(|| self.settings.memory_limit()).unwrap_or(u64::MAX);
             let guard = Arc::new(MemoryGuard::new(limit, crate::duck::os::resident_bytes));
             self.metrics.watch_budget(Some(Arc::clone(&budget)));
-            state.running = Some(start(&mut state.pool, Arc::clone(&self.metrics), Arc::clone(&self.registry), budget, guard)?);
+            state.running =
+                Some(start(&mut state.pool, Arc::clone(&self.metrics), Arc::clone(&self.registry), budget, guard)?);
         }
         state.running.as_mut().ok_or_else(|| ListenError::Start("the runtime did not start".into()))
     }
@@ -483,7 +538,12 @@ impl Host {
     /// `arrowport_maintain`: compacts a DuckLake catalog now; with `every`, also from then on at that interval
     /// (replacing an earlier schedule of that catalog; zero ends it) until the host stops. A scheduled run that
     /// fails says so on the host's stderr and runs again at the next interval.
-    pub fn maintain(&self, catalog: &str, older_than: Duration, every: Option<Duration>) -> Result<Vec<Maintained>, String> {
+    pub fn maintain(
+        &self,
+        catalog: &str,
+        older_than: Duration,
+        every: Option<Duration>,
+    ) -> Result<Vec<Maintained>, String> {
         let (runtime, core) = self.engine()?;
         let done = runtime.block_on(core.maintain(catalog, older_than)).map_err(|e| e.to_string())?;
         if let Some(every) = every {
@@ -622,7 +682,12 @@ impl Host {
 
     /// `arrowport_create_token`: a new token, persisted as a salted hash, in effect at once. Returns the
     /// record and the secret, which is never shown again.
-    pub fn create_token(&self, name: &str, scope: Scope, secret: Option<&str>) -> Result<(TokenRecord, String), String> {
+    pub fn create_token(
+        &self,
+        name: &str,
+        scope: Scope,
+        secret: Option<&str>,
+    ) -> Result<(TokenRecord, String), String> {
         self.mappings_loaded()?;
         if self.tokens.get(name).is_some() {
             return Err(format!("token {name:?} already exists; revoke it first to replace it"));
@@ -657,7 +722,9 @@ const DESCRIPTOR_RESERVE: u64 = 256;
 /// beside what is open now and [`DESCRIPTOR_RESERVE`]; less (said on stderr) when the hard limit is lower.
 fn connection_cap(wanted: usize) -> usize {
     let open = crate::duck::os::open_descriptors() as u64;
-    let Some(soft) = crate::duck::os::raise_descriptor_limit(open + wanted as u64 + DESCRIPTOR_RESERVE) else { return wanted };
+    let Some(soft) = crate::duck::os::raise_descriptor_limit(open + wanted as u64 + DESCRIPTOR_RESERVE) else {
+        return wanted;
+    };
     let room = soft.saturating_sub(open + DESCRIPTOR_RESERVE).max(1);
     if room < wanted as u64 {
         eprintln!(
@@ -673,7 +740,13 @@ fn connection_cap(wanted: usize) -> usize {
 /// Connections are admitted by `conns` (a cap; the oldest idle one makes room); one that sends nothing within
 /// [`connections::FIRST_BYTE_TIMEOUT`] (or the listener's `stall_timeout`, when shorter) is closed. When the process runs out of descriptors, a spare one is given
 /// up to accept and close the waiting connection, so the backlog drains and the loop never spins.
-async fn accept_loop(listener: tokio::net::TcpListener, app: axum::Router, gate: Arc<Gate>, shutdown: CancellationToken, conns: Arc<Connections>) {
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    gate: Arc<Gate>,
+    shutdown: CancellationToken,
+    conns: Arc<Connections>,
+) {
     use hyper_util::rt::{TokioExecutor, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
 
@@ -813,7 +886,13 @@ async fn serve_connection<IO>(
 }
 
 /// Readies the connections, starts the writers and the runtime.
-fn start(pool: &mut Pool, metrics: Arc<Metrics>, registry: Arc<Registry>, budget: Arc<Budget>, guard: Arc<MemoryGuard>) -> Result<Running, ListenError> {
+fn start(
+    pool: &mut Pool,
+    metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
+    budget: Arc<Budget>,
+    guard: Arc<MemoryGuard>,
+) -> Result<Running, ListenError> {
     let (sinks, statement_sinks) = match std::mem::replace(pool, Pool::Lent) {
         Pool::Ready(sinks, statements) => (sinks, statements),
         Pool::Raw(conns, statements) => {
@@ -833,7 +912,11 @@ fn start(pool: &mut Pool, metrics: Arc<Metrics>, registry: Arc<Registry>, budget
             }
             (sinks, statement_sinks)
         }
-        Pool::Lent => return Err(ListenError::Start("arrowport is stopping; listen again once arrowport_stop() has returned".into())),
+        Pool::Lent => {
+            return Err(ListenError::Start(
+                "arrowport is stopping; listen again once arrowport_stop() has returned".into(),
+            ));
+        }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(IO_THREADS)
@@ -842,10 +925,14 @@ fn start(pool: &mut Pool, metrics: Arc<Metrics>, registry: Arc<Registry>, budget
         .build()
         .map_err(|e| ListenError::Start(e.to_string()))?;
     let writers = Writers::start(sinks).map_err(|e| ListenError::Start(e.to_string()))?;
-    let statements = Writers::start_shaped(statement_sinks, &crate::engine::writers::STATEMENTS).map_err(|e| ListenError::Start(e.to_string()))?;
+    let statements = Writers::start_shaped(statement_sinks, &crate::engine::writers::STATEMENTS)
+        .map_err(|e| ListenError::Start(e.to_string()))?;
     let cancel = CancellationToken::new();
     let core = Arc::new(
-        Core::new(writers, cancel.clone(), metrics, registry).with_budget(budget).with_statements(statements).with_memory_guard(Arc::clone(&guard)),
+        Core::new(writers, cancel.clone(), metrics, registry)
+            .with_budget(budget)
+            .with_statements(statements)
+            .with_memory_guard(Arc::clone(&guard)),
     );
     runtime.spawn(Arc::clone(&guard).run(cancel.clone()));
     Ok(Running { runtime, core, cancel, guard, listeners: Vec::new(), schedules: Default::default() })

@@ -39,7 +39,9 @@ impl HostSettings {
             if held.contains(&setting) {
                 continue;
             }
-            let on = conn.query_value(&format!("SELECT current_setting('{setting}')::BOOLEAN")).map_err(|e| e.to_string())?;
+            let on = conn
+                .query_value(&format!("SELECT current_setting('{setting}')::BOOLEAN"))
+                .map_err(|e| e.to_string())?;
             if on.as_deref() == Some("true") {
                 conn.execute(&format!("SET GLOBAL {setting} = false")).map_err(|e| {
                     format!("cannot turn {setting} off, which a listener that accepts SQL needs (a client's statement must not make the host load extensions): {e}")

@@ -30,8 +30,8 @@ use crate::catalog::registry::{self, Mapping, MappingOptions};
 use crate::catalog::schema::quote_literal;
 use crate::duck::{self, vector};
 use crate::engine::metrics;
-use crate::engine::sink::{Maintained, validate_key};
 use crate::engine::policy::Access;
+use crate::engine::sink::{Maintained, validate_key};
 use crate::host::gate::AuthMode;
 use crate::host::listener::{AdminCall, Host, ListenOptions, StatusRow};
 use crate::proto::send::{self, Compression, SendOptions, Sent, Target};
@@ -175,35 +175,44 @@ fn register_admin_scalars(registrar: &mut duck::conn::RawConn, host: &Arc<Host>)
     const VERIFIED: u8 = 1;
     let bind_for = |host: &Arc<Host>, function: &'static str| {
         let host = Arc::clone(host);
-        Box::new(move |caller: Option<u64>| host.admin_call(function, caller).map(|c| if c.is_verified() { VERIFIED } else { 0 }))
+        Box::new(move |caller: Option<u64>| {
+            host.admin_call(function, caller).map(|c| if c.is_verified() { VERIFIED } else { 0 })
+        })
     };
     let h = Arc::clone(host);
-    register_scalar(registrar, ScalarSpec {
-        name: "arrowport_listen",
-        varchar_arg: true,
-        returns_bigint: false,
-        bind: bind_for(host, "arrowport_listen"),
-        call: Box::new(move |tag, addr| {
-            if tag != VERIFIED {
-                h.admit_admin("arrowport_listen")?;
-            }
-            let bound = h.listen(&addr.unwrap_or_default(), &ListenOptions::default()).map_err(|e| e.to_string())?;
-            Ok(ScalarOut::Text(bound.first().map(|(_, a)| a.clone()).unwrap_or_default()))
-        }),
-    })?;
+    register_scalar(
+        registrar,
+        ScalarSpec {
+            name: "arrowport_listen",
+            varchar_arg: true,
+            returns_bigint: false,
+            bind: bind_for(host, "arrowport_listen"),
+            call: Box::new(move |tag, addr| {
+                if tag != VERIFIED {
+                    h.admit_admin("arrowport_listen")?;
+                }
+                let bound =
+                    h.listen(&addr.unwrap_or_default(), &ListenOptions::default()).map_err(|e| e.to_string())?;
+                Ok(ScalarOut::Text(bound.first().map(|(_, a)| a.clone()).unwrap_or_default()))
+            }),
+        },
+    )?;
     let h = Arc::clone(host);
-    register_scalar(registrar, ScalarSpec {
-        name: "arrowport_stop",
-        varchar_arg: false,
-        returns_bigint: true,
-        bind: bind_for(host, "arrowport_stop"),
-        call: Box::new(move |tag, _| {
-            if tag != VERIFIED {
-                h.admit_admin("arrowport_stop")?;
-            }
-            Ok(ScalarOut::BigInt(h.stop() as i64))
-        }),
-    })?;
+    register_scalar(
+        registrar,
+        ScalarSpec {
+            name: "arrowport_stop",
+            varchar_arg: false,
+            returns_bigint: true,
+            bind: bind_for(host, "arrowport_stop"),
+            call: Box::new(move |tag, _| {
+                if tag != VERIFIED {
+                    h.admit_admin("arrowport_stop")?;
+                }
+                Ok(ScalarOut::BigInt(h.stop() as i64))
+            }),
+        },
+    )?;
     Ok(())
 }
 
@@ -229,7 +238,11 @@ fn init_cursor(_: &InitInfo) -> Result<Cursor> {
 const CHUNK_ROWS: usize = 2048;
 
 /// Emits the next chunk of a table function's rows, one `write_row(output, index_in_chunk, row)` each.
-fn emit<V, T>(func: &TableFunctionInfo<V>, output: &mut DataChunkHandle, write_row: impl Fn(&mut DataChunkHandle, usize, &T)) -> Result<()>
+fn emit<V, T>(
+    func: &TableFunctionInfo<V>,
+    output: &mut DataChunkHandle,
+    write_row: impl Fn(&mut DataChunkHandle, usize, &T),
+) -> Result<()>
 where
     V: VTab<InitData = Cursor, BindData = Rows<T>>,
 {
@@ -237,7 +250,12 @@ where
 }
 
 /// Writes the next chunk of `rows` (from `next`, which it advances) into `output`.
-fn emit_chunk<T>(rows: &[T], next: &AtomicUsize, output: &mut DataChunkHandle, write_row: impl Fn(&mut DataChunkHandle, usize, &T)) -> Result<()> {
+fn emit_chunk<T>(
+    rows: &[T],
+    next: &AtomicUsize,
+    output: &mut DataChunkHandle,
+    write_row: impl Fn(&mut DataChunkHandle, usize, &T),
+) -> Result<()> {
     let start = next.fetch_add(CHUNK_ROWS, Ordering::Relaxed).min(rows.len());
     let chunk = &rows[start..(start + CHUNK_ROWS).min(rows.len())];
     for (i, row) in chunk.iter().enumerate() {
@@ -277,7 +295,11 @@ fn init_action<T>(init: &InitInfo) -> Result<Emitted<T>> {
 }
 
 /// Emits the next chunk of an action's rows.
-fn emit_action<V, T>(func: &TableFunctionInfo<V>, output: &mut DataChunkHandle, write_row: impl Fn(&mut DataChunkHandle, usize, &T)) -> Result<()>
+fn emit_action<V, T>(
+    func: &TableFunctionInfo<V>,
+    output: &mut DataChunkHandle,
+    write_row: impl Fn(&mut DataChunkHandle, usize, &T),
+) -> Result<()>
 where
     V: VTab<InitData = Emitted<T>, BindData = Action<T>>,
 {
@@ -312,11 +334,17 @@ impl VTab for ListenTable {
             options.reject_unknown = match v.to_string().trim().to_ascii_lowercase().as_str() {
                 "accept" => false,
                 "reject" => true,
-                other => return Err(format!("invalid value for option unknown_streams: {other:?} (allowed: accept, reject)").into()),
+                other => {
+                    return Err(format!(
+                        "invalid value for option unknown_streams: {other:?} (allowed: accept, reject)"
+                    )
+                    .into());
+                }
             };
         }
         let text = |name: &str| bind.get_named_parameter(name).filter(|v| !v.is_null()).map(|v| v.to_string());
-        let open = bind.get_named_parameter("allow_unauthenticated").filter(|v| !v.is_null()).is_some_and(|v| v.to_bool());
+        let open =
+            bind.get_named_parameter("allow_unauthenticated").filter(|v| !v.is_null()).is_some_and(|v| v.to_bool());
         options.auth = AuthMode::from_options(text("auth").as_deref(), open)?;
         if let Some(a) = text("sql") {
             options.sql = Access::parse(&a)?;
@@ -429,7 +457,12 @@ const A_YEAR: (f64, &str) = (366.0 * 86_400.0, "a year");
 
 /// A named DOUBLE option in seconds (`None` when left out or NULL): more than 0 (or 0 too, `zero_ok`) and at most
 /// `max`.
-fn seconds(bind: &BindInfo, name: &str, (max, max_text): (f64, &str), zero_ok: bool) -> Result<Option<std::time::Duration>> {
+fn seconds(
+    bind: &BindInfo,
+    name: &str,
+    (max, max_text): (f64, &str),
+    zero_ok: bool,
+) -> Result<Option<std::time::Duration>> {
     let Some(v) = bind.get_named_parameter(name).filter(|v| !v.is_null()) else { return Ok(None) };
     let secs = v.to_double();
     let low_ok = if zero_ok { secs >= 0.0 } else { secs > 0.0 };
@@ -541,7 +574,15 @@ impl VTab for MetricsTable {
             let mut cols: Vec<_> = (0..METRIC_COLUMNS.len()).map(|c| out.flat_vector(c)).collect();
             cols[0].insert(i, r.stream.as_str());
             cols[1].insert(i, r.protocol.as_str());
-            let counts = [r.requests_ok, r.requests_failed, r.rows, r.batches, r.wire_bytes, r.decoded_bytes, r.rows_rolled_back];
+            let counts = [
+                r.requests_ok,
+                r.requests_failed,
+                r.rows,
+                r.batches,
+                r.wire_bytes,
+                r.decoded_bytes,
+                r.rows_rolled_back,
+            ];
             for (j, v) in counts.into_iter().enumerate() {
                 vector::set_bigint(&mut cols[2 + j], i, v as i64);
             }
@@ -656,16 +697,38 @@ macro_rules! mapping_function {
     };
 }
 
-mapping_function!(CreateStream, Some("arrowport_create_stream"), Some(vec![varchar()]), mapping_parameters(), |bind| (stream_name(bind)?, mapping_options(bind)), |host, (name, options)| {
-    host.create_stream(name, options).map(|m| vec![m])
-});
-mapping_function!(AlterStream, Some("arrowport_alter_stream"), Some(vec![varchar()]), mapping_parameters(), |bind| (stream_name(bind)?, mapping_options(bind)), |host, (name, options)| {
-    host.alter_stream(name, options).map(|m| vec![m])
-});
-mapping_function!(DropStream, Some("arrowport_drop_stream"), Some(vec![varchar()]), None, |bind| stream_name(bind)?, |host, name| {
-    host.drop_stream(name).map(|m| vec![m])
-});
-mapping_function!(Streams, None, None, None, |bind| host_of(bind)?.refuse_own_connection("arrowport_streams", crate::duck::caller::table_caller(bind))?, |host, _| host.streams());
+mapping_function!(
+    CreateStream,
+    Some("arrowport_create_stream"),
+    Some(vec![varchar()]),
+    mapping_parameters(),
+    |bind| (stream_name(bind)?, mapping_options(bind)),
+    |host, (name, options)| { host.create_stream(name, options).map(|m| vec![m]) }
+);
+mapping_function!(
+    AlterStream,
+    Some("arrowport_alter_stream"),
+    Some(vec![varchar()]),
+    mapping_parameters(),
+    |bind| (stream_name(bind)?, mapping_options(bind)),
+    |host, (name, options)| { host.alter_stream(name, options).map(|m| vec![m]) }
+);
+mapping_function!(
+    DropStream,
+    Some("arrowport_drop_stream"),
+    Some(vec![varchar()]),
+    None,
+    |bind| stream_name(bind)?,
+    |host, name| { host.drop_stream(name).map(|m| vec![m]) }
+);
+mapping_function!(
+    Streams,
+    None,
+    None,
+    None,
+    |bind| host_of(bind)?.refuse_own_connection("arrowport_streams", crate::duck::caller::table_caller(bind))?,
+    |host, _| host.streams()
+);
 
 /// A token as the SQL functions show it; `secret` only from `arrowport_create_token`.
 pub struct TokenRow {
@@ -785,15 +848,25 @@ token_function!(
     true,
     Some(vec![varchar()]),
     Some(vec![("streams".to_string(), LogicalTypeHandle::list(&varchar())), ("secret".to_string(), varchar())]),
-    |bind| (token_name(bind)?, token_scope(bind)?, bind.get_named_parameter("secret").filter(|v| !v.is_null()).map(|v| v.to_string())),
+    |bind| (
+        token_name(bind)?,
+        token_scope(bind)?,
+        bind.get_named_parameter("secret").filter(|v| !v.is_null()).map(|v| v.to_string())
+    ),
     |host, (name, scope, secret)| {
         let (record, secret) = host.create_token(name, scope.clone(), secret.as_deref())?;
         Ok(vec![TokenRow { record, secret: Some(secret) }])
     }
 );
-token_function!(RevokeToken, "arrowport_revoke_token", false, Some(vec![varchar()]), None, |bind| token_name(bind)?, |host, name| {
-    Ok(vec![TokenRow { record: host.revoke_token(name)?, secret: None }])
-});
+token_function!(
+    RevokeToken,
+    "arrowport_revoke_token",
+    false,
+    Some(vec![varchar()]),
+    None,
+    |bind| token_name(bind)?,
+    |host, name| { Ok(vec![TokenRow { record: host.revoke_token(name)?, secret: None }]) }
+);
 token_function!(TokensTable, "arrowport_tokens", false, None, None, |bind| (), |host, _| {
     Ok(host.tokens()?.into_iter().map(|record| TokenRow { record, secret: None }).collect())
 });
@@ -839,7 +912,9 @@ impl VTab for SendTable {
         let stream = arg(1, "stream")?;
         registry::validate_stream_name(&stream)?;
         let text = |name: &str| bind.get_named_parameter(name).filter(|v| !v.is_null()).map(|v| v.to_string());
-        let query = text("query").filter(|q| !q.trim().is_empty()).ok_or("arrowport_send needs query := 'SELECT ...': the rows to send")?;
+        let query = text("query")
+            .filter(|q| !q.trim().is_empty())
+            .ok_or("arrowport_send needs query := 'SELECT ...': the rows to send")?;
         let mut options = SendOptions {
             token: text("token"),
             compression: Compression::parse(&text("compression").unwrap_or_default())?,
@@ -860,7 +935,8 @@ impl VTab for SendTable {
         }
         if !options.idempotency_key.is_empty() {
             // The receiver's own rule for keys.
-            validate_key(&options.idempotency_key).map_err(|e| format!("invalid value for option idempotency_key: {e}"))?;
+            validate_key(&options.idempotency_key)
+                .map_err(|e| format!("invalid value for option idempotency_key: {e}"))?;
         }
         Ok(Action::new(move || {
             crate::engine::policy::refuse_if_remote("arrowport_send")?;
@@ -960,6 +1036,9 @@ impl VTab for Maintain {
     }
 
     fn named_parameters() -> Option<Vec<(String, LogicalTypeHandle)>> {
-        Some(vec![("every".to_string(), LogicalTypeId::Double.into()), ("older_than".to_string(), LogicalTypeId::Double.into())])
+        Some(vec![
+            ("every".to_string(), LogicalTypeId::Double.into()),
+            ("older_than".to_string(), LogicalTypeId::Double.into()),
+        ])
     }
 }

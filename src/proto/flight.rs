@@ -26,13 +26,13 @@ use crate::catalog::access::Principal;
 use crate::engine::core::Core;
 use crate::engine::error::{Code, IngestError};
 use crate::engine::ingest::Request as IngestRequest;
-use crate::engine::sink::IDEMPOTENCY_KEY;
 use crate::engine::metrics::Protocol;
 use crate::engine::policy::{Access, Policy};
+use crate::engine::sink::IDEMPOTENCY_KEY;
 use crate::engine::sink::Sink;
 use crate::proto::flightsql::{self, FlightSql};
-use crate::proto::ipc::{self, Decoding, SchemaLimits};
 use crate::proto::grpc_body::BodyEnd;
+use crate::proto::ipc::{self, Decoding, SchemaLimits};
 use crate::proto::{rest, status};
 
 /// The Flight action that tells what became of a request, by its idempotency key.
@@ -68,7 +68,11 @@ fn sql_command(descriptor: &FlightDescriptor) -> Option<arrow_flight::sql::Comma
 /// The principal the listener's gate put on a request. A request without one (which the gate never lets
 /// through) is treated as nobody.
 pub fn principal_of<T>(request: &Request<T>) -> Result<Principal, IngestError> {
-    request.extensions().get::<Principal>().cloned().ok_or_else(|| IngestError::Internal("a request arrived without a principal".into()))
+    request
+        .extensions()
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| IngestError::Internal("a request arrived without a principal".into()))
 }
 
 /// The bearer secret a Handshake with credentials proved, put there by the gate for `handshake` to return.
@@ -105,7 +109,10 @@ pub fn stream_of(descriptor: &FlightDescriptor) -> Result<String, IngestError> {
 /// What a failed message read means for the request.
 fn transport_error(status: &Status) -> IngestError {
     if status.code() == tonic::Code::OutOfRange && status.message().contains("message length too large") {
-        return IngestError::TooLarge(format!("a Flight message is over the listener's size limit: {}", status.message()));
+        return IngestError::TooLarge(format!(
+            "a Flight message is over the listener's size limit: {}",
+            status.message()
+        ));
     }
     match status.code() {
         tonic::Code::Cancelled | tonic::Code::Unknown | tonic::Code::Unavailable => IngestError::Disconnected,
@@ -128,13 +135,20 @@ impl<S: Sink> FlightAdapter<S> {
         let principal = principal_of(&request).map_err(early)?;
         let key = match request.metadata().get(IDEMPOTENCY_KEY) {
             None => None,
-            Some(v) => Some(v.to_str().map_err(|_| early(IngestError::BadInput("the idempotency-key metadata is not ASCII".into())))?.trim().to_string()),
+            Some(v) => Some(
+                v.to_str()
+                    .map_err(|_| early(IngestError::BadInput("the idempotency-key metadata is not ASCII".into())))?
+                    .trim()
+                    .to_string(),
+            ),
         };
         let end = request.extensions().get::<BodyEnd>().cloned();
         // A body the budget refused says so; other transport errors are read from tonic's status.
         let failed = {
             let end = end.clone();
-            move |status: &Status| end.as_ref().and_then(BodyEnd::over_budget).unwrap_or_else(|| transport_error(status))
+            move |status: &Status| {
+                end.as_ref().and_then(BodyEnd::over_budget).unwrap_or_else(|| transport_error(status))
+            }
         };
         let mut input = request.into_inner();
         let stall = self.policy.stall_timeout;
@@ -153,11 +167,13 @@ impl<S: Sink> FlightAdapter<S> {
             Some(_) => String::new(),
             None => stream_of(&descriptor).map_err(early)?,
         };
-        let mut ingest_request = IngestRequest::new(stream, Protocol::Flight, principal.clone(), Arc::clone(&self.policy));
+        let mut ingest_request =
+            IngestRequest::new(stream, Protocol::Flight, principal.clone(), Arc::clone(&self.policy));
         ingest_request.idempotency_key = key;
         let wire = Arc::clone(&ingest_request.wire_bytes);
-        let decoding = Decoding::new(self.max_message_bytes, Arc::clone(self.core.budget()), ingest_request.reservation.clone())
-            .with_schema_limits(SchemaLimits::of(&self.policy));
+        let decoding =
+            Decoding::new(self.max_message_bytes, Arc::clone(self.core.budget()), ingest_request.reservation.clone())
+                .with_schema_limits(SchemaLimits::of(&self.policy));
         let size = |m: &FlightData| m.data_header.len() + m.data_body.len() + m.app_metadata.len();
         // Each message counts on the wire, and is reserved from the memory budget as tonic hands it over (until
         // then its bytes were charged as they arrived, see `grpc_body`), until its batch is admitted.
@@ -200,13 +216,15 @@ impl<S: Sink> FlightAdapter<S> {
             stream: String,
             key: String,
         }
-        let ask: Ask = serde_json::from_slice(body)
-            .map_err(|e| IngestError::BadInput(format!("the request_status body is not JSON {{\"stream\": ..., \"key\": ...}}: {e}")))?;
+        let ask: Ask = serde_json::from_slice(body).map_err(|e| {
+            IngestError::BadInput(format!("the request_status body is not JSON {{\"stream\": ..., \"key\": ...}}: {e}"))
+        })?;
         if !principal.may_use(&ask.stream) {
             return Err(IngestError::Denied(principal.denied(&ask.stream)));
         }
         let status = self.core.request_status(&ask.stream, &ask.key, self.policy.idempotency_window).await?;
-        serde_json::to_vec(&rest::status_json(&ask.stream, &ask.key, status)).map_err(|e| IngestError::Internal(e.to_string()))
+        serde_json::to_vec(&rest::status_json(&ask.stream, &ask.key, status))
+            .map_err(|e| IngestError::Internal(e.to_string()))
     }
 
     async fn info(&self, principal: Principal, descriptor: FlightDescriptor) -> Result<FlightInfo, IngestError> {
@@ -248,12 +266,17 @@ impl<S: Sink> FlightService for FlightAdapter<S> {
 
     /// Basic authentication (`authenticate_basic_token` in pyarrow): the gate checked `name:secret`; the
     /// answer carries `authorization: Bearer <secret>` for the client's later calls.
-    async fn handshake(&self, request: Request<Streaming<HandshakeRequest>>) -> Result<Response<Self::HandshakeStream>, Status> {
+    async fn handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
         let bearer = request.extensions().get::<ProvenBearer>().cloned();
         let mut response: Response<Self::HandshakeStream> =
             Response::new(Box::pin(futures::stream::once(async { Ok(HandshakeResponse::default()) })));
         if let Some(ProvenBearer(secret)) = bearer {
-            let value = format!("Bearer {secret}").parse().map_err(|_| status::grpc(Code::InvalidInput, "the token cannot be sent back"))?;
+            let value = format!("Bearer {secret}")
+                .parse()
+                .map_err(|_| status::grpc(Code::InvalidInput, "the token cannot be sent back"))?;
             response.metadata_mut().insert("authorization", value);
         }
         Ok(response)
@@ -330,13 +353,17 @@ impl<S: Sink> FlightService for FlightAdapter<S> {
         let action = request.into_inner();
         if action.r#type == REQUEST_STATUS {
             let body = guarded(self.request_status(principal, &action.body)).await?;
-            return Ok(Response::new(Box::pin(futures::stream::iter([Ok(arrow_flight::Result { body: body.into() })]))));
+            return Ok(Response::new(Box::pin(futures::stream::iter([Ok(arrow_flight::Result {
+                body: body.into(),
+            })]))));
         }
-        if action.r#type != flightsql::CREATE_PREPARED_STATEMENT && action.r#type != flightsql::CLOSE_PREPARED_STATEMENT {
+        if action.r#type != flightsql::CREATE_PREPARED_STATEMENT && action.r#type != flightsql::CLOSE_PREPARED_STATEMENT
+        {
             return Err(unimplemented(&format!("DoAction {:?}", action.r#type)));
         }
         let bodies = guarded(self.sql.action(principal, &action.r#type, &action.body)).await?;
-        let results: Vec<Result<arrow_flight::Result, Status>> = bodies.into_iter().map(|body| Ok(arrow_flight::Result { body })).collect();
+        let results: Vec<Result<arrow_flight::Result, Status>> =
+            bodies.into_iter().map(|body| Ok(arrow_flight::Result { body })).collect();
         Ok(Response::new(Box::pin(futures::stream::iter(results))))
     }
 
@@ -372,7 +399,8 @@ mod tests {
 
     #[test]
     fn oversized_messages_are_resource_exhausted() {
-        let s = Status::out_of_range("Error, decoded message length too large: found 300 bytes, the limit is: 100 bytes");
+        let s =
+            Status::out_of_range("Error, decoded message length too large: found 300 bytes, the limit is: 100 bytes");
         let e = transport_error(&s);
         assert_eq!(status::grpc_of(&e).code(), tonic::Code::ResourceExhausted);
     }

@@ -16,11 +16,13 @@ use arrow_flight::encode::{DictionaryHandling, FlightDataEncoderBuilder};
 use arrow_flight::error::FlightError;
 use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
 use arrow_flight::sql::{
-    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, Any, Command,
-    CommandStatementIngest, DoPutPreparedStatementResult,
-    DoPutUpdateResult, ProstMessageExt, SqlInfo, SqlSupportedTransaction, TableExistsOption, TableNotExistOption, TicketStatementQuery,
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
+    Any, Command, CommandStatementIngest, DoPutPreparedStatementResult, DoPutUpdateResult, ProstMessageExt, SqlInfo,
+    SqlSupportedTransaction, TableExistsOption, TableNotExistOption, TicketStatementQuery,
 };
-use arrow_flight::{FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage, PutResult, SchemaAsIpc, Ticket};
+use arrow_flight::{
+    FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage, PutResult, SchemaAsIpc, Ticket,
+};
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 
@@ -97,11 +99,21 @@ fn info_for(schema: &Schema, descriptor: FlightDescriptor, ticket: Vec<u8>) -> R
     // A statement that is not a query has no known columns before it runs: no schema rather than a wrong one
     // (clients check the stream's schema against the one given here).
     if schema.fields().is_empty() {
-        return Ok(FlightInfo::new().with_descriptor(descriptor).with_endpoint(endpoint).with_total_records(-1).with_total_bytes(-1));
+        return Ok(FlightInfo::new()
+            .with_descriptor(descriptor)
+            .with_endpoint(endpoint)
+            .with_total_records(-1)
+            .with_total_bytes(-1));
     }
     FlightInfo::new()
         .try_with_schema(schema)
-        .map(|i| i.with_descriptor(descriptor).with_endpoint(endpoint).with_total_records(-1).with_total_bytes(-1).with_ordered(true))
+        .map(|i| {
+            i.with_descriptor(descriptor)
+                .with_endpoint(endpoint)
+                .with_total_records(-1)
+                .with_total_bytes(-1)
+                .with_ordered(true)
+        })
         .map_err(|e| IngestError::Internal(e.to_string()))
 }
 
@@ -179,11 +191,19 @@ impl<S: Sink> FlightSql<S> {
                 let n = self.core.update(statement, self.access, &principal, &self.policy).await?;
                 Ok(update_result(n))
             }
-            other => Err(IngestError::Unsupported(format!("arrowport does not implement Flight SQL DoPut {}", other.type_url()))),
+            other => Err(IngestError::Unsupported(format!(
+                "arrowport does not implement Flight SQL DoPut {}",
+                other.type_url()
+            ))),
         }
     }
 
-    async fn ingest<I>(&self, cmd: CommandStatementIngest, items: I, base: IngestRequest) -> Result<PutResult, IngestError>
+    async fn ingest<I>(
+        &self,
+        cmd: CommandStatementIngest,
+        items: I,
+        base: IngestRequest,
+    ) -> Result<PutResult, IngestError>
     where
         I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
     {
@@ -196,21 +216,40 @@ impl<S: Sink> FlightSql<S> {
             ));
         }
         if cmd.transaction_id.is_some() {
-            return Err(IngestError::Unsupported("transactions are not available; every ingest commits on its own".into()));
+            return Err(IngestError::Unsupported(
+                "transactions are not available; every ingest commits on its own".into(),
+            ));
         }
         if cmd.table.is_empty() {
             return Err(IngestError::BadInput("CommandStatementIngest names no table".into()));
         }
-        let target = Target { catalog: cmd.catalog.filter(|c| !c.is_empty()), schema: cmd.schema.filter(|s| !s.is_empty()).unwrap_or_else(|| "main".into()), table: cmd.table.clone() };
-        let mapping = Mapping { stream: cmd.table.clone(), target, create_table: true, policy: SchemaPolicy::ByName, mode: Mode::Append, rule };
-        let request = IngestRequest { stream: cmd.table, protocol: Protocol::FlightSql, mapping: Some(mapping), ..base };
+        let target = Target {
+            catalog: cmd.catalog.filter(|c| !c.is_empty()),
+            schema: cmd.schema.filter(|s| !s.is_empty()).unwrap_or_else(|| "main".into()),
+            table: cmd.table.clone(),
+        };
+        let mapping = Mapping {
+            stream: cmd.table.clone(),
+            target,
+            create_table: true,
+            policy: SchemaPolicy::ByName,
+            mode: Mode::Append,
+            rule,
+        };
+        let request =
+            IngestRequest { stream: cmd.table, protocol: Protocol::FlightSql, mapping: Some(mapping), ..base };
         let report = self.core.ingest(request, items).await?;
         Ok(update_result(report.rows))
     }
 
     // ---- GetFlightInfo / DoGet ---------------------------------------------------------------------------
 
-    pub async fn flight_info(&self, principal: Principal, command: Command, descriptor: FlightDescriptor) -> Result<FlightInfo, IngestError> {
+    pub async fn flight_info(
+        &self,
+        principal: Principal,
+        command: Command,
+        descriptor: FlightDescriptor,
+    ) -> Result<FlightInfo, IngestError> {
         match command {
             Command::CommandStatementQuery(cmd) => {
                 let described = self.core.describe_sql(&cmd.query, None, self.access, &principal, &self.policy).await?;
@@ -225,17 +264,35 @@ impl<S: Sink> FlightSql<S> {
                 // With parameters bound, the columns are described with them (a parameter's type can decide a
                 // column's).
                 let schema = match entry.params.first() {
-                    Some(first) => self.core.describe_sql(&entry.sql, Some(first.clone()), self.access, &principal, &self.policy).await?.schema,
+                    Some(first) => {
+                        self.core
+                            .describe_sql(&entry.sql, Some(first.clone()), self.access, &principal, &self.policy)
+                            .await?
+                            .schema
+                    }
                     None => entry.schema,
                 };
                 info_for(&schema, descriptor, cmd.as_any().encode_to_vec())
             }
-            Command::CommandGetCatalogs(cmd) => info_for(&cmd.clone().into_builder().schema(), descriptor, cmd.as_any().encode_to_vec()),
-            Command::CommandGetDbSchemas(cmd) => info_for(&cmd.clone().into_builder().schema(), descriptor, cmd.as_any().encode_to_vec()),
-            Command::CommandGetTables(cmd) => info_for(&cmd.clone().into_builder().schema(), descriptor, cmd.as_any().encode_to_vec()),
-            Command::CommandGetTableTypes(cmd) => info_for(&cmd.clone().into_builder().schema(), descriptor, cmd.as_any().encode_to_vec()),
-            Command::CommandGetSqlInfo(cmd) => info_for(SqlInfoDataBuilder::schema(), descriptor, cmd.as_any().encode_to_vec()),
-            other => Err(IngestError::Unsupported(format!("arrowport does not implement Flight SQL GetFlightInfo {}", other.type_url()))),
+            Command::CommandGetCatalogs(cmd) => {
+                info_for(&cmd.clone().into_builder().schema(), descriptor, cmd.as_any().encode_to_vec())
+            }
+            Command::CommandGetDbSchemas(cmd) => {
+                info_for(&cmd.clone().into_builder().schema(), descriptor, cmd.as_any().encode_to_vec())
+            }
+            Command::CommandGetTables(cmd) => {
+                info_for(&cmd.clone().into_builder().schema(), descriptor, cmd.as_any().encode_to_vec())
+            }
+            Command::CommandGetTableTypes(cmd) => {
+                info_for(&cmd.clone().into_builder().schema(), descriptor, cmd.as_any().encode_to_vec())
+            }
+            Command::CommandGetSqlInfo(cmd) => {
+                info_for(SqlInfoDataBuilder::schema(), descriptor, cmd.as_any().encode_to_vec())
+            }
+            other => Err(IngestError::Unsupported(format!(
+                "arrowport does not implement Flight SQL GetFlightInfo {}",
+                other.type_url()
+            ))),
         }
     }
 
@@ -243,7 +300,10 @@ impl<S: Sink> FlightSql<S> {
         match command {
             Command::TicketStatementQuery(t) => {
                 let entry = self.entry(&t.statement_handle, &principal)?;
-                let (schema, batches) = self.core.query(Statement { sql: entry.sql, params: vec![] }, self.access, &principal, &self.policy).await?;
+                let (schema, batches) = self
+                    .core
+                    .query(Statement { sql: entry.sql, params: vec![] }, self.access, &principal, &self.policy)
+                    .await?;
                 Ok(encode(schema, batches))
             }
             Command::CommandPreparedStatementQuery(cmd) => {
@@ -288,24 +348,40 @@ impl<S: Sink> FlightSql<S> {
                 let info = self.sql_info()?;
                 one_batch(cmd.into_builder(&info).build())
             }
-            other => Err(IngestError::Unsupported(format!("arrowport does not implement Flight SQL DoGet {}", other.type_url()))),
+            other => Err(IngestError::Unsupported(format!(
+                "arrowport does not implement Flight SQL DoGet {}",
+                other.type_url()
+            ))),
         }
     }
 
     /// The result schema of a statement (Flight `GetSchema` on a statement CMD).
     pub async fn schema(&self, principal: Principal, command: Command) -> Result<Schema, IngestError> {
         match command {
-            Command::CommandStatementQuery(cmd) => Ok(self.core.describe_sql(&cmd.query, None, self.access, &principal, &self.policy).await?.schema),
-            Command::CommandPreparedStatementQuery(cmd) => Ok(self.entry(&cmd.prepared_statement_handle, &principal)?.schema),
-            other => Err(IngestError::Unsupported(format!("arrowport does not implement Flight SQL GetSchema {}", other.type_url()))),
+            Command::CommandStatementQuery(cmd) => {
+                Ok(self.core.describe_sql(&cmd.query, None, self.access, &principal, &self.policy).await?.schema)
+            }
+            Command::CommandPreparedStatementQuery(cmd) => {
+                Ok(self.entry(&cmd.prepared_statement_handle, &principal)?.schema)
+            }
+            other => Err(IngestError::Unsupported(format!(
+                "arrowport does not implement Flight SQL GetSchema {}",
+                other.type_url()
+            ))),
         }
     }
 
     // ---- actions -----------------------------------------------------------------------------------------
 
     /// `CreatePreparedStatement` / `ClosePreparedStatement`; returns the action's result bodies.
-    pub async fn action(&self, principal: Principal, kind: &str, body: &[u8]) -> Result<Vec<bytes::Bytes>, IngestError> {
-        let any = Any::decode(body).map_err(|e| IngestError::BadInput(format!("the {kind} body is not a protobuf Any: {e}")))?;
+    pub async fn action(
+        &self,
+        principal: Principal,
+        kind: &str,
+        body: &[u8],
+    ) -> Result<Vec<bytes::Bytes>, IngestError> {
+        let any = Any::decode(body)
+            .map_err(|e| IngestError::BadInput(format!("the {kind} body is not a protobuf Any: {e}")))?;
         match kind {
             CREATE_PREPARED_STATEMENT => {
                 let req: ActionCreatePreparedStatementRequest = any
@@ -313,7 +389,9 @@ impl<S: Sink> FlightSql<S> {
                     .map_err(|e| IngestError::BadInput(e.to_string()))?
                     .ok_or_else(|| IngestError::BadInput("expected ActionCreatePreparedStatementRequest".into()))?;
                 if req.transaction_id.is_some() {
-                    return Err(IngestError::Unsupported("transactions are not available; every statement commits on its own".into()));
+                    return Err(IngestError::Unsupported(
+                        "transactions are not available; every statement commits on its own".into(),
+                    ));
                 }
                 let described = self.core.describe_sql(&req.query, None, self.access, &principal, &self.policy).await?;
                 let handle = self.remember(req.query, described.schema.clone(), owner_of(&principal));
@@ -368,7 +446,12 @@ impl<S: Sink> FlightSql<S> {
         Ok(entry.clone())
     }
 
-    fn with_entry(&self, handle: &[u8], principal: &Principal, f: impl FnOnce(&mut PreparedEntry)) -> Result<(), IngestError> {
+    fn with_entry(
+        &self,
+        handle: &[u8],
+        principal: &Principal,
+        f: impl FnOnce(&mut PreparedEntry),
+    ) -> Result<(), IngestError> {
         self.entry(handle, principal)?;
         if let Some(e) = self.lock().get_mut(handle) {
             f(e);
@@ -406,11 +489,15 @@ where
         if let Incoming::Batch(b) = item? {
             bytes += b.get_array_memory_size();
             if bytes > MAX_PARAM_BYTES {
-                return Err(IngestError::TooLarge(format!("more than {MAX_PARAM_BYTES} bytes of parameters for one statement")));
+                return Err(IngestError::TooLarge(format!(
+                    "more than {MAX_PARAM_BYTES} bytes of parameters for one statement"
+                )));
             }
             rows.extend(query::params_from_batch(&b).map_err(IngestError::BadInput)?);
             if rows.len() > MAX_PARAM_ROWS {
-                return Err(IngestError::TooLarge(format!("more than {MAX_PARAM_ROWS} parameter rows for one statement")));
+                return Err(IngestError::TooLarge(format!(
+                    "more than {MAX_PARAM_ROWS} parameter rows for one statement"
+                )));
             }
         }
     }
@@ -460,6 +547,8 @@ mod tests {
         assert_eq!(ingest_rule(&cmd(M::Fail, E::Append)).unwrap(), TableRule::Append);
         assert_eq!(ingest_rule(&cmd(M::Create, E::Replace)).unwrap(), TableRule::Replace);
         assert_eq!(ingest_rule(&cmd(M::Create, E::Append)).unwrap(), TableRule::CreateAppend);
-        assert!(ingest_rule(&cmd(M::Unspecified, E::Append)).unwrap_err().to_string().contains("unsupported table options"));
+        assert!(
+            ingest_rule(&cmd(M::Unspecified, E::Append)).unwrap_err().to_string().contains("unsupported table options")
+        );
     }
 }

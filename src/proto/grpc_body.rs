@@ -70,7 +70,8 @@ impl Framing {
                 chunk = &chunk[take..];
                 pending += take;
                 if self.prefix_read == 5 {
-                    self.remaining = u64::from(u32::from_be_bytes([self.prefix[1], self.prefix[2], self.prefix[3], self.prefix[4]]));
+                    self.remaining =
+                        u64::from(u32::from_be_bytes([self.prefix[1], self.prefix[2], self.prefix[3], self.prefix[4]]));
                     if self.remaining == 0 {
                         self.prefix_read = 0;
                         completed = true;
@@ -120,7 +121,10 @@ impl http_body::Body for Watched {
     type Data = bytes::Bytes;
     type Error = axum::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => self.end.0.state.store(ENDED, Ordering::Release),
@@ -134,7 +138,9 @@ impl http_body::Body for Watched {
                         }
                         self.end.0.state.store(BROKEN, Ordering::Release);
                         self.held.clear();
-                        return Poll::Ready(Some(Err(axum::Error::new(tonic::Status::resource_exhausted(e.to_string())))));
+                        return Poll::Ready(Some(Err(axum::Error::new(tonic::Status::resource_exhausted(
+                            e.to_string(),
+                        )))));
                     }
                 }
             }
@@ -158,7 +164,9 @@ pub fn watch_request_bodies(router: axum::Router, budget: Arc<Budget>) -> axum::
         let end = BodyEnd::default();
         request.extensions_mut().insert(end.clone());
         let budget = Arc::clone(&budget);
-        request.map(|inner| axum::body::Body::new(Watched { inner, end, budget, framing: Framing::default(), held: Vec::new() }))
+        request.map(|inner| {
+            axum::body::Body::new(Watched { inner, end, budget, framing: Framing::default(), held: Vec::new() })
+        })
     }))
 }
 

@@ -57,7 +57,10 @@ impl SchemaLimits {
 
 impl Default for SchemaLimits {
     fn default() -> SchemaLimits {
-        SchemaLimits { max_columns: crate::engine::policy::MAX_COLUMNS, max_bytes: crate::engine::policy::MAX_SCHEMA_BYTES }
+        SchemaLimits {
+            max_columns: crate::engine::policy::MAX_COLUMNS,
+            max_bytes: crate::engine::policy::MAX_SCHEMA_BYTES,
+        }
     }
 }
 
@@ -155,7 +158,9 @@ impl Framer {
             self.ended = true;
             self.buf.advance(prefix);
             if !self.buf.is_empty() {
-                return Err(IngestError::BadInput("invalid Arrow IPC stream: data after the end-of-stream marker".into()));
+                return Err(IngestError::BadInput(
+                    "invalid Arrow IPC stream: data after the end-of-stream marker".into(),
+                ));
             }
             return Ok(None);
         }
@@ -165,8 +170,9 @@ impl Framer {
         if self.buf.len() < prefix + len {
             return Ok(None);
         }
-        let message = arrow::ipc::root_as_message(&self.buf[prefix..prefix + len])
-            .map_err(|e| IngestError::BadInput(format!("invalid Arrow IPC data: the message header does not parse: {e}")))?;
+        let message = arrow::ipc::root_as_message(&self.buf[prefix..prefix + len]).map_err(|e| {
+            IngestError::BadInput(format!("invalid Arrow IPC data: the message header does not parse: {e}"))
+        })?;
         let size = usize::try_from(message.bodyLength())
             .map_err(|_| IngestError::BadInput("invalid Arrow IPC data: negative body length".into()))?;
         if size > self.max_message.saturating_sub(len) {
@@ -218,7 +224,9 @@ pub fn decompressed_claim(header: &[u8], body: &[u8]) -> u64 {
     let Some(batch) = batch.filter(|b| b.compression().is_some()) else { return 0 };
     let mut total: u64 = 0;
     for buffer in batch.buffers().into_iter().flatten() {
-        let (Ok(offset), Ok(length)) = (usize::try_from(buffer.offset()), usize::try_from(buffer.length())) else { continue };
+        let (Ok(offset), Ok(length)) = (usize::try_from(buffer.offset()), usize::try_from(buffer.length())) else {
+            continue;
+        };
         if length < 8 {
             continue;
         }
@@ -291,11 +299,16 @@ fn count_fields<'a>(fields: impl IntoIterator<Item = arrow::ipc::Field<'a>>, lim
 /// Decoded Flight messages (REST bodies are framed into the same messages) as the ingest core's items: the
 /// schema, then batches. A compressed message that claims more than `max_message` bytes decompressed is refused
 /// before it is decoded; decoder panics (arrow-ipc has some on malformed input) become bad input.
-pub fn flight_items<S>(messages: S, decoding: Decoding) -> impl Stream<Item = Result<Incoming, IngestError>> + Send + Unpin
+pub fn flight_items<S>(
+    messages: S,
+    decoding: Decoding,
+) -> impl Stream<Item = Result<Incoming, IngestError>> + Send + Unpin
 where
     S: Stream<Item = Result<FlightData, FlightError>> + Send + 'static,
 {
-    let checked = messages.map(move |m| m.and_then(|m| check_claim(&m, &decoding).map(|()| m).map_err(|e| FlightError::ExternalError(Box::new(e)))));
+    let checked = messages.map(move |m| {
+        m.and_then(|m| check_claim(&m, &decoding).map(|()| m).map_err(|e| FlightError::ExternalError(Box::new(e))))
+    });
     let decoded = crate::panic::contain_stream("decoding Arrow IPC", FlightDataDecoder::new(checked));
     Box::pin(decoded.filter_map(|item| async move {
         match item {
@@ -327,40 +340,45 @@ where
     S: Stream<Item = Result<Bytes, IngestError>> + Send + Unpin + 'static,
 {
     let ours = |e: IngestError| FlightError::ExternalError(Box::new(e));
-    futures::stream::unfold((input, Framer::new(decoding), false), move |(mut input, mut framer, mut done)| async move {
-        loop {
-            if done {
-                return None;
-            }
-            match framer.next_message() {
-                Err(e) => {
-                    done = true;
-                    return Some((Err(ours(e)), (input, framer, done)));
+    futures::stream::unfold(
+        (input, Framer::new(decoding), false),
+        move |(mut input, mut framer, mut done)| async move {
+            loop {
+                if done {
+                    return None;
                 }
-                Ok(Some(message)) => return Some((Ok(message), (input, framer, done))),
-                Ok(None) => {}
-            }
-            match input.next().await {
-                Some(Ok(chunk)) => {
-                    if let Err(e) = framer.push(&chunk) {
+                match framer.next_message() {
+                    Err(e) => {
                         done = true;
                         return Some((Err(ours(e)), (input, framer, done)));
                     }
+                    Ok(Some(message)) => return Some((Ok(message), (input, framer, done))),
+                    Ok(None) => {}
                 }
-                Some(Err(e)) => {
-                    done = true;
-                    return Some((Err(ours(e)), (input, framer, done)));
-                }
-                None => {
-                    done = true;
-                    if !framer.at_boundary() {
-                        let e = IngestError::BadInput("invalid Arrow IPC stream: the body ends in the middle of a message".into());
+                match input.next().await {
+                    Some(Ok(chunk)) => {
+                        if let Err(e) = framer.push(&chunk) {
+                            done = true;
+                            return Some((Err(ours(e)), (input, framer, done)));
+                        }
+                    }
+                    Some(Err(e)) => {
+                        done = true;
                         return Some((Err(ours(e)), (input, framer, done)));
+                    }
+                    None => {
+                        done = true;
+                        if !framer.at_boundary() {
+                            let e = IngestError::BadInput(
+                                "invalid Arrow IPC stream: the body ends in the middle of a message".into(),
+                            );
+                            return Some((Err(ours(e)), (input, framer, done)));
+                        }
                     }
                 }
             }
-        }
-    })
+        },
+    )
 }
 
 /// Decodes an Arrow IPC stream from byte chunks (an HTTP body). Input errors pass through as they are.
@@ -379,7 +397,9 @@ where
                 Some(Ok(Incoming::Schema(s)))
             }
             Some(other) => Some(other),
-            None if !saw_schema => Some(Err(IngestError::BadInput("the body holds no Arrow IPC stream (no schema message)".into()))),
+            None if !saw_schema => {
+                Some(Err(IngestError::BadInput("the body holds no Arrow IPC stream (no schema message)".into())))
+            }
             None => None,
         };
         if matches!(out, Some(Err(_))) {
@@ -398,13 +418,19 @@ mod tests {
     use std::sync::Arc;
 
     fn ipc(rows: i64, batches: usize) -> Vec<u8> {
-        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false), Field::new("s", DataType::Utf8, true)]));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("s", DataType::Utf8, true),
+        ]));
         let mut out = Vec::new();
         let mut w = StreamWriter::try_new(&mut out, &schema).unwrap();
         for _ in 0..batches {
             let b = RecordBatch::try_new(
                 Arc::clone(&schema),
-                vec![Arc::new(Int64Array::from_iter_values(0..rows)), Arc::new(StringArray::from_iter_values((0..rows).map(|i| i.to_string())))],
+                vec![
+                    Arc::new(Int64Array::from_iter_values(0..rows)),
+                    Arc::new(StringArray::from_iter_values((0..rows).map(|i| i.to_string()))),
+                ],
             )
             .unwrap();
             w.write(&b).unwrap();
@@ -456,7 +482,10 @@ mod tests {
         let [_, batch] = &messages[..] else { panic!("{} messages", messages.len()) };
         let body = batch.data_body.clone();
         assert!(body.len() > 1 << 20 && body.as_ptr() as usize % 64 == 0);
-        let decoded: Vec<_> = flight_items(futures::stream::iter(messages.into_iter().map(Ok)), Decoding::unbudgeted(64 << 20)).collect().await;
+        let decoded: Vec<_> =
+            flight_items(futures::stream::iter(messages.into_iter().map(Ok)), Decoding::unbudgeted(64 << 20))
+                .collect()
+                .await;
         let [Ok(Incoming::Schema(_)), Ok(Incoming::Batch(decoded))] = &decoded[..] else { panic!("{decoded:?}") };
         let ids = decoded.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
         let at = ids.values().as_ptr() as usize;
@@ -501,7 +530,8 @@ mod tests {
     #[tokio::test]
     async fn compressed_buffers_claiming_too_much_are_refused_before_decoding() {
         let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
-        let batch = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(Int64Array::from_iter_values(0..1237))]).unwrap();
+        let batch =
+            RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(Int64Array::from_iter_values(0..1237))]).unwrap();
         let options = arrow::ipc::writer::IpcWriteOptions::default()
             .try_with_compression(Some(arrow::ipc::CompressionType::LZ4_FRAME))
             .unwrap();
@@ -518,7 +548,10 @@ mod tests {
         out[at..at + 8].copy_from_slice(&(1i64 << 40).to_le_bytes());
         let items = collect(vec![out], 1 << 20).await;
         let err = items.into_iter().find_map(|i| i.err()).expect("an error");
-        assert!(matches!(&err, IngestError::TooLarge(m) if m.contains("claims 1099511627776 bytes once decompressed")), "{err:?}");
+        assert!(
+            matches!(&err, IngestError::TooLarge(m) if m.contains("claims 1099511627776 bytes once decompressed")),
+            "{err:?}"
+        );
     }
 
     /// In-process fuzzing of the decoders: mutated IPC streams (bit flips, overwritten 4- and 8-byte words,

@@ -30,9 +30,9 @@ use crate::engine::budget::Reservation;
 use crate::engine::core::{Core, KeyStatus, StreamInfo};
 use crate::engine::error::{Code, IngestError};
 use crate::engine::ingest::Request as IngestRequest;
-use crate::engine::sink::IDEMPOTENCY_KEY;
 use crate::engine::metrics::{self, Protocol};
 use crate::engine::policy::Policy;
+use crate::engine::sink::IDEMPOTENCY_KEY;
 use crate::engine::sink::Sink;
 use crate::proto::ipc::{self, Decoding, SchemaLimits};
 use crate::proto::status;
@@ -115,20 +115,31 @@ fn encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
         "" | "identity" => Ok(Encoding::Identity),
         "zstd" => Ok(Encoding::Zstd),
         "gzip" | "x-gzip" => Ok(Encoding::Gzip),
-        other => Err(ApiError::new(Code::UnsupportedMedia, format!("unsupported Content-Encoding {other:?}; use zstd, gzip or none"))),
+        other => Err(ApiError::new(
+            Code::UnsupportedMedia,
+            format!("unsupported Content-Encoding {other:?}; use zstd, gzip or none"),
+        )),
     }
 }
 
 fn check_length(headers: &HeaderMap, max: u64) -> Result<(), ApiError> {
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     match declared {
-        Some(n) if n > max => Err(ApiError::new(Code::TooLarge, format!("the body of {n} bytes is over the listener's limit of {max} bytes"))),
+        Some(n) if n > max => Err(ApiError::new(
+            Code::TooLarge,
+            format!("the body of {n} bytes is over the listener's limit of {max} bytes"),
+        )),
         _ => Ok(()),
     }
 }
 
 /// The request body as a byte stream: counted, limited, and with transport failures classified.
-fn body_stream(body: Body, max: u64, wire: Arc<AtomicU64>) -> impl Stream<Item = Result<Bytes, IngestError>> + Send + Unpin {
+fn body_stream(
+    body: Body,
+    max: u64,
+    wire: Arc<AtomicU64>,
+) -> impl Stream<Item = Result<Bytes, IngestError>> + Send + Unpin {
     body.into_data_stream().map(move |chunk| match chunk {
         Ok(bytes) => {
             let total = wire.fetch_add(bytes.len() as u64, Ordering::Relaxed) + bytes.len() as u64;
@@ -151,7 +162,8 @@ where
         return Box::new(input);
     }
     let reader = StreamReader::new(input.map_err(std::io::Error::other));
-    let unwrap = |e: std::io::Error, what: &str| match e.get_ref().and_then(|inner| inner.downcast_ref::<IngestError>()) {
+    let unwrap = |e: std::io::Error, what: &str| match e.get_ref().and_then(|inner| inner.downcast_ref::<IngestError>())
+    {
         Some(ours) => ours.clone(),
         None => IngestError::BadInput(format!("the {what} body does not decompress: {e}")),
     };
@@ -192,8 +204,9 @@ async fn ingest_ipc<S: Sink>(
         Err(e) => return refused(&app, Err(e)),
     };
     let bytes = decoded(body_stream(body, app.limits.max_body_bytes, Arc::clone(&request.wire_bytes)), enc);
-    let decoding = Decoding::new(app.limits.max_message_bytes, Arc::clone(app.core.budget()), request.reservation.clone())
-        .with_schema_limits(SchemaLimits::of(&app.limits.policy));
+    let decoding =
+        Decoding::new(app.limits.max_message_bytes, Arc::clone(app.core.budget()), request.reservation.clone())
+            .with_schema_limits(SchemaLimits::of(&app.limits.policy));
     let items = ipc::ipc_stream(bytes, decoding);
     let wire = Arc::clone(&request.wire_bytes);
     let report = app.core.ingest(request, items).await?;
@@ -248,8 +261,15 @@ pub fn status_json(stream: &str, key: &str, status: KeyStatus) -> Value {
 fn check_ipc_request(headers: &HeaderMap, max_body: u64) -> Result<Encoding, ApiError> {
     match media_type(headers).as_deref() {
         Some(ARROW_STREAM) => {}
-        Some(other) => return Err(ApiError::new(Code::UnsupportedMedia, format!("unsupported Content-Type {other:?}; send {ARROW_STREAM}"))),
-        None => return Err(ApiError::new(Code::UnsupportedMedia, format!("missing Content-Type; send {ARROW_STREAM}"))),
+        Some(other) => {
+            return Err(ApiError::new(
+                Code::UnsupportedMedia,
+                format!("unsupported Content-Type {other:?}; send {ARROW_STREAM}"),
+            ));
+        }
+        None => {
+            return Err(ApiError::new(Code::UnsupportedMedia, format!("missing Content-Type; send {ARROW_STREAM}")));
+        }
     }
     let enc = encoding(headers)?;
     check_length(headers, max_body)?;
@@ -300,8 +320,9 @@ async fn ingest_legacy<S: Sink>(
     };
     request.idempotency_key = key;
     let name = request.stream.clone();
-    let decoding = Decoding::new(app.limits.max_message_bytes, Arc::clone(app.core.budget()), request.reservation.clone())
-        .with_schema_limits(SchemaLimits::of(&app.limits.policy));
+    let decoding =
+        Decoding::new(app.limits.max_message_bytes, Arc::clone(app.core.budget()), request.reservation.clone())
+            .with_schema_limits(SchemaLimits::of(&app.limits.policy));
     let items = ipc::ipc_stream(futures::stream::iter([Ok(Bytes::from(data))]), decoding);
     let report = app.core.ingest(request, items).await?;
     let mut body = json!({
@@ -319,7 +340,12 @@ async fn ingest_legacy<S: Sink>(
 
 /// A whole (small) body, read within `limit` bytes; a client that sends nothing for `stall` is refused.
 /// Each chunk is reserved from the host's memory budget before it is kept.
-async fn whole_body(body: Body, limit: usize, stall: std::time::Duration, reserve: &Decoding) -> Result<Bytes, ApiError> {
+async fn whole_body(
+    body: Body,
+    limit: usize,
+    stall: std::time::Duration,
+    reserve: &Decoding,
+) -> Result<Bytes, ApiError> {
     let mut chunks = body.into_data_stream();
     let mut out = bytes::BytesMut::new();
     loop {
@@ -329,7 +355,10 @@ async fn whole_body(body: Body, limit: usize, stall: std::time::Duration, reserv
             Ok(Some(Err(_))) => return Err(IngestError::Disconnected.into()),
             Ok(Some(Ok(chunk))) => {
                 if out.len() + chunk.len() > limit {
-                    return Err(ApiError::new(Code::TooLarge, format!("the body is over the limit of {limit} bytes for JSON requests")));
+                    return Err(ApiError::new(
+                        Code::TooLarge,
+                        format!("the body is over the limit of {limit} bytes for JSON requests"),
+                    ));
                 }
                 reserve.reserve(chunk.len())?;
                 out.extend_from_slice(&chunk);
@@ -348,7 +377,10 @@ async fn legacy_request<S: Sink>(
 ) -> Result<(IngestRequest, Vec<u8>), ApiError> {
     if let Some(mt) = media_type(&headers) {
         if mt != "application/json" {
-            return Err(ApiError::new(Code::UnsupportedMedia, format!("unsupported Content-Type {mt:?}; send application/json")));
+            return Err(ApiError::new(
+                Code::UnsupportedMedia,
+                format!("unsupported Content-Type {mt:?}; send application/json"),
+            ));
         }
     }
     if !matches!(encoding(&headers)?, Encoding::Identity) {
@@ -360,19 +392,27 @@ async fn legacy_request<S: Sink>(
     let decoding = Decoding::new(app.limits.max_message_bytes, Arc::clone(app.core.budget()), reservation.clone())
         .with_schema_limits(SchemaLimits::of(&app.limits.policy));
     let raw = whole_body(body, limit as usize, app.limits.policy.stall_timeout, &decoding).await?;
-    let request: LegacyRequest =
-        serde_json::from_slice(&raw).map_err(|e| ApiError::new(Code::InvalidInput, format!("invalid JSON request: {e}")))?;
+    let request: LegacyRequest = serde_json::from_slice(&raw)
+        .map_err(|e| ApiError::new(Code::InvalidInput, format!("invalid JSON request: {e}")))?;
     if let Some(backend) = request.config.storage_backend.as_deref() {
         if backend != "duckdb" {
-            return Err(ApiError::new(Code::InvalidInput, format!("storage_backend {backend:?} is not available: arrowport stores into DuckDB")));
+            return Err(ApiError::new(
+                Code::InvalidInput,
+                format!("storage_backend {backend:?} is not available: arrowport stores into DuckDB"),
+            ));
         }
     }
     let target = Target::parse(&request.config.target_table).map_err(|e| ApiError::new(Code::InvalidInput, e))?;
     let b64 = base64::engine::general_purpose::STANDARD;
-    let schema_bytes = b64.decode(request.batch.arrow_schema.trim()).map_err(|e| ApiError::new(Code::InvalidInput, format!("batch.arrow_schema is not base64: {e}")))?;
-    arrow::ipc::convert::try_schema_from_ipc_buffer(&schema_bytes)
-        .map_err(|e| ApiError::new(Code::InvalidInput, format!("batch.arrow_schema is not a serialized Arrow schema: {e}")))?;
-    let data = b64.decode(request.batch.data.trim()).map_err(|e| ApiError::new(Code::InvalidInput, format!("batch.data is not base64: {e}")))?;
+    let schema_bytes = b64
+        .decode(request.batch.arrow_schema.trim())
+        .map_err(|e| ApiError::new(Code::InvalidInput, format!("batch.arrow_schema is not base64: {e}")))?;
+    arrow::ipc::convert::try_schema_from_ipc_buffer(&schema_bytes).map_err(|e| {
+        ApiError::new(Code::InvalidInput, format!("batch.arrow_schema is not a serialized Arrow schema: {e}"))
+    })?;
+    let data = b64
+        .decode(request.batch.data.trim())
+        .map_err(|e| ApiError::new(Code::InvalidInput, format!("batch.data is not base64: {e}")))?;
     let mut ingest_request = IngestRequest::new(name, Protocol::Rest, principal, Arc::clone(&app.limits.policy));
     ingest_request.wire_bytes.store(raw.len() as u64, Ordering::Relaxed);
     ingest_request.target = Some(target);
@@ -435,7 +475,10 @@ async fn prometheus_text<S: Sink>(State(app): State<Arc<App<S>>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
-async fn list_streams<S: Sink>(State(app): State<Arc<App<S>>>, Extension(principal): Extension<Principal>) -> Result<Response, ApiError> {
+async fn list_streams<S: Sink>(
+    State(app): State<Arc<App<S>>>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Response, ApiError> {
     let mut infos = app.core.streams().await?;
     infos.retain(|i| principal.may_use(&i.mapping.stream));
     let metrics = app.core.metrics().rows();
@@ -451,6 +494,9 @@ async fn stream_info<S: Sink>(
     check_scope(&principal, &name)?;
     match app.core.stream(&name).await? {
         Some(info) => Ok(axum::Json(stream_json(&info, &app.core.metrics().rows())).into_response()),
-        None => Err(ApiError::new(Code::NotFound, format!("stream {name:?} is not defined and has no table yet (main.{name})"))),
+        None => Err(ApiError::new(
+            Code::NotFound,
+            format!("stream {name:?} is not defined and has no table yet (main.{name})"),
+        )),
     }
 }

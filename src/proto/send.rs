@@ -57,7 +57,11 @@ impl Target {
     /// `grpc://host:port`, `grpc+tcp://host:port`, `grpc+tls://host:port`, `http://host[:port][/prefix]`,
     /// `https://host[:port][/prefix]`.
     pub fn parse(url: &str) -> Result<Target, String> {
-        let bad = |why: &str| format!("invalid url {url:?}: {why} (use grpc://host:port, grpc+tls://host:port, http://host:port or https://host:port)");
+        let bad = |why: &str| {
+            format!(
+                "invalid url {url:?}: {why} (use grpc://host:port, grpc+tls://host:port, http://host:port or https://host:port)"
+            )
+        };
         let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("no scheme"))?;
         let (transport, tls) = match scheme.to_ascii_lowercase().as_str() {
             "grpc" | "grpc+tcp" => (Transport::Grpc, false),
@@ -74,7 +78,9 @@ impl Target {
             return Err(bad("credentials in the url are not supported; use token := '...'"));
         }
         let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !p.contains(']') => (h, Some(p.parse::<u16>().map_err(|_| bad("the port is not a number from 1 to 65535"))?)),
+            Some((h, p)) if !p.contains(']') => {
+                (h, Some(p.parse::<u16>().map_err(|_| bad("the port is not a number from 1 to 65535"))?))
+            }
             _ => (authority, None),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -95,7 +101,11 @@ impl Target {
     }
 
     fn authority(&self) -> String {
-        if self.host.contains(':') { format!("[{}]:{}", self.host, self.port) } else { format!("{}:{}", self.host, self.port) }
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
     }
 }
 
@@ -173,7 +183,10 @@ pub struct Sent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
     /// A transient failure; `after` is how long the remote asked to wait.
-    Transient { message: String, after: Option<Duration> },
+    Transient {
+        message: String,
+        after: Option<Duration>,
+    },
     Permanent(String),
 }
 
@@ -184,10 +197,16 @@ impl Failure {
 }
 
 /// The query's result, started afresh for each attempt.
-pub type Source<'a> = Box<dyn FnMut() -> Pin<Box<dyn Future<Output = Result<(SchemaRef, QueryStream), IngestError>> + Send>> + Send + 'a>;
+pub type Source<'a> =
+    Box<dyn FnMut() -> Pin<Box<dyn Future<Output = Result<(SchemaRef, QueryStream), IngestError>> + Send>> + Send + 'a>;
 
 /// Sends the source's rows to `stream` at `target`, retrying transient failures with the same key.
-pub async fn send(target: &Target, stream: &str, options: &SendOptions, mut source: Source<'_>) -> Result<Sent, String> {
+pub async fn send(
+    target: &Target,
+    stream: &str,
+    options: &SendOptions,
+    mut source: Source<'_>,
+) -> Result<Sent, String> {
     let started = Instant::now();
     let tls = if target.tls { Some(client_tls(options.tls_ca.as_deref(), target.transport)?) } else { None };
     let mut retries = 0;
@@ -315,8 +334,14 @@ impl Attempt<'_> {
         });
         let upload = async {
             match self.target.transport {
-                Transport::Grpc => self.flight(schema, batches, Parts { failed: failed_tx, progress: Arc::clone(&progress), began }).await,
-                Transport::Http => self.http(schema, batches, Parts { failed: failed_tx, progress: Arc::clone(&progress), began }).await,
+                Transport::Grpc => {
+                    self.flight(schema, batches, Parts { failed: failed_tx, progress: Arc::clone(&progress), began })
+                        .await
+                }
+                Transport::Http => {
+                    self.http(schema, batches, Parts { failed: failed_tx, progress: Arc::clone(&progress), began })
+                        .await
+                }
             }
         };
         let connect_and_upload = async {
@@ -336,7 +361,9 @@ impl Attempt<'_> {
         if ack.stream.is_empty() {
             ack.stream = self.stream.to_string();
         }
-        for (field, counted) in [(&mut ack.rows, &progress.rows), (&mut ack.batches, &progress.batches), (&mut ack.bytes, &progress.bytes)] {
+        for (field, counted) in
+            [(&mut ack.rows, &progress.rows), (&mut ack.batches, &progress.batches), (&mut ack.bytes, &progress.bytes)]
+        {
             if *field == u64::MAX {
                 *field = sent(counted);
             }
@@ -368,10 +395,16 @@ impl Attempt<'_> {
         let mut request = tonic::Request::new(outgoing);
         let metadata = request.metadata_mut();
         if let Some(token) = &self.options.token {
-            let value = format!("Bearer {token}").parse().map_err(|_| Failure::Permanent("the token is not printable ASCII".into()))?;
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| Failure::Permanent("the token is not printable ASCII".into()))?;
             metadata.insert("authorization", value);
         }
-        let key = self.options.idempotency_key.parse().map_err(|_| Failure::Permanent("the idempotency key is not printable ASCII".into()))?;
+        let key = self
+            .options
+            .idempotency_key
+            .parse()
+            .map_err(|_| Failure::Permanent("the idempotency key is not printable ASCII".into()))?;
         metadata.insert("idempotency-key", key);
         let mut results = client.do_put(request).await.map_err(|s| status_failure(&s))?.into_inner();
         let mut ack = None;
@@ -394,7 +427,9 @@ impl Attempt<'_> {
             .initial_stream_window_size(Some(16 * 1024 * 1024))
             .initial_connection_window_size(Some(32 * 1024 * 1024));
         let connector = Connector { target: self.target.clone(), tls: self.tls.clone(), timeout: self.options.timeout };
-        endpoint.connect_with_connector(connector).await.map_err(|e| Failure::transient(format!("could not connect to {}: {}", self.target.authority(), error_chain(&e))))
+        endpoint.connect_with_connector(connector).await.map_err(|e| {
+            Failure::transient(format!("could not connect to {}: {}", self.target.authority(), error_chain(&e)))
+        })
     }
 
     async fn http<S>(&self, schema: SchemaRef, batches: S, parts: Parts) -> Result<Ack, Failure>
@@ -405,7 +440,8 @@ impl Attempt<'_> {
         // The IPC stream as the buffers it is made of: a batch's own column buffers go to the socket as they are
         // (hyper writes a body's chunks with vectored writes), only the message headers are new bytes. The schema
         // goes out with the first batch (or the end of an empty result).
-        let mut encoder = Some(StreamEncoder::try_new_with_options(&schema, options).map_err(|e| Failure::Permanent(e.to_string()))?);
+        let mut encoder =
+            Some(StreamEncoder::try_new_with_options(&schema, options).map_err(|e| Failure::Permanent(e.to_string()))?);
         let body = batches.map(Some).chain(futures::stream::once(async { None })).flat_map(move |item| {
             let buffers = match item {
                 Some(Ok(batch)) => match encoder.as_mut() {
@@ -445,8 +481,12 @@ impl Attempt<'_> {
         if let Some(token) = &self.options.token {
             request = request.header(axum::http::header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        let request = request.body(axum::body::Body::from_stream(outgoing)).map_err(|e| Failure::Permanent(format!("invalid request: {e}")))?;
-        let response = sender.send_request(request).await.map_err(|e| Failure::transient(format!("the connection to {} failed: {}", self.target.authority(), error_chain(&e))))?;
+        let request = request
+            .body(axum::body::Body::from_stream(outgoing))
+            .map_err(|e| Failure::Permanent(format!("invalid request: {e}")))?;
+        let response = sender.send_request(request).await.map_err(|e| {
+            Failure::transient(format!("the connection to {} failed: {}", self.target.authority(), error_chain(&e)))
+        })?;
         let status = response.status();
         let retry_after = response
             .headers()
@@ -454,9 +494,14 @@ impl Attempt<'_> {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = axum::body::to_bytes(axum::body::Body::new(response.into_body()), MAX_ACK_BYTES)
-            .await
-            .map_err(|e| Failure::transient(format!("the connection to {} failed while reading the acknowledgement: {}", self.target.authority(), error_chain(&*e.into_inner()))))?;
+        let body =
+            axum::body::to_bytes(axum::body::Body::new(response.into_body()), MAX_ACK_BYTES).await.map_err(|e| {
+                Failure::transient(format!(
+                    "the connection to {} failed while reading the acknowledgement: {}",
+                    self.target.authority(),
+                    error_chain(&*e.into_inner())
+                ))
+            })?;
         if status.is_success() {
             return Ok(ack_from(&body));
         }
@@ -465,7 +510,10 @@ impl Attempt<'_> {
 
     async fn connect(&self) -> Result<Box<dyn Io>, Failure> {
         let connector = Connector { target: self.target.clone(), tls: self.tls.clone(), timeout: self.options.timeout };
-        connector.open().await.map_err(|e| Failure::transient(format!("could not connect to {}: {e}", self.target.authority())))
+        connector
+            .open()
+            .await
+            .map_err(|e| Failure::transient(format!("could not connect to {}: {e}", self.target.authority())))
     }
 }
 
@@ -499,16 +547,26 @@ struct Connector {
 
 impl Connector {
     async fn open(&self) -> std::io::Result<Box<dyn Io>> {
-        let tcp = tokio::time::timeout(self.timeout, tokio::net::TcpStream::connect((self.target.host.as_str(), self.target.port)))
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no connection within {} s", self.timeout.as_secs_f64())))??;
+        let tcp = tokio::time::timeout(
+            self.timeout,
+            tokio::net::TcpStream::connect((self.target.host.as_str(), self.target.port)),
+        )
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no connection within {} s", self.timeout.as_secs_f64()),
+            )
+        })??;
         let _ = tcp.set_nodelay(true);
         let Some(config) = &self.tls else { return Ok(Box::new(tcp)) };
-        let name = rustls_pki_types::ServerName::try_from(self.target.host.clone())
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("invalid TLS server name: {e}")))?;
-        let tls = tokio::time::timeout(self.timeout, tokio_rustls::TlsConnector::from(Arc::clone(config)).connect(name, tcp))
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "the TLS handshake did not finish"))??;
+        let name = rustls_pki_types::ServerName::try_from(self.target.host.clone()).map_err(|e| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("invalid TLS server name: {e}"))
+        })?;
+        let tls =
+            tokio::time::timeout(self.timeout, tokio_rustls::TlsConnector::from(Arc::clone(config)).connect(name, tcp))
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "the TLS handshake did not finish"))??;
         Ok(Box::new(tls))
     }
 }
@@ -546,7 +604,11 @@ fn client_tls(ca: Option<&str>, transport: Transport) -> Result<Arc<rustls::Clie
         Some(p) => (p.to_string(), true),
         None => match env.iter().map(String::as_str).chain(SYSTEM_ROOTS).find(|p| std::path::Path::new(p).exists()) {
             Some(p) => (p.to_string(), false),
-            None => return Err("no trusted certificates: the system has no CA bundle; give one with tls_ca := '<file.pem>'".into()),
+            None => {
+                return Err(
+                    "no trusted certificates: the system has no CA bundle; give one with tls_ca := '<file.pem>'".into(),
+                );
+            }
         },
     };
     let mut roots = rustls::RootCertStore::empty();
@@ -596,7 +658,8 @@ fn ack_from(body: &[u8]) -> Ack {
 /// A gRPC status as a failure: the remote's message, transient where a retry can succeed.
 fn status_failure(status: &tonic::Status) -> Failure {
     use tonic::Code;
-    let message = if status.message().is_empty() { format!("{:?}", status.code()) } else { status.message().to_string() };
+    let message =
+        if status.message().is_empty() { format!("{:?}", status.code()) } else { status.message().to_string() };
     let text = format!("the remote refused the request ({:?}): {message}", status.code());
     // An arrowport receiver names its failure's code; other Flight servers are judged by the gRPC code alone.
     let named = status.metadata().get(GRPC_CODE_KEY).and_then(|v| v.to_str().ok()).and_then(ErrorCode::from_name);
@@ -606,7 +669,11 @@ fn status_failure(status: &tonic::Status) -> Failure {
     match status.code() {
         Code::Unavailable | Code::Aborted | Code::Cancelled | Code::DeadlineExceeded => Failure::transient(text),
         // The transport's own failures (a connection reset mid-call) come as Unknown with a source.
-        Code::Unknown if std::error::Error::source(status).is_some() || message.contains("transport") || message.contains("h2") => {
+        Code::Unknown
+            if std::error::Error::source(status).is_some()
+                || message.contains("transport")
+                || message.contains("h2") =>
+        {
             Failure::transient(format!("the connection failed: {}", error_chain(status)))
         }
         _ => Failure::Permanent(text),
@@ -698,9 +765,14 @@ mod tests {
 
     #[test]
     fn failures_are_classified() {
-        assert!(matches!(http_failure(503, br#"{"error":{"code":"busy","message":"all 8 writers are busy; retry later"}}"#, Some(Duration::from_secs(2))),
-            Failure::Transient { after: Some(d), .. } if d == Duration::from_secs(2)));
-        assert!(matches!(http_failure(409, br#"{"error":{"code":"in_progress","message":"x"}}"#, None), Failure::Transient { .. }));
+        assert!(
+            matches!(http_failure(503, br#"{"error":{"code":"busy","message":"all 8 writers are busy; retry later"}}"#, Some(Duration::from_secs(2))),
+            Failure::Transient { after: Some(d), .. } if d == Duration::from_secs(2))
+        );
+        assert!(matches!(
+            http_failure(409, br#"{"error":{"code":"in_progress","message":"x"}}"#, None),
+            Failure::Transient { .. }
+        ));
         let f = http_failure(409, br#"{"error":{"code":"schema_conflict","message":"column x is missing"}}"#, None);
         assert_eq!(f, Failure::Permanent("the remote refused the request (HTTP 409): column x is missing".into()));
         assert!(matches!(http_failure(401, b"nope", None), Failure::Permanent(m) if m.ends_with("nope")));
@@ -712,14 +784,20 @@ mod tests {
         let too_large = crate::proto::status::grpc(ErrorCode::TooLarge, "retry later");
         assert_eq!(too_large.code(), tonic::Code::ResourceExhausted);
         assert!(matches!(status_failure(&too_large), Failure::Permanent(_)));
-        assert!(matches!(status_failure(&tonic::Status::resource_exhausted("busy; retry later")), Failure::Permanent(_)));
+        assert!(matches!(
+            status_failure(&tonic::Status::resource_exhausted("busy; retry later")),
+            Failure::Permanent(_)
+        ));
         assert!(matches!(status_failure(&tonic::Status::permission_denied("no")), Failure::Permanent(_)));
     }
 
     #[test]
     fn acknowledgements_fill_in_what_the_remote_leaves_out() {
         let a = ack_from(br#"{"stream":"ev","table":"main.ev","rows":3,"batches":1,"replayed":true}"#);
-        assert_eq!((a.rows, a.batches, a.bytes, a.replayed, a.table.as_deref()), (3, 1, u64::MAX, true, Some("main.ev")));
+        assert_eq!(
+            (a.rows, a.batches, a.bytes, a.replayed, a.table.as_deref()),
+            (3, 1, u64::MAX, true, Some("main.ev"))
+        );
         let a = ack_from(b"");
         assert_eq!((a.rows, a.stream.as_str(), a.replayed), (u64::MAX, "", false));
     }
