@@ -703,7 +703,7 @@ mapping_function!(
     Some(vec![varchar()]),
     mapping_parameters(),
     |bind| (stream_name(bind)?, mapping_options(bind)),
-    |host, (name, options)| { host.create_stream(name, options).map(|m| vec![m]) }
+    |host, (name, options)| host.create_stream(name, options).map(|m| vec![m])
 );
 mapping_function!(
     AlterStream,
@@ -711,7 +711,7 @@ mapping_function!(
     Some(vec![varchar()]),
     mapping_parameters(),
     |bind| (stream_name(bind)?, mapping_options(bind)),
-    |host, (name, options)| { host.alter_stream(name, options).map(|m| vec![m]) }
+    |host, (name, options)| host.alter_stream(name, options).map(|m| vec![m])
 );
 mapping_function!(
     DropStream,
@@ -719,7 +719,7 @@ mapping_function!(
     Some(vec![varchar()]),
     None,
     |bind| stream_name(bind)?,
-    |host, name| { host.drop_stream(name).map(|m| vec![m]) }
+    |host, name| host.drop_stream(name).map(|m| vec![m])
 );
 mapping_function!(
     Streams,
@@ -865,7 +865,7 @@ token_function!(
     Some(vec![varchar()]),
     None,
     |bind| token_name(bind)?,
-    |host, name| { Ok(vec![TokenRow { record: host.revoke_token(name)?, secret: None }]) }
+    |host, name| Ok(vec![TokenRow { record: host.revoke_token(name)?, secret: None }])
 );
 token_function!(TokensTable, "arrowport_tokens", false, None, None, |bind| (), |host, _| {
     Ok(host.tokens()?.into_iter().map(|record| TokenRow { record, secret: None }).collect())
