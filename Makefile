@@ -1,7 +1,8 @@
 # arrowport: build the loadable DuckDB extension, run it, test it.
 #   make        build build/release/arrowport.duckdb_extension
 #   make run    DuckDB CLI (pinned from PyPI) on ./arrowport.duckdb with arrowport loaded and listening
-#   make test   build, then every test: Rust unit tests, SQL logic tests on three hosts, end-to-end pytest
+#   make test   build, then every test: cargo fmt --check, clippy -D warnings, Rust unit tests, SQL logic tests on
+#               three hosts, end-to-end pytest
 #   make bench  arrowport against in-process DuckDB, then many hosts into one DuckLake (bench/results/*.json)
 #   make fuzz   the structure-aware fuzzer against a live host (FUZZ_SECONDS, default 600; FUZZ_SEED), then fuzz-sql
 #   make fuzz-sql  generated SQL over Flight SQL against a read-only listener (FUZZ_SQL_STATEMENTS, default 100000)

@@ -234,7 +234,7 @@ mod alloc_tests {
             let small = Layout::from_size_align(64, 8).unwrap();
             let big = Layout::from_size_align(3 << 20, 64).unwrap();
             let p = a.alloc_zeroed(big);
-            assert!(!p.is_null() && p as usize % PAGE == 0);
+            assert!(!p.is_null() && (p as usize).is_multiple_of(PAGE));
             assert_eq!(*p.add((3 << 20) - 1), 0);
             *p.add(12345) = 7;
             let q = a.realloc(p, big, 9 << 20);

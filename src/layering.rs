@@ -151,7 +151,7 @@ fn references(module: &str, code: &str, known: &BTreeSet<String>) -> BTreeSet<St
         }
         let parts: Vec<String> = path_at(at + "crate::".len());
         // `use crate::x::{a, b}`: the braces name items or modules of `x`.
-        let braced = code[at..].split(|c: char| c == ';' || c == '\n').next().unwrap_or("");
+        let braced = code[at..].split([';', '\n']).next().unwrap_or("");
         if let Some(open) = braced.find('{') {
             let base = path_at(at + "crate::".len());
             for item in braced[open + 1..].trim_end_matches('}').split(',') {

@@ -83,7 +83,7 @@ mod tests {
 
     #[tokio::test]
     async fn futures_and_streams_are_contained_too() {
-        let e = contain_future("polling", async { panic!("boom") }).await.map(|()| ()).unwrap_err();
+        let e = contain_future("polling", async { panic!("boom") }).await.unwrap_err();
         assert_eq!(e.message, "boom");
         let items = futures::stream::iter([1, 2, 3]).map(|i| if i == 2 { panic!("two") } else { i });
         let got: Vec<_> = contain_stream("decoding", items).collect().await;

@@ -1,4 +1,5 @@
-"""`make test`: Rust unit tests, the SQL logic tests on every host, then the end-to-end pytest suite.
+"""`make test`: formatting and lints, Rust unit tests, the SQL logic tests on every host, then the end-to-end
+pytest suite.
 
 Each stage prints its own report; the last line sums them up as "total: N passed, M failed".
 """
@@ -26,6 +27,8 @@ def run(name, cmd, patterns):
                 else:
                     failed += int(m.group(1))
     rc = proc.wait()
+    if not patterns:  # a check: it passes or fails as a whole
+        passed = int(rc == 0)
     if rc != 0 and failed == 0:
         failed = 1  # the stage failed without a count: count it once
     return passed, failed, rc
@@ -33,6 +36,8 @@ def run(name, cmd, patterns):
 
 def main():
     stages = [
+        ("fmt", ["cargo", "fmt", "--check"], []),
+        ("clippy", ["cargo", "clippy", "--release", "--lib", "--tests", "--", "-D", "warnings"], []),
         ("unit", ["cargo", "test", "--release", "--lib"],
          [(r"test result: \w+\. (\d+) passed", "passed"), (r"test result: .*; (\d+) failed", "failed")]),
         ("sql", [PY, "test/run_sql.py"],

@@ -93,10 +93,10 @@ pub fn token_with_secret(
     given: Option<&str>,
 ) -> Result<(TokenRecord, String), String> {
     validate_token_name(name)?;
-    if let Scope::Streams(list) = &scope {
-        if list.is_empty() {
-            return Err("streams := [] would allow no stream; leave streams out to allow every stream".into());
-        }
+    if let Scope::Streams(list) = &scope
+        && list.is_empty()
+    {
+        return Err("streams := [] would allow no stream; leave streams out to allow every stream".into());
     }
     let rng = ring::rand::SystemRandom::new();
     let mut salt = [0u8; 16];
@@ -244,7 +244,7 @@ pub fn to_hex(bytes: &[u8]) -> String {
 }
 
 pub fn from_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()

@@ -116,7 +116,7 @@ fn open(host: &mut RawConn, create: bool) -> Result<Option<Own>, DbError> {
         Some(p) => format!("{p}{FILE_SUFFIX}"),
     };
     let exists = host_path.is_none() || std::path::Path::new(&path).exists();
-    if !exists && !(create || legacy) {
+    if !(exists || create || legacy) {
         return Ok(None);
     }
     if !exists && read_only {

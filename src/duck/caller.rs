@@ -73,6 +73,8 @@ fn version() -> Option<(u32, u32, u32)> {
     Some((parts.next()??, parts.next()??, parts.next()??))
 }
 
+// The transmutes below take their target type from the `Api` field each one fills.
+#[allow(clippy::missing_transmute_annotations)]
 unsafe fn find(api: *const sys::duckdb_ext_api_v1) -> (Option<Api>, String) {
     // SAFETY: `api` is the live API table; reading a field reads one pointer-sized slot of it.
     let table = unsafe { &*api };

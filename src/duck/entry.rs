@@ -44,11 +44,11 @@ pub unsafe fn run(info: sys::duckdb_extension_info, access: *const sys::duckdb_e
     };
     // SAFETY: `access` is valid for this call; set_error copies the message.
     unsafe {
-        if !access.is_null() {
-            if let Some(set_error) = (*access).set_error {
-                let text = CString::new(message.replace('\0', " ")).unwrap_or_default();
-                set_error(info, text.as_ptr());
-            }
+        if !access.is_null()
+            && let Some(set_error) = (*access).set_error
+        {
+            let text = CString::new(message.replace('\0', " ")).unwrap_or_default();
+            set_error(info, text.as_ptr());
         }
     }
     false

@@ -6,7 +6,7 @@ pub fn descriptor_limits() -> Option<(u64, u64)> {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes the struct it is given and nothing else.
     let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-    (rc == 0).then_some((lim.rlim_cur as u64, lim.rlim_max as u64))
+    (rc == 0).then_some((lim.rlim_cur, lim.rlim_max))
 }
 
 /// Raises the soft descriptor limit to `wanted` (at most the hard limit); returns the soft limit in force.

@@ -54,7 +54,9 @@ struct ScanPrivate {
     schema: Mutex<SchemaRef>,
     pull: Mutex<Box<dyn BatchPull>>,
     /// Every schema handed to DuckDB. DuckDB never releases the schemas it asks a scanned stream for (it nulls
-    /// their release callbacks), so we hand out borrowed copies and free the originals with the stream.
+    /// their release callbacks), so we hand out borrowed copies and free the originals with the stream. Boxed:
+    /// their addresses are DuckDB's and must not move when the vector grows.
+    #[allow(clippy::vec_box)]
     exported: Mutex<Vec<Box<FFI_ArrowSchema>>>,
     last_error: Mutex<Option<CString>>,
 }

@@ -100,7 +100,7 @@ impl Prepared<'_> {
             }
             sys::duckdb_statement_type_DUCKDB_STATEMENT_TYPE_EXPORT => StatementKind::Instance("EXPORT DATABASE"),
             sys::duckdb_statement_type_DUCKDB_STATEMENT_TYPE_CREATE_FUNC => StatementKind::Function,
-            other => StatementKind::Other(other as u32),
+            other => StatementKind::Other(other),
         }
     }
 

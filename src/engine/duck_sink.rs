@@ -362,10 +362,10 @@ impl Landing {
     ) -> Result<Vec<CreateGuard>, IngestError> {
         let mut lakes = std::collections::BTreeSet::new();
         for m in mappings {
-            if let Some(catalog) = m.target.catalog.as_deref() {
-                if self.is_lake(conn, Some(catalog))? {
-                    lakes.insert(catalog.to_lowercase());
-                }
+            if let Some(catalog) = m.target.catalog.as_deref()
+                && self.is_lake(conn, Some(catalog))?
+            {
+                lakes.insert(catalog.to_lowercase());
             }
         }
         Ok(lakes.into_iter().map(|c| self.locks.lock(format!("lake commit {c}"))).collect())
@@ -453,7 +453,7 @@ impl Landing {
             self.keys_ready.insert(name);
             self.keys_recorded = 0;
         }
-        if self.keys_recorded % PURGE_EVERY == 0 {
+        if self.keys_recorded.is_multiple_of(PURGE_EVERY) {
             let purge = format!(
                 "DELETE FROM {table} WHERE committed_at < now() - to_microseconds({window}) \
                  OR key_sha256 IN (SELECT key_sha256 FROM {table} ORDER BY committed_at DESC OFFSET {MAX_KEYS})",

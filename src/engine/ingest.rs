@@ -139,11 +139,11 @@ impl<S: Sink> Core<S> {
         let _active = Active(&self.active);
         let counts = Arc::new(Counts::default());
         let result = self.run(&request, input, &counts).await;
-        if let Ok((report, _)) = &result {
-            if report.replayed {
-                // Counted as a replay (in `run`): it wrote nothing now.
-                return result.map(|(report, _)| report);
-            }
+        if let Ok((report, _)) = &result
+            && report.replayed
+        {
+            // Counted as a replay (in `run`): it wrote nothing now.
+            return result.map(|(report, _)| report);
         }
         if let Ok((_, written)) = &result {
             self.metrics.commit_retried(request.protocol, written.retries);
@@ -202,13 +202,14 @@ impl<S: Sink> Core<S> {
         // A principal limited to streams writes only where its stream name lands by default (or its defined
         // mapping says), never where the request itself points.
         let client_chose = request.target.is_some() || (request.mapping.is_some() && !request.policy.reject_unknown);
-        if !request.principal.may_choose_target() && mapping.target != Mapping::default_for(stream).target {
-            if client_chose {
-                return Err(IngestError::Denied(format!(
-                    "{}; a token limited to streams cannot name its own target table",
-                    request.principal.denied(&mapping.target.display())
-                )));
-            }
+        if !request.principal.may_choose_target()
+            && mapping.target != Mapping::default_for(stream).target
+            && client_chose
+        {
+            return Err(IngestError::Denied(format!(
+                "{}; a token limited to streams cannot name its own target table",
+                request.principal.denied(&mapping.target.display())
+            )));
         }
         // An idempotency key: one request in progress per key on this host, and a committed one is answered
         // with its acknowledgement, nothing written again.
@@ -342,10 +343,10 @@ impl<S: Sink> Core<S> {
         let written = reply_rx.await.map_err(|_| IngestError::Internal("the writer went away".into()));
         // A failure of the input is the cause; the writer's error is only its echo. (A writer that stopped
         // reading early reports why in its reply.)
-        if let Err(IngestError::Internal(_)) = &pumped {
-            if let Ok(Err(e)) = &written {
-                return Err(e.clone());
-            }
+        if let Err(IngestError::Internal(_)) = &pumped
+            && let Ok(Err(e)) = &written
+        {
+            return Err(e.clone());
         }
         pumped?;
         let written = match written? {

@@ -73,10 +73,10 @@ impl MemoryGuard {
         if resident > self.limit {
             running.retain(|(w, started)| {
                 let grew = resident.saturating_sub(*started) > GROWTH;
-                if let Some(w) = w.upgrade().filter(|_| grew) {
-                    if w.fire(IngestError::OverMemory { resident, limit: self.limit }) {
-                        self.interrupted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
+                if let Some(w) = w.upgrade().filter(|_| grew)
+                    && w.fire(IngestError::OverMemory { resident, limit: self.limit })
+                {
+                    self.interrupted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 !grew
             });

@@ -60,22 +60,22 @@ pub fn calls_of(serialized: &str) -> Result<Calls, Refusal> {
     while let Some(node) = stack.pop() {
         match node {
             Value::Object(map) => {
-                if map.get("class").and_then(Value::as_str) == Some("FUNCTION") {
-                    if let Some(name) = map.get("function_name").and_then(Value::as_str) {
-                        let name = name.to_ascii_lowercase();
-                        if SIDE_EFFECTS.contains(&name.as_str()) {
-                            return Err(Refusal::SideEffect(name));
+                if map.get("class").and_then(Value::as_str) == Some("FUNCTION")
+                    && let Some(name) = map.get("function_name").and_then(Value::as_str)
+                {
+                    let name = name.to_ascii_lowercase();
+                    if SIDE_EFFECTS.contains(&name.as_str()) {
+                        return Err(Refusal::SideEffect(name));
+                    }
+                    if RUNS_TEXT.contains(&name.as_str()) {
+                        let text = first_argument(map).and_then(constant_text);
+                        match text {
+                            Some(t) => calls.nested.push(t.to_string()),
+                            None => return Err(Refusal::DynamicText(name)),
                         }
-                        if RUNS_TEXT.contains(&name.as_str()) {
-                            let text = first_argument(map).and_then(constant_text);
-                            match text {
-                                Some(t) => calls.nested.push(t.to_string()),
-                                None => return Err(Refusal::DynamicText(name)),
-                            }
-                        }
-                        if !calls.functions.contains(&name) {
-                            calls.functions.push(name);
-                        }
+                    }
+                    if !calls.functions.contains(&name) {
+                        calls.functions.push(name);
                     }
                 }
                 stack.extend(map.values());

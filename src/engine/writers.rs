@@ -62,10 +62,10 @@ struct WatchState {
 impl Watch {
     fn arm(&self, interrupt: Option<Interrupter>) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if s.fired.is_some() {
-            if let Some(i) = &interrupt {
-                i();
-            }
+        if s.fired.is_some()
+            && let Some(i) = &interrupt
+        {
+            i();
         }
         s.interrupt = interrupt;
     }
@@ -203,7 +203,7 @@ fn commit_backoff(n: u32, salt: usize) -> Duration {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos() as u64)
         .unwrap_or(0);
-    Duration::from_millis(base + (nanos ^ salt as u64 * 7919) % base)
+    Duration::from_millis(base + (nanos ^ (salt as u64 * 7919)) % base)
 }
 
 /// Requests one group commit takes at most.
@@ -422,11 +422,11 @@ impl<S: Sink> Writers<S> {
         let mut n = 0;
         for slot in &self.slots {
             let busy = slot.busy.load(Ordering::SeqCst);
-            if busy == STATEMENT || (!statements_only && busy == WRITING) {
-                if let Some(interrupt) = &slot.interrupt {
-                    interrupt();
-                    n += 1;
-                }
+            if (busy == STATEMENT || (!statements_only && busy == WRITING))
+                && let Some(interrupt) = &slot.interrupt
+            {
+                interrupt();
+                n += 1;
             }
         }
         n

@@ -58,10 +58,10 @@ impl HostSettings {
         let Inner { conn, held } = &mut *inner;
         for setting in held.drain(..) {
             let still_off = conn.query_value(&format!("SELECT current_setting('{setting}')::BOOLEAN"));
-            if matches!(still_off, Ok(Some(ref v)) if v == "false") {
-                if let Err(e) = conn.execute_past_interrupts(&format!("SET GLOBAL {setting} = true")) {
-                    eprintln!("arrowport: could not turn {setting} back on: {e}");
-                }
+            if matches!(still_off, Ok(Some(ref v)) if v == "false")
+                && let Err(e) = conn.execute_past_interrupts(&format!("SET GLOBAL {setting} = true"))
+            {
+                eprintln!("arrowport: could not turn {setting} back on: {e}");
             }
         }
     }

@@ -325,10 +325,10 @@ impl VTab for ListenTable {
         if let Some(n) = positive(bind, "max_body_bytes")? {
             options.max_body_bytes = n;
         }
-        if let Some(v) = bind.get_named_parameter("rest") {
-            if !v.is_null() {
-                options.rest = Some(v.to_string());
-            }
+        if let Some(v) = bind.get_named_parameter("rest")
+            && !v.is_null()
+        {
+            options.rest = Some(v.to_string());
         }
         if let Some(v) = bind.get_named_parameter("unknown_streams") {
             options.reject_unknown = match v.to_string().trim().to_ascii_lowercase().as_str() {
@@ -355,7 +355,7 @@ impl VTab for ListenTable {
             options.memory_budget = Some(usize::try_from(n)?);
         }
         if let Some(n) = positive(bind, "sql_memory_limit")? {
-            options.sql_memory_limit = Some(u64::try_from(n)?);
+            options.sql_memory_limit = Some(n);
         }
         if let Some(n) = positive(bind, "max_concurrent_requests")? {
             options.max_concurrent_requests = usize::try_from(n)?;

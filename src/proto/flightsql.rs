@@ -275,7 +275,7 @@ impl<S: Sink> FlightSql<S> {
                 info_for(&schema, descriptor, cmd.as_any().encode_to_vec())
             }
             Command::CommandGetCatalogs(cmd) => {
-                info_for(&cmd.clone().into_builder().schema(), descriptor, cmd.as_any().encode_to_vec())
+                info_for(&cmd.into_builder().schema(), descriptor, cmd.as_any().encode_to_vec())
             }
             Command::CommandGetDbSchemas(cmd) => {
                 info_for(&cmd.clone().into_builder().schema(), descriptor, cmd.as_any().encode_to_vec())
@@ -284,7 +284,7 @@ impl<S: Sink> FlightSql<S> {
                 info_for(&cmd.clone().into_builder().schema(), descriptor, cmd.as_any().encode_to_vec())
             }
             Command::CommandGetTableTypes(cmd) => {
-                info_for(&cmd.clone().into_builder().schema(), descriptor, cmd.as_any().encode_to_vec())
+                info_for(&cmd.into_builder().schema(), descriptor, cmd.as_any().encode_to_vec())
             }
             Command::CommandGetSqlInfo(cmd) => {
                 info_for(SqlInfoDataBuilder::schema(), descriptor, cmd.as_any().encode_to_vec())
@@ -426,10 +426,10 @@ impl<S: Sink> FlightSql<S> {
         let seq = self.next.fetch_add(1, Ordering::Relaxed);
         let handle = format!("ap-{:016x}-{seq}", self.salt).into_bytes();
         let mut map = self.lock();
-        if map.len() >= MAX_PREPARED {
-            if let Some(oldest) = map.iter().min_by_key(|(_, e)| e.seq).map(|(k, _)| k.clone()) {
-                map.remove(&oldest);
-            }
+        if map.len() >= MAX_PREPARED
+            && let Some(oldest) = map.iter().min_by_key(|(_, e)| e.seq).map(|(k, _)| k.clone())
+        {
+            map.remove(&oldest);
         }
         map.insert(handle.clone(), PreparedEntry { sql, schema, params: vec![], owner, seq });
         handle

@@ -481,7 +481,7 @@ mod tests {
         assert!(framer.at_boundary());
         let [_, batch] = &messages[..] else { panic!("{} messages", messages.len()) };
         let body = batch.data_body.clone();
-        assert!(body.len() > 1 << 20 && body.as_ptr() as usize % 64 == 0);
+        assert!(body.len() > 1 << 20 && (body.as_ptr() as usize).is_multiple_of(64));
         let decoded: Vec<_> =
             flight_items(futures::stream::iter(messages.into_iter().map(Ok)), Decoding::unbudgeted(64 << 20))
                 .collect()

@@ -375,13 +375,13 @@ async fn legacy_request<S: Sink>(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(IngestRequest, Vec<u8>), ApiError> {
-    if let Some(mt) = media_type(&headers) {
-        if mt != "application/json" {
-            return Err(ApiError::new(
-                Code::UnsupportedMedia,
-                format!("unsupported Content-Type {mt:?}; send application/json"),
-            ));
-        }
+    if let Some(mt) = media_type(&headers)
+        && mt != "application/json"
+    {
+        return Err(ApiError::new(
+            Code::UnsupportedMedia,
+            format!("unsupported Content-Type {mt:?}; send application/json"),
+        ));
     }
     if !matches!(encoding(&headers)?, Encoding::Identity) {
         return Err(ApiError::new(Code::UnsupportedMedia, "the JSON endpoint takes an uncompressed body"));
@@ -394,13 +394,13 @@ async fn legacy_request<S: Sink>(
     let raw = whole_body(body, limit as usize, app.limits.policy.stall_timeout, &decoding).await?;
     let request: LegacyRequest = serde_json::from_slice(&raw)
         .map_err(|e| ApiError::new(Code::InvalidInput, format!("invalid JSON request: {e}")))?;
-    if let Some(backend) = request.config.storage_backend.as_deref() {
-        if backend != "duckdb" {
-            return Err(ApiError::new(
-                Code::InvalidInput,
-                format!("storage_backend {backend:?} is not available: arrowport stores into DuckDB"),
-            ));
-        }
+    if let Some(backend) = request.config.storage_backend.as_deref()
+        && backend != "duckdb"
+    {
+        return Err(ApiError::new(
+            Code::InvalidInput,
+            format!("storage_backend {backend:?} is not available: arrowport stores into DuckDB"),
+        ));
     }
     let target = Target::parse(&request.config.target_table).map_err(|e| ApiError::new(Code::InvalidInput, e))?;
     let b64 = base64::engine::general_purpose::STANDARD;

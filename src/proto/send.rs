@@ -616,10 +616,10 @@ fn client_tls(ca: Option<&str>, transport: Transport) -> Result<Arc<rustls::Clie
     for cert in certs {
         let cert = cert.map_err(|e| format!("could not read tls_ca {path:?}: {e}"))?;
         // A system bundle may hold a certificate rustls cannot use; a file the user chose must be usable whole.
-        if let Err(e) = roots.add(cert) {
-            if chosen {
-                return Err(format!("tls_ca {path:?} holds a certificate that cannot be trusted: {e}"));
-            }
+        if let Err(e) = roots.add(cert)
+            && chosen
+        {
+            return Err(format!("tls_ca {path:?} holds a certificate that cannot be trusted: {e}"));
         }
     }
     if roots.is_empty() {
