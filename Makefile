@@ -24,7 +24,7 @@ VENV_LAKE   := .venv-lake
 LISTEN      ?= 127.0.0.1:8815
 DB          ?= arrowport.duckdb
 
-.PHONY: all release run test unit sqltest pytest bench bench-lake fuzz fuzz-sql soak clean venvs wheel configure test_release
+.PHONY: all release test-hooks run test unit sqltest pytest bench bench-lake fuzz fuzz-sql soak clean venvs wheel configure test_release
 
 all: release
 
@@ -34,6 +34,14 @@ release:
 	$(PYTHON) scripts/append_metadata.py --library target/release/lib$(EXT_NAME).so --out $(EXTENSION) \
 		--platform $(PLATFORM) --duckdb-version $(C_API) --extension-version $(EXT_VERSION)
 	cp $(EXTENSION) $(BUILD_DIR)/extension/$(EXT_NAME)/$(EXT_NAME).duckdb_extension
+
+# The tests' own build, with the hooks the end-to-end tests drive (cargo feature test-hooks), apart from the
+# library `make` builds. Built after `release`; the next `make release` rebuilds the library without them.
+test-hooks: release
+	cargo build --release --features test-hooks
+	mkdir -p build/test-hooks
+	$(PYTHON) scripts/append_metadata.py --library target/release/lib$(EXT_NAME).so --out build/test-hooks/$(EXT_NAME).duckdb_extension \
+		--platform $(PLATFORM) --duckdb-version $(C_API) --extension-version $(EXT_VERSION)
 
 # The targets DuckDB's extension tooling runs on a C-API extension (extension-ci-tools' c_api_extensions
 # makefiles: `make configure release test_release`): configure writes configure/platform.txt and
@@ -81,7 +89,7 @@ run: release $(VENV)/.stamp
 		$(DB)
 
 # One build (release) serves the extension and the unit tests: `cargo test --release` reuses its dependencies.
-test: release venvs
+test: release test-hooks venvs
 	$(VENV)/bin/python test/run_all.py
 
 unit:
@@ -90,7 +98,7 @@ unit:
 sqltest: release $(VENV)/.stamp $(VENV15)/.stamp
 	$(VENV)/bin/python test/run_sql.py
 
-pytest: release venvs
+pytest: release test-hooks venvs
 	$(VENV)/bin/python -m pytest -q test/python
 
 # The Python wheel arrowport-duckdb (the extension, load(), connect() and `arrowport serve`), into build/wheel.

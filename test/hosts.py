@@ -13,6 +13,8 @@ import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXTENSION = os.path.join(ROOT, "build", "release", "arrowport.duckdb_extension")
+# The tests' own build (`make test-hooks`): the same library with the hooks the tests drive.
+HOOKS_EXTENSION = os.path.join(ROOT, "build", "test-hooks", "arrowport.duckdb_extension")
 CLI = os.path.join(ROOT, ".venv", "bin", "duckdb")
 PYTHONS = {
     "py20": os.path.join(ROOT, ".venv", "bin", "python"),
@@ -192,5 +194,5 @@ class PeakRss:
         return {"rss_before_mib": self.before / 1024, "rss_peak_mib": self.peak / 1024, "rss_after_mib": self.after / 1024}
 
 
-def load_sql():
-    return f"LOAD '{EXTENSION}'"
+def load_sql(hooks=False):
+    return f"LOAD '{HOOKS_EXTENSION if hooks else EXTENSION}'"

@@ -116,9 +116,17 @@ struct Landing {
     lakes: HashMap<String, bool>,
     /// Keys this writer recorded, for purging now and then.
     keys_recorded: u64,
-    /// Test hook: a request into a table of this name panics inside its transaction, after its INSERT (set by
-    /// `ARROWPORT_TEST_PANIC_TABLE` in the host's environment; the end-to-end tests prove the writer survives).
+    /// Test hook (cargo feature `test-hooks` only): a request into a table of this name panics inside its
+    /// transaction, after its INSERT (set by `ARROWPORT_TEST_PANIC_TABLE` in the host's environment; the
+    /// end-to-end tests prove the writer survives).
+    #[cfg(feature = "test-hooks")]
     panic_on: Option<String>,
+}
+
+/// The table whose requests panic on purpose (`ARROWPORT_TEST_PANIC_TABLE`), in the tests' build only.
+#[cfg(feature = "test-hooks")]
+fn test_hook_panic_table() -> Option<String> {
+    std::env::var("ARROWPORT_TEST_PANIC_TABLE").ok().filter(|t| !t.is_empty())
 }
 
 /// Arrow schemas whose DuckDB columns a writer remembers.
@@ -170,7 +178,6 @@ impl DuckSink {
             conn.query_value("SELECT current_database()")?.ok_or_else(|| DbError::ours("no current database"))?;
         conn.execute(&format!("ATTACH IF NOT EXISTS ':memory:' AS {}", quote_ident(SCRATCH_DB)))?;
         conn.execute(&format!("USE {}", quote_ident(SCRATCH_DB)))?;
-        let panic_on = std::env::var("ARROWPORT_TEST_PANIC_TABLE").ok().filter(|t| !t.is_empty());
         let at = Landing {
             id,
             host_db,
@@ -182,7 +189,8 @@ impl DuckSink {
             keys_unconstrained: HashSet::new(),
             lakes: HashMap::new(),
             keys_recorded: 0,
-            panic_on,
+            #[cfg(feature = "test-hooks")]
+            panic_on: test_hook_panic_table(),
         };
         Ok(DuckSink { conn, at, known_functions: HashSet::new() })
     }
@@ -582,6 +590,7 @@ impl Landing {
             txn.execute(&format!("DELETE FROM {target_sql}")).map_err(E::db)?;
         }
         let rows = txn.execute(&insert).map_err(|e| self.view_lost(e))?;
+        #[cfg(feature = "test-hooks")]
         if self.panic_on.as_deref() == Some(target.table.as_str()) {
             panic!("test hook: a panic inside the transaction of a request into {}", target.display());
         }

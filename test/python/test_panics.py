@@ -1,7 +1,7 @@
 """A panic inside a request's transaction fails that request only: the transaction guard rolls it back while the
 panic unwinds, and the writer that panicked serves the next request normally. The host's environment variable
-ARROWPORT_TEST_PANIC_TABLE (a test hook) names a table whose requests panic after their INSERT, inside the
-transaction."""
+ARROWPORT_TEST_PANIC_TABLE (a test hook, only in the tests' build `make test-hooks`) names a table whose requests
+panic after their INSERT, inside the transaction."""
 import httpx
 
 import hosts
@@ -18,7 +18,7 @@ def post(addr, stream, table):
 def test_a_panic_inside_a_transaction_rolls_back_and_the_writer_serves_on(tmp_path, monkeypatch):
     monkeypatch.setenv("ARROWPORT_TEST_PANIC_TABLE", "boom")
     host = hosts.start("py20", str(tmp_path / "panic.duckdb"))
-    host.sql(hosts.load_sql())
+    host.sql(hosts.load_sql(hooks=True))
     addr = host.sql("SELECT arrowport_listen('127.0.0.1:0')")[0][0]
     landed = 0
     # Small requests go to the group committer, one thread with one connection: every "fine" request below is
@@ -42,3 +42,14 @@ def test_a_panic_inside_a_transaction_rolls_back_and_the_writer_serves_on(tmp_pa
     assert host.sql("SELECT arrowport_stop()") == [(1,)]
     assert host.close() == 0
     assert "panicked" not in host.stderr()
+
+
+def test_the_library_make_builds_has_no_test_hook(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARROWPORT_TEST_PANIC_TABLE", "boom")
+    host = hosts.start("py20", str(tmp_path / "plain.duckdb"))
+    host.sql(hosts.load_sql())
+    addr = host.sql("SELECT arrowport_listen('127.0.0.1:0')")[0][0]
+    r = post(addr, "boom", events(10))
+    assert r.status_code == 200 and r.json()["rows"] == 10, r.text
+    assert host.sql("SELECT count(*) FROM boom") == [(10,)]
+    assert host.close() == 0
