@@ -70,7 +70,8 @@ impl Target {
     }
 }
 
-fn split_qualified(text: &str) -> Result<Vec<String>, &'static str> {
+/// The parts of a qualified name (`catalog.schema.table`, parts possibly double-quoted).
+pub fn split_qualified(text: &str) -> Result<Vec<String>, &'static str> {
     let mut parts = Vec::new();
     let mut chars = text.trim().chars().peekable();
     loop {

@@ -35,9 +35,10 @@ use crate::engine::sink::{
     BatchRx, Buffered, Catalog, Described, Interrupter, KeyRecord, Maintained, Param, QueryItem, QueryOut, RequestKey,
     Sink, Statement, TableEntry, Written,
 };
+use crate::engine::sql_tree::{self, Refusal, Strictness};
 
 /// The attached in-memory database that holds the per-request scan views.
-pub const SCRATCH_DB: &str = "arrowport_scratch";
+pub use crate::engine::policy::SCRATCH_DB;
 
 /// The table of idempotency keys, in the `arrowport` schema of each target's catalog. It holds each key's SHA-256
 /// (hex, as DuckDB's `sha256()` writes it), never the key: whoever can read the table learns no key from it.
@@ -871,7 +872,7 @@ impl Sink for DuckSink {
         self.remote(access, |conn| {
             let (kind, types) = {
                 let p = conn.prepare(sql).map_err(E::sql)?;
-                allowed(sql, &p, access)?;
+                kind_allowed(&p, access)?;
                 (p.kind(), p.param_types())
             };
             // A query's columns, for the given values or NULL for each parameter; other statements answer with
@@ -891,7 +892,7 @@ impl Sink for DuckSink {
         self.remote(access, |conn| {
             let kind = {
                 let p = conn.prepare(&statement.sql).map_err(E::sql)?;
-                allowed(&statement.sql, &p, access)?;
+                kind_allowed(&p, access)?;
                 p.kind()
             };
             stream_result(conn, statement, kind, out)
@@ -957,7 +958,7 @@ impl Sink for DuckSink {
         self.preflight(&statement.sql, access)?;
         self.remote(access, |conn| {
             let mut p = conn.prepare(&statement.sql).map_err(E::sql)?;
-            allowed(&statement.sql, &p, access)?;
+            kind_allowed(&p, access)?;
             let no_params = [Vec::new()];
             let runs: &[Vec<Param>] = if statement.params.is_empty() { &no_params } else { &statement.params };
             let mut changed = 0;
@@ -1082,12 +1083,7 @@ fn refuse_temporary_objects(conn: &mut RawConn) -> Result<(), IngestError> {
     }
 }
 
-/// Whether the listener's access allows this statement: its kind, and the names it uses.
-fn allowed(sql: &str, p: &Prepared<'_>, access: Access) -> Result<(), IngestError> {
-    kind_allowed(p, access)?;
-    policy::check_names(sql)
-}
-
+/// Whether the listener's access allows this statement's kind (as DuckDB prepared it).
 fn kind_allowed(p: &Prepared<'_>, access: Access) -> Result<(), IngestError> {
     match (p.kind(), access) {
         (StatementKind::Transaction, _) => {
@@ -1120,14 +1116,17 @@ fn explain_interrupt<T>((out, by): (Result<T, IngestError>, Option<&'static str>
 const MAX_NESTED_TEXTS: usize = 16;
 
 impl DuckSink {
-    /// Checks a statement sent to a read-only listener before DuckDB binds it (see `sql_tree`): parsed without
-    /// binding, it must be a query, call no function with side effects, and call only functions the host
-    /// already has (binding an unknown one would make DuckDB load, even download, an extension); the texts
-    /// given to `query()` are checked the same way.
+    /// Checks a statement sent over the network before DuckDB binds it (see `sql_tree`), parsed without binding:
+    /// no table it names (nor a name it gives `query_table`) may be in arrowport's schema or scratch database.
+    /// With `read_only` it must also be a query, call no function with side effects, and call only functions the
+    /// host already has. The constant texts given to `query()` are checked the same way. A `read_write`
+    /// statement DuckDB's serializer does not take (anything but SELECT) is checked by its names.
     fn preflight(&mut self, sql: &str, access: Access) -> Result<(), IngestError> {
-        if access != Access::ReadOnly {
-            return Ok(());
-        }
+        let strictness = match access {
+            Access::Off => return Ok(()),
+            Access::ReadOnly => Strictness::ReadOnly,
+            Access::ReadWrite => Strictness::ReadWrite,
+        };
         let mut texts = vec![sql.to_string()];
         let mut checked = 0;
         while let Some(text) = texts.pop() {
@@ -1139,26 +1138,39 @@ impl DuckSink {
                 .conn
                 .query_value(&format!("SELECT json_serialize_sql({})", quote_literal(&text)))
                 .map_err(E::db)?;
-            let calls = crate::engine::sql_tree::calls_of(&serialized.unwrap_or_default()).map_err(|r| match r {
-                crate::engine::sql_tree::Refusal::Invalid(m) => IngestError::Sql(DbError::from_text(m)),
-                other => IngestError::Denied(other.message()),
-            })?;
-            for f in &calls.functions {
-                if !self.known_functions.contains(f) {
-                    let rows = self
-                        .conn
-                        .query("SELECT DISTINCT lower(function_name) FROM duckdb_functions()")
-                        .map_err(E::db)?;
-                    self.known_functions = rows.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect();
-                    if !self.known_functions.contains(f) {
-                        return Err(IngestError::Denied(format!(
-                            "{f}() is not a function this host has; a statement sent over the network calls only functions \
-                             already loaded (no extension is loaded on a client's behalf)"
-                        )));
-                    }
+            let calls = match sql_tree::calls_of(&serialized.unwrap_or_default(), strictness) {
+                Ok(calls) => calls,
+                Err(Refusal::Invalid(m)) => return Err(IngestError::Sql(DbError::from_text(m))),
+                // Not a query (or one the serializer cannot describe): read_write reads its names.
+                Err(_) if strictness == Strictness::ReadWrite => {
+                    policy::check_identifiers(&text)?;
+                    continue;
                 }
+                Err(other) => return Err(IngestError::Denied(other.message())),
+            };
+            policy::check_tables(&calls)?;
+            if strictness == Strictness::ReadOnly {
+                self.only_known_functions(&calls.functions)?;
             }
             texts.extend(calls.nested);
+        }
+        Ok(())
+    }
+
+    /// Refuses a call of a function the host does not have (binding it would make DuckDB load an extension).
+    fn only_known_functions(&mut self, functions: &[String]) -> Result<(), IngestError> {
+        for f in functions {
+            if !self.known_functions.contains(f) {
+                let rows =
+                    self.conn.query("SELECT DISTINCT lower(function_name) FROM duckdb_functions()").map_err(E::db)?;
+                self.known_functions = rows.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect();
+                if !self.known_functions.contains(f) {
+                    return Err(IngestError::Denied(format!(
+                        "{f}() is not a function this host has; a statement sent over the network calls only functions \
+                         already loaded (no extension is loaded on a client's behalf)"
+                    )));
+                }
+            }
         }
         Ok(())
     }

@@ -9,8 +9,9 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::catalog::access::Principal;
-use crate::catalog::registry::OWN_SCHEMA;
+use crate::catalog::registry::{OWN_SCHEMA, split_qualified};
 use crate::engine::error::IngestError;
+use crate::engine::sql_tree::{self, Calls};
 
 /// How long a request may send nothing before it is rolled back, by default (`stall_timeout` changes it). A
 /// stalled client would otherwise hold a writer, and the DuckDB thread reading its stream, indefinitely.
@@ -144,12 +145,6 @@ impl Access {
     }
 }
 
-/// Names a statement sent over the network may not contain: the functions that start and stop listeners or send
-/// to other hosts (from a writer thread they would wait for that very thread), and the scratch database the
-/// writers' scan views live in (detaching it would break every writer).
-const FORBIDDEN_NAMES: [&str; 5] =
-    ["arrowport_stop", "arrowport_listen", "arrowport_send", "arrowport_maintain", "arrowport_scratch"];
-
 pub fn check_statement(sql: &str, access: Access, principal: &Principal, policy: &Policy) -> Result<(), IngestError> {
     if sql.len() > policy.max_sql_bytes {
         return Err(IngestError::TooLarge(format!(
@@ -167,11 +162,6 @@ pub fn check_statement(sql: &str, access: Access, principal: &Principal, policy:
         return Err(IngestError::Denied("a token limited to streams cannot run SQL statements".into()));
     }
     let lower = sql.to_ascii_lowercase();
-    if let Some(f) = FORBIDDEN_NAMES.iter().find(|f| lower.contains(*f)) {
-        return Err(IngestError::Denied(format!(
-            "{f} cannot be used over the network; use it in the host's own session"
-        )));
-    }
     if creates_code(&lower) {
         return Err(IngestError::Denied(
             "CREATE MACRO / CREATE FUNCTION is not accepted over the network: a macro is code that runs later in the session \
@@ -189,31 +179,47 @@ pub fn check_statement(sql: &str, access: Access, principal: &Principal, policy:
     Ok(())
 }
 
-/// Refuses a statement that names arrowport's schema, where the idempotency keys are: no client's SQL reads,
-/// changes or drops them by name. Checked once DuckDB has prepared the statement, so that what DuckDB refuses
-/// on its own (a missing table, an administrative function bound over the network) says so first.
-pub fn check_names(sql: &str) -> Result<(), IngestError> {
-    if names_word(&sql.to_ascii_lowercase(), OWN_SCHEMA) {
+/// The scratch database the writers' scan views live in (one per writer, each bound only on its own thread).
+pub const SCRATCH_DB: &str = "arrowport_scratch";
+
+/// A refusal if `name` (a catalog or schema a statement names) is arrowport's own: the schema of the idempotency
+/// keys (in any catalog) or the writers' scratch database.
+fn own_name(name: &str) -> Result<(), IngestError> {
+    if name.eq_ignore_ascii_case(OWN_SCHEMA) {
         return Err(IngestError::Denied(format!(
             "statements sent over the network may not name the schema {OWN_SCHEMA:?}: it holds arrowport's idempotency keys \
              (ask GET /streams/{{stream}}/requests/{{key}} or the Flight action request_status for a key's outcome)"
         )));
     }
+    if name.eq_ignore_ascii_case(SCRATCH_DB) {
+        return Err(IngestError::Denied(format!(
+            "statements sent over the network may not name {SCRATCH_DB:?}: it holds the writers' requests in flight"
+        )));
+    }
     Ok(())
 }
 
-/// Whether `word` occurs in `text` as a name of its own: not as a part of a longer identifier (`arrowport_metrics`
-/// does not name `arrowport`, nor does `'arrowport' || '_stop()'`, a string that continues in the next one),
-/// quoted or not, in a string literal too (`query_table('arrowport.requests')`).
-fn names_word(text: &str, word: &str) -> bool {
-    let part_of_name = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
-    let bytes = text.as_bytes();
-    text.match_indices(word).any(|(at, _)| {
-        let before = at.checked_sub(1).map(|i| bytes[i]);
-        let rest = &text[at + word.len()..];
-        let continued = rest.strip_prefix('\'').is_some_and(|r| r.trim_start().starts_with("||"));
-        !before.is_some_and(part_of_name) && !rest.bytes().next().is_some_and(part_of_name) && !continued
-    })
+/// Refuses a query (as DuckDB parsed it) whose tables, or the table names it gives `query_table`, are in
+/// arrowport's own schema or scratch database.
+pub fn check_tables(calls: &Calls) -> Result<(), IngestError> {
+    for t in &calls.tables {
+        own_name(&t.catalog)?;
+        own_name(&t.schema)?;
+    }
+    for text in &calls.table_texts {
+        let parts = split_qualified(text).unwrap_or_else(|_| vec![text.clone()]);
+        // A bare name is a table's; the parts before it are a schema and a catalog.
+        for qualifier in &parts[..parts.len().saturating_sub(1)] {
+            own_name(qualifier)?;
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a statement that is not a query (DuckDB's serializer does not take it) if one of its names is
+/// arrowport's schema or scratch database ([`sql_tree::identifiers`]: string literals and comments are not names).
+pub fn check_identifiers(sql: &str) -> Result<(), IngestError> {
+    sql_tree::identifiers(sql).iter().try_for_each(|name| own_name(name))
 }
 
 /// Whether a statement (lower case) creates a macro or function: `CREATE [OR REPLACE] [TEMP | TEMPORARY]
@@ -441,10 +447,8 @@ mod tests {
                 .to_string()
                 .contains("sql := 'read_only'")
         );
-        let e = check_statement("select ARROWPORT_STOP()", Access::ReadWrite, &anon, &Policy::default()).unwrap_err();
-        assert!(e.to_string().starts_with("arrowport_stop cannot be used over the network"), "{e}");
-        let e = check_statement("DETACH arrowport_scratch", Access::ReadWrite, &anon, &Policy::default()).unwrap_err();
-        assert!(e.to_string().starts_with("arrowport_scratch cannot be used over the network"), "{e}");
+        // Administrative functions are refused where they are bound (the caller's connection), not by their name.
+        assert!(check_statement("select ARROWPORT_STOP()", Access::ReadWrite, &anon, &Policy::default()).is_ok());
         let scoped = Principal::Token {
             name: Arc::from("etl"),
             scope: Arc::new(crate::catalog::access::Scope::Streams(vec!["events".into()])),
@@ -455,26 +459,49 @@ mod tests {
     #[test]
     fn statements_naming_the_keys_schema_or_importing_files_are_refused() {
         let anon = Principal::Anonymous;
+        // Statements DuckDB's serializer does not take are read by their names, never their strings.
         for sql in [
-            "FROM arrowport.requests",
-            "SELECT * FROM \"ARROWPORT\".\"requests\"",
             "DELETE FROM lake.arrowport.requests",
-            "FROM query_table('arrowport.requests')",
+            "UPDATE \"ARROWPORT\".requests SET committed_at = now()",
             "DROP SCHEMA arrowport CASCADE",
-            "select 1 from t where x = 'arrowport'",
+            "CREATE VIEW peek AS FROM arrowport.requests",
         ] {
-            let e = check_names(sql).unwrap_err().to_string();
+            let e = check_identifiers(sql).unwrap_err().to_string();
             assert!(e.contains("may not name the schema \"arrowport\""), "{sql}: {e}");
         }
+        let e = check_identifiers("DETACH arrowport_scratch").unwrap_err().to_string();
+        assert!(e.contains("may not name \"arrowport_scratch\""), "{e}");
         for sql in [
-            "SELECT * FROM arrowport_metrics()",
-            "SELECT 1 AS my_arrowport",
-            "FROM arrowports",
-            "SELECT 'not arrowportable'",
-            "FROM query('SELECT arrowport' || '_stop()')",
-            "FROM query('FROM arrowport'||'_create_token(''x'')')",
+            "INSERT INTO t VALUES ('arrowport')",
+            "UPDATE t SET arrowport_sender = 1 -- arrowport",
+            "CREATE TABLE arrowports (a INT)",
+            "COPY (SELECT * FROM arrowport_metrics()) TO 'x.csv'",
         ] {
-            assert!(check_names(sql).is_ok(), "{sql}");
+            assert!(check_identifiers(sql).is_ok(), "{sql}");
+        }
+        // Queries are read from DuckDB's parse: their tables' catalogs and schemas, query_table's names.
+        let table = |catalog: &str, schema: &str| sql_tree::TableRef {
+            catalog: catalog.into(),
+            schema: schema.into(),
+            table: "requests".into(),
+        };
+        let refused = [
+            Calls { tables: vec![table("lake", "arrowport")], ..Default::default() },
+            Calls { tables: vec![table("", "ARROWPORT")], ..Default::default() },
+            Calls { tables: vec![table("arrowport_scratch", "main")], ..Default::default() },
+            Calls { table_texts: vec!["arrowport.requests".into()], ..Default::default() },
+            Calls { table_texts: vec!["\"Arrowport\".\"tokens\"".into()], ..Default::default() },
+        ];
+        for calls in refused {
+            assert!(check_tables(&calls).is_err(), "{calls:?}");
+        }
+        let allowed = [
+            Calls { tables: vec![table("", "main")], ..Default::default() },
+            Calls { table_texts: vec!["arrowport".into()], ..Default::default() },
+            Calls { functions: vec!["arrowport_metrics".into()], ..Default::default() },
+        ];
+        for calls in allowed {
+            assert!(check_tables(&calls).is_ok(), "{calls:?}");
         }
         for sql in ["IMPORT DATABASE '/tmp/x'", "  -- note\n /* c */ import database 'x'"] {
             let e = check_statement(sql, Access::ReadWrite, &anon, &Policy::default()).unwrap_err().to_string();

@@ -1,10 +1,12 @@
-//! What a query sent over the network would call, read from DuckDB's own parse tree before DuckDB binds it.
+//! What a statement sent over the network would touch, read from DuckDB's own parse tree before DuckDB binds it.
 //!
-//! Binding a statement already acts: an unknown function makes DuckDB load (and, by its defaults, download) the
-//! extension that has it, and a table function with side effects runs as a query. So a query from a client whose
-//! listener allows only reading is parsed first (`json_serialize_sql`, which parses and never binds), and the
-//! names of the functions it calls are checked here: none may have side effects, and each must already exist
-//! in the host (no extension is loaded on a client's behalf). `query('...')` is followed into its text.
+//! Binding a statement already acts: a table function with side effects runs as a query, and an administrative
+//! function could be reached. So a query from a client is parsed first (`json_serialize_sql`, which parses and
+//! never binds) and read here: the tables it names (with their catalog and schema, as DuckDB parsed them), the
+//! table names `query_table` is given as constants, and the functions it calls. With `read_only`
+//! ([`Strictness::ReadOnly`]) no function may have side effects and `query('...')` must be given a constant text,
+//! which is followed into; with `read_write` constant texts are followed too, and the rest is the client's.
+//! DuckDB's serializer takes only SELECT statements; other statements are left to [`identifiers`].
 
 use serde_json::Value;
 
@@ -15,6 +17,26 @@ const SIDE_EFFECTS: [&str; 4] = ["checkpoint", "force_checkpoint", "nextval", "s
 /// Functions whose first argument is SQL text they run.
 const RUNS_TEXT: [&str; 1] = ["query"];
 
+/// Functions whose constant string arguments are names of tables they read.
+const READS_NAMED: [&str; 1] = ["query_table"];
+
+/// How strictly a query is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strictness {
+    /// Functions with side effects and `query()` over a text built at run time are refused.
+    ReadOnly,
+    /// Only what is named is read.
+    ReadWrite,
+}
+
+/// A table a query names: catalog and schema as written (empty when left out).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableRef {
+    pub catalog: String,
+    pub schema: String,
+    pub table: String,
+}
+
 /// What a parse tree calls.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Calls {
@@ -22,6 +44,10 @@ pub struct Calls {
     pub functions: Vec<String>,
     /// Statement texts passed to `query()`, to be parsed in turn.
     pub nested: Vec<String>,
+    /// Tables named in the query's FROM clauses.
+    pub tables: Vec<TableRef>,
+    /// Table names given to `query_table` as constants (possibly qualified: `schema.table`).
+    pub table_texts: Vec<String>,
 }
 
 /// Why a query is refused before it is bound.
@@ -38,8 +64,9 @@ pub enum Refusal {
     DynamicText(String),
 }
 
-/// Reads `json_serialize_sql`'s answer: the calls of its statements, or why the text is not a plain query.
-pub fn calls_of(serialized: &str) -> Result<Calls, Refusal> {
+/// Reads `json_serialize_sql`'s answer: the calls and tables of its statements, or why the text is not a plain
+/// query (or is refused at `strictness`).
+pub fn calls_of(serialized: &str, strictness: Strictness) -> Result<Calls, Refusal> {
     // DuckDB allows expressions 1,000 deep, a few JSON levels each: past serde_json's default limit of 128. This
     // runs on a statement thread (16 MiB of stack; a level of parsing takes well under 1 KiB of it).
     let mut reader = serde_json::Deserializer::from_str(serialized);
@@ -47,32 +74,44 @@ pub fn calls_of(serialized: &str) -> Result<Calls, Refusal> {
     let tree: Value = serde::Deserialize::deserialize(&mut reader).map_err(|e| Refusal::Unchecked(e.to_string()))?;
     if tree.get("error").and_then(Value::as_bool) != Some(false) {
         let message = tree.get("error_message").and_then(Value::as_str).unwrap_or("the statement does not parse");
-        if message.contains("Only SELECT statements") {
-            return Err(Refusal::NotAQuery);
-        }
-        if tree.get("error_type").and_then(Value::as_str) == Some("parser") {
-            return Err(Refusal::Invalid(format!("Parser Error: {message}")));
-        }
-        return Err(Refusal::Unchecked(message.to_string()));
+        // The serializer refuses every statement but SELECT as "not implemented"; a parser error is the client's.
+        return Err(match tree.get("error_type").and_then(Value::as_str) {
+            Some("not implemented") => Refusal::NotAQuery,
+            Some("parser") => Refusal::Invalid(format!("Parser Error: {message}")),
+            _ => Refusal::Unchecked(message.to_string()),
+        });
     }
     let mut calls = Calls::default();
     let mut stack = vec![&tree];
     while let Some(node) = stack.pop() {
         match node {
             Value::Object(map) => {
+                if map.get("type").and_then(Value::as_str) == Some("BASE_TABLE") {
+                    let part = |k: &str| map.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+                    calls.tables.push(TableRef {
+                        catalog: part("catalog_name"),
+                        schema: part("schema_name"),
+                        table: part("table_name"),
+                    });
+                }
                 if map.get("class").and_then(Value::as_str) == Some("FUNCTION")
                     && let Some(name) = map.get("function_name").and_then(Value::as_str)
                 {
                     let name = name.to_ascii_lowercase();
-                    if SIDE_EFFECTS.contains(&name.as_str()) {
+                    let strict = strictness == Strictness::ReadOnly;
+                    if strict && SIDE_EFFECTS.contains(&name.as_str()) {
                         return Err(Refusal::SideEffect(name));
                     }
                     if RUNS_TEXT.contains(&name.as_str()) {
                         let text = first_argument(map).and_then(constant_text);
                         match text {
                             Some(t) => calls.nested.push(t.to_string()),
-                            None => return Err(Refusal::DynamicText(name)),
+                            None if strict => return Err(Refusal::DynamicText(name)),
+                            None => {}
                         }
+                    }
+                    if READS_NAMED.contains(&name.as_str()) {
+                        constant_texts(&Value::Object(map.clone()), &mut calls.table_texts);
                     }
                     if !calls.functions.contains(&name) {
                         calls.functions.push(name);
@@ -85,6 +124,118 @@ pub fn calls_of(serialized: &str) -> Result<Calls, Refusal> {
         }
     }
     Ok(calls)
+}
+
+/// Every constant string under `node`.
+fn constant_texts(node: &Value, out: &mut Vec<String>) {
+    let mut stack = vec![node];
+    while let Some(n) = stack.pop() {
+        if let Some(t) = constant_text(n) {
+            out.push(t.to_string());
+        }
+        match n {
+            Value::Object(map) => stack.extend(map.values()),
+            Value::Array(items) => stack.extend(items.iter()),
+            _ => {}
+        }
+    }
+}
+
+/// The identifiers of a statement's text, lower case: words and double-quoted names, never what is inside a
+/// string literal (`'...'`, `E'...'`, `$tag$...$tag$`) or a comment. For statements DuckDB's serializer does not
+/// take (anything but SELECT), the names a statement could use.
+pub fn identifiers(sql: &str) -> Vec<String> {
+    let b = sql.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+    while i < b.len() {
+        let rest = &sql[i..];
+        if rest.starts_with("--") {
+            i += rest.find('\n').unwrap_or(rest.len());
+        } else if rest.starts_with("/*") {
+            // DuckDB's block comments nest.
+            let mut depth = 0;
+            let mut j = i;
+            while j < b.len() {
+                if sql[j..].starts_with("/*") {
+                    depth += 1;
+                    j += 2;
+                } else if sql[j..].starts_with("*/") {
+                    depth -= 1;
+                    j += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    j += 1;
+                }
+            }
+            i = j;
+        } else if b[i] == b'\'' {
+            // A string; '' inside is a quote (E'..' strings: a backslash escapes too).
+            let escapes = i > 0 && (b[i - 1] == b'e' || b[i - 1] == b'E') && (i < 2 || !word(b[i - 2]));
+            i += 1;
+            while i < b.len() {
+                if escapes && b[i] == b'\\' {
+                    i += 2;
+                } else if b[i] == b'\'' {
+                    if b.get(i + 1) == Some(&b'\'') {
+                        i += 2;
+                    } else {
+                        i += 1;
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+        } else if b[i] == b'"' {
+            let mut name = String::new();
+            i += 1;
+            while i < b.len() {
+                if b[i] == b'"' {
+                    if b.get(i + 1) == Some(&b'"') {
+                        name.push('"');
+                        i += 2;
+                    } else {
+                        i += 1;
+                        break;
+                    }
+                } else {
+                    let ch = sql[i..].chars().next().unwrap_or('\0');
+                    name.push(ch);
+                    i += ch.len_utf8();
+                }
+            }
+            out.push(name.to_lowercase());
+        } else if b[i] == b'$'
+            && let Some(tag_end) = rest[1..].find('$').map(|e| e + 2)
+        {
+            // A dollar-quoted string: $$...$$ or $tag$...$tag$.
+            let tag = &rest[..tag_end];
+            if tag[1..tag.len() - 1].bytes().all(word) {
+                i += tag_end + rest[tag_end..].find(tag).map_or(rest.len() - tag_end, |e| e + tag.len());
+            } else {
+                i += 1;
+            }
+        } else if word(b[i]) {
+            let start = i;
+            while i < b.len() && word(b[i]) {
+                i += 1;
+            }
+            let text = &sql[start..i];
+            // A number or a parameter ($1, $name) is not a name, nor the E of E'...' (a string follows).
+            let number = b[start].is_ascii_digit() || b[start] == b'$';
+            let string_prefix = text.eq_ignore_ascii_case("e") && b.get(i) == Some(&b'\'');
+            if !(number || string_prefix) {
+                out.push(text.to_lowercase());
+            }
+        } else {
+            i += sql[i..].chars().next().map_or(1, char::len_utf8);
+        }
+    }
+    out
 }
 
 /// A call's first argument: `children[0]` (DuckDB 1.x) or `arguments[0].expression` (2.x).
@@ -132,6 +283,59 @@ impl Refusal {
 mod tests {
     use super::*;
 
+    fn calls_of_ro(serialized: &str) -> Result<Calls, Refusal> {
+        calls_of(serialized, Strictness::ReadOnly)
+    }
+
+    #[test]
+    fn tables_and_query_table_names_are_collected_and_read_write_is_lenient() {
+        let from = serde_json::json!({"type": "BASE_TABLE", "catalog_name": "lake", "schema_name": "arrowport", "table_name": "requests"});
+        let calls =
+            calls_of(&tree(function("checkpoint", serde_json::json!([])), from), Strictness::ReadWrite).unwrap();
+        assert_eq!(
+            calls.tables,
+            vec![TableRef { catalog: "lake".into(), schema: "arrowport".into(), table: "requests".into() }]
+        );
+        let list = function("list_value", serde_json::json!([constant("arrowport.tokens"), constant("t")]));
+        let from = serde_json::json!({"type": "TABLE_FUNCTION", "function": function("query_table", serde_json::json!([list]))});
+        let mut texts = calls_of(&tree(constant("x"), from), Strictness::ReadWrite).unwrap().table_texts;
+        texts.sort();
+        assert_eq!(texts, vec!["arrowport.tokens".to_string(), "t".to_string()]);
+        let dynamic = function("query", serde_json::json!([function("concat", serde_json::json!([]))]));
+        assert!(calls_of(&tree(dynamic, Value::Null), Strictness::ReadWrite).unwrap().nested.is_empty());
+    }
+
+    #[test]
+    fn identifiers_skip_strings_and_comments() {
+        let ids = identifiers(
+            "UPDATE \"ARROWPORT\".requests /* arrowport /* nested */ still */ SET note = 'arrowport''s' -- arrowport\n\
+             WHERE x = E'it\\'s arrowport' AND y = $$arrowport$$ AND z = $t$ arrowport $t$ AND w = $1 AND v = 2e3",
+        );
+        assert_eq!(
+            ids,
+            [
+                "update",
+                "arrowport",
+                "requests",
+                "set",
+                "note",
+                "where",
+                "x",
+                "and",
+                "y",
+                "and",
+                "z",
+                "and",
+                "w",
+                "and",
+                "v"
+            ]
+        );
+        assert_eq!(identifiers("SELECT \"a\"\"b\", ünï FROM t"), ["select", "a\"b", "ünï", "from", "t"]);
+        assert_eq!(identifiers("SELECT 'unterminated"), ["select"]);
+        assert_eq!(identifiers("/* unterminated"), Vec::<String>::new());
+    }
+
     fn function(name: &str, children: Value) -> Value {
         serde_json::json!({"class": "FUNCTION", "type": "FUNCTION", "function_name": name, "children": children})
     }
@@ -148,27 +352,27 @@ mod tests {
     #[test]
     fn calls_are_collected_and_side_effects_and_dynamic_text_refused() {
         let from = serde_json::json!({"type": "TABLE_FUNCTION", "function": function("query", serde_json::json!([constant("SELECT 1")]))});
-        let calls = calls_of(&tree(function("ABS", serde_json::json!([])), from)).unwrap();
+        let calls = calls_of_ro(&tree(function("ABS", serde_json::json!([])), from)).unwrap();
         let mut names = calls.functions.clone();
         names.sort();
         assert_eq!(names, vec!["abs".to_string(), "query".to_string()]);
         assert_eq!(calls.nested, vec!["SELECT 1".to_string()]);
         let from =
             serde_json::json!({"type": "TABLE_FUNCTION", "function": function("checkpoint", serde_json::json!([]))});
-        assert_eq!(calls_of(&tree(constant("x"), from)), Err(Refusal::SideEffect("checkpoint".into())));
+        assert_eq!(calls_of_ro(&tree(constant("x"), from)), Err(Refusal::SideEffect("checkpoint".into())));
         let dynamic = function("query", serde_json::json!([function("concat", serde_json::json!([]))]));
-        assert_eq!(calls_of(&tree(dynamic, Value::Null)), Err(Refusal::DynamicText("query".into())));
+        assert_eq!(calls_of_ro(&tree(dynamic, Value::Null)), Err(Refusal::DynamicText("query".into())));
         let not_select = r#"{"error":true,"error_type":"not implemented","error_message":"Only SELECT statements can be serialized to json!"}"#;
-        assert_eq!(calls_of(not_select), Err(Refusal::NotAQuery));
+        assert_eq!(calls_of_ro(not_select), Err(Refusal::NotAQuery));
         let deep =
             r#"{"error":true,"error_type":"parser","error_message":"Max expression depth limit of 1000 exceeded"}"#;
         assert_eq!(
-            calls_of(deep),
+            calls_of_ro(deep),
             Err(Refusal::Invalid("Parser Error: Max expression depth limit of 1000 exceeded".into()))
         );
         // DuckDB 2's shape: arguments[].expression with a literal.
         let v2 = serde_json::json!({"class": "FUNCTION", "function_name": "query", "arguments": [
             {"name": "", "expression": {"class": "CONSTANT", "literal": {"kind": "STRING", "text": "FROM checkpoint()"}}}]});
-        assert_eq!(calls_of(&tree(v2, Value::Null)).unwrap().nested, vec!["FROM checkpoint()".to_string()]);
+        assert_eq!(calls_of_ro(&tree(v2, Value::Null)).unwrap().nested, vec!["FROM checkpoint()".to_string()]);
     }
 }

@@ -234,6 +234,11 @@ def test_the_keys_table_holds_digests_and_network_sql_cannot_name_it(tmp_path):
         with pytest.raises(flight_sql.Error) as e:
             sql_over_network(h.addr, f"IMPORT DATABASE '{tmp_path}'")
         assert "IMPORT DATABASE is not accepted over the network" in str(e.value)
+        # Names are read as DuckDB parses them: a column or a string that merely spells the schema is fine.
+        sql_over_network(h.addr, "CREATE TABLE notes (arrowport_sender VARCHAR, note VARCHAR)")
+        sql_over_network(h.addr, "INSERT INTO notes VALUES ('arrowport', 'arrowport.requests')")
+        assert sql_over_network(h.addr, "SELECT arrowport_sender FROM notes WHERE note = 'arrowport.requests'") == [
+            {"arrowport_sender": "arrowport"}]
         seen = sql_over_network(h.addr, "FROM query('FROM arrow' || 'port.requests')")
         assert [r["key_sha256"] for r in seen] == [digest] and key not in str(seen)
         # The key still works: nothing above changed the table.
