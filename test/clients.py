@@ -33,3 +33,13 @@ def flight_put(addr, name, table, compression=None, descriptor=None, chunk=None,
     finally:
         if client is None:
             c.close()
+
+
+def wait_for(check, within=30.0, what="the condition"):
+    """Waits until `check()` is true (checked every 20 ms), at most `within` seconds; fails naming `what`."""
+    import time
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {within} s")
+        time.sleep(0.02)

@@ -151,7 +151,7 @@ impl<S: Sink> Core<S> {
         // held stays within a few batches.
         let (tx, rx) = mpsc::channel(1);
         let (reply, done) = oneshot::channel();
-        let out = QueryOut::gathering(tx, stall, rows);
+        let out = QueryOut::gathering(tx, stall, rows, tokio::runtime::Handle::current());
         self.submit_work(Work::Export { sql: sql.to_string(), out, reply }).await?;
         result_stream(rx, done, ()).await
     }

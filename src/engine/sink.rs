@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
@@ -270,6 +270,8 @@ pub enum QueryItem {
 pub struct QueryOut {
     tx: mpsc::Sender<QueryItem>,
     stall: Duration,
+    /// The runtime the receiving side runs on: the writer's thread waits on it for room in the channel.
+    runtime: tokio::runtime::Handle,
     /// Rows per handed-over batch: DuckDB's chunks are gathered on the writer's thread up to this many (0: each
     /// chunk as it comes), so the other side is woken once per batch, not once per 2,048 rows.
     gather: usize,
@@ -299,12 +301,18 @@ fn gathered(mut held: Vec<RecordBatch>) -> Result<RecordBatch, IngestError> {
 }
 
 impl QueryOut {
+    /// Hands each chunk over as it comes; made on the runtime the receiving side runs on.
     pub(crate) fn new(tx: mpsc::Sender<QueryItem>, stall: Duration) -> QueryOut {
-        QueryOut::gathering(tx, stall, 0)
+        QueryOut::gathering(tx, stall, 0, tokio::runtime::Handle::current())
     }
 
-    pub(crate) fn gathering(tx: mpsc::Sender<QueryItem>, stall: Duration, rows: usize) -> QueryOut {
-        QueryOut { tx, stall, gather: rows, held: Default::default() }
+    pub(crate) fn gathering(
+        tx: mpsc::Sender<QueryItem>,
+        stall: Duration,
+        rows: usize,
+        runtime: tokio::runtime::Handle,
+    ) -> QueryOut {
+        QueryOut { tx, stall, runtime, gather: rows, held: Default::default() }
     }
 }
 
@@ -351,24 +359,14 @@ impl QueryOut {
         self.send(QueryItem::Batch(gathered(held)?))
     }
 
-    /// Hands an item to the client side; waits (polling) while the client is slow, up to the stall timeout.
+    /// Hands an item to the client side; waits for room while the client is slow, up to the stall timeout (on
+    /// a writer's thread, never a runtime's).
     pub fn send(&self, item: QueryItem) -> Result<(), IngestError> {
-        let started = Instant::now();
-        let mut item = item;
-        let mut pause = Duration::from_micros(200);
-        loop {
-            match self.tx.try_send(item) {
-                Ok(()) => return Ok(()),
-                Err(mpsc::error::TrySendError::Closed(_)) => return Err(IngestError::Disconnected),
-                Err(mpsc::error::TrySendError::Full(back)) => {
-                    if started.elapsed() > self.stall {
-                        return Err(IngestError::Stalled(self.stall));
-                    }
-                    item = back;
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(10));
-                }
-            }
+        // The timer is made inside the runtime (it needs its clock).
+        match self.runtime.block_on(async { tokio::time::timeout(self.stall, self.tx.send(item)).await }) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(IngestError::Disconnected),
+            Err(_) => Err(IngestError::Stalled(self.stall)),
         }
     }
 }
@@ -385,7 +383,8 @@ mod query_out_tests {
             RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(Int64Array::from_iter_values(0..n))]).unwrap()
         };
         let (tx, mut rx) = mpsc::channel(64);
-        let out = QueryOut::gathering(tx, Duration::from_secs(1), gather);
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let out = QueryOut::gathering(tx, Duration::from_secs(1), gather, runtime.handle().clone());
         for &n in chunks {
             out.batch(chunk(n)).unwrap();
         }
@@ -401,5 +400,31 @@ mod query_out_tests {
     fn chunks_are_gathered_into_batches() {
         assert_eq!(handed_over(7, &[3, 3, 3, 3, 3]), vec![7, 7, 1]);
         assert_eq!(handed_over(2, &[5]), vec![2, 2, 1]);
+    }
+}
+
+#[cfg(test)]
+mod query_out_wait_tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn a_full_channel_is_waited_on_until_the_stall_limit_or_the_other_side_goes() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let (tx, mut rx) = mpsc::channel(1);
+        let out = QueryOut::gathering(tx, Duration::from_millis(200), 0, runtime.handle().clone());
+        out.send(QueryItem::Schema(Arc::new(Schema::empty()))).unwrap();
+        let started = Instant::now();
+        assert!(matches!(out.send(QueryItem::Schema(Arc::new(Schema::empty()))), Err(IngestError::Stalled(_))));
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        // Room made while the writer waits lets it go on at once.
+        let taker = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            let _ = rx.blocking_recv();
+            rx
+        });
+        out.send(QueryItem::Schema(Arc::new(Schema::empty()))).unwrap();
+        drop(taker.join().unwrap());
+        assert!(matches!(out.send(QueryItem::Schema(Arc::new(Schema::empty()))), Err(IngestError::Disconnected)));
     }
 }

@@ -262,7 +262,44 @@ pub struct Writers<S: Sink> {
     slots: Vec<Slot>,
     /// The pool's thread name, for messages.
     name: &'static str,
+    /// Threads that have ended, counted as they end (writers and committers alike).
+    exits: Arc<Exits>,
 }
+
+/// How many of a pool's threads have ended; each thread's [`ExitSignal`] counts it when the thread ends, panic
+/// or not, and wakes whoever waits in [`Writers::stop`].
+#[derive(Default)]
+struct Exits {
+    /// By thread, in the order `stop` lists them (writers, then committers).
+    ended: Mutex<Vec<bool>>,
+    changed: std::sync::Condvar,
+}
+
+/// Marks its thread (by index) as ended when dropped.
+struct ExitSignal(Arc<Exits>, usize);
+
+impl ExitSignal {
+    fn new(exits: &Arc<Exits>, index: usize) -> ExitSignal {
+        let mut ended = exits.ended.lock().unwrap_or_else(|p| p.into_inner());
+        if ended.len() <= index {
+            ended.resize(index + 1, false);
+        }
+        ExitSignal(Arc::clone(exits), index)
+    }
+}
+
+impl Drop for ExitSignal {
+    fn drop(&mut self) {
+        if let Some(e) = self.0.ended.lock().unwrap_or_else(|p| p.into_inner()).get_mut(self.1) {
+            *e = true;
+        }
+        self.0.changed.notify_all();
+    }
+}
+
+/// While `stop` waits, running statements are interrupted again this often: a statement a thread had taken from
+/// the queue but not started when the first interrupt went out would not see it.
+const REINTERRUPT: Duration = Duration::from_millis(100);
 
 impl<S: Sink> Writers<S> {
     pub fn start(sinks: Vec<S>) -> std::io::Result<Writers<S>> {
@@ -278,12 +315,13 @@ impl<S: Sink> Writers<S> {
             _ => GROUP_COMMITTERS,
         };
         let mut slots: Vec<Slot> = sinks.iter().map(Slot::of).collect();
+        let exits = Arc::new(Exits::default());
         let group_sinks = sinks.split_off(sinks.len() - committers);
         let group_busy: Vec<Arc<AtomicU8>> = slots[sinks.len()..].iter().map(|s| Arc::clone(&s.busy)).collect();
         let (group, group_threads) = if group_sinks.is_empty() {
             (None, Vec::new())
         } else {
-            let (tx, handles) = Self::start_group(group_sinks, group_busy)?;
+            let (tx, handles) = Self::start_group(group_sinks, group_busy, &exits, sinks.len())?;
             (Some(tx), handles)
         };
         let size = sinks.len();
@@ -294,10 +332,12 @@ impl<S: Sink> Writers<S> {
             let rx = Arc::clone(&rx);
             let busy = Arc::clone(&slots[i].busy);
             let interrupt = slots[i].interrupt.clone();
+            let exit = ExitSignal::new(&exits, i);
             let handle = std::thread::Builder::new()
                 .name(format!("{}-{i}", shape.name))
                 .stack_size(shape.stack)
                 .spawn(move || {
+                    let _exit = exit;
                     loop {
                         let job = match rx.lock() {
                             Ok(guard) => guard.recv(),
@@ -373,19 +413,24 @@ impl<S: Sink> Writers<S> {
             group_threads: Mutex::new(group_threads),
             slots: std::mem::take(&mut slots),
             name: shape.name,
+            exits,
         })
     }
 
     fn start_group(
         sinks: Vec<S>,
         busy: Vec<Arc<AtomicU8>>,
+        exits: &Arc<Exits>,
+        first: usize,
     ) -> std::io::Result<(std::sync::mpsc::Sender<GroupJob>, Vec<JoinHandle<S>>)> {
         let (tx, rx) = std::sync::mpsc::channel::<GroupJob>();
         let rx = Arc::new(Mutex::new(rx));
         let mut handles = Vec::with_capacity(sinks.len());
         for (i, (mut sink, busy)) in sinks.into_iter().zip(busy).enumerate() {
             let rx = Arc::clone(&rx);
+            let exit = ExitSignal::new(exits, first + i);
             let handle = std::thread::Builder::new().name(format!("arrowport-commit-{i}")).spawn(move || {
+                let _exit = exit;
                 // Each turn takes every request waiting now; one committer takes while the other may commit.
                 while let Some(jobs) = take_group(&rx) {
                     let _busy = Busy::with(&busy, WRITING);
@@ -446,12 +491,25 @@ impl<S: Sink> Writers<S> {
         }
         let mut threads = self.threads.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default();
         threads.extend(self.group_threads.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default());
+        // Woken as threads end; a thread that has not ended within REINTERRUPT has its statement interrupted again.
         let deadline = Instant::now() + limit;
-        while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
+        let mut ended = self.exits.ended.lock().unwrap_or_else(|p| p.into_inner());
+        while ended.iter().any(|e| !e) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
             self.interrupt(false);
-            std::thread::sleep(Duration::from_millis(20));
+            ended = self.exits.changed.wait_timeout(ended, left.min(REINTERRUPT)).unwrap_or_else(|p| p.into_inner()).0;
         }
-        let (done, stuck): (Vec<_>, Vec<_>) = threads.into_iter().partition(|t| t.is_finished());
+        // A thread that said it ended is returning its sink: joined (at once), never left behind.
+        let ended = std::mem::take(&mut *ended);
+        let (done, stuck): (Vec<_>, Vec<_>) = threads
+            .into_iter()
+            .enumerate()
+            .partition(|(i, t)| t.is_finished() || ended.get(*i).copied().unwrap_or(false));
+        let (done, stuck): (Vec<_>, Vec<_>) =
+            (done.into_iter().map(|(_, t)| t).collect(), stuck.into_iter().map(|(_, t)| t).collect());
         if !stuck.is_empty() {
             eprintln!(
                 "arrowport: {} thread(s) of {} still busy after {limit:?}; left to finish on their own",

@@ -296,17 +296,19 @@ where
     }
 }
 
-/// Resolves when the remote has made no progress for `limit` (time spent waiting for the local query aside).
+/// Resolves when the remote has made no progress for `limit` (time spent waiting for the local query aside): it
+/// sleeps until `limit` after the last progress, and again from the progress made meanwhile, if any.
 async fn stalled(progress: Arc<Progress>, began: Instant, limit: Duration) -> Failure {
-    let tick = (limit / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
     loop {
-        tokio::time::sleep(tick).await;
+        let last = Duration::from_millis(progress.last.load(Ordering::Relaxed));
+        tokio::time::sleep_until((began + last + limit).into()).await;
         let now = began.elapsed().as_millis() as u64;
         if progress.local.load(Ordering::Relaxed) {
+            // Waiting for the local query is not the remote's time: the limit starts again from now.
             progress.last.store(now, Ordering::Relaxed);
             continue;
         }
-        if now.saturating_sub(progress.last.load(Ordering::Relaxed)) > limit.as_millis() as u64 {
+        if now.saturating_sub(progress.last.load(Ordering::Relaxed)) >= limit.as_millis() as u64 {
             return Failure::transient(format!("the remote made no progress for {} s (timeout)", limit.as_secs_f64()));
         }
     }

@@ -13,7 +13,7 @@ import pyarrow.flight as fl
 import pytest
 
 import hosts
-from clients import flight_put, ipc_bytes
+from clients import flight_put, ipc_bytes, wait_for
 from testdata import events
 
 ARROW = "application/vnd.apache.arrow.stream"
@@ -114,8 +114,7 @@ def test_a_key_belongs_to_one_stream_and_one_request_at_a_time(host):
     opts = fl.FlightCallOptions(headers=[(b"idempotency-key", b"slow")])
     w, rd = c.do_put(fl.FlightDescriptor.for_path("slow"), events(1).schema, options=opts)
     w.write_table(events(100))
-    time.sleep(0.5)
-    assert host.status("slow", "slow").json()["status"] == "in_progress"
+    wait_for(lambda: host.status("slow", "slow").json()["status"] == "in_progress", what="the slow request in progress")
     r = host.post("slow", events(100), key="slow")
     assert r.status_code == 409 and r.json()["error"]["code"] == "in_progress", r.text
     w.done_writing()
@@ -181,8 +180,7 @@ def test_keys_are_forgotten_after_the_window(tmp_path):
     try:
         assert h.post("w", events(5), key="short").status_code == 200
         assert h.post("w", events(5), key="short").json()["replayed"] is True
-        time.sleep(1.5)
-        assert h.status("w", "short").json()["status"] == "unknown"
+        wait_for(lambda: h.status("w", "short").json()["status"] == "unknown", within=10, what="the key forgotten")
         again = h.post("w", events(5), key="short")
         assert again.status_code == 200 and "replayed" not in again.json(), again.text
         assert h.count("w") == 10

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 
 import hosts
-from clients import ipc_bytes
+from clients import ipc_bytes, wait_for
 from testdata import events
 
 ARROW = "application/vnd.apache.arrow.stream"
@@ -207,7 +207,8 @@ def test_a_body_cut_off_by_a_disconnect_writes_nothing(py_listening):
     s = socket.create_connection((host, int(port)))
     s.sendall((f"POST /streams/cut HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ARROW}\r\n"
                f"Content-Length: {len(body)}\r\n\r\n").encode() + body[: len(body) // 2])
-    time.sleep(0.3)
+    wait_for(lambda: py_listening.sql("SELECT max(requests_in_flight) FROM arrowport_status()") != [(0,)],
+             what="the request in flight")
     s.close()
     deadline = time.time() + 20
     while time.time() < deadline and py_listening.sql("SELECT max(requests_in_flight) FROM arrowport_status()") != [(0,)]:

@@ -10,7 +10,7 @@ import pyarrow.flight as fl
 import pytest
 
 import hosts
-from clients import ipc_bytes
+from clients import ipc_bytes, wait_for
 from test_security import make_pki
 from test_types import COLUMNS
 
@@ -118,7 +118,8 @@ def test_a_local_failure_mid_stream_leaves_nothing_on_the_remote(receiver, tmp_p
         with pytest.raises(hosts.HostError) as e:
             sender.sql(send_sql(f"{scheme}://{addr}", f"half_{scheme}", failing, batch_rows=1000))
         assert "the query failed: Invalid Input Error: boom at 300000; nothing was committed on the remote" in str(e.value)
-    time.sleep(0.3)
+    wait_for(lambda: rx.sql("SELECT sum(requests_in_flight) FROM arrowport_status()")[0][0] in (None, 0),
+             what="the receiver's requests ended")
     assert rx.sql("SELECT table_name, (SELECT 1) FROM duckdb_tables() WHERE table_name LIKE 'half%'") == []
     # The same sender and receiver go on working.
     assert sent_row(sender, f"grpc://{addr}", "after", "SELECT 1 AS x")["rows"] == 1
