@@ -94,8 +94,8 @@ def test_load_fails_with_the_reason_when_the_environment_listener_cannot_start(d
         host.close()
 
 
-def test_the_readmes_service_command_line_serves_and_stops_on_sigterm(tmp_path):
-    """README's systemd unit: `sh -c 'tail -f /dev/null | duckdb -unsigned -cmd "LOAD arrowport" DB'` with
+def test_the_documented_service_command_line_serves_and_stops_on_sigterm(tmp_path):
+    """The systemd unit of docs/deploying.md: `sh -c 'tail -f /dev/null | duckdb -unsigned -cmd "LOAD arrowport" DB'` with
     ARROWPORT_LISTEN set serves until systemd's SIGTERM to its processes; what was acknowledged is in the file."""
     import re
     import signal
@@ -106,7 +106,7 @@ def test_the_readmes_service_command_line_serves_and_stops_on_sigterm(tmp_path):
     import pyarrow as pa
     from clients import ipc_bytes
 
-    with open(os.path.join(hosts.ROOT, "README.md")) as f:
+    with open(os.path.join(hosts.ROOT, "docs", "deploying.md")) as f:
         exec_start = re.search(r"^ExecStart=(/bin/sh -c '.*')$", f.read(), re.M).group(1)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
