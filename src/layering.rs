@@ -278,3 +278,13 @@ fn the_checks_see_what_they_should() {
     assert_eq!(rank("engine::ingest"), 3);
     assert!(rank("proto::flight") < rank("engine::core") && rank("duck::conn") < rank("alloc"));
 }
+
+#[test]
+fn statements_from_the_network_are_read_in_one_place() {
+    // DuckDB's parse of a client's statement is read by the statement checks only: the policy and the writer's
+    // side of remote statements (duck_sink::remote), never by landing, keys or the protocol adapters.
+    let (_, edges) = graph();
+    let readers: Vec<&str> =
+        edges.iter().filter(|(_, to)| to.contains("engine::sql_tree")).map(|(m, _)| m.as_str()).collect();
+    assert_eq!(readers, ["engine::duck_sink::remote", "engine::policy"]);
+}

@@ -1,0 +1,423 @@
+//! Landing a request: the writer's scan view pointed at the request's batches, the target made or checked
+//! against the batches' schema, one INSERT, inside the caller's transaction; a group of small requests in one.
+
+use super::*;
+
+/// Arrow schemas whose DuckDB columns a writer remembers.
+pub(super) const DESCRIBED_CACHE: usize = 256;
+
+pub(super) fn exists_error(target: &Target) -> IngestError {
+    IngestError::AlreadyExists(format!(
+        "table {} already exists (ingest mode create); use mode append, replace or create_append",
+        target.display()
+    ))
+}
+
+/// Batches already in memory, for DuckDB's scan.
+pub(super) struct VecPull(std::collections::VecDeque<RecordBatch>);
+
+impl BatchPull for VecPull {
+    fn next_batch(&mut self) -> Result<Option<RecordBatch>, String> {
+        Ok(self.0.pop_front())
+    }
+}
+
+pub(super) fn view_sql(view: &str) -> String {
+    format!("{}.main.{}", quote_ident(SCRATCH_DB), quote_ident(view))
+}
+
+pub(super) fn columns(rows: Vec<Vec<Option<String>>>) -> Vec<Column> {
+    rows.into_iter()
+        .map(|r| {
+            let mut it = r.into_iter();
+            Column { name: it.next().flatten().unwrap_or_default(), sql_type: it.next().flatten().unwrap_or_default() }
+        })
+        .collect()
+}
+
+impl Landing {
+    /// The target's columns, or an empty list when it does not exist.
+    /// `DESCRIBE` of the one table: a catalog lookup, where scanning `duckdb_columns()` costs a millisecond or
+    /// two per request. A missing table (or schema, or catalog) is DuckDB's Catalog Error, which would abort a
+    /// transaction: outside transactions only (inside, [`Self::table_columns_in_txn`]).
+    pub(super) fn table_columns(&self, conn: &mut RawConn, target: &Target) -> Result<Vec<Column>, IngestError> {
+        match conn.query(&format!("DESCRIBE {}", target.sql(&self.host_db))) {
+            Ok(rows) => Ok(columns(rows)),
+            Err(e) if e.is(DbErrorKind::Catalog) => Ok(vec![]),
+            Err(e) => Err(E::db(e)),
+        }
+    }
+
+    /// The target's columns from `duckdb_columns()`, which answers for a missing table without an error.
+    pub(super) fn table_columns_in_txn(&self, conn: &mut RawConn, target: &Target) -> Result<Vec<Column>, IngestError> {
+        let catalog = target.catalog.as_deref().unwrap_or(&self.host_db);
+        let sql = format!(
+            "SELECT column_name, data_type FROM duckdb_columns() WHERE lower(database_name) = lower({}) \
+             AND lower(schema_name) = lower({}) AND lower(table_name) = lower({}) ORDER BY column_index",
+            quote_literal(catalog),
+            quote_literal(&target.schema),
+            quote_literal(&target.table)
+        );
+        Ok(columns(conn.query(&sql).map_err(E::db)?))
+    }
+
+    /// Makes this writer's scan view, once, outside any transaction (a transaction that writes to the host
+    /// database cannot also create a view in the scratch one, and a rolled-back creation would leave none).
+    ///
+    /// DuckDB binds the view when it makes it, so it is made over a schema of our own, never a client's:
+    /// `duckdb_arrow_scan` does not catch DuckDB's exceptions, so a schema DuckDB refuses there would throw
+    /// through our frames and abort the host. Every later bind (DESCRIBE, INSERT) runs inside `duckdb_query`,
+    /// which turns DuckDB's refusal into an error.
+    pub(super) fn ensure_view(&mut self, conn: &mut RawConn) -> Result<(), IngestError> {
+        if self.scan.is_some() {
+            return Ok(());
+        }
+        let own = Arc::new(Schema::new(vec![arrow::datatypes::Field::new(
+            "arrowport",
+            arrow::datatypes::DataType::Int64,
+            true,
+        )]));
+        let mut stream = ScanStream::new(own, Box::new(VecPull(Vec::new().into())));
+        let view = self.view_name();
+        conn.execute(&format!("DROP VIEW IF EXISTS {}", view_sql(&view))).map_err(E::db)?;
+        conn.create_scan_view(&view, &mut stream).map_err(E::db)?;
+        self.scan = Some(stream);
+        Ok(())
+    }
+
+    /// Points this writer's scan view at a request's batches and returns DuckDB's columns for them. The view
+    /// is made once (see [`Self::ensure_view`]): DuckDB binds it, and asks our stream for the schema, on every
+    /// statement, so it serves request after request. DuckDB's columns for an Arrow schema are cached.
+    pub(super) fn point_view(
+        &mut self,
+        conn: &mut RawConn,
+        schema: SchemaRef,
+        pull: Box<dyn BatchPull>,
+    ) -> Result<Vec<Column>, IngestError> {
+        let Some(stream) = self.scan.as_mut() else {
+            return Err(IngestError::Internal("the scan view was not made".into()));
+        };
+        stream.reset(Arc::clone(&schema), pull);
+        if let Some(cols) = self.described.get(schema.as_ref()) {
+            return Ok(cols.clone());
+        }
+        let described = conn.query(&format!("DESCRIBE {}", view_sql(&self.view_name())));
+        let cols = columns(described.map_err(|e| self.view_lost(e))?);
+        if self.described.len() >= DESCRIBED_CACHE {
+            self.described.clear();
+        }
+        self.described.insert(schema.as_ref().clone(), cols.clone());
+        Ok(cols)
+    }
+
+    /// A DuckDB error; if a name was not found (our view may be gone: someone dropped it), the next request makes
+    /// the view again.
+    pub(super) fn view_lost(&mut self, e: DbError) -> IngestError {
+        if e.is(DbErrorKind::Catalog) {
+            self.scan = None;
+        }
+        E::db(e)
+    }
+
+    /// Lets go of the last request's batches (and its channel).
+    pub(super) fn release_view(&mut self) {
+        if let Some(stream) = self.scan.as_mut() {
+            stream.reset(Arc::new(Schema::empty()), Box::new(VecPull(Vec::new().into())));
+        }
+    }
+
+    pub(super) fn view_name(&self) -> String {
+        format!("arrowport_in_{}", self.id)
+    }
+
+    /// Checks a target against the request's rule before any transaction: its columns (empty when missing),
+    /// and the create lock when this request may create (or recreate) it.
+    pub(super) fn prepare_target(
+        &self,
+        conn: &mut RawConn,
+        mapping: &Mapping,
+        locked: &mut HashSet<String>,
+    ) -> Result<(Vec<Column>, Option<CreateGuard>), IngestError> {
+        let target = &mapping.target;
+        self.check_landable(target)?;
+        let table = self.table_columns(conn, target)?;
+        match (table.is_empty(), mapping.rule) {
+            (false, TableRule::Create) => return Err(exists_error(target)),
+            (true, TableRule::Append) => {
+                return Err(IngestError::NotFound(format!(
+                    "table {} does not exist (ingest mode append does not create it)",
+                    target.display()
+                )));
+            }
+            (true, TableRule::Stream) if !mapping.create_table => {
+                return Err(IngestError::NotFound(format!(
+                    "table {} does not exist, and stream {:?} does not create it (create_table is false)",
+                    target.display(),
+                    mapping.stream
+                )));
+            }
+            _ => {}
+        }
+        let key = target.sql(&self.host_db).to_lowercase();
+        let creating = table.is_empty() || mapping.rule == TableRule::Replace;
+        let guard = if creating && locked.insert(key.clone()) { Some(self.locks.lock(key)) } else { None };
+        Ok((table, guard))
+    }
+
+    /// Refuses a target in arrowport's own state, however it is spelled: the host database's `arrowport` schema
+    /// (stream mappings, tokens) and the scratch database (the writers' scan views). Every ingest path, whatever
+    /// its protocol, resolves its target here before anything is read or written.
+    /// The `arrowport` schema of any catalog holds arrowport's state too: idempotency keys live beside the rows
+    /// they vouch for.
+    pub(super) fn check_landable(&self, target: &Target) -> Result<(), IngestError> {
+        let catalog = target.catalog.as_deref().unwrap_or(&self.host_db);
+        let own = catalog.eq_ignore_ascii_case(SCRATCH_DB) || target.schema.eq_ignore_ascii_case(OWN_SCHEMA);
+        if own {
+            return Err(IngestError::Denied(format!(
+                "{} holds arrowport's own state; no request may write there",
+                target.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Lands what the scan view holds into the target, inside the caller's transaction: (re)creates the table
+    /// when the rule says so, checks the fit, inserts. Returns the rows inserted.
+    pub(super) fn land(
+        &mut self,
+        txn: &mut RawConn,
+        mapping: &Mapping,
+        incoming: &[Column],
+        table: &mut Vec<Column>,
+    ) -> Result<u64, IngestError> {
+        let target = &mapping.target;
+        let target_sql = target.sql(&self.host_db);
+        let view_sql = view_sql(&self.view_name());
+        if self.is_lake(txn, target.catalog.as_deref())? {
+            schema::check_lake_types(&target.display(), incoming).map_err(IngestError::Conflict)?;
+        }
+        if mapping.rule == TableRule::Replace {
+            txn.execute(&format!("DROP TABLE IF EXISTS {target_sql}")).map_err(E::db)?;
+            table.clear();
+        } else if table.is_empty() {
+            // Someone (or an earlier part of this transaction) may have created it meanwhile.
+            *table = self.table_columns_in_txn(txn, target)?;
+            if !table.is_empty() && mapping.rule == TableRule::Create {
+                return Err(exists_error(target));
+            }
+        }
+        if table.is_empty() {
+            txn.execute(&schema::create_table_sql(&target_sql, incoming)).map_err(E::db)?;
+            *table = incoming.to_vec();
+        }
+        let insert = match mapping.policy {
+            SchemaPolicy::Strict => {
+                schema::check_fits(&target.display(), table, incoming).map_err(IngestError::Conflict)?;
+                format!("INSERT INTO {target_sql} SELECT * FROM {view_sql}")
+            }
+            SchemaPolicy::ByName | SchemaPolicy::Evolve => {
+                let evolve = mapping.policy == SchemaPolicy::Evolve;
+                let added =
+                    schema::check_by_name(&target.display(), table, incoming, evolve).map_err(IngestError::Conflict)?;
+                for c in added {
+                    txn.execute(&format!(
+                        "ALTER TABLE {target_sql} ADD COLUMN {} {}",
+                        quote_ident(&c.name),
+                        c.sql_type
+                    ))
+                    .map_err(E::db)?;
+                    table.push(c);
+                }
+                format!("INSERT INTO {target_sql} BY NAME SELECT * FROM {view_sql}")
+            }
+        };
+        if mapping.mode == Mode::Replace {
+            txn.execute(&format!("DELETE FROM {target_sql}")).map_err(E::db)?;
+        }
+        let rows = txn.execute(&insert).map_err(|e| self.view_lost(e))?;
+        #[cfg(feature = "test-hooks")]
+        if self.panic_on.as_deref() == Some(target.table.as_str()) {
+            panic!("test hook: a panic inside the transaction of a request into {}", target.display());
+        }
+        Ok(rows)
+    }
+
+    /// The Arrow schema of a table, as DuckDB exports it; `None` when the table does not exist.
+    pub(super) fn describe_table(&self, conn: &mut RawConn, target: &Target) -> Result<Option<Schema>, IngestError> {
+        if self.table_columns(conn, target)?.is_empty() {
+            return Ok(None);
+        }
+        let sql = format!("SELECT * FROM {} LIMIT 0", target.sql(&self.host_db));
+        conn.arrow_schema_of(&sql).map(Some).map_err(E::db)
+    }
+
+    /// Tables of the host database's main schema, the ones an unmapped stream name lands in.
+    pub(super) fn main_tables(&self, conn: &mut RawConn) -> Result<Vec<(String, Schema)>, IngestError> {
+        let sql = format!(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = {} AND schema_name = 'main' ORDER BY 1",
+            quote_literal(&self.host_db)
+        );
+        let names: Vec<String> =
+            conn.query(&sql).map_err(E::db)?.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect();
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let target = Target { catalog: None, schema: "main".into(), table: name.clone() };
+            if let Some(s) = self.describe_table(conn, &target)? {
+                out.push((name, s));
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl DuckSink {
+    /// One streaming request in its own transaction; the view already points at its batches.
+    ///
+    /// `handed_out` counts the rows the view's stream gave DuckDB. The INSERT must have inserted exactly those:
+    /// the view is visible in the catalog, and if another connection scanned it meanwhile, it took batches of
+    /// this request, which then must not commit with rows missing.
+    pub(super) fn write_view(
+        &mut self,
+        mapping: &Mapping,
+        incoming: &[Column],
+        failed: &Mutex<Option<IngestError>>,
+        fed: &Fed<'_>,
+    ) -> Result<Written, IngestError> {
+        let started = std::time::Instant::now();
+        let DuckSink { conn, at, .. } = self;
+        let (mut table, _create_guard) = at.prepare_target(conn, mapping, &mut HashSet::new())?;
+        if let Some(key) = fed.key {
+            at.ensure_keys(conn, mapping.target.catalog.as_deref(), key.window)?;
+        }
+        let result = conn.begin().map_err(E::db).and_then(|mut txn| {
+            let rows = at.land(&mut txn, mapping, incoming, &mut table)?;
+            let given = fed.rows.load(Ordering::SeqCst);
+            if rows != given {
+                return Err(IngestError::Internal(format!(
+                    "the insert took {rows} of the {given} rows the request's stream handed out (was its scan view read by \
+                     another connection?); rolled back"
+                )));
+            }
+            if let Some(key) = fed.key {
+                at.record_keys(&mut txn, &mapping.target, &[(key, rows, fed.batches.load(Ordering::SeqCst))])?;
+            }
+            txn.commit().map_err(E::db)?;
+            Ok(Written { rows, write_seconds: started.elapsed().as_secs_f64(), retries: 0 })
+        });
+        // When the input failed while DuckDB was reading it, DuckDB's error only echoes ours.
+        result.map_err(|e| failed.lock().ok().and_then(|mut f| f.take()).unwrap_or(e))
+    }
+
+    /// A buffered request on its own, in its own transaction.
+    pub(super) fn write_buffered(&mut self, item: &Buffered) -> Result<Written, IngestError> {
+        let DuckSink { conn, at, .. } = self;
+        let _lake = at.lake_commit_locks(conn, [&item.mapping])?;
+        at.ensure_view(conn)?;
+        let incoming = at.point_view(conn, Arc::clone(&item.schema), Box::new(VecPull(item.batches.clone().into())))?;
+        let fed = Fed {
+            rows: &AtomicU64::new(item.rows),
+            batches: &AtomicU64::new(item.batches.len() as u64),
+            key: item.key.as_ref(),
+        };
+        let result = self.write_view(&item.mapping, &incoming, &Mutex::new(None), &fed);
+        self.at.release_view();
+        result
+    }
+
+    /// Several buffered requests in one transaction: consecutive requests for the same target with the same
+    /// schema become one INSERT. All or nothing; the caller retries each alone when it fails.
+    pub(super) fn try_group(&mut self, items: &[Buffered]) -> Result<(), IngestError> {
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match runs.last_mut() {
+                Some((start, end))
+                    if items[*start].mapping == item.mapping
+                        && items[*start].schema.fields() == item.schema.fields() =>
+                {
+                    *end = i + 1
+                }
+                _ => runs.push((i, i + 1)),
+            }
+        }
+        let DuckSink { conn, at, .. } = self;
+        let _lake = at.lake_commit_locks(conn, items.iter().map(|i| &i.mapping))?;
+        at.ensure_view(conn)?;
+        let mut locked = HashSet::new();
+        let mut guards = Vec::new();
+        let mut tables = Vec::with_capacity(runs.len());
+        for &(start, _) in &runs {
+            let (table, guard) = at.prepare_target(conn, &items[start].mapping, &mut locked)?;
+            tables.push(table);
+            guards.extend(guard);
+        }
+        for item in items {
+            if let Some(key) = &item.key {
+                at.ensure_keys(conn, item.mapping.target.catalog.as_deref(), key.window)?;
+            }
+        }
+        let result = conn.begin().map_err(E::db).and_then(|mut txn| {
+            for (&(start, end), table) in runs.iter().zip(tables.iter_mut()) {
+                let batches: Vec<RecordBatch> =
+                    items[start..end].iter().flat_map(|i| i.batches.iter().cloned()).collect();
+                let expected: u64 = items[start..end].iter().map(|i| i.rows).sum();
+                let incoming =
+                    at.point_view(&mut txn, Arc::clone(&items[start].schema), Box::new(VecPull(batches.into())))?;
+                let rows = at.land(&mut txn, &items[start].mapping, &incoming, table)?;
+                if rows != expected {
+                    return Err(IngestError::Internal(format!("a grouped insert wrote {rows} rows of {expected}")));
+                }
+                let keys: Vec<_> = items[start..end]
+                    .iter()
+                    .filter_map(|i| Some((i.key.as_ref()?, i.rows, i.batches.len() as u64)))
+                    .collect();
+                at.record_keys(&mut txn, &items[start].mapping.target, &keys)?;
+            }
+            txn.commit().map_err(E::db)
+        });
+        at.release_view();
+        drop(guards);
+        result
+    }
+}
+
+/// Feeds DuckDB's scan: the batch already read, then the rest of the request. Remembers the first failure so
+/// the request reports it rather than DuckDB's wrapping of it.
+pub(super) struct Pull {
+    pub(super) first: Option<RecordBatch>,
+    pub(super) input: BatchRx,
+    pub(super) failed: Arc<Mutex<Option<IngestError>>>,
+    /// Rows and batches handed to DuckDB so far.
+    pub(super) handed_out: Arc<AtomicU64>,
+    pub(super) batches: Arc<AtomicU64>,
+}
+
+/// What a request's scan handed DuckDB, and its idempotency key: checked and recorded before commit.
+pub(super) struct Fed<'a> {
+    pub(super) rows: &'a AtomicU64,
+    pub(super) batches: &'a AtomicU64,
+    pub(super) key: Option<&'a RequestKey>,
+}
+
+impl BatchPull for Pull {
+    fn next_batch(&mut self) -> Result<Option<RecordBatch>, String> {
+        let next = match self.first.take() {
+            Some(b) => Ok(Some(b)),
+            None => self.input.next_batch(),
+        };
+        match next {
+            Ok(Some(b)) => {
+                self.handed_out.fetch_add(b.num_rows() as u64, Ordering::SeqCst);
+                self.batches.fetch_add(1, Ordering::SeqCst);
+                Ok(Some(b))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                let msg = e.to_string();
+                if let Ok(mut f) = self.failed.lock() {
+                    f.get_or_insert(e);
+                }
+                Err(msg)
+            }
+        }
+    }
+}
