@@ -1,0 +1,92 @@
+//! Stream mappings: `arrowport_create_stream`, `arrowport_alter_stream`, `arrowport_drop_stream`, `arrowport_streams()`.
+
+use super::*;
+
+/// The columns a mapping is shown with.
+pub(super) fn mapping_columns(bind: &BindInfo) {
+    bind.add_result_column("stream", varchar());
+    bind.add_result_column("target", varchar());
+    bind.add_result_column("create_table", LogicalTypeId::Boolean.into());
+    bind.add_result_column("schema_policy", varchar());
+    bind.add_result_column("mode", varchar());
+}
+
+pub(super) fn write_mapping(out: &mut DataChunkHandle, i: usize, m: &Mapping) {
+    out.flat_vector(0).insert(i, m.stream.as_str());
+    out.flat_vector(1).insert(i, m.target.display().as_str());
+    vector::set_bool(&mut out.flat_vector(2), i, m.create_table);
+    out.flat_vector(3).insert(i, m.policy.name());
+    out.flat_vector(4).insert(i, m.mode.name());
+}
+
+pub(super) fn mapping_options(bind: &BindInfo) -> MappingOptions {
+    let text = |name: &str| bind.get_named_parameter(name).filter(|v| !v.is_null()).map(|v| v.to_string());
+    MappingOptions {
+        target: text("target"),
+        create_table: bind.get_named_parameter("create_table").filter(|v| !v.is_null()).map(|v| v.to_bool()),
+        schema_policy: text("schema_policy"),
+        mode: text("mode"),
+    }
+}
+
+pub(super) fn mapping_parameters() -> Option<Vec<(String, LogicalTypeHandle)>> {
+    Some(vec![
+        ("target".to_string(), varchar()),
+        ("create_table".to_string(), LogicalTypeId::Boolean.into()),
+        ("schema_policy".to_string(), varchar()),
+        ("mode".to_string(), varchar()),
+    ])
+}
+
+pub(super) fn stream_name(bind: &BindInfo) -> Result<String> {
+    let v = bind.get_parameter(0);
+    if v.is_null() {
+        return Err("the stream name is NULL".into());
+    }
+    Ok(v.to_string())
+}
+
+action_function!(
+    CreateStream,
+    Mapping,
+    Some("arrowport_create_stream"),
+    Some(vec![varchar()]),
+    mapping_parameters(),
+    mapping_columns,
+    write_mapping,
+    |bind| (stream_name(bind)?, mapping_options(bind)),
+    |host, (name, options)| host.create_stream(name, options).map(|m| vec![m])
+);
+action_function!(
+    AlterStream,
+    Mapping,
+    Some("arrowport_alter_stream"),
+    Some(vec![varchar()]),
+    mapping_parameters(),
+    mapping_columns,
+    write_mapping,
+    |bind| (stream_name(bind)?, mapping_options(bind)),
+    |host, (name, options)| host.alter_stream(name, options).map(|m| vec![m])
+);
+action_function!(
+    DropStream,
+    Mapping,
+    Some("arrowport_drop_stream"),
+    Some(vec![varchar()]),
+    None,
+    mapping_columns,
+    write_mapping,
+    |bind| stream_name(bind)?,
+    |host, name| host.drop_stream(name).map(|m| vec![m])
+);
+action_function!(
+    Streams,
+    Mapping,
+    None,
+    None,
+    None,
+    mapping_columns,
+    write_mapping,
+    |bind| host_of(bind)?.refuse_own_connection("arrowport_streams", crate::duck::caller::table_caller(bind))?,
+    |host, _| host.streams()
+);
