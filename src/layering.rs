@@ -267,12 +267,12 @@ fn unsafe_lives_only_in_duck_and_alloc() {
 #[test]
 fn the_checks_see_what_they_should() {
     let known: BTreeSet<String> =
-        ["engine", "engine::core", "engine::sink", "duck", "duck::conn"].map(String::from).into();
+        ["engine", "engine::core", "engine::session", "duck", "duck::conn"].map(String::from).into();
     let code = code_of(
-        "use crate::engine::{core::Core, sink};\nuse super::conn::RawConn; // crate::duck\nlet s = \"crate::x\";",
+        "use crate::engine::{core::Core, session};\nuse super::conn::RawConn; // crate::duck\nlet s = \"crate::x\";",
     );
     let refs = references("duck::scan", &code, &known);
-    assert_eq!(refs, ["duck::conn", "engine", "engine::core", "engine::sink"].map(String::from).into());
+    assert_eq!(refs, ["duck::conn", "engine", "engine::core", "engine::session"].map(String::from).into());
     assert!(has_word("unsafe { x }", "unsafe") && !has_word("deny(unsafe_code)", "unsafe"));
     assert!(!has_word(&code_of("// unsafe\nlet a = \"unsafe\";"), "unsafe"));
     assert_eq!(rank("engine::ingest"), 3);
@@ -282,9 +282,9 @@ fn the_checks_see_what_they_should() {
 #[test]
 fn statements_from_the_network_are_read_in_one_place() {
     // DuckDB's parse of a client's statement is read by the statement checks only: the policy and the writer's
-    // side of remote statements (duck_sink::remote), never by landing, keys or the protocol adapters.
+    // side of remote statements (duck_session::remote), never by landing, keys or the protocol adapters.
     let (_, edges) = graph();
     let readers: Vec<&str> =
         edges.iter().filter(|(_, to)| to.contains("engine::sql_tree")).map(|(m, _)| m.as_str()).collect();
-    assert_eq!(readers, ["engine::duck_sink::remote", "engine::policy"]);
+    assert_eq!(readers, ["engine::duck_session::remote", "engine::policy"]);
 }

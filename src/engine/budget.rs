@@ -10,14 +10,14 @@
 //!   writer), and the charge travels with the batch until a writer hands it to DuckDB or its group commits or
 //!   rolls back; admitting a batch gives up the reservation of the message it came from.
 //!
-//! A charge that does not fit is refused at once ([`IngestError::OverBudget`]: RESOURCE_EXHAUSTED / 503 with
+//! A charge that does not fit is refused at once ([`EngineError::OverBudget`]: RESOURCE_EXHAUSTED / 503 with
 //! `Retry-After`) rather than waited for, so no request can hold the budget while it waits for another.
 
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::engine::error::IngestError;
+use crate::engine::error::EngineError;
 
 /// The budget when `memory_budget` is not given: 1 GiB.
 pub const DEFAULT_MEMORY_BUDGET: usize = 1 << 30;
@@ -55,11 +55,11 @@ impl Budget {
     }
 
     /// Draws `bytes` from the budget, or refuses at once when they do not fit now.
-    pub fn charge(&self, bytes: usize) -> Result<Charge, IngestError> {
+    pub fn charge(&self, bytes: usize) -> Result<Charge, EngineError> {
         if bytes == 0 {
             return Ok(Charge(None));
         }
-        let over = || IngestError::OverBudget { bytes, limit: self.limit };
+        let over = || EngineError::OverBudget { bytes, limit: self.limit };
         let n = u32::try_from(bytes).map_err(|_| over())?;
         if bytes > self.limit {
             return Err(over());
@@ -103,7 +103,7 @@ impl Reservation {
     }
 
     /// Reserves `bytes` of `budget` for a message about to be read.
-    pub fn reserve(&self, budget: &Budget, bytes: usize) -> Result<(), IngestError> {
+    pub fn reserve(&self, budget: &Budget, bytes: usize) -> Result<(), EngineError> {
         self.hold(budget.charge(bytes)?);
         Ok(())
     }
@@ -119,7 +119,7 @@ mod tests {
         let a = b.charge(60).unwrap();
         assert_eq!((a.bytes(), b.in_use()), (60, 60));
         let e = b.charge(50).unwrap_err();
-        assert!(matches!(e, IngestError::OverBudget { bytes: 50, limit: 100 }), "{e:?}");
+        assert!(matches!(e, EngineError::OverBudget { bytes: 50, limit: 100 }), "{e:?}");
         assert_eq!(e.code(), crate::engine::error::Code::Busy);
         assert!(b.charge(101).is_err(), "more than the whole budget");
         drop(a);

@@ -14,10 +14,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::catalog::registry::{Mapping, Registry, ResolveError};
 use crate::engine::budget::Budget;
-use crate::engine::error::IngestError;
+use crate::engine::error::EngineError;
 use crate::engine::memory_guard::MemoryGuard;
 use crate::engine::metrics::{self, Metrics, Outcome, Protocol};
-use crate::engine::sink::{KeyRecord, Sink};
+use crate::engine::session::{KeyRecord, Session};
 use crate::engine::writers::{Job, Watch, Work, Writers};
 
 /// How long a request waits for a free writer before it is answered "busy".
@@ -57,7 +57,7 @@ pub struct StreamInfo {
 }
 
 /// The object protocol adapters call.
-pub struct Core<S: Sink> {
+pub struct Core<S: Session> {
     pub(crate) writers: Writers<S>,
     /// The threads and connections that run statements sent over the network (never the ingest writers).
     pub(crate) statements: Option<Writers<S>>,
@@ -73,7 +73,7 @@ pub struct Core<S: Sink> {
     guard: Option<Arc<MemoryGuard>>,
 }
 
-impl<S: Sink> Core<S> {
+impl<S: Session> Core<S> {
     pub fn new(
         writers: Writers<S>,
         cancel: CancellationToken,
@@ -122,10 +122,10 @@ impl<S: Sink> Core<S> {
     }
 
     /// The mapping a request uses.
-    pub(crate) fn mapping(&self, stream: &str, reject_unknown: bool) -> Result<Mapping, IngestError> {
+    pub(crate) fn mapping(&self, stream: &str, reject_unknown: bool) -> Result<Mapping, EngineError> {
         self.registry.resolve(stream, reject_unknown).map_err(|e| match e {
-            ResolveError::BadName(m) => IngestError::BadInput(m),
-            ResolveError::Unknown(m) => IngestError::NotFound(m),
+            ResolveError::BadName(m) => EngineError::BadInput(m),
+            ResolveError::Unknown(m) => EngineError::NotFound(m),
         })
     }
 
@@ -134,7 +134,7 @@ impl<S: Sink> Core<S> {
     }
 
     /// Counts a request an adapter refused before it reached the core (bad descriptor, wrong media type...).
-    pub fn reject(&self, protocol: Protocol, error: &IngestError) {
+    pub fn reject(&self, protocol: Protocol, error: &EngineError) {
         self.metrics.record(&Outcome {
             stream: metrics::UNKNOWN_STREAM,
             protocol,
@@ -157,21 +157,21 @@ impl<S: Sink> Core<S> {
     }
 
     /// The Arrow schema of the table a stream lands in; `None` when that table does not exist yet.
-    pub async fn describe(&self, stream: &str) -> Result<Option<Schema>, IngestError> {
+    pub async fn describe(&self, stream: &str) -> Result<Option<Schema>, EngineError> {
         let target = self.mapping(stream, false)?.target;
         let (reply, rx) = oneshot::channel();
         self.call(Work::Describe { target, reply }, rx).await
     }
 
     /// Every table an unmapped stream name lands in, with its Arrow schema.
-    pub async fn list(&self) -> Result<Vec<(String, Schema)>, IngestError> {
+    pub async fn list(&self) -> Result<Vec<(String, Schema)>, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.call(Work::List { reply }, rx).await
     }
 
     /// The streams a client can see: every defined mapping (with its table's schema when the table exists),
     /// then every table of `main` that an unmapped name of the same name lands in.
-    pub async fn streams(&self) -> Result<Vec<StreamInfo>, IngestError> {
+    pub async fn streams(&self) -> Result<Vec<StreamInfo>, EngineError> {
         let mut out = Vec::new();
         for mapping in self.registry.all() {
             let (reply, rx) = oneshot::channel();
@@ -187,7 +187,7 @@ impl<S: Sink> Core<S> {
     }
 
     /// One stream as [`Core::streams`] shows it; `None` for a name without a mapping and without a table.
-    pub async fn stream(&self, name: &str) -> Result<Option<StreamInfo>, IngestError> {
+    pub async fn stream(&self, name: &str) -> Result<Option<StreamInfo>, EngineError> {
         let defined = self.registry.get(name);
         let mapping = self.mapping(name, false)?;
         let (reply, rx) = oneshot::channel();
@@ -199,10 +199,10 @@ impl<S: Sink> Core<S> {
     }
 
     /// Marks an idempotency key in progress while the guard lives; refuses a key already in progress.
-    pub(crate) fn claim_key(&self, key: &str) -> Result<KeyGuard, IngestError> {
+    pub(crate) fn claim_key(&self, key: &str) -> Result<KeyGuard, EngineError> {
         let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
         if !keys.insert(key.to_string()) {
-            return Err(IngestError::InProgress(key.to_string()));
+            return Err(EngineError::InProgress(key.to_string()));
         }
         Ok(KeyGuard { keys: Arc::clone(&self.keys), key: key.to_string() })
     }
@@ -213,21 +213,21 @@ impl<S: Sink> Core<S> {
         catalog: Option<String>,
         key: &str,
         window: Duration,
-    ) -> Result<Option<KeyRecord>, IngestError> {
+    ) -> Result<Option<KeyRecord>, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.call(Work::LookupKey { catalog, key: key.to_string(), window, reply }, rx).await
     }
 
     /// What became of the request a stream's idempotency key names (within the listener's key `window`).
-    pub async fn request_status(&self, stream: &str, key: &str, window: Duration) -> Result<KeyStatus, IngestError> {
-        crate::engine::sink::validate_key(key)?;
+    pub async fn request_status(&self, stream: &str, key: &str, window: Duration) -> Result<KeyStatus, EngineError> {
+        crate::engine::session::validate_key(key)?;
         if self.keys.lock().unwrap_or_else(|p| p.into_inner()).contains(key) {
             return Ok(KeyStatus::InProgress);
         }
         let catalog = self.mapping(stream, false)?.target.catalog;
         match self.lookup_key(catalog, key, window).await? {
             Some(record) if record.stream == stream => Ok(KeyStatus::Committed(record.ack)),
-            Some(record) => Err(IngestError::KeyReused { key: key.to_string(), stream: record.stream }),
+            Some(record) => Err(EngineError::KeyReused { key: key.to_string(), stream: record.stream }),
             None => Ok(KeyStatus::Unknown),
         }
     }
@@ -245,34 +245,34 @@ impl<S: Sink> Core<S> {
     pub(crate) async fn call<T>(
         &self,
         work: Work,
-        rx: oneshot::Receiver<Result<T, IngestError>>,
-    ) -> Result<T, IngestError> {
+        rx: oneshot::Receiver<Result<T, EngineError>>,
+    ) -> Result<T, EngineError> {
         self.submit_work(work).await?;
-        rx.await.map_err(|_| IngestError::Internal("the writer went away".into()))?
+        rx.await.map_err(|_| EngineError::Internal("the writer went away".into()))?
     }
 
     /// Hands work to a free writer (waiting for one); the work replies on its own channel.
-    pub(crate) async fn submit_work(&self, work: Work) -> Result<(), IngestError> {
+    pub(crate) async fn submit_work(&self, work: Work) -> Result<(), EngineError> {
         let permit = self.permit().await?;
         self.writers.submit(Job { work, _permit: permit, watch: None })
     }
 
     /// Hands a statement sent over the network to a free thread of the statement pool (waiting for one), and
     /// interrupts it if it still runs after `limit`.
-    pub(crate) async fn submit_statement(&self, work: Work, limit: Duration) -> Result<(), IngestError> {
+    pub(crate) async fn submit_statement(&self, work: Work, limit: Duration) -> Result<(), EngineError> {
         let pool = self
             .statements
             .as_ref()
-            .ok_or_else(|| IngestError::Unsupported("this host has no connections for SQL statements".into()))?;
+            .ok_or_else(|| EngineError::Unsupported("this host has no connections for SQL statements".into()))?;
         if pool.size == 0 {
-            return Err(IngestError::Busy(0));
+            return Err(EngineError::Busy(0));
         }
         let permit = self.permit_of(pool).await?;
         let watch = Arc::new(Watch::default());
         let timer = Arc::clone(&watch);
         tokio::spawn(async move {
             tokio::time::sleep(limit).await;
-            timer.fire(IngestError::TimedOut(limit));
+            timer.fire(EngineError::TimedOut(limit));
         });
         if let Some(guard) = &self.guard {
             guard.watch(&watch);
@@ -284,24 +284,24 @@ impl<S: Sink> Core<S> {
         &self,
         work: Work,
         limit: Duration,
-        rx: oneshot::Receiver<Result<T, IngestError>>,
-    ) -> Result<T, IngestError> {
+        rx: oneshot::Receiver<Result<T, EngineError>>,
+    ) -> Result<T, EngineError> {
         self.submit_statement(work, limit).await?;
-        rx.await.map_err(|_| IngestError::Internal("the statement's thread went away".into()))?
+        rx.await.map_err(|_| EngineError::Internal("the statement's thread went away".into()))?
     }
 
-    pub(crate) async fn permit(&self) -> Result<OwnedSemaphorePermit, IngestError> {
+    pub(crate) async fn permit(&self) -> Result<OwnedSemaphorePermit, EngineError> {
         self.permit_of(&self.writers).await
     }
 
     /// A free thread of `pool` (waiting at most [`WRITER_WAIT`]), or "busy" / "stopping".
-    async fn permit_of(&self, pool: &Writers<S>) -> Result<OwnedSemaphorePermit, IngestError> {
+    async fn permit_of(&self, pool: &Writers<S>) -> Result<OwnedSemaphorePermit, EngineError> {
         tokio::select! {
-            _ = self.cancel.cancelled() => Err(IngestError::Stopping),
+            _ = self.cancel.cancelled() => Err(EngineError::Stopping),
             p = tokio::time::timeout(WRITER_WAIT, Arc::clone(&pool.permits).acquire_owned()) => match p {
                 Ok(Ok(p)) => Ok(p),
-                Ok(Err(_)) => Err(IngestError::Stopping),
-                Err(_) => Err(IngestError::Busy(pool.size)),
+                Ok(Err(_)) => Err(EngineError::Stopping),
+                Err(_) => Err(EngineError::Busy(pool.size)),
             },
         }
     }

@@ -1,6 +1,6 @@
 //! One classification of failures, and its two tables: to gRPC status codes and to HTTP statuses.
 //!
-//! [`IngestError`] is the engine's error, with messages written for clients; it classifies itself with a
+//! [`EngineError`] is the engine's error, with messages written for clients; it classifies itself with a
 //! [`Code`], and so do the errors of the layers around it (`AuthError` in the gate, `ListenError` in the
 //! listener). Only the wire edge (`proto::status`) turns a `Code` into a gRPC status or an HTTP response,
 //! through the two tables here. Both matches name every variant, so a new `Code` does not compile until both
@@ -147,7 +147,7 @@ pub fn http_status(code: Code) -> u16 {
 
 /// Why a request did not commit. Messages are written for the client.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum IngestError {
+pub enum EngineError {
     #[error("{0}")]
     BadInput(String),
     #[error("{0}")]
@@ -198,27 +198,27 @@ pub enum IngestError {
     Internal(String),
 }
 
-impl IngestError {
+impl EngineError {
     pub fn code(&self) -> Code {
         match self {
-            IngestError::BadInput(_) | IngestError::Unsupported(_) => Code::InvalidInput,
-            IngestError::TooLarge(_) => Code::TooLarge,
-            IngestError::Conflict(_) => Code::Conflict,
-            IngestError::NotFound(_) => Code::NotFound,
-            IngestError::AlreadyExists(_) => Code::AlreadyExists,
-            IngestError::Sql(e) if e.is(DbErrorKind::Catalog) => Code::NotFound,
-            IngestError::Sql(e) if e.is(DbErrorKind::OutOfMemory) => Code::TooLarge,
-            IngestError::Sql(_) => Code::InvalidInput,
-            IngestError::Stopping => Code::Stopping,
-            IngestError::Disconnected => Code::InvalidInput,
-            IngestError::Stalled(_) | IngestError::TimedOut(_) => Code::Timeout,
-            IngestError::OverMemory { .. } => Code::TooLarge,
-            IngestError::Busy(_) | IngestError::Overloaded(_) | IngestError::OverBudget { .. } => Code::Busy,
-            IngestError::InProgress(_) => Code::InProgress,
-            IngestError::KeyReused { .. } => Code::Unprocessable,
-            IngestError::Denied(_) => Code::Denied,
-            IngestError::Db(e) => db_code(e),
-            IngestError::Internal(_) => Code::Internal,
+            EngineError::BadInput(_) | EngineError::Unsupported(_) => Code::InvalidInput,
+            EngineError::TooLarge(_) => Code::TooLarge,
+            EngineError::Conflict(_) => Code::Conflict,
+            EngineError::NotFound(_) => Code::NotFound,
+            EngineError::AlreadyExists(_) => Code::AlreadyExists,
+            EngineError::Sql(e) if e.is(DbErrorKind::Catalog) => Code::NotFound,
+            EngineError::Sql(e) if e.is(DbErrorKind::OutOfMemory) => Code::TooLarge,
+            EngineError::Sql(_) => Code::InvalidInput,
+            EngineError::Stopping => Code::Stopping,
+            EngineError::Disconnected => Code::InvalidInput,
+            EngineError::Stalled(_) | EngineError::TimedOut(_) => Code::Timeout,
+            EngineError::OverMemory { .. } => Code::TooLarge,
+            EngineError::Busy(_) | EngineError::Overloaded(_) | EngineError::OverBudget { .. } => Code::Busy,
+            EngineError::InProgress(_) => Code::InProgress,
+            EngineError::KeyReused { .. } => Code::Unprocessable,
+            EngineError::Denied(_) => Code::Denied,
+            EngineError::Db(e) => db_code(e),
+            EngineError::Internal(_) => Code::Internal,
         }
     }
 }
@@ -252,26 +252,26 @@ pub fn is_commit_conflict(e: &DbError) -> bool {
             || e.message.contains("duplicate key value violates unique constraint \"ducklake_snapshot"))
 }
 
-impl IngestError {
+impl EngineError {
     /// Whether this failure is a lost commit race (see [`is_commit_conflict`]).
     pub fn is_commit_conflict(&self) -> bool {
-        matches!(self, IngestError::Db(e) if is_commit_conflict(e))
+        matches!(self, EngineError::Db(e) if is_commit_conflict(e))
     }
 
     /// A DuckDB error in arrowport's own work (landing a request, reading the catalog).
-    pub fn db(e: DbError) -> IngestError {
-        IngestError::Db(e)
+    pub fn db(e: DbError) -> EngineError {
+        EngineError::Db(e)
     }
 
     /// DuckDB's refusal of a statement sent over the network: the client's to fix, DuckDB's text verbatim.
-    pub fn sql(e: DbError) -> IngestError {
-        IngestError::Sql(e)
+    pub fn sql(e: DbError) -> EngineError {
+        EngineError::Sql(e)
     }
 }
 
-impl From<crate::panic::Panicked> for IngestError {
-    fn from(p: crate::panic::Panicked) -> IngestError {
-        IngestError::Internal(p.to_string())
+impl From<crate::panic::Panicked> for EngineError {
+    fn from(p: crate::panic::Panicked) -> EngineError {
+        EngineError::Internal(p.to_string())
     }
 }
 
@@ -294,7 +294,7 @@ mod tests {
 
     #[test]
     fn a_lost_commit_race_is_worth_a_retry() {
-        let e = IngestError::Db(DbError::from_text(
+        let e = EngineError::Db(DbError::from_text(
             "TransactionContext Error: Failed to commit: Failed to commit DuckLake transaction.\nTransaction conflict - attempting to insert",
         ));
         assert!(e.is_commit_conflict());
@@ -302,9 +302,9 @@ mod tests {
             (e.code(), grpc_code(e.code()), http_status(e.code())),
             (Code::Contended, tonic::Code::Aborted, 503)
         );
-        assert!(!IngestError::Db(DbError::from_text("IO Error: disk full")).is_commit_conflict());
+        assert!(!EngineError::Db(DbError::from_text("IO Error: disk full")).is_commit_conflict());
         let not_a_race = "TransactionContext Error: Failed to commit: Failed to commit DuckLake transaction.\nFailed to flush changes into DuckLake: ERROR:  type \"time_ns\" does not exist";
-        assert!(!IngestError::Db(DbError::from_text(not_a_race)).is_commit_conflict());
+        assert!(!EngineError::Db(DbError::from_text(not_a_race)).is_commit_conflict());
     }
 
     #[test]
@@ -322,9 +322,9 @@ mod tests {
     #[test]
     fn duckdb_errors_are_classified_by_their_class() {
         assert_eq!(
-            IngestError::Db(DbError::from_text("Constraint Error: NOT NULL constraint failed")).code(),
+            EngineError::Db(DbError::from_text("Constraint Error: NOT NULL constraint failed")).code(),
             Code::Conflict
         );
-        assert_eq!(IngestError::Db(DbError::from_text("IO Error: disk full")).code(), Code::Internal);
+        assert_eq!(EngineError::Db(DbError::from_text("IO Error: disk full")).code(), Code::Internal);
     }
 }

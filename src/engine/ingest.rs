@@ -22,10 +22,10 @@ use crate::catalog::registry::{Mapping, Mode, TableRule, Target};
 use crate::catalog::schema;
 use crate::engine::budget::{Charge, Reservation};
 use crate::engine::core::Core;
-use crate::engine::error::IngestError;
+use crate::engine::error::EngineError;
 use crate::engine::metrics::{Outcome, Protocol};
 use crate::engine::policy::Policy;
-use crate::engine::sink::{BatchRx, Buffered, Counts, Held, Msg, RequestKey, Sink, Written, validate_key};
+use crate::engine::session::{BatchRx, Buffered, Counts, Held, Msg, RequestKey, Session, Written, validate_key};
 use crate::engine::writers::{Job, Work};
 
 /// Batches buffered between the network and a writer. Small on purpose: it bounds memory per request...
@@ -109,7 +109,7 @@ impl Drop for Active<'_> {
 }
 
 /// One request on its way to a writer: what each step of reading its input needs.
-struct Flow<'a> {
+struct RequestInput<'a> {
     /// How long the client may send nothing.
     stall: Duration,
     /// The schema the client sent; a repeated schema message must equal it.
@@ -122,16 +122,16 @@ struct Flow<'a> {
 }
 
 /// The writer's end of a streamed request: its channel and the byte budget of what may wait in it.
-struct Feed {
+struct WriterChannel {
     tx: mpsc::Sender<Msg>,
     budget: Arc<Semaphore>,
 }
 
-impl<S: Sink> Core<S> {
+impl<S: Session> Core<S> {
     /// Lands one request: the schema first, then batches, all in one transaction. Returns after commit.
-    pub async fn ingest<I>(&self, request: Request, input: I) -> Result<Report, IngestError>
+    pub async fn ingest<I>(&self, request: Request, input: I) -> Result<Report, EngineError>
     where
-        I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
+        I: Stream<Item = Result<Incoming, EngineError>> + Unpin + Send,
     {
         let started = Instant::now();
         let _in_flight = self.metrics.in_flight(request.protocol);
@@ -169,14 +169,14 @@ impl<S: Sink> Core<S> {
         request: &Request,
         mut input: I,
         counts: &Arc<Counts>,
-    ) -> Result<(Report, Written), IngestError>
+    ) -> Result<(Report, Written), EngineError>
     where
-        I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
+        I: Stream<Item = Result<Incoming, EngineError>> + Unpin + Send,
     {
         let stream = request.stream.as_str();
         let _admitted = request.policy.admit()?;
         if !request.principal.may_use(stream) {
-            return Err(IngestError::Denied(request.principal.denied(stream)));
+            return Err(EngineError::Denied(request.principal.denied(stream)));
         }
         let mut mapping = match &request.mapping {
             // A listener that takes only defined streams takes Flight SQL ingest only into them too: the table
@@ -184,7 +184,7 @@ impl<S: Sink> Core<S> {
             Some(m) if request.policy.reject_unknown => {
                 let defined = self.mapping(stream, true)?;
                 if m.target != Mapping::default_for(stream).target && m.target != defined.target {
-                    return Err(IngestError::Denied(format!(
+                    return Err(EngineError::Denied(format!(
                         "stream {stream:?} lands in {}; this listener takes only defined streams (unknown_streams := 'reject'), \
                          so the ingest cannot name {}",
                         defined.target.display(),
@@ -206,7 +206,7 @@ impl<S: Sink> Core<S> {
             && mapping.target != Mapping::default_for(stream).target
             && client_chose
         {
-            return Err(IngestError::Denied(format!(
+            return Err(EngineError::Denied(format!(
                 "{}; a token limited to streams cannot name its own target table",
                 request.principal.denied(&mapping.target.display())
             )));
@@ -228,10 +228,10 @@ impl<S: Sink> Core<S> {
                     self.lookup_key(mapping.target.catalog.clone(), key, request.policy.idempotency_window).await?
                 {
                     if record.stream != stream {
-                        return Err(IngestError::KeyReused { key: key.clone(), stream: record.stream });
+                        return Err(EngineError::KeyReused { key: key.clone(), stream: record.stream });
                     }
                     let mut report: Report = serde_json::from_str(&record.ack)
-                        .map_err(|e| IngestError::Internal(format!("a stored acknowledgement does not parse: {e}")))?;
+                        .map_err(|e| EngineError::Internal(format!("a stored acknowledgement does not parse: {e}")))?;
                     report.replayed = true;
                     self.metrics.replayed(stream, request.protocol);
                     self.drain(&mut input, request).await;
@@ -250,15 +250,15 @@ impl<S: Sink> Core<S> {
         let schema = match self.next_or_cancel(&mut input, stall).await? {
             Some(Incoming::Schema(s)) => s,
             Some(Incoming::Batch(_)) => {
-                return Err(IngestError::BadInput("the stream sent a batch before its schema".into()));
+                return Err(EngineError::BadInput("the stream sent a batch before its schema".into()));
             }
-            None => return Err(IngestError::BadInput("the stream ended before it sent a schema".into())),
+            None => return Err(EngineError::BadInput("the stream ended before it sent a schema".into())),
         };
-        schema::check_supported(&schema).map_err(IngestError::Unsupported)?;
+        schema::check_supported(&schema).map_err(EngineError::Unsupported)?;
         // Types DuckDB's scan refuses but can hold after a lossless cast (float16, decimal256 in range).
         let incoming = schema;
         let (schema, needs_cast) = schema::storable(&incoming);
-        let flow = Flow {
+        let flow = RequestInput {
             stall,
             incoming: &incoming,
             cast_to: needs_cast.then_some(&schema),
@@ -297,7 +297,7 @@ impl<S: Sink> Core<S> {
                 let item =
                     Buffered { mapping, schema, batches, rows, key, commit_retries: request.policy.commit_retries };
                 self.writers.submit_group(item, reply, charges)?;
-                let written = done.await.map_err(|_| IngestError::Internal("the group committer went away".into()))?;
+                let written = done.await.map_err(|_| EngineError::Internal("the group committer went away".into()))?;
                 let written = match written {
                     Ok(w) => w,
                     Err(e) => return self.resolve_unknown(&catalog, request, stream, e).await,
@@ -318,12 +318,12 @@ impl<S: Sink> Core<S> {
         let work = Work::Write { mapping, schema: Arc::clone(&schema), input: batch_rx, key, reply: reply_tx };
         self.writers.submit(Job { work, _permit: permit, watch: None })?;
 
-        let feed = Feed { tx, budget: Arc::new(Semaphore::new(QUEUE_BYTES)) };
+        let feed = WriterChannel { tx, budget: Arc::new(Semaphore::new(QUEUE_BYTES)) };
         let mut pumped = Ok(());
         for (b, size, charge) in ahead {
             pumped = match self.queue(&feed, b, size, charge, true).await {
                 Ok(true) => Ok(()),
-                Ok(false) => Err(IngestError::Internal("the writer stopped reading".into())),
+                Ok(false) => Err(EngineError::Internal("the writer stopped reading".into())),
                 Err(e) => Err(e),
             };
             if pumped.is_err() {
@@ -340,10 +340,10 @@ impl<S: Sink> Core<S> {
         // The writer may already have finished (it failed early); then it ignores this.
         let _ = feed.tx.send(last).await;
         drop(feed);
-        let written = reply_rx.await.map_err(|_| IngestError::Internal("the writer went away".into()));
+        let written = reply_rx.await.map_err(|_| EngineError::Internal("the writer went away".into()));
         // A failure of the input is the cause; the writer's error is only its echo. (A writer that stopped
         // reading early reports why in its reply.)
-        if let Err(IngestError::Internal(_)) = &pumped
+        if let Err(EngineError::Internal(_)) = &pumped
             && let Ok(Err(e)) = &written
         {
             return Err(e.clone());
@@ -365,9 +365,9 @@ impl<S: Sink> Core<S> {
         catalog: &Option<String>,
         request: &Request,
         stream: &str,
-        e: IngestError,
-    ) -> Result<(Report, Written), IngestError> {
-        let (Some(key), IngestError::Db(_)) = (&request.idempotency_key, &e) else { return Err(e) };
+        e: EngineError,
+    ) -> Result<(Report, Written), EngineError> {
+        let (Some(key), EngineError::Db(_)) = (&request.idempotency_key, &e) else { return Err(e) };
         if e.is_commit_conflict() {
             return Err(e);
         }
@@ -385,7 +385,7 @@ impl<S: Sink> Core<S> {
     /// the stall timeout per item; a malformed rest ends the drain.
     async fn drain<I>(&self, input: &mut I, request: &Request)
     where
-        I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
+        I: Stream<Item = Result<Incoming, EngineError>> + Unpin + Send,
     {
         while let Ok(Some(_)) = self.next_or_cancel(input, request.policy.stall_timeout).await {
             request.reservation.release();
@@ -393,15 +393,15 @@ impl<S: Sink> Core<S> {
         request.reservation.release();
     }
 
-    async fn next_or_cancel<I>(&self, input: &mut I, stall: Duration) -> Result<Option<Incoming>, IngestError>
+    async fn next_or_cancel<I>(&self, input: &mut I, stall: Duration) -> Result<Option<Incoming>, EngineError>
     where
-        I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
+        I: Stream<Item = Result<Incoming, EngineError>> + Unpin + Send,
     {
         tokio::select! {
-            _ = self.cancel.cancelled() => Err(IngestError::Stopping),
+            _ = self.cancel.cancelled() => Err(EngineError::Stopping),
             item = tokio::time::timeout(stall, input.next()) => match item {
                 Ok(item) => item.transpose(),
-                Err(_) => Err(IngestError::Stalled(stall)),
+                Err(_) => Err(EngineError::Stalled(stall)),
             },
         }
     }
@@ -411,17 +411,17 @@ impl<S: Sink> Core<S> {
     async fn next_batch<I>(
         &self,
         input: &mut I,
-        flow: &Flow<'_>,
-    ) -> Result<Option<(RecordBatch, usize, Charge)>, IngestError>
+        flow: &RequestInput<'_>,
+    ) -> Result<Option<(RecordBatch, usize, Charge)>, EngineError>
     where
-        I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
+        I: Stream<Item = Result<Incoming, EngineError>> + Unpin + Send,
     {
         loop {
             match self.next_or_cancel(input, flow.stall).await? {
                 None => return Ok(None),
                 Some(Incoming::Schema(s)) => {
                     if s.fields() != flow.incoming.fields() {
-                        return Err(IngestError::BadInput("the schema changed in the middle of the stream".into()));
+                        return Err(EngineError::BadInput("the schema changed in the middle of the stream".into()));
                     }
                 }
                 Some(Incoming::Batch(b)) if b.num_rows() == 0 => {}
@@ -429,7 +429,7 @@ impl<S: Sink> Core<S> {
                     let size = batch_bytes(&b);
                     flow.counts.decoded_bytes.fetch_add(size as u64, Ordering::Relaxed);
                     let b = match flow.cast_to {
-                        Some(to) => schema::cast_batch(&b, to).map_err(IngestError::BadInput)?,
+                        Some(to) => schema::cast_batch(&b, to).map_err(EngineError::BadInput)?,
                         None => b,
                     };
                     // Admitted: the batch's own charge replaces its message's reservation.
@@ -443,9 +443,9 @@ impl<S: Sink> Core<S> {
 
     /// Moves batches from the input to the writer until the input ends (Ok) or fails (Err). Returns Ok early
     /// when the writer stopped reading: its reply carries the reason.
-    async fn pump<I>(&self, input: &mut I, flow: &Flow<'_>, feed: &Feed) -> Result<(), IngestError>
+    async fn pump<I>(&self, input: &mut I, flow: &RequestInput<'_>, feed: &WriterChannel) -> Result<(), EngineError>
     where
-        I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
+        I: Stream<Item = Result<Incoming, EngineError>> + Unpin + Send,
     {
         loop {
             match self.next_batch(input, flow).await? {
@@ -463,22 +463,22 @@ impl<S: Sink> Core<S> {
     /// sender's: while this waits, the request reads nothing more). `Ok(false)` when the writer stopped reading.
     async fn queue(
         &self,
-        feed: &Feed,
+        feed: &WriterChannel,
         b: RecordBatch,
         size: usize,
         charge: Charge,
         counted: bool,
-    ) -> Result<bool, IngestError> {
+    ) -> Result<bool, EngineError> {
         // Within QUEUE_BYTES (64 MiB), so the count fits a u32.
         let share = size.clamp(1, QUEUE_BYTES) as u32;
         let permit = tokio::select! {
-            _ = self.cancel.cancelled() => return Err(IngestError::Stopping),
-            p = Arc::clone(&feed.budget).acquire_many_owned(share) => p.map_err(|_| IngestError::Internal("the queue budget was closed".into()))?,
+            _ = self.cancel.cancelled() => return Err(EngineError::Stopping),
+            p = Arc::clone(&feed.budget).acquire_many_owned(share) => p.map_err(|_| EngineError::Internal("the queue budget was closed".into()))?,
         };
         let held = Held { _queue: Some(permit), _charge: charge };
         let msg = if counted { Msg::Counted(b, held) } else { Msg::Batch(b, held) };
         tokio::select! {
-            _ = self.cancel.cancelled() => Err(IngestError::Stopping),
+            _ = self.cancel.cancelled() => Err(EngineError::Stopping),
             r = feed.tx.send(msg) => Ok(r.is_ok()),
         }
     }
@@ -498,7 +498,7 @@ mod tests {
     use crate::engine::policy::STALL_LIMIT;
     use crate::engine::writers::Writers;
 
-    /// A sink that keeps what it was given and "commits" only at a clean end.
+    /// A session that keeps what it was given and "commits" only at a clean end.
     #[derive(Default)]
     struct Fake {
         committed: Arc<Mutex<Vec<(String, u64)>>>,
@@ -507,14 +507,14 @@ mod tests {
         hold: Option<Arc<Mutex<std::sync::mpsc::Receiver<()>>>>,
     }
 
-    impl Sink for Fake {
+    impl Session for Fake {
         fn write(
             &mut self,
             mapping: &Mapping,
             _schema: SchemaRef,
             mut input: BatchRx,
             _key: Option<&RequestKey>,
-        ) -> Result<Written, IngestError> {
+        ) -> Result<Written, EngineError> {
             if let Some(hold) = &self.hold {
                 let _ = hold.lock().unwrap().recv();
             }
@@ -526,7 +526,7 @@ mod tests {
             Ok(Written { rows, write_seconds: 0.0, retries: 0 })
         }
 
-        fn write_group(&mut self, items: &[Buffered]) -> Vec<Result<Written, IngestError>> {
+        fn write_group(&mut self, items: &[Buffered]) -> Vec<Result<Written, EngineError>> {
             self.groups.lock().unwrap().push(items.len());
             std::thread::sleep(Duration::from_millis(20));
             items
@@ -538,11 +538,11 @@ mod tests {
                 .collect()
         }
 
-        fn table_schema(&mut self, _: &Target) -> Result<Option<Schema>, IngestError> {
+        fn table_schema(&mut self, _: &Target) -> Result<Option<Schema>, EngineError> {
             Ok(None)
         }
 
-        fn list_tables(&mut self) -> Result<Vec<(String, Schema)>, IngestError> {
+        fn list_tables(&mut self) -> Result<Vec<(String, Schema)>, EngineError> {
             Ok(vec![])
         }
     }
@@ -620,7 +620,7 @@ mod tests {
         let items = vec![
             Ok(Incoming::Schema(schema())),
             Ok(Incoming::Batch(batch(3))),
-            Err(IngestError::BadInput("truncated IPC message".into())),
+            Err(EngineError::BadInput("truncated IPC message".into())),
         ];
         let err = core.ingest(req("events", Protocol::Flight), stream::iter(items)).await.unwrap_err();
         assert_eq!(err.to_string(), "truncated IPC message");
@@ -651,7 +651,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         core.cancel.cancel();
         let err = task.await.unwrap().unwrap_err();
-        assert!(matches!(err, IngestError::Stopping), "{err:?}");
+        assert!(matches!(err, EngineError::Stopping), "{err:?}");
         assert!(committed.lock().unwrap().is_empty());
         drop(tx);
     }
@@ -666,7 +666,7 @@ mod tests {
         let policy = Arc::new(Policy::new(false, Duration::from_millis(100), 4));
         let err =
             core.ingest(Request::new("events", Protocol::Rest, Principal::Anonymous, policy), rx).await.unwrap_err();
-        assert!(matches!(err, IngestError::Stalled(_)), "{err:?}");
+        assert!(matches!(err, EngineError::Stalled(_)), "{err:?}");
         assert_eq!(err.code(), Code::Timeout);
         assert!(committed.lock().unwrap().is_empty());
         assert_eq!(core.metrics().rows()[0].rows_rolled_back, 5);
@@ -685,7 +685,7 @@ mod tests {
         .await
         .unwrap();
         assert!(matches!(got.0, Ok(true)));
-        assert!(matches!(got.1, Err(IngestError::Disconnected)));
+        assert!(matches!(got.1, Err(EngineError::Disconnected)));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -724,7 +724,7 @@ mod tests {
             )
             .await
             .unwrap_err();
-        assert!(matches!(err, IngestError::Overloaded(1)), "{err:?}");
+        assert!(matches!(err, EngineError::Overloaded(1)), "{err:?}");
         assert_eq!(err.code(), Code::Busy);
         tx.unbounded_send(Ok(Incoming::Batch(batch(3)))).unwrap();
         drop(tx);

@@ -5,7 +5,7 @@
 //! gigabytes per chunk while DuckDB's own accounting sees nothing. The guard samples the process's resident
 //! memory while statements sent over the network run, and when it is over the limit (`sql_memory_limit`,
 //! DuckDB's `memory_limit` by default) it interrupts each running statement during which the process grew by
-//! more than [`GROWTH`]; those statements fail with [`IngestError::OverMemory`]. The growth condition keeps a
+//! more than [`GROWTH`]; those statements fail with [`EngineError::OverMemory`]. The growth condition keeps a
 //! process that stays large after a statement (allocators keep freed memory) from interrupting every later one.
 //!
 //! What it cannot do: stop one allocation. DuckDB checks for an interrupt between chunks of work, so a
@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::engine::error::IngestError;
+use crate::engine::error::EngineError;
 use crate::engine::writers::Watch;
 
 /// How often the resident size is read while statements run.
@@ -74,7 +74,7 @@ impl MemoryGuard {
             running.retain(|(w, started)| {
                 let grew = resident.saturating_sub(*started) > GROWTH;
                 if let Some(w) = w.upgrade().filter(|_| grew)
-                    && w.fire(IngestError::OverMemory { resident, limit: self.limit })
+                    && w.fire(EngineError::OverMemory { resident, limit: self.limit })
                 {
                     self.interrupted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
@@ -124,9 +124,9 @@ mod tests {
         assert!(guard.check(), "the older statement did not grow the process by GROWTH: still watched");
         assert_eq!(guard.interrupted(), 1);
         let e = new
-            .explain::<()>(Err(IngestError::Sql(crate::duck::DbError::from_text("INTERRUPT Error: Interrupted!"))))
+            .explain::<()>(Err(EngineError::Sql(crate::duck::DbError::from_text("INTERRUPT Error: Interrupted!"))))
             .unwrap_err();
-        assert!(matches!(e, IngestError::OverMemory { limit, .. } if limit == 1 << 30), "{e:?}");
+        assert!(matches!(e, EngineError::OverMemory { limit, .. } if limit == 1 << 30), "{e:?}");
         drop(old);
         assert!(!guard.check(), "nothing left to watch");
     }

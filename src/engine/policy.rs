@@ -10,7 +10,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::catalog::access::Principal;
 use crate::catalog::registry::{OWN_SCHEMA, split_qualified};
-use crate::engine::error::IngestError;
+use crate::engine::error::EngineError;
 use crate::engine::sql_tree::{self, Calls};
 
 /// How long a request may send nothing before it is rolled back, by default (`stall_timeout` changes it). A
@@ -105,8 +105,8 @@ impl Policy {
     }
 
     /// A place among the listener's concurrent requests, or "busy" at once.
-    pub(crate) fn admit(&self) -> Result<OwnedSemaphorePermit, IngestError> {
-        Arc::clone(&self.admission).try_acquire_owned().map_err(|_| IngestError::Overloaded(self.max_concurrent))
+    pub(crate) fn admit(&self) -> Result<OwnedSemaphorePermit, EngineError> {
+        Arc::clone(&self.admission).try_acquire_owned().map_err(|_| EngineError::Overloaded(self.max_concurrent))
     }
 }
 
@@ -145,25 +145,25 @@ impl Access {
     }
 }
 
-pub fn check_statement(sql: &str, access: Access, principal: &Principal, policy: &Policy) -> Result<(), IngestError> {
+pub fn check_statement(sql: &str, access: Access, principal: &Principal, policy: &Policy) -> Result<(), EngineError> {
     if sql.len() > policy.max_sql_bytes {
-        return Err(IngestError::TooLarge(format!(
+        return Err(EngineError::TooLarge(format!(
             "the statement has {} bytes of SQL, over the listener's limit of {} bytes (max_sql_bytes)",
             sql.len(),
             policy.max_sql_bytes
         )));
     }
     if access == Access::Off {
-        return Err(IngestError::Denied(
+        return Err(EngineError::Denied(
             "SQL statements are off on this listener; start it with sql := 'read_only' or sql := 'read_write' to allow them".into(),
         ));
     }
     if !principal.may_choose_target() {
-        return Err(IngestError::Denied("a token limited to streams cannot run SQL statements".into()));
+        return Err(EngineError::Denied("a token limited to streams cannot run SQL statements".into()));
     }
     let lower = sql.to_ascii_lowercase();
     if creates_code(&lower) {
-        return Err(IngestError::Denied(
+        return Err(EngineError::Denied(
             "CREATE MACRO / CREATE FUNCTION is not accepted over the network: a macro is code that runs later in the session \
              of whoever calls it (the host's own included), and can shadow a function of the same name"
                 .into(),
@@ -172,7 +172,7 @@ pub fn check_statement(sql: &str, access: Access, principal: &Principal, policy:
     if first_word(&lower) == "import" {
         // DuckDB expands IMPORT DATABASE into the statements of files on the host while it parses, so its text
         // says nothing of what it runs.
-        return Err(IngestError::Denied(
+        return Err(EngineError::Denied(
             "IMPORT DATABASE is not accepted over the network: it runs statements from files on the host".into(),
         ));
     }
@@ -184,15 +184,15 @@ pub const SCRATCH_DB: &str = "arrowport_scratch";
 
 /// A refusal if `name` (a catalog or schema a statement names) is arrowport's own: the schema of the idempotency
 /// keys (in any catalog) or the writers' scratch database.
-fn own_name(name: &str) -> Result<(), IngestError> {
+fn own_name(name: &str) -> Result<(), EngineError> {
     if name.eq_ignore_ascii_case(OWN_SCHEMA) {
-        return Err(IngestError::Denied(format!(
+        return Err(EngineError::Denied(format!(
             "statements sent over the network may not name the schema {OWN_SCHEMA:?}: it holds arrowport's idempotency keys \
              (ask GET /streams/{{stream}}/requests/{{key}} or the Flight action request_status for a key's outcome)"
         )));
     }
     if name.eq_ignore_ascii_case(SCRATCH_DB) {
-        return Err(IngestError::Denied(format!(
+        return Err(EngineError::Denied(format!(
             "statements sent over the network may not name {SCRATCH_DB:?}: it holds the writers' requests in flight"
         )));
     }
@@ -201,7 +201,7 @@ fn own_name(name: &str) -> Result<(), IngestError> {
 
 /// Refuses a query (as DuckDB parsed it) whose tables, or the table names it gives `query_table`, are in
 /// arrowport's own schema or scratch database.
-pub fn check_tables(calls: &Calls) -> Result<(), IngestError> {
+pub fn check_tables(calls: &Calls) -> Result<(), EngineError> {
     for t in &calls.tables {
         own_name(&t.catalog)?;
         own_name(&t.schema)?;
@@ -218,7 +218,7 @@ pub fn check_tables(calls: &Calls) -> Result<(), IngestError> {
 
 /// Refuses a statement that is not a query (DuckDB's serializer does not take it) if one of its names is
 /// arrowport's schema or scratch database ([`sql_tree::identifiers`]: string literals and comments are not names).
-pub fn check_identifiers(sql: &str) -> Result<(), IngestError> {
+pub fn check_identifiers(sql: &str) -> Result<(), EngineError> {
     sql_tree::identifiers(sql).iter().try_for_each(|name| own_name(name))
 }
 
@@ -277,12 +277,12 @@ thread_local! {
 /// function runs only at a moment when no statement sent over the network is running. A call made inside such a
 /// statement can never see that moment (its own statement is running while it waits), so it is refused, on
 /// whatever thread DuckDB runs it. One gate per process: every database that loaded arrowport shares it.
-struct Gate {
-    state: Mutex<GateState>,
+struct AdminGate {
+    state: Mutex<AdminGateState>,
     changed: Condvar,
 }
 
-struct GateState {
+struct AdminGateState {
     running: usize,
     admins_waiting: usize,
     /// How many times an administrative call interrupted the running statements, and the last one's name.
@@ -290,8 +290,8 @@ struct GateState {
     interrupted_for: &'static str,
 }
 
-static GATE: Gate = Gate {
-    state: Mutex::new(GateState { running: 0, admins_waiting: 0, interrupts: 0, interrupted_for: "" }),
+static ADMIN_GATE: AdminGate = AdminGate {
+    state: Mutex::new(AdminGateState { running: 0, admins_waiting: 0, interrupts: 0, interrupted_for: "" }),
     changed: Condvar::new(),
 };
 
@@ -302,18 +302,18 @@ pub const ADMIN_AFTER_INTERRUPT: Duration = Duration::from_secs(2);
 /// How long a statement sent over the network waits at the gate while an administrative call is waiting.
 const ENTRY_WAIT: Duration = Duration::from_secs(5);
 
-impl Gate {
-    fn lock(&self) -> MutexGuard<'_, GateState> {
+impl AdminGate {
+    fn lock(&self) -> MutexGuard<'_, AdminGateState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Waits (within `limit`) until `done` holds; returns the state, and whether `done` held.
     fn wait_until<'a>(
         &self,
-        state: MutexGuard<'a, GateState>,
+        state: MutexGuard<'a, AdminGateState>,
         limit: Duration,
-        done: impl Fn(&GateState) -> bool,
-    ) -> (MutexGuard<'a, GateState>, bool) {
+        done: impl Fn(&AdminGateState) -> bool,
+    ) -> (MutexGuard<'a, AdminGateState>, bool) {
         let (state, _) = self.changed.wait_timeout_while(state, limit, |s| !done(s)).unwrap_or_else(|e| e.into_inner());
         let ok = done(&state);
         (state, ok)
@@ -329,16 +329,16 @@ pub fn as_remote<T>(f: impl FnOnce() -> T) -> (T, Option<&'static str>) {
     impl Drop for Reset {
         fn drop(&mut self) {
             REMOTE.with(|r| r.set(false));
-            let mut state = GATE.lock();
+            let mut state = ADMIN_GATE.lock();
             state.running -= 1;
             drop(state);
-            GATE.changed.notify_all();
+            ADMIN_GATE.changed.notify_all();
         }
     }
     // An administrative call waiting for running statements to end is not starved by new ones; after ENTRY_WAIT
     // the statement runs anyway (the administrative call then interrupts it, or refuses).
     let interrupts = {
-        let (mut state, _) = GATE.wait_until(GATE.lock(), ENTRY_WAIT, |s| s.admins_waiting == 0);
+        let (mut state, _) = ADMIN_GATE.wait_until(ADMIN_GATE.lock(), ENTRY_WAIT, |s| s.admins_waiting == 0);
         state.running += 1;
         state.interrupts
     };
@@ -346,7 +346,7 @@ pub fn as_remote<T>(f: impl FnOnce() -> T) -> (T, Option<&'static str>) {
     let reset = Reset;
     let out = f();
     drop(reset);
-    let state = GATE.lock();
+    let state = ADMIN_GATE.lock();
     let by = (state.interrupts != interrupts).then_some(state.interrupted_for);
     (out, by)
 }
@@ -358,20 +358,20 @@ pub fn as_remote<T>(f: impl FnOnce() -> T) -> (T, Option<&'static str>) {
 /// one still runs (then this call is most likely part of it).
 pub fn admit_admin(function: &'static str, interrupt: impl Fn()) -> Result<(), String> {
     refuse_if_remote(function)?;
-    let mut state = GATE.lock();
+    let mut state = ADMIN_GATE.lock();
     state.admins_waiting += 1;
-    let (mut state, mut clear) = GATE.wait_until(state, ADMIN_GRACE, |s| s.running == 0);
+    let (mut state, mut clear) = ADMIN_GATE.wait_until(state, ADMIN_GRACE, |s| s.running == 0);
     if !clear {
         state.interrupts += 1;
         state.interrupted_for = function;
         drop(state);
         interrupt();
-        (state, clear) = GATE.wait_until(GATE.lock(), ADMIN_AFTER_INTERRUPT, |s| s.running == 0);
+        (state, clear) = ADMIN_GATE.wait_until(ADMIN_GATE.lock(), ADMIN_AFTER_INTERRUPT, |s| s.running == 0);
     }
     let running = state.running;
     state.admins_waiting -= 1;
     drop(state);
-    GATE.changed.notify_all();
+    ADMIN_GATE.changed.notify_all();
     if clear {
         Ok(())
     } else {

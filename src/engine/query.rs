@@ -2,7 +2,7 @@
 //!
 //! A listener decides whether SQL is allowed at all (`policy::Access`, the `sql` listen option); this module
 //! checks that decision and the principal (`policy::check_statement`), then runs the statement on a writer
-//! connection through its [`Sink`]. Results stream through a small bounded channel: a client that stops reading
+//! connection through its [`Session`]. Results stream through a small bounded channel: a client that stops reading
 //! fills it, the writer waits at most the listener's stall timeout, then abandons the statement and is free
 //! again. Like `ingest`, this module runs no SQL itself and knows no protocol.
 
@@ -13,9 +13,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::catalog::access::Principal;
 use crate::engine::core::Core;
-use crate::engine::error::IngestError;
+use crate::engine::error::EngineError;
 use crate::engine::policy::{Access, Policy, check_statement};
-use crate::engine::sink::{Catalog, Described, Maintained, Param, QueryItem, QueryOut, Sink, Statement};
+use crate::engine::session::{Catalog, Described, Maintained, Param, QueryItem, QueryOut, Session, Statement};
 use crate::engine::writers::Work;
 
 /// Batches buffered between a statement's result and the client.
@@ -84,9 +84,9 @@ pub fn param_schema(types: Vec<DataType>) -> Schema {
 }
 
 /// A running statement's batches; ends with the statement's error if it failed midway.
-pub type QueryStream = std::pin::Pin<Box<dyn Stream<Item = Result<RecordBatch, IngestError>> + Send>>;
+pub type QueryStream = std::pin::Pin<Box<dyn Stream<Item = Result<RecordBatch, EngineError>> + Send>>;
 
-impl<S: Sink> Core<S> {
+impl<S: Session> Core<S> {
     /// Prepares a statement (without running it): its result schema and its parameters.
     /// With `params`, the columns are described for those values (else for NULLs).
     pub async fn describe_sql(
@@ -96,7 +96,7 @@ impl<S: Sink> Core<S> {
         access: Access,
         principal: &Principal,
         policy: &Policy,
-    ) -> Result<Described, IngestError> {
+    ) -> Result<Described, EngineError> {
         check_statement(sql, access, principal, policy)?;
         let (reply, rx) = oneshot::channel();
         self.call_statement(
@@ -114,7 +114,7 @@ impl<S: Sink> Core<S> {
         access: Access,
         principal: &Principal,
         policy: &Policy,
-    ) -> Result<u64, IngestError> {
+    ) -> Result<u64, EngineError> {
         check_statement(&statement.sql, access, principal, policy)?;
         let _admitted = policy.admit()?;
         let (reply, rx) = oneshot::channel();
@@ -128,7 +128,7 @@ impl<S: Sink> Core<S> {
         access: Access,
         principal: &Principal,
         policy: &Policy,
-    ) -> Result<(SchemaRef, QueryStream), IngestError> {
+    ) -> Result<(SchemaRef, QueryStream), EngineError> {
         check_statement(&statement.sql, access, principal, policy)?;
         let admitted = policy.admit()?;
         let (tx, rx) = mpsc::channel(RESULT_DEPTH);
@@ -146,7 +146,7 @@ impl<S: Sink> Core<S> {
         sql: &str,
         rows: usize,
         stall: std::time::Duration,
-    ) -> Result<(SchemaRef, QueryStream), IngestError> {
+    ) -> Result<(SchemaRef, QueryStream), EngineError> {
         // One gathered batch waits while the sender takes the one before: the writer keeps working, and what is
         // held stays within a few batches.
         let (tx, rx) = mpsc::channel(1);
@@ -156,20 +156,20 @@ impl<S: Sink> Core<S> {
         result_stream(rx, done, ()).await
     }
 
-    /// Compacts a DuckLake catalog on a writer (see `Sink::maintain`).
+    /// Compacts a DuckLake catalog on a writer (see `Session::maintain`).
     pub async fn maintain(
         &self,
         catalog: &str,
         older_than: std::time::Duration,
-    ) -> Result<Vec<Maintained>, IngestError> {
+    ) -> Result<Vec<Maintained>, EngineError> {
         let (reply, rx) = oneshot::channel();
         self.call(Work::Maintain { catalog: catalog.to_string(), older_than, reply }, rx).await
     }
 
     /// Catalogs, schemas and tables (with their Arrow schemas when `with_schemas`).
-    pub async fn catalog(&self, with_schemas: bool, principal: &Principal) -> Result<Catalog, IngestError> {
+    pub async fn catalog(&self, with_schemas: bool, principal: &Principal) -> Result<Catalog, EngineError> {
         if !principal.may_choose_target() {
-            return Err(IngestError::Denied("a token limited to streams cannot browse the catalog".into()));
+            return Err(EngineError::Denied("a token limited to streams cannot browse the catalog".into()));
         }
         let (reply, rx) = oneshot::channel();
         self.call(Work::Catalog { with_schemas, reply }, rx).await
@@ -180,16 +180,16 @@ impl<S: Sink> Core<S> {
 /// midway. `held` (an admission) lives as long as the stream.
 async fn result_stream<H: Send + 'static>(
     mut rx: mpsc::Receiver<QueryItem>,
-    mut done: oneshot::Receiver<Result<(), IngestError>>,
+    mut done: oneshot::Receiver<Result<(), EngineError>>,
     held: H,
-) -> Result<(SchemaRef, QueryStream), IngestError> {
+) -> Result<(SchemaRef, QueryStream), EngineError> {
     let schema = match rx.recv().await {
         Some(QueryItem::Schema(s)) => s,
-        Some(QueryItem::Batch(_)) => return Err(IngestError::Internal("a result batch came before its schema".into())),
+        Some(QueryItem::Batch(_)) => return Err(EngineError::Internal("a result batch came before its schema".into())),
         None => {
             return Err(match (&mut done).await {
                 Ok(Err(e)) => e,
-                _ => IngestError::Internal("the statement ended without a result".into()),
+                _ => EngineError::Internal("the statement ended without a result".into()),
             });
         }
     };
@@ -198,14 +198,14 @@ async fn result_stream<H: Send + 'static>(
         match rx.recv().await {
             Some(QueryItem::Batch(b)) => Some((Ok(b), (rx, done, held))),
             Some(QueryItem::Schema(_)) => {
-                Some((Err(IngestError::Internal("a second schema in one result".into())), (rx, None, held)))
+                Some((Err(EngineError::Internal("a second schema in one result".into())), (rx, None, held)))
             }
             None => match done {
                 None => None,
                 Some(done) => match done.await {
                     Ok(Ok(())) => None,
                     Ok(Err(e)) => Some((Err(e), (rx, None, held))),
-                    Err(_) => Some((Err(IngestError::Internal("the writer went away".into())), (rx, None, held))),
+                    Err(_) => Some((Err(EngineError::Internal("the writer went away".into())), (rx, None, held))),
                 },
             },
         }

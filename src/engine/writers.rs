@@ -1,4 +1,4 @@
-//! The writer pool: a fixed set of threads, each owning one [`Sink`] (one DuckDB connection), and the group
+//! The writer pool: a fixed set of threads, each owning one [`Session`] (one DuckDB connection), and the group
 //! committer, a reserved writer that lands small requests many to a transaction.
 //!
 //! A request holds a permit for the whole time a writer works for it, so a submitted job always finds a free
@@ -15,14 +15,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::catalog::registry::{Mapping, Target};
 use crate::engine::budget::Charge;
-use crate::engine::error::IngestError;
+use crate::engine::error::EngineError;
 use crate::engine::policy::Access;
-use crate::engine::sink::{
-    BatchRx, Buffered, Catalog, Described, Interrupter, KeyRecord, Maintained, Param, QueryOut, RequestKey, Sink,
+use crate::engine::session::{
+    BatchRx, Buffered, Catalog, Described, Interrupter, KeyRecord, Maintained, Param, QueryOut, RequestKey, Session,
     Statement, Written,
 };
 
-pub(crate) type Reply<T> = oneshot::Sender<Result<T, IngestError>>;
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
 
 pub(crate) enum Work {
     Write { mapping: Mapping, schema: SchemaRef, input: BatchRx, key: Option<RequestKey>, reply: Reply<Written> },
@@ -55,7 +55,7 @@ pub(crate) struct Watch {
 #[derive(Default)]
 struct WatchState {
     interrupt: Option<Interrupter>,
-    fired: Option<IngestError>,
+    fired: Option<EngineError>,
     done: bool,
 }
 
@@ -77,7 +77,7 @@ impl Watch {
     }
 
     /// A limit passed (`why`): interrupts the job if it is running. Returns whether it was still running.
-    pub(crate) fn fire(&self, why: IngestError) -> bool {
+    pub(crate) fn fire(&self, why: EngineError) -> bool {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if s.done {
             return false;
@@ -95,7 +95,7 @@ impl Watch {
     }
 
     /// The job's outcome, its failure told by why the watch fired (the interrupt caused it).
-    pub(crate) fn explain<T>(&self, out: Result<T, IngestError>) -> Result<T, IngestError> {
+    pub(crate) fn explain<T>(&self, out: Result<T, EngineError>) -> Result<T, EngineError> {
         match (out, &self.state.lock().unwrap_or_else(|p| p.into_inner()).fired) {
             (Err(_), Some(why)) => Err(why.clone()),
             (out, _) => out,
@@ -104,7 +104,7 @@ impl Watch {
 }
 
 /// A job's outcome, explained by its watch if it has one.
-fn explained<T>(watch: &Option<Arc<Watch>>, out: Result<T, IngestError>) -> Result<T, IngestError> {
+fn explained<T>(watch: &Option<Arc<Watch>>, out: Result<T, EngineError>) -> Result<T, EngineError> {
     match watch {
         Some(w) => w.explain(out),
         None => out,
@@ -155,16 +155,16 @@ fn take_group(rx: &Mutex<std::sync::mpsc::Receiver<GroupJob>>) -> Option<Vec<Gro
 }
 
 /// One result per item of a group written behind the panic boundary.
-fn land_group<S: Sink>(sink: &mut S, items: &[Buffered]) -> Vec<Result<Written, IngestError>> {
+fn land_group<S: Session>(sink: &mut S, items: &[Buffered]) -> Vec<Result<Written, EngineError>> {
     match crate::panic::contain("committing a group", || sink.write_group(items)) {
         Ok(results) if results.len() == items.len() => results,
-        Ok(_) => items.iter().map(|_| Err(IngestError::Internal("the group committer lost a result".into()))).collect(),
+        Ok(_) => items.iter().map(|_| Err(EngineError::Internal("the group committer lost a result".into()))).collect(),
         Err(p) => items.iter().map(|_| Err(p.clone().into())).collect(),
     }
 }
 
 /// Lands one group and answers each request in it.
-fn commit_group<S: Sink>(sink: &mut S, jobs: Vec<GroupJob>) {
+fn commit_group<S: Session>(sink: &mut S, jobs: Vec<GroupJob>) {
     let items: Vec<Buffered> = jobs.iter().map(|j| j.item.clone()).collect();
     let mut results = land_group(sink, &items);
     // A commit that lost a race with another writer of a shared catalog (a DuckLake's) wrote nothing: the
@@ -174,7 +174,7 @@ fn commit_group<S: Sink>(sink: &mut S, jobs: Vec<GroupJob>) {
     while retries < limit {
         let again: Vec<usize> = (0..items.len())
             .filter(|&i| {
-                items[i].commit_retries > retries && results[i].as_ref().is_err_and(IngestError::is_commit_conflict)
+                items[i].commit_retries > retries && results[i].as_ref().is_err_and(EngineError::is_commit_conflict)
             })
             .collect();
         if again.is_empty() {
@@ -210,7 +210,7 @@ fn commit_backoff(n: u32, salt: usize) -> Duration {
 const MAX_GROUP: usize = 128;
 
 /// Runs one job of a writer thread behind the panic boundary.
-fn guarded<T>(f: impl FnOnce() -> Result<T, IngestError>) -> Result<T, IngestError> {
+fn guarded<T>(f: impl FnOnce() -> Result<T, EngineError>) -> Result<T, EngineError> {
     crate::panic::contain("writing", f).unwrap_or_else(|p| Err(p.into()))
 }
 
@@ -226,7 +226,7 @@ struct Slot {
 }
 
 impl Slot {
-    fn of<S: Sink>(sink: &S) -> Slot {
+    fn of<S: Session>(sink: &S) -> Slot {
         Slot { busy: Arc::new(AtomicU8::new(IDLE)), interrupt: sink.interrupter() }
     }
 }
@@ -247,9 +247,9 @@ impl Drop for Busy<'_> {
     }
 }
 
-/// A fixed set of writer threads, each owning one sink (one DuckDB connection). A request holds a permit for
+/// A fixed set of writer threads, each owning one session (one DuckDB connection). A request holds a permit for
 /// the whole time a writer works for it, so a submitted job always finds a free thread.
-pub struct Writers<S: Sink> {
+pub struct Writers<S: Session> {
     jobs: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
     pub(crate) permits: Arc<Semaphore>,
     threads: Mutex<Vec<JoinHandle<S>>>,
@@ -301,7 +301,7 @@ impl Drop for ExitSignal {
 /// the queue but not started when the first interrupt went out would not see it.
 const REINTERRUPT: Duration = Duration::from_millis(100);
 
-impl<S: Sink> Writers<S> {
+impl<S: Session> Writers<S> {
     pub fn start(sinks: Vec<S>) -> std::io::Result<Writers<S>> {
         Writers::start_shaped(sinks, &INGEST)
     }
@@ -449,11 +449,11 @@ impl<S: Sink> Writers<S> {
         item: Buffered,
         reply: Reply<Written>,
         charges: Vec<Charge>,
-    ) -> Result<(), IngestError> {
-        let group = self.group.lock().map_err(|_| IngestError::Internal("group queue poisoned".into()))?;
+    ) -> Result<(), EngineError> {
+        let group = self.group.lock().map_err(|_| EngineError::Internal("group queue poisoned".into()))?;
         match group.as_ref() {
-            Some(tx) => tx.send(GroupJob { item, reply, _charges: charges }).map_err(|_| IngestError::Stopping),
-            None => Err(IngestError::Stopping),
+            Some(tx) => tx.send(GroupJob { item, reply, _charges: charges }).map_err(|_| EngineError::Stopping),
+            None => Err(EngineError::Stopping),
         }
     }
 
@@ -479,7 +479,7 @@ impl<S: Sink> Writers<S> {
 
     /// Stops taking jobs and waits for the running ones within `limit`, interrupting whatever still runs; joins
     /// the threads that ended and gives their sinks back. A thread still busy at the limit (a statement DuckDB
-    /// does not interrupt) is left to finish on its own, with its sink: the pool is smaller by one, and the
+    /// does not interrupt) is left to finish on its own, with its session: the pool is smaller by one, and the
     /// caller is never held longer than `limit`.
     pub fn stop(&self, limit: Duration) -> Vec<S> {
         self.permits.close();
@@ -502,7 +502,7 @@ impl<S: Sink> Writers<S> {
             self.interrupt(false);
             ended = self.exits.changed.wait_timeout(ended, left.min(REINTERRUPT)).unwrap_or_else(|p| p.into_inner()).0;
         }
-        // A thread that said it ended is returning its sink: joined (at once), never left behind.
+        // A thread that said it ended is returning its session: joined (at once), never left behind.
         let ended = std::mem::take(&mut *ended);
         let (done, stuck): (Vec<_>, Vec<_>) = threads
             .into_iter()
@@ -520,11 +520,11 @@ impl<S: Sink> Writers<S> {
         done.into_iter().filter_map(|t| t.join().ok()).collect()
     }
 
-    pub(crate) fn submit(&self, job: Job) -> Result<(), IngestError> {
-        let jobs = self.jobs.lock().map_err(|_| IngestError::Internal("writer queue poisoned".into()))?;
+    pub(crate) fn submit(&self, job: Job) -> Result<(), EngineError> {
+        let jobs = self.jobs.lock().map_err(|_| EngineError::Internal("writer queue poisoned".into()))?;
         match jobs.as_ref() {
-            Some(tx) => tx.send(job).map_err(|_| IngestError::Stopping),
-            None => Err(IngestError::Stopping),
+            Some(tx) => tx.send(job).map_err(|_| EngineError::Stopping),
+            None => Err(EngineError::Stopping),
         }
     }
 }
@@ -532,7 +532,7 @@ impl<S: Sink> Writers<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::sink::BatchRx;
+    use crate::engine::session::BatchRx;
     use arrow::datatypes::Schema;
 
     /// Fails the first `conflicts` group commits with DuckLake's lost-race error; records every commit's size.
@@ -541,36 +541,36 @@ mod tests {
         commits: Vec<usize>,
     }
 
-    impl Sink for Racing {
+    impl Session for Racing {
         fn write(
             &mut self,
             _: &Mapping,
             _: SchemaRef,
             _: BatchRx,
             _: Option<&RequestKey>,
-        ) -> Result<Written, IngestError> {
+        ) -> Result<Written, EngineError> {
             unreachable!("only groups here")
         }
-        fn write_group(&mut self, items: &[Buffered]) -> Vec<Result<Written, IngestError>> {
+        fn write_group(&mut self, items: &[Buffered]) -> Vec<Result<Written, EngineError>> {
             self.commits.push(items.len());
             if self.conflicts > 0 {
                 self.conflicts -= 1;
-                let e = IngestError::Db(crate::duck::DbError::from_text(
+                let e = EngineError::Db(crate::duck::DbError::from_text(
                     "TransactionContext Error: Failed to commit: Failed to commit DuckLake transaction.\nTransaction conflict",
                 ));
                 return items.iter().map(|_| Err(e.clone())).collect();
             }
             items.iter().map(|i| Ok(Written { rows: i.rows, write_seconds: 0.0, retries: 0 })).collect()
         }
-        fn table_schema(&mut self, _: &Target) -> Result<Option<Schema>, IngestError> {
+        fn table_schema(&mut self, _: &Target) -> Result<Option<Schema>, EngineError> {
             Ok(None)
         }
-        fn list_tables(&mut self) -> Result<Vec<(String, Schema)>, IngestError> {
+        fn list_tables(&mut self) -> Result<Vec<(String, Schema)>, EngineError> {
             Ok(vec![])
         }
     }
 
-    fn jobs(n: usize, retries: u32) -> (Vec<GroupJob>, Vec<oneshot::Receiver<Result<Written, IngestError>>>) {
+    fn jobs(n: usize, retries: u32) -> (Vec<GroupJob>, Vec<oneshot::Receiver<Result<Written, EngineError>>>) {
         (0..n)
             .map(|i| {
                 let (reply, rx) = oneshot::channel();

@@ -24,12 +24,12 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::catalog::access::Principal;
 use crate::engine::core::Core;
-use crate::engine::error::{Code, IngestError};
+use crate::engine::error::{Code, EngineError};
 use crate::engine::ingest::Request as IngestRequest;
 use crate::engine::metrics::Protocol;
 use crate::engine::policy::{Access, Policy};
-use crate::engine::sink::IDEMPOTENCY_KEY;
-use crate::engine::sink::Sink;
+use crate::engine::session::IDEMPOTENCY_KEY;
+use crate::engine::session::Session;
 use crate::proto::flightsql::{self, FlightSql};
 use crate::proto::grpc_body::BodyEnd;
 use crate::proto::ipc::{self, Decoding, SchemaLimits};
@@ -42,7 +42,7 @@ use std::sync::atomic::Ordering;
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// The Flight service of one listener.
-pub struct FlightAdapter<S: Sink> {
+pub struct FlightAdapter<S: Session> {
     core: Arc<Core<S>>,
     policy: Arc<Policy>,
     sql: FlightSql<S>,
@@ -50,7 +50,7 @@ pub struct FlightAdapter<S: Sink> {
     max_message_bytes: usize,
 }
 
-impl<S: Sink> FlightAdapter<S> {
+impl<S: Session> FlightAdapter<S> {
     pub fn new(core: Arc<Core<S>>, policy: Arc<Policy>, access: Access, max_message_bytes: usize) -> Self {
         let sql = FlightSql::new(Arc::clone(&core), Arc::clone(&policy), access);
         FlightAdapter { core, policy, sql, max_message_bytes }
@@ -67,12 +67,12 @@ fn sql_command(descriptor: &FlightDescriptor) -> Option<arrow_flight::sql::Comma
 
 /// The principal the listener's gate put on a request. A request without one (which the gate never lets
 /// through) is treated as nobody.
-pub fn principal_of<T>(request: &Request<T>) -> Result<Principal, IngestError> {
+pub fn principal_of<T>(request: &Request<T>) -> Result<Principal, EngineError> {
     request
         .extensions()
         .get::<Principal>()
         .cloned()
-        .ok_or_else(|| IngestError::Internal("a request arrived without a principal".into()))
+        .ok_or_else(|| EngineError::Internal("a request arrived without a principal".into()))
 }
 
 /// The bearer secret a Handshake with credentials proved, put there by the gate for `handshake` to return.
@@ -80,12 +80,12 @@ pub fn principal_of<T>(request: &Request<T>) -> Result<Principal, IngestError> {
 pub struct ProvenBearer(pub String);
 
 /// The stream a descriptor names.
-pub fn stream_of(descriptor: &FlightDescriptor) -> Result<String, IngestError> {
+pub fn stream_of(descriptor: &FlightDescriptor) -> Result<String, EngineError> {
     match DescriptorType::try_from(descriptor.r#type) {
         Ok(DescriptorType::Path) => match descriptor.path.as_slice() {
             [name] => Ok(name.clone()),
-            [] => Err(IngestError::BadInput("the PATH descriptor is empty; send [stream_name]".into())),
-            _ => Err(IngestError::BadInput(format!(
+            [] => Err(EngineError::BadInput("the PATH descriptor is empty; send [stream_name]".into())),
+            _ => Err(EngineError::BadInput(format!(
                 "the PATH descriptor has {} elements; send exactly one, the stream name",
                 descriptor.path.len()
             ))),
@@ -96,10 +96,10 @@ pub fn stream_of(descriptor: &FlightDescriptor) -> Result<String, IngestError> {
                 stream_name: String,
             }
             serde_json::from_slice::<Cmd>(&descriptor.cmd).map(|c| c.stream_name).map_err(|e| {
-                IngestError::BadInput(format!("the CMD descriptor is not JSON {{\"stream_name\": \"...\"}}: {e}"))
+                EngineError::BadInput(format!("the CMD descriptor is not JSON {{\"stream_name\": \"...\"}}: {e}"))
             })
         }
-        _ => Err(IngestError::BadInput(format!(
+        _ => Err(EngineError::BadInput(format!(
             "unknown descriptor type {}; use PATH [stream_name] or CMD {{\"stream_name\": \"...\"}}",
             descriptor.r#type
         ))),
@@ -107,21 +107,21 @@ pub fn stream_of(descriptor: &FlightDescriptor) -> Result<String, IngestError> {
 }
 
 /// What a failed message read means for the request.
-fn transport_error(status: &Status) -> IngestError {
+fn transport_error(status: &Status) -> EngineError {
     if status.code() == tonic::Code::OutOfRange && status.message().contains("message length too large") {
-        return IngestError::TooLarge(format!(
+        return EngineError::TooLarge(format!(
             "a Flight message is over the listener's size limit: {}",
             status.message()
         ));
     }
     match status.code() {
-        tonic::Code::Cancelled | tonic::Code::Unknown | tonic::Code::Unavailable => IngestError::Disconnected,
-        _ => IngestError::BadInput(format!("the Flight stream failed: {}", status.message())),
+        tonic::Code::Cancelled | tonic::Code::Unknown | tonic::Code::Unavailable => EngineError::Disconnected,
+        _ => EngineError::BadInput(format!("the Flight stream failed: {}", status.message())),
     }
 }
 
-impl<S: Sink> FlightAdapter<S> {
-    async fn put(&self, request: Request<Streaming<FlightData>>) -> Result<PutResult, IngestError> {
+impl<S: Session> FlightAdapter<S> {
+    async fn put(&self, request: Request<Streaming<FlightData>>) -> Result<PutResult, EngineError> {
         let result = self.put_inner(request).await;
         if let Err((e, false)) = &result {
             self.core.reject(Protocol::Flight, e);
@@ -130,14 +130,14 @@ impl<S: Sink> FlightAdapter<S> {
     }
 
     /// The error says whether the request reached the core (which counted it) or not.
-    async fn put_inner(&self, request: Request<Streaming<FlightData>>) -> Result<PutResult, (IngestError, bool)> {
-        let early = |e: IngestError| (e, false);
+    async fn put_inner(&self, request: Request<Streaming<FlightData>>) -> Result<PutResult, (EngineError, bool)> {
+        let early = |e: EngineError| (e, false);
         let principal = principal_of(&request).map_err(early)?;
         let key = match request.metadata().get(IDEMPOTENCY_KEY) {
             None => None,
             Some(v) => Some(
                 v.to_str()
-                    .map_err(|_| early(IngestError::BadInput("the idempotency-key metadata is not ASCII".into())))?
+                    .map_err(|_| early(EngineError::BadInput("the idempotency-key metadata is not ASCII".into())))?
                     .trim()
                     .to_string(),
             ),
@@ -154,14 +154,14 @@ impl<S: Sink> FlightAdapter<S> {
         let stall = self.policy.stall_timeout;
         let first = match tokio::time::timeout(stall, input.message()).await {
             Ok(Ok(Some(m))) => m,
-            Ok(Ok(None)) => return Err(early(IngestError::BadInput("DoPut carried no messages".into()))),
+            Ok(Ok(None)) => return Err(early(EngineError::BadInput("DoPut carried no messages".into()))),
             Ok(Err(status)) => return Err(early(failed(&status))),
-            Err(_) => return Err(early(IngestError::Stalled(stall))),
+            Err(_) => return Err(early(EngineError::Stalled(stall))),
         };
         let descriptor = first
             .flight_descriptor
             .clone()
-            .ok_or_else(|| early(IngestError::BadInput("the first DoPut message has no flight descriptor".into())))?;
+            .ok_or_else(|| early(EngineError::BadInput("the first DoPut message has no flight descriptor".into())))?;
         let sql = sql_command(&descriptor);
         let stream = match &sql {
             Some(_) => String::new(),
@@ -178,7 +178,7 @@ impl<S: Sink> FlightAdapter<S> {
         // Each message counts on the wire, and is reserved from the memory budget as tonic hands it over (until
         // then its bytes were charged as they arrived, see `grpc_body`), until its batch is admitted.
         let (counter, reserving) = (Arc::clone(&wire), decoding.clone());
-        let arrived = move |m: FlightData| -> Result<FlightData, IngestError> {
+        let arrived = move |m: FlightData| -> Result<FlightData, EngineError> {
             counter.fetch_add(size(&m) as u64, Ordering::Relaxed);
             reserving.reserve(size(&m))?;
             Ok(m)
@@ -187,7 +187,7 @@ impl<S: Sink> FlightAdapter<S> {
         // The end of tonic's stream is the end of the data only if the body ended (not on a cancelled call).
         let cancelled = futures::stream::once(async move {
             match end {
-                Some(end) if !end.ended() => Some(Err(FlightError::ExternalError(Box::new(IngestError::Disconnected)))),
+                Some(end) if !end.ended() => Some(Err(FlightError::ExternalError(Box::new(EngineError::Disconnected)))),
                 _ => None,
             }
         })
@@ -204,40 +204,40 @@ impl<S: Sink> FlightAdapter<S> {
             return self.sql.do_put(command, items, ingest_request).await.map_err(|e| (e, true));
         }
         let report = self.core.ingest(ingest_request, items).await.map_err(|e| (e, true))?;
-        let app_metadata = serde_json::to_vec(&report).map_err(|e| (IngestError::Internal(e.to_string()), true))?;
+        let app_metadata = serde_json::to_vec(&report).map_err(|e| (EngineError::Internal(e.to_string()), true))?;
         Ok(PutResult { app_metadata: app_metadata.into() })
     }
 
     /// The `request_status` action: `{"stream", "key"}` in, the request's status as JSON out (as
     /// `GET /streams/{stream}/requests/{key}` answers).
-    async fn request_status(&self, principal: Principal, body: &[u8]) -> Result<Vec<u8>, IngestError> {
+    async fn request_status(&self, principal: Principal, body: &[u8]) -> Result<Vec<u8>, EngineError> {
         #[derive(serde::Deserialize)]
         struct Ask {
             stream: String,
             key: String,
         }
         let ask: Ask = serde_json::from_slice(body).map_err(|e| {
-            IngestError::BadInput(format!("the request_status body is not JSON {{\"stream\": ..., \"key\": ...}}: {e}"))
+            EngineError::BadInput(format!("the request_status body is not JSON {{\"stream\": ..., \"key\": ...}}: {e}"))
         })?;
         if !principal.may_use(&ask.stream) {
-            return Err(IngestError::Denied(principal.denied(&ask.stream)));
+            return Err(EngineError::Denied(principal.denied(&ask.stream)));
         }
         let status = self.core.request_status(&ask.stream, &ask.key, self.policy.idempotency_window).await?;
         serde_json::to_vec(&rest::status_json(&ask.stream, &ask.key, status))
-            .map_err(|e| IngestError::Internal(e.to_string()))
+            .map_err(|e| EngineError::Internal(e.to_string()))
     }
 
-    async fn info(&self, principal: Principal, descriptor: FlightDescriptor) -> Result<FlightInfo, IngestError> {
+    async fn info(&self, principal: Principal, descriptor: FlightDescriptor) -> Result<FlightInfo, EngineError> {
         let stream = stream_of(&descriptor)?;
         if !principal.may_use(&stream) {
-            return Err(IngestError::Denied(principal.denied(&stream)));
+            return Err(EngineError::Denied(principal.denied(&stream)));
         }
         match self.core.describe(&stream).await? {
             Some(schema) => FlightInfo::new()
                 .try_with_schema(&schema)
                 .map(|i| i.with_descriptor(descriptor).with_total_records(-1).with_total_bytes(-1))
-                .map_err(|e| IngestError::Internal(e.to_string())),
-            None => Err(IngestError::NotFound(format!("stream {stream:?} has no table yet (main.{stream})"))),
+                .map_err(|e| EngineError::Internal(e.to_string())),
+            None => Err(EngineError::NotFound(format!("stream {stream:?} has no table yet (main.{stream})"))),
         }
     }
 }
@@ -247,7 +247,7 @@ fn unimplemented(method: &str) -> Status {
 }
 
 /// Runs a handler behind the panic boundary, so a panic cannot take the listener down.
-async fn guarded<T>(f: impl Future<Output = Result<T, IngestError>>) -> Result<T, Status> {
+async fn guarded<T>(f: impl Future<Output = Result<T, EngineError>>) -> Result<T, Status> {
     match crate::panic::contain_future("serving a Flight call", f).await {
         Ok(r) => r.map_err(|e| status::grpc_of(&e)),
         Err(p) => Err(status::grpc_of(&p.into())),
@@ -255,7 +255,7 @@ async fn guarded<T>(f: impl Future<Output = Result<T, IngestError>>) -> Result<T
 }
 
 #[tonic::async_trait]
-impl<S: Sink> FlightService for FlightAdapter<S> {
+impl<S: Session> FlightService for FlightAdapter<S> {
     type HandshakeStream = BoxStream<HandshakeResponse>;
     type ListFlightsStream = BoxStream<FlightInfo>;
     type DoGetStream = BoxStream<FlightData>;
@@ -291,7 +291,7 @@ impl<S: Sink> FlightService for FlightAdapter<S> {
         for (name, schema) in streams.into_iter().filter_map(|s| s.schema.map(|schema| (s.mapping.stream, schema))) {
             let info = FlightInfo::new()
                 .try_with_schema(&schema)
-                .map_err(|e| status::grpc_of(&IngestError::Internal(e.to_string())))?
+                .map_err(|e| status::grpc_of(&EngineError::Internal(e.to_string())))?
                 .with_descriptor(FlightDescriptor::new_path(vec![name]))
                 .with_total_records(-1)
                 .with_total_bytes(-1);
@@ -320,12 +320,12 @@ impl<S: Sink> FlightService for FlightAdapter<S> {
             Some(command) => guarded(self.sql.schema(principal, command)).await?,
             None => {
                 let info = guarded(self.info(principal, descriptor)).await?;
-                info.try_decode_schema().map_err(|e| status::grpc_of(&IngestError::Internal(e.to_string())))?
+                info.try_decode_schema().map_err(|e| status::grpc_of(&EngineError::Internal(e.to_string())))?
             }
         };
         let result: SchemaResult = SchemaAsIpc::new(&schema, &IpcWriteOptions::default())
             .try_into()
-            .map_err(|e: arrow::error::ArrowError| status::grpc_of(&IngestError::Internal(e.to_string())))?;
+            .map_err(|e: arrow::error::ArrowError| status::grpc_of(&EngineError::Internal(e.to_string())))?;
         Ok(Response::new(result))
     }
 

@@ -29,12 +29,12 @@ use prost::Message;
 use crate::catalog::access::{self, Principal};
 use crate::catalog::registry::{Mapping, Mode, SchemaPolicy, TableRule, Target};
 use crate::engine::core::Core;
-use crate::engine::error::IngestError;
+use crate::engine::error::EngineError;
 use crate::engine::ingest::{Incoming, Request as IngestRequest};
 use crate::engine::metrics::Protocol;
 use crate::engine::policy::{Access, Policy};
 use crate::engine::query;
-use crate::engine::sink::{Param, Sink, Statement};
+use crate::engine::session::{Param, Session, Statement};
 
 /// The Flight SQL action names this server answers.
 pub const CREATE_PREPARED_STATEMENT: &str = "CreatePreparedStatement";
@@ -79,7 +79,7 @@ fn owner_of(principal: &Principal) -> Option<String> {
 }
 
 /// The Flight SQL side of one listener.
-pub struct FlightSql<S: Sink> {
+pub struct FlightSql<S: Session> {
     core: Arc<Core<S>>,
     policy: Arc<Policy>,
     access: Access,
@@ -89,12 +89,12 @@ pub struct FlightSql<S: Sink> {
     salt: u64,
 }
 
-fn schema_bytes(schema: &Schema) -> Result<bytes::Bytes, IngestError> {
+fn schema_bytes(schema: &Schema) -> Result<bytes::Bytes, EngineError> {
     let message: Result<IpcMessage, _> = SchemaAsIpc::new(schema, &IpcWriteOptions::default()).try_into();
-    message.map(|IpcMessage(b)| b).map_err(|e: arrow::error::ArrowError| IngestError::Internal(e.to_string()))
+    message.map(|IpcMessage(b)| b).map_err(|e: arrow::error::ArrowError| EngineError::Internal(e.to_string()))
 }
 
-fn info_for(schema: &Schema, descriptor: FlightDescriptor, ticket: Vec<u8>) -> Result<FlightInfo, IngestError> {
+fn info_for(schema: &Schema, descriptor: FlightDescriptor, ticket: Vec<u8>) -> Result<FlightInfo, EngineError> {
     let endpoint = FlightEndpoint::new().with_ticket(Ticket::new(ticket));
     // A statement that is not a query has no known columns before it runs: no schema rather than a wrong one
     // (clients check the stream's schema against the one given here).
@@ -114,11 +114,11 @@ fn info_for(schema: &Schema, descriptor: FlightDescriptor, ticket: Vec<u8>) -> R
                 .with_total_bytes(-1)
                 .with_ordered(true)
         })
-        .map_err(|e| IngestError::Internal(e.to_string()))
+        .map_err(|e| EngineError::Internal(e.to_string()))
 }
 
 /// A stream of Flight data for a schema and its batches; errors midway end the stream with their status.
-pub type DataStream = std::pin::Pin<Box<dyn Stream<Item = Result<FlightData, IngestError>> + Send>>;
+pub type DataStream = std::pin::Pin<Box<dyn Stream<Item = Result<FlightData, EngineError>> + Send>>;
 
 fn encode(schema: SchemaRef, batches: query::QueryStream) -> DataStream {
     let input = batches.map_err(|e| FlightError::ExternalError(Box::new(e)));
@@ -127,22 +127,22 @@ fn encode(schema: SchemaRef, batches: query::QueryStream) -> DataStream {
         .with_dictionary_handling(DictionaryHandling::Resend)
         .build(input)
         .map_err(|e| match e {
-            FlightError::ExternalError(inner) => match inner.downcast::<IngestError>() {
+            FlightError::ExternalError(inner) => match inner.downcast::<EngineError>() {
                 Ok(e) => *e,
-                Err(other) => IngestError::Internal(other.to_string()),
+                Err(other) => EngineError::Internal(other.to_string()),
             },
-            other => IngestError::Internal(other.to_string()),
+            other => EngineError::Internal(other.to_string()),
         });
     Box::pin(encoded)
 }
 
-impl<S: Sink> FlightSql<S> {
+impl<S: Session> FlightSql<S> {
     pub fn new(core: Arc<Core<S>>, policy: Arc<Policy>, access: Access) -> Self {
         let salt = access::now_us() as u64 ^ (std::process::id() as u64).rotate_left(32);
         FlightSql { core, policy, access, prepared: Mutex::new(HashMap::new()), next: AtomicU64::new(1), salt }
     }
 
-    fn sql_info(&self) -> Result<SqlInfoData, IngestError> {
+    fn sql_info(&self) -> Result<SqlInfoData, EngineError> {
         let mut b = SqlInfoDataBuilder::new();
         b.append(SqlInfo::FlightSqlServerName, "arrowport");
         b.append(SqlInfo::FlightSqlServerVersion, crate::engine::VERSION);
@@ -158,16 +158,16 @@ impl<S: Sink> FlightSql<S> {
         b.append(SqlInfo::SqlDdlCatalog, true);
         b.append(SqlInfo::SqlDdlSchema, true);
         b.append(SqlInfo::SqlDdlTable, true);
-        b.build().map_err(|e| IngestError::Internal(e.to_string()))
+        b.build().map_err(|e| EngineError::Internal(e.to_string()))
     }
 
     // ---- DoPut -------------------------------------------------------------------------------------------
 
     /// A Flight SQL DoPut: `items` is the whole decoded message stream (schema first); `base` is the request as
     /// the DoPut began it (principal, wire count, memory reservation, idempotency key), for ingest to complete.
-    pub async fn do_put<I>(&self, command: Command, items: I, base: IngestRequest) -> Result<PutResult, IngestError>
+    pub async fn do_put<I>(&self, command: Command, items: I, base: IngestRequest) -> Result<PutResult, EngineError>
     where
-        I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
+        I: Stream<Item = Result<Incoming, EngineError>> + Unpin + Send,
     {
         let principal = base.principal.clone();
         match command {
@@ -191,7 +191,7 @@ impl<S: Sink> FlightSql<S> {
                 let n = self.core.update(statement, self.access, &principal, &self.policy).await?;
                 Ok(update_result(n))
             }
-            other => Err(IngestError::Unsupported(format!(
+            other => Err(EngineError::Unsupported(format!(
                 "arrowport does not implement Flight SQL DoPut {}",
                 other.type_url()
             ))),
@@ -203,25 +203,25 @@ impl<S: Sink> FlightSql<S> {
         cmd: CommandStatementIngest,
         items: I,
         base: IngestRequest,
-    ) -> Result<PutResult, IngestError>
+    ) -> Result<PutResult, EngineError>
     where
-        I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
+        I: Stream<Item = Result<Incoming, EngineError>> + Unpin + Send,
     {
         let rule = ingest_rule(&cmd)?;
         if cmd.temporary {
-            return Err(IngestError::Unsupported(
+            return Err(EngineError::Unsupported(
                 "temporary tables are not available: a DuckDB temporary table lives in one connection, and arrowport \
                  serves each request on a connection of its pool, so no later request would see it"
                     .into(),
             ));
         }
         if cmd.transaction_id.is_some() {
-            return Err(IngestError::Unsupported(
+            return Err(EngineError::Unsupported(
                 "transactions are not available; every ingest commits on its own".into(),
             ));
         }
         if cmd.table.is_empty() {
-            return Err(IngestError::BadInput("CommandStatementIngest names no table".into()));
+            return Err(EngineError::BadInput("CommandStatementIngest names no table".into()));
         }
         let target = Target {
             catalog: cmd.catalog.filter(|c| !c.is_empty()),
@@ -249,7 +249,7 @@ impl<S: Sink> FlightSql<S> {
         principal: Principal,
         command: Command,
         descriptor: FlightDescriptor,
-    ) -> Result<FlightInfo, IngestError> {
+    ) -> Result<FlightInfo, EngineError> {
         match command {
             Command::CommandStatementQuery(cmd) => {
                 let described = self.core.describe_sql(&cmd.query, None, self.access, &principal, &self.policy).await?;
@@ -289,14 +289,14 @@ impl<S: Sink> FlightSql<S> {
             Command::CommandGetSqlInfo(cmd) => {
                 info_for(SqlInfoDataBuilder::schema(), descriptor, cmd.as_any().encode_to_vec())
             }
-            other => Err(IngestError::Unsupported(format!(
+            other => Err(EngineError::Unsupported(format!(
                 "arrowport does not implement Flight SQL GetFlightInfo {}",
                 other.type_url()
             ))),
         }
     }
 
-    pub async fn do_get(&self, principal: Principal, command: Command) -> Result<DataStream, IngestError> {
+    pub async fn do_get(&self, principal: Principal, command: Command) -> Result<DataStream, EngineError> {
         match command {
             Command::TicketStatementQuery(t) => {
                 let entry = self.entry(&t.statement_handle, &principal)?;
@@ -334,7 +334,7 @@ impl<S: Sink> FlightSql<S> {
                 let empty = Schema::empty();
                 for t in catalog.tables {
                     b.append(&t.catalog, &t.schema, &t.name, &t.kind, t.arrow.as_ref().unwrap_or(&empty))
-                        .map_err(|e| IngestError::Internal(e.to_string()))?;
+                        .map_err(|e| EngineError::Internal(e.to_string()))?;
                 }
                 one_batch(b.build())
             }
@@ -348,7 +348,7 @@ impl<S: Sink> FlightSql<S> {
                 let info = self.sql_info()?;
                 one_batch(cmd.into_builder(&info).build())
             }
-            other => Err(IngestError::Unsupported(format!(
+            other => Err(EngineError::Unsupported(format!(
                 "arrowport does not implement Flight SQL DoGet {}",
                 other.type_url()
             ))),
@@ -356,7 +356,7 @@ impl<S: Sink> FlightSql<S> {
     }
 
     /// The result schema of a statement (Flight `GetSchema` on a statement CMD).
-    pub async fn schema(&self, principal: Principal, command: Command) -> Result<Schema, IngestError> {
+    pub async fn schema(&self, principal: Principal, command: Command) -> Result<Schema, EngineError> {
         match command {
             Command::CommandStatementQuery(cmd) => {
                 Ok(self.core.describe_sql(&cmd.query, None, self.access, &principal, &self.policy).await?.schema)
@@ -364,7 +364,7 @@ impl<S: Sink> FlightSql<S> {
             Command::CommandPreparedStatementQuery(cmd) => {
                 Ok(self.entry(&cmd.prepared_statement_handle, &principal)?.schema)
             }
-            other => Err(IngestError::Unsupported(format!(
+            other => Err(EngineError::Unsupported(format!(
                 "arrowport does not implement Flight SQL GetSchema {}",
                 other.type_url()
             ))),
@@ -379,17 +379,17 @@ impl<S: Sink> FlightSql<S> {
         principal: Principal,
         kind: &str,
         body: &[u8],
-    ) -> Result<Vec<bytes::Bytes>, IngestError> {
+    ) -> Result<Vec<bytes::Bytes>, EngineError> {
         let any = Any::decode(body)
-            .map_err(|e| IngestError::BadInput(format!("the {kind} body is not a protobuf Any: {e}")))?;
+            .map_err(|e| EngineError::BadInput(format!("the {kind} body is not a protobuf Any: {e}")))?;
         match kind {
             CREATE_PREPARED_STATEMENT => {
                 let req: ActionCreatePreparedStatementRequest = any
                     .unpack()
-                    .map_err(|e| IngestError::BadInput(e.to_string()))?
-                    .ok_or_else(|| IngestError::BadInput("expected ActionCreatePreparedStatementRequest".into()))?;
+                    .map_err(|e| EngineError::BadInput(e.to_string()))?
+                    .ok_or_else(|| EngineError::BadInput("expected ActionCreatePreparedStatementRequest".into()))?;
                 if req.transaction_id.is_some() {
-                    return Err(IngestError::Unsupported(
+                    return Err(EngineError::Unsupported(
                         "transactions are not available; every statement commits on its own".into(),
                     ));
                 }
@@ -405,14 +405,14 @@ impl<S: Sink> FlightSql<S> {
             CLOSE_PREPARED_STATEMENT => {
                 let req: ActionClosePreparedStatementRequest = any
                     .unpack()
-                    .map_err(|e| IngestError::BadInput(e.to_string()))?
-                    .ok_or_else(|| IngestError::BadInput("expected ActionClosePreparedStatementRequest".into()))?;
+                    .map_err(|e| EngineError::BadInput(e.to_string()))?
+                    .ok_or_else(|| EngineError::BadInput("expected ActionClosePreparedStatementRequest".into()))?;
                 let handle = req.prepared_statement_handle.to_vec();
                 self.entry(&handle, &principal)?;
                 self.lock().remove(&handle);
                 Ok(vec![])
             }
-            other => Err(IngestError::Unsupported(format!("arrowport does not implement the action {other:?}"))),
+            other => Err(EngineError::Unsupported(format!("arrowport does not implement the action {other:?}"))),
         }
     }
 
@@ -435,13 +435,13 @@ impl<S: Sink> FlightSql<S> {
         handle
     }
 
-    fn entry(&self, handle: &[u8], principal: &Principal) -> Result<PreparedEntry, IngestError> {
+    fn entry(&self, handle: &[u8], principal: &Principal) -> Result<PreparedEntry, EngineError> {
         let map = self.lock();
         let entry = map
             .get(handle)
-            .ok_or_else(|| IngestError::NotFound("no such statement handle: tickets and prepared statements are handles this listener gave out (closed, or forgotten after 1024 newer ones)".into()))?;
+            .ok_or_else(|| EngineError::NotFound("no such statement handle: tickets and prepared statements are handles this listener gave out (closed, or forgotten after 1024 newer ones)".into()))?;
         if entry.owner != owner_of(principal) {
-            return Err(IngestError::Denied("the prepared statement belongs to another token".into()));
+            return Err(EngineError::Denied("the prepared statement belongs to another token".into()));
         }
         Ok(entry.clone())
     }
@@ -451,7 +451,7 @@ impl<S: Sink> FlightSql<S> {
         handle: &[u8],
         principal: &Principal,
         f: impl FnOnce(&mut PreparedEntry),
-    ) -> Result<(), IngestError> {
+    ) -> Result<(), EngineError> {
         self.entry(handle, principal)?;
         if let Some(e) = self.lock().get_mut(handle) {
             f(e);
@@ -465,8 +465,8 @@ fn update_result(rows: u64) -> PutResult {
     PutResult { app_metadata: result.encode_to_vec().into() }
 }
 
-fn one_batch(batch: Result<arrow::array::RecordBatch, FlightError>) -> Result<DataStream, IngestError> {
-    let batch = batch.map_err(|e| IngestError::Internal(e.to_string()))?;
+fn one_batch(batch: Result<arrow::array::RecordBatch, FlightError>) -> Result<DataStream, EngineError> {
+    let batch = batch.map_err(|e| EngineError::Internal(e.to_string()))?;
     let schema = batch.schema();
     Ok(encode(schema, Box::pin(futures::stream::iter([Ok(batch)]))))
 }
@@ -474,9 +474,9 @@ fn one_batch(batch: Result<arrow::array::RecordBatch, FlightError>) -> Result<Da
 /// Parameter rows from a DoPut's batches.
 /// Parameter rows from a DoPut's batches, within [`MAX_PARAM_ROWS`] and [`MAX_PARAM_BYTES`]; a client that
 /// sends nothing for `stall` is refused.
-async fn collect_params<I>(mut items: I, stall: std::time::Duration) -> Result<Vec<Vec<Param>>, IngestError>
+async fn collect_params<I>(mut items: I, stall: std::time::Duration) -> Result<Vec<Vec<Param>>, EngineError>
 where
-    I: Stream<Item = Result<Incoming, IngestError>> + Unpin + Send,
+    I: Stream<Item = Result<Incoming, EngineError>> + Unpin + Send,
 {
     let mut rows = Vec::new();
     let mut bytes = 0;
@@ -484,18 +484,18 @@ where
         let item = match tokio::time::timeout(stall, items.next()).await {
             Ok(Some(item)) => item,
             Ok(None) => return Ok(rows),
-            Err(_) => return Err(IngestError::Stalled(stall)),
+            Err(_) => return Err(EngineError::Stalled(stall)),
         };
         if let Incoming::Batch(b) = item? {
             bytes += b.get_array_memory_size();
             if bytes > MAX_PARAM_BYTES {
-                return Err(IngestError::TooLarge(format!(
+                return Err(EngineError::TooLarge(format!(
                     "more than {MAX_PARAM_BYTES} bytes of parameters for one statement"
                 )));
             }
-            rows.extend(query::params_from_batch(&b).map_err(IngestError::BadInput)?);
+            rows.extend(query::params_from_batch(&b).map_err(EngineError::BadInput)?);
             if rows.len() > MAX_PARAM_ROWS {
-                return Err(IngestError::TooLarge(format!(
+                return Err(EngineError::TooLarge(format!(
                     "more than {MAX_PARAM_ROWS} parameter rows for one statement"
                 )));
             }
@@ -504,7 +504,7 @@ where
 }
 
 /// ADBC's ingest modes as the command's table options spell them.
-fn ingest_rule(cmd: &CommandStatementIngest) -> Result<TableRule, IngestError> {
+fn ingest_rule(cmd: &CommandStatementIngest) -> Result<TableRule, EngineError> {
     let opts = cmd.table_definition_options.unwrap_or_default();
     let missing = TableNotExistOption::try_from(opts.if_not_exist).unwrap_or(TableNotExistOption::Unspecified);
     let exists = TableExistsOption::try_from(opts.if_exists).unwrap_or(TableExistsOption::Unspecified);
@@ -513,7 +513,7 @@ fn ingest_rule(cmd: &CommandStatementIngest) -> Result<TableRule, IngestError> {
         (TableNotExistOption::Fail, TableExistsOption::Append) => Ok(TableRule::Append),
         (TableNotExistOption::Create, TableExistsOption::Replace) => Ok(TableRule::Replace),
         (TableNotExistOption::Create, TableExistsOption::Append) => Ok(TableRule::CreateAppend),
-        (m, e) => Err(IngestError::BadInput(format!(
+        (m, e) => Err(EngineError::BadInput(format!(
             "unsupported table options: if_not_exist {}, if_exists {} (supported: create/fail, fail/append, create/replace, create/append)",
             m.as_str_name(),
             e.as_str_name()

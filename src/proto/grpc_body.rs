@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use crate::engine::budget::{Budget, Charge};
-use crate::engine::error::IngestError;
+use crate::engine::error::EngineError;
 
 /// How a call's request body ended on the wire, and whether the budget refused it.
 #[derive(Clone, Default)]
@@ -39,9 +39,9 @@ impl BodyEnd {
     }
 
     /// The budget's refusal, if a frame of this body did not fit.
-    pub fn over_budget(&self) -> Option<IngestError> {
+    pub fn over_budget(&self) -> Option<EngineError> {
         let refused = *self.0.refused.lock().unwrap_or_else(|p| p.into_inner());
-        refused.map(|(bytes, limit)| IngestError::OverBudget { bytes, limit })
+        refused.map(|(bytes, limit)| EngineError::OverBudget { bytes, limit })
     }
 }
 
@@ -105,7 +105,7 @@ pub struct Watched {
 }
 
 impl Watched {
-    fn take_in(&mut self, data: &[u8]) -> Result<(), IngestError> {
+    fn take_in(&mut self, data: &[u8]) -> Result<(), EngineError> {
         let (pending, completed) = self.framing.read(data);
         if completed {
             self.held.clear();
@@ -133,7 +133,7 @@ impl http_body::Body for Watched {
                 if let Some(data) = frame.data_ref() {
                     let data = data.clone();
                     if let Err(e) = self.take_in(&data) {
-                        if let IngestError::OverBudget { bytes, limit } = e {
+                        if let EngineError::OverBudget { bytes, limit } = e {
                             *self.end.0.refused.lock().unwrap_or_else(|p| p.into_inner()) = Some((bytes, limit));
                         }
                         self.end.0.state.store(BROKEN, Ordering::Release);
@@ -216,7 +216,7 @@ mod tests {
         w.take_in(&m[..60]).unwrap();
         assert_eq!(budget.in_use(), 60);
         let e = w.take_in(&m[60..110]).unwrap_err();
-        assert!(matches!(e, IngestError::OverBudget { bytes: 50, limit: 100 }), "{e:?}");
+        assert!(matches!(e, EngineError::OverBudget { bytes: 50, limit: 100 }), "{e:?}");
         let mut w2 = Watched { budget: Arc::clone(&budget), ..w };
         w2.held.clear();
         assert_eq!(budget.in_use(), 0);

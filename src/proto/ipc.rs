@@ -16,7 +16,7 @@ use futures::{Stream, StreamExt};
 use std::sync::Arc;
 
 use crate::engine::budget::{Budget, Reservation};
-use crate::engine::error::IngestError;
+use crate::engine::error::EngineError;
 use crate::engine::ingest::Incoming;
 
 const CONTINUATION: u32 = 0xFFFF_FFFF;
@@ -81,7 +81,7 @@ impl Decoding {
     }
 
     /// Reserves `bytes` for the request, before they are read or allocated.
-    pub fn reserve(&self, bytes: usize) -> Result<(), IngestError> {
+    pub fn reserve(&self, bytes: usize) -> Result<(), EngineError> {
         self.reservation.reserve(&self.budget, bytes)
     }
 }
@@ -120,9 +120,9 @@ impl Framer {
         Framer { buf: BytesMut::new(), body: None, max_message: decoding.max_message, decoding, ended: false }
     }
 
-    pub fn push(&mut self, bytes: &[u8]) -> Result<(), IngestError> {
+    pub fn push(&mut self, bytes: &[u8]) -> Result<(), EngineError> {
         if self.ended && !bytes.is_empty() {
-            return Err(IngestError::BadInput("invalid Arrow IPC stream: data after the end-of-stream marker".into()));
+            return Err(EngineError::BadInput("invalid Arrow IPC stream: data after the end-of-stream marker".into()));
         }
         // What arrives is reserved as it arrives: a message's declared size is checked against the limit, but
         // only the bytes actually sent hold the memory budget, so a claim that is never sent holds nothing.
@@ -138,7 +138,7 @@ impl Framer {
     }
 
     /// The next whole message, if the bytes pushed so far hold one.
-    pub fn next_message(&mut self) -> Result<Option<FlightData>, IngestError> {
+    pub fn next_message(&mut self) -> Result<Option<FlightData>, EngineError> {
         if self.body.is_some() {
             return Ok(self.finished());
         }
@@ -158,7 +158,7 @@ impl Framer {
             self.ended = true;
             self.buf.advance(prefix);
             if !self.buf.is_empty() {
-                return Err(IngestError::BadInput(
+                return Err(EngineError::BadInput(
                     "invalid Arrow IPC stream: data after the end-of-stream marker".into(),
                 ));
             }
@@ -171,10 +171,10 @@ impl Framer {
             return Ok(None);
         }
         let message = arrow::ipc::root_as_message(&self.buf[prefix..prefix + len]).map_err(|e| {
-            IngestError::BadInput(format!("invalid Arrow IPC data: the message header does not parse: {e}"))
+            EngineError::BadInput(format!("invalid Arrow IPC data: the message header does not parse: {e}"))
         })?;
         let size = usize::try_from(message.bodyLength())
-            .map_err(|_| IngestError::BadInput("invalid Arrow IPC data: negative body length".into()))?;
+            .map_err(|_| EngineError::BadInput("invalid Arrow IPC data: negative body length".into()))?;
         if size > self.max_message.saturating_sub(len) {
             return Err(too_large(len.saturating_add(size), self.max_message));
         }
@@ -207,8 +207,8 @@ fn flight_data(header: Bytes, body: MutableBuffer) -> FlightData {
     FlightData { flight_descriptor: None, data_header: header, app_metadata: Bytes::new(), data_body: body }
 }
 
-fn too_large(size: usize, max: usize) -> IngestError {
-    IngestError::TooLarge(format!("an Arrow IPC message of {size} bytes is over the listener's limit of {max} bytes"))
+fn too_large(size: usize, max: usize) -> EngineError {
+    EngineError::TooLarge(format!("an Arrow IPC message of {size} bytes is over the listener's limit of {max} bytes"))
 }
 
 /// How many bytes a message's buffers claim once decompressed: each compressed buffer (LZ4 or ZSTD) starts with
@@ -240,12 +240,12 @@ pub fn decompressed_claim(header: &[u8], body: &[u8]) -> u64 {
 
 /// Refuses a message whose buffers claim more decompressed bytes than the listener's message limit, and
 /// reserves the claim from the memory budget, before the decoder allocates for it.
-fn check_claim(message: &FlightData, decoding: &Decoding) -> Result<(), IngestError> {
+fn check_claim(message: &FlightData, decoding: &Decoding) -> Result<(), EngineError> {
     check_schema(&message.data_header, decoding)?;
     let max_message = decoding.max_message;
     let claim = decompressed_claim(&message.data_header, &message.data_body);
     if claim > max_message as u64 {
-        return Err(IngestError::TooLarge(format!(
+        return Err(EngineError::TooLarge(format!(
             "an Arrow IPC message claims {claim} bytes once decompressed, over the listener's limit of {max_message} bytes \
              (max_message_bytes)"
         )));
@@ -255,12 +255,12 @@ fn check_claim(message: &FlightData, decoding: &Decoding) -> Result<(), IngestEr
 
 /// Refuses a schema message over the listener's schema limits, before it is decoded, and charges an admitted
 /// schema's fields to the memory budget for the rest of the request.
-fn check_schema(header: &[u8], decoding: &Decoding) -> Result<(), IngestError> {
+fn check_schema(header: &[u8], decoding: &Decoding) -> Result<(), EngineError> {
     let Ok(message) = arrow::ipc::root_as_message(header) else { return Ok(()) };
     let Some(schema) = message.header_as_schema() else { return Ok(()) };
     let limits = decoding.schema;
     if header.len() > limits.max_bytes {
-        return Err(IngestError::TooLarge(format!(
+        return Err(EngineError::TooLarge(format!(
             "the Arrow schema takes {} bytes, over the listener's limit of {} bytes (max_schema_bytes)",
             header.len(),
             limits.max_bytes
@@ -268,7 +268,7 @@ fn check_schema(header: &[u8], decoding: &Decoding) -> Result<(), IngestError> {
     }
     let fields = count_fields(schema.fields().into_iter().flatten(), limits.max_columns);
     if fields > limits.max_columns {
-        return Err(IngestError::TooLarge(format!(
+        return Err(EngineError::TooLarge(format!(
             "the Arrow schema has more than {} fields (nested fields count), over the listener's limit (max_columns)",
             limits.max_columns
         )));
@@ -302,7 +302,7 @@ fn count_fields<'a>(fields: impl IntoIterator<Item = arrow::ipc::Field<'a>>, lim
 pub fn flight_items<S>(
     messages: S,
     decoding: Decoding,
-) -> impl Stream<Item = Result<Incoming, IngestError>> + Send + Unpin
+) -> impl Stream<Item = Result<Incoming, EngineError>> + Send + Unpin
 where
     S: Stream<Item = Result<FlightData, FlightError>> + Send + 'static,
 {
@@ -318,28 +318,28 @@ where
                 DecodedPayload::RecordBatch(b) => Some(Ok(Incoming::Batch(b))),
             },
             Ok(Err(e)) => Some(Err(decode_error(e))),
-            Err(panic) => Some(Err(IngestError::BadInput(format!("invalid Arrow IPC data: {}", panic.message)))),
+            Err(panic) => Some(Err(EngineError::BadInput(format!("invalid Arrow IPC data: {}", panic.message)))),
         }
     }))
 }
 
-fn decode_error(e: FlightError) -> IngestError {
+fn decode_error(e: FlightError) -> EngineError {
     match e {
-        FlightError::ExternalError(inner) => match inner.downcast::<IngestError>() {
+        FlightError::ExternalError(inner) => match inner.downcast::<EngineError>() {
             Ok(ours) => *ours,
-            Err(other) => IngestError::BadInput(format!("invalid Arrow IPC data: {other}")),
+            Err(other) => EngineError::BadInput(format!("invalid Arrow IPC data: {other}")),
         },
-        FlightError::Arrow(e) => IngestError::BadInput(format!("invalid Arrow IPC data: {e}")),
-        other => IngestError::BadInput(format!("invalid Arrow IPC data: {other}")),
+        FlightError::Arrow(e) => EngineError::BadInput(format!("invalid Arrow IPC data: {e}")),
+        other => EngineError::BadInput(format!("invalid Arrow IPC data: {other}")),
     }
 }
 
 /// Cuts a byte stream into Flight messages, with the framer's size checks; input errors pass through.
 fn framed<S>(input: S, decoding: Decoding) -> impl Stream<Item = Result<FlightData, FlightError>> + Send + 'static
 where
-    S: Stream<Item = Result<Bytes, IngestError>> + Send + Unpin + 'static,
+    S: Stream<Item = Result<Bytes, EngineError>> + Send + Unpin + 'static,
 {
-    let ours = |e: IngestError| FlightError::ExternalError(Box::new(e));
+    let ours = |e: EngineError| FlightError::ExternalError(Box::new(e));
     futures::stream::unfold(
         (input, Framer::new(decoding), false),
         move |(mut input, mut framer, mut done)| async move {
@@ -369,7 +369,7 @@ where
                     None => {
                         done = true;
                         if !framer.at_boundary() {
-                            let e = IngestError::BadInput(
+                            let e = EngineError::BadInput(
                                 "invalid Arrow IPC stream: the body ends in the middle of a message".into(),
                             );
                             return Some((Err(ours(e)), (input, framer, done)));
@@ -382,9 +382,9 @@ where
 }
 
 /// Decodes an Arrow IPC stream from byte chunks (an HTTP body). Input errors pass through as they are.
-pub fn ipc_stream<S>(input: S, decoding: Decoding) -> impl Stream<Item = Result<Incoming, IngestError>> + Send + Unpin
+pub fn ipc_stream<S>(input: S, decoding: Decoding) -> impl Stream<Item = Result<Incoming, EngineError>> + Send + Unpin
 where
-    S: Stream<Item = Result<Bytes, IngestError>> + Send + Unpin + 'static,
+    S: Stream<Item = Result<Bytes, EngineError>> + Send + Unpin + 'static,
 {
     let mut saw_schema = false;
     let mut ended = false;
@@ -398,7 +398,7 @@ where
             }
             Some(other) => Some(other),
             None if !saw_schema => {
-                Some(Err(IngestError::BadInput("the body holds no Arrow IPC stream (no schema message)".into())))
+                Some(Err(EngineError::BadInput("the body holds no Arrow IPC stream (no schema message)".into())))
             }
             None => None,
         };
@@ -440,12 +440,12 @@ mod tests {
         out
     }
 
-    async fn collect(chunks: Vec<Vec<u8>>, max: usize) -> Vec<Result<Incoming, IngestError>> {
+    async fn collect(chunks: Vec<Vec<u8>>, max: usize) -> Vec<Result<Incoming, EngineError>> {
         let input = futures::stream::iter(chunks.into_iter().map(|c| Ok(Bytes::from(c))));
         ipc_stream(input, Decoding::unbudgeted(max)).collect().await
     }
 
-    fn rows(items: &[Result<Incoming, IngestError>]) -> (usize, usize) {
+    fn rows(items: &[Result<Incoming, EngineError>]) -> (usize, usize) {
         let mut schemas = 0;
         let mut rows = 0;
         for i in items {
@@ -520,11 +520,11 @@ mod tests {
         let bytes = ipc(10_000, 1);
         let items = collect(vec![bytes], 4096).await;
         let err = items.into_iter().find_map(|i| i.err()).expect("an error");
-        assert!(matches!(err, IngestError::TooLarge(_)), "{err:?}");
+        assert!(matches!(err, EngineError::TooLarge(_)), "{err:?}");
         // A header that claims 2 GiB is refused from its first 8 bytes.
         let mut framer = Framer::new(Decoding::unbudgeted(1 << 20));
         framer.push(&[0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x00, 0x00, 0x80]).unwrap();
-        assert!(matches!(framer.next_message(), Err(IngestError::TooLarge(_))));
+        assert!(matches!(framer.next_message(), Err(EngineError::TooLarge(_))));
     }
 
     #[tokio::test]
@@ -549,7 +549,7 @@ mod tests {
         let items = collect(vec![out], 1 << 20).await;
         let err = items.into_iter().find_map(|i| i.err()).expect("an error");
         assert!(
-            matches!(&err, IngestError::TooLarge(m) if m.contains("claims 1099511627776 bytes once decompressed")),
+            matches!(&err, EngineError::TooLarge(m) if m.contains("claims 1099511627776 bytes once decompressed")),
             "{err:?}"
         );
     }
@@ -624,8 +624,8 @@ mod tests {
     #[tokio::test]
     async fn garbage_and_empty_bodies_are_bad_input() {
         let items = collect(vec![b"definitely not arrow, but long enough".to_vec()], 1 << 20).await;
-        assert!(items.iter().any(|i| matches!(i, Err(IngestError::BadInput(_)) | Err(IngestError::TooLarge(_)))));
+        assert!(items.iter().any(|i| matches!(i, Err(EngineError::BadInput(_)) | Err(EngineError::TooLarge(_)))));
         let items = collect(vec![], 1 << 20).await;
-        assert!(matches!(&items[..], [Err(IngestError::BadInput(m))] if m.contains("no schema")));
+        assert!(matches!(&items[..], [Err(EngineError::BadInput(m))] if m.contains("no schema")));
     }
 }

@@ -28,12 +28,12 @@ use crate::catalog::access::Principal;
 use crate::catalog::registry::Target;
 use crate::engine::budget::Reservation;
 use crate::engine::core::{Core, KeyStatus, StreamInfo};
-use crate::engine::error::{Code, IngestError};
+use crate::engine::error::{Code, EngineError};
 use crate::engine::ingest::Request as IngestRequest;
 use crate::engine::metrics::{self, Protocol};
 use crate::engine::policy::Policy;
-use crate::engine::sink::IDEMPOTENCY_KEY;
-use crate::engine::sink::Sink;
+use crate::engine::session::IDEMPOTENCY_KEY;
+use crate::engine::session::Session;
 use crate::proto::ipc::{self, Decoding, SchemaLimits};
 use crate::proto::status;
 
@@ -53,7 +53,7 @@ pub struct Limits {
     pub duckdb_version: String,
 }
 
-struct App<S: Sink> {
+struct App<S: Session> {
     core: Arc<Core<S>>,
     limits: Limits,
 }
@@ -65,8 +65,8 @@ pub struct ApiError {
     message: String,
 }
 
-impl From<IngestError> for ApiError {
-    fn from(e: IngestError) -> Self {
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
         status::log_internal(&e);
         ApiError { code: e.code(), message: e.to_string() }
     }
@@ -84,7 +84,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-pub fn router<S: Sink>(core: Arc<Core<S>>, limits: Limits) -> Router {
+pub fn router<S: Session>(core: Arc<Core<S>>, limits: Limits) -> Router {
     let app = Arc::new(App { core, limits });
     Router::new()
         .route("/streams/{name}", post(ingest_ipc::<S>).get(stream_info::<S>))
@@ -139,33 +139,33 @@ fn body_stream(
     body: Body,
     max: u64,
     wire: Arc<AtomicU64>,
-) -> impl Stream<Item = Result<Bytes, IngestError>> + Send + Unpin {
+) -> impl Stream<Item = Result<Bytes, EngineError>> + Send + Unpin {
     body.into_data_stream().map(move |chunk| match chunk {
         Ok(bytes) => {
             let total = wire.fetch_add(bytes.len() as u64, Ordering::Relaxed) + bytes.len() as u64;
             if total > max {
-                Err(IngestError::TooLarge(format!("the body is over the listener's limit of {max} bytes")))
+                Err(EngineError::TooLarge(format!("the body is over the listener's limit of {max} bytes")))
             } else {
                 Ok(bytes)
             }
         }
-        Err(_) => Err(IngestError::Disconnected),
+        Err(_) => Err(EngineError::Disconnected),
     })
 }
 
 /// Undoes the HTTP Content-Encoding, keeping our own errors (limits, disconnects) as they are.
-fn decoded<St>(input: St, enc: Encoding) -> Box<dyn Stream<Item = Result<Bytes, IngestError>> + Send + Unpin>
+fn decoded<St>(input: St, enc: Encoding) -> Box<dyn Stream<Item = Result<Bytes, EngineError>> + Send + Unpin>
 where
-    St: Stream<Item = Result<Bytes, IngestError>> + Send + Unpin + 'static,
+    St: Stream<Item = Result<Bytes, EngineError>> + Send + Unpin + 'static,
 {
     if matches!(enc, Encoding::Identity) {
         return Box::new(input);
     }
     let reader = StreamReader::new(input.map_err(std::io::Error::other));
-    let unwrap = |e: std::io::Error, what: &str| match e.get_ref().and_then(|inner| inner.downcast_ref::<IngestError>())
+    let unwrap = |e: std::io::Error, what: &str| match e.get_ref().and_then(|inner| inner.downcast_ref::<EngineError>())
     {
         Some(ours) => ours.clone(),
-        None => IngestError::BadInput(format!("the {what} body does not decompress: {e}")),
+        None => EngineError::BadInput(format!("the {what} body does not decompress: {e}")),
     };
     match enc {
         Encoding::Zstd => Box::new(ReaderStream::new(ZstdDecoder::new(reader)).map_err(move |e| unwrap(e, "zstd"))),
@@ -180,14 +180,14 @@ fn check_scope(principal: &Principal, stream: &str) -> Result<(), ApiError> {
 }
 
 /// Counts a request refused before it reached the ingest core.
-fn refused<S: Sink>(app: &App<S>, result: Result<Response, ApiError>) -> Result<Response, ApiError> {
+fn refused<S: Session>(app: &App<S>, result: Result<Response, ApiError>) -> Result<Response, ApiError> {
     if let Err(e) = &result {
-        app.core.reject(Protocol::Rest, &IngestError::BadInput(e.message.clone()));
+        app.core.reject(Protocol::Rest, &EngineError::BadInput(e.message.clone()));
     }
     result
 }
 
-async fn ingest_ipc<S: Sink>(
+async fn ingest_ipc<S: Session>(
     State(app): State<Arc<App<S>>>,
     Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
@@ -235,7 +235,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 }
 
 /// `GET /streams/{name}/requests/{key}`: what became of the request a key names.
-async fn request_status<S: Sink>(
+async fn request_status<S: Session>(
     State(app): State<Arc<App<S>>>,
     Extension(principal): Extension<Principal>,
     Path((name, key)): Path<(String, String)>,
@@ -302,7 +302,7 @@ struct LegacyBatch {
     data: String,
 }
 
-async fn ingest_legacy<S: Sink>(
+async fn ingest_legacy<S: Session>(
     State(app): State<Arc<App<S>>>,
     Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
@@ -350,9 +350,9 @@ async fn whole_body(
     let mut out = bytes::BytesMut::new();
     loop {
         match tokio::time::timeout(stall, chunks.next()).await {
-            Err(_) => return Err(IngestError::Stalled(stall).into()),
+            Err(_) => return Err(EngineError::Stalled(stall).into()),
             Ok(None) => return Ok(out.freeze()),
-            Ok(Some(Err(_))) => return Err(IngestError::Disconnected.into()),
+            Ok(Some(Err(_))) => return Err(EngineError::Disconnected.into()),
             Ok(Some(Ok(chunk))) => {
                 if out.len() + chunk.len() > limit {
                     return Err(ApiError::new(
@@ -368,7 +368,7 @@ async fn whole_body(
 }
 
 /// Reads and checks the original service's JSON body; returns the request and the IPC bytes.
-async fn legacy_request<S: Sink>(
+async fn legacy_request<S: Session>(
     app: &App<S>,
     principal: Principal,
     name: String,
@@ -422,15 +422,15 @@ async fn legacy_request<S: Sink>(
 }
 
 /// Liveness: the listener answers. Nothing is asked of DuckDB or the writers.
-async fn health<S: Sink>(State(app): State<Arc<App<S>>>) -> Response {
+async fn health<S: Session>(State(app): State<Arc<App<S>>>) -> Response {
     axum::Json(json!({"status": "ok", "duckdb": app.limits.duckdb_version})).into_response()
 }
 
 /// Readiness: a writer is free to take a request now (503 with Retry-After when all are busy or the listener
 /// is stopping). It counts free writers; it borrows none.
-async fn ready<S: Sink>(State(app): State<Arc<App<S>>>) -> Result<Response, ApiError> {
+async fn ready<S: Session>(State(app): State<Arc<App<S>>>) -> Result<Response, ApiError> {
     if app.core.stopping() {
-        return Err(IngestError::Stopping.into());
+        return Err(EngineError::Stopping.into());
     }
     match app.core.free_writers() {
         0 => Err(ApiError::new(Code::Busy, "every writer is busy; retry later")),
@@ -470,12 +470,12 @@ fn stream_json(info: &StreamInfo, metrics: &[metrics::Row]) -> Value {
     })
 }
 
-async fn prometheus_text<S: Sink>(State(app): State<Arc<App<S>>>) -> Response {
+async fn prometheus_text<S: Session>(State(app): State<Arc<App<S>>>) -> Response {
     let text = app.core.metrics().render();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
-async fn list_streams<S: Sink>(
+async fn list_streams<S: Session>(
     State(app): State<Arc<App<S>>>,
     Extension(principal): Extension<Principal>,
 ) -> Result<Response, ApiError> {
@@ -486,7 +486,7 @@ async fn list_streams<S: Sink>(
     Ok(axum::Json(json!({"streams": streams})).into_response())
 }
 
-async fn stream_info<S: Sink>(
+async fn stream_info<S: Session>(
     State(app): State<Arc<App<S>>>,
     Extension(principal): Extension<Principal>,
     Path(name): Path<String>,

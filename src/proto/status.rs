@@ -9,7 +9,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::engine::error::{Code, GRPC_CODE_KEY, IngestError, grpc_code, http_status};
+use crate::engine::error::{Code, EngineError, GRPC_CODE_KEY, grpc_code, http_status};
 
 /// A gRPC status for a failure, with the code's name in the metadata (`arrowport-error-code`).
 pub fn grpc(code: Code, message: impl Into<String>) -> tonic::Status {
@@ -19,7 +19,7 @@ pub fn grpc(code: Code, message: impl Into<String>) -> tonic::Status {
 }
 
 /// An engine error as a gRPC status.
-pub fn grpc_of(e: &IngestError) -> tonic::Status {
+pub fn grpc_of(e: &EngineError) -> tonic::Status {
     log_internal(e);
     grpc(e.code(), e.to_string())
 }
@@ -36,8 +36,8 @@ pub fn http(code: Code, message: impl Into<String>) -> Response {
 }
 
 /// Logs an internal error's cause on the host's stderr (the client sees only "internal error").
-pub fn log_internal(e: &IngestError) {
-    if let IngestError::Internal(cause) = e {
+pub fn log_internal(e: &EngineError) {
+    if let EngineError::Internal(cause) = e {
         eprintln!("arrowport: internal error: {cause}");
     }
 }
@@ -80,6 +80,6 @@ mod tests {
         let r = http(Code::Conflict, "no");
         assert_eq!(r.status(), StatusCode::CONFLICT);
         assert!(r.headers().get(header::RETRY_AFTER).is_none());
-        assert_eq!(grpc_of(&IngestError::TooLarge("big".into())).code(), tonic::Code::ResourceExhausted);
+        assert_eq!(grpc_of(&EngineError::TooLarge("big".into())).code(), tonic::Code::ResourceExhausted);
     }
 }

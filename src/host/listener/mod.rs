@@ -29,11 +29,11 @@ use crate::catalog::store::Store;
 use crate::duck::conn::RawConn;
 use crate::engine::budget::{Budget, DEFAULT_MEMORY_BUDGET};
 use crate::engine::core::Core;
-use crate::engine::duck_sink::{CreateLocks, DuckSink};
+use crate::engine::duck_session::{CreateLocks, DuckSession};
 use crate::engine::memory_guard::MemoryGuard;
 use crate::engine::metrics::Metrics;
 use crate::engine::policy::{self, Access, IDEMPOTENCY_WINDOW, MAX_CONCURRENT_REQUESTS, Policy, STALL_LIMIT};
-use crate::engine::sink::Maintained;
+use crate::engine::session::Maintained;
 use crate::engine::writers::Writers;
 use crate::host::connections::{self, Admission, Admitted, Connections};
 use crate::host::gate::{self, AuthMode, Gate};
@@ -68,7 +68,7 @@ enum Pool {
     /// Connections as the entrypoint opened them.
     Raw(Vec<RawConn>, Vec<RawConn>),
     /// Connections readied by an earlier listen (a statement that never ended keeps its connection).
-    Ready(Vec<DuckSink>, Vec<DuckSink>),
+    Ready(Vec<DuckSession>, Vec<DuckSession>),
     /// Lent to a running writer pool.
     Lent,
 }
@@ -84,7 +84,7 @@ struct Listener {
 
 struct Running {
     runtime: tokio::runtime::Runtime,
-    core: Arc<Core<DuckSink>>,
+    core: Arc<Core<DuckSession>>,
     cancel: CancellationToken,
     guard: Arc<MemoryGuard>,
     listeners: Vec<Listener>,
@@ -367,7 +367,7 @@ impl Host {
     }
 
     /// The writers and the runtime, for work that needs no listener (`arrowport_send`, `arrowport_maintain`).
-    fn engine(&self) -> Result<(tokio::runtime::Handle, Arc<Core<DuckSink>>), String> {
+    fn engine(&self) -> Result<(tokio::runtime::Handle, Arc<Core<DuckSession>>), String> {
         let mut state = self.lock();
         let running = self.running(&mut state, DEFAULT_MEMORY_BUDGET, None).map_err(|e| e.to_string())?;
         Ok((running.runtime.handle().clone(), Arc::clone(&running.core)))
@@ -430,7 +430,7 @@ fn start(
             let mut statement_sinks = Vec::with_capacity(statements.len());
             let n = conns.len();
             for (i, conn) in conns.into_iter().chain(statements).enumerate() {
-                match DuckSink::prepare(conn, i, Arc::clone(&locks)) {
+                match DuckSession::prepare(conn, i, Arc::clone(&locks)) {
                     Ok(s) if i < n => sinks.push(s),
                     Ok(s) => statement_sinks.push(s),
                     Err(e) => {

@@ -31,7 +31,7 @@ use crate::catalog::schema::quote_literal;
 use crate::duck::{self, vector};
 use crate::engine::metrics;
 use crate::engine::policy::Access;
-use crate::engine::sink::{Maintained, validate_key};
+use crate::engine::session::{Maintained, validate_key};
 use crate::host::gate::AuthMode;
 use crate::host::listener::{AdminCall, Host, ListenOptions, StatusRow};
 use crate::proto::send::{self, Compression, SendOptions, Sent, Target};

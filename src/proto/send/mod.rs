@@ -31,7 +31,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde_json::Value;
 
-use crate::engine::error::{Code as ErrorCode, GRPC_CODE_KEY, IngestError};
+use crate::engine::error::{Code as ErrorCode, EngineError, GRPC_CODE_KEY};
 use crate::engine::query::QueryStream;
 
 /// How the remote is reached.
@@ -182,7 +182,7 @@ pub struct Sent {
 
 /// The query's result, started afresh for each attempt.
 pub type Source<'a> =
-    Box<dyn FnMut() -> Pin<Box<dyn Future<Output = Result<(SchemaRef, QueryStream), IngestError>> + Send>> + Send + 'a>;
+    Box<dyn FnMut() -> Pin<Box<dyn Future<Output = Result<(SchemaRef, QueryStream), EngineError>> + Send>> + Send + 'a>;
 
 /// Sends the source's rows to `stream` at `target`, retrying transient failures with the same key.
 pub async fn send(

@@ -4,7 +4,7 @@
 use super::*;
 
 /// Largest Flight message the sender builds: batches are split to stay under it.
-pub(super) const MAX_FLIGHT_DATA: usize = crate::engine::sink::GATHER_BYTES;
+pub(super) const MAX_FLIGHT_DATA: usize = crate::engine::session::GATHER_BYTES;
 
 /// Largest acknowledgement body read.
 pub(super) const MAX_ACK_BYTES: usize = 1024 * 1024;
@@ -148,7 +148,7 @@ impl Attempt<'_> {
 
     async fn flight<S>(&self, schema: SchemaRef, batches: S, parts: Parts) -> Result<Ack, Failure>
     where
-        S: Stream<Item = Result<RecordBatch, IngestError>> + Send + 'static,
+        S: Stream<Item = Result<RecordBatch, EngineError>> + Send + 'static,
     {
         use arrow_flight::encode::FlightDataEncoderBuilder;
         use arrow_flight::error::FlightError;
@@ -209,7 +209,7 @@ impl Attempt<'_> {
 
     async fn http<S>(&self, schema: SchemaRef, batches: S, parts: Parts) -> Result<Ack, Failure>
     where
-        S: Stream<Item = Result<RecordBatch, IngestError>> + Send + 'static,
+        S: Stream<Item = Result<RecordBatch, EngineError>> + Send + 'static,
     {
         let options = self.options.compression.ipc_options().map_err(Failure::Permanent)?;
         // The IPC stream as the buffers it is made of: a batch's own column buffers go to the socket as they are

@@ -6,8 +6,8 @@ use super::*;
 /// Arrow schemas whose DuckDB columns a writer remembers.
 pub(super) const DESCRIBED_CACHE: usize = 256;
 
-pub(super) fn exists_error(target: &Target) -> IngestError {
-    IngestError::AlreadyExists(format!(
+pub(super) fn exists_error(target: &Target) -> EngineError {
+    EngineError::AlreadyExists(format!(
         "table {} already exists (ingest mode create); use mode append, replace or create_append",
         target.display()
     ))
@@ -40,7 +40,7 @@ impl Landing {
     /// `DESCRIBE` of the one table: a catalog lookup, where scanning `duckdb_columns()` costs a millisecond or
     /// two per request. A missing table (or schema, or catalog) is DuckDB's Catalog Error, which would abort a
     /// transaction: outside transactions only (inside, [`Self::table_columns_in_txn`]).
-    pub(super) fn table_columns(&self, conn: &mut RawConn, target: &Target) -> Result<Vec<Column>, IngestError> {
+    pub(super) fn table_columns(&self, conn: &mut RawConn, target: &Target) -> Result<Vec<Column>, EngineError> {
         match conn.query(&format!("DESCRIBE {}", target.sql(&self.host_db))) {
             Ok(rows) => Ok(columns(rows)),
             Err(e) if e.is(DbErrorKind::Catalog) => Ok(vec![]),
@@ -49,7 +49,7 @@ impl Landing {
     }
 
     /// The target's columns from `duckdb_columns()`, which answers for a missing table without an error.
-    pub(super) fn table_columns_in_txn(&self, conn: &mut RawConn, target: &Target) -> Result<Vec<Column>, IngestError> {
+    pub(super) fn table_columns_in_txn(&self, conn: &mut RawConn, target: &Target) -> Result<Vec<Column>, EngineError> {
         let catalog = target.catalog.as_deref().unwrap_or(&self.host_db);
         let sql = format!(
             "SELECT column_name, data_type FROM duckdb_columns() WHERE lower(database_name) = lower({}) \
@@ -68,7 +68,7 @@ impl Landing {
     /// `duckdb_arrow_scan` does not catch DuckDB's exceptions, so a schema DuckDB refuses there would throw
     /// through our frames and abort the host. Every later bind (DESCRIBE, INSERT) runs inside `duckdb_query`,
     /// which turns DuckDB's refusal into an error.
-    pub(super) fn ensure_view(&mut self, conn: &mut RawConn) -> Result<(), IngestError> {
+    pub(super) fn ensure_view(&mut self, conn: &mut RawConn) -> Result<(), EngineError> {
         if self.scan.is_some() {
             return Ok(());
         }
@@ -93,9 +93,9 @@ impl Landing {
         conn: &mut RawConn,
         schema: SchemaRef,
         pull: Box<dyn BatchPull>,
-    ) -> Result<Vec<Column>, IngestError> {
+    ) -> Result<Vec<Column>, EngineError> {
         let Some(stream) = self.scan.as_mut() else {
-            return Err(IngestError::Internal("the scan view was not made".into()));
+            return Err(EngineError::Internal("the scan view was not made".into()));
         };
         stream.reset(Arc::clone(&schema), pull);
         if let Some(cols) = self.described.get(schema.as_ref()) {
@@ -112,7 +112,7 @@ impl Landing {
 
     /// A DuckDB error; if a name was not found (our view may be gone: someone dropped it), the next request makes
     /// the view again.
-    pub(super) fn view_lost(&mut self, e: DbError) -> IngestError {
+    pub(super) fn view_lost(&mut self, e: DbError) -> EngineError {
         if e.is(DbErrorKind::Catalog) {
             self.scan = None;
         }
@@ -137,20 +137,20 @@ impl Landing {
         conn: &mut RawConn,
         mapping: &Mapping,
         locked: &mut HashSet<String>,
-    ) -> Result<(Vec<Column>, Option<CreateGuard>), IngestError> {
+    ) -> Result<(Vec<Column>, Option<CreateGuard>), EngineError> {
         let target = &mapping.target;
         self.check_landable(target)?;
         let table = self.table_columns(conn, target)?;
         match (table.is_empty(), mapping.rule) {
             (false, TableRule::Create) => return Err(exists_error(target)),
             (true, TableRule::Append) => {
-                return Err(IngestError::NotFound(format!(
+                return Err(EngineError::NotFound(format!(
                     "table {} does not exist (ingest mode append does not create it)",
                     target.display()
                 )));
             }
             (true, TableRule::Stream) if !mapping.create_table => {
-                return Err(IngestError::NotFound(format!(
+                return Err(EngineError::NotFound(format!(
                     "table {} does not exist, and stream {:?} does not create it (create_table is false)",
                     target.display(),
                     mapping.stream
@@ -169,11 +169,11 @@ impl Landing {
     /// its protocol, resolves its target here before anything is read or written.
     /// The `arrowport` schema of any catalog holds arrowport's state too: idempotency keys live beside the rows
     /// they vouch for.
-    pub(super) fn check_landable(&self, target: &Target) -> Result<(), IngestError> {
+    pub(super) fn check_landable(&self, target: &Target) -> Result<(), EngineError> {
         let catalog = target.catalog.as_deref().unwrap_or(&self.host_db);
         let own = catalog.eq_ignore_ascii_case(SCRATCH_DB) || target.schema.eq_ignore_ascii_case(OWN_SCHEMA);
         if own {
-            return Err(IngestError::Denied(format!(
+            return Err(EngineError::Denied(format!(
                 "{} holds arrowport's own state; no request may write there",
                 target.display()
             )));
@@ -189,12 +189,12 @@ impl Landing {
         mapping: &Mapping,
         incoming: &[Column],
         table: &mut Vec<Column>,
-    ) -> Result<u64, IngestError> {
+    ) -> Result<u64, EngineError> {
         let target = &mapping.target;
         let target_sql = target.sql(&self.host_db);
         let view_sql = view_sql(&self.view_name());
         if self.is_lake(txn, target.catalog.as_deref())? {
-            schema::check_lake_types(&target.display(), incoming).map_err(IngestError::Conflict)?;
+            schema::check_lake_types(&target.display(), incoming).map_err(EngineError::Conflict)?;
         }
         if mapping.rule == TableRule::Replace {
             txn.execute(&format!("DROP TABLE IF EXISTS {target_sql}")).map_err(E::db)?;
@@ -212,13 +212,13 @@ impl Landing {
         }
         let insert = match mapping.policy {
             SchemaPolicy::Strict => {
-                schema::check_fits(&target.display(), table, incoming).map_err(IngestError::Conflict)?;
+                schema::check_fits(&target.display(), table, incoming).map_err(EngineError::Conflict)?;
                 format!("INSERT INTO {target_sql} SELECT * FROM {view_sql}")
             }
             SchemaPolicy::ByName | SchemaPolicy::Evolve => {
                 let evolve = mapping.policy == SchemaPolicy::Evolve;
                 let added =
-                    schema::check_by_name(&target.display(), table, incoming, evolve).map_err(IngestError::Conflict)?;
+                    schema::check_by_name(&target.display(), table, incoming, evolve).map_err(EngineError::Conflict)?;
                 for c in added {
                     txn.execute(&format!(
                         "ALTER TABLE {target_sql} ADD COLUMN {} {}",
@@ -243,7 +243,7 @@ impl Landing {
     }
 
     /// The Arrow schema of a table, as DuckDB exports it; `None` when the table does not exist.
-    pub(super) fn describe_table(&self, conn: &mut RawConn, target: &Target) -> Result<Option<Schema>, IngestError> {
+    pub(super) fn describe_table(&self, conn: &mut RawConn, target: &Target) -> Result<Option<Schema>, EngineError> {
         if self.table_columns(conn, target)?.is_empty() {
             return Ok(None);
         }
@@ -252,7 +252,7 @@ impl Landing {
     }
 
     /// Tables of the host database's main schema, the ones an unmapped stream name lands in.
-    pub(super) fn main_tables(&self, conn: &mut RawConn) -> Result<Vec<(String, Schema)>, IngestError> {
+    pub(super) fn main_tables(&self, conn: &mut RawConn) -> Result<Vec<(String, Schema)>, EngineError> {
         let sql = format!(
             "SELECT table_name FROM duckdb_tables() WHERE database_name = {} AND schema_name = 'main' ORDER BY 1",
             quote_literal(&self.host_db)
@@ -270,7 +270,7 @@ impl Landing {
     }
 }
 
-impl DuckSink {
+impl DuckSession {
     /// One streaming request in its own transaction; the view already points at its batches.
     ///
     /// `handed_out` counts the rows the view's stream gave DuckDB. The INSERT must have inserted exactly those:
@@ -280,11 +280,11 @@ impl DuckSink {
         &mut self,
         mapping: &Mapping,
         incoming: &[Column],
-        failed: &Mutex<Option<IngestError>>,
-        fed: &Fed<'_>,
-    ) -> Result<Written, IngestError> {
+        failed: &Mutex<Option<EngineError>>,
+        fed: &HandedOut<'_>,
+    ) -> Result<Written, EngineError> {
         let started = std::time::Instant::now();
-        let DuckSink { conn, at, .. } = self;
+        let DuckSession { conn, at, .. } = self;
         let (mut table, _create_guard) = at.prepare_target(conn, mapping, &mut HashSet::new())?;
         if let Some(key) = fed.key {
             at.ensure_keys(conn, mapping.target.catalog.as_deref(), key.window)?;
@@ -293,7 +293,7 @@ impl DuckSink {
             let rows = at.land(&mut txn, mapping, incoming, &mut table)?;
             let given = fed.rows.load(Ordering::SeqCst);
             if rows != given {
-                return Err(IngestError::Internal(format!(
+                return Err(EngineError::Internal(format!(
                     "the insert took {rows} of the {given} rows the request's stream handed out (was its scan view read by \
                      another connection?); rolled back"
                 )));
@@ -309,12 +309,12 @@ impl DuckSink {
     }
 
     /// A buffered request on its own, in its own transaction.
-    pub(super) fn write_buffered(&mut self, item: &Buffered) -> Result<Written, IngestError> {
-        let DuckSink { conn, at, .. } = self;
+    pub(super) fn write_buffered(&mut self, item: &Buffered) -> Result<Written, EngineError> {
+        let DuckSession { conn, at, .. } = self;
         let _lake = at.lake_commit_locks(conn, [&item.mapping])?;
         at.ensure_view(conn)?;
         let incoming = at.point_view(conn, Arc::clone(&item.schema), Box::new(VecPull(item.batches.clone().into())))?;
-        let fed = Fed {
+        let fed = HandedOut {
             rows: &AtomicU64::new(item.rows),
             batches: &AtomicU64::new(item.batches.len() as u64),
             key: item.key.as_ref(),
@@ -326,7 +326,7 @@ impl DuckSink {
 
     /// Several buffered requests in one transaction: consecutive requests for the same target with the same
     /// schema become one INSERT. All or nothing; the caller retries each alone when it fails.
-    pub(super) fn try_group(&mut self, items: &[Buffered]) -> Result<(), IngestError> {
+    pub(super) fn try_group(&mut self, items: &[Buffered]) -> Result<(), EngineError> {
         let mut runs: Vec<(usize, usize)> = Vec::new();
         for (i, item) in items.iter().enumerate() {
             match runs.last_mut() {
@@ -339,7 +339,7 @@ impl DuckSink {
                 _ => runs.push((i, i + 1)),
             }
         }
-        let DuckSink { conn, at, .. } = self;
+        let DuckSession { conn, at, .. } = self;
         let _lake = at.lake_commit_locks(conn, items.iter().map(|i| &i.mapping))?;
         at.ensure_view(conn)?;
         let mut locked = HashSet::new();
@@ -364,7 +364,7 @@ impl DuckSink {
                     at.point_view(&mut txn, Arc::clone(&items[start].schema), Box::new(VecPull(batches.into())))?;
                 let rows = at.land(&mut txn, &items[start].mapping, &incoming, table)?;
                 if rows != expected {
-                    return Err(IngestError::Internal(format!("a grouped insert wrote {rows} rows of {expected}")));
+                    return Err(EngineError::Internal(format!("a grouped insert wrote {rows} rows of {expected}")));
                 }
                 let keys: Vec<_> = items[start..end]
                     .iter()
@@ -382,23 +382,23 @@ impl DuckSink {
 
 /// Feeds DuckDB's scan: the batch already read, then the rest of the request. Remembers the first failure so
 /// the request reports it rather than DuckDB's wrapping of it.
-pub(super) struct Pull {
+pub(super) struct ScanFeed {
     pub(super) first: Option<RecordBatch>,
     pub(super) input: BatchRx,
-    pub(super) failed: Arc<Mutex<Option<IngestError>>>,
+    pub(super) failed: Arc<Mutex<Option<EngineError>>>,
     /// Rows and batches handed to DuckDB so far.
     pub(super) handed_out: Arc<AtomicU64>,
     pub(super) batches: Arc<AtomicU64>,
 }
 
 /// What a request's scan handed DuckDB, and its idempotency key: checked and recorded before commit.
-pub(super) struct Fed<'a> {
+pub(super) struct HandedOut<'a> {
     pub(super) rows: &'a AtomicU64,
     pub(super) batches: &'a AtomicU64,
     pub(super) key: Option<&'a RequestKey>,
 }
 
-impl BatchPull for Pull {
+impl BatchPull for ScanFeed {
     fn next_batch(&mut self) -> Result<Option<RecordBatch>, String> {
         let next = match self.first.take() {
             Some(b) => Ok(Some(b)),

@@ -1,4 +1,4 @@
-//! The DuckDB side of a write ([`DuckSink`], the production [`Sink`]): a streamed request becomes one
+//! The DuckDB side of a write ([`DuckSession`], the production [`Session`]): a streamed request becomes one
 //! transaction on one of our connections; small requests received whole share one transaction per group (group
 //! commit, on the writer the pool reserves for it). Every transaction is a `duck::Txn`, which rolls back unless
 //! committed, whatever ends it (an error, an early return, a panic).
@@ -22,7 +22,7 @@ mod lake;
 mod landing;
 mod remote;
 
-use landing::{Fed, Pull, view_sql};
+use landing::{HandedOut, ScanFeed, view_sql};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,13 +38,13 @@ use crate::duck::conn::RawConn;
 use crate::duck::scan::{BatchPull, ScanStream};
 use crate::duck::statement::{Prepared, StatementKind};
 use crate::duck::{DbError, DbErrorKind};
-use crate::engine::error::IngestError;
-use crate::engine::error::IngestError as E;
+use crate::engine::error::EngineError;
+use crate::engine::error::EngineError as E;
 use crate::engine::policy::{self, Access};
 use crate::engine::query;
-use crate::engine::sink::{
+use crate::engine::session::{
     BatchRx, Buffered, Catalog, Described, Interrupter, KeyRecord, Maintained, Param, QueryItem, QueryOut, RequestKey,
-    Sink, Statement, TableEntry, Written,
+    Session, Statement, TableEntry, Written,
 };
 
 /// The attached in-memory database that holds the per-request scan views.
@@ -83,10 +83,10 @@ impl Drop for CreateGuard {
 }
 
 /// A writer's connection, ready to land requests.
-pub struct DuckSink {
+pub struct DuckSession {
     conn: RawConn,
     at: Landing,
-    /// Function names the host has (lower case), as last read, for [`DuckSink::preflight`].
+    /// Function names the host has (lower case), as last read, for [`DuckSession::preflight`].
     known_functions: HashSet<String>,
 }
 
@@ -123,7 +123,7 @@ fn test_hook_panic_table() -> Option<String> {
     std::env::var("ARROWPORT_TEST_PANIC_TABLE").ok().filter(|t| !t.is_empty())
 }
 
-impl Drop for DuckSink {
+impl Drop for DuckSession {
     fn drop(&mut self) {
         // The view points at our stream: it goes first.
         if self.at.scan.is_some() {
@@ -132,10 +132,10 @@ impl Drop for DuckSink {
     }
 }
 
-impl DuckSink {
+impl DuckSession {
     /// Readies a pooled connection: remembers the host database's name, attaches the scratch database and makes
     /// it the connection's default, so scan views land there.
-    pub fn prepare(mut conn: RawConn, id: usize, locks: Arc<CreateLocks>) -> Result<DuckSink, DbError> {
+    pub fn prepare(mut conn: RawConn, id: usize, locks: Arc<CreateLocks>) -> Result<DuckSession, DbError> {
         let host_db =
             conn.query_value("SELECT current_database()")?.ok_or_else(|| DbError::ours("no current database"))?;
         conn.execute(&format!("ATTACH IF NOT EXISTS ':memory:' AS {}", quote_ident(SCRATCH_DB)))?;
@@ -154,11 +154,11 @@ impl DuckSink {
             #[cfg(feature = "test-hooks")]
             panic_on: test_hook_panic_table(),
         };
-        Ok(DuckSink { conn, at, known_functions: HashSet::new() })
+        Ok(DuckSession { conn, at, known_functions: HashSet::new() })
     }
 }
 
-impl Sink for DuckSink {
+impl Session for DuckSession {
     fn interrupter(&self) -> Option<Interrupter> {
         let handle = self.conn.interrupter();
         Some(Arc::new(move || handle.interrupt()))
@@ -170,7 +170,7 @@ impl Sink for DuckSink {
         schema: SchemaRef,
         mut input: BatchRx,
         key: Option<&RequestKey>,
-    ) -> Result<Written, IngestError> {
+    ) -> Result<Written, EngineError> {
         // Nothing is created or written for a stream request without rows; in replace mode an existing table is
         // emptied (the request's rows, none, replace the table's). Flight SQL ingest creates (or replaces) the
         // table even from an empty stream, as its mode says.
@@ -188,15 +188,15 @@ impl Sink for DuckSink {
         }
         let failed = Arc::new(Mutex::new(None));
         let (handed_out, batches) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let pull = Pull {
+        let pull = ScanFeed {
             first,
             input,
             failed: Arc::clone(&failed),
             handed_out: Arc::clone(&handed_out),
             batches: Arc::clone(&batches),
         };
-        let fed = Fed { rows: &handed_out, batches: &batches, key };
-        let DuckSink { conn, at, .. } = self;
+        let fed = HandedOut { rows: &handed_out, batches: &batches, key };
+        let DuckSession { conn, at, .. } = self;
         let result = at
             .ensure_view(conn)
             .and_then(|()| at.point_view(conn, schema, Box::new(pull)))
@@ -205,7 +205,7 @@ impl Sink for DuckSink {
         result
     }
 
-    fn write_group(&mut self, items: &[Buffered]) -> Vec<Result<Written, IngestError>> {
+    fn write_group(&mut self, items: &[Buffered]) -> Vec<Result<Written, EngineError>> {
         let started = std::time::Instant::now();
         if items.len() > 1 && self.try_group(items).is_ok() {
             let seconds = started.elapsed().as_secs_f64();
@@ -220,39 +220,39 @@ impl Sink for DuckSink {
         catalog: Option<&str>,
         key: &str,
         window: std::time::Duration,
-    ) -> Result<Option<KeyRecord>, IngestError> {
+    ) -> Result<Option<KeyRecord>, EngineError> {
         self.lookup_key_in(catalog, key, window)
     }
 
-    fn table_schema(&mut self, target: &Target) -> Result<Option<Schema>, IngestError> {
+    fn table_schema(&mut self, target: &Target) -> Result<Option<Schema>, EngineError> {
         self.at.describe_table(&mut self.conn, target)
     }
 
-    fn list_tables(&mut self) -> Result<Vec<(String, Schema)>, IngestError> {
+    fn list_tables(&mut self) -> Result<Vec<(String, Schema)>, EngineError> {
         self.at.main_tables(&mut self.conn)
     }
 
-    fn describe_sql(&mut self, sql: &str, params: Option<&[Param]>, access: Access) -> Result<Described, IngestError> {
+    fn describe_sql(&mut self, sql: &str, params: Option<&[Param]>, access: Access) -> Result<Described, EngineError> {
         self.describe_statement(sql, params, access)
     }
 
-    fn query(&mut self, statement: &Statement, access: Access, out: &QueryOut) -> Result<(), IngestError> {
+    fn query(&mut self, statement: &Statement, access: Access, out: &QueryOut) -> Result<(), EngineError> {
         self.run_query(statement, access, out)
     }
 
-    fn maintain(&mut self, catalog: &str, older_than: std::time::Duration) -> Result<Vec<Maintained>, IngestError> {
+    fn maintain(&mut self, catalog: &str, older_than: std::time::Duration) -> Result<Vec<Maintained>, EngineError> {
         self.maintain_lake(catalog, older_than)
     }
 
-    fn export(&mut self, sql: &str, out: &QueryOut) -> Result<(), IngestError> {
+    fn export(&mut self, sql: &str, out: &QueryOut) -> Result<(), EngineError> {
         self.export_query(sql, out)
     }
 
-    fn update(&mut self, statement: &Statement, access: Access) -> Result<u64, IngestError> {
+    fn update(&mut self, statement: &Statement, access: Access) -> Result<u64, EngineError> {
         self.run_update(statement, access)
     }
 
-    fn catalog(&mut self, with_schemas: bool) -> Result<Catalog, IngestError> {
+    fn catalog(&mut self, with_schemas: bool) -> Result<Catalog, EngineError> {
         self.read_catalog(with_schemas)
     }
 }

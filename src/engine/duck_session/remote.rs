@@ -11,11 +11,11 @@ pub(super) fn stream_result(
     statement: &Statement,
     kind: StatementKind,
     out: &QueryOut,
-) -> Result<(), IngestError> {
+) -> Result<(), EngineError> {
     let no_params = [Vec::new()];
     let runs: &[Vec<Param>] = if statement.params.is_empty() { &no_params } else { &statement.params };
     let mut schema_sent = false;
-    let mut send_schema = |schema: SchemaRef| -> Result<(), IngestError> {
+    let mut send_schema = |schema: SchemaRef| -> Result<(), EngineError> {
         if !schema_sent {
             schema_sent = true;
             out.send(QueryItem::Schema(schema))?;
@@ -52,7 +52,7 @@ pub(super) fn stream_result(
 }
 
 /// Refuses what a network statement left in the connection's temporary catalog (the caller rolls back).
-pub(super) fn refuse_temporary_objects(conn: &mut RawConn) -> Result<(), IngestError> {
+pub(super) fn refuse_temporary_objects(conn: &mut RawConn) -> Result<(), EngineError> {
     let left = conn
         .query_value(
             "SELECT (SELECT count(*) FROM duckdb_tables() WHERE database_name = 'temp') \
@@ -63,7 +63,7 @@ pub(super) fn refuse_temporary_objects(conn: &mut RawConn) -> Result<(), IngestE
         .map_err(E::db)?;
     match left.as_deref() {
         Some("0") => Ok(()),
-        _ => Err(IngestError::Denied(
+        _ => Err(EngineError::Denied(
             "temporary tables, views, sequences and types are not accepted over the network: statements share arrowport's \
              connections, so a temporary object would outlive its statement; create a table in a schema instead"
                 .into(),
@@ -72,18 +72,18 @@ pub(super) fn refuse_temporary_objects(conn: &mut RawConn) -> Result<(), IngestE
 }
 
 /// Whether the listener's access allows this statement's kind (as DuckDB prepared it).
-pub(super) fn kind_allowed(p: &Prepared<'_>, access: Access) -> Result<(), IngestError> {
+pub(super) fn kind_allowed(p: &Prepared<'_>, access: Access) -> Result<(), EngineError> {
     match (p.kind(), access) {
         (StatementKind::Transaction, _) => {
-            Err(IngestError::Denied("transaction statements are not accepted over the network: every statement commits on its own".into()))
+            Err(EngineError::Denied("transaction statements are not accepted over the network: every statement commits on its own".into()))
         }
-        (StatementKind::Instance(keyword), _) => Err(IngestError::Denied(format!(
+        (StatementKind::Instance(keyword), _) => Err(EngineError::Denied(format!(
             "{keyword} statements are not accepted over the network: they change the host's database instance (its settings, \
              extensions or attached databases), not data; run them in the host's own session"
         ))),
-        (StatementKind::Function, _) => Err(IngestError::Denied("CREATE MACRO / CREATE FUNCTION is not accepted over the network".into())),
+        (StatementKind::Function, _) => Err(EngineError::Denied("CREATE MACRO / CREATE FUNCTION is not accepted over the network".into())),
         (StatementKind::Select, _) | (_, Access::ReadWrite) => Ok(()),
-        (_, _) => Err(IngestError::Denied(
+        (_, _) => Err(EngineError::Denied(
             "this listener runs only statements that read (sql := 'read_only'); this statement would change the database".into(),
         )),
     }
@@ -92,10 +92,10 @@ pub(super) fn kind_allowed(p: &Prepared<'_>, access: Access) -> Result<(), Inges
 /// A statement interrupted so that an administrative function could run says so (it may have been the one
 /// calling it: then this is its refusal).
 pub(super) fn explain_interrupt<T>(
-    (out, by): (Result<T, IngestError>, Option<&'static str>),
-) -> Result<T, IngestError> {
+    (out, by): (Result<T, EngineError>, Option<&'static str>),
+) -> Result<T, EngineError> {
     match (out, by) {
-        (Err(IngestError::Sql(e)), Some(function)) if e.is(DbErrorKind::Interrupted) => Err(IngestError::Sql(e.with_message(format!(
+        (Err(EngineError::Sql(e)), Some(function)) if e.is(DbErrorKind::Interrupted) => Err(EngineError::Sql(e.with_message(format!(
             "{e} (interrupted so that {function} could run in the host's session; {function} cannot be called over the network)"
         )))),
         (out, _) => out,
@@ -105,13 +105,13 @@ pub(super) fn explain_interrupt<T>(
 /// How many `query('...')` texts one statement may nest.
 pub(super) const MAX_NESTED_TEXTS: usize = 16;
 
-impl DuckSink {
+impl DuckSession {
     /// Checks a statement sent over the network before DuckDB binds it (see `sql_tree`), parsed without binding:
     /// no table it names (nor a name it gives `query_table`) may be in arrowport's schema or scratch database.
     /// With `read_only` it must also be a query, call no function with side effects, and call only functions the
     /// host already has. The constant texts given to `query()` are checked the same way. A `read_write`
     /// statement DuckDB's serializer does not take (anything but SELECT) is checked by its names.
-    fn preflight(&mut self, sql: &str, access: Access) -> Result<(), IngestError> {
+    fn preflight(&mut self, sql: &str, access: Access) -> Result<(), EngineError> {
         let strictness = match access {
             Access::Off => return Ok(()),
             Access::ReadOnly => Strictness::ReadOnly,
@@ -122,7 +122,7 @@ impl DuckSink {
         while let Some(text) = texts.pop() {
             checked += 1;
             if checked > MAX_NESTED_TEXTS {
-                return Err(IngestError::Denied(format!("query() texts nest more than {MAX_NESTED_TEXTS} deep")));
+                return Err(EngineError::Denied(format!("query() texts nest more than {MAX_NESTED_TEXTS} deep")));
             }
             let serialized = self
                 .conn
@@ -130,13 +130,13 @@ impl DuckSink {
                 .map_err(E::db)?;
             let calls = match sql_tree::calls_of(&serialized.unwrap_or_default(), strictness) {
                 Ok(calls) => calls,
-                Err(Refusal::Invalid(m)) => return Err(IngestError::Sql(DbError::from_text(m))),
+                Err(Refusal::Invalid(m)) => return Err(EngineError::Sql(DbError::from_text(m))),
                 // Not a query (or one the serializer cannot describe): read_write reads its names.
                 Err(_) if strictness == Strictness::ReadWrite => {
                     policy::check_identifiers(&text)?;
                     continue;
                 }
-                Err(other) => return Err(IngestError::Denied(other.message())),
+                Err(other) => return Err(EngineError::Denied(other.message())),
             };
             policy::check_tables(&calls)?;
             if strictness == Strictness::ReadOnly {
@@ -148,14 +148,14 @@ impl DuckSink {
     }
 
     /// Refuses a call of a function the host does not have (binding it would make DuckDB load an extension).
-    fn only_known_functions(&mut self, functions: &[String]) -> Result<(), IngestError> {
+    fn only_known_functions(&mut self, functions: &[String]) -> Result<(), EngineError> {
         for f in functions {
             if !self.known_functions.contains(f) {
                 let rows =
                     self.conn.query("SELECT DISTINCT lower(function_name) FROM duckdb_functions()").map_err(E::db)?;
                 self.known_functions = rows.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect();
                 if !self.known_functions.contains(f) {
-                    return Err(IngestError::Denied(format!(
+                    return Err(EngineError::Denied(format!(
                         "{f}() is not a function this host has; a statement sent over the network calls only functions \
                          already loaded (no extension is loaded on a client's behalf)"
                     )));
@@ -175,8 +175,8 @@ impl DuckSink {
     fn remote<T>(
         &mut self,
         access: Access,
-        f: impl FnOnce(&mut RawConn) -> Result<T, IngestError>,
-    ) -> Result<T, IngestError> {
+        f: impl FnOnce(&mut RawConn) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
         self.on_host_db(|conn| {
             let begun = if access == Access::ReadOnly { conn.begin_read_only() } else { conn.begin() };
             begun.map_err(E::db).and_then(|mut txn| {
@@ -192,7 +192,7 @@ impl DuckSink {
 
     /// Runs `f` with the host database as this connection's default (our connections default to the scratch
     /// database), then restores the scratch database, whatever `f` did.
-    fn on_host_db<T>(&mut self, f: impl FnOnce(&mut RawConn) -> Result<T, IngestError>) -> Result<T, IngestError> {
+    fn on_host_db<T>(&mut self, f: impl FnOnce(&mut RawConn) -> Result<T, EngineError>) -> Result<T, EngineError> {
         self.conn.execute(&format!("USE {}", quote_ident(&self.at.host_db))).map_err(E::db)?;
         let out = f(&mut self.conn);
         if let Err(e) = self.conn.execute_past_interrupts(&format!("USE {}", quote_ident(SCRATCH_DB))) {
@@ -202,13 +202,13 @@ impl DuckSink {
     }
 }
 
-impl DuckSink {
+impl DuckSession {
     pub(super) fn describe_statement(
         &mut self,
         sql: &str,
         params: Option<&[Param]>,
         access: Access,
-    ) -> Result<Described, IngestError> {
+    ) -> Result<Described, EngineError> {
         self.preflight(sql, access)?;
         self.remote(access, |conn| {
             let (kind, types) = {
@@ -233,7 +233,7 @@ impl DuckSink {
         statement: &Statement,
         access: Access,
         out: &QueryOut,
-    ) -> Result<(), IngestError> {
+    ) -> Result<(), EngineError> {
         self.preflight(&statement.sql, access)?;
         self.remote(access, |conn| {
             let kind = {
@@ -245,7 +245,7 @@ impl DuckSink {
         })
     }
 
-    pub(super) fn run_update(&mut self, statement: &Statement, access: Access) -> Result<u64, IngestError> {
+    pub(super) fn run_update(&mut self, statement: &Statement, access: Access) -> Result<u64, EngineError> {
         self.preflight(&statement.sql, access)?;
         self.remote(access, |conn| {
             let mut p = conn.prepare(&statement.sql).map_err(E::sql)?;
@@ -261,7 +261,7 @@ impl DuckSink {
         })
     }
 
-    pub(super) fn export_query(&mut self, sql: &str, out: &QueryOut) -> Result<(), IngestError> {
+    pub(super) fn export_query(&mut self, sql: &str, out: &QueryOut) -> Result<(), EngineError> {
         let id = self.at.id;
         self.on_host_db(|conn| {
             // DuckDB's types without an Arrow equivalent (HUGEINT, UHUGEINT, UUID, TIME WITH TIME ZONE, BIT,
@@ -279,7 +279,7 @@ impl DuckSink {
                 .and_then(|mut txn| {
                     let kind = txn.prepare(sql).map_err(E::sql)?.kind();
                     if kind != StatementKind::Select {
-                        return Err(IngestError::BadInput(
+                        return Err(EngineError::BadInput(
                             "the query must be a statement that returns rows (SELECT, FROM, VALUES, ...)".into(),
                         ));
                     }
@@ -295,7 +295,7 @@ impl DuckSink {
         })
     }
 
-    pub(super) fn read_catalog(&mut self, with_schemas: bool) -> Result<Catalog, IngestError> {
+    pub(super) fn read_catalog(&mut self, with_schemas: bool) -> Result<Catalog, EngineError> {
         let conn = &mut self.conn;
         let own = format!("database_name NOT IN ({}, 'temp', 'system')", quote_literal(SCRATCH_DB));
         let text = |rows: Vec<Vec<Option<String>>>| -> Vec<Vec<String>> {
@@ -324,7 +324,7 @@ impl DuckSink {
         };
         for r in tables {
             let [catalog, schema, name, kind] =
-                <[String; 4]>::try_from(r).map_err(|_| IngestError::Internal("catalog row".into()))?;
+                <[String; 4]>::try_from(r).map_err(|_| EngineError::Internal("catalog row".into()))?;
             let arrow = if with_schemas {
                 let sql = format!(
                     "SELECT * FROM {}.{}.{} LIMIT 0",

@@ -5,7 +5,7 @@ use super::*;
 
 impl Landing {
     /// Whether a catalog is an attached DuckLake (asked once per catalog and writer).
-    pub(super) fn is_lake(&mut self, conn: &mut RawConn, catalog: Option<&str>) -> Result<bool, IngestError> {
+    pub(super) fn is_lake(&mut self, conn: &mut RawConn, catalog: Option<&str>) -> Result<bool, EngineError> {
         let Some(catalog) = catalog else { return Ok(false) };
         let name = catalog.to_lowercase();
         if let Some(&known) = self.lakes.get(&name) {
@@ -29,7 +29,7 @@ impl Landing {
         &mut self,
         conn: &mut RawConn,
         mappings: impl IntoIterator<Item = &'m Mapping>,
-    ) -> Result<Vec<CreateGuard>, IngestError> {
+    ) -> Result<Vec<CreateGuard>, EngineError> {
         let mut lakes = std::collections::BTreeSet::new();
         for m in mappings {
             if let Some(catalog) = m.target.catalog.as_deref()
@@ -42,12 +42,12 @@ impl Landing {
     }
 }
 
-impl DuckSink {
+impl DuckSession {
     pub(super) fn maintain_lake(
         &mut self,
         catalog: &str,
         older_than: std::time::Duration,
-    ) -> Result<Vec<Maintained>, IngestError> {
+    ) -> Result<Vec<Maintained>, EngineError> {
         let lit = quote_literal(catalog);
         let cutoff = format!("older_than => now() - to_microseconds({})", older_than.as_micros());
         let steps: [(&'static str, String); 4] = [
@@ -57,12 +57,12 @@ impl DuckSink {
             ("ducklake_cleanup_old_files", format!("CALL ducklake_cleanup_old_files({lit}, {cutoff})")),
         ];
         if !self.at.is_lake(&mut self.conn, Some(catalog))? {
-            return Err(IngestError::BadInput(format!("{catalog:?} is not an attached DuckLake catalog")));
+            return Err(EngineError::BadInput(format!("{catalog:?} is not an attached DuckLake catalog")));
         }
         let mut done = Vec::with_capacity(steps.len());
         for (step, sql) in steps {
             let started = std::time::Instant::now();
-            let rows = self.conn.query(&sql).map_err(IngestError::db)?;
+            let rows = self.conn.query(&sql).map_err(EngineError::db)?;
             done.push(Maintained { step, rows: rows.len() as u64, seconds: started.elapsed().as_secs_f64() });
         }
         Ok(done)

@@ -1,5 +1,5 @@
-//! What a writer is and what it speaks: the [`Sink`] trait (one DuckDB connection, in production
-//! `duck_sink::DuckSink`; a fake in tests) and the values that cross between the network side and a writer
+//! What a writer is and what it speaks: the [`Session`] trait (one DuckDB connection, in production
+//! `duck_session::DuckSession`; a fake in tests) and the values that cross between the network side and a writer
 //! thread: a request's batches ([`BatchRx`], [`Msg`]), a buffered request ([`Buffered`]), a statement and its
 //! result channel ([`Statement`], [`QueryOut`]).
 //!
@@ -17,7 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use crate::catalog::registry::{Mapping, Target};
 use crate::engine::budget::Charge;
-use crate::engine::error::IngestError;
+use crate::engine::error::EngineError;
 use crate::engine::policy::Access;
 
 /// A value bound to a statement parameter (DuckDB's binding, carried through the engine as data).
@@ -60,7 +60,7 @@ pub enum Msg {
     /// The input ended normally: commit.
     End,
     /// The input failed: roll back with this error.
-    Fail(IngestError),
+    Fail(EngineError),
 }
 
 /// The writer's side of a request: a blocking source of batches.
@@ -78,7 +78,7 @@ impl BatchRx {
 
 impl BatchRx {
     /// The next batch (blocking), `Ok(None)` after a clean end, or why the request must roll back.
-    pub fn next_batch(&mut self) -> Result<Option<RecordBatch>, IngestError> {
+    pub fn next_batch(&mut self) -> Result<Option<RecordBatch>, EngineError> {
         if self.ended {
             return Ok(None);
         }
@@ -94,7 +94,7 @@ impl BatchRx {
                 Ok(None)
             }
             Some(Msg::Fail(e)) => Err(e),
-            None => Err(IngestError::Disconnected),
+            None => Err(EngineError::Disconnected),
         }
     }
 }
@@ -117,9 +117,9 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 pub const MAX_KEY_LEN: usize = 255;
 
 /// Checks a client's idempotency key: 1 to 255 printable ASCII characters.
-pub fn validate_key(key: &str) -> Result<(), IngestError> {
+pub fn validate_key(key: &str) -> Result<(), EngineError> {
     if key.is_empty() || key.len() > MAX_KEY_LEN || !key.bytes().all(|b| (0x21..0x7F).contains(&b)) {
-        return Err(IngestError::BadInput(format!(
+        return Err(EngineError::BadInput(format!(
             "an idempotency key must be 1 to {MAX_KEY_LEN} printable ASCII characters without spaces"
         )));
     }
@@ -142,7 +142,7 @@ pub struct Buffered {
     pub batches: Vec<RecordBatch>,
     pub rows: u64,
     pub key: Option<RequestKey>,
-    /// How often a commit that lost a race (see `IngestError::is_commit_conflict`) is tried again.
+    /// How often a commit that lost a race (see `EngineError::is_commit_conflict`) is tried again.
     pub commit_retries: u32,
 }
 
@@ -150,7 +150,7 @@ pub struct Buffered {
 pub type Interrupter = Arc<dyn Fn() + Send + Sync>;
 
 /// Writes one request into the database: everything or nothing. Runs on a writer thread; may block.
-pub trait Sink: Send + 'static {
+pub trait Session: Send + 'static {
     /// How to interrupt this writer's running statement from another thread (when `arrowport_stop` must not
     /// wait for it); `None` when it cannot be interrupted.
     fn interrupter(&self) -> Option<Interrupter> {
@@ -163,7 +163,7 @@ pub trait Sink: Send + 'static {
         schema: SchemaRef,
         input: BatchRx,
         key: Option<&RequestKey>,
-    ) -> Result<Written, IngestError>;
+    ) -> Result<Written, EngineError>;
     /// The committed request an idempotency key names, in `catalog` (`None`: the host database), if it
     /// committed within `window`.
     fn lookup_key(
@@ -171,16 +171,16 @@ pub trait Sink: Send + 'static {
         _catalog: Option<&str>,
         _key: &str,
         _window: Duration,
-    ) -> Result<Option<KeyRecord>, IngestError> {
+    ) -> Result<Option<KeyRecord>, EngineError> {
         Ok(None)
     }
     /// Writes several buffered requests, in one transaction when it can; one result per request, each
     /// "committed" only if its rows are. A request that fails must not fail the others.
-    fn write_group(&mut self, items: &[Buffered]) -> Vec<Result<Written, IngestError>>;
+    fn write_group(&mut self, items: &[Buffered]) -> Vec<Result<Written, EngineError>>;
     /// The target's Arrow schema, `None` when it does not exist.
-    fn table_schema(&mut self, target: &Target) -> Result<Option<Schema>, IngestError>;
+    fn table_schema(&mut self, target: &Target) -> Result<Option<Schema>, EngineError>;
     /// The tables unmapped streams land in, with their Arrow schemas.
-    fn list_tables(&mut self) -> Result<Vec<(String, Schema)>, IngestError>;
+    fn list_tables(&mut self) -> Result<Vec<(String, Schema)>, EngineError>;
 
     /// Prepares a statement sent over the network (see `query`); describes its result and parameters.
     fn describe_sql(
@@ -188,31 +188,31 @@ pub trait Sink: Send + 'static {
         _sql: &str,
         _params: Option<&[Param]>,
         _access: Access,
-    ) -> Result<Described, IngestError> {
-        Err(IngestError::Unsupported("this writer runs no SQL".into()))
+    ) -> Result<Described, EngineError> {
+        Err(EngineError::Unsupported("this writer runs no SQL".into()))
     }
     /// Runs a statement and sends its schema, then its batches, to `out`.
-    fn query(&mut self, _statement: &Statement, _access: Access, _out: &QueryOut) -> Result<(), IngestError> {
-        Err(IngestError::Unsupported("this writer runs no SQL".into()))
+    fn query(&mut self, _statement: &Statement, _access: Access, _out: &QueryOut) -> Result<(), EngineError> {
+        Err(EngineError::Unsupported("this writer runs no SQL".into()))
     }
     /// Runs a query of the host's own session (`arrowport_send`) in a read-only transaction and sends its
     /// schema, then its batches, to `out`. Not a network statement: arrowport's own functions are not refused
     /// in it, and administrative calls do not wait for it.
-    fn export(&mut self, _sql: &str, _out: &QueryOut) -> Result<(), IngestError> {
-        Err(IngestError::Unsupported("this writer runs no SQL".into()))
+    fn export(&mut self, _sql: &str, _out: &QueryOut) -> Result<(), EngineError> {
+        Err(EngineError::Unsupported("this writer runs no SQL".into()))
     }
     /// Compacts a DuckLake catalog: flushes inlined rows to files, merges small files, expires snapshots and
     /// deletes the files no snapshot younger than `older_than` needs.
-    fn maintain(&mut self, _catalog: &str, _older_than: Duration) -> Result<Vec<Maintained>, IngestError> {
-        Err(IngestError::Unsupported("this writer runs no SQL".into()))
+    fn maintain(&mut self, _catalog: &str, _older_than: Duration) -> Result<Vec<Maintained>, EngineError> {
+        Err(EngineError::Unsupported("this writer runs no SQL".into()))
     }
     /// Runs a statement that changes data; returns the rows changed.
-    fn update(&mut self, _statement: &Statement, _access: Access) -> Result<u64, IngestError> {
-        Err(IngestError::Unsupported("this writer runs no SQL".into()))
+    fn update(&mut self, _statement: &Statement, _access: Access) -> Result<u64, EngineError> {
+        Err(EngineError::Unsupported("this writer runs no SQL".into()))
     }
     /// Catalogs, schemas and tables.
-    fn catalog(&mut self, _with_schemas: bool) -> Result<Catalog, IngestError> {
-        Err(IngestError::Unsupported("this writer has no catalog".into()))
+    fn catalog(&mut self, _with_schemas: bool) -> Result<Catalog, EngineError> {
+        Err(EngineError::Unsupported("this writer has no catalog".into()))
     }
 }
 
@@ -292,12 +292,12 @@ struct Gathered {
 pub const GATHER_BYTES: usize = 8 << 20;
 
 /// The held chunks as one batch (the one itself when there is one).
-fn gathered(mut held: Vec<RecordBatch>) -> Result<RecordBatch, IngestError> {
+fn gathered(mut held: Vec<RecordBatch>) -> Result<RecordBatch, EngineError> {
     if held.len() == 1 {
         return Ok(held.pop().expect("one batch"));
     }
     arrow::compute::concat_batches(&held[0].schema(), &held)
-        .map_err(|e| IngestError::Internal(format!("gathering a result: {e}")))
+        .map_err(|e| EngineError::Internal(format!("gathering a result: {e}")))
 }
 
 impl QueryOut {
@@ -319,7 +319,7 @@ impl QueryOut {
 impl QueryOut {
     /// Hands a batch over, or gathers it with the ones before: batches of exactly `gather` rows are handed over
     /// (a larger chunk is cut), or fewer when what is held reaches [`GATHER_BYTES`] first.
-    pub fn batch(&self, batch: RecordBatch) -> Result<(), IngestError> {
+    pub fn batch(&self, batch: RecordBatch) -> Result<(), EngineError> {
         if self.gather <= 1 {
             return self.send(QueryItem::Batch(batch));
         }
@@ -351,7 +351,7 @@ impl QueryOut {
     }
 
     /// Hands over what is held (the end of a result).
-    pub fn finish(&self) -> Result<(), IngestError> {
+    pub fn finish(&self) -> Result<(), EngineError> {
         let held = std::mem::take(&mut *self.held.borrow_mut()).batches;
         if held.is_empty() {
             return Ok(());
@@ -361,12 +361,12 @@ impl QueryOut {
 
     /// Hands an item to the client side; waits for room while the client is slow, up to the stall timeout (on
     /// a writer's thread, never a runtime's).
-    pub fn send(&self, item: QueryItem) -> Result<(), IngestError> {
+    pub fn send(&self, item: QueryItem) -> Result<(), EngineError> {
         // The timer is made inside the runtime (it needs its clock).
         match self.runtime.block_on(async { tokio::time::timeout(self.stall, self.tx.send(item)).await }) {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(IngestError::Disconnected),
-            Err(_) => Err(IngestError::Stalled(self.stall)),
+            Ok(Err(_)) => Err(EngineError::Disconnected),
+            Err(_) => Err(EngineError::Stalled(self.stall)),
         }
     }
 }
@@ -415,7 +415,7 @@ mod query_out_wait_tests {
         let out = QueryOut::gathering(tx, Duration::from_millis(200), 0, runtime.handle().clone());
         out.send(QueryItem::Schema(Arc::new(Schema::empty()))).unwrap();
         let started = Instant::now();
-        assert!(matches!(out.send(QueryItem::Schema(Arc::new(Schema::empty()))), Err(IngestError::Stalled(_))));
+        assert!(matches!(out.send(QueryItem::Schema(Arc::new(Schema::empty()))), Err(EngineError::Stalled(_))));
         assert!(started.elapsed() >= Duration::from_millis(200));
         // Room made while the writer waits lets it go on at once.
         let taker = std::thread::spawn(move || {
@@ -425,6 +425,6 @@ mod query_out_wait_tests {
         });
         out.send(QueryItem::Schema(Arc::new(Schema::empty()))).unwrap();
         drop(taker.join().unwrap());
-        assert!(matches!(out.send(QueryItem::Schema(Arc::new(Schema::empty()))), Err(IngestError::Disconnected)));
+        assert!(matches!(out.send(QueryItem::Schema(Arc::new(Schema::empty()))), Err(EngineError::Disconnected)));
     }
 }

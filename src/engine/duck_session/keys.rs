@@ -46,7 +46,7 @@ impl Landing {
 
     /// Turns the keys an older layout kept in a column `key` into digests, in one transaction, once per catalog
     /// and writer (lookups and writes both come here first).
-    pub(super) fn upgrade_keys(&mut self, conn: &mut RawConn, catalog: Option<&str>) -> Result<(), IngestError> {
+    pub(super) fn upgrade_keys(&mut self, conn: &mut RawConn, catalog: Option<&str>) -> Result<(), EngineError> {
         let name = catalog.unwrap_or(&self.host_db).to_lowercase();
         if self.keys_upgraded.contains(&name) {
             return Ok(());
@@ -78,7 +78,7 @@ impl Landing {
         conn: &mut RawConn,
         catalog: Option<&str>,
         window: std::time::Duration,
-    ) -> Result<(), IngestError> {
+    ) -> Result<(), EngineError> {
         let name = catalog.unwrap_or(&self.host_db).to_lowercase();
         let table = self.keys_table(catalog);
         if !self.keys_ready.contains(&name) {
@@ -125,7 +125,7 @@ impl Landing {
         txn: &mut RawConn,
         target: &Target,
         keys: &[(&RequestKey, u64, u64)],
-    ) -> Result<(), IngestError> {
+    ) -> Result<(), EngineError> {
         let Some((first, _, _)) = keys.first() else { return Ok(()) };
         let table = self.keys_table(target.catalog.as_deref());
         let digests: HashMap<String, &str> =
@@ -151,7 +151,7 @@ impl Landing {
                     cells.next().flatten().unwrap_or_default(),
                 );
                 if state == "live" {
-                    return Err(IngestError::InProgress(
+                    return Err(EngineError::InProgress(
                         digests.get(&digest).map_or_else(|| digest.clone(), |k| k.to_string()),
                     ));
                 }
@@ -182,13 +182,13 @@ impl Landing {
     }
 }
 
-impl DuckSink {
+impl DuckSession {
     pub(super) fn lookup_key_in(
         &mut self,
         catalog: Option<&str>,
         key: &str,
         window: std::time::Duration,
-    ) -> Result<Option<KeyRecord>, IngestError> {
+    ) -> Result<Option<KeyRecord>, EngineError> {
         self.at.upgrade_keys(&mut self.conn, catalog)?;
         let sql = format!(
             "SELECT stream, ack FROM {} WHERE key_sha256 = {} AND committed_at >= now() - to_microseconds({})",
