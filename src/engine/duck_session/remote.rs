@@ -51,6 +51,24 @@ pub(super) fn stream_result(
     out.finish()
 }
 
+/// Runs a statement that is not a query (once per parameter row) and keeps its small result: the schema, then
+/// its batches, to be handed over after commit.
+pub(super) fn materialized_result(conn: &mut RawConn, statement: &Statement) -> Result<Vec<QueryItem>, EngineError> {
+    let no_params = [Vec::new()];
+    let runs: &[Vec<Param>] = if statement.params.is_empty() { &no_params } else { &statement.params };
+    let mut items = Vec::new();
+    for params in runs {
+        let mut p = conn.prepare(&statement.sql).map_err(E::sql)?;
+        p.bind(params).map_err(E::sql)?;
+        let (schema, batches) = p.execute_materialized().map_err(E::sql)?;
+        if items.is_empty() {
+            items.push(QueryItem::Schema(schema));
+        }
+        items.extend(batches.into_iter().map(QueryItem::Batch));
+    }
+    Ok(items)
+}
+
 /// Refuses what a network statement left in the connection's temporary catalog (the caller rolls back).
 pub(super) fn refuse_temporary_objects(conn: &mut RawConn) -> Result<(), EngineError> {
     let left = conn
@@ -235,14 +253,27 @@ impl DuckSession {
         out: &QueryOut,
     ) -> Result<(), EngineError> {
         self.preflight(&statement.sql, access)?;
-        self.remote(access, |conn| {
+        let held = self.remote(access, |conn| {
             let kind = {
                 let p = conn.prepare(&statement.sql).map_err(E::sql)?;
                 kind_allowed(&p, access)?;
                 p.kind()
             };
-            stream_result(conn, statement, kind, out)
-        })
+            if kind == StatementKind::Select {
+                stream_result(conn, statement, kind, out)?;
+                return Ok(Vec::new());
+            }
+            materialized_result(conn, statement)
+        })?;
+        // A statement that changes something is answered (its row count) only once its transaction has
+        // committed: a client that sees the answer and sends its next statement finds the change.
+        if !held.is_empty() {
+            for item in held {
+                out.send(item)?;
+            }
+            out.finish()?;
+        }
+        Ok(())
     }
 
     pub(super) fn run_update(&mut self, statement: &Statement, access: Access) -> Result<u64, EngineError> {
