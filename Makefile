@@ -28,7 +28,13 @@ DB          ?= arrowport.duckdb
 
 all: release
 
-release:
+# The library is rebuilt only when a source is newer than the file it makes, so `make test` right after
+# `make test` calls no cargo build (the tests' own build below shares cargo's output file with this one).
+SOURCES     := $(shell find src -name '*.rs') Cargo.toml Cargo.lock scripts/append_metadata.py
+
+release: $(EXTENSION)
+
+$(EXTENSION): $(SOURCES)
 	cargo build --release
 	mkdir -p $(BUILD_DIR)/extension/$(EXT_NAME)
 	$(PYTHON) scripts/append_metadata.py --library target/release/lib$(EXT_NAME).so --out $(EXTENSION) \
@@ -36,11 +42,15 @@ release:
 	cp $(EXTENSION) $(BUILD_DIR)/extension/$(EXT_NAME)/$(EXT_NAME).duckdb_extension
 
 # The tests' own build, with the hooks the end-to-end tests drive (cargo feature test-hooks), apart from the
-# library `make` builds. Built after `release`; the next `make release` rebuilds the library without them.
-test-hooks: release
+# library `make` builds; made after it, from the same sources.
+HOOKS       := build/test-hooks/$(EXT_NAME).duckdb_extension
+
+test-hooks: $(HOOKS)
+
+$(HOOKS): $(EXTENSION)
 	cargo build --release --features test-hooks
 	mkdir -p build/test-hooks
-	$(PYTHON) scripts/append_metadata.py --library target/release/lib$(EXT_NAME).so --out build/test-hooks/$(EXT_NAME).duckdb_extension \
+	$(PYTHON) scripts/append_metadata.py --library target/release/lib$(EXT_NAME).so --out $@ \
 		--platform $(PLATFORM) --duckdb-version $(C_API) --extension-version $(EXT_VERSION)
 
 # The targets DuckDB's extension tooling runs on a C-API extension (extension-ci-tools' c_api_extensions
