@@ -5,6 +5,7 @@
 //! [`access`] holds principals, scopes and tokens. Only `store` runs SQL (through `duck`).
 
 pub mod access;
+pub mod merge;
 pub mod registry;
 pub mod schema;
 pub mod store;

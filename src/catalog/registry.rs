@@ -152,6 +152,20 @@ macro_rules! named_values {
 named_values!(SchemaPolicy, "schema_policy", Strict = "strict", ByName = "by_name", Evolve = "evolve");
 named_values!(Mode, "mode", Append = "append", Replace = "replace");
 
+/// What a row whose key the table already holds does (streams that merge on a key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnConflict {
+    /// Insert as an append does: a key constraint refuses the request, a table without one takes the row.
+    #[default]
+    Error,
+    /// The row already there stays.
+    Ignore,
+    /// The incoming row replaces the columns it carries.
+    Update,
+}
+
+named_values!(OnConflict, "on_conflict", Error = "error", Ignore = "ignore", Update = "update");
+
 /// How a stream lands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mapping {
@@ -162,6 +176,11 @@ pub struct Mapping {
     pub mode: Mode,
     /// How an existing or missing table is treated; `Stream` (the options above) except for Flight SQL ingest.
     pub rule: TableRule,
+    /// The columns rows merge on; empty: the target's PRIMARY KEY, looked up when needed.
+    pub key: Vec<String>,
+    pub on_conflict: OnConflict,
+    /// A BOOLEAN column of the requests (never of the table) whose true deletes the row's key.
+    pub delete_column: Option<String>,
 }
 
 /// Flight SQL ingest's table-exists / table-missing semantics (ADBC's modes), beside the stream options.
@@ -203,7 +222,15 @@ impl Mapping {
             policy: SchemaPolicy::Strict,
             mode: Mode::Append,
             rule: TableRule::Stream,
+            key: Vec::new(),
+            on_conflict: OnConflict::Error,
+            delete_column: None,
         }
+    }
+
+    /// Whether requests merge on a key (update or ignore existing keys, or delete keys) rather than append.
+    pub fn is_keyed(&self) -> bool {
+        self.on_conflict != OnConflict::Error || self.delete_column.is_some()
     }
 }
 
@@ -214,6 +241,10 @@ pub struct MappingOptions {
     pub create_table: Option<bool>,
     pub schema_policy: Option<String>,
     pub mode: Option<String>,
+    pub key: Option<Vec<String>>,
+    pub on_conflict: Option<String>,
+    /// `Some("")` takes the delete column away.
+    pub delete_column: Option<String>,
 }
 
 impl MappingOptions {
@@ -230,6 +261,27 @@ impl MappingOptions {
         }
         if let Some(m) = &self.mode {
             base.mode = Mode::parse(m)?;
+        }
+        if let Some(k) = &self.key {
+            let mut seen = std::collections::HashSet::new();
+            if let Some(dup) = k.iter().find(|c| !seen.insert(c.to_lowercase())) {
+                return Err(format!("invalid value for option key: the column {dup:?} is named twice"));
+            }
+            base.key = k.clone();
+        }
+        if let Some(c) = &self.on_conflict {
+            base.on_conflict = OnConflict::parse(c)?;
+        }
+        if let Some(d) = &self.delete_column {
+            base.delete_column = Some(d.trim().to_string()).filter(|d| !d.is_empty());
+        }
+        if base.is_keyed() && base.mode == Mode::Replace {
+            return Err(
+                "mode 'replace' replaces the whole table; it does not go with on_conflict or delete_column".into()
+            );
+        }
+        if let Some(d) = base.delete_column.as_deref().filter(|d| base.key.iter().any(|k| k.eq_ignore_ascii_case(d))) {
+            return Err(format!("delete_column {d:?} is a key column; it must be a column of its own"));
         }
         Ok(base)
     }
@@ -365,6 +417,43 @@ mod tests {
             (m.target.display(), m.mode, m.create_table, m.policy),
             ("c.s.t".into(), Mode::Replace, false, SchemaPolicy::Strict)
         );
+    }
+
+    #[test]
+    fn keyed_options_are_checked_together() {
+        let keyed = |o: MappingOptions| o.apply(Mapping::default_for("users"));
+        let m = keyed(MappingOptions {
+            key: Some(vec!["user_id".into()]),
+            on_conflict: Some("UPDATE".into()),
+            delete_column: Some("_deleted".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            (m.on_conflict, m.delete_column.as_deref(), m.is_keyed()),
+            (OnConflict::Update, Some("_deleted"), true)
+        );
+        assert!(!Mapping::default_for("events").is_keyed());
+        let e = keyed(MappingOptions { on_conflict: Some("merge".into()), ..Default::default() }).unwrap_err();
+        assert_eq!(e, "invalid value for option on_conflict: \"merge\" (allowed: error, ignore, update)");
+        let e = keyed(MappingOptions { key: Some(vec!["a".into(), "A".into()]), ..Default::default() }).unwrap_err();
+        assert!(e.contains("named twice"), "{e}");
+        let e = keyed(MappingOptions {
+            on_conflict: Some("ignore".into()),
+            mode: Some("replace".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.contains("does not go with on_conflict"), "{e}");
+        let e = keyed(MappingOptions {
+            key: Some(vec!["id".into()]),
+            delete_column: Some("ID".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.contains("is a key column"), "{e}");
+        let cleared = MappingOptions { delete_column: Some(String::new()), ..Default::default() }.apply(m).unwrap();
+        assert_eq!(cleared.delete_column, None);
     }
 
     #[test]

@@ -15,8 +15,8 @@
 use std::sync::Mutex;
 
 use crate::catalog::access::{self, Scope, TokenRecord};
-use crate::catalog::registry::{Mapping, Mode, OWN_SCHEMA, SchemaPolicy, TableRule, Target};
-use crate::catalog::schema::{quote_ident, quote_literal};
+use crate::catalog::registry::{Mapping, Mode, OWN_SCHEMA, OnConflict, SchemaPolicy, TableRule, Target};
+use crate::catalog::schema::{Column, quote_ident, quote_literal};
 use crate::duck::DbError;
 use crate::duck::conn::RawConn;
 use crate::duck::database::Database;
@@ -24,7 +24,12 @@ use crate::duck::database::Database;
 const STREAMS: &str = "streams";
 const STREAMS_COLUMNS: &str = "stream VARCHAR PRIMARY KEY, catalog VARCHAR, schema VARCHAR NOT NULL, \
      \"table\" VARCHAR NOT NULL, create_table BOOLEAN NOT NULL, schema_policy VARCHAR NOT NULL, \
-     mode VARCHAR NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now(), updated_at TIMESTAMPTZ NOT NULL DEFAULT now()";
+     mode VARCHAR NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now(), updated_at TIMESTAMPTZ NOT NULL DEFAULT now(), \
+     \"key\" VARCHAR[], on_conflict VARCHAR, delete_column VARCHAR";
+/// Columns added to `streams` after its first layout, with their types: a store made before them gets them on
+/// its next write, and reads of it see their defaults until then.
+const STREAMS_ADDED: [(&str, &str); 3] =
+    [("key", "VARCHAR[]"), ("on_conflict", "VARCHAR"), ("delete_column", "VARCHAR")];
 
 const TOKENS: &str = "tokens";
 /// `streams` is a JSON array of stream names, NULL for every stream; salt and hash are hex.
@@ -99,6 +104,45 @@ impl Store {
             Some(own) => f(Some((&mut own.conn, own.name.as_str()))),
             None => f(None),
         }
+    }
+}
+
+/// A table's columns, and the columns of its PRIMARY KEY (none when it has none).
+pub type TableFacts = (Vec<Column>, Vec<String>);
+
+impl Store {
+    /// A table's columns and PRIMARY KEY columns, as the host database's committed catalog has them (`None` when
+    /// it does not exist): what a stream's options are checked against when they are set.
+    pub fn table_facts(&self, target: &Target) -> Result<Option<TableFacts>, DbError> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let conn = &mut inner.host;
+        let filter = format!(
+            "lower(database_name) = lower({}) AND lower(schema_name) = lower({}) AND lower(table_name) = lower({})",
+            target.catalog.as_deref().map(quote_literal).unwrap_or_else(|| "current_database()".into()),
+            quote_literal(&target.schema),
+            quote_literal(&target.table)
+        );
+        let columns: Vec<Column> = conn
+            .query(&format!(
+                "SELECT column_name, data_type FROM duckdb_columns() WHERE {filter} ORDER BY column_index"
+            ))?
+            .into_iter()
+            .map(|r| Column {
+                name: r.first().cloned().flatten().unwrap_or_default(),
+                sql_type: r.get(1).cloned().flatten().unwrap_or_default(),
+            })
+            .collect();
+        if columns.is_empty() {
+            return Ok(None);
+        }
+        let primary = conn
+            .query(&format!(
+                "SELECT unnest(constraint_column_names) FROM duckdb_constraints() WHERE {filter} AND constraint_type = 'PRIMARY KEY'"
+            ))?
+            .into_iter()
+            .filter_map(|r| r.into_iter().next().flatten())
+            .collect();
+        Ok(Some((columns, primary)))
     }
 }
 
@@ -218,12 +262,32 @@ impl Store {
     }
 }
 
+/// The columns of [`STREAMS_ADDED`] the stored table lacks.
+fn missing_columns(conn: &mut RawConn, db: &str) -> Result<Vec<(&'static str, &'static str)>, DbError> {
+    let sql = format!(
+        "SELECT column_name FROM duckdb_columns() WHERE database_name = {} AND schema_name = {} AND table_name = {}",
+        quote_literal(db),
+        quote_literal(OWN_SCHEMA),
+        quote_literal(STREAMS)
+    );
+    let present: Vec<String> = conn.query(&sql)?.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect();
+    Ok(STREAMS_ADDED.into_iter().filter(|(c, _)| !present.iter().any(|p| p == c)).collect())
+}
+
 fn load_mappings(conn: &mut RawConn, db: &str) -> Result<Vec<Mapping>, DbError> {
     if !has(conn, db, STREAMS)? {
         return Ok(vec![]);
     }
+    let missing = missing_columns(conn, db)?;
+    let added = STREAMS_ADDED
+        .map(|(c, _)| if missing.iter().any(|(m, _)| *m == c) { "NULL".to_string() } else { quote_ident(c) });
+    // The key list as JSON text: our rows are texts, and JSON keeps names with commas or quotes apart.
     let rows = conn.query(&format!(
-        "SELECT stream, catalog, schema, \"table\", create_table, schema_policy, mode FROM {} ORDER BY stream",
+        "SELECT stream, catalog, schema, \"table\", create_table, schema_policy, mode, to_json({}::VARCHAR[]), {}, {} \
+         FROM {} ORDER BY stream",
+        added[0],
+        added[1],
+        added[2],
         named(db, STREAMS)
     ))?;
     rows.into_iter()
@@ -241,6 +305,15 @@ fn load_mappings(conn: &mut RawConn, db: &str) -> Result<Vec<Mapping>, DbError> 
                 policy: SchemaPolicy::parse(&v(5).unwrap_or_default()).map_err(|_| bad("schema_policy"))?,
                 mode: Mode::parse(&v(6).unwrap_or_default()).map_err(|_| bad("mode"))?,
                 rule: TableRule::Stream,
+                key: match v(7) {
+                    None => Vec::new(),
+                    Some(json) => serde_json::from_str(&json).map_err(|_| bad("key"))?,
+                },
+                on_conflict: match v(8) {
+                    None => OnConflict::Error,
+                    Some(c) => OnConflict::parse(&c).map_err(|_| bad("on_conflict"))?,
+                },
+                delete_column: v(9),
             })
         })
         .collect()
@@ -248,10 +321,16 @@ fn load_mappings(conn: &mut RawConn, db: &str) -> Result<Vec<Mapping>, DbError> 
 
 fn save_mapping(conn: &mut RawConn, db: &str, m: &Mapping) -> Result<(), DbError> {
     create(conn, db, STREAMS, STREAMS_COLUMNS)?;
+    for (column, sql_type) in missing_columns(conn, db)? {
+        conn.execute(&format!("ALTER TABLE {} ADD COLUMN {} {sql_type}", named(db, STREAMS), quote_ident(column)))?;
+    }
+    let key = format!("[{}]::VARCHAR[]", m.key.iter().map(|k| quote_literal(k)).collect::<Vec<_>>().join(", "));
     conn.execute(&format!(
-        "INSERT INTO {} (stream, catalog, schema, \"table\", create_table, schema_policy, mode) VALUES ({}, {}, {}, {}, {}, {}, {}) \
+        "INSERT INTO {} (stream, catalog, schema, \"table\", create_table, schema_policy, mode, \"key\", on_conflict, delete_column) \
+         VALUES ({}, {}, {}, {}, {}, {}, {}, {key}, {}, {}) \
          ON CONFLICT (stream) DO UPDATE SET catalog = excluded.catalog, schema = excluded.schema, \"table\" = excluded.\"table\", \
-         create_table = excluded.create_table, schema_policy = excluded.schema_policy, mode = excluded.mode, updated_at = now()",
+         create_table = excluded.create_table, schema_policy = excluded.schema_policy, mode = excluded.mode, \
+         \"key\" = excluded.\"key\", on_conflict = excluded.on_conflict, delete_column = excluded.delete_column, updated_at = now()",
         named(db, STREAMS),
         quote_literal(&m.stream),
         opt_literal(m.target.catalog.as_deref()),
@@ -260,6 +339,8 @@ fn save_mapping(conn: &mut RawConn, db: &str, m: &Mapping) -> Result<(), DbError
         m.create_table,
         quote_literal(m.policy.name()),
         quote_literal(m.mode.name()),
+        quote_literal(m.on_conflict.name()),
+        opt_literal(m.delete_column.as_deref()),
     ))?;
     Ok(())
 }

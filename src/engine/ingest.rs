@@ -193,7 +193,14 @@ impl<S: Session> Core<S> {
                 }
                 Mapping { rule: m.rule, ..defined }
             }
-            Some(m) => m.clone(),
+            // A stream that merges on a key merges whatever protocol its rows come by: Flight SQL ingest naming the
+            // stream's table lands through its mapping, in the client's mode.
+            Some(m) => match self.mapping(stream, true) {
+                Ok(defined) if defined.is_keyed() && m.target == Mapping::default_for(stream).target => {
+                    Mapping { rule: m.rule, ..defined }
+                }
+                _ => m.clone(),
+            },
             None => self.mapping(stream, request.policy.reject_unknown)?,
         };
         if let Some(t) = &request.target {

@@ -27,7 +27,7 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 
 use crate::catalog::access::{self, Principal};
-use crate::catalog::registry::{Mapping, Mode, SchemaPolicy, TableRule, Target};
+use crate::catalog::registry::{Mapping, SchemaPolicy, TableRule, Target};
 use crate::engine::core::Core;
 use crate::engine::error::EngineError;
 use crate::engine::ingest::{Incoming, Request as IngestRequest};
@@ -228,14 +228,7 @@ impl<S: Session> FlightSql<S> {
             schema: cmd.schema.filter(|s| !s.is_empty()).unwrap_or_else(|| "main".into()),
             table: cmd.table.clone(),
         };
-        let mapping = Mapping {
-            stream: cmd.table.clone(),
-            target,
-            create_table: true,
-            policy: SchemaPolicy::ByName,
-            mode: Mode::Append,
-            rule,
-        };
+        let mapping = Mapping { target, policy: SchemaPolicy::ByName, rule, ..Mapping::default_for(&cmd.table) };
         let request =
             IngestRequest { stream: cmd.table, protocol: Protocol::FlightSql, mapping: Some(mapping), ..base };
         let report = self.core.ingest(request, items).await?;

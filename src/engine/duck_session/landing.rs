@@ -13,6 +13,15 @@ pub(super) fn exists_error(target: &Target) -> EngineError {
     ))
 }
 
+/// What a landing wrote.
+pub(super) enum Landed {
+    /// Rows inserted, to check against the rows the request's scan handed out.
+    Inserted(u64),
+    /// A keyed stream's rows merged: updates, deletes and skipped rows are not inserted rows, so there is no
+    /// count to check (the scan view is in the scratch database, which no network client's SQL can name).
+    Merged,
+}
+
 /// Batches already in memory, for DuckDB's scan.
 pub(super) struct VecPull(std::collections::VecDeque<RecordBatch>);
 
@@ -182,19 +191,21 @@ impl Landing {
     }
 
     /// Lands what the scan view holds into the target, inside the caller's transaction: (re)creates the table
-    /// when the rule says so, checks the fit, inserts. Returns the rows inserted.
+    /// when the rule says so, checks the fit, inserts (or merges, for a keyed stream).
     pub(super) fn land(
         &mut self,
         txn: &mut RawConn,
         mapping: &Mapping,
         incoming: &[Column],
         table: &mut Vec<Column>,
-    ) -> Result<u64, EngineError> {
+    ) -> Result<Landed, EngineError> {
         let target = &mapping.target;
         let target_sql = target.sql(&self.host_db);
         let view_sql = view_sql(&self.view_name());
+        let keyed = mapping.is_keyed();
+        let (data, deletes) = if keyed { self.keyed_columns(mapping, incoming)? } else { (incoming.to_vec(), false) };
         if self.is_lake(txn, target.catalog.as_deref())? {
-            schema::check_lake_types(&target.display(), incoming).map_err(EngineError::Conflict)?;
+            schema::check_lake_types(&target.display(), &data).map_err(EngineError::Conflict)?;
         }
         if mapping.rule == TableRule::Replace {
             txn.execute(&format!("DROP TABLE IF EXISTS {target_sql}")).map_err(E::db)?;
@@ -207,18 +218,18 @@ impl Landing {
             }
         }
         if table.is_empty() {
-            txn.execute(&schema::create_table_sql(&target_sql, incoming)).map_err(E::db)?;
-            *table = incoming.to_vec();
+            txn.execute(&schema::create_table_sql(&target_sql, &data)).map_err(E::db)?;
+            *table = data.clone();
         }
-        let insert = match mapping.policy {
+        let by_name = match mapping.policy {
             SchemaPolicy::Strict => {
-                schema::check_fits(&target.display(), table, incoming).map_err(EngineError::Conflict)?;
-                format!("INSERT INTO {target_sql} SELECT * FROM {view_sql}")
+                schema::check_fits(&target.display(), table, &data).map_err(EngineError::Conflict)?;
+                ""
             }
             SchemaPolicy::ByName | SchemaPolicy::Evolve => {
                 let evolve = mapping.policy == SchemaPolicy::Evolve;
                 let added =
-                    schema::check_by_name(&target.display(), table, incoming, evolve).map_err(EngineError::Conflict)?;
+                    schema::check_by_name(&target.display(), table, &data, evolve).map_err(EngineError::Conflict)?;
                 for c in added {
                     txn.execute(&format!(
                         "ALTER TABLE {target_sql} ADD COLUMN {} {}",
@@ -228,18 +239,24 @@ impl Landing {
                     .map_err(E::db)?;
                     table.push(c);
                 }
-                format!("INSERT INTO {target_sql} BY NAME SELECT * FROM {view_sql}")
+                " BY NAME"
             }
         };
         if mapping.mode == Mode::Replace {
             txn.execute(&format!("DELETE FROM {target_sql}")).map_err(E::db)?;
         }
-        let rows = txn.execute(&insert).map_err(|e| self.view_lost(e))?;
+        let landed = if keyed {
+            self.merge_rows(txn, mapping, &data, deletes, table)?;
+            Landed::Merged
+        } else {
+            let insert = format!("INSERT INTO {target_sql}{by_name} SELECT * FROM {view_sql}");
+            Landed::Inserted(txn.execute(&insert).map_err(|e| self.view_lost(e))?)
+        };
         #[cfg(feature = "test-hooks")]
         if self.panic_on.as_deref() == Some(target.table.as_str()) {
             panic!("test hook: a panic inside the transaction of a request into {}", target.display());
         }
-        Ok(rows)
+        Ok(landed)
     }
 
     /// The Arrow schema of a table, as DuckDB exports it; `None` when the table does not exist.
@@ -290,8 +307,12 @@ impl DuckSession {
             at.ensure_keys(conn, mapping.target.catalog.as_deref(), key.window)?;
         }
         let result = conn.begin().map_err(E::db).and_then(|mut txn| {
-            let rows = at.land(&mut txn, mapping, incoming, &mut table)?;
+            let landed = at.land(&mut txn, mapping, incoming, &mut table)?;
             let given = fed.rows.load(Ordering::SeqCst);
+            let rows = match landed {
+                Landed::Inserted(rows) => rows,
+                Landed::Merged => given,
+            };
             if rows != given {
                 return Err(EngineError::Internal(format!(
                     "the insert took {rows} of the {given} rows the request's stream handed out (was its scan view read by \
@@ -313,13 +334,16 @@ impl DuckSession {
         let DuckSession { conn, at, .. } = self;
         let _lake = at.lake_commit_locks(conn, [&item.mapping])?;
         at.ensure_view(conn)?;
-        let incoming = at.point_view(conn, Arc::clone(&item.schema), Box::new(VecPull(item.batches.clone().into())))?;
+        let failed = Arc::new(Mutex::new(None));
+        let pull = Box::new(VecPull(item.batches.clone().into()));
+        let (schema, pull) = at.scan_input(conn, &item.mapping, Arc::clone(&item.schema), pull, &failed)?;
+        let incoming = at.point_view(conn, schema, pull)?;
         let fed = HandedOut {
             rows: &AtomicU64::new(item.rows),
             batches: &AtomicU64::new(item.batches.len() as u64),
             key: item.key.as_ref(),
         };
-        let result = self.write_view(&item.mapping, &incoming, &Mutex::new(None), &fed);
+        let result = self.write_view(&item.mapping, &incoming, &failed, &fed);
         self.at.release_view();
         result
     }
@@ -360,9 +384,16 @@ impl DuckSession {
                 let batches: Vec<RecordBatch> =
                     items[start..end].iter().flat_map(|i| i.batches.iter().cloned()).collect();
                 let expected: u64 = items[start..end].iter().map(|i| i.rows).sum();
-                let incoming =
-                    at.point_view(&mut txn, Arc::clone(&items[start].schema), Box::new(VecPull(batches.into())))?;
-                let rows = at.land(&mut txn, &items[start].mapping, &incoming, table)?;
+                let pull = Box::new(VecPull(batches.into()));
+                let failed = Arc::new(Mutex::new(None));
+                let mapping = &items[start].mapping;
+                let (schema, pull) =
+                    at.scan_input(&mut txn, mapping, Arc::clone(&items[start].schema), pull, &failed)?;
+                let incoming = at.point_view(&mut txn, schema, pull)?;
+                let rows = match at.land(&mut txn, mapping, &incoming, table)? {
+                    Landed::Inserted(rows) => rows,
+                    Landed::Merged => expected,
+                };
                 if rows != expected {
                     return Err(EngineError::Internal(format!("a grouped insert wrote {rows} rows of {expected}")));
                 }

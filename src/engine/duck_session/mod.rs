@@ -14,12 +14,13 @@
 //! and a transaction that writes to the host database cannot also create one in another.
 //!
 //! The files: `landing` (a request or a group into its target, through the scan view), `keys` (the idempotency
-//! keys table), `lake` (what is particular to DuckLake catalogs: commit turns, maintenance), `remote` (statements
+//! keys table), `merge` (streams that merge on a key), `lake` (what is particular to DuckLake catalogs: commit turns, maintenance), `remote` (statements
 //! sent over the network and catalog browsing: checked, run on the statement pool's connections).
 
 mod keys;
 mod lake;
 mod landing;
+mod merge;
 mod remote;
 
 use landing::{HandedOut, ScanFeed, view_sql};
@@ -199,7 +200,8 @@ impl Session for DuckSession {
         let DuckSession { conn, at, .. } = self;
         let result = at
             .ensure_view(conn)
-            .and_then(|()| at.point_view(conn, schema, Box::new(pull)))
+            .and_then(|()| at.scan_input(conn, mapping, schema, Box::new(pull), &failed))
+            .and_then(|(schema, pull)| at.point_view(conn, schema, pull))
             .and_then(|incoming| self.write_view(mapping, &incoming, &failed, &fed));
         self.at.release_view();
         result

@@ -20,7 +20,7 @@ impl Host {
         if self.registry.get(name).is_some() {
             return Err(format!("stream {name:?} already exists; change it with arrowport_alter_stream"));
         }
-        let mapping = options.apply(Mapping::default_for(name))?;
+        let mapping = self.checked_keys(options.apply(Mapping::default_for(name))?)?;
         self.store.save(&mapping).map_err(|e| e.to_string())?;
         self.registry.put(mapping.clone());
         Ok(mapping)
@@ -33,9 +33,26 @@ impl Host {
             .registry
             .get(name)
             .ok_or_else(|| format!("stream {name:?} does not exist; create it with arrowport_create_stream"))?;
-        let mapping = options.apply(current)?;
+        let mapping = self.checked_keys(options.apply(current)?)?;
         self.store.save(&mapping).map_err(|e| e.to_string())?;
         self.registry.put(mapping.clone());
+        Ok(mapping)
+    }
+
+    /// A keyed mapping checked against its table when the table exists: its key columns are the table's (the
+    /// table's PRIMARY KEY when the mapping names none, kept in the mapping), its delete column is not. A table
+    /// that does not exist yet is checked at the first request.
+    fn checked_keys(&self, mut mapping: Mapping) -> Result<Mapping, String> {
+        if !mapping.is_keyed() {
+            return Ok(mapping);
+        }
+        let facts = self.store.table_facts(&mapping.target).map_err(|e| e.to_string())?;
+        if let Some((columns, primary)) = facts {
+            let key = crate::catalog::merge::resolve_key(&mapping, &mapping.target.display(), &columns, &primary)?;
+            if mapping.key.is_empty() {
+                mapping.key = key;
+            }
+        }
         Ok(mapping)
     }
 

@@ -9,6 +9,9 @@ pub(super) fn mapping_columns(bind: &BindInfo) {
     bind.add_result_column("create_table", LogicalTypeId::Boolean.into());
     bind.add_result_column("schema_policy", varchar());
     bind.add_result_column("mode", varchar());
+    bind.add_result_column("key", LogicalTypeHandle::list(&varchar()));
+    bind.add_result_column("on_conflict", varchar());
+    bind.add_result_column("delete_column", varchar());
 }
 
 pub(super) fn write_mapping(out: &mut DataChunkHandle, i: usize, m: &Mapping) {
@@ -17,16 +20,33 @@ pub(super) fn write_mapping(out: &mut DataChunkHandle, i: usize, m: &Mapping) {
     vector::set_bool(&mut out.flat_vector(2), i, m.create_table);
     out.flat_vector(3).insert(i, m.policy.name());
     out.flat_vector(4).insert(i, m.mode.name());
+    let mut list = out.list_vector(5);
+    let offset = list.len();
+    let child = list.child(offset + m.key.len());
+    for (j, k) in m.key.iter().enumerate() {
+        child.insert(offset + j, k.as_str());
+    }
+    list.set_entry(i, offset, m.key.len());
+    list.set_len(offset + m.key.len());
+    out.flat_vector(6).insert(i, m.on_conflict.name());
+    match &m.delete_column {
+        Some(d) => out.flat_vector(7).insert(i, d.as_str()),
+        None => out.flat_vector(7).set_null(i),
+    }
 }
 
-pub(super) fn mapping_options(bind: &BindInfo) -> MappingOptions {
+pub(super) fn mapping_options(bind: &BindInfo) -> Result<MappingOptions> {
     let text = |name: &str| bind.get_named_parameter(name).filter(|v| !v.is_null()).map(|v| v.to_string());
-    MappingOptions {
+    let given = |name: &str| bind.get_named_parameter(name).is_some_and(|v| !v.is_null());
+    Ok(MappingOptions {
         target: text("target"),
         create_table: bind.get_named_parameter("create_table").filter(|v| !v.is_null()).map(|v| v.to_bool()),
         schema_policy: text("schema_policy"),
         mode: text("mode"),
-    }
+        key: if given("key") { Some(text_list(bind, "key")?) } else { None },
+        on_conflict: text("on_conflict"),
+        delete_column: text("delete_column"),
+    })
 }
 
 pub(super) fn mapping_parameters() -> Option<Vec<(String, LogicalTypeHandle)>> {
@@ -35,6 +55,9 @@ pub(super) fn mapping_parameters() -> Option<Vec<(String, LogicalTypeHandle)>> {
         ("create_table".to_string(), LogicalTypeId::Boolean.into()),
         ("schema_policy".to_string(), varchar()),
         ("mode".to_string(), varchar()),
+        ("key".to_string(), LogicalTypeHandle::list(&varchar())),
+        ("on_conflict".to_string(), varchar()),
+        ("delete_column".to_string(), varchar()),
     ])
 }
 
@@ -54,7 +77,7 @@ action_function!(
     mapping_parameters(),
     mapping_columns,
     write_mapping,
-    |bind| (stream_name(bind)?, mapping_options(bind)),
+    |bind| (stream_name(bind)?, mapping_options(bind)?),
     |host, (name, options)| host.create_stream(name, options).map(|m| vec![m])
 );
 action_function!(
@@ -65,7 +88,7 @@ action_function!(
     mapping_parameters(),
     mapping_columns,
     write_mapping,
-    |bind| (stream_name(bind)?, mapping_options(bind)),
+    |bind| (stream_name(bind)?, mapping_options(bind)?),
     |host, (name, options)| host.alter_stream(name, options).map(|m| vec![m])
 );
 action_function!(

@@ -1,0 +1,298 @@
+"""Streams that merge on a key (`key`, `on_conflict`, `delete_column`): options and their checks, the semantics
+of a request (rows apply in order; the last wins; a delete then an insert re-inserts), bad input that changes
+nothing, exactly-once keys, concurrent producers, and a differential test: random insert/update/delete requests
+sent over Flight, REST and ADBC, against the same rows applied one by one in plain DuckDB SQL in-process."""
+import random
+import threading
+import uuid
+
+import adbc_driver_flightsql.dbapi as flight_sql
+import duckdb
+import httpx
+import pyarrow as pa
+import pytest
+
+from clients import flight_put, ipc_bytes
+from test_types import COLUMNS
+
+ARROW = "application/vnd.apache.arrow.stream"
+pytestmark = pytest.mark.filterwarnings("ignore:Cannot disable autocommit")
+
+
+def rest(listening, name, table, key=None):
+    headers = {"Content-Type": ARROW}
+    if key:
+        headers["Idempotency-Key"] = key
+    return httpx.post(f"http://{listening.addr}/streams/{name}", content=ipc_bytes(table), headers=headers, timeout=60)
+
+
+def users(ids, names, deleted=None):
+    cols = {"user_id": pa.array(ids, pa.int64()), "name": pa.array(names, pa.string())}
+    if deleted is not None:
+        cols["_deleted"] = pa.array(deleted, pa.bool_())
+    return pa.table(cols)
+
+
+def test_update_insert_and_delete_in_one_request_apply_in_order(py_listening):
+    h = py_listening
+    h.sql("CREATE TABLE users (user_id BIGINT PRIMARY KEY, name VARCHAR, city VARCHAR DEFAULT 'nowhere')")
+    h.sql("INSERT INTO users VALUES (1, 'ann', 'Oslo'), (2, 'bob', 'Rome'), (3, 'cy', 'Lima')")
+    out = h.sql("SELECT stream, key, on_conflict, delete_column, schema_policy FROM arrowport_create_stream('users', "
+                "on_conflict := 'update', delete_column := '_deleted', schema_policy := 'by_name')")
+    # The table's PRIMARY KEY is the key when the mapping names none, and the mapping keeps it.
+    assert out == [("users", ["user_id"], "update", "_deleted", "by_name")]
+    r = rest(h, "users", users(
+        [1, 2, 4, 4, 3, 3, 5, 5],
+        ["ANN", None, "dee", "DEE", "x", "cy again", "gone", "gone"],
+        [False, True, False, False, True, False, False, True]))
+    assert r.status_code == 200, r.text
+    assert r.json()["rows"] == 8
+    # 1 updated (city kept: a partial update touches the columns it carries); 2 deleted; 4 inserted, the last
+    # row wins; 3 deleted then re-inserted whole (its city the default); 5 inserted then deleted.
+    assert h.sql("SELECT user_id, name, city FROM users ORDER BY user_id") == [
+        (1, "ANN", "Oslo"), (3, "cy again", "nowhere"), (4, "DEE", "nowhere")]
+    # Over Flight, a request without the delete column: updates and inserts.
+    assert flight_put(h.addr, "users", users([4, 6], ["dee 3", "fay"]))["rows"] == 2
+    assert h.sql("SELECT user_id, name FROM users ORDER BY user_id") == [(1, "ANN"), (3, "cy again"), (4, "dee 3"), (6, "fay")]
+
+
+def test_ignore_keeps_the_row_already_there(py_listening):
+    h = py_listening
+    h.sql("CREATE TABLE dim (code VARCHAR, label VARCHAR)")
+    h.sql("INSERT INTO dim VALUES ('a', 'first')")
+    h.sql("CALL arrowport_create_stream('dim', key := ['code'], on_conflict := 'ignore')")
+    t = pa.table({"code": ["a", "b", "b", "c"], "label": ["second", "b1", "b2", "c1"]})
+    assert flight_put(h.addr, "dim", t)["rows"] == 4
+    assert h.sql("SELECT code, label FROM dim ORDER BY code") == [("a", "first"), ("b", "b1"), ("c", "c1")]
+
+
+def test_options_are_checked_against_the_table_and_shown(py_listening):
+    h = py_listening
+    h.sql("CREATE TABLE t (id BIGINT, v VARCHAR)")
+    h.sql("CREATE TABLE pk2 (a INTEGER, b VARCHAR, v DOUBLE, PRIMARY KEY (a, b))")
+    with pytest.raises(Exception, match=r"key column \"nope\" is not a column of table main.t"):
+        h.sql("CALL arrowport_create_stream('s1', target := 't', key := ['nope'], on_conflict := 'update')")
+    with pytest.raises(Exception, match=r"names none and table main.t has no PRIMARY KEY"):
+        h.sql("CALL arrowport_create_stream('s1', target := 't', on_conflict := 'update')")
+    with pytest.raises(Exception, match=r"delete_column \"v\" is a column of table main.t"):
+        h.sql("CALL arrowport_create_stream('s1', target := 't', key := ['id'], delete_column := 'v')")
+    with pytest.raises(Exception, match=r"does not go with on_conflict"):
+        h.sql("CALL arrowport_create_stream('s1', target := 't', key := ['id'], on_conflict := 'update', mode := 'replace')")
+    with pytest.raises(Exception, match=r"allowed: error, ignore, update"):
+        h.sql("CALL arrowport_create_stream('s1', target := 't', key := ['id'], on_conflict := 'upsert')")
+    assert h.sql("SELECT count(*) FROM arrowport_streams()") == [(0,)]
+    h.sql("CALL arrowport_create_stream('s2', target := 'pk2', on_conflict := 'update')")
+    h.sql("CALL arrowport_create_stream('plain', target := 't')")
+    assert h.sql("SELECT stream, key, on_conflict, delete_column FROM arrowport_streams() ORDER BY stream") == [
+        ("plain", [], "error", None), ("s2", ["a", "b"], "update", None)]
+    # alter changes them; an empty delete_column takes it away.
+    h.sql("CALL arrowport_alter_stream('s2', on_conflict := 'ignore', delete_column := 'gone')")
+    assert h.sql("SELECT on_conflict, delete_column FROM arrowport_streams() WHERE stream = 's2'") == [("ignore", "gone")]
+    h.sql("CALL arrowport_alter_stream('s2', delete_column := '')")
+    assert h.sql("SELECT on_conflict, delete_column FROM arrowport_streams() WHERE stream = 's2'") == [("ignore", None)]
+    # A target that does not exist yet is checked at its first request.
+    h.sql("CALL arrowport_create_stream('later', target := 'later_t', on_conflict := 'update')")
+    r = rest(h, "later", pa.table({"id": [1]}))
+    assert r.status_code == 409 and "names none and table main.later_t has no PRIMARY KEY" in r.json()["error"]["message"]
+    h.sql("CALL arrowport_alter_stream('later', key := ['id'])")
+    assert rest(h, "later", pa.table({"id": [1, 1], "x": ["a", "b"]})).status_code == 200
+    assert h.sql("SELECT id, x FROM later_t") == [(1, "b")]
+
+
+def test_options_survive_a_restart(tmp_path):
+    import hosts
+    db = str(tmp_path / "keep.duckdb")
+    host = hosts.start("py20", db)
+    host.sql(hosts.load_sql())
+    host.sql("CREATE TABLE u (id UUID PRIMARY KEY, n INTEGER)")
+    host.sql("CALL arrowport_create_stream('u', on_conflict := 'update', delete_column := 'del')")
+    host.sql("SELECT arrowport_stop()")
+    assert host.close() == 0
+    host = hosts.start("py20", db)
+    try:
+        host.sql(hosts.load_sql())
+        assert host.sql("SELECT key, on_conflict, delete_column FROM arrowport_streams()") == [(["id"], "update", "del")]
+    finally:
+        host.close()
+
+
+def test_bad_requests_are_refused_and_change_nothing(py_listening):
+    h = py_listening
+    h.sql("CREATE TABLE users (user_id BIGINT PRIMARY KEY, name VARCHAR)")
+    h.sql("INSERT INTO users VALUES (1, 'ann')")
+    h.sql("CALL arrowport_create_stream('users', on_conflict := 'update', delete_column := '_deleted')")
+    before = h.sql("SELECT * FROM users")
+
+    def refused(table, status, text):
+        r = rest(h, "users", table)
+        assert r.status_code == status, r.text
+        assert text in r.json()["error"]["message"], r.text
+        with pytest.raises(pa.ArrowException, match=text.replace("(", r"\(").replace(")", r"\)")):
+            flight_put(h.addr, "users", table)
+        assert h.sql("SELECT * FROM users") == before
+
+    refused(pa.table({"name": ["x"]}), 400, 'merges rows on key ("user_id"): the request has no column "user_id"')
+    refused(users([1, None], ["a", "b"]), 400, 'key column "user_id" is NULL in a row')
+    refused(pa.table({"user_id": ["1"], "name": ["x"]}), 409, 'column "user_id" is BIGINT in the table but VARCHAR in the stream')
+    refused(pa.table({"user_id": pa.array([1], pa.int64()), "name": ["x"], "_deleted": [1]}), 400,
+            'delete_column "_deleted" is BIGINT in the request; it must be BOOLEAN')
+    refused(pa.table({"user_id": pa.array([2], pa.int64()), "arrowport_ord": [1]}), 400, "a name arrowport uses")
+    # A NULL key in a later batch of a streamed request: what came before it is rolled back too.
+    big = users(list(range(10, 20_010)) + [None], ["n"] * 20_001)
+    r = rest(h, "users", big)
+    assert r.status_code == 400 and "is NULL in a row" in r.json()["error"]["message"]
+    assert h.sql("SELECT * FROM users") == before
+
+
+def test_a_replayed_request_changes_nothing(py_listening):
+    h = py_listening
+    h.sql("CREATE TABLE users (user_id BIGINT PRIMARY KEY, name VARCHAR)")
+    h.sql("CALL arrowport_create_stream('users', on_conflict := 'update', delete_column := '_deleted')")
+    assert rest(h, "users", users([1, 2], ["a", "b"]), key="k1").status_code == 200
+    assert rest(h, "users", users([1], ["A"]), key="k2").status_code == 200
+    # The first request again, under its key: answered, not applied (1 stays 'A').
+    r = rest(h, "users", users([1, 2], ["a", "b"]), key="k1")
+    assert r.status_code == 200 and r.json()["rows"] == 2
+    assert h.sql("SELECT user_id, name FROM users ORDER BY 1") == [(1, "A"), (2, "b")]
+    ack = flight_put(h.addr, "users", users([2], [None], [True]), key="k3")
+    assert flight_put(h.addr, "users", users([2], [None], [True]), key="k3") == {**ack, "replayed": True}
+    assert h.sql("SELECT user_id, name FROM users ORDER BY 1") == [(1, "A")]
+
+
+def test_concurrent_producers_on_different_keys(py_listening):
+    h = py_listening
+    h.sql("CREATE TABLE state (device VARCHAR PRIMARY KEY, reading BIGINT, step BIGINT)")
+    h.sql("CALL arrowport_create_stream('state', on_conflict := 'update')")
+    errors = []
+
+    def producer(p):
+        try:
+            for i in range(25):
+                t = pa.table({"device": [f"d{p}-{k}" for k in range(20)], "reading": pa.array([i * 100 + k for k in range(20)], pa.int64()),
+                              "step": pa.array([i] * 20, pa.int64())})
+                if i % 2:
+                    assert flight_put(h.addr, "state", t)["rows"] == 20
+                else:
+                    r = rest(h, "state", t)
+                    assert r.status_code == 200, r.text
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=producer, args=(p,)) for p in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert h.sql("SELECT count(*), min(step), max(step), sum(reading) FROM state") == [(120, 24, 24, 6 * sum(2400 + k for k in range(20)))]
+
+
+# ---- differential ---------------------------------------------------------------------------------------------
+
+KEY_KINDS = {
+    "bigint": [("k", pa.int64())],
+    "varchar": [("k", pa.string())],
+    "uuid": [("k", pa.uuid())],
+    "composite": [("k1", pa.int64()), ("k2", pa.string())],
+}
+VALUE_COLUMNS = [c for c in COLUMNS if c != "null"] + ["null"]
+
+
+def key_values(kind, n, rng):
+    pool = 12
+    picks = [rng.randrange(pool) for _ in range(n)]
+    if kind == "bigint":
+        return {"k": pa.array([p * 1_000_003 - 5 for p in picks], pa.int64())}
+    if kind == "varchar":
+        return {"k": pa.array([f"key-{p}-ü" for p in picks], pa.string())}
+    if kind == "uuid":
+        return {"k": pa.ExtensionArray.from_storage(pa.uuid(), pa.array([uuid.UUID(int=p * 7919 + 1).bytes for p in picks], pa.binary(16)))}
+    return {"k1": pa.array([p % 4 for p in picks], pa.int64()), "k2": pa.array([f"s{p // 4}" for p in picks], pa.string())}
+
+
+def request(kind, rng, n, partial):
+    cols = key_values(kind, n, rng)
+    names = VALUE_COLUMNS if not partial else rng.sample(VALUE_COLUMNS, rng.randrange(1, 8))
+    for name in names:
+        src = COLUMNS[name]
+        cols[name] = pa.concat_arrays([src.slice(rng.randrange(3), 1) for _ in range(n)])
+    cols["_deleted"] = pa.array([rng.random() < 0.2 for _ in range(n)], pa.bool_())
+    return pa.table(cols)
+
+
+def key_names(kind):
+    return [n for n, _ in KEY_KINDS[kind]]
+
+
+def apply_in_process(ref, table_name, req, keys, on_conflict):
+    """The reference: each row of the request applied alone, in order, in plain DuckDB SQL."""
+    with_ord = req.append_column("ord", pa.array(range(req.num_rows), pa.int64()))
+    ref.register("req", with_ord)
+    carried = [c for c in req.column_names if c != "_deleted" and c not in keys]
+    match = " AND ".join(f't."{k}" = r."{k}"' for k in keys)
+    for i in range(req.num_rows):
+        row = f"(SELECT * FROM req WHERE ord = {i}) r"
+        deleted = ref.execute(f"SELECT _deleted FROM req WHERE ord = {i}").fetchall()[0][0]
+        exists = ref.execute(f"SELECT count(*) FROM {table_name} t, {row} WHERE {match}").fetchall()[0][0]
+        if deleted:
+            ref.execute(f"DELETE FROM {table_name} t USING {row} WHERE {match}").fetchall()
+        elif exists and on_conflict == "update" and carried:
+            sets = ", ".join(f'"{c}" = r."{c}"' for c in carried)
+            ref.execute(f"UPDATE {table_name} t SET {sets} FROM {row} WHERE {match}").fetchall()
+        elif not exists:
+            cols = ", ".join(f'"{c}"' for c in req.column_names if c != "_deleted")
+            ref.execute(f"INSERT INTO {table_name} ({cols}) SELECT {cols} FROM {row}").fetchall()
+    ref.unregister("req")
+
+
+def rows_of(run, table_name, keys, columns):
+    order = ", ".join(f'"{k}"' for k in keys)
+    cols = ", ".join(f'"{c}"::VARCHAR' for c in columns)
+    return run(f"SELECT {cols} FROM {table_name} ORDER BY {order}")
+
+
+@pytest.mark.parametrize("kind", list(KEY_KINDS))
+def test_differential_against_plain_duckdb(py_listening, kind):
+    h = py_listening
+    rng = random.Random(f"upsert-{kind}")
+    keys = key_names(kind)
+    full = request(kind, rng, 3, partial=False)
+    ref = duckdb.connect()
+    ref.register("shape", full.drop_columns(["_deleted"]))
+    types = ref.execute("DESCRIBE SELECT * FROM shape").fetchall()
+    columns = [name for name, *_ in types]
+    ddl = ", ".join(f'"{name}" {typ}' for name, typ, *_ in types)
+    key_list = "[" + ", ".join(f"'{k}'" for k in keys) + "]"
+    tables = []
+    for protocol in ["flight", "rest", "adbc"]:
+        for constrained in [True, False]:
+            for on_conflict in (["update", "ignore"] if protocol == "flight" else ["update"]):
+                name = f"{protocol}_{'pk' if constrained else 'free'}_{on_conflict}"
+                pk = f", PRIMARY KEY ({', '.join(keys)})" if constrained else ""
+                h.sql(f"CREATE TABLE {name} ({ddl}{pk})")
+                ref.execute(f"CREATE TABLE {name} ({ddl})").fetchall()
+                key_opt = "" if constrained else f", key := {key_list}"
+                h.sql(f"CALL arrowport_create_stream('{name}', on_conflict := '{on_conflict}', delete_column := '_deleted', "
+                      f"schema_policy := 'by_name'{key_opt})")
+                tables.append((protocol, name, on_conflict))
+    adbc = flight_sql.connect(f"grpc://{h.addr}")
+    try:
+        for step in range(10):
+            req = request(kind, rng, rng.randrange(1, 30), partial=step % 3 == 2)
+            for protocol, name, on_conflict in tables:
+                if protocol == "flight":
+                    assert flight_put(h.addr, name, req)["rows"] == req.num_rows
+                elif protocol == "rest":
+                    r = rest(h, name, req)
+                    assert r.status_code == 200, r.text
+                else:
+                    with adbc.cursor() as cur:
+                        assert cur.adbc_ingest(name, req, mode="append") == req.num_rows
+                apply_in_process(ref, name, req, keys, on_conflict)
+    finally:
+        adbc.close()
+    for _, name, _ in tables:
+        want = rows_of(lambda q: ref.execute(q).fetchall(), name, keys, columns)
+        got = rows_of(h.sql, name, keys, columns)
+        assert got == want, name
+        assert len(want) > 0, name
