@@ -161,9 +161,12 @@ pub fn plan(
         }
         OnConflict::Error => String::new(),
     };
+    // The request is read once, into a materialized CTE: the scan view is a stream, and DuckDB (1.5) may plan a
+    // window as a join of its input with itself, which would read the view twice and find it empty the second time.
     let stage_sql = format!(
-        "CREATE OR REPLACE TEMP TABLE {stage_q} AS SELECT {columns}, {ord}, {survives} AS {alive}, ({last} IS NOT NULL) AS {reset} \
-         FROM (SELECT *, {deleted_expr} AS {deleted}, {last_expr} AS {last} FROM {view}){choose}"
+        "CREATE OR REPLACE TEMP TABLE {stage_q} AS WITH request AS MATERIALIZED (SELECT * FROM {view}) \
+         SELECT {columns}, {ord}, {survives} AS {alive}, ({last} IS NOT NULL) AS {reset} \
+         FROM (SELECT *, {deleted_expr} AS {deleted}, {last_expr} AS {last} FROM request){choose}"
     );
     let delete_sql = delete.map(|_| {
         format!(
@@ -252,6 +255,7 @@ mod tests {
         let data = [col("id", "BIGINT"), col("name", "VARCHAR")];
         let p = plan("\"db\".\"main\".\"u\"", "v", "st", &["id".into()], &data, Some("_deleted"), OnConflict::Update);
         assert!(p.stage.contains("QUALIFY row_number() OVER (PARTITION BY \"id\" ORDER BY"), "{}", p.stage);
+        assert!(p.stage.contains("WITH request AS MATERIALIZED (SELECT * FROM v)"), "{}", p.stage);
         assert!(p.stage.contains("\"arrowport_ord\" DESC) = 1"), "{}", p.stage);
         assert!(p.delete.as_deref().unwrap().starts_with("DELETE FROM \"db\".\"main\".\"u\" AS t WHERE EXISTS"));
         assert_eq!(

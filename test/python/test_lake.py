@@ -150,6 +150,42 @@ class Client(threading.Thread):
             seq += 1
 
 
+def test_a_keyed_stream_merges_into_a_lake_table_as_plain_duckdb_would(world, tmp_path):
+    """A DuckLake table has no constraints: the key is the mapping's. Random insert/update/delete requests from
+    two hosts in turn, against the same rows applied one by one in plain DuckDB SQL (test_upserts)."""
+    import random
+    from test_upserts import apply_in_host, land_raw, request, rows_of, shaped_tables
+    hs = [world.host(str(tmp_path / f"h{i}.duckdb")) for i in range(2)]
+    value_columns = ["i32", "utf8", "f64", "ts_us_tz", "struct", "list", "uuid", "bool"]
+    rng = random.Random("lake-upserts")
+    columns, ddl = shaped_tables(hs[0], request("bigint", rng, 3, partial=False, value_columns=value_columns))
+    hs[0].sql(f"CREATE TABLE reference ({ddl})")
+    hs[0].sql(f"CREATE TABLE lake.main.users ({ddl})")
+    for h in hs:
+        h.sql("FROM arrowport_create_stream('users', target := 'lake.main.users', key := ['k'], on_conflict := 'update', "
+              "delete_column := '_deleted', schema_policy := 'by_name')")
+    for step in range(8):
+        req = request("bigint", rng, rng.randrange(1, 25), partial=step % 3 == 2, value_columns=value_columns)
+        addr = hs[step % 2].addr
+        if step % 2:
+            assert flight_put(addr, "users", req)["rows"] == req.num_rows
+        else:
+            r = post(addr, "users", req)
+            assert r.status_code == 200, r.text
+        land_raw(hs[0], step, req)
+        apply_in_host(hs[0], "reference", step, req, ["k"], "update")
+    want = rows_of(hs[0].sql, "reference", ["k"], columns)
+    assert len(want) > 0
+    for h in hs:
+        assert rows_of(h.sql, "lake.main.users", ["k"], columns) == want
+    # A NULL key is refused before the lake is touched.
+    r = post(hs[0].addr, "users", pa.table({"k": pa.array([None], pa.int64())}))
+    assert r.status_code == 400 and 'key column "k" is NULL' in r.json()["error"]["message"]
+    for h in hs:
+        h.sql("SELECT arrowport_stop()")
+        h.close()
+
+
 def test_three_hosts_land_exactly_once_while_one_is_killed(world, tmp_path):
     hs = [world.host(str(tmp_path / f"h{i}.duckdb")) for i in range(3)]
     for h in hs:

@@ -7,7 +7,6 @@ import threading
 import uuid
 
 import adbc_driver_flightsql.dbapi as flight_sql
-import duckdb
 import httpx
 import pyarrow as pa
 import pytest
@@ -33,8 +32,8 @@ def users(ids, names, deleted=None):
     return pa.table(cols)
 
 
-def test_update_insert_and_delete_in_one_request_apply_in_order(py_listening):
-    h = py_listening
+def test_update_insert_and_delete_in_one_request_apply_in_order(listening):
+    h = listening
     h.sql("CREATE TABLE users (user_id BIGINT PRIMARY KEY, name VARCHAR, city VARCHAR DEFAULT 'nowhere')")
     h.sql("INSERT INTO users VALUES (1, 'ann', 'Oslo'), (2, 'bob', 'Rome'), (3, 'cy', 'Lima')")
     out = h.sql("SELECT stream, key, on_conflict, delete_column, schema_policy FROM arrowport_create_stream('users', "
@@ -210,9 +209,9 @@ def key_values(kind, n, rng):
     return {"k1": pa.array([p % 4 for p in picks], pa.int64()), "k2": pa.array([f"s{p // 4}" for p in picks], pa.string())}
 
 
-def request(kind, rng, n, partial):
+def request(kind, rng, n, partial, value_columns=VALUE_COLUMNS):
     cols = key_values(kind, n, rng)
-    names = VALUE_COLUMNS if not partial else rng.sample(VALUE_COLUMNS, rng.randrange(1, 8))
+    names = value_columns if not partial else rng.sample(value_columns, rng.randrange(1, 8))
     for name in names:
         src = COLUMNS[name]
         cols[name] = pa.concat_arrays([src.slice(rng.randrange(3), 1) for _ in range(n)])
@@ -224,25 +223,28 @@ def key_names(kind):
     return [n for n, _ in KEY_KINDS[kind]]
 
 
-def apply_in_process(ref, table_name, req, keys, on_conflict):
-    """The reference: each row of the request applied alone, in order, in plain DuckDB SQL."""
-    with_ord = req.append_column("ord", pa.array(range(req.num_rows), pa.int64()))
-    ref.register("req", with_ord)
+def land_raw(h, step, req):
+    """The request as it is, appended to `raw` (with its step and row order): the reference's input, landed
+    with the host's own types."""
+    with_order = req.append_column("step", pa.array([step] * req.num_rows, pa.int64()))
+    with_order = with_order.append_column("ord", pa.array(range(req.num_rows), pa.int64()))
+    assert flight_put(h.addr, "raw", with_order)["rows"] == req.num_rows
+
+
+def apply_in_host(h, table_name, step, req, keys, on_conflict, raw="raw"):
+    """The reference: each row of the request applied alone, in order, in plain DuckDB SQL in the host's own
+    session, from the rows `land_raw` appended."""
     carried = [c for c in req.column_names if c != "_deleted" and c not in keys]
+    cols = ", ".join(f'"{c}"' for c in req.column_names if c != "_deleted")
     match = " AND ".join(f't."{k}" = r."{k}"' for k in keys)
     for i in range(req.num_rows):
-        row = f"(SELECT * FROM req WHERE ord = {i}) r"
-        deleted = ref.execute(f"SELECT _deleted FROM req WHERE ord = {i}").fetchall()[0][0]
-        exists = ref.execute(f"SELECT count(*) FROM {table_name} t, {row} WHERE {match}").fetchall()[0][0]
-        if deleted:
-            ref.execute(f"DELETE FROM {table_name} t USING {row} WHERE {match}").fetchall()
-        elif exists and on_conflict == "update" and carried:
+        row = f"r.step = {step} AND r.ord = {i}"
+        h.sql(f"DELETE FROM {table_name} t USING {raw} r WHERE {row} AND r._deleted AND {match}")
+        if on_conflict == "update" and carried:
             sets = ", ".join(f'"{c}" = r."{c}"' for c in carried)
-            ref.execute(f"UPDATE {table_name} t SET {sets} FROM {row} WHERE {match}").fetchall()
-        elif not exists:
-            cols = ", ".join(f'"{c}"' for c in req.column_names if c != "_deleted")
-            ref.execute(f"INSERT INTO {table_name} ({cols}) SELECT {cols} FROM {row}").fetchall()
-    ref.unregister("req")
+            h.sql(f"UPDATE {table_name} t SET {sets} FROM {raw} r WHERE {row} AND NOT r._deleted AND {match}")
+        h.sql(f"INSERT INTO {table_name} ({cols}) SELECT {cols} FROM {raw} r WHERE {row} AND NOT r._deleted "
+              f"AND NOT EXISTS (SELECT 1 FROM {table_name} t WHERE {match})")
 
 
 def rows_of(run, table_name, keys, columns):
@@ -251,18 +253,32 @@ def rows_of(run, table_name, keys, columns):
     return run(f"SELECT {cols} FROM {table_name} ORDER BY {order}")
 
 
-@pytest.mark.parametrize("kind", list(KEY_KINDS))
-def test_differential_against_plain_duckdb(py_listening, kind):
-    h = py_listening
+def shaped_tables(h, full, raw="raw"):
+    """The host's DDL for a full request's columns (without the delete column), and the `raw` table."""
+    assert flight_put(h.addr, "shape", full.drop_columns(["_deleted"]))["rows"] == full.num_rows
+    types = h.sql("SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'shape' ORDER BY column_index")
+    h.sql(f"CREATE TABLE {raw} AS SELECT *, false AS _deleted, 0::BIGINT AS step, 0::BIGINT AS ord FROM shape LIMIT 0")
+    h.sql(f"CALL arrowport_create_stream('raw', target := '{raw}', schema_policy := 'by_name')")
+    return [name for name, _ in types], ", ".join(f'"{name}" {typ}' for name, typ in types)
+
+
+@pytest.mark.parametrize("kind,host_kind", [("bigint", "py15"), ("varchar", "py20"), ("uuid", "cli"), ("composite", "py15")])
+def test_differential_against_plain_duckdb(kind, host_kind, db_path):
+    from conftest import _listening
+    listening = _listening(host_kind, db_path)
+    try:
+        differential(next(listening), kind)
+    finally:
+        next(listening, None)
+
+
+def differential(h, kind):
     rng = random.Random(f"upsert-{kind}")
     keys = key_names(kind)
-    full = request(kind, rng, 3, partial=False)
-    ref = duckdb.connect()
-    ref.register("shape", full.drop_columns(["_deleted"]))
-    types = ref.execute("DESCRIBE SELECT * FROM shape").fetchall()
-    columns = [name for name, *_ in types]
-    ddl = ", ".join(f'"{name}" {typ}' for name, typ, *_ in types)
+    columns, ddl = shaped_tables(h, request(kind, rng, 3, partial=False))
     key_list = "[" + ", ".join(f"'{k}'" for k in keys) + "]"
+    for on_conflict in ["update", "ignore"]:
+        h.sql(f"CREATE TABLE ref_{on_conflict} ({ddl})")
     tables = []
     for protocol in ["flight", "rest", "adbc"]:
         for constrained in [True, False]:
@@ -270,7 +286,6 @@ def test_differential_against_plain_duckdb(py_listening, kind):
                 name = f"{protocol}_{'pk' if constrained else 'free'}_{on_conflict}"
                 pk = f", PRIMARY KEY ({', '.join(keys)})" if constrained else ""
                 h.sql(f"CREATE TABLE {name} ({ddl}{pk})")
-                ref.execute(f"CREATE TABLE {name} ({ddl})").fetchall()
                 key_opt = "" if constrained else f", key := {key_list}"
                 h.sql(f"CALL arrowport_create_stream('{name}', on_conflict := '{on_conflict}', delete_column := '_deleted', "
                       f"schema_policy := 'by_name'{key_opt})")
@@ -288,11 +303,12 @@ def test_differential_against_plain_duckdb(py_listening, kind):
                 else:
                     with adbc.cursor() as cur:
                         assert cur.adbc_ingest(name, req, mode="append") == req.num_rows
-                apply_in_process(ref, name, req, keys, on_conflict)
+            land_raw(h, step, req)
+            for on_conflict in ["update", "ignore"]:
+                apply_in_host(h, f"ref_{on_conflict}", step, req, keys, on_conflict)
     finally:
         adbc.close()
-    for _, name, _ in tables:
-        want = rows_of(lambda q: ref.execute(q).fetchall(), name, keys, columns)
-        got = rows_of(h.sql, name, keys, columns)
-        assert got == want, name
+    for _, name, on_conflict in tables:
+        want = rows_of(h.sql, f"ref_{on_conflict}", keys, columns)
         assert len(want) > 0, name
+        assert rows_of(h.sql, name, keys, columns) == want, name
