@@ -1,8 +1,9 @@
 //! The catalog: what arrowport knows about streams, tokens and tables.
 //!
-//! [`registry`] resolves a stream name to its mapping (target table, schema policy, mode); [`store`] persists
-//! mappings and token hashes in the host database; [`schema`] decides how Arrow schemas meet DuckDB tables;
-//! [`access`] holds principals, scopes and tokens. Only `store` runs SQL (through `duck`).
+//! [`registry`] resolves a stream name to its mapping (target table, schema policy, mode, key); [`store`]
+//! persists mappings and token hashes in the host database; [`schema`] decides how Arrow schemas meet DuckDB
+//! tables; [`merge`] how a keyed stream's requests apply to its table; [`access`] holds principals, scopes and
+//! tokens. Only `store` runs SQL (through `duck`).
 
 pub mod access;
 pub mod merge;

@@ -312,3 +312,97 @@ def differential(h, kind):
         want = rows_of(h.sql, f"ref_{on_conflict}", keys, columns)
         assert len(want) > 0, name
         assert rows_of(h.sql, name, keys, columns) == want, name
+
+
+def test_kills_with_keyed_retries_leave_exactly_the_sequence_applied(tmp_path):
+    """Two producers on their own keys send upserts and deletes under idempotency keys, retrying each request
+    until it is acknowledged, while the host is killed with SIGKILL and restarted: the table ends as the
+    requests applied once each, in each producer's order."""
+    import time
+    import hosts
+    db = str(tmp_path / "kill.duckdb")
+    state = {"host": None, "addr": None}
+    up = threading.Event()
+
+    def start():
+        h = hosts.start("py20", db)
+        h.sql(hosts.load_sql())
+        state["addr"] = h.sql("SELECT address FROM arrowport_listen('127.0.0.1:0')")[0][0]
+        state["host"] = h
+        up.set()
+        return h
+
+    h = start()
+    h.sql("CREATE TABLE state (device BIGINT PRIMARY KEY, v BIGINT, note VARCHAR)")
+    h.sql("CALL arrowport_create_stream('state', on_conflict := 'update', delete_column := '_deleted')")
+    model = {}
+    errors = []
+
+    def producer(p):
+        rng = random.Random(p)
+        try:
+            for q in range(40):
+                n = rng.randrange(1, 2_000)
+                devices = [p * 1_000_000 + rng.randrange(300) for _ in range(n)]
+                deleted = [rng.random() < 0.15 for _ in range(n)]
+                t = pa.table({"device": pa.array(devices, pa.int64()), "v": pa.array([q * 10_000 + i for i in range(n)], pa.int64()),
+                              "note": [f"p{p} q{q}"] * n, "_deleted": deleted})
+                for attempt in range(300):
+                    up.wait(30)
+                    try:
+                        if q % 2:
+                            ack = flight_put(state["addr"], "state", t, key=f"p{p}-q{q}", timeout=30)
+                        else:
+                            r = rest(type("L", (), {"addr": state["addr"]}), "state", t, key=f"p{p}-q{q}")
+                            if r.status_code != 200:
+                                raise RuntimeError(r.text)
+                            ack = r.json()
+                        assert ack["rows"] == n
+                        break
+                    except (pa.ArrowException, httpx.HTTPError, RuntimeError, OSError):
+                        time.sleep(0.05)
+                else:
+                    raise AssertionError(f"p{p} q{q} was never acknowledged")
+                for d, v, gone in zip(devices, t.column("v").to_pylist(), deleted):
+                    if gone:
+                        model.pop(d, None)
+                    else:
+                        model[d] = (v, f"p{p} q{q}")
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    producers = [threading.Thread(target=producer, args=(p,)) for p in range(2)]
+    for t in producers:
+        t.start()
+    kills = 0
+    rng = random.Random("killer")
+    while any(t.is_alive() for t in producers) and kills < 6:
+        time.sleep(rng.uniform(0.4, 1.2))
+        up.clear()
+        state["host"].proc.kill()
+        state["host"].proc.wait()
+        kills += 1
+        start()
+    for t in producers:
+        t.join(120)
+    assert not errors, errors
+    got = {d: (v, note) for d, v, note in state["host"].sql("SELECT device, v, note FROM state")}
+    assert kills >= 3
+    assert got == model
+    state["host"].sql("SELECT arrowport_stop()")
+    state["host"].close()
+
+
+def test_the_readmes_change_feed_example_runs(py_listening):
+    import os
+    import re
+    h = py_listening
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
+    section = readme[readme.index("### Streams that merge on a key"):]
+    setup = re.search(r"```sql\n(.*?)```", section, re.S).group(1)
+    example = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    for statement in filter(str.strip, setup.split(";")):
+        h.sql(statement)
+    h.sql("INSERT INTO users VALUES (8, 'old', 'Lima')")
+    exec(example.replace("127.0.0.1:8815", h.addr), {})
+    assert h.sql("SELECT user_id, name, city FROM users ORDER BY 1") == [(8, "bob", "Rome")]
