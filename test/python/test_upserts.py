@@ -406,3 +406,34 @@ def test_the_readmes_change_feed_example_runs(py_listening):
     h.sql("INSERT INTO users VALUES (8, 'old', 'Lima')")
     exec(example.replace("127.0.0.1:8815", h.addr), {})
     assert h.sql("SELECT user_id, name, city FROM users ORDER BY 1") == [(8, "bob", "Rome")]
+
+
+def test_a_store_made_before_keyed_streams_reads_and_gains_the_new_columns(tmp_path):
+    """arrowport's own database from before `key`, `on_conflict` and `delete_column`: its mappings read with
+    their defaults, and the next change adds the columns."""
+    import duckdb as local
+    import hosts
+    db = str(tmp_path / "old.duckdb")
+    own = local.connect(db + ".arrowport")
+    own.sql("CREATE SCHEMA arrowport")
+    own.sql("CREATE TABLE arrowport.streams (stream VARCHAR PRIMARY KEY, catalog VARCHAR, schema VARCHAR NOT NULL, "
+            "\"table\" VARCHAR NOT NULL, create_table BOOLEAN NOT NULL, schema_policy VARCHAR NOT NULL, mode VARCHAR NOT NULL, "
+            "created_at TIMESTAMPTZ NOT NULL DEFAULT now(), updated_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+    own.sql("INSERT INTO arrowport.streams (stream, schema, \"table\", create_table, schema_policy, mode) "
+            "VALUES ('ev', 'main', 'ev', true, 'strict', 'append')")
+    own.close()
+    host = hosts.start("py20", db)
+    try:
+        host.sql(hosts.load_sql())
+        assert host.sql("SELECT stream, key, on_conflict, delete_column FROM arrowport_streams()") == [("ev", [], "error", None)]
+        host.sql("CREATE TABLE ev (id BIGINT, v VARCHAR)")
+        host.sql("CALL arrowport_alter_stream('ev', key := ['id'], on_conflict := 'ignore')")
+        assert host.sql("SELECT stream, key, on_conflict FROM arrowport_streams()") == [("ev", ["id"], "ignore")]
+    finally:
+        host.close()
+    host = hosts.start("py20", db)
+    try:
+        host.sql(hosts.load_sql())
+        assert host.sql("SELECT stream, key, on_conflict FROM arrowport_streams()") == [("ev", ["id"], "ignore")]
+    finally:
+        host.close()
