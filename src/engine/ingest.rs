@@ -28,6 +28,19 @@ use crate::engine::policy::Policy;
 use crate::engine::session::{BatchRx, Buffered, Counts, Held, Msg, RequestKey, Session, Written, validate_key};
 use crate::engine::writers::{Job, Work};
 
+/// What an idempotency key gave a request: its claim (held until the request ends), or the acknowledgement of
+/// the request that committed under it.
+enum Claimed {
+    Guard(Option<crate::engine::core::KeyGuard>),
+    Replayed(Report),
+}
+
+/// What the pipeline read ahead of a streamed request, and whether that was the whole input.
+struct Ahead {
+    batches: Vec<(RecordBatch, usize, Charge)>,
+    ended: bool,
+}
+
 /// Batches buffered between the network and a writer. Small on purpose: it bounds memory per request...
 const QUEUE_DEPTH: usize = 4;
 
@@ -116,7 +129,7 @@ struct RequestInput<'a> {
     incoming: &'a SchemaRef,
     /// The schema batches are cast to before DuckDB sees them, when a type needs it (see `schema::storable`).
     cast_to: Option<&'a SchemaRef>,
-    counts: &'a Counts,
+    counts: &'a Arc<Counts>,
     /// The reservations of the messages being decoded, given up as their batches are admitted.
     reservation: &'a Reservation,
 }
@@ -164,6 +177,8 @@ impl<S: Session> Core<S> {
         result.map(|(report, _)| report)
     }
 
+    /// A request's steps: admission and the principal, the mapping, the idempotency key, the schema, then the
+    /// rows, grouped with others or streamed to a writer of their own.
     async fn run<I>(
         &self,
         request: &Request,
@@ -178,6 +193,79 @@ impl<S: Session> Core<S> {
         if !request.principal.may_use(stream) {
             return Err(EngineError::Denied(request.principal.denied(stream)));
         }
+        let mapping = self.resolve_mapping(request)?;
+        let _key_guard = match self.claim_or_replay(request, &mapping, &mut input).await? {
+            Claimed::Replayed(report) => return Ok((report, Written { rows: 0, write_seconds: 0.0, retries: 0 })),
+            Claimed::Guard(guard) => guard,
+        };
+        let key = request.idempotency_key.as_ref().map(|k| RequestKey {
+            key: k.clone(),
+            stream: stream.to_string(),
+            window: request.policy.idempotency_window,
+        });
+        let stall = request.policy.stall_timeout;
+        let incoming = match self.next_or_cancel(&mut input, stall).await? {
+            Some(Incoming::Schema(s)) => s,
+            Some(Incoming::Batch(_)) => {
+                return Err(EngineError::BadInput("the stream sent a batch before its schema".into()));
+            }
+            None => return Err(EngineError::BadInput("the stream ended before it sent a schema".into())),
+        };
+        schema::check_supported(&incoming).map_err(EngineError::Unsupported)?;
+        // Types DuckDB's scan refuses but can hold after a lossless cast (float16, decimal256 in range).
+        let (schema, needs_cast) = schema::storable(&incoming);
+        let flow = RequestInput {
+            stall,
+            incoming: &incoming,
+            cast_to: needs_cast.then_some(&schema),
+            counts,
+            reservation: &request.reservation,
+        };
+
+        // Read ahead: a request that ends within GROUP_BYTES is committed with others in one transaction (group
+        // commit); a larger one streams into a writer of its own, starting with what was read ahead.
+        let groupable = mapping.mode == Mode::Append
+            && matches!(mapping.rule, TableRule::Stream | TableRule::Append | TableRule::CreateAppend)
+            && self.writers.has_group();
+        let mut ahead = Vec::new();
+        let mut ended = false;
+        if groupable {
+            let mut bytes = 0;
+            while bytes <= GROUP_BYTES {
+                match self.next_batch(&mut input, &flow).await? {
+                    None => {
+                        ended = true;
+                        break;
+                    }
+                    Some((b, size, charge)) => {
+                        bytes += size;
+                        counts.batches.fetch_add(1, Ordering::Relaxed);
+                        counts.rows.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
+                        ahead.push((b, size, charge));
+                    }
+                }
+            }
+        }
+        let table = mapping.target.display();
+        let catalog = mapping.target.catalog.clone();
+        let written = if ended && !ahead.is_empty() {
+            let (batches, charges) = ahead.into_iter().map(|(b, _, c)| (b, c)).unzip();
+            self.land_grouped(request, mapping, Arc::clone(&schema), batches, charges, key).await?
+        } else {
+            let channel = Ahead { batches: ahead, ended };
+            self.land_streamed(mapping, Arc::clone(&schema), key, channel, &mut input, &flow).await?
+        };
+        let written = match written {
+            Ok(w) => w,
+            Err(e) => return self.resolve_unknown(&catalog, request, stream, e).await,
+        };
+        let batches = counts.batches.load(Ordering::Relaxed);
+        Ok((Report { stream: stream.to_string(), table, rows: written.rows, batches, replayed: false }, written))
+    }
+
+    /// The mapping a request lands by, and whether its principal may land there.
+    fn resolve_mapping(&self, request: &Request) -> Result<Mapping, EngineError> {
+        let stream = request.stream.as_str();
         let mut mapping = match &request.mapping {
             // A listener that takes only defined streams takes Flight SQL ingest only into them too: the table
             // the client names is the stream, and it lands where the stream's mapping says, in the client's mode.
@@ -218,116 +306,87 @@ impl<S: Session> Core<S> {
                 request.principal.denied(&mapping.target.display())
             )));
         }
-        // An idempotency key: one request in progress per key on this host, and a committed one is answered
-        // with its acknowledgement, nothing written again.
-        let _key_guard = match &request.idempotency_key {
-            None => None,
-            Some(key) => {
-                validate_key(key)?;
-                let guard = match self.claim_key(key) {
-                    Ok(guard) => guard,
-                    Err(e) => {
-                        self.drain(&mut input, request).await;
-                        return Err(e);
-                    }
-                };
-                if let Some(record) =
-                    self.lookup_key(mapping.target.catalog.clone(), key, request.policy.idempotency_window).await?
-                {
-                    if record.stream != stream {
-                        return Err(EngineError::KeyReused { key: key.clone(), stream: record.stream });
-                    }
-                    let mut report: Report = serde_json::from_str(&record.ack)
-                        .map_err(|e| EngineError::Internal(format!("a stored acknowledgement does not parse: {e}")))?;
-                    report.replayed = true;
-                    self.metrics.replayed(stream, request.protocol);
-                    self.drain(&mut input, request).await;
-                    return Ok((report, Written { rows: 0, write_seconds: 0.0, retries: 0 }));
-                }
-                Some(guard)
-            }
-        };
-        let catalog = mapping.target.catalog.clone();
-        let key = request.idempotency_key.as_ref().map(|k| RequestKey {
-            key: k.clone(),
-            stream: stream.to_string(),
-            window: request.policy.idempotency_window,
-        });
-        let stall = request.policy.stall_timeout;
-        let schema = match self.next_or_cancel(&mut input, stall).await? {
-            Some(Incoming::Schema(s)) => s,
-            Some(Incoming::Batch(_)) => {
-                return Err(EngineError::BadInput("the stream sent a batch before its schema".into()));
-            }
-            None => return Err(EngineError::BadInput("the stream ended before it sent a schema".into())),
-        };
-        schema::check_supported(&schema).map_err(EngineError::Unsupported)?;
-        // Types DuckDB's scan refuses but can hold after a lossless cast (float16, decimal256 in range).
-        let incoming = schema;
-        let (schema, needs_cast) = schema::storable(&incoming);
-        let flow = RequestInput {
-            stall,
-            incoming: &incoming,
-            cast_to: needs_cast.then_some(&schema),
-            counts,
-            reservation: &request.reservation,
-        };
+        Ok(mapping)
+    }
 
-        // Read ahead: a request that ends within GROUP_BYTES is committed with others in one transaction (group
-        // commit); a larger one streams into a writer of its own, starting with what was read ahead.
-        let groupable = mapping.mode == Mode::Append
-            && matches!(mapping.rule, TableRule::Stream | TableRule::Append | TableRule::CreateAppend)
-            && self.writers.has_group();
-        let mut ahead = Vec::new();
-        let mut ended = false;
-        if groupable {
-            let mut bytes = 0;
-            while bytes <= GROUP_BYTES {
-                match self.next_batch(&mut input, &flow).await? {
-                    None => {
-                        ended = true;
-                        break;
-                    }
-                    Some((b, size, charge)) => {
-                        bytes += size;
-                        counts.batches.fetch_add(1, Ordering::Relaxed);
-                        counts.rows.fetch_add(b.num_rows() as u64, Ordering::Relaxed);
-                        ahead.push((b, size, charge));
-                    }
-                }
+    /// An idempotency key: one request in progress per key on this host, and a committed one is answered with its
+    /// acknowledgement, nothing written again (its input is read to the end and dropped).
+    async fn claim_or_replay<I>(
+        &self,
+        request: &Request,
+        mapping: &Mapping,
+        input: &mut I,
+    ) -> Result<Claimed, EngineError>
+    where
+        I: Stream<Item = Result<Incoming, EngineError>> + Unpin + Send,
+    {
+        let Some(key) = &request.idempotency_key else { return Ok(Claimed::Guard(None)) };
+        validate_key(key)?;
+        let guard = match self.claim_key(key) {
+            Ok(guard) => guard,
+            Err(e) => {
+                self.drain(input, request).await;
+                return Err(e);
             }
-            if ended && !ahead.is_empty() {
-                let rows: u64 = ahead.iter().map(|(b, _, _)| b.num_rows() as u64).sum();
-                let table = mapping.target.display();
-                let (reply, done) = oneshot::channel();
-                let (batches, charges) = ahead.into_iter().map(|(b, _, c)| (b, c)).unzip();
-                let item =
-                    Buffered { mapping, schema, batches, rows, key, commit_retries: request.policy.commit_retries };
-                self.writers.submit_group(item, reply, charges)?;
-                let written = done.await.map_err(|_| EngineError::Internal("the group committer went away".into()))?;
-                let written = match written {
-                    Ok(w) => w,
-                    Err(e) => return self.resolve_unknown(&catalog, request, stream, e).await,
-                };
-                let batches = counts.batches.load(Ordering::Relaxed);
-                return Ok((
-                    Report { stream: stream.to_string(), table, rows: written.rows, batches, replayed: false },
-                    written,
-                ));
-            }
+        };
+        let Some(record) =
+            self.lookup_key(mapping.target.catalog.clone(), key, request.policy.idempotency_window).await?
+        else {
+            return Ok(Claimed::Guard(Some(guard)));
+        };
+        if record.stream != request.stream {
+            return Err(EngineError::KeyReused { key: key.clone(), stream: record.stream });
         }
+        let mut report: Report = serde_json::from_str(&record.ack)
+            .map_err(|e| EngineError::Internal(format!("a stored acknowledgement does not parse: {e}")))?;
+        report.replayed = true;
+        self.metrics.replayed(&request.stream, request.protocol);
+        self.drain(input, request).await;
+        Ok(Claimed::Replayed(report))
+    }
 
+    /// A request received whole, handed to the group committer. The outer error is the pipeline's; the inner
+    /// one the commit's (whose outcome a key may resolve).
+    async fn land_grouped(
+        &self,
+        request: &Request,
+        mapping: Mapping,
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+        charges: Vec<Charge>,
+        key: Option<RequestKey>,
+    ) -> Result<Result<Written, EngineError>, EngineError> {
+        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        let (reply, done) = oneshot::channel();
+        let item = Buffered { mapping, schema, batches, rows, key, commit_retries: request.policy.commit_retries };
+        self.writers.submit_group(item, reply, charges)?;
+        done.await.map_err(|_| EngineError::Internal("the group committer went away".into()))
+    }
+
+    /// A request streamed to a writer of its own: what was read ahead first, then the rest of the input as it
+    /// arrives. The outer error is the input's or the pipeline's; the inner one the writer's.
+    async fn land_streamed<I>(
+        &self,
+        mapping: Mapping,
+        schema: SchemaRef,
+        key: Option<RequestKey>,
+        ahead: Ahead,
+        input: &mut I,
+        flow: &RequestInput<'_>,
+    ) -> Result<Result<Written, EngineError>, EngineError>
+    where
+        I: Stream<Item = Result<Incoming, EngineError>> + Unpin + Send,
+    {
         let permit = self.permit().await?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let (reply_tx, reply_rx) = oneshot::channel();
-        let batch_rx = BatchRx::new(rx, Arc::clone(counts));
-        let table = mapping.target.display();
-        let work = Work::Write { mapping, schema: Arc::clone(&schema), input: batch_rx, key, reply: reply_tx };
+        let batch_rx = BatchRx::new(rx, Arc::clone(flow.counts));
+        let work = Work::Write { mapping, schema, input: batch_rx, key, reply: reply_tx };
         self.writers.submit(Job { work, _permit: permit, watch: None })?;
 
         let feed = WriterChannel { tx, budget: Arc::new(Semaphore::new(QUEUE_BYTES)) };
         let mut pumped = Ok(());
-        for (b, size, charge) in ahead {
+        for (b, size, charge) in ahead.batches {
             pumped = match self.queue(&feed, b, size, charge, true).await {
                 Ok(true) => Ok(()),
                 Ok(false) => Err(EngineError::Internal("the writer stopped reading".into())),
@@ -337,8 +396,8 @@ impl<S: Session> Core<S> {
                 break;
             }
         }
-        if pumped.is_ok() && !ended {
-            pumped = self.pump(&mut input, &flow, &feed).await;
+        if pumped.is_ok() && !ahead.ended {
+            pumped = self.pump(input, flow, &feed).await;
         }
         let last = match &pumped {
             Ok(()) => Msg::End,
@@ -356,12 +415,7 @@ impl<S: Session> Core<S> {
             return Err(e.clone());
         }
         pumped?;
-        let written = match written? {
-            Ok(w) => w,
-            Err(e) => return self.resolve_unknown(&catalog, request, stream, e).await,
-        };
-        let batches = counts.batches.load(Ordering::Relaxed);
-        Ok((Report { stream: stream.to_string(), table, rows: written.rows, batches, replayed: false }, written))
+        written
     }
 
     /// A keyed request whose commit failed in a way that leaves its outcome unknown (the connection to a
