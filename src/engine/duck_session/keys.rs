@@ -23,6 +23,19 @@ pub(super) const MAX_KEYS: u64 = 1_000_000;
 /// ...checked every this many keys a writer records.
 pub(super) const PURGE_EVERY: u64 = 10_000;
 
+/// The catalogs' key tables as one writer knows them (names lower case).
+#[derive(Default)]
+pub(super) struct KeyTables {
+    /// Catalogs whose `arrowport.requests` exists, as far as this writer made sure.
+    pub(super) ready: HashSet<String>,
+    /// Catalogs whose keys table is known to hold digests (see `upgrade_keys`).
+    pub(super) upgraded: HashSet<String>,
+    /// Catalogs whose key table has no PRIMARY KEY (the catalog supports none): keys are checked before insert.
+    pub(super) unconstrained: HashSet<String>,
+    /// Keys this writer recorded, for purging now and then.
+    pub(super) recorded: u64,
+}
+
 impl Landing {
     /// The table of idempotency keys in a catalog (`None`: the host database).
     pub(super) fn keys_table(&self, catalog: Option<&str>) -> String {
@@ -48,7 +61,7 @@ impl Landing {
     /// and writer (lookups and writes both come here first).
     pub(super) fn upgrade_keys(&mut self, conn: &mut RawConn, catalog: Option<&str>) -> Result<(), EngineError> {
         let name = catalog.unwrap_or(&self.host_db).to_lowercase();
-        if self.keys_upgraded.contains(&name) {
+        if self.keys.upgraded.contains(&name) {
             return Ok(());
         }
         let table = self.keys_table(catalog);
@@ -67,7 +80,7 @@ impl Landing {
         };
         // Another writer upgrading at the same moment makes ours fail once; then there is nothing left to do.
         upgrade(conn).or_else(|_| upgrade(conn)).map_err(E::db)?;
-        self.keys_upgraded.insert(name);
+        self.keys.upgraded.insert(name);
         Ok(())
     }
 
@@ -81,7 +94,7 @@ impl Landing {
     ) -> Result<(), EngineError> {
         let name = catalog.unwrap_or(&self.host_db).to_lowercase();
         let table = self.keys_table(catalog);
-        if !self.keys_ready.contains(&name) {
+        if !self.keys.ready.contains(&name) {
             let schema = format!("{}.{}", quote_ident(catalog.unwrap_or(&self.host_db)), quote_ident(OWN_SCHEMA));
             // DuckLake has no PRIMARY KEY or UNIQUE constraints.
             let columns = if self.is_lake(conn, catalog)? { KEYS_COLUMNS_UNCONSTRAINED } else { KEYS_COLUMNS };
@@ -101,12 +114,12 @@ impl Landing {
                 ))
                 .map_err(E::db)?;
             if primary_key.as_deref() != Some("1") {
-                self.keys_unconstrained.insert(name.clone());
+                self.keys.unconstrained.insert(name.clone());
             }
-            self.keys_ready.insert(name);
-            self.keys_recorded = 0;
+            self.keys.ready.insert(name);
+            self.keys.recorded = 0;
         }
-        if self.keys_recorded.is_multiple_of(PURGE_EVERY) {
+        if self.keys.recorded.is_multiple_of(PURGE_EVERY) {
             let purge = format!(
                 "DELETE FROM {table} WHERE committed_at < now() - to_microseconds({window}) \
                  OR key_sha256 IN (SELECT key_sha256 FROM {table} ORDER BY committed_at DESC OFFSET {MAX_KEYS})",
@@ -134,7 +147,7 @@ impl Landing {
         // A row of the same key older than the window (not purged yet) is forgotten: the key is free again.
         let cutoff = format!("now() - to_microseconds({})", first.window.as_micros());
         let catalog = target.catalog.as_deref().unwrap_or(&self.host_db).to_lowercase();
-        if self.keys_unconstrained.contains(&catalog) {
+        if self.keys.unconstrained.contains(&catalog) {
             // No constraint to refuse a second row: look inside this transaction (the keys are in progress on this
             // host, so only a commit elsewhere can have put one there). One query finds live and expired rows (in a
             // DuckLake each statement is a round trip to its catalog); expired ones, rare, are deleted.
@@ -177,7 +190,7 @@ impl Landing {
             .collect();
         txn.execute(&format!("INSERT INTO {table} (key_sha256, stream, ack) VALUES {}", rows.join(", ")))
             .map_err(E::db)?;
-        self.keys_recorded += keys.len() as u64;
+        self.keys.recorded += keys.len() as u64;
         Ok(())
     }
 }

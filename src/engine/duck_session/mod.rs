@@ -101,16 +101,10 @@ struct Landing {
     scan: Option<ScanStream>,
     /// DuckDB's columns for an Arrow schema, as `DESCRIBE` of the view gave them.
     described: HashMap<Schema, Vec<Column>>,
-    /// Catalogs whose `arrowport.requests` (idempotency keys) exists, as far as this writer made sure.
-    keys_ready: HashSet<String>,
-    /// Catalogs whose keys table is known to hold digests (see `upgrade_keys`).
-    keys_upgraded: HashSet<String>,
-    /// Catalogs whose key table has no PRIMARY KEY (the catalog supports none): keys are checked before insert.
-    keys_unconstrained: HashSet<String>,
+    /// The idempotency key tables of the catalogs this writer wrote to.
+    keys: keys::KeyTables,
     /// Catalogs known to be DuckLakes (true) or not.
     lakes: HashMap<String, bool>,
-    /// Keys this writer recorded, for purging now and then.
-    keys_recorded: u64,
     /// Test hook (cargo feature `test-hooks` only): a request into a table of this name panics inside its
     /// transaction, after its INSERT (set by `ARROWPORT_TEST_PANIC_TABLE` in the host's environment; the
     /// end-to-end tests prove the writer survives).
@@ -147,11 +141,8 @@ impl DuckSession {
             locks,
             scan: None,
             described: HashMap::new(),
-            keys_ready: HashSet::new(),
-            keys_upgraded: HashSet::new(),
-            keys_unconstrained: HashSet::new(),
+            keys: keys::KeyTables::default(),
             lakes: HashMap::new(),
-            keys_recorded: 0,
             #[cfg(feature = "test-hooks")]
             panic_on: test_hook_panic_table(),
         };
