@@ -5,15 +5,25 @@
 use super::*;
 use crate::engine::sql_tree::{self, Refusal, Strictness};
 
-/// Runs a statement (once per parameter row) and sends its schema, then its batches, to `out`.
-pub(super) fn stream_result(
+/// A statement's parameter rows: each runs the statement once (no parameters: once, with none).
+fn param_runs(statement: &Statement) -> &[Vec<Param>] {
+    const NONE: &[Vec<Param>] = &[Vec::new()];
+    if statement.params.is_empty() { NONE } else { &statement.params }
+}
+
+/// Runs a statement once with `params` and keeps its whole result.
+fn run_materialized(
     conn: &mut RawConn,
-    statement: &Statement,
-    kind: StatementKind,
-    out: &QueryOut,
-) -> Result<(), EngineError> {
-    let no_params = [Vec::new()];
-    let runs: &[Vec<Param>] = if statement.params.is_empty() { &no_params } else { &statement.params };
+    sql: &str,
+    params: &[Param],
+) -> Result<(SchemaRef, Vec<RecordBatch>), EngineError> {
+    let mut p = conn.prepare(sql).map_err(E::sql)?;
+    p.bind(params).map_err(E::sql)?;
+    p.execute_materialized().map_err(E::sql)
+}
+
+/// Runs a query (once per parameter row) and sends its schema, then its batches, to `out` as DuckDB makes them.
+pub(super) fn stream_result(conn: &mut RawConn, statement: &Statement, out: &QueryOut) -> Result<(), EngineError> {
     let mut schema_sent = false;
     let mut send_schema = |schema: SchemaRef| -> Result<(), EngineError> {
         if !schema_sent {
@@ -22,17 +32,12 @@ pub(super) fn stream_result(
         }
         Ok(())
     };
-    for params in runs {
+    for params in param_runs(statement) {
         // A query streams: DuckDB's Arrow schema for it comes from running it wrapped with LIMIT 0.
-        let streaming_schema = if kind == StatementKind::Select {
-            conn.select_schema(&statement.sql, params).map_err(E::sql)?
-        } else {
-            None
-        };
-        let mut p = conn.prepare(&statement.sql).map_err(E::sql)?;
-        p.bind(params).map_err(E::sql)?;
-        match streaming_schema {
+        match conn.select_schema(&statement.sql, params).map_err(E::sql)? {
             Some(schema) => {
+                let mut p = conn.prepare(&statement.sql).map_err(E::sql)?;
+                p.bind(params).map_err(E::sql)?;
                 let mut rows = p.execute(&schema).map_err(E::sql)?;
                 send_schema(rows.schema())?;
                 while let Some(batch) = rows.next_batch().map_err(E::sql)? {
@@ -40,7 +45,7 @@ pub(super) fn stream_result(
                 }
             }
             None => {
-                let (schema, batches) = p.execute_materialized().map_err(E::sql)?;
+                let (schema, batches) = run_materialized(conn, &statement.sql, params)?;
                 send_schema(schema)?;
                 for batch in batches {
                     out.batch(batch)?;
@@ -54,13 +59,9 @@ pub(super) fn stream_result(
 /// Runs a statement that is not a query (once per parameter row) and keeps its small result: the schema, then
 /// its batches, to be handed over after commit.
 pub(super) fn materialized_result(conn: &mut RawConn, statement: &Statement) -> Result<Vec<QueryItem>, EngineError> {
-    let no_params = [Vec::new()];
-    let runs: &[Vec<Param>] = if statement.params.is_empty() { &no_params } else { &statement.params };
     let mut items = Vec::new();
-    for params in runs {
-        let mut p = conn.prepare(&statement.sql).map_err(E::sql)?;
-        p.bind(params).map_err(E::sql)?;
-        let (schema, batches) = p.execute_materialized().map_err(E::sql)?;
+    for params in param_runs(statement) {
+        let (schema, batches) = run_materialized(conn, &statement.sql, params)?;
         if items.is_empty() {
             items.push(QueryItem::Schema(schema));
         }
@@ -187,19 +188,20 @@ impl DuckSession {
     /// connections default to the scratch database), inside a read-only transaction when the listener says so,
     /// with arrowport's own SQL functions refusing to run; then restores the connection.
     ///
-    /// With `read_write`, the statement runs in a transaction of ours that commits only if it left no temporary
-    /// object: the statement pool's connections serve every client in turn, so a temporary table, view, sequence
-    /// or type would outlive its statement and be seen (or shadow names) in the next client's.
+    /// With `read_write`, a statement that is not a query (`f` says which kind ran) runs in a transaction of ours
+    /// that commits only if it left no temporary object: the statement pool's connections serve every client in
+    /// turn, so a temporary table, view, sequence or type would outlive its statement and be seen (or shadow
+    /// names) in the next client's.
     fn remote<T>(
         &mut self,
         access: Access,
-        f: impl FnOnce(&mut RawConn) -> Result<T, EngineError>,
+        f: impl FnOnce(&mut RawConn) -> Result<(T, StatementKind), EngineError>,
     ) -> Result<T, EngineError> {
         self.on_host_db(|conn| {
             let begun = if access == Access::ReadOnly { conn.begin_read_only() } else { conn.begin() };
             begun.map_err(E::db).and_then(|mut txn| {
-                let out = explain_interrupt(policy::as_remote(|| f(&mut txn)))?;
-                if access != Access::ReadOnly {
+                let (out, kind) = explain_interrupt(policy::as_remote(|| f(&mut txn)))?;
+                if access != Access::ReadOnly && kind != StatementKind::Select {
                     refuse_temporary_objects(&mut txn)?;
                 }
                 txn.commit().map_err(E::db)?;
@@ -242,7 +244,8 @@ impl DuckSession {
                 StatementKind::Select => conn.select_schema(sql, values).map_err(E::sql)?.unwrap_or_else(Schema::empty),
                 _ => Schema::empty(),
             };
-            Ok(Described { schema, params: query::param_schema(types) })
+            // Nothing ran: DuckDB prepared the statement, and ran only a query (wrapped with LIMIT 0).
+            Ok((Described { schema, params: query::param_schema(types) }, StatementKind::Select))
         })
     }
 
@@ -260,10 +263,10 @@ impl DuckSession {
                 p.kind()
             };
             if kind == StatementKind::Select {
-                stream_result(conn, statement, kind, out)?;
-                return Ok(Vec::new());
+                stream_result(conn, statement, out)?;
+                return Ok((Vec::new(), kind));
             }
-            materialized_result(conn, statement)
+            Ok((materialized_result(conn, statement)?, kind))
         })?;
         // A statement that changes something is answered (its row count) only once its transaction has
         // committed: a client that sees the answer and sends its next statement finds the change.
@@ -281,14 +284,13 @@ impl DuckSession {
         self.remote(access, |conn| {
             let mut p = conn.prepare(&statement.sql).map_err(E::sql)?;
             kind_allowed(&p, access)?;
-            let no_params = [Vec::new()];
-            let runs: &[Vec<Param>] = if statement.params.is_empty() { &no_params } else { &statement.params };
+            let kind = p.kind();
             let mut changed = 0;
-            for params in runs {
+            for params in param_runs(statement) {
                 p.bind(params).map_err(E::sql)?;
                 changed += p.execute_update().map_err(E::sql)?;
             }
-            Ok(changed)
+            Ok((changed, kind))
         })
     }
 
@@ -314,7 +316,7 @@ impl DuckSession {
                             "the query must be a statement that returns rows (SELECT, FROM, VALUES, ...)".into(),
                         ));
                     }
-                    stream_result(&mut txn, &Statement { sql: sql.to_string(), params: Vec::new() }, kind, out)?;
+                    stream_result(&mut txn, &Statement { sql: sql.to_string(), params: Vec::new() }, out)?;
                     txn.commit().map_err(E::db)
                 });
             for setting in ["arrow_lossless_conversion", "streaming_buffer_size"] {
