@@ -37,6 +37,15 @@ impl Charge {
     pub fn bytes(&self) -> usize {
         self.0.as_ref().map_or(0, |p| p.num_permits())
     }
+
+    /// Takes `other`'s bytes into this charge: one charge, however many pieces it was drawn in.
+    pub fn absorb(&mut self, other: Charge) {
+        match (&mut self.0, other.0) {
+            (Some(mine), Some(theirs)) => mine.merge(theirs),
+            (mine @ None, theirs) => *mine = theirs,
+            (Some(_), None) => {}
+        }
+    }
 }
 
 impl Budget {
@@ -131,5 +140,19 @@ mod tests {
         r.release();
         assert_eq!(b.in_use(), 0);
         assert_eq!(b.charge(0).unwrap().bytes(), 0);
+    }
+
+    #[test]
+    fn absorbed_charges_are_one_and_come_back_together() {
+        let b = Budget::new(100);
+        let mut held = Charge::default();
+        for _ in 0..3 {
+            let more = b.charge(20).unwrap();
+            held.absorb(more);
+        }
+        held.absorb(Charge::default());
+        assert_eq!((held.bytes(), b.in_use()), (60, 60));
+        drop(held);
+        assert_eq!(b.in_use(), 0);
     }
 }

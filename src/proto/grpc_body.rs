@@ -101,17 +101,18 @@ pub struct Watched {
     budget: Arc<Budget>,
     framing: Framing,
     /// What the unfinished message holds of the budget.
-    held: Vec<Charge>,
+    held: Charge,
 }
 
 impl Watched {
     fn take_in(&mut self, data: &[u8]) -> Result<(), EngineError> {
         let (pending, completed) = self.framing.read(data);
         if completed {
-            self.held.clear();
+            self.held = Charge::default();
         }
         if pending > 0 {
-            self.held.push(self.budget.charge(pending)?);
+            let more = self.budget.charge(pending)?;
+            self.held.absorb(more);
         }
         Ok(())
     }
@@ -137,7 +138,7 @@ impl http_body::Body for Watched {
                             *self.end.0.refused.lock().unwrap_or_else(|p| p.into_inner()) = Some((bytes, limit));
                         }
                         self.end.0.state.store(BROKEN, Ordering::Release);
-                        self.held.clear();
+                        self.held = Charge::default();
                         return Poll::Ready(Some(Err(axum::Error::new(tonic::Status::resource_exhausted(
                             e.to_string(),
                         )))));
@@ -165,7 +166,7 @@ pub fn watch_request_bodies(router: axum::Router, budget: Arc<Budget>) -> axum::
         request.extensions_mut().insert(end.clone());
         let budget = Arc::clone(&budget);
         request.map(|inner| {
-            axum::body::Body::new(Watched { inner, end, budget, framing: Framing::default(), held: Vec::new() })
+            axum::body::Body::new(Watched { inner, end, budget, framing: Framing::default(), held: Charge::default() })
         })
     }))
 }
@@ -210,7 +211,7 @@ mod tests {
             end: BodyEnd::default(),
             budget: Arc::clone(&budget),
             framing: Framing::default(),
-            held: Vec::new(),
+            held: Charge::default(),
         };
         let m = message(150);
         w.take_in(&m[..60]).unwrap();
@@ -218,7 +219,7 @@ mod tests {
         let e = w.take_in(&m[60..110]).unwrap_err();
         assert!(matches!(e, EngineError::OverBudget { bytes: 50, limit: 100 }), "{e:?}");
         let mut w2 = Watched { budget: Arc::clone(&budget), ..w };
-        w2.held.clear();
+        w2.held = Charge::default();
         assert_eq!(budget.in_use(), 0);
         let small = message(20);
         w2.framing = Framing::default();
