@@ -31,7 +31,7 @@ all: release
 
 # The library is rebuilt only when a source is newer than the file it makes, so `make test` right after
 # `make test` calls no cargo build (the tests' own build below shares cargo's output file with this one).
-SOURCES     := $(shell find src -name '*.rs') Cargo.toml Cargo.lock scripts/append_metadata.py
+SOURCES     := $(shell find src -type f) Cargo.toml Cargo.lock scripts/append_metadata.py
 
 release: $(EXTENSION)
 
@@ -120,6 +120,7 @@ wheel: release
 bench: release $(VENV)/.stamp $(VENV_LAKE)/.stamp
 	$(VENV)/bin/python bench/bench.py
 	$(VENV)/bin/python bench/upserts.py
+	$(VENV)/bin/python bench/page.py
 	$(VENV)/bin/python bench/lake.py
 
 # The lake half of the bench alone: many hosts into one DuckLake (PostgreSQL, moto).

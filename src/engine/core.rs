@@ -137,6 +137,7 @@ impl<S: Session> Core<S> {
     pub fn reject(&self, protocol: Protocol, error: &EngineError) {
         self.metrics.record(&Outcome {
             stream: metrics::UNKNOWN_STREAM,
+            defined: false,
             protocol,
             result: Err(error.to_string()),
             rows: 0,

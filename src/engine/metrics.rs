@@ -70,6 +70,9 @@ impl Protocol {
 #[derive(Debug, Clone)]
 pub struct Outcome<'a> {
     pub stream: &'a str,
+    /// A stream the operator defined (`arrowport_create_stream`) has series of its own from its first request,
+    /// failed or not; others only once they commit (so a client cannot make series by failing with new names).
+    pub defined: bool,
     pub protocol: Protocol,
     /// `Ok(write_seconds)` when committed, `Err(message)` when not.
     pub result: Result<f64, String>,
@@ -96,10 +99,10 @@ struct Known {
 
 impl Known {
     /// The label a request's series use (admitting a stream when it committed), noting its outcome.
-    fn note(&mut self, stream: &str, protocol: Protocol, result: &Result<f64, String>) -> String {
+    fn note(&mut self, stream: &str, defined: bool, protocol: Protocol, result: &Result<f64, String>) -> String {
         let label = if self.named.contains(stream) {
             stream
-        } else if result.is_err() {
+        } else if result.is_err() && !defined {
             UNKNOWN_STREAM
         } else if self.named.len() >= MAX_STREAMS {
             OTHER_STREAMS
@@ -280,7 +283,7 @@ impl Metrics {
     pub fn record(&self, o: &Outcome<'_>) {
         let committed = o.result.is_ok();
         let stream = match self.known.lock() {
-            Ok(mut known) => known.note(o.stream, o.protocol, &o.result),
+            Ok(mut known) => known.note(o.stream, o.defined, o.protocol, &o.result),
             Err(_) => OTHER_STREAMS.to_string(),
         };
         let sp = [stream.as_str(), o.protocol.name()];
@@ -413,6 +416,7 @@ mod tests {
     fn outcome(stream: &str, ok: bool, rows: u64, seconds: f64) -> Outcome<'_> {
         Outcome {
             stream,
+            defined: false,
             protocol: Protocol::Flight,
             result: if ok { Ok(seconds / 2.0) } else { Err("boom".into()) },
             rows,
@@ -442,6 +446,9 @@ mod tests {
         let text = m.render();
         assert!(text.contains("arrowport_rows_total{protocol=\"flight\",stream=\"events\"} 10"), "{text}");
         assert!(!text.contains("typo1"));
+        // A defined stream's failures are its own from the first.
+        m.record(&Outcome { defined: true, ..outcome("orders", false, 2, 0.001) });
+        assert_eq!(m.rows().iter().find(|r| r.stream == "orders").map(|r| r.requests_failed), Some(1));
     }
 
     #[test]

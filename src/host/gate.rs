@@ -185,7 +185,8 @@ pub struct Gate {
 
 /// Paths served without authentication: liveness and readiness only, nothing about the data.
 fn is_public(request: &axum::http::Request<hyper::body::Incoming>) -> bool {
-    request.method() == Method::GET && matches!(request.uri().path(), "/health" | "/ready")
+    // The status page itself holds no data (it asks `/status.json`, which is not public, with a token).
+    request.method() == Method::GET && matches!(request.uri().path(), "/health" | "/ready" | "/")
 }
 
 /// The host a request addresses: HTTP/2's `:authority` (and an absolute HTTP/1.1 target), else the `Host`
@@ -199,6 +200,15 @@ fn addressed_host<B>(request: &axum::http::Request<B>) -> Option<String> {
     Some(host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase())
 }
 
+/// The authority a request addresses (`host[:port]`, lowercase), as an `Origin` names it.
+fn addressed_authority<B>(request: &axum::http::Request<B>) -> Option<String> {
+    let authority = match request.uri().authority() {
+        Some(a) => a.as_str().to_string(),
+        None => request.headers().get(header::HOST)?.to_str().ok()?.to_string(),
+    };
+    Some(authority.to_ascii_lowercase())
+}
+
 /// Normalises an origin for comparison: lowercase, no trailing slash.
 pub fn normal_origin(origin: &str) -> String {
     origin.trim().trim_end_matches('/').to_ascii_lowercase()
@@ -207,10 +217,15 @@ pub fn normal_origin(origin: &str) -> String {
 impl Gate {
     /// A request that carries a browser `Origin` is refused unless the origin is allowed: a web page must not
     /// write into the database through a browser that can reach the listener.
+    /// The listener's own page (`GET /`) is same-origin: an `Origin` naming the very authority the request
+    /// addresses passes, when that authority is one the listener answers to as itself (an IP literal,
+    /// `localhost`, an allowed name): a foreign page on a DNS name rebound to the listener's address is not.
     fn check_origin<B>(&self, request: &axum::http::Request<B>) -> Result<(), AuthError> {
         let Some(origin) = request.headers().get(header::ORIGIN) else { return Ok(()) };
         let origin = normal_origin(&String::from_utf8_lossy(origin.as_bytes()));
-        if self.allowed_origins.contains(&origin) { Ok(()) } else { Err(AuthError::ForeignOrigin(origin)) }
+        let same = origin.split_once("://").map(|(_, authority)| authority) == addressed_authority(request).as_deref()
+            && self.check_host(request).is_ok();
+        if same || self.allowed_origins.contains(&origin) { Ok(()) } else { Err(AuthError::ForeignOrigin(origin)) }
     }
 
     /// Loopback trust (protected mode, no token) needs the request to address the listener as an IP literal,
@@ -408,6 +423,14 @@ mod tests {
         let g = gate(&[], &["http://localhost:3000/"]);
         assert_eq!(g.check_origin(&request(Some("127.0.0.1"), None)), Ok(()));
         assert_eq!(g.check_origin(&request(Some("127.0.0.1"), Some("HTTP://localhost:3000"))), Ok(()));
+        assert_eq!(
+            g.check_origin(&request(Some("127.0.0.1:8815"), Some("http://127.0.0.1:8815"))),
+            Ok(()),
+            "same origin"
+        );
+        assert!(g.check_origin(&request(Some("127.0.0.1:8815"), Some("http://127.0.0.1:8816"))).is_err());
+        let rebound = request(Some("evil.example:8815"), Some("http://evil.example:8815"));
+        assert!(g.check_origin(&rebound).is_err(), "a rebound name is not the listener's own origin");
         let e = g.check_origin(&request(Some("127.0.0.1"), Some("http://evil.example"))).unwrap_err();
         assert_eq!((e.code(), e.to_string().contains("\"http://evil.example\"")), (Code::Denied, true));
     }

@@ -51,7 +51,25 @@ pub struct Limits {
     pub policy: Arc<Policy>,
     /// The DuckDB version `/health` reports.
     pub duckdb_version: String,
+    /// The host's listeners, as `/status.json` shows them.
+    pub listeners: Listeners,
 }
+
+/// A listening socket as the status page shows it; the host keeps the list up to date.
+#[derive(Debug, Clone)]
+pub struct ListenerView {
+    pub protocol: &'static str,
+    pub address: String,
+    pub tls: bool,
+    pub auth: &'static str,
+    pub started: std::time::Instant,
+}
+
+/// The host's listeners, shared with every listener's REST service.
+pub type Listeners = Arc<std::sync::Mutex<Vec<ListenerView>>>;
+
+/// The status page (`GET /`): one file, no asset from elsewhere; it reads `/status.json` every second.
+const PAGE: &str = include_str!("page/index.html");
 
 struct App<S: Session> {
     core: Arc<Core<S>>,
@@ -94,6 +112,8 @@ pub fn router<S: Session>(core: Arc<Core<S>>, limits: Limits) -> Router {
         .route("/health", get(health::<S>))
         .route("/ready", get(ready::<S>))
         .route("/metrics", get(prometheus_text::<S>))
+        .route("/", get(page))
+        .route("/status.json", get(host_status::<S>))
         .with_state(app)
 }
 
@@ -473,6 +493,79 @@ fn stream_json(info: &StreamInfo, metrics: &[metrics::Row]) -> Value {
 async fn prometheus_text<S: Session>(State(app): State<Arc<App<S>>>) -> Response {
     let text = app.core.metrics().render();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
+async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            // The page runs only its own inline script and talks only to its own origin; no frame may embed it.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; \
+                 img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        PAGE,
+    )
+        .into_response()
+}
+
+/// What the status page shows: the listeners, requests in flight, the memory budget, and one row per stream and
+/// protocol with exactly the counters of `arrowport_metrics()`. Everything is read from counters the host keeps
+/// anyway; nothing is kept for the page.
+async fn host_status<S: Session>(State(app): State<Arc<App<S>>>) -> Response {
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or_default();
+    let listeners: Vec<Value> = app
+        .limits
+        .listeners
+        .lock()
+        .map(|l| l.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|l| {
+            json!({"protocol": l.protocol, "address": l.address, "tls": l.tls, "auth": l.auth,
+                   "uptime_seconds": l.started.elapsed().as_secs_f64()})
+        })
+        .collect();
+    let budget = app.core.budget();
+    let streams: Vec<Value> = app
+        .core
+        .metrics()
+        .rows()
+        .into_iter()
+        .map(|r| {
+            let target = app.core.mapping(&r.stream, false).map(|m| m.target.display()).unwrap_or_default();
+            status_row(&r, &target)
+        })
+        .collect();
+    let body = json!({
+        "version": format!("arrowport {} (DuckDB {})", env!("CARGO_PKG_VERSION"), app.limits.duckdb_version),
+        "now_us": now_us,
+        "listeners": listeners,
+        "requests_in_flight": app.core.in_flight(),
+        "memory_budget": {"limit_bytes": budget.limit(), "used_bytes": budget.in_use()},
+        "streams": streams,
+    });
+    ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
+}
+
+/// One row of `arrowport_metrics()` as `/status.json` carries it (same names), with the stream's target.
+fn status_row(r: &crate::engine::metrics::Row, target: &str) -> Value {
+    json!({
+        "stream": r.stream, "protocol": r.protocol, "target": target,
+        "requests_ok": r.requests_ok, "requests_failed": r.requests_failed,
+        "rows_committed": r.rows, "batches": r.batches, "wire_bytes": r.wire_bytes, "decoded_bytes": r.decoded_bytes,
+        "rows_rolled_back": r.rows_rolled_back, "last_commit_us": r.last_commit_us,
+        "last_error": r.last_error, "last_error_us": r.last_error_us,
+        "latency_p50_ms": r.latency_p50_ms, "latency_p95_ms": r.latency_p95_ms, "latency_p99_ms": r.latency_p99_ms,
+        "write_seconds": r.write_seconds,
+    })
 }
 
 async fn list_streams<S: Session>(

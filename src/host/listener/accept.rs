@@ -29,14 +29,17 @@ impl Running {
         let (tls, auth) = (gate.tls.is_some(), gate.mode);
         let conns = Connections::new(connection_cap(max_connections));
         let task = self.runtime.spawn(accept_loop(listener, app, gate, shutdown, conns));
-        self.listeners.push(Listener {
-            protocols: protocols.to_vec(),
-            addr: bound,
-            started: Instant::now(),
-            task,
-            tls,
-            auth,
-        });
+        let started = Instant::now();
+        if let Ok(mut board) = self.board.lock() {
+            board.extend(protocols.iter().map(|&protocol| crate::proto::rest::ListenerView {
+                protocol,
+                address: bound.to_string(),
+                tls,
+                auth: auth.name(),
+                started,
+            }));
+        }
+        self.listeners.push(Listener { protocols: protocols.to_vec(), addr: bound, started, task, tls, auth });
         Ok(bound)
     }
 }

@@ -88,6 +88,8 @@ struct Running {
     cancel: CancellationToken,
     guard: Arc<MemoryGuard>,
     listeners: Vec<Listener>,
+    /// The listeners as every REST service's `/status.json` shows them.
+    board: rest::Listeners,
     /// `arrowport_maintain(..., every := ...)` schedules, by catalog.
     schedules: std::collections::HashMap<String, tokio::task::JoinHandle<()>>,
 }
@@ -253,6 +255,7 @@ impl Host {
             max_body_bytes: options.max_body_bytes,
             policy,
             duckdb_version: crate::duck::library_version(),
+            listeners: Arc::clone(&running.board),
         };
         let rest = rest::router(Arc::clone(&running.core), limits);
 
@@ -464,7 +467,15 @@ fn start(
             .with_memory_guard(Arc::clone(&guard)),
     );
     runtime.spawn(Arc::clone(&guard).run(cancel.clone()));
-    Ok(Running { runtime, core, cancel, guard, listeners: Vec::new(), schedules: Default::default() })
+    Ok(Running {
+        runtime,
+        core,
+        cancel,
+        guard,
+        listeners: Vec::new(),
+        board: Default::default(),
+        schedules: Default::default(),
+    })
 }
 
 #[cfg(test)]
