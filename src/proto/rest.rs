@@ -556,7 +556,7 @@ async fn host_status<S: Session>(State(app): State<Arc<App<S>>>) -> Response {
 }
 
 /// One row of `arrowport_metrics()` as `/status.json` carries it (same names), with the stream's target.
-fn status_row(r: &crate::engine::metrics::Row, target: &str) -> Value {
+pub(crate) fn status_row(r: &crate::engine::metrics::Row, target: &str) -> Value {
     json!({
         "stream": r.stream, "protocol": r.protocol, "target": target,
         "requests_ok": r.requests_ok, "requests_failed": r.requests_failed,

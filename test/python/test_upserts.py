@@ -437,3 +437,32 @@ def test_a_store_made_before_keyed_streams_reads_and_gains_the_new_columns(tmp_p
         assert host.sql("SELECT stream, key, on_conflict FROM arrowport_streams()") == [("ev", ["id"], "ignore")]
     finally:
         host.close()
+
+
+def test_the_json_endpoint_and_arrowport_send_merge_too_and_a_unique_constraint_serves(py_listening, tmp_path):
+    import base64
+    import hosts
+    h = py_listening
+    h.sql("CREATE TABLE users (user_id BIGINT UNIQUE, name VARCHAR)")
+    h.sql("INSERT INTO users VALUES (1, 'ann'), (2, 'bob')")
+    # A UNIQUE constraint is not a PRIMARY KEY: the mapping names the key.
+    h.sql("CALL arrowport_create_stream('users', key := ['user_id'], on_conflict := 'update', delete_column := '_deleted')")
+    t = users([1, 3], ["ANN", "cy"], [False, False])
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, t.schema) as w:
+        w.write_table(t)
+    payload = {"config": {"target_table": "users"}, "batch": {
+        "arrow_schema": base64.b64encode(t.schema.serialize()).decode(), "data": base64.b64encode(sink.getvalue().to_pybytes()).decode()}}
+    r = httpx.post(f"http://{h.addr}/stream/users", json=payload, timeout=60)
+    assert r.status_code == 200, r.text
+    assert h.sql("SELECT user_id, name FROM users ORDER BY 1") == [(1, "ANN"), (2, "bob"), (3, "cy")]
+    # arrowport_send from another DuckDB: an update and a delete.
+    sender = hosts.start("py20", str(tmp_path / "sender.duckdb"))
+    try:
+        sender.sql(hosts.load_sql())
+        sender.sql("CREATE TABLE changes AS SELECT * FROM (VALUES (2::BIGINT, 'BOB', false), (3::BIGINT, NULL, true)) v(user_id, name, _deleted)")
+        out = sender.sql(f"SELECT rows FROM arrowport_send('grpc://{h.addr}', 'users', query := 'FROM changes')")
+        assert out == [(2,)]
+    finally:
+        sender.close()
+    assert h.sql("SELECT user_id, name FROM users ORDER BY 1") == [(1, "ANN"), (2, "BOB")]

@@ -80,3 +80,48 @@ impl VTab for MetricsTable {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `/status.json` carries every column of `arrowport_metrics()`, under the same name (timestamps in
+    /// microseconds, `_us`), with the same value.
+    #[test]
+    fn status_json_rows_carry_the_columns_of_arrowport_metrics() {
+        let row = metrics::Row {
+            stream: "events".into(),
+            protocol: "flight".into(),
+            requests_ok: 3,
+            requests_failed: 1,
+            rows: 300,
+            batches: 4,
+            wire_bytes: 5000,
+            decoded_bytes: 9000,
+            rows_rolled_back: 7,
+            last_commit_us: Some(11),
+            last_error: Some("boom".into()),
+            last_error_us: Some(12),
+            latency_p50_ms: Some(1.5),
+            latency_p95_ms: Some(2.5),
+            latency_p99_ms: None,
+            write_seconds: 0.25,
+        };
+        let json = crate::proto::rest::status_row(&row, "main.events");
+        let key = |column: &str| match column {
+            "last_commit" => "last_commit_us".to_string(),
+            "last_error_at" => "last_error_us".to_string(),
+            other => other.to_string(),
+        };
+        let expected = serde_json::json!({
+            "stream": "events", "protocol": "flight", "requests_ok": 3, "requests_failed": 1, "rows_committed": 300,
+            "batches": 4, "wire_bytes": 5000, "decoded_bytes": 9000, "rows_rolled_back": 7, "last_commit_us": 11,
+            "last_error": "boom", "last_error_us": 12, "latency_p50_ms": 1.5, "latency_p95_ms": 2.5,
+            "latency_p99_ms": null, "write_seconds": 0.25,
+        });
+        for (column, _) in METRIC_COLUMNS {
+            assert_eq!(json.get(key(column)), expected.get(key(column)), "{column}");
+        }
+        assert_eq!(json["target"], "main.events");
+    }
+}
