@@ -181,7 +181,12 @@ pub struct Mapping {
     pub on_conflict: OnConflict,
     /// A BOOLEAN column of the requests (never of the table) whose true deletes the row's key.
     pub delete_column: Option<String>,
+    /// Consumers may follow the stream: each commit gets a position, kept with its rows in [`CURSOR_COLUMN`].
+    pub follow: bool,
 }
+
+/// The column of a followable stream's table that holds each row's commit position.
+pub const CURSOR_COLUMN: &str = "arrowport_cursor";
 
 /// Flight SQL ingest's table-exists / table-missing semantics (ADBC's modes), beside the stream options.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -225,6 +230,7 @@ impl Mapping {
             key: Vec::new(),
             on_conflict: OnConflict::Error,
             delete_column: None,
+            follow: false,
         }
     }
 
@@ -245,6 +251,7 @@ pub struct MappingOptions {
     pub on_conflict: Option<String>,
     /// `Some("")` takes the delete column away.
     pub delete_column: Option<String>,
+    pub follow: Option<bool>,
 }
 
 impl MappingOptions {
@@ -274,6 +281,15 @@ impl MappingOptions {
         }
         if let Some(d) = &self.delete_column {
             base.delete_column = Some(d.trim().to_string()).filter(|d| !d.is_empty());
+        }
+        if let Some(f) = self.follow {
+            base.follow = f;
+        }
+        if base.follow && (base.is_keyed() || base.mode == Mode::Replace) {
+            return Err(
+                "follow := true takes streams that append; a stream that replaces or merges rows cannot be followed"
+                    .into(),
+            );
         }
         if base.is_keyed() && base.mode == Mode::Replace {
             return Err(

@@ -25,11 +25,11 @@ const STREAMS: &str = "streams";
 const STREAMS_COLUMNS: &str = "stream VARCHAR PRIMARY KEY, catalog VARCHAR, schema VARCHAR NOT NULL, \
      \"table\" VARCHAR NOT NULL, create_table BOOLEAN NOT NULL, schema_policy VARCHAR NOT NULL, \
      mode VARCHAR NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now(), updated_at TIMESTAMPTZ NOT NULL DEFAULT now(), \
-     \"key\" VARCHAR[], on_conflict VARCHAR, delete_column VARCHAR";
+     \"key\" VARCHAR[], on_conflict VARCHAR, delete_column VARCHAR, follow BOOLEAN";
 /// Columns added to `streams` after its first layout, with their types: a store made before them gets them on
 /// its next write, and reads of it see their defaults until then.
-const STREAMS_ADDED: [(&str, &str); 3] =
-    [("key", "VARCHAR[]"), ("on_conflict", "VARCHAR"), ("delete_column", "VARCHAR")];
+const STREAMS_ADDED: [(&str, &str); 4] =
+    [("key", "VARCHAR[]"), ("on_conflict", "VARCHAR"), ("delete_column", "VARCHAR"), ("follow", "BOOLEAN")];
 
 const TOKENS: &str = "tokens";
 /// `streams` is a JSON array of stream names, NULL for every stream; salt and hash are hex.
@@ -283,11 +283,12 @@ fn load_mappings(conn: &mut RawConn, db: &str) -> Result<Vec<Mapping>, DbError> 
         .map(|(c, _)| if missing.iter().any(|(m, _)| *m == c) { "NULL".to_string() } else { quote_ident(c) });
     // The key list as JSON text: our rows are texts, and JSON keeps names with commas or quotes apart.
     let rows = conn.query(&format!(
-        "SELECT stream, catalog, schema, \"table\", create_table, schema_policy, mode, to_json({}::VARCHAR[]), {}, {} \
+        "SELECT stream, catalog, schema, \"table\", create_table, schema_policy, mode, to_json({}::VARCHAR[]), {}, {}, {} \
          FROM {} ORDER BY stream",
         added[0],
         added[1],
         added[2],
+        added[3],
         named(db, STREAMS)
     ))?;
     rows.into_iter()
@@ -314,6 +315,7 @@ fn load_mappings(conn: &mut RawConn, db: &str) -> Result<Vec<Mapping>, DbError> 
                     Some(c) => OnConflict::parse(&c).map_err(|_| bad("on_conflict"))?,
                 },
                 delete_column: v(9),
+                follow: v(10).as_deref() == Some("true"),
             })
         })
         .collect()
@@ -326,11 +328,12 @@ fn save_mapping(conn: &mut RawConn, db: &str, m: &Mapping) -> Result<(), DbError
     }
     let key = format!("[{}]::VARCHAR[]", m.key.iter().map(|k| quote_literal(k)).collect::<Vec<_>>().join(", "));
     conn.execute(&format!(
-        "INSERT INTO {} (stream, catalog, schema, \"table\", create_table, schema_policy, mode, \"key\", on_conflict, delete_column) \
-         VALUES ({}, {}, {}, {}, {}, {}, {}, {key}, {}, {}) \
+        "INSERT INTO {} (stream, catalog, schema, \"table\", create_table, schema_policy, mode, \"key\", on_conflict, delete_column, \
+         follow) VALUES ({}, {}, {}, {}, {}, {}, {}, {key}, {}, {}, {}) \
          ON CONFLICT (stream) DO UPDATE SET catalog = excluded.catalog, schema = excluded.schema, \"table\" = excluded.\"table\", \
          create_table = excluded.create_table, schema_policy = excluded.schema_policy, mode = excluded.mode, \
-         \"key\" = excluded.\"key\", on_conflict = excluded.on_conflict, delete_column = excluded.delete_column, updated_at = now()",
+         \"key\" = excluded.\"key\", on_conflict = excluded.on_conflict, delete_column = excluded.delete_column, \
+         follow = excluded.follow, updated_at = now()",
         named(db, STREAMS),
         quote_literal(&m.stream),
         opt_literal(m.target.catalog.as_deref()),
@@ -341,6 +344,7 @@ fn save_mapping(conn: &mut RawConn, db: &str, m: &Mapping) -> Result<(), DbError
         quote_literal(m.mode.name()),
         quote_literal(m.on_conflict.name()),
         opt_literal(m.delete_column.as_deref()),
+        m.follow,
     ))?;
     Ok(())
 }

@@ -196,7 +196,9 @@ impl<S: Session> Core<S> {
         }
         let mapping = self.resolve_mapping(request)?;
         let _key_guard = match self.claim_or_replay(request, &mapping, &mut input).await? {
-            Claimed::Replayed(report) => return Ok((report, Written { rows: 0, write_seconds: 0.0, retries: 0 })),
+            Claimed::Replayed(report) => {
+                return Ok((report, Written { rows: 0, write_seconds: 0.0, ..Default::default() }));
+            }
             Claimed::Guard(guard) => guard,
         };
         let key = request.idempotency_key.as_ref().map(|k| RequestKey {
@@ -436,7 +438,7 @@ impl<S: Session> Core<S> {
         match self.lookup_key(catalog.clone(), key, request.policy.idempotency_window).await {
             Ok(Some(record)) if record.stream == stream => {
                 let report: Report = serde_json::from_str(&record.ack).map_err(|_| e.clone())?;
-                Ok((report, Written { rows: 0, write_seconds: 0.0, retries: 0 }))
+                Ok((report, Written { rows: 0, write_seconds: 0.0, ..Default::default() }))
             }
             _ => Err(e),
         }
@@ -585,7 +587,7 @@ mod tests {
                 rows += b.num_rows() as u64;
             }
             self.committed.lock().unwrap().push((mapping.target.table.clone(), rows));
-            Ok(Written { rows, write_seconds: 0.0, retries: 0 })
+            Ok(Written { rows, write_seconds: 0.0, ..Default::default() })
         }
 
         fn write_group(&mut self, items: &[Buffered]) -> Vec<Result<Written, EngineError>> {
@@ -595,7 +597,7 @@ mod tests {
                 .iter()
                 .map(|i| {
                     self.committed.lock().unwrap().push((i.mapping.target.table.clone(), i.rows));
-                    Ok(Written { rows: i.rows, write_seconds: 0.0, retries: 0 })
+                    Ok(Written { rows: i.rows, write_seconds: 0.0, ..Default::default() })
                 })
                 .collect()
         }

@@ -10,6 +10,7 @@ pub mod budget;
 pub mod core;
 pub mod duck_session;
 pub mod error;
+pub mod follow;
 pub mod ingest;
 pub mod memory_guard;
 pub mod metrics;

@@ -24,13 +24,15 @@ use crate::engine::policy::Access;
 pub use crate::duck::statement::Param;
 
 /// What a writer reports after commit.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Written {
     pub rows: u64,
     /// Time spent in DuckDB, first batch to commit.
     pub write_seconds: f64,
     /// Commits tried again after losing a race with another writer of a shared catalog.
     pub retries: u32,
+    /// A followable stream's commit: its table (as [`crate::engine::follow::table_key`] names it) and position.
+    pub position: Option<(String, i64)>,
 }
 
 /// Counts kept while a request runs.

@@ -560,7 +560,7 @@ mod tests {
                 ));
                 return items.iter().map(|_| Err(e.clone())).collect();
             }
-            items.iter().map(|i| Ok(Written { rows: i.rows, write_seconds: 0.0, retries: 0 })).collect()
+            items.iter().map(|i| Ok(Written { rows: i.rows, write_seconds: 0.0, ..Default::default() })).collect()
         }
         fn table_schema(&mut self, _: &Target) -> Result<Option<Schema>, EngineError> {
             Ok(None)

@@ -121,7 +121,7 @@ def test_mappings_survive_a_restart(host_kind, db_path):
     host = hosts.start(host_kind, db_path)
     try:
         host.sql(hosts.load_sql())
-        assert host.sql("FROM arrowport_streams()") == [("kept", "main.landing", True, "by_name", "append", [], "error", None)]
+        assert host.sql("FROM arrowport_streams()") == [("kept", "main.landing", True, "by_name", "append", [], "error", None, False)]
         addr = host.sql("SELECT arrowport_listen('127.0.0.1:0')")[0][0]
         r = httpx.post(f"http://{addr}/streams/kept", content=ipc_bytes(pa.table({"a": [1, 2]})), headers={"Content-Type": ARROW})
         assert r.status_code == 200 and r.json()["table"] == "main.landing"
@@ -174,7 +174,7 @@ def test_mappings_and_tokens_of_the_older_layout_move_out_of_the_host_database(d
     host = hosts.start("py20", db_path)
     try:
         host.sql(hosts.load_sql())
-        assert host.sql("FROM arrowport_streams()") == [("old", "main.landing", True, "by_name", "append", [], "error", None)]
+        assert host.sql("FROM arrowport_streams()") == [("old", "main.landing", True, "by_name", "append", [], "error", None, False)]
         addr = host.sql("SELECT address FROM arrowport_listen('127.0.0.1:0', auth := 'token')")[0][0]
         r = httpx.post(f"http://{addr}/streams/old", content=ipc_bytes(pa.table({"a": [1, 2]})),
                        headers={"Content-Type": ARROW, "Authorization": f"Bearer {secret}"})

@@ -13,6 +13,32 @@ pub(super) fn exists_error(target: &Target) -> EngineError {
     ))
 }
 
+/// The turns of followable tables a transaction holds (see `positions`), given back when dropped.
+pub(super) struct Turns {
+    _held: Vec<CreateGuard>,
+}
+
+impl Landing {
+    /// Takes the turn of every followable table among `mappings` (in one order, so two groups cannot wait on
+    /// each other), after making sure their positions exist.
+    pub(super) fn follow_turns<'m>(
+        &mut self,
+        conn: &mut RawConn,
+        mappings: impl IntoIterator<Item = &'m Mapping>,
+    ) -> Result<Turns, EngineError> {
+        let mut keys = std::collections::BTreeMap::new();
+        for m in mappings.into_iter().filter(|m| m.follow) {
+            keys.entry(self.follow_key(&m.target)).or_insert_with(|| m.target.clone());
+        }
+        let mut turns = Vec::with_capacity(keys.len());
+        for (key, target) in keys {
+            self.ensure_positions(conn, &target)?;
+            turns.push(self.locks.lock(format!("follow {key}")));
+        }
+        Ok(Turns { _held: turns })
+    }
+}
+
 /// What a landing wrote.
 pub(super) enum Landed {
     /// Rows inserted, to check against the rows the request's scan handed out.
@@ -217,19 +243,32 @@ impl Landing {
                 return Err(exists_error(target));
             }
         }
+        let cursor = Column { name: CURSOR_COLUMN.to_string(), sql_type: "BIGINT".to_string() };
         if table.is_empty() {
-            txn.execute(&schema::create_table_sql(&target_sql, &data)).map_err(E::db)?;
-            *table = data.clone();
+            let mut columns = data.clone();
+            if mapping.follow {
+                columns.push(cursor.clone());
+            }
+            txn.execute(&schema::create_table_sql(&target_sql, &columns)).map_err(E::db)?;
+            *table = columns;
+        }
+        // A followable stream's table has its cursor column besides the stream's columns (added when missing:
+        // rows from before hold NULL there, and are not part of what followers read).
+        let (fits, has_cursor) = if mapping.follow { Self::without_cursor(table) } else { (table.clone(), false) };
+        if mapping.follow && !has_cursor {
+            txn.execute(&format!("ALTER TABLE {target_sql} ADD COLUMN {} BIGINT", quote_ident(CURSOR_COLUMN)))
+                .map_err(E::db)?;
+            table.push(cursor);
         }
         let by_name = match mapping.policy {
             SchemaPolicy::Strict => {
-                schema::check_fits(&target.display(), table, &data).map_err(EngineError::Conflict)?;
+                schema::check_fits(&target.display(), &fits, &data).map_err(EngineError::Conflict)?;
                 ""
             }
             SchemaPolicy::ByName | SchemaPolicy::Evolve => {
                 let evolve = mapping.policy == SchemaPolicy::Evolve;
                 let added =
-                    schema::check_by_name(&target.display(), table, &data, evolve).map_err(EngineError::Conflict)?;
+                    schema::check_by_name(&target.display(), &fits, &data, evolve).map_err(EngineError::Conflict)?;
                 for c in added {
                     txn.execute(&format!(
                         "ALTER TABLE {target_sql} ADD COLUMN {} {}",
@@ -248,6 +287,15 @@ impl Landing {
         let landed = if keyed {
             self.merge_rows(txn, mapping, &data, deletes, table)?;
             Landed::Merged
+        } else if mapping.follow {
+            let position = self.next_position(txn, target)?;
+            let insert = format!(
+                "INSERT INTO {target_sql} BY NAME SELECT *, {position}::BIGINT AS {} FROM {view_sql}",
+                quote_ident(CURSOR_COLUMN)
+            );
+            let rows = txn.execute(&insert).map_err(|e| self.view_lost(e))?;
+            self.position = Some((self.follow_key(target), position));
+            Landed::Inserted(rows)
         } else {
             let insert = format!("INSERT INTO {target_sql}{by_name} SELECT * FROM {view_sql}");
             Landed::Inserted(txn.execute(&insert).map_err(|e| self.view_lost(e))?)
@@ -306,6 +354,8 @@ impl DuckSession {
         if let Some(key) = fed.key {
             at.ensure_keys(conn, mapping.target.catalog.as_deref(), key.window)?;
         }
+        let _turn = at.follow_turns(conn, [mapping])?;
+        at.position = None;
         let result = conn.begin().map_err(E::db).and_then(|mut txn| {
             let landed = at.land(&mut txn, mapping, incoming, &mut table)?;
             let given = fed.rows.load(Ordering::SeqCst);
@@ -323,7 +373,8 @@ impl DuckSession {
                 at.record_keys(&mut txn, &mapping.target, &[(key, rows, fed.batches.load(Ordering::SeqCst))])?;
             }
             txn.commit().map_err(E::db)?;
-            Ok(Written { rows, write_seconds: started.elapsed().as_secs_f64(), retries: 0 })
+            let position = at.position.take();
+            Ok(Written { rows, write_seconds: started.elapsed().as_secs_f64(), retries: 0, position })
         });
         // When the input failed while DuckDB was reading it, DuckDB's error only echoes ours.
         result.map_err(|e| failed.lock().ok().and_then(|mut f| f.take()).unwrap_or(e))
@@ -350,7 +401,7 @@ impl DuckSession {
 
     /// Several buffered requests in one transaction: consecutive requests for the same target with the same
     /// schema become one INSERT. All or nothing; the caller retries each alone when it fails.
-    pub(super) fn try_group(&mut self, items: &[Buffered]) -> Result<(), EngineError> {
+    pub(super) fn try_group(&mut self, items: &[Buffered]) -> Result<Vec<Option<(String, i64)>>, EngineError> {
         let mut runs: Vec<(usize, usize)> = Vec::new();
         for (i, item) in items.iter().enumerate() {
             match runs.last_mut() {
@@ -379,8 +430,11 @@ impl DuckSession {
                 at.ensure_keys(conn, item.mapping.target.catalog.as_deref(), key.window)?;
             }
         }
+        let _turns = at.follow_turns(conn, items.iter().map(|i| &i.mapping))?;
+        let mut positions = vec![None; items.len()];
         let result = conn.begin().map_err(E::db).and_then(|mut txn| {
             for (&(start, end), table) in runs.iter().zip(tables.iter_mut()) {
+                at.position = None;
                 let batches: Vec<RecordBatch> =
                     items[start..end].iter().flat_map(|i| i.batches.iter().cloned()).collect();
                 let expected: u64 = items[start..end].iter().map(|i| i.rows).sum();
@@ -402,12 +456,15 @@ impl DuckSession {
                     .filter_map(|i| Some((i.key.as_ref()?, i.rows, i.batches.len() as u64)))
                     .collect();
                 at.record_keys(&mut txn, &items[start].mapping.target, &keys)?;
+                if let Some(position) = at.position.take() {
+                    positions[start..end].iter_mut().for_each(|p| *p = Some(position.clone()));
+                }
             }
             txn.commit().map_err(E::db)
         });
         at.release_view();
         drop(guards);
-        result
+        result.map(|()| positions)
     }
 }
 

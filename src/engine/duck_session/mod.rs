@@ -21,6 +21,7 @@ mod keys;
 mod lake;
 mod landing;
 mod merge;
+mod positions;
 mod remote;
 
 use landing::{HandedOut, ScanFeed, view_sql};
@@ -33,7 +34,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
 
 use crate::catalog::access::to_hex;
-use crate::catalog::registry::{Mapping, Mode, OWN_SCHEMA, SchemaPolicy, TableRule, Target};
+use crate::catalog::registry::{CURSOR_COLUMN, Mapping, Mode, OWN_SCHEMA, SchemaPolicy, TableRule, Target};
 use crate::catalog::schema::{self, Column, quote_ident, quote_literal};
 use crate::duck::conn::RawConn;
 use crate::duck::scan::{BatchPull, ScanStream};
@@ -103,6 +104,8 @@ struct Landing {
     described: HashMap<Schema, Vec<Column>>,
     /// The idempotency key tables of the catalogs this writer wrote to.
     keys: keys::KeyTables,
+    /// The position the last landing into a followable table took (read after its commit).
+    position: Option<(String, i64)>,
     /// Catalogs known to be DuckLakes (true) or not.
     lakes: HashMap<String, bool>,
     /// Test hook (cargo feature `test-hooks` only): a request into a table of this name panics inside its
@@ -142,6 +145,7 @@ impl DuckSession {
             scan: None,
             described: HashMap::new(),
             keys: keys::KeyTables::default(),
+            position: None,
             lakes: HashMap::new(),
             #[cfg(feature = "test-hooks")]
             panic_on: test_hook_panic_table(),
@@ -174,9 +178,9 @@ impl Session for DuckSession {
                 let mut txn = self.conn.begin().map_err(E::db)?;
                 txn.execute(&format!("DELETE FROM {target_sql}")).map_err(E::db)?;
                 txn.commit().map_err(E::db)?;
-                return Ok(Written { rows: 0, write_seconds: started.elapsed().as_secs_f64(), retries: 0 });
+                return Ok(Written { rows: 0, write_seconds: started.elapsed().as_secs_f64(), ..Default::default() });
             }
-            return Ok(Written { rows: 0, write_seconds: 0.0, retries: 0 });
+            return Ok(Written { rows: 0, write_seconds: 0.0, ..Default::default() });
         }
         let failed = Arc::new(Mutex::new(None));
         let (handed_out, batches) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -200,9 +204,15 @@ impl Session for DuckSession {
 
     fn write_group(&mut self, items: &[Buffered]) -> Vec<Result<Written, EngineError>> {
         let started = std::time::Instant::now();
-        if items.len() > 1 && self.try_group(items).is_ok() {
+        if items.len() > 1
+            && let Ok(positions) = self.try_group(items)
+        {
             let seconds = started.elapsed().as_secs_f64();
-            return items.iter().map(|i| Ok(Written { rows: i.rows, write_seconds: seconds, retries: 0 })).collect();
+            return items
+                .iter()
+                .zip(positions)
+                .map(|(i, position)| Ok(Written { rows: i.rows, write_seconds: seconds, retries: 0, position }))
+                .collect();
         }
         // Alone, or the group failed (rolled back): each request on its own, so one cannot fail the others.
         items.iter().map(|i| self.write_buffered(i)).collect()

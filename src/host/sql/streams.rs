@@ -12,6 +12,7 @@ pub(super) fn mapping_columns(bind: &BindInfo) {
     bind.add_result_column("key", LogicalTypeHandle::list(&varchar()));
     bind.add_result_column("on_conflict", varchar());
     bind.add_result_column("delete_column", varchar());
+    bind.add_result_column("follow", LogicalTypeId::Boolean.into());
 }
 
 pub(super) fn write_mapping(out: &mut DataChunkHandle, i: usize, m: &Mapping) {
@@ -33,6 +34,7 @@ pub(super) fn write_mapping(out: &mut DataChunkHandle, i: usize, m: &Mapping) {
         Some(d) => out.flat_vector(7).insert(i, d.as_str()),
         None => out.flat_vector(7).set_null(i),
     }
+    vector::set_bool(&mut out.flat_vector(8), i, m.follow);
 }
 
 pub(super) fn mapping_options(bind: &BindInfo) -> Result<MappingOptions> {
@@ -46,6 +48,7 @@ pub(super) fn mapping_options(bind: &BindInfo) -> Result<MappingOptions> {
         key: if given("key") { Some(text_list(bind, "key")?) } else { None },
         on_conflict: text("on_conflict"),
         delete_column: text("delete_column"),
+        follow: bind.get_named_parameter("follow").filter(|v| !v.is_null()).map(|v| v.to_bool()),
     })
 }
 
@@ -58,6 +61,7 @@ pub(super) fn mapping_parameters() -> Option<Vec<(String, LogicalTypeHandle)>> {
         ("key".to_string(), LogicalTypeHandle::list(&varchar())),
         ("on_conflict".to_string(), varchar()),
         ("delete_column".to_string(), varchar()),
+        ("follow".to_string(), LogicalTypeId::Boolean.into()),
     ])
 }
 
