@@ -48,6 +48,22 @@ impl Principal {
         }
     }
 
+    /// Whether this principal may follow (read) `stream`: a client the listener lets in without a token. Tokens
+    /// write; none reads yet.
+    pub fn may_read(&self, _stream: &str) -> bool {
+        matches!(self, Principal::Anonymous)
+    }
+
+    /// The refusal for a stream this principal may not read.
+    pub fn denied_read(&self, stream: &str) -> String {
+        match self {
+            Principal::Token { name, .. } => {
+                format!("token {name:?} may write, not read: it cannot follow stream {stream:?}")
+            }
+            Principal::Anonymous => format!("not allowed to follow stream {stream:?}"),
+        }
+    }
+
     /// Whether this principal may name its own target table (the original JSON endpoint's `target_table`),
     /// which bypasses stream mappings: only principals not limited to a list of streams.
     pub fn may_choose_target(&self) -> bool {

@@ -1,9 +1,297 @@
-//! Following a stream: the names commit positions of followable tables go by (the positions themselves are
-//! taken where the rows land, `duck_session::positions`).
+//! Following a stream: a follower gets every row of a followable stream's table past its cursor, in position
+//! order, then each commit as it lands, until it hangs up or the host stops.
+//!
+//! Rows are read back from the table (`WHERE arrowport_cursor > last ORDER BY arrowport_cursor`), in rounds, on
+//! the statement pool's connections (never the writers): catching up and live are the same read, so there is no
+//! seam between them where a row could be lost or repeated, and the host holds no rows for a follower beyond the
+//! batch it is handing over. A round starts when this host commits into the table ([`FollowHub`]), and at least
+//! every [`POLL`] (commits of other hosts of a shared DuckLake). A follower that does not take a batch within
+//! [`SLOW`] gives its connection back; its next round starts from the last row it took.
 
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow::array::{Array, Int64Array, RecordBatch};
+use arrow::datatypes::SchemaRef;
+use futures::{Stream, StreamExt};
+use tokio::sync::watch;
+
+use crate::catalog::access::Principal;
+use crate::catalog::registry::{CURSOR_COLUMN, Target};
 use crate::catalog::schema::quote_ident;
+use crate::engine::core::Core;
+use crate::engine::error::EngineError;
+use crate::engine::query::QueryStream;
+use crate::engine::session::Session;
 
-/// The name a followable table goes by in the positions table and the hub: its quoted parts, lower case.
-pub fn table_key(catalog: &str, schema: &str, table: &str) -> String {
-    format!("{}.{}.{}", quote_ident(catalog), quote_ident(schema), quote_ident(table)).to_lowercase()
+/// How often a live follower reads even without a commit on this host.
+pub const POLL: Duration = Duration::from_millis(250);
+
+/// How long a round waits for its follower to take a batch before giving its connection back.
+pub const SLOW: Duration = Duration::from_secs(5);
+
+/// Rows per batch handed to a follower (at most; a batch is also cut at 8 MiB).
+pub const FOLLOW_BATCH_ROWS: usize = 65_536;
+
+/// The name a followable table goes by in the positions table and the hub.
+pub fn table_key(target: &Target) -> String {
+    target.display().to_lowercase()
+}
+
+/// The last position committed on this host, per followable table; followers wait on it.
+#[derive(Default)]
+pub struct FollowHub {
+    positions: Mutex<HashMap<String, watch::Sender<i64>>>,
+}
+
+impl FollowHub {
+    /// A commit into the table `key` whose last row has `position`.
+    pub fn committed(&self, key: &str, position: i64) {
+        let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = positions.entry(key.to_string()).or_insert_with(|| watch::channel(0).0);
+        tx.send_if_modified(|p| {
+            let newer = position > *p;
+            if newer {
+                *p = position;
+            }
+            newer
+        });
+    }
+
+    /// The table's positions as they commit on this host.
+    pub fn watch(&self, key: &str) -> watch::Receiver<i64> {
+        let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
+        positions.entry(key.to_string()).or_insert_with(|| watch::channel(0).0).subscribe()
+    }
+}
+
+/// Where a follower starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    /// Everything the stream has.
+    Start,
+    /// Only what commits from now on.
+    End,
+    /// Every row past this cursor.
+    Cursor(i64),
+}
+
+impl After {
+    /// `start` (or `0`), `end`, or a cursor a follower was given.
+    pub fn parse(text: &str) -> Result<After, EngineError> {
+        match text.trim() {
+            "start" | "" => Ok(After::Start),
+            "end" => Ok(After::End),
+            t => match t.parse::<i64>() {
+                Ok(0) => Ok(After::Start),
+                Ok(n) if n > 0 => Ok(After::Cursor(n)),
+                _ => Err(EngineError::BadInput(format!(
+                    "after must be a cursor (a positive number a follower was given), 0, \"start\" or \"end\"; not {t:?}"
+                ))),
+            },
+        }
+    }
+}
+
+/// A follower's batches, each with the cursor of its last row.
+pub type FollowStream = Pin<Box<dyn Stream<Item = Result<(RecordBatch, i64), EngineError>> + Send>>;
+
+/// The cursor of a batch's last row (batches come in cursor order).
+fn last_cursor(batch: &RecordBatch) -> Option<i64> {
+    let column = batch.column_by_name(CURSOR_COLUMN)?.as_any().downcast_ref::<Int64Array>()?;
+    (!column.is_empty() && column.is_valid(column.len() - 1)).then(|| column.value(column.len() - 1))
+}
+
+impl<S: Session + 'static> Core<S> {
+    /// Follows a followable stream from `after`: its table's schema, and its rows past the cursor in position order,
+    /// then live, until the host stops (the stream then ends cleanly).
+    pub async fn follow(
+        self: &Arc<Self>,
+        principal: &Principal,
+        stream: &str,
+        after: After,
+    ) -> Result<(SchemaRef, FollowStream), EngineError> {
+        if !principal.may_read(stream) {
+            return Err(EngineError::Denied(principal.denied_read(stream)));
+        }
+        let mapping = self.registry.get(stream).ok_or_else(|| {
+            EngineError::NotFound(format!(
+                "unknown stream {stream:?}: only streams created with arrowport_create_stream can be followed"
+            ))
+        })?;
+        if !mapping.follow {
+            return Err(EngineError::BadInput(format!(
+                "stream {stream:?} is not followable; make it so with arrowport_alter_stream('{stream}', follow := true)"
+            )));
+        }
+        let key = table_key(&mapping.target);
+        let table = target_sql(&mapping.target);
+        let cursor = quote_ident(CURSOR_COLUMN);
+        // A stream that has not landed anything yet has no table: its followers wait for the first commit (until
+        // they hang up or the host stops).
+        let mut hub = self.follow.watch(&key);
+        let (schema, last_now) = loop {
+            match self.round_schema(&table, &cursor).await {
+                Err(e) if e.code() == crate::engine::error::Code::NotFound => {
+                    tokio::select! {
+                        _ = hub.changed() => {}
+                        _ = tokio::time::sleep(POLL) => {}
+                        _ = self.cancel.cancelled() => return Err(EngineError::Stopping),
+                    }
+                }
+                other => break other?,
+            }
+        };
+        let last = match after {
+            After::Start => 0,
+            After::End => last_now,
+            After::Cursor(c) if c > last_now => {
+                return Err(EngineError::BadInput(format!(
+                    "cursor {c} is past the last position of stream {stream:?} ({last_now}): it is not one of this stream's"
+                )));
+            }
+            After::Cursor(c) => c,
+        };
+        let state = Following {
+            core: Arc::clone(self),
+            hub,
+            sql: move |last: i64| format!("SELECT * FROM {table} WHERE {cursor} > {last} ORDER BY {cursor}"),
+            last,
+            round: None,
+            schema: Arc::clone(&schema),
+        };
+        let stream = futures::stream::unfold(state, |mut s| async move {
+            let item = s.next().await?;
+            Some((item, s))
+        });
+        Ok((schema, Box::pin(stream)))
+    }
+
+    /// The table's schema, and its last position now.
+    async fn round_schema(&self, table: &str, cursor: &str) -> Result<(SchemaRef, i64), EngineError> {
+        let (_, mut last) = self
+            .export_statement(&format!("SELECT coalesce(max({cursor}), 0)::BIGINT AS last FROM {table}"), SLOW)
+            .await?;
+        let mut position = 0;
+        while let Some(batch) = last.next().await {
+            let batch = batch?;
+            if let Some(c) = batch.column(0).as_any().downcast_ref::<Int64Array>().filter(|c| !c.is_empty()) {
+                position = c.value(0);
+            }
+        }
+        let (schema, _) = self.export_statement(&format!("SELECT * FROM {table} LIMIT 0"), SLOW).await?;
+        Ok((schema, position))
+    }
+
+    /// A read of the host's own on the statement pool, streamed; `stall` bounds the wait for its reader.
+    async fn export_statement(&self, sql: &str, stall: Duration) -> Result<(SchemaRef, QueryStream), EngineError> {
+        self.export_on_statements(sql, FOLLOW_BATCH_ROWS, stall).await
+    }
+}
+
+/// The table as a statement on a connection whose default is the host database names it.
+fn target_sql(target: &Target) -> String {
+    match &target.catalog {
+        Some(c) => format!("{}.{}.{}", quote_ident(c), quote_ident(&target.schema), quote_ident(&target.table)),
+        None => format!("{}.{}", quote_ident(&target.schema), quote_ident(&target.table)),
+    }
+}
+
+/// A follower between rounds, or in one.
+struct Following<S: Session, F: Fn(i64) -> String> {
+    core: Arc<Core<S>>,
+    hub: watch::Receiver<i64>,
+    sql: F,
+    /// The cursor of the last row handed over.
+    last: i64,
+    round: Option<QueryStream>,
+    schema: SchemaRef,
+}
+
+impl<S: Session + 'static, F: Fn(i64) -> String> Following<S, F> {
+    /// The next batch with its cursor; `None` when the host stops.
+    async fn next(&mut self) -> Option<Result<(RecordBatch, i64), EngineError>> {
+        loop {
+            if self.core.cancel.is_cancelled() {
+                return None;
+            }
+            if let Some(round) = self.round.as_mut() {
+                match round.next().await {
+                    Some(Ok(batch)) if batch.num_rows() == 0 => continue,
+                    Some(Ok(batch)) => {
+                        if batch.schema().fields() != self.schema.fields() {
+                            return Some(Err(EngineError::Conflict(
+                                "the stream's table changed its columns; follow it again from the last cursor".into(),
+                            )));
+                        }
+                        let Some(cursor) = last_cursor(&batch) else {
+                            return Some(Err(EngineError::Internal("a followed row without its cursor".into())));
+                        };
+                        self.last = cursor;
+                        return Some(Ok((batch, cursor)));
+                    }
+                    // A round that ended, or gave up on a slow follower or a busy pool: the next one starts from
+                    // the last row handed over.
+                    Some(Err(e)) if !matches!(e, EngineError::Stopping) => {
+                        self.round = None;
+                        if !e.code().is_transient() {
+                            return Some(Err(e));
+                        }
+                    }
+                    _ => self.round = None,
+                }
+                // Wait for a commit on this host, or poll for other hosts'.
+                let seen = *self.hub.borrow_and_update();
+                if seen <= self.last {
+                    tokio::select! {
+                        _ = self.hub.changed() => {}
+                        _ = tokio::time::sleep(POLL) => {}
+                        _ = self.core.cancel.cancelled() => return None,
+                    }
+                }
+                continue;
+            }
+            let sql = (self.sql)(self.last);
+            match self.core.export_statement(&sql, SLOW).await {
+                Ok((_, rows)) => self.round = Some(rows),
+                Err(e) if e.code().is_transient() => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(POLL) => {}
+                        _ = self.core.cancel.cancelled() => return None,
+                    }
+                }
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn where_a_follower_starts() {
+        assert_eq!(After::parse("start").unwrap(), After::Start);
+        assert_eq!(After::parse("0").unwrap(), After::Start);
+        assert_eq!(After::parse("end").unwrap(), After::End);
+        assert_eq!(After::parse(" 42 ").unwrap(), After::Cursor(42));
+        for bad in ["-1", "x", "1.5", "99999999999999999999"] {
+            assert!(After::parse(bad).unwrap_err().to_string().contains("after must be a cursor"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_hub_keeps_the_newest_position() {
+        let hub = FollowHub::default();
+        let mut rx = hub.watch("main.ev");
+        hub.committed("main.ev", 5);
+        hub.committed("main.ev", 3);
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow_and_update(), 5);
+        hub.committed("main.other", 9);
+        assert!(!rx.has_changed().unwrap());
+    }
 }

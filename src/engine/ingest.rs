@@ -262,6 +262,9 @@ impl<S: Session> Core<S> {
             Ok(w) => w,
             Err(e) => return self.resolve_unknown(&catalog, request, stream, e).await,
         };
+        if let Some((table, position)) = &written.position {
+            self.follow.committed(table, *position);
+        }
         let batches = counts.batches.load(Ordering::Relaxed);
         Ok((Report { stream: stream.to_string(), table, rows: written.rows, batches, replayed: false }, written))
     }

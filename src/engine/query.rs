@@ -178,7 +178,7 @@ impl<S: Session> Core<S> {
 
 /// The schema, then a stream of the batches a writer hands over; ends with the statement's error if it failed
 /// midway. `held` (an admission) lives as long as the stream.
-async fn result_stream<H: Send + 'static>(
+pub(crate) async fn result_stream<H: Send + 'static>(
     mut rx: mpsc::Receiver<QueryItem>,
     mut done: oneshot::Receiver<Result<(), EngineError>>,
     held: H,

@@ -25,6 +25,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::catalog::access::Principal;
 use crate::engine::core::Core;
 use crate::engine::error::{Code, EngineError};
+use crate::engine::follow::{After, FollowStream};
 use crate::engine::ingest::Request as IngestRequest;
 use crate::engine::metrics::Protocol;
 use crate::engine::policy::{Access, Policy};
@@ -232,14 +233,62 @@ impl<S: Session> FlightAdapter<S> {
         if !principal.may_use(&stream) {
             return Err(EngineError::Denied(principal.denied(&stream)));
         }
+        // A followable stream's endpoint is its follow ticket (everything from the start, then live).
+        let follow = self.core.mapping(&stream, true).is_ok_and(|m| m.follow);
         match self.core.describe(&stream).await? {
             Some(schema) => FlightInfo::new()
                 .try_with_schema(&schema)
-                .map(|i| i.with_descriptor(descriptor).with_total_records(-1).with_total_bytes(-1))
+                .map(|i| {
+                    let i = i.with_descriptor(descriptor).with_total_records(-1).with_total_bytes(-1);
+                    if follow {
+                        let ticket = serde_json::json!({"follow": stream, "after": "start"}).to_string();
+                        i.with_endpoint(arrow_flight::FlightEndpoint::new().with_ticket(Ticket::new(ticket)))
+                    } else {
+                        i
+                    }
+                })
                 .map_err(|e| EngineError::Internal(e.to_string())),
             None => Err(EngineError::NotFound(format!("stream {stream:?} has no table yet (main.{stream})"))),
         }
     }
+}
+
+/// A follow ticket's stream and start; `None` for a ticket that is not one (Flight SQL's are protobuf).
+fn follow_ticket(ticket: &[u8]) -> Option<Result<(String, After), EngineError>> {
+    let value: serde_json::Value = serde_json::from_slice(ticket).ok()?;
+    let stream = value.get("follow")?;
+    Some((|| {
+        let stream = stream
+            .as_str()
+            .ok_or_else(|| EngineError::BadInput("a follow ticket's \"follow\" must be a stream name".into()))?;
+        let after = match value.get("after") {
+            None | Some(serde_json::Value::Null) => After::Start,
+            Some(serde_json::Value::String(t)) => After::parse(t)?,
+            Some(serde_json::Value::Number(n)) => After::parse(&n.to_string())?,
+            Some(other) => After::parse(&other.to_string())?,
+        };
+        Ok((stream.to_string(), after))
+    })())
+}
+
+/// A follower's Flight data: the schema, then each batch with the cursor of its last row as its `app_metadata`
+/// (decimal text: pass it back as `after` to resume exactly after that row).
+fn follow_data(schema: arrow::datatypes::SchemaRef, rows: FollowStream) -> BoxStream<FlightData> {
+    let options = IpcWriteOptions::default();
+    let first: FlightData = arrow_flight::SchemaAsIpc::new(&schema, &options).into();
+    let batches = rows.map(move |item| {
+        let (batch, cursor) = item?;
+        let mut messages = arrow_flight::utils::batches_to_flight_data(&schema, [&batch])
+            .map_err(|e| EngineError::Internal(format!("encoding a followed batch: {e}")))?;
+        // The schema leads every call of batches_to_flight_data; it went first once already.
+        messages.remove(0);
+        if let Some(last) = messages.last_mut() {
+            last.app_metadata = cursor.to_string().into_bytes().into();
+        }
+        Ok::<_, EngineError>(futures::stream::iter(messages.into_iter().map(Ok::<_, EngineError>)))
+    });
+    let all = futures::stream::once(async move { Ok::<_, EngineError>(first) }).chain(batches.try_flatten());
+    Box::pin(all.map_err(|e| status::grpc_of(&e)))
 }
 
 fn unimplemented(method: &str) -> Status {
@@ -329,9 +378,15 @@ impl<S: Session> FlightService for FlightAdapter<S> {
         Ok(Response::new(result))
     }
 
-    /// Flight SQL tickets only (statement results and catalog listings).
+    /// A follow ticket (`{"follow": stream, "after": cursor}`), or a Flight SQL one (statement results and
+    /// catalog listings).
     async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
         let principal = principal_of(&request).map_err(|e| status::grpc_of(&e))?;
+        if let Some(follow) = follow_ticket(&request.get_ref().ticket) {
+            let (stream, after) = follow.map_err(|e| status::grpc_of(&e))?;
+            let (schema, rows) = guarded(self.core.follow(&principal, &stream, after)).await?;
+            return Ok(Response::new(follow_data(schema, rows)));
+        }
         let Some(command) = flightsql::command_of(&request.get_ref().ticket) else {
             return Err(unimplemented("DoGet on a ticket that is not a Flight SQL one"));
         };

@@ -1,7 +1,7 @@
-"""Followable streams (`follow := true`): every commit into the stream's table gets the next position of that
-table, written into each of its rows (`arrowport_cursor`) in the same transaction; positions only grow, have no
-gap, survive a restart and a kill -9, and a reader that asks for rows past the last position it read misses
-nothing and sees nothing twice."""
+"""Followable streams (`follow := true`): every row a commit lands gets the next position of its table
+(`arrowport_cursor`) in the same transaction; positions only grow, have no gap, survive a restart and a kill -9.
+Followers over Flight (`DoGet` with a follow ticket) get every row past their cursor once, in order, then live,
+across reconnects, host kills and restarts; the host's stop ends them cleanly."""
 import threading
 
 import httpx
@@ -52,14 +52,14 @@ def test_commits_get_growing_positions_without_gaps_under_concurrency(py_listeni
     # The row from before the stream became followable has no position; every commit has one, contiguous.
     assert h.sql("SELECT count(*) FROM ev WHERE arrowport_cursor IS NULL") == [(1,)]
     lo, hi, distinct = h.sql("SELECT min(arrowport_cursor), max(arrowport_cursor), count(DISTINCT arrowport_cursor) FROM ev")[0]
-    assert lo == 1 and hi == distinct and distinct >= 2
     total = h.sql("SELECT count(*) FROM ev WHERE arrowport_cursor IS NOT NULL")[0][0]
     expected = sum(200_000 if (c == 0 and i == 0) else (50 if i % 5 == 0 else 10) for c in range(6) for i in range(15))
     assert total == expected
+    assert (lo, hi, distinct) == (1, expected, expected)
     # A reader that takes what is past its last position, again and again, sees every row once.
     seen, cursor = 0, 0
     while True:
-        rows = h.sql(f"SELECT count(*), max(arrowport_cursor) FROM ev WHERE arrowport_cursor > {cursor} AND arrowport_cursor <= {cursor} + 7")[0]
+        rows = h.sql(f"SELECT count(*), max(arrowport_cursor) FROM ev WHERE arrowport_cursor > {cursor} AND arrowport_cursor <= {cursor} + 20000")[0]
         if rows[0] == 0:
             break
         seen, cursor = seen + rows[0], rows[1]
@@ -82,11 +82,162 @@ def test_positions_survive_a_kill_and_a_restart_and_options_are_checked(tmp_path
         assert host.sql("SELECT follow FROM arrowport_streams()") == [(True,)]
         addr = host.sql("SELECT arrowport_listen('127.0.0.1:0')")[0][0]
         assert rest(addr, "ev", ids(100, 5)).status_code == 200
-        assert host.sql("SELECT arrowport_cursor, count(*) FROM ev GROUP BY 1 ORDER BY 1") == [(1, 5), (2, 5), (3, 5), (4, 5)]
+        assert host.sql("SELECT min(arrowport_cursor), max(arrowport_cursor), count(DISTINCT arrowport_cursor) FROM ev") == [(1, 20, 20)]
+        assert host.sql("SELECT min(arrowport_cursor) FROM ev WHERE id >= 100") == [(16,)]
         with pytest.raises(hosts.HostError, match="a stream that replaces or merges rows cannot be followed"):
             host.sql("CALL arrowport_create_stream('k', follow := true, key := ['id'], on_conflict := 'update')")
         with pytest.raises(hosts.HostError, match="cannot be followed"):
             host.sql("CALL arrowport_alter_stream('ev', mode := 'replace')")
+        host.sql("SELECT arrowport_stop()")
+    finally:
+        host.close()
+
+
+# ---- following over Flight ---------------------------------------------------------------------------------------
+
+import json  # noqa: E402
+import random  # noqa: E402
+import time  # noqa: E402
+
+import pyarrow.flight as fl  # noqa: E402
+
+
+def follow(addr, stream, after, token=None):
+    options = fl.FlightCallOptions(headers=[(b"authorization", f"Bearer {token}".encode())] if token else [])
+    client = fl.connect(f"grpc://{addr}")
+    return client, client.do_get(fl.Ticket(json.dumps({"follow": stream, "after": after})), options=options)
+
+
+def test_a_follower_that_reconnects_at_random_gets_every_row_once_in_order(py_listening):
+    h = py_listening
+    h.sql("CALL arrowport_create_stream('ev', follow := true)")
+    total = 120
+    done = threading.Event()
+
+    def produce():
+        for i in range(total):
+            t = ids(i * 100, 1 + i % 7)
+            if i % 2:
+                assert flight_put(h.addr, "ev", t)["rows"] == t.num_rows
+            else:
+                assert rest(h.addr, "ev", t).status_code == 200
+            time.sleep(0.005)
+        done.set()
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    expected = sum(1 + i % 7 for i in range(total))
+    rng = random.Random(7)
+    seen, cursors, cursor, reconnects = [], [], "start", 0
+    deadline = time.time() + 60
+    while len(seen) < expected and time.time() < deadline:
+        client, reader = follow(h.addr, "ev", cursor)
+        for _ in range(rng.randrange(1, 6)):
+            chunk = reader.read_chunk()
+            seen.extend(chunk.data.column("id").to_pylist())
+            cursors.extend(chunk.data.column("arrowport_cursor").to_pylist())
+            cursor = chunk.app_metadata.to_pybytes().decode()
+            assert int(cursor) == cursors[-1]
+            if len(seen) >= expected:
+                break
+        client.close()
+        reconnects += 1
+    producer.join()
+    assert reconnects > 5
+    assert len(seen) == expected and len(set(seen)) == expected, "a row missing or repeated"
+    assert cursors == sorted(cursors) and cursors == list(range(1, expected + 1))
+    assert sorted(seen) == sorted(r[0] for r in h.sql("SELECT id FROM ev"))
+
+
+def test_eight_followers_see_the_same_rows_live_and_stop_ends_them_cleanly(py_listening):
+    h = py_listening
+    h.sql("CALL arrowport_create_stream('ev', follow := true)")
+    flight_put(h.addr, "ev", ids(0, 3))
+    results = [[] for _ in range(8)]
+    ended = []
+
+    def follower(n):
+        client, reader = follow(h.addr, "ev", "end" if n == 7 else 0)
+        try:
+            for chunk in reader:
+                results[n].extend(chunk.data.column("id").to_pylist())
+            ended.append(n)  # the stream ended cleanly (no error)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=follower, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    for i in range(1, 6):
+        flight_put(h.addr, "ev", ids(i * 10, 2))
+    wanted = [0, 1, 2] + [i * 10 + k for i in range(1, 6) for k in range(2)]
+
+    def caught_up():
+        return all(r == wanted for r in results[:7]) and results[7] == wanted[3:]
+
+    from clients import wait_for
+    wait_for(caught_up, 10, "every follower to receive every commit")
+    assert h.sql("SELECT arrowport_stop()") == [(1,)]
+    for t in threads:
+        t.join(15)
+    assert sorted(ended) == list(range(8))
+
+
+def test_a_follower_resumes_exactly_after_the_host_is_killed(tmp_path):
+    db = str(tmp_path / "k.duckdb")
+    host = hosts.start("py20", db)
+    host.sql(hosts.load_sql())
+    addr = host.sql("SELECT arrowport_listen('127.0.0.1:0')")[0][0]
+    host.sql("CALL arrowport_create_stream('ev', follow := true)")
+    for i in range(4):
+        flight_put(addr, "ev", ids(i * 10, 3))
+    client, reader = follow(addr, "ev", 0)
+    chunk = reader.read_chunk()
+    first = chunk.data.column("id").to_pylist()
+    cursor = chunk.app_metadata.to_pybytes().decode()
+    client.close()
+    host.proc.kill()
+    host.proc.wait()
+    host = hosts.start("py20", db)
+    try:
+        host.sql(hosts.load_sql())
+        addr = host.sql("SELECT arrowport_listen('127.0.0.1:0')")[0][0]
+        flight_put(addr, "ev", ids(100, 2))
+        client, reader = follow(addr, "ev", cursor)
+        rest_ids = []
+        while len(first) + len(rest_ids) < 14:
+            rest_ids.extend(reader.read_chunk().data.column("id").to_pylist())
+        client.close()
+        assert first + rest_ids == [0, 1, 2, 10, 11, 12, 20, 21, 22, 30, 31, 32, 100, 101]
+        host.sql("SELECT arrowport_stop()")
+    finally:
+        host.close()
+
+
+def test_following_refuses_clearly(tmp_path):
+    host = hosts.start("py20", str(tmp_path / "e.duckdb"))
+    try:
+        host.sql(hosts.load_sql())
+        secret = host.sql("SELECT token FROM arrowport_create_token('writer')")[0][0]
+        addr = host.sql("SELECT arrowport_listen('127.0.0.1:0')")[0][0]
+        host.sql("CALL arrowport_create_stream('ev', follow := true)")
+        host.sql("CALL arrowport_create_stream('plain')")
+        flight_put(addr, "ev", ids(0, 2))
+
+        def refused(stream, after, error, text, token=None):
+            client, _ = None, None
+            with pytest.raises(error, match=text):
+                client, reader = follow(addr, stream, after, token)
+                reader.read_all()
+            if client:
+                client.close()
+
+        refused("nope", 0, pa.ArrowException, 'unknown stream "nope"')
+        refused("plain", 0, pa.ArrowException, 'stream "plain" is not followable')
+        refused("ev", 99, pa.ArrowException, 'cursor 99 is past the last position of stream "ev" \\(2\\)')
+        refused("ev", "yesterday", pa.ArrowException, "after must be a cursor")
+        refused("ev", 0, fl.FlightUnauthorizedError, 'token "writer" may write, not read', token=secret)
         host.sql("SELECT arrowport_stop()")
     finally:
         host.close()

@@ -288,12 +288,14 @@ impl Landing {
             self.merge_rows(txn, mapping, &data, deletes, table)?;
             Landed::Merged
         } else if mapping.follow {
-            let position = self.next_position(txn, target)?;
+            // Each row its own position, past the table's last: the follower's cursor can stop at any row.
+            let last = self.last_position(txn, target)?;
             let insert = format!(
-                "INSERT INTO {target_sql} BY NAME SELECT *, {position}::BIGINT AS {} FROM {view_sql}",
+                "INSERT INTO {target_sql} BY NAME SELECT *, {last}::BIGINT + row_number() OVER () AS {} FROM {view_sql}",
                 quote_ident(CURSOR_COLUMN)
             );
             let rows = txn.execute(&insert).map_err(|e| self.view_lost(e))?;
+            let position = self.advance_position(txn, target, last + rows as i64)?;
             self.position = Some((self.follow_key(target), position));
             Landed::Inserted(rows)
         } else {

@@ -1,9 +1,9 @@
-//! Commit positions of followable streams: `<catalog>.arrowport.positions` holds each table's last position; a
-//! commit into a followable stream's table takes the next one in its own transaction (an UPDATE of the table's
-//! row, so two hosts of a shared DuckLake that commit at once conflict and one tries again) and writes it into
-//! every row it lands ([`CURSOR_COLUMN`]). On one host, commits into one followable table take turns from the
-//! position to the commit, so positions commit in their order: a follower that has read position N has
-//! everything at or below N.
+//! Positions of followable streams: `<catalog>.arrowport.positions` holds each table's last position; a commit
+//! into a followable stream's table numbers its rows from the next one on ([`CURSOR_COLUMN`]) and moves the
+//! table's position to its last row, in its own transaction (an UPDATE of the table's row, so two hosts of a
+//! shared DuckLake that commit at once conflict and one tries again). On one host, commits into one followable
+//! table take turns from reading the position to the commit, so positions commit in their order: a follower that
+//! has read position N has every row at or below N.
 
 use super::*;
 use crate::catalog::registry::CURSOR_COLUMN;
@@ -23,7 +23,7 @@ impl Landing {
 
     /// The name a followable table's turn and position go by.
     pub(super) fn follow_key(&self, target: &Target) -> String {
-        table_key(target.catalog.as_deref().unwrap_or(&self.host_db), &target.schema, &target.table)
+        table_key(target)
     }
 
     /// Makes sure the positions table and the target's row exist, outside any transaction (two writers creating
@@ -47,16 +47,24 @@ impl Landing {
         make(conn).or_else(|_| make(conn)).map_err(E::db)
     }
 
-    /// The next position of a followable table, taken inside the commit's transaction.
-    pub(super) fn next_position(&mut self, txn: &mut RawConn, target: &Target) -> Result<i64, EngineError> {
+    /// A followable table's last position, read inside the commit's transaction (which holds the table's turn).
+    pub(super) fn last_position(&mut self, txn: &mut RawConn, target: &Target) -> Result<i64, EngineError> {
         let table = self.positions_table(target.catalog.as_deref());
         let key = quote_literal(&self.follow_key(target));
-        txn.execute(&format!("UPDATE {table} SET position = position + 1 WHERE target = {key}")).map_err(E::db)?;
         let position =
             txn.query_value(&format!("SELECT max(position) FROM {table} WHERE target = {key}")).map_err(E::db)?;
         position
             .and_then(|p| p.parse().ok())
             .ok_or_else(|| EngineError::Internal(format!("no position row for {} in {table}", target.display())))
+    }
+
+    /// Moves a followable table's position to the last row the commit wrote, inside its transaction: two hosts
+    /// of a shared DuckLake that commit into one table at once both update this row, and one of them conflicts.
+    pub(super) fn advance_position(&mut self, txn: &mut RawConn, target: &Target, to: i64) -> Result<i64, EngineError> {
+        let table = self.positions_table(target.catalog.as_deref());
+        let key = quote_literal(&self.follow_key(target));
+        txn.execute(&format!("UPDATE {table} SET position = {to} WHERE target = {key}")).map_err(E::db)?;
+        Ok(to)
     }
 
     /// A followable table's columns without its cursor column, and whether it has one.
