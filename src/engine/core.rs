@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::Schema;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -72,7 +72,7 @@ pub struct Core<S: Session> {
     /// Watches the process's memory while statements sent over the network run.
     guard: Option<Arc<MemoryGuard>>,
     /// Positions committed into followable tables on this host, for their followers.
-    pub(crate) follow: crate::engine::follow::FollowHub,
+    pub(crate) follow: crate::engine::follow_hub::FollowHub,
 }
 
 impl<S: Session> Core<S> {
@@ -282,25 +282,6 @@ impl<S: Session> Core<S> {
             guard.watch(&watch);
         }
         pool.submit(Job { work, _permit: permit, watch: Some(watch) })
-    }
-
-    /// A read of the host's own (a follower's round) on the statement pool, streamed in batches of about `rows`
-    /// rows; `stall` bounds how long it waits for its reader to take a batch.
-    pub(crate) async fn export_on_statements(
-        &self,
-        sql: &str,
-        rows: usize,
-        stall: Duration,
-    ) -> Result<(SchemaRef, crate::engine::query::QueryStream), EngineError> {
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        let (reply, done) = oneshot::channel();
-        let out = crate::engine::session::QueryOut::gathering(tx, stall, rows, tokio::runtime::Handle::current());
-        self.submit_statement(
-            Work::Export { sql: sql.to_string(), out, reply },
-            crate::engine::policy::STATEMENT_TIMEOUT,
-        )
-        .await?;
-        crate::engine::query::result_stream(rx, done, ()).await
     }
 
     pub(crate) async fn call_statement<T>(

@@ -4,13 +4,12 @@
 //! Rows are read back from the table (`WHERE arrowport_cursor > last ORDER BY arrowport_cursor`), in rounds, on
 //! the statement pool's connections (never the writers): catching up and live are the same read, so there is no
 //! seam between them where a row could be lost or repeated, and the host holds no rows for a follower beyond the
-//! batch it is handing over. A round starts when this host commits into the table ([`FollowHub`]), and at least
+//! batch it is handing over. A round starts when this host commits into the table (`follow_hub`), and at least
 //! every [`POLL`] (commits of other hosts of a shared DuckLake). A follower that does not take a batch within
 //! [`SLOW`] gives its connection back; its next round starts from the last row it took.
 
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{Array, Int64Array, RecordBatch};
@@ -23,6 +22,7 @@ use crate::catalog::registry::{CURSOR_COLUMN, Target};
 use crate::catalog::schema::quote_ident;
 use crate::engine::core::Core;
 use crate::engine::error::EngineError;
+use crate::engine::follow_hub::table_key;
 use crate::engine::query::QueryStream;
 use crate::engine::session::Session;
 
@@ -34,38 +34,6 @@ pub const SLOW: Duration = Duration::from_secs(5);
 
 /// Rows per batch handed to a follower (at most; a batch is also cut at 8 MiB).
 pub const FOLLOW_BATCH_ROWS: usize = 65_536;
-
-/// The name a followable table goes by in the positions table and the hub.
-pub fn table_key(target: &Target) -> String {
-    target.display().to_lowercase()
-}
-
-/// The last position committed on this host, per followable table; followers wait on it.
-#[derive(Default)]
-pub struct FollowHub {
-    positions: Mutex<HashMap<String, watch::Sender<i64>>>,
-}
-
-impl FollowHub {
-    /// A commit into the table `key` whose last row has `position`.
-    pub fn committed(&self, key: &str, position: i64) {
-        let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = positions.entry(key.to_string()).or_insert_with(|| watch::channel(0).0);
-        tx.send_if_modified(|p| {
-            let newer = position > *p;
-            if newer {
-                *p = position;
-            }
-            newer
-        });
-    }
-
-    /// The table's positions as they commit on this host.
-    pub fn watch(&self, key: &str) -> watch::Receiver<i64> {
-        let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
-        positions.entry(key.to_string()).or_insert_with(|| watch::channel(0).0).subscribe()
-    }
-}
 
 /// Where a follower starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -281,17 +249,5 @@ mod tests {
         for bad in ["-1", "x", "1.5", "99999999999999999999"] {
             assert!(After::parse(bad).unwrap_err().to_string().contains("after must be a cursor"), "{bad}");
         }
-    }
-
-    #[test]
-    fn the_hub_keeps_the_newest_position() {
-        let hub = FollowHub::default();
-        let mut rx = hub.watch("main.ev");
-        hub.committed("main.ev", 5);
-        hub.committed("main.ev", 3);
-        assert!(rx.has_changed().unwrap());
-        assert_eq!(*rx.borrow_and_update(), 5);
-        hub.committed("main.other", 9);
-        assert!(!rx.has_changed().unwrap());
     }
 }

@@ -11,6 +11,7 @@ pub mod core;
 pub mod duck_session;
 pub mod error;
 pub mod follow;
+pub mod follow_hub;
 pub mod ingest;
 pub mod memory_guard;
 pub mod metrics;

@@ -156,6 +156,25 @@ impl<S: Session> Core<S> {
         result_stream(rx, done, ()).await
     }
 
+    /// A read of the host's own (a follower's round) on the statement pool, streamed in batches of about `rows`
+    /// rows; `stall` bounds how long it waits for its reader to take a batch.
+    pub(crate) async fn export_on_statements(
+        &self,
+        sql: &str,
+        rows: usize,
+        stall: std::time::Duration,
+    ) -> Result<(SchemaRef, QueryStream), EngineError> {
+        let (tx, rx) = mpsc::channel(1);
+        let (reply, done) = oneshot::channel();
+        let out = QueryOut::gathering(tx, stall, rows, tokio::runtime::Handle::current());
+        self.submit_statement(
+            Work::Export { sql: sql.to_string(), out, reply },
+            crate::engine::policy::STATEMENT_TIMEOUT,
+        )
+        .await?;
+        result_stream(rx, done, ()).await
+    }
+
     /// Compacts a DuckLake catalog on a writer (see `Session::maintain`).
     pub async fn maintain(
         &self,
@@ -178,7 +197,7 @@ impl<S: Session> Core<S> {
 
 /// The schema, then a stream of the batches a writer hands over; ends with the statement's error if it failed
 /// midway. `held` (an admission) lives as long as the stream.
-pub(crate) async fn result_stream<H: Send + 'static>(
+async fn result_stream<H: Send + 'static>(
     mut rx: mpsc::Receiver<QueryItem>,
     mut done: oneshot::Receiver<Result<(), EngineError>>,
     held: H,

@@ -31,7 +31,7 @@ pub struct Written {
     pub write_seconds: f64,
     /// Commits tried again after losing a race with another writer of a shared catalog.
     pub retries: u32,
-    /// A followable stream's commit: its table (as [`crate::engine::follow::table_key`] names it) and position.
+    /// A followable stream's commit: its table (as [`crate::engine::follow_hub::table_key`] names it) and position.
     pub position: Option<(String, i64)>,
 }
 

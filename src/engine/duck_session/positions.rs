@@ -7,7 +7,7 @@
 
 use super::*;
 use crate::catalog::registry::CURSOR_COLUMN;
-use crate::engine::follow::table_key;
+use crate::engine::follow_hub::table_key;
 
 const POSITIONS_TABLE: &str = "positions";
 
