@@ -28,6 +28,44 @@ impl Scope {
     }
 }
 
+/// What a token may do with its streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TokenAccess {
+    /// Send rows (every token made before read access existed).
+    #[default]
+    Write,
+    /// Follow streams.
+    Read,
+    ReadWrite,
+}
+
+impl TokenAccess {
+    pub fn name(self) -> &'static str {
+        match self {
+            TokenAccess::Write => "write",
+            TokenAccess::Read => "read",
+            TokenAccess::ReadWrite => "read_write",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<TokenAccess, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "write" => Ok(TokenAccess::Write),
+            "read" => Ok(TokenAccess::Read),
+            "read_write" => Ok(TokenAccess::ReadWrite),
+            _ => Err(format!("invalid value for option access: {text:?} (allowed: write, read, read_write)")),
+        }
+    }
+
+    pub fn writes(self) -> bool {
+        self != TokenAccess::Read
+    }
+
+    pub fn reads(self) -> bool {
+        self != TokenAccess::Write
+    }
+}
+
 /// Who sent a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
@@ -36,6 +74,7 @@ pub enum Principal {
     Token {
         name: Arc<str>,
         scope: Arc<Scope>,
+        access: TokenAccess,
     },
 }
 
@@ -44,22 +83,25 @@ impl Principal {
     pub fn may_use(&self, stream: &str) -> bool {
         match self {
             Principal::Anonymous => true,
-            Principal::Token { scope, .. } => scope.allows(stream),
+            Principal::Token { scope, access, .. } => access.writes() && scope.allows(stream),
         }
     }
 
-    /// Whether this principal may follow (read) `stream`: a client the listener lets in without a token. Tokens
-    /// write; none reads yet.
-    pub fn may_read(&self, _stream: &str) -> bool {
-        matches!(self, Principal::Anonymous)
+    /// Whether this principal may follow (read) `stream`.
+    pub fn may_read(&self, stream: &str) -> bool {
+        match self {
+            Principal::Anonymous => true,
+            Principal::Token { scope, access, .. } => access.reads() && scope.allows(stream),
+        }
     }
 
     /// The refusal for a stream this principal may not read.
     pub fn denied_read(&self, stream: &str) -> String {
         match self {
-            Principal::Token { name, .. } => {
+            Principal::Token { name, access, .. } if !access.reads() => {
                 format!("token {name:?} may write, not read: it cannot follow stream {stream:?}")
             }
+            Principal::Token { name, .. } => format!("token {name:?} is not allowed to follow stream {stream:?}"),
             Principal::Anonymous => format!("not allowed to follow stream {stream:?}"),
         }
     }
@@ -89,6 +131,7 @@ pub struct TokenRecord {
     pub salt: Vec<u8>,
     pub hash: Vec<u8>,
     pub scope: Scope,
+    pub access: TokenAccess,
     /// Microseconds since the epoch.
     pub created_us: i64,
     pub last_used_us: Option<i64>,
@@ -139,6 +182,7 @@ pub fn token_with_secret(
             salt: salt.to_vec(),
             hash,
             scope,
+            access: TokenAccess::Write,
             created_us: now_us,
             last_used_us: None,
         },
@@ -229,7 +273,7 @@ impl Tokens {
 
     /// The token a secret proves, as (name, scope); with `name` (HTTP Basic), only the token of that name.
     /// Every record is checked, so the time taken does not tell which one matched.
-    pub fn verify(&self, secret: &str, name: Option<&str>) -> Option<(Arc<str>, Arc<Scope>)> {
+    pub fn verify(&self, secret: &str, name: Option<&str>) -> Option<(Arc<str>, Arc<Scope>, TokenAccess)> {
         let records = self.records.read().unwrap_or_else(|p| p.into_inner());
         let mut found = None;
         for r in records.iter() {
@@ -244,9 +288,10 @@ impl Tokens {
         }
         let name: Arc<str> = Arc::from(r.name.as_str());
         let scope = Arc::new(r.scope.clone());
+        let access = r.access;
         drop(records);
         self.used.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), now_us());
-        Some((name, scope))
+        Some((name, scope, access))
     }
 }
 

@@ -14,7 +14,7 @@
 
 use std::sync::Mutex;
 
-use crate::catalog::access::{self, Scope, TokenRecord};
+use crate::catalog::access::{self, Scope, TokenAccess, TokenRecord};
 use crate::catalog::registry::{Mapping, Mode, OWN_SCHEMA, OnConflict, SchemaPolicy, TableRule, Target};
 use crate::catalog::schema::{Column, quote_ident, quote_literal};
 use crate::duck::DbError;
@@ -34,7 +34,9 @@ const STREAMS_ADDED: [(&str, &str); 4] =
 const TOKENS: &str = "tokens";
 /// `streams` is a JSON array of stream names, NULL for every stream; salt and hash are hex.
 const TOKENS_COLUMNS: &str = "name VARCHAR PRIMARY KEY, salt VARCHAR NOT NULL, hash VARCHAR NOT NULL, streams VARCHAR, \
-     created_at TIMESTAMPTZ NOT NULL, last_used_at TIMESTAMPTZ";
+     created_at TIMESTAMPTZ NOT NULL, last_used_at TIMESTAMPTZ, access VARCHAR";
+/// Columns added to `tokens` after its first layout (see [`STREAMS_ADDED`]).
+const TOKENS_ADDED: [(&str, &str); 1] = [("access", "VARCHAR")];
 
 /// What arrowport's own database file adds to the host database file's path.
 pub const FILE_SUFFIX: &str = ".arrowport";
@@ -264,14 +266,24 @@ impl Store {
 
 /// The columns of [`STREAMS_ADDED`] the stored table lacks.
 fn missing_columns(conn: &mut RawConn, db: &str) -> Result<Vec<(&'static str, &'static str)>, DbError> {
+    missing_in(conn, db, STREAMS, &STREAMS_ADDED)
+}
+
+/// The columns of `added` the stored table `table` lacks.
+fn missing_in(
+    conn: &mut RawConn,
+    db: &str,
+    table: &str,
+    added: &[(&'static str, &'static str)],
+) -> Result<Vec<(&'static str, &'static str)>, DbError> {
     let sql = format!(
         "SELECT column_name FROM duckdb_columns() WHERE database_name = {} AND schema_name = {} AND table_name = {}",
         quote_literal(db),
         quote_literal(OWN_SCHEMA),
-        quote_literal(STREAMS)
+        quote_literal(table)
     );
     let present: Vec<String> = conn.query(&sql)?.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect();
-    Ok(STREAMS_ADDED.into_iter().filter(|(c, _)| !present.iter().any(|p| p == c)).collect())
+    Ok(added.iter().copied().filter(|(c, _)| !present.iter().any(|p| p == c)).collect())
 }
 
 fn load_mappings(conn: &mut RawConn, db: &str) -> Result<Vec<Mapping>, DbError> {
@@ -357,8 +369,9 @@ fn load_tokens(conn: &mut RawConn, db: &str) -> Result<Vec<TokenRecord>, DbError
     if !has(conn, db, TOKENS)? {
         return Ok(vec![]);
     }
+    let access = if missing_in(conn, db, TOKENS, &TOKENS_ADDED)?.is_empty() { "access" } else { "NULL" };
     let rows = conn.query(&format!(
-        "SELECT name, salt, hash, streams, epoch_us(created_at), epoch_us(last_used_at) FROM {} ORDER BY name",
+        "SELECT name, salt, hash, streams, epoch_us(created_at), epoch_us(last_used_at), {access} FROM {} ORDER BY name",
         named(db, TOKENS)
     ))?;
     rows.into_iter()
@@ -374,6 +387,10 @@ fn load_tokens(conn: &mut RawConn, db: &str) -> Result<Vec<TokenRecord>, DbError
                 salt: v(1).as_deref().and_then(access::from_hex).ok_or_else(|| bad("salt"))?,
                 hash: v(2).as_deref().and_then(access::from_hex).ok_or_else(|| bad("hash"))?,
                 scope,
+                access: match v(6) {
+                    None => TokenAccess::Write,
+                    Some(a) => TokenAccess::parse(&a).map_err(|_| bad("access"))?,
+                },
                 created_us: v(4).and_then(|t| t.parse().ok()).ok_or_else(|| bad("created_at"))?,
                 last_used_us: v(5).and_then(|t| t.parse().ok()),
             })
@@ -387,13 +404,17 @@ fn insert_token(conn: &mut RawConn, db: &str, t: &TokenRecord) -> Result<(), DbE
         Scope::Streams(list) => quote_literal(&serde_json::to_string(list).unwrap_or_else(|_| "[]".into())),
     };
     create(conn, db, TOKENS, TOKENS_COLUMNS)?;
+    for (column, sql_type) in missing_in(conn, db, TOKENS, &TOKENS_ADDED)? {
+        conn.execute(&format!("ALTER TABLE {} ADD COLUMN {} {sql_type}", named(db, TOKENS), quote_ident(column)))?;
+    }
     conn.execute(&format!(
-        "INSERT INTO {} (name, salt, hash, streams, created_at) VALUES ({}, {}, {}, {streams}, {})",
+        "INSERT INTO {} (name, salt, hash, streams, created_at, access) VALUES ({}, {}, {}, {streams}, {}, {})",
         named(db, TOKENS),
         quote_literal(&t.name),
         quote_literal(&access::to_hex(&t.salt)),
         quote_literal(&access::to_hex(&t.hash)),
         timestamp_literal(t.created_us),
+        quote_literal(t.access.name()),
     ))?;
     Ok(())
 }

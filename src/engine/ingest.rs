@@ -811,7 +811,11 @@ mod tests {
         use crate::catalog::access::Scope;
         let committed = Arc::default();
         let core = core(&committed);
-        let etl = Principal::Token { name: Arc::from("etl"), scope: Arc::new(Scope::Streams(vec!["events".into()])) };
+        let etl = Principal::Token {
+            name: Arc::from("etl"),
+            scope: Arc::new(Scope::Streams(vec!["events".into()])),
+            access: Default::default(),
+        };
         let items = || vec![Ok(Incoming::Schema(schema())), Ok(Incoming::Batch(batch(2)))];
         let err = core
             .ingest(Request::new("orders", Protocol::Rest, etl.clone(), Arc::default()), stream::iter(items()))

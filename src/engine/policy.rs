@@ -452,6 +452,7 @@ mod tests {
         let scoped = Principal::Token {
             name: Arc::from("etl"),
             scope: Arc::new(crate::catalog::access::Scope::Streams(vec!["events".into()])),
+            access: Default::default(),
         };
         assert!(check_statement("SELECT 1", Access::ReadWrite, &scoped, &Policy::default()).is_err());
     }

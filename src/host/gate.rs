@@ -154,12 +154,12 @@ pub fn authenticate(
     tokens: &Tokens,
 ) -> Result<Principal, AuthError> {
     if let Some(c) = credential {
-        let (name, scope) = match c {
+        let (name, scope, access) = match c {
             Credential::Bearer(secret) => tokens.verify(secret, None),
             Credential::Basic { name, secret } => tokens.verify(secret, Some(name)),
         }
         .ok_or(AuthError::Invalid)?;
-        return Ok(Principal::Token { name, scope });
+        return Ok(Principal::Token { name, scope, access });
     }
     match mode {
         AuthMode::Open => Ok(Principal::Anonymous),

@@ -241,3 +241,42 @@ def test_following_refuses_clearly(tmp_path):
         host.sql("SELECT arrowport_stop()")
     finally:
         host.close()
+
+
+def test_reading_is_a_permission_of_its_own(tmp_path):
+    db = str(tmp_path / "r.duckdb")
+    host = hosts.start("py20", db)
+    try:
+        host.sql(hosts.load_sql())
+        reader = host.sql("SELECT token FROM arrowport_create_token('dash', streams := ['ev'], access := 'read')")[0][0]
+        both = host.sql("SELECT token FROM arrowport_create_token('etl', access := 'read_write')")[0][0]
+        writer = host.sql("SELECT token FROM arrowport_create_token('old')")[0][0]
+        with pytest.raises(hosts.HostError, match="allowed: write, read, read_write"):
+            host.sql("CALL arrowport_create_token('x', access := 'admin')")
+        assert host.sql("SELECT name, access FROM arrowport_tokens() ORDER BY name") == [
+            ("dash", "read"), ("etl", "read_write"), ("old", "write")]
+        addr = host.sql("SELECT address FROM arrowport_listen('127.0.0.1:0', auth := 'token')")[0][0]
+        host.sql("CALL arrowport_create_stream('ev', follow := true)")
+        host.sql("CALL arrowport_create_stream('other', follow := true)")
+        # Writing: the write and read_write tokens; not the read one.
+        assert flight_put(addr, "ev", ids(0, 2), token=writer)["rows"] == 2
+        assert flight_put(addr, "other", ids(0, 1), token=both)["rows"] == 1
+        with pytest.raises(fl.FlightUnauthorizedError, match='token "dash" is not allowed to use stream "ev"'):
+            flight_put(addr, "ev", ids(5, 1), token=reader)
+        # Following: the read token its stream only, the read_write one any.
+        client, r = follow(addr, "ev", 0, reader)
+        assert r.read_chunk().data.column("id").to_pylist() == [0, 1]
+        client.close()
+        with pytest.raises(fl.FlightUnauthorizedError, match='token "dash" is not allowed to follow stream "other"'):
+            follow(addr, "other", 0, reader)[1].read_all()
+        client, r = follow(addr, "other", 0, both)
+        assert r.read_chunk().data.column("id").to_pylist() == [0]
+        client.close()
+        host.sql("SELECT arrowport_stop()")
+        host.close()
+        host = hosts.start("py20", db)
+        host.sql(hosts.load_sql())
+        assert host.sql("SELECT name, access FROM arrowport_tokens() ORDER BY name")[0] == ("dash", "read")
+        host.sql("SELECT arrowport_stop()")
+    finally:
+        host.close()

@@ -408,7 +408,7 @@ def test_the_readmes_change_feed_example_runs(py_listening):
     assert h.sql("SELECT user_id, name, city FROM users ORDER BY 1") == [(8, "bob", "Rome")]
 
 
-def test_a_store_made_before_keyed_streams_reads_and_gains_the_new_columns(tmp_path):
+def test_a_store_made_before_keyed_streams_and_read_tokens_reads_and_gains_the_new_columns(tmp_path):
     """arrowport's own database from before `key`, `on_conflict` and `delete_column`: its mappings read with
     their defaults, and the next change adds the columns."""
     import duckdb as local
@@ -421,11 +421,18 @@ def test_a_store_made_before_keyed_streams_reads_and_gains_the_new_columns(tmp_p
             "created_at TIMESTAMPTZ NOT NULL DEFAULT now(), updated_at TIMESTAMPTZ NOT NULL DEFAULT now())")
     own.sql("INSERT INTO arrowport.streams (stream, schema, \"table\", create_table, schema_policy, mode) "
             "VALUES ('ev', 'main', 'ev', true, 'strict', 'append')")
+    # Tokens from before read access: they write.
+    own.sql("CREATE TABLE arrowport.tokens (name VARCHAR PRIMARY KEY, salt VARCHAR NOT NULL, hash VARCHAR NOT NULL, "
+            "streams VARCHAR, created_at TIMESTAMPTZ NOT NULL, last_used_at TIMESTAMPTZ)")
+    own.sql(f"INSERT INTO arrowport.tokens VALUES ('old', '{'00' * 16}', '{'00' * 32}', NULL, now(), NULL)")
     own.close()
     host = hosts.start("py20", db)
     try:
         host.sql(hosts.load_sql())
         assert host.sql("SELECT stream, key, on_conflict, delete_column FROM arrowport_streams()") == [("ev", [], "error", None)]
+        assert host.sql("SELECT name, access FROM arrowport_tokens()") == [("old", "write")]
+        host.sql("CALL arrowport_create_token('new', access := 'read')")
+        assert host.sql("SELECT name, access FROM arrowport_tokens() ORDER BY name") == [("new", "read"), ("old", "write")]
         host.sql("CREATE TABLE ev (id BIGINT, v VARCHAR)")
         host.sql("CALL arrowport_alter_stream('ev', key := ['id'], on_conflict := 'ignore')")
         assert host.sql("SELECT stream, key, on_conflict FROM arrowport_streams()") == [("ev", ["id"], "ignore")]

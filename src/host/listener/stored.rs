@@ -77,13 +77,15 @@ impl Host {
         &self,
         name: &str,
         scope: Scope,
+        access: access::TokenAccess,
         secret: Option<&str>,
     ) -> Result<(TokenRecord, String), String> {
         self.mappings_loaded()?;
         if self.tokens.get(name).is_some() {
             return Err(format!("token {name:?} already exists; revoke it first to replace it"));
         }
-        let (record, secret) = access::token_with_secret(name, scope, access::now_us(), secret)?;
+        let (mut record, secret) = access::token_with_secret(name, scope, access::now_us(), secret)?;
+        record.access = access;
         self.store.insert_token(&record).map_err(|e| e.to_string())?;
         self.tokens.put(record.clone());
         Ok((record, secret))

@@ -25,7 +25,7 @@ use duckdb::vscalar::{ScalarFunctionSignature, VScalar};
 use duckdb::vtab::arrow::WritableVector;
 use duckdb::vtab::{BindInfo, InitInfo, TableFunctionInfo, VTab};
 
-use crate::catalog::access::{Scope, TokenRecord};
+use crate::catalog::access::{Scope, TokenAccess, TokenRecord};
 use crate::catalog::registry::{self, Mapping, MappingOptions};
 use crate::catalog::schema::quote_literal;
 use crate::duck::{self, vector};

@@ -16,6 +16,7 @@ pub(super) fn token_columns(bind: &BindInfo, with_secret: bool) {
     bind.add_result_column("streams", LogicalTypeHandle::list(&varchar()));
     bind.add_result_column("created_at", LogicalTypeId::TimestampTZ.into());
     bind.add_result_column("last_used_at", LogicalTypeId::TimestampTZ.into());
+    bind.add_result_column("access", varchar());
 }
 
 /// Writes one token row; `streams` is NULL for a token that may use every stream.
@@ -45,6 +46,7 @@ pub(super) fn write_token(out: &mut DataChunkHandle, i: usize, row: &TokenRow) {
         Some(us) => vector::set_bigint(&mut out.flat_vector(col + 2), i, us),
         None => out.flat_vector(col + 2).set_null(i),
     }
+    out.flat_vector(col + 3).insert(i, row.record.access.name());
 }
 
 pub(super) fn token_name(bind: &BindInfo) -> Result<String> {
@@ -78,16 +80,24 @@ action_function!(
     TokenRow,
     Some("arrowport_create_token"),
     Some(vec![varchar()]),
-    Some(vec![("streams".to_string(), LogicalTypeHandle::list(&varchar())), ("secret".to_string(), varchar())]),
+    Some(vec![
+        ("streams".to_string(), LogicalTypeHandle::list(&varchar())),
+        ("secret".to_string(), varchar()),
+        ("access".to_string(), varchar())
+    ]),
     |b: &BindInfo| token_columns(b, true),
     write_token,
     |bind| (
         token_name(bind)?,
         token_scope(bind)?,
+        match bind.get_named_parameter("access").filter(|v| !v.is_null()) {
+            None => TokenAccess::Write,
+            Some(v) => TokenAccess::parse(&v.to_string())?,
+        },
         bind.get_named_parameter("secret").filter(|v| !v.is_null()).map(|v| v.to_string())
     ),
-    |host, (name, scope, secret)| {
-        let (record, secret) = host.create_token(name, scope.clone(), secret.as_deref())?;
+    |host, (name, scope, access, secret)| {
+        let (record, secret) = host.create_token(name, scope.clone(), *access, secret.as_deref())?;
         Ok(vec![TokenRow { record, secret: Some(secret) }])
     }
 );
