@@ -63,6 +63,15 @@ impl After {
     }
 }
 
+/// What a follower gets of each row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// The table's columns (its cursor column among them).
+    Rows,
+    /// Two columns: `arrowport_cursor` and `row`, the row as JSON text (DuckDB's `to_json`).
+    Json,
+}
+
 /// A follower's batches, each with the cursor of its last row.
 pub type FollowStream = Pin<Box<dyn Stream<Item = Result<(RecordBatch, i64), EngineError>> + Send>>;
 
@@ -80,6 +89,7 @@ impl<S: Session + 'static> Core<S> {
         principal: &Principal,
         stream: &str,
         after: After,
+        shape: Shape,
     ) -> Result<(SchemaRef, FollowStream), EngineError> {
         if !principal.may_read(stream) {
             return Err(EngineError::Denied(principal.denied_read(stream)));
@@ -97,11 +107,15 @@ impl<S: Session + 'static> Core<S> {
         let key = table_key(&mapping.target);
         let table = target_sql(&mapping.target);
         let cursor = quote_ident(CURSOR_COLUMN);
+        let columns = match shape {
+            Shape::Rows => "*".to_string(),
+            Shape::Json => format!("{cursor}, to_json(t)::VARCHAR AS \"row\""),
+        };
         // A stream that has not landed anything yet has no table: its followers wait for the first commit (until
         // they hang up or the host stops).
         let mut hub = self.follow.watch(&key);
         let (schema, last_now) = loop {
-            match self.round_schema(&table, &cursor).await {
+            match self.round_schema(&table, &cursor, &columns).await {
                 Err(e) if e.code() == crate::engine::error::Code::NotFound => {
                     tokio::select! {
                         _ = hub.changed() => {}
@@ -125,7 +139,9 @@ impl<S: Session + 'static> Core<S> {
         let state = Following {
             core: Arc::clone(self),
             hub,
-            sql: move |last: i64| format!("SELECT * FROM {table} WHERE {cursor} > {last} ORDER BY {cursor}"),
+            sql: move |last: i64| {
+                format!("SELECT {columns} FROM {table} AS t WHERE {cursor} > {last} ORDER BY {cursor}")
+            },
             last,
             round: None,
             schema: Arc::clone(&schema),
@@ -138,7 +154,7 @@ impl<S: Session + 'static> Core<S> {
     }
 
     /// The table's schema, and its last position now.
-    async fn round_schema(&self, table: &str, cursor: &str) -> Result<(SchemaRef, i64), EngineError> {
+    async fn round_schema(&self, table: &str, cursor: &str, columns: &str) -> Result<(SchemaRef, i64), EngineError> {
         let (_, mut last) = self
             .export_statement(&format!("SELECT coalesce(max({cursor}), 0)::BIGINT AS last FROM {table}"), SLOW)
             .await?;
@@ -149,7 +165,7 @@ impl<S: Session + 'static> Core<S> {
                 position = c.value(0);
             }
         }
-        let (schema, _) = self.export_statement(&format!("SELECT * FROM {table} LIMIT 0"), SLOW).await?;
+        let (schema, _) = self.export_statement(&format!("SELECT {columns} FROM {table} AS t LIMIT 0"), SLOW).await?;
         Ok((schema, position))
     }
 

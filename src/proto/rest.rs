@@ -29,6 +29,7 @@ use crate::catalog::registry::Target;
 use crate::engine::budget::Reservation;
 use crate::engine::core::{Core, KeyStatus, StreamInfo};
 use crate::engine::error::{Code, EngineError};
+use crate::engine::follow::{After, Shape};
 use crate::engine::ingest::Request as IngestRequest;
 use crate::engine::metrics::{self, Protocol};
 use crate::engine::policy::Policy;
@@ -107,6 +108,7 @@ pub fn router<S: Session>(core: Arc<Core<S>>, limits: Limits) -> Router {
     Router::new()
         .route("/streams/{name}", post(ingest_ipc::<S>).get(stream_info::<S>))
         .route("/streams/{name}/requests/{key}", get(request_status::<S>))
+        .route("/streams/{name}/follow", get(follow_stream::<S>))
         .route("/streams", get(list_streams::<S>))
         .route("/stream/{name}", post(ingest_legacy::<S>))
         .route("/health", get(health::<S>))
@@ -495,6 +497,86 @@ async fn prometheus_text<S: Session>(State(app): State<Arc<App<S>>>) -> Response
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
+/// `GET /streams/{name}/follow?after=...`: an Arrow IPC stream that stays open (the rows carry their cursor in
+/// `arrowport_cursor`), or with `Accept: text/event-stream` server-sent events, one per row: `id:` its cursor,
+/// `data:` the row as JSON (an `EventSource` resumes by itself: `Last-Event-ID` stands for `after`).
+async fn follow_stream<S: Session + 'static>(
+    State(app): State<Arc<App<S>>>,
+    Extension(principal): Extension<Principal>,
+    Path(name): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let after = query_value(query.as_deref().unwrap_or(""), "after")
+        .or_else(|| headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_string));
+    let after = After::parse(after.as_deref().unwrap_or("start"))?;
+    let events = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("text/event-stream"));
+    let shape = if events { Shape::Json } else { Shape::Rows };
+    let (schema, rows) = app.core.follow(&principal, &name, after, shape).await?;
+    if events {
+        let body = rows.map(|item| {
+            let (batch, _) = item.map_err(|e| std::io::Error::other(e.to_string()))?;
+            Ok::<_, std::io::Error>(Bytes::from(events_of(&batch)))
+        });
+        let headers = [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-store")];
+        return Ok((headers, Body::from_stream(body)).into_response());
+    }
+    let mut writer = arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &schema)
+        .map_err(|e| ApiError::from(EngineError::Internal(e.to_string())))?;
+    let head = Bytes::from(std::mem::take(writer.get_mut()));
+    let body = futures::stream::once(async move { Ok::<_, std::io::Error>(head) }).chain(rows.map(move |item| {
+        let (batch, _) = item.map_err(|e| std::io::Error::other(e.to_string()))?;
+        writer.write(&batch).map_err(std::io::Error::other)?;
+        Ok(Bytes::from(std::mem::take(writer.get_mut())))
+    }));
+    Ok(([(header::CONTENT_TYPE, ARROW_STREAM), (header::CACHE_CONTROL, "no-store")], Body::from_stream(body))
+        .into_response())
+}
+
+/// A query string's value for `key` (percent-decoding `%XX` and `+`).
+fn query_value(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == key).then(|| {
+            let v = v.replace('+', " ");
+            let bytes = v.as_bytes();
+            let mut out = Vec::with_capacity(bytes.len());
+            let mut i = 0;
+            while i < bytes.len() {
+                let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+                match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+                    (b'%', Some(b)) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    (c, _) => {
+                        out.push(c);
+                        i += 1;
+                    }
+                }
+            }
+            String::from_utf8_lossy(&out).into_owned()
+        })
+    })
+}
+
+/// One server-sent event per row of a JSON-shaped follow batch (`arrowport_cursor`, `row`).
+fn events_of(batch: &arrow::array::RecordBatch) -> String {
+    use arrow::array::{Array, Int64Array, StringArray};
+    let cursors = batch.column(0).as_any().downcast_ref::<Int64Array>();
+    let rows = batch.column(1).as_any().downcast_ref::<StringArray>();
+    let (Some(cursors), Some(rows)) = (cursors, rows) else { return String::new() };
+    let mut out = String::new();
+    for i in 0..batch.num_rows() {
+        // A row's JSON is one line (to_json escapes newlines inside values).
+        out.push_str(&format!("id: {}\ndata: {}\n\n", cursors.value(i), rows.value(i)));
+    }
+    out
+}
+
 async fn page() -> Response {
     (
         [
@@ -591,5 +673,34 @@ async fn stream_info<S: Session>(
             Code::NotFound,
             format!("stream {name:?} is not defined and has no table yet (main.{name})"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_found_and_decoded() {
+        assert_eq!(query_value("after=42", "after").as_deref(), Some("42"));
+        assert_eq!(query_value("x=1&after=%65nd", "after").as_deref(), Some("end"));
+        assert_eq!(query_value("after=a+b%2", "after").as_deref(), Some("a b%2"));
+        assert_eq!(query_value("afterwards=1", "after"), None);
+        assert_eq!(query_value("", "after"), None);
+    }
+
+    #[test]
+    fn events_are_one_per_row_with_the_cursor_as_id() {
+        use arrow::array::{Int64Array, StringArray};
+        let schema = Arc::new(Schema::new(vec![
+            arrow::datatypes::Field::new("arrowport_cursor", arrow::datatypes::DataType::Int64, false),
+            arrow::datatypes::Field::new("row", arrow::datatypes::DataType::Utf8, false),
+        ]));
+        let batch = arrow::array::RecordBatch::try_new(
+            schema,
+            vec![Arc::new(Int64Array::from(vec![7, 8])), Arc::new(StringArray::from(vec!["{\"a\":1}", "{\"a\":2}"]))],
+        )
+        .unwrap();
+        assert_eq!(events_of(&batch), "id: 7\ndata: {\"a\":1}\n\nid: 8\ndata: {\"a\":2}\n\n");
     }
 }

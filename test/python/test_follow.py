@@ -280,3 +280,44 @@ def test_reading_is_a_permission_of_its_own(tmp_path):
         host.sql("SELECT arrowport_stop()")
     finally:
         host.close()
+
+
+# ---- following over REST -----------------------------------------------------------------------------------------
+
+def test_rest_follow_as_an_arrow_stream_with_curl_and_as_server_sent_events(py_listening):
+    import subprocess
+    h = py_listening
+    h.sql("CALL arrowport_create_stream('ev', follow := true)")
+    flight_put(h.addr, "ev", pa.table({"id": pa.array([1, 2], pa.int64()), "note": ["line\nbreak", None]}))
+    # curl reads the Arrow IPC stream, which stays open; a commit while it reads arrives on it.
+    curl = subprocess.Popen(["curl", "-sSN", f"http://{h.addr}/streams/ev/follow?after=1"], stdout=subprocess.PIPE)
+    time.sleep(0.5)
+    flight_put(h.addr, "ev", pa.table({"id": pa.array([3], pa.int64()), "note": ["x"]}))
+    time.sleep(0.5)
+    assert h.sql("SELECT arrowport_stop()") == [(1,)]
+    out, _ = curl.communicate(timeout=15)
+    assert curl.returncode == 0, "the stop ends the body cleanly"
+    rows = pa.ipc.open_stream(out).read_all()
+    assert rows.column("id").to_pylist() == [2, 3] and rows.column("arrowport_cursor").to_pylist() == [2, 3]
+    h.sql("SELECT arrowport_listen('" + h.addr + "')")
+    # Server-sent events: one per row, its cursor as the event id, the row as JSON; Last-Event-ID resumes.
+    with httpx.stream("GET", f"http://{h.addr}/streams/ev/follow", headers={"Accept": "text/event-stream"}, timeout=10) as r:
+        assert r.status_code == 200 and r.headers["content-type"] == "text/event-stream"
+        lines = []
+        for line in r.iter_lines():
+            lines.append(line)
+            if len(lines) == 6:
+                break
+    assert lines == ['id: 1', 'data: {"id":1,"note":"line\\nbreak","arrowport_cursor":1}', '',
+                     'id: 2', 'data: {"id":2,"note":null,"arrowport_cursor":2}', '']
+    with httpx.stream("GET", f"http://{h.addr}/streams/ev/follow", headers={"Accept": "text/event-stream", "Last-Event-ID": "2"},
+                      timeout=10) as r:
+        first = next(r.iter_lines())
+    assert first == "id: 3"
+    # Refusals are JSON errors with their code.
+    r = httpx.get(f"http://{h.addr}/streams/nope/follow")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = httpx.get(f"http://{h.addr}/streams/ev/follow?after=77")
+    assert r.status_code == 400 and "cursor 77 is past the last position" in r.json()["error"]["message"]
+    r = httpx.get(f"http://{h.addr}/streams/ev/follow", headers={"Origin": "http://evil.example"})
+    assert r.status_code == 403
