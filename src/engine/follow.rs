@@ -20,9 +20,11 @@ use tokio::sync::watch;
 use crate::catalog::access::Principal;
 use crate::catalog::registry::{CURSOR_COLUMN, Target};
 use crate::catalog::schema::quote_ident;
+use crate::engine::budget::Charge;
 use crate::engine::core::Core;
 use crate::engine::error::EngineError;
 use crate::engine::follow_hub::table_key;
+use crate::engine::metrics::FollowerNote;
 use crate::engine::query::QueryStream;
 use crate::engine::session::Session;
 
@@ -90,6 +92,7 @@ impl<S: Session + 'static> Core<S> {
         stream: &str,
         after: After,
         shape: Shape,
+        protocol: &'static str,
     ) -> Result<(SchemaRef, FollowStream), EngineError> {
         if !principal.may_read(stream) {
             return Err(EngineError::Denied(principal.denied_read(stream)));
@@ -136,7 +139,11 @@ impl<S: Session + 'static> Core<S> {
             }
             After::Cursor(c) => c,
         };
+        let note = self.metrics.follower(stream, protocol, last);
+        note.latest(last_now);
         let state = Following {
+            note,
+            held: Charge::default(),
             core: Arc::clone(self),
             hub,
             sql: move |last: i64| {
@@ -185,6 +192,10 @@ fn target_sql(target: &Target) -> String {
 
 /// A follower between rounds, or in one.
 struct Following<S: Session, F: Fn(i64) -> String> {
+    /// The follower's entry in the metrics and `arrowport_followers()`.
+    note: FollowerNote,
+    /// The memory budget the batch being handed over holds.
+    held: Charge,
     core: Arc<Core<S>>,
     hub: watch::Receiver<i64>,
     sql: F,
@@ -213,7 +224,23 @@ impl<S: Session + 'static, F: Fn(i64) -> String> Following<S, F> {
                         let Some(cursor) = last_cursor(&batch) else {
                             return Some(Err(EngineError::Internal("a followed row without its cursor".into())));
                         };
+                        // The batch holds its bytes of the host's memory budget until the next one is asked for;
+                        // when they do not fit, the round ends and the follower reads them again later.
+                        let bytes = batch.get_array_memory_size();
+                        self.held = Charge::default();
+                        match self.core.budget.charge(bytes) {
+                            Ok(charge) => self.held = charge,
+                            Err(_) => {
+                                self.round = None;
+                                tokio::select! {
+                                    _ = tokio::time::sleep(POLL) => {}
+                                    _ = self.core.cancel.cancelled() => return None,
+                                }
+                                continue;
+                            }
+                        }
                         self.last = cursor;
+                        self.note.sent(batch.num_rows() as u64, bytes as u64, cursor, *self.hub.borrow());
                         return Some(Ok((batch, cursor)));
                     }
                     // A round that ended, or gave up on a slow follower or a busy pool: the next one starts from
@@ -227,7 +254,9 @@ impl<S: Session + 'static, F: Fn(i64) -> String> Following<S, F> {
                     _ => self.round = None,
                 }
                 // Wait for a commit on this host, or poll for other hosts'.
+                self.held = Charge::default();
                 let seen = *self.hub.borrow_and_update();
+                self.note.latest(seen);
                 if seen <= self.last {
                     tokio::select! {
                         _ = self.hub.changed() => {}

@@ -31,6 +31,10 @@ pub const BUDGET_USED: &str = "arrowport_memory_budget_used_bytes";
 pub const BUDGET_LIMIT: &str = "arrowport_memory_budget_bytes";
 pub const REPLAYS: &str = "arrowport_replays_total";
 pub const COMMIT_RETRIES: &str = "arrowport_commit_retries_total";
+pub const FOLLOWERS: &str = "arrowport_followers";
+pub const FOLLOWED_ROWS: &str = "arrowport_followed_rows_total";
+pub const FOLLOWED_BYTES: &str = "arrowport_followed_bytes_total";
+pub const FOLLOWER_LAG: &str = "arrowport_follower_lag_rows";
 
 pub const LABEL_STREAM: &str = "stream";
 pub const LABEL_PROTOCOL: &str = "protocol";
@@ -162,6 +166,63 @@ pub struct Metrics {
     budget_limit: IntGauge,
     /// The budget the gauges above read when the metrics are rendered (the running core's).
     budget: Mutex<Option<Arc<Budget>>>,
+    followers_now: IntGauge,
+    followed_rows: IntCounterVec,
+    followed_bytes: IntCounterVec,
+    follower_lag: IntGaugeVec,
+    /// The followers connected now, by id.
+    followers: Mutex<(u64, HashMap<u64, Follower>)>,
+}
+
+/// A follower as `arrowport_followers()` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Follower {
+    pub stream: String,
+    pub protocol: &'static str,
+    /// The cursor of the last row handed over.
+    pub cursor: i64,
+    /// The newest position it knows the stream to have.
+    pub latest: i64,
+    pub rows: u64,
+    pub bytes: u64,
+    pub connected: SystemTime,
+}
+
+/// A follower's entry in the metrics, taken away when it is dropped (the follower hung up or the host stopped).
+pub struct FollowerNote {
+    metrics: Arc<Metrics>,
+    id: u64,
+}
+
+impl FollowerNote {
+    /// A batch handed over: its rows and bytes, the cursor after it, and the newest position known.
+    pub fn sent(&self, rows: u64, bytes: u64, cursor: i64, latest: i64) {
+        let mut f = self.metrics.followers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(me) = f.1.get_mut(&self.id) {
+            me.rows += rows;
+            me.bytes += bytes;
+            me.cursor = cursor;
+            me.latest = me.latest.max(latest).max(cursor);
+            self.metrics.followed_rows.with_label_values(&[me.stream.as_str()]).inc_by(rows);
+            self.metrics.followed_bytes.with_label_values(&[me.stream.as_str()]).inc_by(bytes);
+        }
+    }
+
+    /// The newest position the follower knows the stream to have.
+    pub fn latest(&self, latest: i64) {
+        let mut f = self.metrics.followers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(me) = f.1.get_mut(&self.id) {
+            me.latest = me.latest.max(latest);
+        }
+    }
+}
+
+impl Drop for FollowerNote {
+    fn drop(&mut self) {
+        let mut f = self.metrics.followers.lock().unwrap_or_else(|p| p.into_inner());
+        f.1.remove(&self.id);
+        self.metrics.followers_now.set(f.1.len() as i64);
+    }
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -232,6 +293,17 @@ impl Metrics {
             "Commits tried again after losing a race with another writer of a shared catalog (a DuckLake's).",
             &[LABEL_PROTOCOL],
         );
+        let followers_now = IntGauge::new(FOLLOWERS, "Followers connected now.").expect("static metric definition");
+        registry.register(Box::new(followers_now.clone())).expect("metric registered once");
+        let followed_rows = counter(&registry, FOLLOWED_ROWS, "Rows handed to followers.", &[LABEL_STREAM]);
+        let followed_bytes =
+            counter(&registry, FOLLOWED_BYTES, "Arrow bytes of the batches handed to followers.", &[LABEL_STREAM]);
+        let follower_lag = IntGaugeVec::new(
+            Opts::new(FOLLOWER_LAG, "Rows the furthest-behind follower of a stream has yet to receive."),
+            &[LABEL_STREAM],
+        )
+        .expect("static metric definition");
+        registry.register(Box::new(follower_lag.clone())).expect("metric registered once");
         Metrics {
             registry,
             requests,
@@ -251,6 +323,47 @@ impl Metrics {
             budget_used,
             budget_limit,
             budget: Mutex::new(None),
+            followers_now,
+            followed_rows,
+            followed_bytes,
+            follower_lag,
+            followers: Mutex::new((0, HashMap::new())),
+        }
+    }
+
+    /// A follower of `stream` connected; its entry goes when the note is dropped.
+    pub fn follower(self: &Arc<Self>, stream: &str, protocol: &'static str, cursor: i64) -> FollowerNote {
+        let mut f = self.followers.lock().unwrap_or_else(|p| p.into_inner());
+        f.0 += 1;
+        let id = f.0;
+        let me = Follower {
+            stream: stream.to_string(),
+            protocol,
+            cursor,
+            latest: cursor,
+            rows: 0,
+            bytes: 0,
+            connected: SystemTime::now(),
+        };
+        f.1.insert(id, me);
+        self.followers_now.set(f.1.len() as i64);
+        FollowerNote { metrics: Arc::clone(self), id }
+    }
+
+    /// The followers connected now, oldest first.
+    pub fn followers(&self) -> Vec<Follower> {
+        let f = self.followers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<(u64, Follower)> = f.1.iter().map(|(id, row)| (*id, row.clone())).collect();
+        all.sort_by_key(|(id, _)| *id);
+        all.into_iter().map(|(_, row)| row).collect()
+    }
+
+    /// The lag gauges from the followers connected now.
+    fn refresh_follower_lag(&self) {
+        self.follower_lag.reset();
+        for f in self.followers() {
+            let lag = self.follower_lag.with_label_values(&[f.stream.as_str()]);
+            lag.set(lag.get().max(f.latest - f.cursor));
         }
     }
 
@@ -327,6 +440,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         self.refresh_uptime();
         self.refresh_budget();
+        self.refresh_follower_lag();
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()

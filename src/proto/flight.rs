@@ -384,7 +384,7 @@ impl<S: Session> FlightService for FlightAdapter<S> {
         let principal = principal_of(&request).map_err(|e| status::grpc_of(&e))?;
         if let Some(follow) = follow_ticket(&request.get_ref().ticket) {
             let (stream, after) = follow.map_err(|e| status::grpc_of(&e))?;
-            let (schema, rows) = guarded(self.core.follow(&principal, &stream, after, Shape::Rows)).await?;
+            let (schema, rows) = guarded(self.core.follow(&principal, &stream, after, Shape::Rows, "flight")).await?;
             return Ok(Response::new(follow_data(schema, rows)));
         }
         let Some(command) = flightsql::command_of(&request.get_ref().ticket) else {

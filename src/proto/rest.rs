@@ -515,7 +515,8 @@ async fn follow_stream<S: Session + 'static>(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().contains("text/event-stream"));
     let shape = if events { Shape::Json } else { Shape::Rows };
-    let (schema, rows) = app.core.follow(&principal, &name, after, shape).await?;
+    let protocol = if events { "sse" } else { "rest" };
+    let (schema, rows) = app.core.follow(&principal, &name, after, shape, protocol).await?;
     if events {
         let body = rows.map(|item| {
             let (batch, _) = item.map_err(|e| std::io::Error::other(e.to_string()))?;

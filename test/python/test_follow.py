@@ -178,10 +178,18 @@ def test_eight_followers_see_the_same_rows_live_and_stop_ends_them_cleanly(py_li
 
     from clients import wait_for
     wait_for(caught_up, 10, "every follower to receive every commit")
+    # Who follows, how far, how much: SQL and Prometheus.
+    rows = h.sql("SELECT stream, protocol, cursor, lag_rows, rows_sent, bytes_sent > 0 FROM arrowport_followers() ORDER BY rows_sent")
+    assert rows == [("ev", "flight", 13, 0, 10, True)] + [("ev", "flight", 13, 0, 13, True)] * 7
+    text = httpx.get(f"http://{h.addr}/metrics").text
+    assert "arrowport_followers 8" in text
+    assert 'arrowport_followed_rows_total{stream="ev"} 101' in text
+    assert 'arrowport_follower_lag_rows{stream="ev"} 0' in text
     assert h.sql("SELECT arrowport_stop()") == [(1,)]
     for t in threads:
         t.join(15)
     assert sorted(ended) == list(range(8))
+    assert h.sql("SELECT count(*) FROM arrowport_followers()") == [(0,)]
 
 
 def test_a_follower_resumes_exactly_after_the_host_is_killed(tmp_path):

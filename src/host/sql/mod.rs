@@ -60,6 +60,7 @@ pub fn register(conn: &Connection, mut registrar: duck::conn::RawConn, host: Arc
     conn.register_table_function_with_extra_info::<AlterStream, Arc<Host>>("arrowport_alter_stream", &host)?;
     conn.register_table_function_with_extra_info::<DropStream, Arc<Host>>("arrowport_drop_stream", &host)?;
     conn.register_table_function_with_extra_info::<Streams, Arc<Host>>("arrowport_streams", &host)?;
+    conn.register_table_function_with_extra_info::<Followers, Arc<Host>>("arrowport_followers", &host)?;
     conn.register_table_function_with_extra_info::<CreateToken, Arc<Host>>("arrowport_create_token", &host)?;
     conn.register_table_function_with_extra_info::<RevokeToken, Arc<Host>>("arrowport_revoke_token", &host)?;
     conn.register_table_function_with_extra_info::<TokensTable, Arc<Host>>("arrowport_tokens", &host)?;
@@ -335,7 +336,7 @@ use listen::{ListenScalar, ListenTable, Status, Stop, register_admin_scalars};
 use maintain::Maintain;
 use metrics_table::MetricsTable;
 use send_table::SendTable;
-use streams::{AlterStream, CreateStream, DropStream, Streams};
+use streams::{AlterStream, CreateStream, DropStream, Followers, Streams};
 use tokens::{CreateToken, RevokeToken, TokensTable};
 
 #[cfg(test)]

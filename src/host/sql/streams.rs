@@ -117,3 +117,37 @@ action_function!(
     |bind| host_of(bind)?.refuse_own_connection("arrowport_streams", crate::duck::caller::table_caller(bind))?,
     |host, _| host.streams()
 );
+
+/// `arrowport_followers()`: the followers connected now.
+pub(super) fn follower_columns(bind: &BindInfo) {
+    bind.add_result_column("stream", varchar());
+    bind.add_result_column("protocol", varchar());
+    bind.add_result_column("cursor", LogicalTypeId::Bigint.into());
+    bind.add_result_column("lag_rows", LogicalTypeId::Bigint.into());
+    bind.add_result_column("rows_sent", LogicalTypeId::Bigint.into());
+    bind.add_result_column("bytes_sent", LogicalTypeId::Bigint.into());
+    bind.add_result_column("connected_at", LogicalTypeId::TimestampTZ.into());
+}
+
+pub(super) fn write_follower(out: &mut DataChunkHandle, i: usize, f: &metrics::Follower) {
+    out.flat_vector(0).insert(i, f.stream.as_str());
+    out.flat_vector(1).insert(i, f.protocol);
+    vector::set_bigint(&mut out.flat_vector(2), i, f.cursor);
+    vector::set_bigint(&mut out.flat_vector(3), i, f.latest - f.cursor);
+    vector::set_bigint(&mut out.flat_vector(4), i, f.rows as i64);
+    vector::set_bigint(&mut out.flat_vector(5), i, f.bytes as i64);
+    let us = f.connected.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or_default();
+    vector::set_bigint(&mut out.flat_vector(6), i, us);
+}
+
+action_function!(
+    Followers,
+    metrics::Follower,
+    None,
+    None,
+    None,
+    follower_columns,
+    write_follower,
+    |bind| host_of(bind)?.refuse_own_connection("arrowport_followers", crate::duck::caller::table_caller(bind))?,
+    |host, _| Ok(host.metrics().followers())
+);
