@@ -617,6 +617,16 @@ async fn host_status<S: Session>(State(app): State<Arc<App<S>>>) -> Response {
         })
         .collect();
     let budget = app.core.budget();
+    let followers: Vec<Value> = app
+        .core
+        .metrics()
+        .followers()
+        .into_iter()
+        .map(|f| {
+            json!({"stream": f.stream, "protocol": f.protocol, "cursor": f.cursor, "lag_rows": f.latest - f.cursor,
+                        "rows_sent": f.rows, "bytes_sent": f.bytes})
+        })
+        .collect();
     let streams: Vec<Value> = app
         .core
         .metrics()
@@ -634,6 +644,7 @@ async fn host_status<S: Session>(State(app): State<Arc<App<S>>>) -> Response {
         "requests_in_flight": app.core.in_flight(),
         "memory_budget": {"limit_bytes": budget.limit(), "used_bytes": budget.in_use()},
         "streams": streams,
+        "followers": followers,
     });
     ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
 }

@@ -56,6 +56,16 @@ def test_the_page_shows_what_lands_and_what_fails(py_listening, browser):
     flight_put(h.addr, "events", pa.table({"id": pa.array(range(1000), pa.int64())}))
     page.wait_for_selector('tr[data-stream="events"] td.rows:has-text("1,000")', timeout=3000)
     assert "main.events" in page.locator('tr[data-stream="events"]').inner_text()
+    # A followable stream's followers show on its row.
+    import json as _json
+    import pyarrow.flight as fl
+    h.sql("CALL arrowport_create_stream('events', follow := true)")
+    flight_put(h.addr, "events", pa.table({"id": pa.array([1000], pa.int64())}))
+    client = fl.connect(f"grpc://{h.addr}")
+    reader = client.do_get(fl.Ticket(_json.dumps({"follow": "events", "after": 0})))
+    reader.read_chunk()
+    page.wait_for_selector('tr[data-stream="events"] td.followers:has-text("1")', timeout=3000)
+    client.close()
     # A failing request: its error appears on the stream's row, in full on demand.
     h.sql("CREATE TABLE strict_t (id BIGINT)")
     h.sql("CALL arrowport_create_stream('strict', target := 'strict_t')")
