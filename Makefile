@@ -3,8 +3,8 @@
 #   make run    DuckDB CLI (pinned from PyPI) on ./arrowport.duckdb with arrowport loaded and listening
 #   make test   build, then every test: cargo fmt --check, clippy -D warnings, Rust unit tests, SQL logic tests on
 #               three hosts, end-to-end pytest
-#   make bench  arrowport against in-process DuckDB, upserts against in-process MERGE, then many hosts into one
-#               DuckLake (bench/results/*.json)
+#   make bench  arrowport against in-process DuckDB, upserts against in-process MERGE, following, the status page,
+#               then many hosts into one DuckLake (bench/results/*.json)
 #   make fuzz   the structure-aware fuzzer against a live host (FUZZ_SECONDS, default 600; FUZZ_SEED), then fuzz-sql
 #   make fuzz-sql  generated SQL over Flight SQL against a read-only listener (FUZZ_SQL_STATEMENTS, default 100000)
 #   make soak   exactly-once under kill -9 with retrying clients, then a run without kills (SOAK_SECONDS, default 300)
@@ -120,6 +120,7 @@ wheel: release
 bench: release $(VENV)/.stamp $(VENV_LAKE)/.stamp
 	$(VENV)/bin/python bench/bench.py
 	$(VENV)/bin/python bench/upserts.py
+	$(VENV)/bin/python bench/follow.py
 	$(VENV)/bin/python bench/page.py
 	$(VENV)/bin/python bench/lake.py
 

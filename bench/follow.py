@@ -1,0 +1,189 @@
+"""`make bench` (follow): following a stream, measured on one host (Python duckdb 2.0 with arrowport).
+
+- latency: a producer sends 1,000-row requests (20 a second) into a followable stream while 1, then 8, followers
+  read it live over Flight; for each request, the time from the producer's acknowledgement to each follower's
+  receipt of its rows (negative when the rows reached the follower before the producer had its answer), p50/p99;
+- catch-up: a history of ROWS rows read from the start by one follower, against a Flight SQL `SELECT *` of the
+  same table through ADBC, rows/s each;
+- producers: 8 clients sending 1,000-row requests, with no follower and with 8 followers attached: requests/min.
+BENCH_QUICK=1: 1M rows of history and fewer requests. Writes bench/results/<timestamp>-follow.json.
+"""
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+
+import pyarrow as pa
+import pyarrow.flight as fl
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "test"))
+import hosts  # noqa: E402
+import report  # noqa: E402
+from clients import flight_put  # noqa: E402
+
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+ROWS = 1_000_000 if QUICK else 10_000_000
+LATENCY_REQUESTS = 100 if QUICK else 300
+PRODUCER_REQUESTS = 200 if QUICK else 800
+
+
+class Host:
+    def __init__(self, directory, options=""):
+        self.host = hosts.start("py20", os.path.join(directory, "follow.duckdb"))
+        self.host.sql(hosts.load_sql())
+        self.addr = self.host.sql(f"SELECT address FROM arrowport_listen('127.0.0.1:0'{options})")[0][0]
+        self.host.sql("CALL arrowport_create_stream('ev', follow := true)")
+
+    def close(self):
+        self.host.sql("SELECT arrowport_stop()")
+        self.host.close()
+
+
+def request(req, n=1000):
+    return pa.table({"req": pa.array([req] * n, pa.int64()), "i": pa.array(range(n), pa.int64()),
+                     "v": pa.array([float(req)] * n)})
+
+
+def follower(addr, after, received, stop, counts=None):
+    client = fl.connect(f"grpc://{addr}")
+    reader = client.do_get(fl.Ticket(json.dumps({"follow": "ev", "after": after})))
+    try:
+        for chunk in reader:
+            now = time.perf_counter()
+            reqs = chunk.data.column("req").to_pylist()
+            if received is not None:
+                for r in set(reqs):
+                    received.setdefault(r, now)
+            if counts is not None:
+                counts.append(chunk.data.num_rows)
+            if stop.is_set():
+                break
+    except fl.FlightError:
+        pass
+    finally:
+        client.close()
+
+
+def latency(followers):
+    with tempfile.TemporaryDirectory() as d:
+        host = Host(d)
+        flight_put(host.addr, "ev", request(-1))
+        stop = threading.Event()
+        received = [dict() for _ in range(followers)]
+        threads = [threading.Thread(target=follower, args=(host.addr, "end", received[n], stop)) for n in range(followers)]
+        for t in threads:
+            t.start()
+        time.sleep(1)
+        acked = {}
+        client = fl.connect(f"grpc://{host.addr}")
+        for r in range(LATENCY_REQUESTS):
+            flight_put(host.addr, "ev", request(r), client=client)
+            acked[r] = time.perf_counter()
+            time.sleep(0.05)
+        time.sleep(1)
+        stop.set()
+        flight_put(host.addr, "ev", request(-2), client=client)
+        client.close()
+        for t in threads:
+            t.join(10)
+        host.close()
+    ms = [(got[r] - acked[r]) * 1000 for got in received for r in acked if r in got]
+    missing = sum(1 for got in received for r in acked if r not in got)
+    q = statistics.quantiles(ms, n=100)
+    return {"case": f"commit to follower, {followers} follower(s)", "followers": followers, "requests": LATENCY_REQUESTS,
+            "p50_ms": q[49], "p99_ms": q[98], "missing": missing}
+
+
+def catch_up():
+    import adbc_driver_flightsql.dbapi as flight_sql
+    with tempfile.TemporaryDirectory() as d:
+        host = Host(d, ", sql := 'read_only'")
+        chunk = 1_000_000
+        client = fl.connect(f"grpc://{host.addr}")
+        for start in range(0, ROWS, chunk):
+            n = min(chunk, ROWS - start)
+            t = pa.table({"req": pa.array(range(start, start + n), pa.int64()), "i": pa.array(range(n), pa.int64()),
+                          "v": pa.array([1.5] * n)})
+            flight_put(host.addr, "ev", t, client=client)
+        client.close()
+        host.host.sql("CHECKPOINT")
+        stop = threading.Event()
+        counts = []
+        started = time.perf_counter()
+        t = threading.Thread(target=follower, args=(host.addr, 0, None, stop, counts))
+        t.start()
+        while sum(counts) < ROWS:
+            time.sleep(0.01)
+        follow_seconds = time.perf_counter() - started
+        stop.set()
+        flight_put(host.addr, "ev", request(-1, 1))
+        t.join(10)
+        conn = flight_sql.connect(f"grpc://{host.addr}")
+        with conn.cursor() as cur:
+            started = time.perf_counter()
+            cur.execute("SELECT * FROM ev")
+            table = cur.fetch_arrow_table()
+            sql_seconds = time.perf_counter() - started
+        conn.close()
+        assert table.num_rows == ROWS + 1  # and the row that woke the follower to stop
+        host.close()
+    return {"case": f"catch-up of {ROWS:,} rows", "rows": ROWS, "follow_seconds": follow_seconds,
+            "follow_rows_per_s": ROWS / follow_seconds, "flightsql_seconds": sql_seconds,
+            "flightsql_rows_per_s": ROWS / sql_seconds, "vs_flightsql": sql_seconds / follow_seconds}
+
+
+def producers(followers):
+    with tempfile.TemporaryDirectory() as d:
+        host = Host(d)
+        flight_put(host.addr, "ev", request(-1))
+        stop = threading.Event()
+        threads = [threading.Thread(target=follower, args=(host.addr, "end", None, stop)) for _ in range(followers)]
+        for t in threads:
+            t.start()
+        time.sleep(1)
+        per_client = PRODUCER_REQUESTS // 8
+
+        def producer(c):
+            client = fl.connect(f"grpc://{host.addr}")
+            for r in range(per_client):
+                flight_put(host.addr, "ev", request(c * 100_000 + r), client=client)
+            client.close()
+
+        seconds = report.run_threads([threading.Thread(target=producer, args=(c,)) for c in range(8)])
+        stop.set()
+        flight_put(host.addr, "ev", request(-2))
+        for t in threads:
+            t.join(10)
+        host.close()
+    return {"case": f"8 producers, {followers} followers", "followers": followers, "requests": per_client * 8,
+            "seconds": seconds, "requests_per_min": per_client * 8 / seconds * 60}
+
+
+def main():
+    print(f"follow bench on {platform.node()} ({os.cpu_count()} cores), quick={QUICK}", flush=True)
+    results = []
+    for n in (1, 8):
+        r = latency(n)
+        results.append(r)
+        print(f"  {r['case']}: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, missing {r['missing']}", flush=True)
+    r = catch_up()
+    results.append(r)
+    print(f"  {r['case']}: follow {r['follow_rows_per_s'] / 1e6:.2f} M rows/s, Flight SQL SELECT * "
+          f"{r['flightsql_rows_per_s'] / 1e6:.2f} M rows/s ({r['vs_flightsql']:.2f}x)", flush=True)
+    for n in (0, 8):
+        r = producers(n)
+        results.append(r)
+        print(f"  {r['case']}: {r['requests_per_min']:,.0f} requests/min", flush=True)
+    bad = [f"{r['case']}: {r['missing']} deliveries missing" for r in results if r.get("missing")]
+    when = report.stamp()
+    report.finish({"when": when, "host": platform.node(), "cores": os.cpu_count(), "quick": QUICK, "results": results},
+                  f"{when}-follow" + ("-quick" if QUICK else ""), bad)
+
+
+if __name__ == "__main__":
+    main()
