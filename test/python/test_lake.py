@@ -186,6 +186,50 @@ def test_a_keyed_stream_merges_into_a_lake_table_as_plain_duckdb_would(world, tm
         h.close()
 
 
+def test_a_followable_lake_stream_has_one_sequence_of_positions_across_hosts(world, tmp_path):
+    """Two hosts commit into one followable DuckLake table at once: the positions are unique and without gaps
+    across both (commits that race conflict on the positions row and are tried again), and a follower on one
+    host receives what the other commits."""
+    import json
+    import pyarrow.flight as fl
+    hs = [world.host(str(tmp_path / f"h{i}.duckdb")) for i in range(2)]
+    for h in hs:
+        h.sql("FROM arrowport_create_stream('ev', target := 'lake.main.ev', follow := true)")
+    assert flight_put(hs[0].addr, "ev", pa.table({"id": pa.array([0], pa.int64())}))["rows"] == 1
+    errors = []
+
+    def produce(k):
+        try:
+            for j in range(15):
+                t = pa.table({"id": pa.array(range(k * 1000 + j * 10, k * 1000 + j * 10 + 3), pa.int64())})
+                assert flight_put(hs[k % 2].addr, "ev", t)["rows"] == 3
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=produce, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for h in hs:
+        assert h.sql("SELECT count(*), count(DISTINCT arrowport_cursor), min(arrowport_cursor), max(arrowport_cursor) "
+                     "FROM lake.main.ev") == [(181, 181, 1, 181)]
+    client = fl.connect(f"grpc://{hs[1].addr}")
+    reader = client.do_get(fl.Ticket(json.dumps({"follow": "ev", "after": 0})))
+    seen = []
+    while len(seen) < 181:
+        seen.extend(reader.read_chunk().data.column("arrowport_cursor").to_pylist())
+    assert seen == list(range(1, 182))
+    assert flight_put(hs[0].addr, "ev", pa.table({"id": pa.array([9999], pa.int64())}))["rows"] == 1
+    chunk = reader.read_chunk()
+    assert chunk.data.column("id").to_pylist() == [9999] and chunk.app_metadata.to_pybytes() == b"182"
+    client.close()
+    for h in hs:
+        h.sql("SELECT arrowport_stop()")
+        h.close()
+
+
 def test_three_hosts_land_exactly_once_while_one_is_killed(world, tmp_path):
     hs = [world.host(str(tmp_path / f"h{i}.duckdb")) for i in range(3)]
     for h in hs:
