@@ -147,31 +147,37 @@ impl<S: Session> Core<S> {
         rows: usize,
         stall: std::time::Duration,
     ) -> Result<(SchemaRef, QueryStream), EngineError> {
-        // One gathered batch waits while the sender takes the one before: the writer keeps working, and what is
-        // held stays within a few batches.
-        let (tx, rx) = mpsc::channel(1);
-        let (reply, done) = oneshot::channel();
-        let out = QueryOut::gathering(tx, stall, rows, tokio::runtime::Handle::current());
-        self.submit_work(Work::Export { sql: sql.to_string(), out, reply }).await?;
-        result_stream(rx, done, ()).await
+        self.export_via(sql, rows, stall, false).await
     }
 
-    /// A read of the host's own (a follower's round) on the statement pool, streamed in batches of about `rows`
-    /// rows; `stall` bounds how long it waits for its reader to take a batch.
+    /// The same on the statement pool (a follower's round), never on a writer.
     pub(crate) async fn export_on_statements(
         &self,
         sql: &str,
         rows: usize,
         stall: std::time::Duration,
     ) -> Result<(SchemaRef, QueryStream), EngineError> {
+        self.export_via(sql, rows, stall, true).await
+    }
+
+    async fn export_via(
+        &self,
+        sql: &str,
+        rows: usize,
+        stall: std::time::Duration,
+        statements: bool,
+    ) -> Result<(SchemaRef, QueryStream), EngineError> {
+        // One gathered batch waits while the reader takes the one before: the thread keeps working, and what is
+        // held stays within a few batches.
         let (tx, rx) = mpsc::channel(1);
         let (reply, done) = oneshot::channel();
         let out = QueryOut::gathering(tx, stall, rows, tokio::runtime::Handle::current());
-        self.submit_statement(
-            Work::Export { sql: sql.to_string(), out, reply },
-            crate::engine::policy::STATEMENT_TIMEOUT,
-        )
-        .await?;
+        let work = Work::Export { sql: sql.to_string(), out, reply };
+        if statements {
+            self.submit_statement(work, crate::engine::policy::STATEMENT_TIMEOUT).await?;
+        } else {
+            self.submit_work(work).await?;
+        }
         result_stream(rx, done, ()).await
     }
 
