@@ -106,6 +106,8 @@ struct Landing {
     keys: keys::KeyTables,
     /// The position the last landing into a followable table took (read after its commit).
     position: Option<(String, i64)>,
+    /// Followable tables whose row in `arrowport.positions` this writer made sure of.
+    positions_ready: HashSet<String>,
     /// Catalogs known to be DuckLakes (true) or not.
     lakes: HashMap<String, bool>,
     /// Test hook (cargo feature `test-hooks` only): a request into a table of this name panics inside its
@@ -146,6 +148,7 @@ impl DuckSession {
             described: HashMap::new(),
             keys: keys::KeyTables::default(),
             position: None,
+            positions_ready: HashSet::new(),
             lakes: HashMap::new(),
             #[cfg(feature = "test-hooks")]
             panic_on: test_hook_panic_table(),

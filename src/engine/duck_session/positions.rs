@@ -27,8 +27,12 @@ impl Landing {
     }
 
     /// Makes sure the positions table and the target's row exist, outside any transaction (two writers creating
-    /// them inside theirs would conflict).
+    /// them inside theirs would conflict); once per target and writer.
     pub(super) fn ensure_positions(&mut self, conn: &mut RawConn, target: &Target) -> Result<(), EngineError> {
+        let ready = self.follow_key(target);
+        if self.positions_ready.contains(&ready) {
+            return Ok(());
+        }
         let catalog = target.catalog.as_deref();
         let table = self.positions_table(catalog);
         let schema = format!("{}.{}", quote_ident(catalog.unwrap_or(&self.host_db)), quote_ident(OWN_SCHEMA));
@@ -44,7 +48,9 @@ impl Landing {
             Ok(())
         };
         // Another writer making them at the same moment makes ours fail once; then they exist.
-        make(conn).or_else(|_| make(conn)).map_err(E::db)
+        make(conn).or_else(|_| make(conn)).map_err(E::db)?;
+        self.positions_ready.insert(ready);
+        Ok(())
     }
 
     /// A followable table's last position, read inside the commit's transaction (which holds the table's turn).
