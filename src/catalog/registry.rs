@@ -354,6 +354,11 @@ impl Registry {
         self.mappings.read().ok()?.get(stream).cloned()
     }
 
+    /// Whether `stream` has a mapping (without copying it).
+    pub fn contains(&self, stream: &str) -> bool {
+        self.mappings.read().is_ok_and(|m| m.contains_key(stream))
+    }
+
     pub fn all(&self) -> Vec<Mapping> {
         self.mappings.read().map(|m| m.values().cloned().collect()).unwrap_or_default()
     }

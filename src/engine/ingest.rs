@@ -163,7 +163,7 @@ impl<S: Session> Core<S> {
         }
         self.metrics.record(&Outcome {
             stream: &request.stream,
-            defined: self.mapping(&request.stream, true).is_ok(),
+            defined: self.registry.contains(&request.stream),
             protocol: request.protocol,
             result: result.as_ref().map(|(_, w)| w.write_seconds).map_err(|e| e.to_string()),
             rows: match &result {
