@@ -65,6 +65,49 @@ impl After {
     }
 }
 
+/// When a follow call ends by itself (it always ends when the host stops or the follower hangs up).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Until {
+    /// End once caught up: after the first read that handed over rows has ended, or, when there were none, once
+    /// this long has passed without any. `None`: stay live.
+    pub caught_up: Option<Duration>,
+    /// End after this many rows (the batch that reaches it is cut).
+    pub max_rows: Option<u64>,
+}
+
+/// The longest `wait` a follow call takes.
+pub const MAX_WAIT: Duration = Duration::from_secs(3600);
+
+impl Until {
+    /// From a request's `wait` (seconds, 0 to [`MAX_WAIT`]) and `max_rows` (positive), as texts.
+    pub fn parse(wait: Option<&str>, max_rows: Option<&str>) -> Result<Until, EngineError> {
+        let caught_up = match wait.map(str::trim) {
+            None => None,
+            Some(w) => match w.parse::<f64>() {
+                Ok(s) if (0.0..=MAX_WAIT.as_secs_f64()).contains(&s) => Some(Duration::from_secs_f64(s)),
+                _ => {
+                    return Err(EngineError::BadInput(format!(
+                        "wait must be a number of seconds from 0 to {}; not {w:?}",
+                        MAX_WAIT.as_secs()
+                    )));
+                }
+            },
+        };
+        let max_rows = match max_rows.map(str::trim) {
+            None => None,
+            Some(m) => match m.parse::<u64>() {
+                Ok(n) if n > 0 => Some(n),
+                _ => {
+                    return Err(EngineError::BadInput(format!(
+                        "max_rows must be a positive number of rows; not {m:?}"
+                    )));
+                }
+            },
+        };
+        Ok(Until { caught_up, max_rows })
+    }
+}
+
 /// What a follower gets of each row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
@@ -92,8 +135,10 @@ impl<S: Session + 'static> Core<S> {
         stream: &str,
         after: After,
         shape: Shape,
+        until: Until,
         protocol: &'static str,
     ) -> Result<(SchemaRef, FollowStream), EngineError> {
+        let deadline = until.caught_up.map(|wait| tokio::time::Instant::now() + wait);
         if !principal.may_read(stream) {
             return Err(EngineError::Denied(principal.denied_read(stream)));
         }
@@ -120,9 +165,15 @@ impl<S: Session + 'static> Core<S> {
         let (schema, last_now) = loop {
             match self.round_schema(&table, &cursor, &columns).await {
                 Err(e) if e.code() == crate::engine::error::Code::NotFound => {
+                    if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                        return Err(EngineError::NotFound(format!(
+                            "stream {stream:?} has not landed anything yet, so it has no rows and no columns to follow"
+                        )));
+                    }
                     tokio::select! {
                         _ = hub.changed() => {}
                         _ = tokio::time::sleep(POLL) => {}
+                        _ = sleep_until(deadline) => {}
                         _ = self.cancel.cancelled() => return Err(EngineError::Stopping),
                     }
                 }
@@ -152,6 +203,9 @@ impl<S: Session + 'static> Core<S> {
             last,
             round: None,
             schema: Arc::clone(&schema),
+            until,
+            deadline,
+            handed: 0,
         };
         let stream = futures::stream::unfold(state, |mut s| async move {
             let item = s.next().await?;
@@ -203,23 +257,43 @@ struct Following<S: Session, F: Fn(i64) -> String> {
     last: i64,
     round: Option<QueryStream>,
     schema: SchemaRef,
+    until: Until,
+    /// When a follower that asked to end once caught up stops waiting for a first row.
+    deadline: Option<tokio::time::Instant>,
+    /// Rows handed over so far.
+    handed: u64,
+}
+
+/// Sleeps until the deadline; never, without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 impl<S: Session + 'static, F: Fn(i64) -> String> Following<S, F> {
     /// The next batch with its cursor; `None` when the host stops.
     async fn next(&mut self) -> Option<Result<(RecordBatch, i64), EngineError>> {
         loop {
-            if self.core.cancel.is_cancelled() {
+            if self.core.cancel.is_cancelled() || self.until.max_rows.is_some_and(|m| self.handed >= m) {
                 return None;
             }
             if let Some(round) = self.round.as_mut() {
+                let mut caught_up = false;
                 match round.next().await {
                     Some(Ok(batch)) if batch.num_rows() == 0 => continue,
-                    Some(Ok(batch)) => {
+                    Some(Ok(mut batch)) => {
                         if batch.schema().fields() != self.schema.fields() {
                             return Some(Err(EngineError::Conflict(
                                 "the stream's table changed its columns; follow it again from the last cursor".into(),
                             )));
+                        }
+                        if let Some(max) = self.until.max_rows {
+                            let room = usize::try_from(max - self.handed).unwrap_or(usize::MAX);
+                            if batch.num_rows() > room {
+                                batch = batch.slice(0, room);
+                            }
                         }
                         let Some(cursor) = last_cursor(&batch) else {
                             return Some(Err(EngineError::Internal("a followed row without its cursor".into())));
@@ -240,6 +314,7 @@ impl<S: Session + 'static, F: Fn(i64) -> String> Following<S, F> {
                             }
                         }
                         self.last = cursor;
+                        self.handed += batch.num_rows() as u64;
                         self.note.sent(batch.num_rows() as u64, bytes as u64, cursor, *self.hub.borrow());
                         return Some(Ok((batch, cursor)));
                     }
@@ -251,16 +326,29 @@ impl<S: Session + 'static, F: Fn(i64) -> String> Following<S, F> {
                             return Some(Err(e));
                         }
                     }
+                    None => {
+                        self.round = None;
+                        caught_up = true;
+                    }
                     _ => self.round = None,
+                }
+                if caught_up && self.deadline.is_some() {
+                    // A follower that asked to end once caught up: it is, after a read that handed it rows, or
+                    // after waiting its time for a first one.
+                    if self.handed > 0 || self.deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                        return None;
+                    }
                 }
                 // Wait for a commit on this host, or poll for other hosts'.
                 self.held = Charge::default();
                 let seen = *self.hub.borrow_and_update();
                 self.note.latest(seen);
                 if seen <= self.last {
+                    let deadline = if self.handed == 0 { self.deadline } else { None };
                     tokio::select! {
                         _ = self.hub.changed() => {}
                         _ = tokio::time::sleep(POLL) => {}
+                        _ = sleep_until(deadline) => {}
                         _ = self.core.cancel.cancelled() => return None,
                     }
                 }

@@ -25,7 +25,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::catalog::access::Principal;
 use crate::engine::core::Core;
 use crate::engine::error::{Code, EngineError};
-use crate::engine::follow::{After, FollowStream, Shape};
+use crate::engine::follow::{After, FollowStream, Shape, Until};
 use crate::engine::ingest::Request as IngestRequest;
 use crate::engine::metrics::Protocol;
 use crate::engine::policy::{Access, Policy};
@@ -253,21 +253,23 @@ impl<S: Session> FlightAdapter<S> {
     }
 }
 
-/// A follow ticket's stream and start; `None` for a ticket that is not one (Flight SQL's are protobuf).
-fn follow_ticket(ticket: &[u8]) -> Option<Result<(String, After), EngineError>> {
+/// A follow ticket's stream, start and end; `None` for a ticket that is not one (Flight SQL's are protobuf).
+fn follow_ticket(ticket: &[u8]) -> Option<Result<(String, After, Until), EngineError>> {
     let value: serde_json::Value = serde_json::from_slice(ticket).ok()?;
     let stream = value.get("follow")?;
     Some((|| {
         let stream = stream
             .as_str()
             .ok_or_else(|| EngineError::BadInput("a follow ticket's \"follow\" must be a stream name".into()))?;
-        let after = match value.get("after") {
-            None | Some(serde_json::Value::Null) => After::Start,
-            Some(serde_json::Value::String(t)) => After::parse(t)?,
-            Some(serde_json::Value::Number(n)) => After::parse(&n.to_string())?,
-            Some(other) => After::parse(&other.to_string())?,
+        // Numbers may come as JSON numbers or as text.
+        let field = |name: &str| match value.get(name) {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(t)) => Some(t.clone()),
+            Some(other) => Some(other.to_string()),
         };
-        Ok((stream.to_string(), after))
+        let after = After::parse(field("after").as_deref().unwrap_or("start"))?;
+        let until = Until::parse(field("wait").as_deref(), field("max_rows").as_deref())?;
+        Ok((stream.to_string(), after, until))
     })())
 }
 
@@ -383,8 +385,9 @@ impl<S: Session> FlightService for FlightAdapter<S> {
     async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
         let principal = principal_of(&request).map_err(|e| status::grpc_of(&e))?;
         if let Some(follow) = follow_ticket(&request.get_ref().ticket) {
-            let (stream, after) = follow.map_err(|e| status::grpc_of(&e))?;
-            let (schema, rows) = guarded(self.core.follow(&principal, &stream, after, Shape::Rows, "flight")).await?;
+            let (stream, after, until) = follow.map_err(|e| status::grpc_of(&e))?;
+            let (schema, rows) =
+                guarded(self.core.follow(&principal, &stream, after, Shape::Rows, until, "flight")).await?;
             return Ok(Response::new(follow_data(schema, rows)));
         }
         let Some(command) = flightsql::command_of(&request.get_ref().ticket) else {

@@ -25,11 +25,11 @@ use serde_json::{Value, json};
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use crate::catalog::access::Principal;
-use crate::catalog::registry::Target;
+use crate::catalog::registry::{CURSOR_COLUMN, Target};
 use crate::engine::budget::Reservation;
 use crate::engine::core::{Core, KeyStatus, StreamInfo};
 use crate::engine::error::{Code, EngineError};
-use crate::engine::follow::{After, Shape};
+use crate::engine::follow::{After, Shape, Until};
 use crate::engine::ingest::Request as IngestRequest;
 use crate::engine::metrics::{self, Protocol};
 use crate::engine::policy::Policy;
@@ -510,13 +510,15 @@ async fn follow_stream<S: Session + 'static>(
     let after = query_value(query.as_deref().unwrap_or(""), "after")
         .or_else(|| headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(str::to_string));
     let after = After::parse(after.as_deref().unwrap_or("start"))?;
+    let query = query.as_deref().unwrap_or("");
+    let until = Until::parse(query_value(query, "wait").as_deref(), query_value(query, "max_rows").as_deref())?;
     let events = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().contains("text/event-stream"));
     let shape = if events { Shape::Json } else { Shape::Rows };
     let protocol = if events { "sse" } else { "rest" };
-    let (schema, rows) = app.core.follow(&principal, &name, after, shape, protocol).await?;
+    let (schema, rows) = app.core.follow(&principal, &name, after, shape, until, protocol).await?;
     if events {
         let body = rows.map(|item| {
             let (batch, _) = item.map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -525,14 +527,18 @@ async fn follow_stream<S: Session + 'static>(
         let headers = [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-store")];
         return Ok((headers, Body::from_stream(body)).into_response());
     }
-    let mut writer = arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &schema)
+    let (mut writer, head) = crate::proto::ipc_out::StreamOut::start(&schema)
         .map_err(|e| ApiError::from(EngineError::Internal(e.to_string())))?;
-    let head = Bytes::from(std::mem::take(writer.get_mut()));
-    let body = futures::stream::once(async move { Ok::<_, std::io::Error>(head) }).chain(rows.map(move |item| {
-        let (batch, _) = item.map_err(|e| std::io::Error::other(e.to_string()))?;
-        writer.write(&batch).map_err(std::io::Error::other)?;
-        Ok(Bytes::from(std::mem::take(writer.get_mut())))
-    }));
+    // Each batch's message carries the cursor of its last row as custom metadata (`arrowport_cursor`); a clean end
+    // (caught up, or the host stopping) ends the IPC stream with its end-of-stream marker.
+    let batches = rows.map(move |item| {
+        let (batch, cursor) = item.map_err(|e| std::io::Error::other(e.to_string()))?;
+        let bytes = writer.batch(&batch, &[(CURSOR_COLUMN, &cursor.to_string())]).map_err(std::io::Error::other)?;
+        Ok(Bytes::from(bytes))
+    });
+    let end = futures::stream::once(async { Ok(Bytes::from_static(&crate::proto::ipc_out::END_OF_STREAM)) });
+    let body =
+        futures::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(head)) }).chain(batches).chain(end);
     Ok(([(header::CONTENT_TYPE, ARROW_STREAM), (header::CACHE_CONTROL, "no-store")], Body::from_stream(body))
         .into_response())
 }

@@ -108,24 +108,31 @@ def follow(addr, stream, after, token=None):
     return client, client.do_get(fl.Ticket(json.dumps({"follow": stream, "after": after})), options=options)
 
 
+def produce(addr, requests, most):
+    """A producer thread writing `requests` requests of 1 to `most` rows to `ev` (ids i*100...), over Flight and
+    REST in turn; started, with the event it sets when done."""
+    done = threading.Event()
+
+    def run():
+        for i in range(requests):
+            t = ids(i * 100, 1 + i % most)
+            if i % 2:
+                assert flight_put(addr, "ev", t)["rows"] == t.num_rows
+            else:
+                assert rest(addr, "ev", t).status_code == 200
+            time.sleep(0.004)
+        done.set()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, done
+
+
 def test_a_follower_that_reconnects_at_random_gets_every_row_once_in_order(py_listening):
     h = py_listening
     h.sql("CALL arrowport_create_stream('ev', follow := true)")
     total = 120
-    done = threading.Event()
-
-    def produce():
-        for i in range(total):
-            t = ids(i * 100, 1 + i % 7)
-            if i % 2:
-                assert flight_put(h.addr, "ev", t)["rows"] == t.num_rows
-            else:
-                assert rest(h.addr, "ev", t).status_code == 200
-            time.sleep(0.005)
-        done.set()
-
-    producer = threading.Thread(target=produce)
-    producer.start()
+    producer, _ = produce(h.addr, total, 7)
     expected = sum(1 + i % 7 for i in range(total))
     rng = random.Random(7)
     seen, cursors, cursor, reconnects = [], [], "start", 0
@@ -307,6 +314,16 @@ def test_rest_follow_as_an_arrow_stream_with_curl_and_as_server_sent_events(py_l
     assert curl.returncode == 0, "the stop ends the body cleanly"
     rows = pa.ipc.open_stream(out).read_all()
     assert rows.column("id").to_pylist() == [2, 3] and rows.column("arrowport_cursor").to_pylist() == [2, 3]
+    # Each batch's IPC message carries the cursor of its last row; the stream ends with its end-of-stream marker.
+    reader, got = pa.ipc.open_stream(out), []
+    while True:
+        try:
+            batch, metadata = reader.read_next_batch_with_custom_metadata()
+        except StopIteration:
+            break
+        got.append((batch.column("id").to_pylist(), metadata[b"arrowport_cursor"]))
+    assert got == [([2], b"2"), ([3], b"3")]
+    assert out.endswith(b"\xff\xff\xff\xff\x00\x00\x00\x00")
     h.sql("SELECT arrowport_listen('" + h.addr + "')")
     # Server-sent events: one per row, its cursor as the event id, the row as JSON; Last-Event-ID resumes.
     with httpx.stream("GET", f"http://{h.addr}/streams/ev/follow", headers={"Accept": "text/event-stream"}, timeout=10) as r:
@@ -329,3 +346,202 @@ def test_rest_follow_as_an_arrow_stream_with_curl_and_as_server_sent_events(py_l
     assert r.status_code == 400 and "cursor 77 is past the last position" in r.json()["error"]["message"]
     r = httpx.get(f"http://{h.addr}/streams/ev/follow", headers={"Origin": "http://evil.example"})
     assert r.status_code == 403
+
+
+# ---- arrowport_follow: a DuckDB pulls a remote stream --------------------------------------------------------------
+
+PULL = """
+SET VARIABLE cur = (SELECT c FROM cursor);
+BEGIN;
+CREATE OR REPLACE TEMP TABLE fresh AS
+  FROM arrowport_follow('{url}', 'ev', after := getvariable('cur'), max_rows := {max_rows}{extra});
+INSERT INTO local_ev SELECT * EXCLUDE (arrowport_cursor) FROM fresh;
+UPDATE cursor SET c = (SELECT max(arrowport_cursor) FROM fresh) WHERE EXISTS (FROM fresh);
+COMMIT
+"""
+
+
+def pull(other, url, max_rows, extra=""):
+    for statement in PULL.format(url=url, max_rows=max_rows, extra=extra).split(";"):
+        if statement.strip():
+            other.sql(statement)
+
+
+def test_a_duckdb_pulls_a_remote_stream_exactly_once_while_it_is_written(py_listening, tmp_path):
+    """The loop of README: random cuts (max_rows), both transports, a producer writing all along; every row
+    once, in position order. A pull that fails midway (the remote stops) changes nothing and the next resumes."""
+    h = py_listening
+    h.sql("CALL arrowport_create_stream('ev', follow := true)")
+    other = hosts.start("py15", str(tmp_path / "other.duckdb"))
+    try:
+        other.sql(hosts.load_sql())
+        other.sql("CREATE TABLE local_ev (id BIGINT)")
+        other.sql("CREATE TABLE cursor AS SELECT 0::BIGINT AS c")
+        total = 150
+        producer, done = produce(h.addr, total, 9)
+        from clients import wait_for
+        # Before the first commit the stream has no table, so no columns to pull.
+        wait_for(lambda: h.sql("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'ev'") == [(1,)], 10, "the first commit")
+        rng = random.Random(11)
+        urls = [f"grpc://{h.addr}", f"http://{h.addr}"]
+        pulls = 0
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            caught_up = done.is_set()
+            pull(other, urls[pulls % 2], rng.choice([1, 3, 7, 40, 5000]))
+            pulls += 1
+            if caught_up and other.sql("SELECT c FROM cursor")[0][0] == h.sql("SELECT max(arrowport_cursor) FROM ev")[0][0]:
+                break
+        producer.join()
+        expected = sum(1 + i % 9 for i in range(total))
+        assert pulls > 20
+        mine = [r[0] for r in other.sql("SELECT id FROM local_ev ORDER BY rowid")]
+        theirs = [r[0] for r in h.sql("SELECT id FROM ev ORDER BY arrowport_cursor")]
+        assert len(mine) == expected and mine == theirs, "a row missing, repeated or out of order"
+        # A pull that fails (nothing listens) leaves both the rows and the cursor as they were.
+        h.sql("SELECT arrowport_stop()")
+        with pytest.raises(hosts.HostError, match="could not connect"):
+            pull(other, urls[0], 10, ", timeout := 2")
+        other.sql("ROLLBACK")
+        assert other.sql("SELECT count(*), (SELECT c FROM cursor) FROM local_ev") == [(expected, expected)]
+    finally:
+        other.close()
+
+
+def test_arrowport_follow_waits_for_new_rows_and_ends_once_caught_up(py_listening, tmp_path):
+    h = py_listening
+    h.sql("CALL arrowport_create_stream('ev', follow := true)")
+    h.sql("CALL arrowport_create_stream('plain')")
+    flight_put(h.addr, "ev", pa.table({"id": pa.array([1, 2], pa.int64()), "score": pa.array([1.5, None], pa.float64()),
+                                       "tags": pa.array([["a"], []], pa.list_(pa.string()))}))
+    flight_put(h.addr, "plain", ids(0, 1))
+    other = hosts.start("cli", str(tmp_path / "other.duckdb"))
+    try:
+        other.sql(hosts.load_sql())
+        url = f"http://{h.addr}"
+        # Nothing new: ends at once (no wait), or after the wait.
+        assert other.sql(f"SELECT count(*) FROM arrowport_follow('{url}', 'ev', after := 'end')") == [(0,)]
+        started = time.time()
+        assert other.sql(f"SELECT count(*) FROM arrowport_follow('{url}', 'ev', after := 2, wait := 1.5)") == [(0,)]
+        assert 1.4 < time.time() - started < 10
+        # A commit during the wait arrives, and the call ends once caught up, long before the wait is over.
+        timer = threading.Timer(0.7, lambda: flight_put(h.addr, "ev", pa.table({
+            "id": pa.array([3], pa.int64()), "score": pa.array([None], pa.float64()),
+            "tags": pa.array([None], pa.list_(pa.string()))})))
+        timer.start()
+        started = time.time()
+        rows = other.sql(f"SELECT id, score, tags, arrowport_cursor FROM arrowport_follow('grpc://{h.addr}', 'ev', after := 'end', wait := 30)")
+        timer.join()
+        assert rows == [(3, None, None, 3)] and time.time() - started < 10
+        # Types come through as the remote's table has them.
+        assert other.sql(f"SELECT id, score, tags, arrowport_cursor FROM arrowport_follow('{url}', 'ev', max_rows := 2)") == [
+            (1, 1.5, ["a"], 1), (2, None, [], 2)]
+        assert other.sql(f"SELECT column_name, column_type FROM (DESCRIBE FROM arrowport_follow('{url}', 'ev'))") == [
+            ("id", "BIGINT"), ("score", "DOUBLE"), ("tags", "VARCHAR[]"), ("arrowport_cursor", "BIGINT")]
+        # Refusals name the problem.
+        for stream, after, text in [("nope", 0, 'unknown stream "nope"'), ("plain", 0, 'stream "plain" is not followable'),
+                                    ("ev", 99, "cursor 99 is past the last position"), ("ev", "soon", "after must be a cursor")]:
+            for u in (url, f"grpc://{h.addr}"):
+                with pytest.raises(hosts.HostError, match=text):
+                    other.sql(f"FROM arrowport_follow('{u}', '{stream}', after := '{after}')")
+        with pytest.raises(hosts.HostError, match="wait"):
+            other.sql(f"FROM arrowport_follow('{url}', 'ev', wait := -1)")
+        with pytest.raises(hosts.HostError, match="max_rows"):
+            other.sql(f"FROM arrowport_follow('{url}', 'ev', max_rows := 0)")
+        with pytest.raises(hosts.HostError, match="unsupported scheme"):
+            other.sql("FROM arrowport_follow('ftp://x:1', 'ev')")
+    finally:
+        other.close()
+
+
+def test_arrowport_follow_needs_a_token_that_may_read_and_is_not_reachable_over_the_network(tmp_path):
+    host = hosts.start("py20", str(tmp_path / "t.duckdb"))
+    other = hosts.start("py20", str(tmp_path / "o.duckdb"))
+    try:
+        host.sql(hosts.load_sql())
+        other.sql(hosts.load_sql())
+        reader = host.sql("SELECT token FROM arrowport_create_token('dash', streams := ['ev'], access := 'read')")[0][0]
+        writer = host.sql("SELECT token FROM arrowport_create_token('w')")[0][0]
+        anything = host.sql("SELECT token FROM arrowport_create_token('all', access := 'read_write')")[0][0]
+        addr = host.sql("SELECT address FROM arrowport_listen('127.0.0.1:0', auth := 'token', sql := 'read_only')")[0][0]
+        host.sql("CALL arrowport_create_stream('ev', follow := true)")
+        flight_put(addr, "ev", ids(0, 3), token=writer)
+        for url in (f"grpc://{addr}", f"http://{addr}"):
+            assert other.sql(f"SELECT list(id) FROM arrowport_follow('{url}', 'ev', token := '{reader}')") == [([0, 1, 2],)]
+            with pytest.raises(hosts.HostError, match='token "w" may write, not read'):
+                other.sql(f"FROM arrowport_follow('{url}', 'ev', token := '{writer}')")
+            with pytest.raises(hosts.HostError, match="401|Unauthenticated|token"):
+                other.sql(f"FROM arrowport_follow('{url}', 'ev')")
+        # A statement sent over the network cannot make the host follow (or reach) anything.
+        import adbc_driver_flightsql.dbapi as flightsql
+        with flightsql.connect(f"grpc://{addr}", db_kwargs={
+                "adbc.flight.sql.authorization_header": f"Bearer {anything}"}) as conn, conn.cursor() as cur:
+            with pytest.raises(Exception) as e:
+                cur.execute(f"SELECT * FROM arrowport_follow('grpc://{addr}', 'ev')")
+                cur.fetchall()
+            assert "arrowport_follow cannot be called over the network" in str(e.value)
+        host.sql("SELECT arrowport_stop()")
+    finally:
+        other.close()
+        host.close()
+
+
+def test_the_readmes_following_examples_run(tmp_path):
+    import os
+    import re
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
+    section = readme[readme.index("### Following a stream"):readme.index("### Streams that merge on a key")]
+    setup, pull_loop = re.findall(r"```sql\n(.*?)```", section, re.S)
+    follow_py = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    host = hosts.start("py20", str(tmp_path / "central.duckdb"))
+    other = hosts.start("cli", str(tmp_path / "edge.duckdb"))
+    try:
+        host.sql(hosts.load_sql())
+        addr = host.sql("SELECT address FROM arrowport_listen('127.0.0.1:0', auth := 'token')")[0][0]
+        host.sql("CALL arrowport_create_stream('events')")
+        token = None
+        def statements(sql):
+            return [s for s in sql.split(";") if s.strip() and not all(
+                line.strip().startswith("--") for line in s.strip().splitlines())]
+
+        for statement in statements(setup):
+            rows = host.sql(statement)
+            if "arrowport_create_token" in statement:
+                token = rows[0][1]
+        writer = host.sql("SELECT token FROM arrowport_create_token('producer', streams := ['events'])")[0][0]
+        for i in range(3):
+            flight_put(addr, "events", pa.table({"id": pa.array([i * 2, i * 2 + 1], pa.int64())}), token=writer)
+        # The Flight example, as written, with the read token on its call and a handler that stops at the 6th row.
+        got = []
+
+        class Enough(Exception):
+            pass
+
+        def handle(data):
+            got.extend(data.column("id").to_pylist())
+            if len(got) >= 6:
+                raise Enough
+
+        code = follow_py.replace("127.0.0.1:8815", addr).replace(
+            "client.do_get(fl.Ticket(json.dumps({\"follow\": \"events\", \"after\": \"start\"})))",
+            "client.do_get(fl.Ticket(json.dumps({\"follow\": \"events\", \"after\": \"start\"})), "
+            f"options=fl.FlightCallOptions(headers=[(b'authorization', b'Bearer {token}')]))")
+        assert "Bearer" in code, "the example's call changed; update this test"
+        with pytest.raises(Enough):
+            exec(code, {"handle": handle})
+        assert got == [0, 1, 2, 3, 4, 5]
+        # The pull loop, as written, from another DuckDB, twice: the second pull takes only what is new.
+        other.sql(hosts.load_sql())
+        other.sql("CREATE TABLE local_events (id BIGINT)")
+        other.sql("CREATE TABLE cursor AS SELECT 0::BIGINT AS c")
+        loop = pull_loop.replace("grpc://central:8815", f"grpc://{addr}").replace("token := '...'", f"token := '{token}'")
+        for round_ in range(2):
+            for statement in statements(loop):
+                other.sql(statement)
+            if round_ == 0:
+                flight_put(addr, "events", pa.table({"id": pa.array([6], pa.int64())}), token=writer)
+        assert other.sql("SELECT list(id ORDER BY id), (SELECT c FROM cursor) FROM local_events") == [([0, 1, 2, 3, 4, 5, 6], 7)]
+        host.sql("SELECT arrowport_stop()")
+    finally:
+        other.close()
+        host.close()

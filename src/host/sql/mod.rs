@@ -14,6 +14,7 @@
 //! - `FROM arrowport_maintain(catalog, every := seconds, older_than := seconds)`: compacts a DuckLake catalog.
 //! - `FROM arrowport_send(url, stream, query := '...', ...)`: the query's result to a remote stream, one row
 //!   with the remote's acknowledgement.
+//! - `FROM arrowport_follow(url, stream, after := ..., ...)`: a remote followable stream's rows past a cursor.
 
 use std::error::Error;
 use std::sync::Arc;
@@ -65,6 +66,7 @@ pub fn register(conn: &Connection, mut registrar: duck::conn::RawConn, host: Arc
     conn.register_table_function_with_extra_info::<RevokeToken, Arc<Host>>("arrowport_revoke_token", &host)?;
     conn.register_table_function_with_extra_info::<TokensTable, Arc<Host>>("arrowport_tokens", &host)?;
     conn.register_table_function_with_extra_info::<SendTable, Arc<Host>>("arrowport_send", &host)?;
+    conn.register_table_function_with_extra_info::<FollowTable, Arc<Host>>("arrowport_follow", &host)?;
     conn.register_table_function_with_extra_info::<Maintain, Arc<Host>>("arrowport_maintain", &host)?;
     Ok(())
 }
@@ -221,6 +223,18 @@ fn text_list(bind: &BindInfo, name: &str) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// A client function's two arguments: the remote's url and the stream's name, checked.
+fn url_and_stream(bind: &BindInfo, function: &str) -> Result<(Target, String)> {
+    let arg = |i: u64, what: &str| -> Result<String> {
+        let v = bind.get_parameter(i);
+        if v.is_null() { Err(format!("{function}: the {what} is NULL").into()) } else { Ok(v.to_string()) }
+    };
+    let target = Target::parse(&arg(0, "url")?)?;
+    let stream = arg(1, "stream")?;
+    registry::validate_stream_name(&stream)?;
+    Ok((target, stream))
+}
+
 /// Upper bounds of options in seconds, and how their errors say them.
 const A_DAY: (f64, &str) = (86_400.0, "86400");
 const A_YEAR: (f64, &str) = (366.0 * 86_400.0, "a year");
@@ -325,6 +339,7 @@ macro_rules! action_function {
 }
 
 // After the macro above, which they use.
+mod follow_table;
 mod listen;
 mod maintain;
 mod metrics_table;
@@ -332,6 +347,7 @@ mod send_table;
 mod streams;
 mod tokens;
 
+use follow_table::FollowTable;
 use listen::{ListenScalar, ListenTable, Status, Stop, register_admin_scalars};
 use maintain::Maintain;
 use metrics_table::MetricsTable;

@@ -35,13 +35,7 @@ impl VTab for SendTable {
         }
         let host = Arc::clone(host_of(bind)?);
         host.refuse_own_connection("arrowport_send", crate::duck::caller::table_caller(bind))?;
-        let arg = |i: u64, what: &str| -> Result<String> {
-            let v = bind.get_parameter(i);
-            if v.is_null() { Err(format!("arrowport_send: the {what} is NULL").into()) } else { Ok(v.to_string()) }
-        };
-        let target = Target::parse(&arg(0, "url")?)?;
-        let stream = arg(1, "stream")?;
-        registry::validate_stream_name(&stream)?;
+        let (target, stream) = url_and_stream(bind, "arrowport_send")?;
         let text = |name: &str| bind.get_named_parameter(name).filter(|v| !v.is_null()).map(|v| v.to_string());
         let query = text("query")
             .filter(|q| !q.trim().is_empty())

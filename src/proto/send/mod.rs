@@ -1,4 +1,4 @@
-//! The sending side: a query's batches to a remote stream, over Flight DoPut (`grpc://`, `grpc+tls://`) or the
+//! The client side: following a remote stream (`follow`), and sending: a query's batches to a remote stream, over Flight DoPut (`grpc://`, `grpc+tls://`) or the
 //! REST endpoint (`http://`, `https://`), one request per attempt, every attempt under one idempotency key.
 //!
 //! The batches come from a [`Source`] the caller gives (the host runs the local query); this module encodes,
@@ -7,10 +7,12 @@
 //! commits a partial result. Memory is bounded by the query's small result queue, one coalesced batch and the
 //! transport's flow-control window.
 
+mod follow;
 mod retry;
 mod tls;
 mod transport;
 
+pub use follow::{FollowOptions, Followed, follow};
 pub use retry::Failure;
 use retry::*;
 use tls::*;

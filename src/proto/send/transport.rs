@@ -193,18 +193,8 @@ impl Attempt<'_> {
         Ok(ack_from(ack.as_deref().unwrap_or(b"")))
     }
 
-    /// A fresh HTTP/2 channel for one attempt (dropping it breaks the connection).
     async fn channel(&self) -> Result<tonic::transport::Channel, Failure> {
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", self.target.authority()))
-            .map_err(|e| Failure::Permanent(format!("invalid url: {e}")))?
-            .connect_timeout(self.options.timeout)
-            .tcp_nodelay(true)
-            .initial_stream_window_size(Some(16 * 1024 * 1024))
-            .initial_connection_window_size(Some(32 * 1024 * 1024));
-        let connector = Connector { target: self.target.clone(), tls: self.tls.clone(), timeout: self.options.timeout };
-        endpoint.connect_with_connector(connector).await.map_err(|e| {
-            Failure::transient(format!("could not connect to {}: {}", self.target.authority(), error_chain(&e)))
-        })
+        channel(self.target, self.tls.clone(), self.options.timeout).await
     }
 
     async fn http<S>(&self, schema: SchemaRef, batches: S, parts: Parts) -> Result<Ack, Failure>
@@ -292,6 +282,25 @@ impl Attempt<'_> {
     }
 }
 
+/// A fresh HTTP/2 channel for one call (dropping it breaks the connection).
+pub(super) async fn channel(
+    target: &Target,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    timeout: Duration,
+) -> Result<tonic::transport::Channel, Failure> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", target.authority()))
+        .map_err(|e| Failure::Permanent(format!("invalid url: {e}")))?
+        .connect_timeout(timeout)
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(16 * 1024 * 1024))
+        .initial_connection_window_size(Some(32 * 1024 * 1024));
+    let connector = Connector { target: target.clone(), tls, timeout };
+    endpoint
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| Failure::transient(format!("could not connect to {}: {}", target.authority(), error_chain(&e))))
+}
+
 /// The sending half of an [`Outgoing`], made before the stream it wraps.
 pub(super) struct Parts {
     pub(super) failed: tokio::sync::oneshot::Sender<String>,
@@ -321,7 +330,7 @@ pub(super) struct Connector {
 }
 
 impl Connector {
-    async fn open(&self) -> std::io::Result<Box<dyn Io>> {
+    pub(super) async fn open(&self) -> std::io::Result<Box<dyn Io>> {
         let tcp = tokio::time::timeout(
             self.timeout,
             tokio::net::TcpStream::connect((self.target.host.as_str(), self.target.port)),
