@@ -18,6 +18,9 @@ use crate::duck::{DbError, DbErrorKind};
 /// One user at a time: `RawConn` is `Send` but not `Sync` or `Clone`, so exactly one thread holds it.
 pub struct RawConn {
     pub(super) raw: sys::duckdb_connection,
+    /// Statements prepared once and run again and again (see `RawConn::prepare_kept`), by their text; destroyed
+    /// before the connection closes.
+    pub(super) kept: std::collections::HashMap<String, sys::duckdb_prepared_statement>,
     /// The same handle for [`Interrupt`]s; emptied (under its lock) before the connection closes.
     shared: Arc<Mutex<Option<Handle>>>,
 }
@@ -58,7 +61,7 @@ impl RawConn {
         if state != sys::duckdb_state_DuckDBSuccess || conn.is_null() {
             return Err(DbError::ours("arrowport could not open a connection to the database"));
         }
-        Ok(RawConn { raw: conn, shared: Arc::new(Mutex::new(Some(Handle(conn)))) })
+        Ok(RawConn { raw: conn, kept: Default::default(), shared: Arc::new(Mutex::new(Some(Handle(conn)))) })
     }
 
     /// A handle that interrupts this connection's running statement from another thread.
@@ -171,6 +174,7 @@ impl RawConn {
 impl Drop for RawConn {
     fn drop(&mut self) {
         // No interrupt may reach the connection from now on; one in progress finishes before the lock is ours.
+        self.forget_kept();
         let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
         shared.take();
         // SAFETY: self.raw was opened by duckdb_connect and is disconnected exactly once.

@@ -42,8 +42,13 @@ pub enum StatementKind {
 /// A statement prepared on one of our connections; it cannot outlive the borrow of that connection.
 pub struct Prepared<'c> {
     stmt: sys::duckdb_prepared_statement,
+    /// Kept by the connection (see [`RawConn::prepare_kept`]): not destroyed with this handle.
+    kept: bool,
     _conn: std::marker::PhantomData<&'c mut RawConn>,
 }
+
+/// The most statements a connection keeps prepared; past it, it forgets them all and starts again.
+const KEPT_MAX: usize = 64;
 
 impl RawConn {
     /// Prepares one statement (DuckDB binds it now: names are resolved, table functions bound).
@@ -53,7 +58,7 @@ impl RawConn {
         // SAFETY: self.raw is live and ours; `stmt` is a valid out pointer and is destroyed by Prepared's drop
         // (also on failure, where DuckDB still allocates it to carry the error).
         let state = unsafe { sys::duckdb_prepare(self.raw, text.as_ptr(), &mut stmt) };
-        let prepared = Prepared { stmt, _conn: std::marker::PhantomData };
+        let prepared = Prepared { stmt, kept: false, _conn: std::marker::PhantomData };
         if state != sys::duckdb_state_DuckDBSuccess {
             // SAFETY: the error text is owned by the statement, read before it is destroyed.
             let msg = unsafe {
@@ -70,9 +75,37 @@ impl RawConn {
     }
 }
 
+impl RawConn {
+    /// The statement `sql` as prepared the first time this connection was asked for it: later calls skip
+    /// parsing and planning (DuckDB binds it again by itself when the catalog has changed). For statements run
+    /// often with only their parameters changing.
+    pub fn prepare_kept(&mut self, sql: &str) -> Result<Prepared<'_>, DbError> {
+        if let Some(&stmt) = self.kept.get(sql) {
+            return Ok(Prepared { stmt, kept: true, _conn: std::marker::PhantomData });
+        }
+        let stmt = {
+            let mut fresh = self.prepare(sql)?;
+            std::mem::replace(&mut fresh.stmt, std::ptr::null_mut())
+        };
+        if self.kept.len() >= KEPT_MAX {
+            self.forget_kept();
+        }
+        self.kept.insert(sql.to_string(), stmt);
+        Ok(Prepared { stmt, kept: true, _conn: std::marker::PhantomData })
+    }
+
+    /// Destroys the statements the connection keeps.
+    pub(super) fn forget_kept(&mut self) {
+        for (_, mut stmt) in self.kept.drain() {
+            // SAFETY: made by duckdb_prepare on this (still open) connection, destroyed once: it leaves the map here.
+            unsafe { sys::duckdb_destroy_prepare(&mut stmt) };
+        }
+    }
+}
+
 impl Drop for Prepared<'_> {
     fn drop(&mut self) {
-        if !self.stmt.is_null() {
+        if !self.stmt.is_null() && !self.kept {
             // SAFETY: the statement was made by duckdb_prepare and is destroyed exactly once.
             unsafe { sys::duckdb_destroy_prepare(&mut self.stmt) };
         }

@@ -3,11 +3,14 @@
 //!
 //! Rows are read back from the table (`WHERE arrowport_cursor > last ORDER BY arrowport_cursor`), in rounds, on
 //! the statement pool's connections (never the writers): catching up and live are the same read, so there is no
-//! seam between them where a row could be lost or repeated, and the host holds no rows for a follower beyond the
-//! batch it is handing over. A round starts when this host commits into the table (`follow_hub`), and at least
-//! every [`POLL`] (commits of other hosts of a shared DuckLake). A follower that does not take a batch within
-//! [`SLOW`] gives its connection back; its next round starts from the last row it took.
+//! seam between them where a row could be lost or repeated. A round starts when this host commits into the table
+//! (`follow_hub`), and at least every [`POLL`] (commits of other hosts of a shared DuckLake). Live followers share
+//! their reads: the follower that reads past the table's tail keeps what it found there for the others (see
+//! `follow_hub`), so a commit is read once however many follow it; a follower behind the tail (catching up) reads
+//! for itself. A follower that does not take a batch within [`SLOW`] gives its connection back; its next round
+//! starts from the last row it took.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,10 +26,11 @@ use crate::catalog::schema::quote_ident;
 use crate::engine::budget::Charge;
 use crate::engine::core::Core;
 use crate::engine::error::EngineError;
-use crate::engine::follow_hub::table_key;
+use crate::engine::follow_hub::{Joined, Segment, table_key};
 use crate::engine::metrics::FollowerNote;
 use crate::engine::query::QueryStream;
 use crate::engine::session::Session;
+use crate::engine::writers::Work;
 
 /// How often a live follower reads even without a commit on this host.
 pub const POLL: Duration = Duration::from_millis(250);
@@ -164,10 +168,15 @@ impl<S: Session + 'static> Core<S> {
         let mut hub = self.follow.watch(&key);
         let (schema, last_now) = loop {
             match self.round_schema(&table, &cursor, &columns).await {
-                Err(e) if e.code() == crate::engine::error::Code::NotFound => {
+                // No table yet, or one without positions yet (its cursor column comes with the first commit after
+                // the stream became followable).
+                Err(e)
+                    if e.code() == crate::engine::error::Code::NotFound
+                        || matches!(&e, EngineError::Sql(db) if db.is(crate::duck::DbErrorKind::Binder)) =>
+                {
                     if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                         return Err(EngineError::NotFound(format!(
-                            "stream {stream:?} has not landed anything yet, so it has no rows and no columns to follow"
+                            "stream {stream:?} has not landed anything since it became followable, so it has no rows to follow yet"
                         )));
                     }
                     tokio::select! {
@@ -192,7 +201,9 @@ impl<S: Session + 'static> Core<S> {
         };
         let note = self.metrics.follower(stream, protocol, last);
         note.latest(last_now);
+        let read = (mapping.target.clone(), columns.clone());
         let state = Following {
+            read,
             note,
             held: Charge::default(),
             core: Arc::clone(self),
@@ -206,6 +217,10 @@ impl<S: Session + 'static> Core<S> {
             until,
             deadline,
             handed: 0,
+            // Followers of the table's rows share its tail; JSON-shaped ones read their own.
+            feed: (shape == Shape::Rows).then(|| self.follow.join(&key)),
+            pending: VecDeque::new(),
+            from_tail: false,
         };
         let stream = futures::stream::unfold(state, |mut s| async move {
             let item = s.next().await?;
@@ -230,6 +245,25 @@ impl<S: Session + 'static> Core<S> {
         Ok((schema, position))
     }
 
+    /// The rows of `target` past `after` in position order, at most a batch's worth, read whole on the statement
+    /// pool with a statement each connection prepares once (see `Session::follow_read`).
+    async fn read_past(
+        &self,
+        target: &Target,
+        columns: &str,
+        after: i64,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>), EngineError> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let work = Work::FollowRead {
+            target: target.clone(),
+            columns: columns.to_string(),
+            after,
+            limit: FOLLOW_BATCH_ROWS,
+            reply,
+        };
+        self.call_statement(work, crate::engine::policy::STATEMENT_TIMEOUT, rx).await
+    }
+
     /// A read of the host's own on the statement pool, streamed; `stall` bounds the wait for its reader.
     async fn export_statement(&self, sql: &str, stall: Duration) -> Result<(SchemaRef, QueryStream), EngineError> {
         self.export_on_statements(sql, FOLLOW_BATCH_ROWS, stall).await
@@ -246,6 +280,8 @@ fn target_sql(target: &Target) -> String {
 
 /// A follower between rounds, or in one.
 struct Following<S: Session, F: Fn(i64) -> String> {
+    /// The table and the select list, for reads past the tail's end.
+    read: (Target, String),
     /// The follower's entry in the metrics and `arrowport_followers()`.
     note: FollowerNote,
     /// The memory budget the batch being handed over holds.
@@ -255,6 +291,7 @@ struct Following<S: Session, F: Fn(i64) -> String> {
     sql: F,
     /// The cursor of the last row handed over.
     last: i64,
+    /// A read of the follower's own, under way.
     round: Option<QueryStream>,
     schema: SchemaRef,
     until: Until,
@@ -262,6 +299,13 @@ struct Following<S: Session, F: Fn(i64) -> String> {
     deadline: Option<tokio::time::Instant>,
     /// Rows handed over so far.
     handed: u64,
+    /// The table's shared tail (followers of its rows).
+    feed: Option<Joined>,
+    /// Batches read, to hand over in order.
+    pending: VecDeque<RecordBatch>,
+    /// Whether `pending` came from the tail (or a read past its end): once handed, the follower has what this
+    /// host has committed.
+    from_tail: bool,
 }
 
 /// Sleeps until the deadline; never, without one.
@@ -272,51 +316,63 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
+/// What became of a batch offered to the follower.
+enum Hand {
+    Given(RecordBatch, i64),
+    /// No rows in it.
+    Empty,
+    /// Its bytes do not fit the memory budget now.
+    NoRoom,
+    Failed(EngineError),
+}
+
+/// What a read past the tail's end found.
+enum Tip {
+    /// Rows (kept in the tail for the other followers).
+    Rows(Vec<RecordBatch>),
+    /// Nothing past the follower's cursor.
+    Nothing,
+    Failed(EngineError),
+}
+
 impl<S: Session + 'static, F: Fn(i64) -> String> Following<S, F> {
-    /// The next batch with its cursor; `None` when the host stops.
+    /// The next batch with its cursor; `None` when the host stops or the follower asked to end.
     async fn next(&mut self) -> Option<Result<(RecordBatch, i64), EngineError>> {
         loop {
             if self.core.cancel.is_cancelled() || self.until.max_rows.is_some_and(|m| self.handed >= m) {
                 return None;
             }
+            if let Some(batch) = self.pending.pop_front() {
+                match self.hand(batch) {
+                    Hand::Given(batch, cursor) => return Some(Ok((batch, cursor))),
+                    Hand::Empty => continue,
+                    Hand::NoRoom => {
+                        // The follower reads them again later, from its last row.
+                        self.pending.clear();
+                        self.round = None;
+                        if !self.pause().await {
+                            return None;
+                        }
+                        continue;
+                    }
+                    Hand::Failed(e) => return Some(Err(e)),
+                }
+            }
+            if std::mem::take(&mut self.from_tail) {
+                if self.ended() {
+                    return None;
+                }
+                if !self.wait_for_commit().await {
+                    return None;
+                }
+                continue;
+            }
             if let Some(round) = self.round.as_mut() {
                 let mut caught_up = false;
                 match round.next().await {
-                    Some(Ok(batch)) if batch.num_rows() == 0 => continue,
-                    Some(Ok(mut batch)) => {
-                        if batch.schema().fields() != self.schema.fields() {
-                            return Some(Err(EngineError::Conflict(
-                                "the stream's table changed its columns; follow it again from the last cursor".into(),
-                            )));
-                        }
-                        if let Some(max) = self.until.max_rows {
-                            let room = usize::try_from(max - self.handed).unwrap_or(usize::MAX);
-                            if batch.num_rows() > room {
-                                batch = batch.slice(0, room);
-                            }
-                        }
-                        let Some(cursor) = last_cursor(&batch) else {
-                            return Some(Err(EngineError::Internal("a followed row without its cursor".into())));
-                        };
-                        // The batch holds its bytes of the host's memory budget until the next one is asked for;
-                        // when they do not fit, the round ends and the follower reads them again later.
-                        let bytes = batch.get_array_memory_size();
-                        self.held = Charge::default();
-                        match self.core.budget.charge(bytes) {
-                            Ok(charge) => self.held = charge,
-                            Err(_) => {
-                                self.round = None;
-                                tokio::select! {
-                                    _ = tokio::time::sleep(POLL) => {}
-                                    _ = self.core.cancel.cancelled() => return None,
-                                }
-                                continue;
-                            }
-                        }
-                        self.last = cursor;
-                        self.handed += batch.num_rows() as u64;
-                        self.note.sent(batch.num_rows() as u64, bytes as u64, cursor, *self.hub.borrow());
-                        return Some(Ok((batch, cursor)));
+                    Some(Ok(batch)) => {
+                        self.pending.push_back(batch);
+                        continue;
                     }
                     // A round that ended, or gave up on a slow follower or a busy pool: the next one starts from
                     // the last row handed over.
@@ -332,39 +388,146 @@ impl<S: Session + 'static, F: Fn(i64) -> String> Following<S, F> {
                     }
                     _ => self.round = None,
                 }
-                if caught_up && self.deadline.is_some() {
-                    // A follower that asked to end once caught up: it is, after a read that handed it rows, or
-                    // after waiting its time for a first one.
-                    if self.handed > 0 || self.deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                        return None;
-                    }
+                if caught_up && self.ended() {
+                    return None;
                 }
-                // Wait for a commit on this host, or poll for other hosts'.
-                self.held = Charge::default();
-                let seen = *self.hub.borrow_and_update();
-                self.note.latest(seen);
-                if seen <= self.last {
-                    let deadline = if self.handed == 0 { self.deadline } else { None };
-                    tokio::select! {
-                        _ = self.hub.changed() => {}
-                        _ = tokio::time::sleep(POLL) => {}
-                        _ = sleep_until(deadline) => {}
-                        _ = self.core.cancel.cancelled() => return None,
-                    }
+                if !self.wait_for_commit().await {
+                    return None;
                 }
                 continue;
             }
+            if let Some(feed) = &self.feed {
+                if let Some(batches) = feed.rows_past(self.last) {
+                    self.pending.extend(batches);
+                    self.from_tail = true;
+                    continue;
+                }
+                if feed.at_end(self.last) {
+                    match self.read_tip().await {
+                        Tip::Rows(batches) => {
+                            self.pending.extend(batches);
+                            self.from_tail = true;
+                        }
+                        Tip::Nothing => {
+                            if self.ended() || !self.wait_for_commit().await {
+                                return None;
+                            }
+                        }
+                        Tip::Failed(e) if e.code().is_transient() => {
+                            if !self.pause().await {
+                                return None;
+                            }
+                        }
+                        Tip::Failed(e) => return Some(Err(e)),
+                    }
+                    continue;
+                }
+            }
+            // Behind the tail (catching up), or a follower of its own: a read of its own.
             let sql = (self.sql)(self.last);
             match self.core.export_statement(&sql, SLOW).await {
                 Ok((_, rows)) => self.round = Some(rows),
                 Err(e) if e.code().is_transient() => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(POLL) => {}
-                        _ = self.core.cancel.cancelled() => return None,
+                    if !self.pause().await {
+                        return None;
                     }
                 }
                 Err(e) => return Some(Err(e)),
             }
+        }
+    }
+
+    /// Offers a batch: checked, cut to `max_rows`, charged to the memory budget until the next one.
+    fn hand(&mut self, mut batch: RecordBatch) -> Hand {
+        if batch.num_rows() == 0 {
+            return Hand::Empty;
+        }
+        if batch.schema().fields() != self.schema.fields() {
+            return Hand::Failed(EngineError::Conflict(
+                "the stream's table changed its columns; follow it again from the last cursor".into(),
+            ));
+        }
+        if let Some(max) = self.until.max_rows {
+            let room = usize::try_from(max - self.handed).unwrap_or(usize::MAX);
+            if batch.num_rows() > room {
+                batch = batch.slice(0, room);
+            }
+        }
+        let Some(cursor) = last_cursor(&batch) else {
+            return Hand::Failed(EngineError::Internal("a followed row without its cursor".into()));
+        };
+        let bytes = batch.get_array_memory_size();
+        self.held = Charge::default();
+        match self.core.budget.charge(bytes) {
+            Ok(charge) => self.held = charge,
+            Err(_) => return Hand::NoRoom,
+        }
+        self.last = cursor;
+        self.handed += batch.num_rows() as u64;
+        self.note.sent(batch.num_rows() as u64, bytes as u64, cursor, *self.hub.borrow());
+        Hand::Given(batch, cursor)
+    }
+
+    /// Reads past the tail's end for every follower of the table: one at a time; a follower that finds the rows
+    /// (or a read that found none since it woke) when its turn comes reads nothing.
+    async fn read_tip(&mut self) -> Tip {
+        let Some(feed) = &self.feed else { return Tip::Nothing };
+        let woke = tokio::time::Instant::now();
+        let Ok(_reading) = tokio::time::timeout(SLOW, feed.reading.lock()).await else {
+            return Tip::Failed(EngineError::Busy(1));
+        };
+        if let Some(batches) = feed.rows_past(self.last) {
+            return Tip::Rows(batches);
+        }
+        if feed.found_nothing(self.last, woke) {
+            return Tip::Nothing;
+        }
+        let started = tokio::time::Instant::now();
+        let (target, columns) = &self.read;
+        let batches = match self.core.read_past(target, columns, self.last).await {
+            Ok((_, batches)) => batches.into_iter().filter(|b| b.num_rows() > 0).collect::<Vec<_>>(),
+            Err(e) => return Tip::Failed(e),
+        };
+        let Some(to) = batches.last().and_then(last_cursor) else {
+            feed.nothing_past(self.last, started);
+            return Tip::Nothing;
+        };
+        // Kept for the others when the budget has room (they read for themselves otherwise).
+        let bytes = batches.iter().map(RecordBatch::get_array_memory_size).sum();
+        if let Ok(charge) = self.core.budget.charge(bytes) {
+            feed.keep(Segment { from: self.last, to, batches: batches.clone(), bytes, charge });
+        }
+        Tip::Rows(batches)
+    }
+
+    /// Whether a follower that asked to end once caught up has: it got rows, or waited its time for a first one.
+    fn ended(&self) -> bool {
+        self.deadline.is_some_and(|d| self.handed > 0 || tokio::time::Instant::now() >= d)
+    }
+
+    /// Waits for a commit on this host past the follower's cursor, at most [`POLL`] (other hosts' commits), or its
+    /// deadline; `false` when the host stops.
+    async fn wait_for_commit(&mut self) -> bool {
+        self.held = Charge::default();
+        let seen = *self.hub.borrow_and_update();
+        self.note.latest(seen);
+        if seen <= self.last {
+            let deadline = if self.handed == 0 { self.deadline } else { None };
+            tokio::select! {
+                _ = self.hub.changed() => {}
+                _ = tokio::time::sleep(POLL) => {}
+                _ = sleep_until(deadline) => {}
+                _ = self.core.cancel.cancelled() => return false,
+            }
+        }
+        true
+    }
+
+    /// A pause before trying again; `false` when the host stops.
+    async fn pause(&mut self) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => true,
+            _ = self.core.cancel.cancelled() => false,
         }
     }
 }

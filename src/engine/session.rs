@@ -203,6 +203,19 @@ pub trait Session: Send + 'static {
     fn export(&mut self, _sql: &str, _out: &QueryOut) -> Result<(), EngineError> {
         Err(EngineError::Unsupported("this writer runs no SQL".into()))
     }
+    /// A read for followers (see `engine::follow`): `SELECT <columns> FROM <target> AS t WHERE arrowport_cursor >
+    /// after ORDER BY arrowport_cursor LIMIT <limit>`, its whole result. Not a network statement. Runs on a
+    /// statement prepared once per connection, so a live follower's frequent reads are not parsed and planned
+    /// each time.
+    fn follow_read(
+        &mut self,
+        _target: &crate::catalog::registry::Target,
+        _columns: &str,
+        _after: i64,
+        _limit: usize,
+    ) -> Result<(SchemaRef, Vec<arrow::array::RecordBatch>), EngineError> {
+        Err(EngineError::Unsupported("this writer runs no SQL".into()))
+    }
     /// Compacts a DuckLake catalog: flushes inlined rows to files, merges small files, expires snapshots and
     /// deletes the files no snapshot younger than `older_than` needs.
     fn maintain(&mut self, _catalog: &str, _older_than: Duration) -> Result<Vec<Maintained>, EngineError> {

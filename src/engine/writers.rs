@@ -25,16 +25,64 @@ use crate::engine::session::{
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
 
 pub(crate) enum Work {
-    Write { mapping: Mapping, schema: SchemaRef, input: BatchRx, key: Option<RequestKey>, reply: Reply<Written> },
-    LookupKey { catalog: Option<String>, key: String, window: Duration, reply: Reply<Option<KeyRecord>> },
-    Describe { target: Target, reply: Reply<Option<Schema>> },
-    List { reply: Reply<Vec<(String, Schema)>> },
-    DescribeSql { sql: String, params: Option<Vec<Param>>, access: Access, reply: Reply<Described> },
-    Query { statement: Statement, access: Access, out: QueryOut, reply: Reply<()> },
-    Export { sql: String, out: QueryOut, reply: Reply<()> },
-    Update { statement: Statement, access: Access, reply: Reply<u64> },
-    Catalog { with_schemas: bool, reply: Reply<Catalog> },
-    Maintain { catalog: String, older_than: Duration, reply: Reply<Vec<Maintained>> },
+    Write {
+        mapping: Mapping,
+        schema: SchemaRef,
+        input: BatchRx,
+        key: Option<RequestKey>,
+        reply: Reply<Written>,
+    },
+    LookupKey {
+        catalog: Option<String>,
+        key: String,
+        window: Duration,
+        reply: Reply<Option<KeyRecord>>,
+    },
+    Describe {
+        target: Target,
+        reply: Reply<Option<Schema>>,
+    },
+    List {
+        reply: Reply<Vec<(String, Schema)>>,
+    },
+    DescribeSql {
+        sql: String,
+        params: Option<Vec<Param>>,
+        access: Access,
+        reply: Reply<Described>,
+    },
+    Query {
+        statement: Statement,
+        access: Access,
+        out: QueryOut,
+        reply: Reply<()>,
+    },
+    Export {
+        sql: String,
+        out: QueryOut,
+        reply: Reply<()>,
+    },
+    FollowRead {
+        target: crate::catalog::registry::Target,
+        columns: String,
+        after: i64,
+        limit: usize,
+        reply: Reply<(arrow::datatypes::SchemaRef, Vec<arrow::array::RecordBatch>)>,
+    },
+    Update {
+        statement: Statement,
+        access: Access,
+        reply: Reply<u64>,
+    },
+    Catalog {
+        with_schemas: bool,
+        reply: Reply<Catalog>,
+    },
+    Maintain {
+        catalog: String,
+        older_than: Duration,
+        reply: Reply<Vec<Maintained>>,
+    },
 }
 
 pub(crate) struct Job {
@@ -344,12 +392,14 @@ impl<S: Session> Writers<S> {
                             Err(_) => break,
                         };
                         let Ok(job) = job else { break };
-                        let kind =
-                            if matches!(job.work, Work::Write { .. } | Work::Export { .. } | Work::Maintain { .. }) {
-                                WRITING
-                            } else {
-                                STATEMENT
-                            };
+                        let kind = if matches!(
+                            job.work,
+                            Work::Write { .. } | Work::Export { .. } | Work::FollowRead { .. } | Work::Maintain { .. }
+                        ) {
+                            WRITING
+                        } else {
+                            STATEMENT
+                        };
                         let _busy = Busy::with(&busy, kind);
                         if let Some(w) = &job.watch {
                             w.arm(interrupt.clone());
@@ -388,6 +438,12 @@ impl<S: Session> Writers<S> {
                             }
                             Work::Update { statement, access, reply } => {
                                 let _ = reply.send(explained(&watch, guarded(|| sink.update(&statement, access))));
+                            }
+                            Work::FollowRead { target, columns, after, limit, reply } => {
+                                let _ = reply.send(explained(
+                                    &watch,
+                                    guarded(|| sink.follow_read(&target, &columns, after, limit)),
+                                ));
                             }
                             Work::Maintain { catalog, older_than, reply } => {
                                 let _ = reply.send(explained(&watch, guarded(|| sink.maintain(&catalog, older_than))));

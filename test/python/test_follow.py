@@ -545,3 +545,44 @@ def test_the_readmes_following_examples_run(tmp_path):
     finally:
         other.close()
         host.close()
+
+
+def test_followers_reads_leave_network_statements_as_they_were(tmp_path):
+    """Followers read losslessly (a UUID is Arrow's uuid extension type) on the statement connections that also
+    run statements sent over the network, which keep DuckDB's default conversion (a UUID is text)."""
+    import uuid
+
+    import adbc_driver_flightsql.dbapi as flightsql
+    host = hosts.start("py20", str(tmp_path / "u.duckdb"))
+    try:
+        host.sql(hosts.load_sql())
+        addr = host.sql("SELECT address FROM arrowport_listen('127.0.0.1:0', sql := 'read_only')")[0][0]
+        host.sql("CREATE TABLE ev (id BIGINT, u UUID)")
+        host.sql("CALL arrowport_create_stream('ev', follow := true)")
+        host.sql("INSERT INTO ev (id, u) VALUES (100, '00000000-0000-0000-0000-000000000000')")
+        # Before the stream's first commit its table has no positions: a follower that will not wait is told so.
+        with pytest.raises(pa.ArrowKeyError, match='stream "ev" has not landed anything since it became followable'):
+            client, reader = fl.connect(f"grpc://{addr}"), None
+            client.do_get(fl.Ticket(json.dumps({"follow": "ev", "after": 0, "wait": 0.2}))).read_all()
+        text = "5f3c2b1a-0000-4000-8000-00000000000%d"
+        rest(addr, "ev", pa.table({"id": pa.array([-1], pa.int64()), "u": pa.array([None], pa.uuid())}))
+        # A live follower: past its start, each of its reads is a follower's read on the statement pool.
+        client, reader = follow(addr, "ev", 0)
+        assert reader.read_chunk().data.column("id").to_pylist() == [-1]
+        with flightsql.connect(f"grpc://{addr}") as conn, conn.cursor() as cur:
+            for round_ in range(4):
+                rest(addr, "ev", pa.table({"id": pa.array([round_], pa.int64()),
+                                           "u": pa.array([uuid.UUID(text % round_).bytes], pa.uuid())}))
+                chunk = reader.read_chunk()
+                assert chunk.data.schema.field("u").type.extension_name == "arrow.uuid"
+                assert chunk.data.column("id").to_pylist() == [round_]
+                # Statements then run on the same connections.
+                for _ in range(8):
+                    cur.execute("SELECT u FROM ev WHERE id = ?", parameters=[round_])
+                    table = cur.fetch_arrow_table()
+                    assert table.schema.field("u").type == pa.string(), table.schema
+                    assert table.column("u").to_pylist() == [text % round_]
+        client.close()
+        host.sql("SELECT arrowport_stop()")
+    finally:
+        host.close()

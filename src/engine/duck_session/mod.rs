@@ -22,6 +22,7 @@ mod lake;
 mod landing;
 mod merge;
 mod positions;
+mod read_follow;
 mod remote;
 
 use landing::{HandedOut, ScanFeed, view_sql};
@@ -90,6 +91,9 @@ pub struct DuckSession {
     at: Landing,
     /// Function names the host has (lower case), as last read, for [`DuckSession::preflight`].
     known_functions: HashSet<String>,
+    /// Whether the connection converts results to Arrow losslessly now (followers' reads leave it so; every
+    /// statement sent over the network runs without).
+    lossless: bool,
 }
 
 /// Everything a writer knows besides its connection: the methods that take the connection as an argument run
@@ -153,7 +157,7 @@ impl DuckSession {
             #[cfg(feature = "test-hooks")]
             panic_on: test_hook_panic_table(),
         };
-        Ok(DuckSession { conn, at, known_functions: HashSet::new() })
+        Ok(DuckSession { conn, at, known_functions: HashSet::new(), lossless: false })
     }
 }
 
@@ -252,6 +256,16 @@ impl Session for DuckSession {
 
     fn export(&mut self, sql: &str, out: &QueryOut) -> Result<(), EngineError> {
         self.export_query(sql, out)
+    }
+
+    fn follow_read(
+        &mut self,
+        target: &Target,
+        columns: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>), EngineError> {
+        self.read_for_followers(target, columns, after, limit)
     }
 
     fn update(&mut self, statement: &Statement, access: Access) -> Result<u64, EngineError> {

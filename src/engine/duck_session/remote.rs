@@ -213,6 +213,7 @@ impl DuckSession {
     /// Runs `f` with the host database as this connection's default (our connections default to the scratch
     /// database), then restores the scratch database, whatever `f` did.
     fn on_host_db<T>(&mut self, f: impl FnOnce(&mut RawConn) -> Result<T, EngineError>) -> Result<T, EngineError> {
+        self.plain_arrow()?;
         self.conn.execute(&format!("USE {}", quote_ident(&self.at.host_db))).map_err(E::db)?;
         let out = f(&mut self.conn);
         if let Err(e) = self.conn.execute_past_interrupts(&format!("USE {}", quote_ident(SCRATCH_DB))) {
@@ -329,6 +330,7 @@ impl DuckSession {
     }
 
     pub(super) fn read_catalog(&mut self, with_schemas: bool) -> Result<Catalog, EngineError> {
+        self.plain_arrow()?;
         let conn = &mut self.conn;
         let own = format!("database_name NOT IN ({}, 'temp', 'system')", quote_literal(SCRATCH_DB));
         let text = |rows: Vec<Vec<Option<String>>>| -> Vec<Vec<String>> {
