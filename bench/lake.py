@@ -9,7 +9,14 @@ Cases:
   local DuckDB file;
 - files: the lake table's Parquet files after the small 3-host case, and after `arrowport_maintain`.
 Every case checks that the rows landed equal the rows acknowledged. Prints a Markdown table and writes
-bench/results/<timestamp>-lake.json."""
+bench/results/<timestamp>-lake.json.
+
+Each arrowport host runs in a CPU group of its own (test/cpugroup.py), LAKE_BENCH_HOST_CPU cores (default 0.25),
+as a host on a machine of its own would: PostgreSQL, the object store and the clients stay outside the groups, so
+on this two-core machine three hosts and everything they need fit without starving each other. Each case reports
+every host's CPU use (cores: CPU time over wall time) and the groups' throttled periods, so it shows that each
+host used its share. LAKE_BENCH_HOST_CPU=0 (or a machine where no group can be made, which the output says) runs
+the hosts unconstrained."""
 import os
 import sys
 import tempfile
@@ -26,6 +33,7 @@ import lake  # noqa: E402
 from clients import ipc_bytes  # noqa: E402
 
 import report  # noqa: E402  (bench/, this script's own directory)
+import cpugroup  # noqa: E402
 
 SECONDS = float(os.environ.get("LAKE_BENCH_SECONDS", "20"))
 CLIENTS = 8
@@ -38,6 +46,44 @@ RETRY_WAIT_MS = os.environ.get("LAKE_BENCH_RETRY_WAIT_MS")
 # An idempotency key on every request (LAKE_BENCH_KEYS=0: none).
 KEYS = os.environ.get("LAKE_BENCH_KEYS", "1") != "0"
 ARROW = "application/vnd.apache.arrow.stream"
+HOST_CPU = float(os.environ.get("LAKE_BENCH_HOST_CPU", "0.25"))
+NO_GROUP = "LAKE_BENCH_HOST_CPU=0" if HOST_CPU <= 0 else cpugroup.why_missing()
+
+
+class Held:
+    """Each host in a CPU group of its own (when groups can be made), and what each used while the block ran."""
+
+    def __init__(self, hs, label):
+        self.hs, self.groups = hs, []
+        if NO_GROUP is None:
+            for i, h in enumerate(hs):
+                g = cpugroup.Group(f"{label}-{i}", HOST_CPU)
+                g.add(h.proc.pid)
+                self.groups.append(g)
+
+    def __enter__(self):
+        self.started = time.time()
+        self.cpu = [cpugroup.cpu_seconds(h.proc.pid) for h in self.hs]
+        self.throttled = [g.stat()["nr_throttled"] for g in self.groups]
+        return self
+
+    def __exit__(self, *exc):
+        wall = time.time() - self.started
+        self.cores = [(cpugroup.cpu_seconds(h.proc.pid) - c) / wall for h, c in zip(self.hs, self.cpu)]
+        self.throttled = [g.stat()["nr_throttled"] - t for g, t in zip(self.groups, self.throttled)]
+
+    def close(self):
+        for g in self.groups:
+            g.close()
+
+    def report(self):
+        return {"host_cores": [round(c, 3) for c in self.cores], "throttled_periods": self.throttled,
+                "host_cpu_share": None if NO_GROUP else HOST_CPU}
+
+
+def quantile(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else None
 
 
 def small(world, directory, n_hosts, local=False):
@@ -49,8 +95,10 @@ def small(world, directory, n_hosts, local=False):
         h.sql("FROM arrowport_create_stream('ev', target := '" + ("main.ev" if local else "lake.main.ev") + "')")
         hs.append(h)
     acked = [0] * (CLIENTS * n_hosts)
-    stop = time.time() + SECONDS
+    latencies = []
     errors = []
+    held = Held(hs, f"small{n_hosts}")
+    stop = time.time() + SECONDS
 
     def client(i):
         h = hs[i % n_hosts]
@@ -64,8 +112,10 @@ def small(world, directory, n_hosts, local=False):
                 headers = {"Content-Type": ARROW}
                 if KEYS:
                     headers["Idempotency-Key"] = f"{i}-{seq}"
+                sent = time.perf_counter()
                 r = http.post(f"http://{h.addr}/streams/ev", content=body, headers=headers)
                 if r.status_code == 200:
+                    latencies.append(time.perf_counter() - sent)
                     acked[i] += 1000
                     break
                 errors.append(r.status_code)
@@ -73,7 +123,11 @@ def small(world, directory, n_hosts, local=False):
             seq += 1
 
     snapshots_before = 0 if local else hs[0].sql("SELECT count(*) FROM lake.snapshots()")[0][0]
-    elapsed = report.run_threads([threading.Thread(target=client, args=(i,)) for i in range(CLIENTS * n_hosts)])
+    try:
+        with held:
+            elapsed = report.run_threads([threading.Thread(target=client, args=(i,)) for i in range(CLIENTS * n_hosts)])
+    finally:
+        held.close()
     table = "main.ev" if local else "lake.main.ev"
     landed = sum(h.sql(f"SELECT count(*) FROM {table}")[0][0] for h in (hs if local else hs[:1]))
     commits = None if local else hs[0].sql("SELECT count(*) FROM lake.snapshots()")[0][0] - snapshots_before
@@ -81,7 +135,9 @@ def small(world, directory, n_hosts, local=False):
                   if line.startswith("arrowport_commit_retries_total{"))
     return hs, {"hosts": n_hosts, "rows": sum(acked), "landed": landed, "seconds": elapsed, "rows_per_s": sum(acked) / elapsed,
                 "commits_per_s": None if commits is None else commits / elapsed, "commit_retries": retries,
-                "client_retries": len(errors)}
+                "client_retries": len(errors), "requests_per_s": len(latencies) / elapsed,
+                "requests_per_commit": None if not commits else len(latencies) / commits,
+                "p50_ms": quantile(latencies, 0.5) * 1000, "p99_ms": quantile(latencies, 0.99) * 1000, **held.report()}
 
 
 def close(hs):
@@ -111,12 +167,17 @@ def large(world, directory, n_hosts):
             r = httpx.post(f"http://{h.addr}/streams/{name}", content=body, headers={"Content-Type": ARROW}, timeout=600)
             codes.append(r.status_code)
 
-        seconds = report.run_threads([threading.Thread(target=put, args=(h,)) for h in senders])
+        held = Held(senders, f"large{n_hosts}{name}")
+        try:
+            with held:
+                seconds = report.run_threads([threading.Thread(target=put, args=(h,)) for h in senders])
+        finally:
+            held.close()
         assert codes == [200] * len(senders), codes
         target = "lake.main.big" if name == "lake" else "main.big"
         rows = n * len(senders)
         out[name] = {"hosts": len(senders), "rows": rows, "seconds": seconds, "rows_per_s": rows / seconds,
-                     "landed": hs[0].sql(f"SELECT count(*) FROM {target}")[0][0]}
+                     "landed": hs[0].sql(f"SELECT count(*) FROM {target}")[0][0], **held.report()}
     close(hs)
     return out
 
@@ -126,7 +187,12 @@ def main():
     if why:
         print(f"lake bench skipped: {why}")
         return
-    results = {"when": report.stamp(), "seconds": SECONDS,
+    if NO_GROUP:
+        print(f"lake bench: hosts run unconstrained ({NO_GROUP})", flush=True)
+    else:
+        print(f"lake bench: each host in a CPU group of {HOST_CPU} cores", flush=True)
+    results = {"when": report.stamp(), "seconds": SECONDS, "host_cpu": None if NO_GROUP else HOST_CPU,
+               "unconstrained_because": NO_GROUP,
                "clients_per_host": CLIENTS, "small": [], "files": None, "large": None}
     bad = []
     for n_hosts, local in [(1, True), (1, False), (2, False), (3, False)]:
@@ -144,7 +210,9 @@ def main():
                 close(hs)
                 results["small"].append(row)
                 print(f"  small {row['target']:>10} {n_hosts} host(s): {row['rows_per_s']:9.0f} rows/s  "
-                      f"commits/s {row['commits_per_s'] or 0:6.1f}  commit retries {row['commit_retries']}", flush=True)
+                      f"commits/s {row['commits_per_s'] or 0:6.1f}  commit retries {row['commit_retries']}  "
+                      f"p50/p99 {row['p50_ms']:.0f}/{row['p99_ms']:.0f} ms  host cores {row['host_cores']}  "
+                      f"throttled {row['throttled_periods']}", flush=True)
             finally:
                 world.close()
     results["large"] = {}
@@ -159,19 +227,22 @@ def main():
             finally:
                 world.close()
     one = next(r for r in results["small"] if r["hosts"] == 1 and r["target"] == "lake")["rows_per_s"]
-    lines = ["| case | hosts | rows/s | lake commits/s | vs one lake host |", "|---|---:|---:|---:|---:|"]
+    lines = ["| case | hosts | rows/s | requests/s | lake commits/s (requests each) | p50 / p99 ms | each host's cores | vs one lake host |",
+             "|---|---:|---:|---:|---:|---:|---|---:|"]
     for r in results["small"]:
-        commits = "" if r["commits_per_s"] is None else f"{r['commits_per_s']:.1f}"
+        commits = "" if r["commits_per_s"] is None else f"{r['commits_per_s']:.1f} ({r['requests_per_commit']:.1f})"
+        cores = " ".join(f"{c:.2f}" for c in r["host_cores"])
         lines.append(f"| 1,000-row requests, {CLIENTS} clients per host, into {r['target']} | {r['hosts']} | {r['rows_per_s']:,.0f} | "
-                     f"{commits} | {r['rows_per_s'] / one:.2f}x |")
+                     f"{r['requests_per_s']:,.0f} | {commits} | {r['p50_ms']:.0f} / {r['p99_ms']:.0f} | {cores} | {r['rows_per_s'] / one:.2f}x |")
     big = results["large"]
     local = big[1]["local"]["rows_per_s"]
     for n_hosts, cases in big.items():
         lake_rate = cases["lake"]["rows_per_s"]
-        lines.append(f"| one 1M-row request per host at once, into the lake | {n_hosts} | {lake_rate:,.0f} | | "
-                     f"{lake_rate / local:.2f}x of one request into a local file ({local:,.0f} rows/s) |")
+        cores = " ".join(f"{c:.2f}" for c in cases["lake"]["host_cores"])
+        lines.append(f"| one 1M-row request per host at once, into the lake | {n_hosts} | {lake_rate:,.0f} | | | | {cores} | "
+                     f"{lake_rate / big[1]['lake']['rows_per_s']:.2f}x ({lake_rate / local:.2f}x of one request into a local file, {local:,.0f} rows/s) |")
     files = results["files"]
-    lines.append(f"| Parquet files after the 3-host case / after arrowport_maintain | | {files['before']} / {files['after']} | | |")
+    lines.append(f"| Parquet files after the 3-host case / after arrowport_maintain | | {files['before']} / {files['after']} | | | | | |")
     print()
     print("\n".join(lines))
     report.finish(results, f"{results['when']}-lake", bad)

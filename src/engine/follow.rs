@@ -221,6 +221,7 @@ impl<S: Session + 'static> Core<S> {
             feed: (shape == Shape::Rows).then(|| self.follow.join(&key)),
             pending: VecDeque::new(),
             from_tail: false,
+            catching_up: false,
         };
         let stream = futures::stream::unfold(state, |mut s| async move {
             let item = s.next().await?;
@@ -306,6 +307,8 @@ struct Following<S: Session, F: Fn(i64) -> String> {
     /// Whether `pending` came from the tail (or a read past its end): once handed, the follower has what this
     /// host has committed.
     from_tail: bool,
+    /// Far behind: reading in a stream of its own until it has caught up.
+    catching_up: bool,
 }
 
 /// Sleeps until the deadline; never, without one.
@@ -384,6 +387,7 @@ impl<S: Session + 'static, F: Fn(i64) -> String> Following<S, F> {
                     }
                     None => {
                         self.round = None;
+                        self.catching_up = false;
                         caught_up = true;
                     }
                     _ => self.round = None,
@@ -396,7 +400,7 @@ impl<S: Session + 'static, F: Fn(i64) -> String> Following<S, F> {
                 }
                 continue;
             }
-            if let Some(feed) = &self.feed {
+            if let Some(feed) = self.feed.as_ref().filter(|_| !self.catching_up) {
                 if let Some(batches) = feed.rows_past(self.last) {
                     self.pending.extend(batches);
                     self.from_tail = true;
@@ -405,8 +409,11 @@ impl<S: Session + 'static, F: Fn(i64) -> String> Following<S, F> {
                 if feed.at_end(self.last) {
                     match self.read_tip().await {
                         Tip::Rows(batches) => {
+                            // A full read: the follower is far behind, and reads the rest in one stream of its own.
+                            self.catching_up =
+                                batches.iter().map(RecordBatch::num_rows).sum::<usize>() >= FOLLOW_BATCH_ROWS;
+                            self.from_tail = !self.catching_up;
                             self.pending.extend(batches);
-                            self.from_tail = true;
                         }
                         Tip::Nothing => {
                             if self.ended() || !self.wait_for_commit().await {
