@@ -586,3 +586,46 @@ def test_followers_reads_leave_network_statements_as_they_were(tmp_path):
         host.sql("SELECT arrowport_stop()")
     finally:
         host.close()
+
+
+def test_a_slow_follower_does_not_grow_the_host_and_still_gets_every_row_once(tmp_path):
+    """A follower that reads one batch of a large history and then takes nothing for longer than the host waits
+    (5 s): the host gives its read up instead of buffering for it (its memory stays within the budget's reach),
+    producers keep landing meanwhile, and when the follower reads again it gets every row once, in order."""
+    host = hosts.start("py20", str(tmp_path / "s.duckdb"))
+    try:
+        host.sql(hosts.load_sql())
+        addr = host.sql("SELECT address FROM arrowport_listen('127.0.0.1:0', memory_budget := 32 * 1024 * 1024)")[0][0]
+        host.sql("CALL arrowport_create_stream('ev', follow := true)")
+        pad = "x" * 200
+        total = 0
+        for i in range(20):
+            n = 50_000
+            t = pa.table({"id": pa.array(range(total, total + n), pa.int64()), "pad": pa.array([pad] * n)})
+            assert flight_put(addr, "ev", t)["rows"] == n
+            total += n
+        host.sql("CHECKPOINT")
+        pid = host.proc.pid
+        client, reader = follow(addr, "ev", 0)
+        first = reader.read_chunk().data.column("id").to_pylist()
+        with hosts.PeakRss(pid) as rss:
+            # Producers land while the follower takes nothing for longer than the host waits for it.
+            deadline = time.time() + 7
+            while time.time() < deadline:
+                n = 1000
+                t = pa.table({"id": pa.array(range(total, total + n), pa.int64()), "pad": pa.array([pad] * n)})
+                assert flight_put(addr, "ev", t)["rows"] == n
+                total += n
+                time.sleep(0.05)
+            budget = httpx.get(f"http://{addr}/status.json").json()["memory_budget"]
+        # The whole history is about 220 MB as Arrow; what the host holds for the follower is a batch or two.
+        assert rss.growth_mib() < 100, rss.mib()
+        assert budget["used_bytes"] <= budget["limit_bytes"], budget
+        ids = list(first)
+        while len(ids) < total:
+            ids.extend(reader.read_chunk().data.column("id").to_pylist())
+        client.close()
+        assert ids == list(range(total)), "a row missing, repeated or out of order"
+        host.sql("SELECT arrowport_stop()")
+    finally:
+        host.close()
