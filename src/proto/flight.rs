@@ -278,15 +278,19 @@ fn follow_ticket(ticket: &[u8]) -> Option<Result<(String, After, Until), EngineE
 fn follow_data(schema: arrow::datatypes::SchemaRef, rows: FollowStream) -> BoxStream<FlightData> {
     let options = IpcWriteOptions::default();
     let first: FlightData = arrow_flight::SchemaAsIpc::new(&schema, &options).into();
+    // One encoder for the call: each batch is encoded once, without the schema again.
+    let mut encoder = match crate::proto::ipc_out::StreamOut::start(&schema) {
+        Ok((encoder, _)) => encoder,
+        Err(e) => {
+            let e = EngineError::Internal(format!("encoding a followed stream: {e}"));
+            return Box::pin(futures::stream::once(async move { Err(status::grpc_of(&e)) }));
+        }
+    };
     let batches = rows.map(move |item| {
         let (batch, cursor) = item?;
-        let mut messages = arrow_flight::utils::batches_to_flight_data(&schema, [&batch])
+        let messages = encoder
+            .flight(&batch, cursor.to_string().into_bytes().into())
             .map_err(|e| EngineError::Internal(format!("encoding a followed batch: {e}")))?;
-        // The schema leads every call of batches_to_flight_data; it went first once already.
-        messages.remove(0);
-        if let Some(last) = messages.last_mut() {
-            last.app_metadata = cursor.to_string().into_bytes().into();
-        }
         Ok::<_, EngineError>(futures::stream::iter(messages.into_iter().map(Ok::<_, EngineError>)))
     });
     let all = futures::stream::once(async move { Ok::<_, EngineError>(first) }).chain(batches.try_flatten());

@@ -33,6 +33,21 @@ impl StreamOut {
         Ok((StreamOut { generator, tracker, options, context: IpcWriteContext::default() }, out))
     }
 
+    /// A batch as Flight data: its dictionaries' messages, then its own, whose `app_metadata` is `app_metadata`.
+    pub fn flight(
+        &mut self,
+        batch: &RecordBatch,
+        app_metadata: bytes::Bytes,
+    ) -> Result<Vec<arrow_flight::FlightData>, ArrowError> {
+        let (dictionaries, message) =
+            self.generator.encode(batch, &mut self.tracker, &self.options, &mut self.context)?;
+        let mut out: Vec<arrow_flight::FlightData> = dictionaries.into_iter().map(Into::into).collect();
+        let mut last: arrow_flight::FlightData = message.into();
+        last.app_metadata = app_metadata;
+        out.push(last);
+        Ok(out)
+    }
+
     /// A batch's messages, the batch's own carrying `metadata` as its custom metadata.
     pub fn batch(&mut self, batch: &RecordBatch, metadata: &[(&str, &str)]) -> Result<Vec<u8>, ArrowError> {
         let (dictionaries, message) =
