@@ -122,6 +122,7 @@ bench: release $(VENV)/.stamp $(VENV_LAKE)/.stamp
 	$(VENV)/bin/python bench/upserts.py
 	$(VENV)/bin/python bench/follow.py
 	$(VENV)/bin/python bench/page.py
+	$(VENV)/bin/python bench/quack.py
 	$(VENV)/bin/python bench/lake.py
 
 # The lake half of the bench alone: many hosts into one DuckLake (PostgreSQL, moto).
