@@ -5,7 +5,9 @@ faster Quack is said to come with DuckDB 2.0, not published as a wheel).
 Cases (medians of REPEATS runs for the bulk cases; every case checks the rows that landed):
 - bulk: ROWS_SMALL and ROWS_BIG rows of an events table (BIGINT, DOUBLE, VARCHAR) pushed from a Python client:
   Quack through ATTACH + INSERT and through its ADBC driver's ingest; arrowport through Flight DoPut, REST and ADBC
-  Flight SQL ingest; and the in-process INSERT of the same Arrow table as the baseline;
+  Flight SQL ingest; and the in-process INSERT of the same Arrow table as the baseline. For arrowport and the
+  baseline also the CPU time the database's process spent (from /proc; the client's is not counted), so the cost
+  per row can be compared where wall-clock ratios mix the client's CPU with the host's on two shared cores;
 - DuckDB to DuckDB: ROWS_BIG rows of a local table, `INSERT INTO remote.events SELECT * FROM src` over Quack against
   `arrowport_send` (Flight) from a DuckDB with arrowport loaded;
 - small requests: 1,000-row requests from 1 and 8 clients for SMALL_SECONDS (Quack: ADBC ingest; arrowport: Flight
@@ -33,6 +35,7 @@ sys.path.insert(0, os.path.join(ROOT, "test"))
 import hosts  # noqa: E402
 import lake  # noqa: E402
 import report  # noqa: E402
+import cpugroup  # noqa: E402
 from clients import flight_put, ipc_bytes  # noqa: E402
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
@@ -98,6 +101,7 @@ def adbc_flightsql(addr):
 
 
 def arrowport_push(addr, table, how):
+    """Seconds to push the table one way."""
     started = time.perf_counter()
     if how == "flight":
         flight_put(addr, "events", table)
@@ -120,9 +124,12 @@ def bulk(rows, bad):
     table = events(rows)
     ways = {"in-process": [], "quack attach": [], "quack adbc": [], "arrowport flight": [], "arrowport rest": [],
             "arrowport adbc": []}
+    cpu = {"in-process": [], "arrowport flight": [], "arrowport rest": [], "arrowport adbc": []}
     for _ in range(REPEATS):
         with tempfile.TemporaryDirectory() as d:
-            ways["in-process"].append(peer("inprocess", os.path.join(d, "local.duckdb"), rows)["seconds"])
+            base = peer("inprocess", os.path.join(d, "local.duckdb"), rows)
+            ways["in-process"].append(base["seconds"])
+            cpu["in-process"].append(base["cpu_seconds"])
         for mode in ("attach", "adbc"):
             with tempfile.TemporaryDirectory() as d:
                 q = Quack(d)
@@ -136,12 +143,14 @@ def bulk(rows, bad):
             with tempfile.TemporaryDirectory() as d:
                 a = Arrowport(d)
                 try:
+                    host_cpu = cpugroup.cpu_seconds(a.host.proc.pid)
                     ways[f"arrowport {how}"].append(arrowport_push(a.addr, table, how))
+                    cpu[f"arrowport {how}"].append(cpugroup.cpu_seconds(a.host.proc.pid) - host_cpu)
                     if a.rows() != rows:
                         bad.append(f"arrowport {how} {rows}: {a.rows()} rows")
                 finally:
                     a.close()
-    return {k: statistics.median(v) for k, v in ways.items()}
+    return {k: statistics.median(v) for k, v in ways.items()}, {k: statistics.median(v) for k, v in cpu.items()}
 
 
 def duckdb_to_duckdb(rows, bad):
@@ -250,10 +259,13 @@ def main():
     print(f"quack bench on {platform.node()} ({os.cpu_count()} cores), quick={QUICK}, DuckDB 1.5.5 everywhere", flush=True)
     bad = []
     results = {"when": report.stamp(), "quick": QUICK, "duckdb": "1.5.5", "bulk": {}, "small": {}}
+    results["cpu"] = {}
     for rows in (ROWS_SMALL, ROWS_BIG):
-        r = bulk(rows, bad)
-        results["bulk"][rows] = r
+        r, cpu = bulk(rows, bad)
+        results["bulk"][rows], results["cpu"][rows] = r, cpu
         print(f"  push {rows:,} rows (s): " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()), flush=True)
+        print(f"  database process CPU for {rows:,} rows (s): " + ", ".join(
+            f"{k} {v:.2f} ({v / cpu['in-process']:.2f}x)" for k, v in cpu.items()), flush=True)
     r = duckdb_to_duckdb(ROWS_BIG, bad)
     results["duckdb_to_duckdb"] = r
     print(f"  DuckDB to DuckDB {ROWS_BIG:,} rows (s): " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()), flush=True)
