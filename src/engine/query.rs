@@ -21,6 +21,10 @@ use crate::engine::writers::Work;
 /// Batches buffered between a statement's result and the client.
 const RESULT_DEPTH: usize = 4;
 
+/// Rows per batch of a statement's result (at most; a batch is also cut at 8 MiB): with [`RESULT_DEPTH`], what a
+/// result holds of the host's memory at once is bounded to a few tens of MiB whatever its size.
+const QUERY_BATCH_ROWS: usize = 122_880;
+
 /// Parameter rows from an Arrow batch: one row per execution, one column per parameter.
 pub fn params_from_batch(batch: &RecordBatch) -> Result<Vec<Vec<Param>>, String> {
     let mut rows = vec![Vec::with_capacity(batch.num_columns()); batch.num_rows()];
@@ -133,7 +137,9 @@ impl<S: Session> Core<S> {
         let admitted = policy.admit()?;
         let (tx, rx) = mpsc::channel(RESULT_DEPTH);
         let (reply, done) = oneshot::channel();
-        let out = QueryOut::new(tx, policy.stall_timeout);
+        // DuckDB's 2,048-row chunks are gathered into batches of up to QUERY_BATCH_ROWS rows (or 8 MiB): a result
+        // goes out in a few large messages, not one per chunk.
+        let out = QueryOut::gathering(tx, policy.stall_timeout, QUERY_BATCH_ROWS, tokio::runtime::Handle::current());
         self.submit_statement(Work::Query { statement, access, out, reply }, policy.statement_timeout).await?;
         result_stream(rx, done, admitted).await
     }

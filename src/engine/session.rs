@@ -316,11 +316,6 @@ fn gathered(mut held: Vec<RecordBatch>) -> Result<RecordBatch, EngineError> {
 }
 
 impl QueryOut {
-    /// Hands each chunk over as it comes; made on the runtime the receiving side runs on.
-    pub(crate) fn new(tx: mpsc::Sender<QueryItem>, stall: Duration) -> QueryOut {
-        QueryOut::gathering(tx, stall, 0, tokio::runtime::Handle::current())
-    }
-
     pub(crate) fn gathering(
         tx: mpsc::Sender<QueryItem>,
         stall: Duration,
