@@ -119,6 +119,7 @@ wheel: release
 # A benchmark, not a test: never part of `make test`. BENCH_QUICK=1 for a short run.
 bench: release $(VENV)/.stamp $(VENV_LAKE)/.stamp
 	$(VENV)/bin/python bench/bench.py
+	$(VENV)/bin/python bench/steady.py
 	$(VENV)/bin/python bench/upserts.py
 	$(VENV)/bin/python bench/follow.py
 	$(VENV)/bin/python bench/page.py

@@ -272,15 +272,11 @@ def large_cases(results, dataset, table, base_seconds):
               f"{row['vs_baseline']:5.2f}x  rss {row['rss_before_mib']:.0f} -> peak {row['rss_peak_mib']:.0f} MiB", flush=True)
 
 
-def small_batches(results, protocol, clients, threshold=None):
-    """`threshold` sets the host's checkpoint_threshold first: a diagnosis of what DuckDB's automatic
-    checkpoints (every 16 MB of WAL by default) add to the latencies, not a setting arrowport makes."""
+def small_batches(results, protocol, clients):
     table = events(1000)
     body = ipc_bytes(table)
     with tempfile.TemporaryDirectory() as d:
         host = Host(d)
-        if threshold:
-            host.host.sql(f"SET checkpoint_threshold = '{threshold}'")
         latencies = []
         lock = threading.Lock()
         per_client = SMALL_REQUESTS // clients
@@ -288,16 +284,8 @@ def small_batches(results, protocol, clients, threshold=None):
         def worker():
             mine = []
             if protocol == "flight":
-                c = fl.connect(f"grpc://{host.addr}")
-                for _ in range(per_client):
-                    t0 = time.perf_counter()
-                    w, r = c.do_put(fl.FlightDescriptor.for_path("small"), table.schema)
-                    w.write_table(table)
-                    w.done_writing()
-                    r.read()
-                    w.close()
-                    mine.append(time.perf_counter() - t0)
-                c.close()
+                left = iter(range(per_client))
+                mine = report.timed_flight_puts(host.addr, "small", table, lambda: next(left, None) is not None)
             else:
                 with httpx.Client(timeout=60) as client:
                     for _ in range(per_client):
@@ -313,7 +301,7 @@ def small_batches(results, protocol, clients, threshold=None):
     sent = per_client * clients
     q = statistics.quantiles(latencies, n=100)
     row = {
-        "dataset": "small", "rows": sent * 1000, "case": f"{protocol} x{clients}" + (f", checkpoint_threshold {threshold}" if threshold else ""),
+        "dataset": "small", "rows": sent * 1000, "case": f"{protocol} x{clients}",
         "requests": sent, "seconds": seconds,
         "batches_per_min": sent / seconds * 60, "p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000,
         "landed": landed, "expected": sent * 1000,
@@ -358,7 +346,6 @@ def main():
     for protocol in ("flight", "rest") if ONLY != "large" else ():
         for clients in (1, 8):
             small_batches(results, protocol, clients)
-        small_batches(results, protocol, 8, threshold="1GB")
     for r in results:
         expected = r.get("expected", r["rows"])
         if r["landed"] != expected:

@@ -33,3 +33,20 @@ def run_threads(threads):
     for t in threads:
         t.join()
     return time.perf_counter() - started
+
+
+def timed_flight_puts(addr, name, table, more):
+    """DoPuts of `table` to stream `name` over one connection while `more()` is true; each one's seconds."""
+    import pyarrow.flight as fl
+    out = []
+    c = fl.connect(f"grpc://{addr}")
+    while more():
+        t0 = time.perf_counter()
+        w, r = c.do_put(fl.FlightDescriptor.for_path(name), table.schema)
+        w.write_table(table)
+        w.done_writing()
+        r.read()
+        w.close()
+        out.append(time.perf_counter() - t0)
+    c.close()
+    return out

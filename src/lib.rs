@@ -47,8 +47,9 @@ entrypoint!(init);
 pub fn init(ctx: duck::entry::LoadContext) -> Result<(), Box<dyn std::error::Error>> {
     PANIC_HOOK.call_once(panic::quiet_reports);
     let store = catalog::store::Store::new(ctx.admin);
-    let host =
-        host::listener::Host::new(ctx.pool, ctx.statements, store, host::settings::HostSettings::new(ctx.control));
+    let settings = host::settings::HostSettings::new(ctx.control);
+    let checkpoints = host::checkpoints::Checkpoints::new(ctx.checkpointer);
+    let host = host::listener::Host::new(ctx.pool, ctx.statements, store, settings, checkpoints);
     host::sql::register(&ctx.conn, ctx.registrar, host)?;
     AT_EXIT.call_once(|| duck::entry::at_exit(host::listener::stop_all_at_exit));
     host::sql::autolisten(&ctx.conn)?;

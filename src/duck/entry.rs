@@ -21,8 +21,10 @@ pub struct LoadContext {
     pub admin: RawConn,
     /// For registering functions through the C API directly (`caller::register_scalar`); closed after LOAD.
     pub registrar: RawConn,
-    /// For the settings arrowport changes while it listens (`host::extensions`).
+    /// For the settings arrowport changes while it listens (`host::settings`).
     pub control: RawConn,
+    /// For the checkpoints arrowport runs while it listens (`host::checkpoints`).
+    pub checkpointer: RawConn,
 }
 
 /// The init function arrowport's top layer gives [`crate::entrypoint!`].
@@ -100,7 +102,8 @@ unsafe fn load(
     let admin = RawConn::connect(db).map_err(|e| e.to_string())?;
     let registrar = RawConn::connect(db).map_err(|e| e.to_string())?;
     let control = RawConn::connect(db).map_err(|e| e.to_string())?;
-    init(LoadContext { conn, pool, statements, admin, registrar, control }).map_err(|e| e.to_string())?;
+    let checkpointer = RawConn::connect(db).map_err(|e| e.to_string())?;
+    init(LoadContext { conn, pool, statements, admin, registrar, control, checkpointer }).map_err(|e| e.to_string())?;
     Ok(true)
 }
 

@@ -35,6 +35,10 @@ pub const FOLLOWERS: &str = "arrowport_followers";
 pub const FOLLOWED_ROWS: &str = "arrowport_followed_rows_total";
 pub const FOLLOWED_BYTES: &str = "arrowport_followed_bytes_total";
 pub const FOLLOWER_LAG: &str = "arrowport_follower_lag_rows";
+pub const CHECKPOINTS: &str = "arrowport_checkpoints_total";
+pub const CHECKPOINT_SECONDS: &str = "arrowport_checkpoint_seconds_total";
+pub const WAL_BYTES: &str = "arrowport_wal_bytes";
+pub const WAL_PEAK: &str = "arrowport_wal_peak_bytes";
 
 pub const LABEL_STREAM: &str = "stream";
 pub const LABEL_PROTOCOL: &str = "protocol";
@@ -172,6 +176,10 @@ pub struct Metrics {
     follower_lag: IntGaugeVec,
     /// The followers connected now, by id.
     followers: Mutex<(u64, HashMap<u64, Follower>)>,
+    checkpoints: IntCounterVec,
+    checkpoint_seconds: prometheus::Counter,
+    wal_bytes: IntGauge,
+    wal_peak: IntGauge,
 }
 
 /// A follower as `arrowport_followers()` shows it.
@@ -304,6 +312,25 @@ impl Metrics {
         )
         .expect("static metric definition");
         registry.register(Box::new(follower_lag.clone())).expect("metric registered once");
+        let checkpoints = counter(
+            &registry,
+            CHECKPOINTS,
+            "CHECKPOINTs arrowport ran on the host's database files while listening, by outcome.",
+            &[LABEL_OUTCOME],
+        );
+        let checkpoint_seconds =
+            prometheus::Counter::new(CHECKPOINT_SECONDS, "Seconds spent in the CHECKPOINTs arrowport ran.")
+                .expect("static metric definition");
+        registry.register(Box::new(checkpoint_seconds.clone())).expect("metric registered once");
+        let wal_bytes = IntGauge::new(
+            WAL_BYTES,
+            "Bytes of write-ahead log of the host's database files now (while arrowport manages checkpoints).",
+        )
+        .expect("static metric definition");
+        registry.register(Box::new(wal_bytes.clone())).expect("metric registered once");
+        let wal_peak = IntGauge::new(WAL_PEAK, "The largest write-ahead log seen since the host loaded arrowport.")
+            .expect("static metric definition");
+        registry.register(Box::new(wal_peak.clone())).expect("metric registered once");
         Metrics {
             registry,
             requests,
@@ -328,6 +355,25 @@ impl Metrics {
             followed_bytes,
             follower_lag,
             followers: Mutex::new((0, HashMap::new())),
+            checkpoints,
+            checkpoint_seconds,
+            wal_bytes,
+            wal_peak,
+        }
+    }
+
+    /// A CHECKPOINT arrowport ran, and how long it took.
+    pub fn checkpointed(&self, ok: bool, seconds: f64) {
+        self.checkpoints.with_label_values(&[if ok { "ok" } else { "failed" }]).inc();
+        self.checkpoint_seconds.inc_by(seconds);
+    }
+
+    /// The write-ahead logs' size now.
+    pub fn wal_bytes(&self, bytes: u64) {
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        self.wal_bytes.set(bytes);
+        if bytes > self.wal_peak.get() {
+            self.wal_peak.set(bytes);
         }
     }
 

@@ -4,6 +4,7 @@
 //! serves one port with gRPC and HTTP side by side; every request passes the [`gate`] (authentication) after
 //! [`tls`]. Below it: the protocol adapters (`proto`), the engine, the catalog.
 
+pub mod checkpoints;
 pub mod connections;
 pub mod gate;
 pub mod listener;

@@ -35,6 +35,7 @@ use crate::engine::metrics::Metrics;
 use crate::engine::policy::{self, Access, IDEMPOTENCY_WINDOW, MAX_CONCURRENT_REQUESTS, Policy, STALL_LIMIT};
 use crate::engine::session::Maintained;
 use crate::engine::writers::Writers;
+use crate::host::checkpoints::Checkpoints;
 use crate::host::connections::{self, Admission, Admitted, Connections};
 use crate::host::gate::{self, AuthMode, Gate};
 use crate::host::settings::HostSettings;
@@ -112,6 +113,8 @@ pub struct Host {
     /// The host's settings arrowport reads (memory_limit) and changes (extension autoloading, while a listener
     /// accepts SQL).
     settings: HostSettings,
+    /// Who checkpoints the host's database files while listeners run (see `host::checkpoints`).
+    checkpoints: Checkpoints,
     /// Whether the registry and the tokens hold what is persisted yet (loaded on first use, never during LOAD).
     loaded: Mutex<bool>,
 }
@@ -131,7 +134,13 @@ pub extern "C" fn stop_all_at_exit() {
 }
 
 impl Host {
-    pub fn new(pool: Vec<RawConn>, statements: Vec<RawConn>, store: Store, settings: HostSettings) -> Arc<Host> {
+    pub fn new(
+        pool: Vec<RawConn>,
+        statements: Vec<RawConn>,
+        store: Store,
+        settings: HostSettings,
+        checkpoints: Checkpoints,
+    ) -> Arc<Host> {
         let own_connections = pool.iter().chain(&statements).filter_map(RawConn::connection_id).collect();
         let host = Arc::new(Host {
             own_connections,
@@ -141,6 +150,7 @@ impl Host {
             tokens: Arc::new(Tokens::default()),
             store,
             settings,
+            checkpoints,
             loaded: Mutex::new(false),
         });
         if let Ok(mut hosts) = HOSTS.lock() {
@@ -273,6 +283,11 @@ impl Host {
             ),
             None => None,
         };
+        let core = Arc::downgrade(&running.core);
+        let busy = Box::new(move || core.upgrade().is_some_and(|c| c.in_flight() > 0));
+        self.checkpoints
+            .start(options.checkpoint_wal, busy, Arc::clone(&self.metrics))
+            .map_err(|e| ListenError::BadOption("checkpoint_wal", e))?;
         let mut rows = Vec::new();
         match separate {
             None => {
@@ -313,6 +328,7 @@ impl Host {
     pub fn stop(&self) -> usize {
         let Some(running) = self.lock().running.take() else {
             self.settings.restore_extension_loading();
+            self.checkpoints.stop();
             return 0;
         };
         let Running { runtime, core, cancel, listeners, schedules, .. } = running;
@@ -337,6 +353,7 @@ impl Host {
             }
             Err(e) => eprintln!("arrowport: could not start the thread that stops the listeners: {e}"),
         }
+        self.checkpoints.stop();
         let sinks = core.writers().stop(JOIN_LIMIT);
         let statement_sinks = core.statements().map(|s| s.stop(JOIN_LIMIT)).unwrap_or_default();
         self.lock().pool = Pool::Ready(sinks, statement_sinks);

@@ -175,6 +175,11 @@ impl VTab for ListenTable {
         if let Some(d) = seconds(bind, "idempotency_window", A_YEAR, false)? {
             options.idempotency_window = d;
         }
+        if let Some(v) = bind.get_named_parameter("checkpoint_wal").filter(|v| !v.is_null()) {
+            let n = v.to_int64();
+            options.checkpoint_wal = u64::try_from(n)
+                .map_err(|_| format!("invalid value for option checkpoint_wal: {n} (bytes, 0 or more)"))?;
+        }
         if let Some(n) = count(bind, "commit_retries")? {
             options.commit_retries = n;
         }
@@ -229,6 +234,7 @@ impl VTab for ListenTable {
             ("idempotency_window".to_string(), LogicalTypeId::Double.into()),
             ("allowed_origins".to_string(), LogicalTypeHandle::list(&varchar())),
             ("commit_retries".to_string(), LogicalTypeId::Bigint.into()),
+            ("checkpoint_wal".to_string(), LogicalTypeId::Bigint.into()),
         ])
     }
 }
