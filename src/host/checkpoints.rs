@@ -38,6 +38,9 @@ const TICK: Duration = Duration::from_millis(50);
 /// How often the list of database files (and the setting) is read again.
 const REFRESH: Duration = Duration::from_secs(2);
 
+/// How long a file whose checkpoint failed (a transaction of the operator's in the way, say) rests before the next try.
+const AFTER_FAILURE: Duration = Duration::from_secs(5);
+
 /// How long `stop` waits for a checkpoint in progress before leaving the thread to finish it alone.
 const STOP_WAIT: Duration = Duration::from_secs(30);
 
@@ -201,6 +204,7 @@ impl Worker {
         let mut refreshed: Option<Instant> = None;
         let mut last_busy = Instant::now();
         let mut managing = true;
+        let mut failed: std::collections::HashMap<String, Instant> = Default::default();
         while !self.stopping(TICK) {
             if (self.busy)() {
                 last_busy = Instant::now();
@@ -224,11 +228,24 @@ impl Worker {
             for file in &files {
                 let wal = std::fs::metadata(&file.wal).map(|m| m.len()).unwrap_or(0);
                 total += wal;
-                if self.due.now(wal, last_busy.elapsed()) {
+                let resting = failed.get(&file.name).is_some_and(|t| t.elapsed() < AFTER_FAILURE);
+                if !resting && self.due.now(wal, last_busy.elapsed()) {
                     let started = Instant::now();
                     let outcome = self.conn.execute(&format!("CHECKPOINT {}", quoted(&file.name)));
-                    if let Err(e) = &outcome {
-                        eprintln!("arrowport: checkpoint of {} failed: {e}", file.name);
+                    match &outcome {
+                        Ok(_) => {
+                            failed.remove(&file.name);
+                        }
+                        Err(e) => {
+                            // Said once per run of failures; tried again after a rest.
+                            if failed.insert(file.name.clone(), Instant::now()).is_none() {
+                                eprintln!(
+                                    "arrowport: checkpoint of {} failed (tried again every {} s): {e}",
+                                    file.name,
+                                    AFTER_FAILURE.as_secs()
+                                );
+                            }
+                        }
                     }
                     self.metrics.checkpointed(outcome.is_ok(), started.elapsed().as_secs_f64());
                 }
