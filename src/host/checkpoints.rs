@@ -74,8 +74,9 @@ struct Running {
     thread: Option<(Stop, std::thread::JoinHandle<()>)>,
 }
 
-/// The thread's stop signal: a flag and its condition variable.
-type Stop = Arc<(Mutex<bool>, Condvar)>;
+/// The thread's stop signal and its condition variable: `Some(restore)` once it is to end, and whether it may
+/// run SQL on its way out (to put the operator's threshold back).
+type Stop = Arc<(Mutex<Option<bool>>, Condvar)>;
 
 /// What the checkpointer's thread reads of the engine: whether requests are in flight now.
 pub type Busy = Box<dyn Fn() -> bool + Send>;
@@ -136,7 +137,7 @@ impl Checkpoints {
                 ));
             }
         };
-        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let stop = Arc::new((Mutex::new(None), Condvar::new()));
         let worker = Worker {
             conn,
             slot: Arc::clone(&self.conn),
@@ -157,16 +158,16 @@ impl Checkpoints {
         Ok(())
     }
 
-    /// Stops the thread (waiting for a checkpoint in progress, up to [`STOP_WAIT`]); it puts the operator's
-    /// threshold back before it ends.
-    pub fn stop(&self) {
+    /// Stops the thread (waiting for a checkpoint in progress, up to [`STOP_WAIT`]); with `restore`, it puts the
+    /// operator's threshold back before it ends (not at process exit, where no SQL may run).
+    pub fn stop(&self, restore: bool) {
         let Some(Running { thread: Some((stop, thread)), .. }) =
             self.running.lock().unwrap_or_else(|p| p.into_inner()).take()
         else {
             return;
         };
         let (flag, wake) = &*stop;
-        *flag.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        *flag.lock().unwrap_or_else(|p| p.into_inner()) = Some(restore);
         wake.notify_all();
         let deadline = Instant::now() + STOP_WAIT;
         while !thread.is_finished() && Instant::now() < deadline {
@@ -252,7 +253,8 @@ impl Worker {
             }
             self.metrics.wal_bytes(total);
         }
-        if managing {
+        let restore = self.stop.0.lock().unwrap_or_else(|p| p.into_inner()).unwrap_or(true);
+        if managing && restore {
             let now = self.conn.query_value("SELECT current_setting('checkpoint_threshold')");
             if matches!(now, Ok(Some(ref v)) if *v == self.ours)
                 && let Err(e) = self.conn.execute_past_interrupts(&restoring(&self.operator_text))
@@ -268,11 +270,11 @@ impl Worker {
     fn stopping(&self, d: Duration) -> bool {
         let (flag, wake) = &*self.stop;
         let stopped = flag.lock().unwrap_or_else(|p| p.into_inner());
-        if *stopped {
+        if stopped.is_some() {
             return true;
         }
         let (stopped, _) = wake.wait_timeout(stopped, d).unwrap_or_else(|p| p.into_inner());
-        *stopped
+        stopped.is_some()
     }
 
     /// The attached database files that can be written (DuckDB's own format, on disk).

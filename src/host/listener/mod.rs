@@ -121,10 +121,16 @@ pub struct Host {
 
 static HOSTS: Mutex<Vec<Weak<Host>>> = Mutex::new(Vec::new());
 
+/// Set once the process has begun to exit: DuckDB's lazily made statics may already be gone, so nothing that
+/// parses SQL may run any more (the checkpointer leaves the operator's threshold as it is; it dies with the
+/// process).
+static EXITING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Stops every host's listeners; registered with `atexit` by the entrypoint (called from C, so behind the
 /// panic boundary).
 pub extern "C" fn stop_all_at_exit() {
     let _ = crate::panic::contain("stopping at exit", || {
+        EXITING.store(true, std::sync::atomic::Ordering::SeqCst);
         let hosts: Vec<Arc<Host>> =
             HOSTS.lock().map(|h| h.iter().filter_map(Weak::upgrade).collect()).unwrap_or_default();
         for host in hosts {
@@ -328,7 +334,7 @@ impl Host {
     pub fn stop(&self) -> usize {
         let Some(running) = self.lock().running.take() else {
             self.settings.restore_extension_loading();
-            self.checkpoints.stop();
+            self.checkpoints.stop(!EXITING.load(std::sync::atomic::Ordering::SeqCst));
             return 0;
         };
         let Running { runtime, core, cancel, listeners, schedules, .. } = running;
@@ -353,7 +359,7 @@ impl Host {
             }
             Err(e) => eprintln!("arrowport: could not start the thread that stops the listeners: {e}"),
         }
-        self.checkpoints.stop();
+        self.checkpoints.stop(!EXITING.load(std::sync::atomic::Ordering::SeqCst));
         let sinks = core.writers().stop(JOIN_LIMIT);
         let statement_sinks = core.statements().map(|s| s.stop(JOIN_LIMIT)).unwrap_or_default();
         self.lock().pool = Pool::Ready(sinks, statement_sinks);
