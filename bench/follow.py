@@ -5,7 +5,10 @@
   receipt of its rows (negative when the rows reached the follower before the producer had its answer), p50/p99;
 - catch-up: a history of ROWS rows read from the start by one follower, against a Flight SQL `SELECT *` of the
   same table through ADBC, rows/s each;
-- producers: 8 clients sending 1,000-row requests, with no follower and with 8 followers attached: requests/min.
+- producers: 8 producer processes sending 1,000-row requests, with no follower, with 8 follower processes, and with
+  8 followers held to FOLLOW_BENCH_FOLLOWER_CPU cores (0.5; as on machines of their own, so that their own
+  decoding does not take the cores the host and the producers share): requests/min, the host's CPU per request,
+  and every follower's rows against the rows produced; REPEAT rounds, for same-run ratios.
 BENCH_QUICK=1: 1M rows of history and fewer requests. Writes bench/results/<timestamp>-follow.json.
 """
 import json
@@ -22,6 +25,7 @@ import pyarrow.flight as fl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "test"))
+import cpugroup  # noqa: E402
 import hosts  # noqa: E402
 import report  # noqa: E402
 from clients import flight_put  # noqa: E402
@@ -29,7 +33,10 @@ from clients import flight_put  # noqa: E402
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 ROWS = 1_000_000 if QUICK else 10_000_000
 LATENCY_REQUESTS = 100 if QUICK else 300
-PRODUCER_REQUESTS = 200 if QUICK else 800
+PRODUCER_REQUESTS = 200 if QUICK else 2400
+REPEAT = 1 if QUICK else 3
+# The followers' CPU group in the third producers case (followers on machines of their own); 0 skips that case.
+FOLLOWER_CPU = float(os.environ.get("FOLLOW_BENCH_FOLLOWER_CPU", "0.5"))
 
 
 class Host:
@@ -137,31 +144,89 @@ def catch_up():
             "flightsql_rows_per_s": ROWS / sql_seconds, "vs_flightsql": sql_seconds / follow_seconds}
 
 
-def producers(followers):
+def counting_follower(addr, ready, out):
+    """A follower process: every row from now on, counted, until the end marker (req = -2); puts its count."""
+    import pyarrow.compute as pc
+    client = fl.connect(f"grpc://{addr}")
+    reader = client.do_get(fl.Ticket(json.dumps({"follow": "ev", "after": "end"})))
+    ready.set()
+    rows = 0
+    for chunk in reader:
+        marker = pc.equal(chunk.data.column("req"), -2)
+        if pc.any(marker).as_py():
+            rows += chunk.data.num_rows - pc.sum(marker.cast(pa.int64())).as_py()
+            break
+        rows += chunk.data.num_rows
+    client.close()
+    out.put(rows)
+
+
+def producing(addr, c, per_client, ready, go, done):
+    """A producer process: its requests once `go` is set; puts when it finished (CLOCK_MONOTONIC, shared by the
+    machine's processes), so that the interpreter's exit is not timed."""
+    client = fl.connect(f"grpc://{addr}")
+    flight_put(addr, "ev", request(-3, 0), client=client)
+    ready.set()
+    go.wait(60)
+    for r in range(per_client):
+        flight_put(addr, "ev", request(c * 100_000 + r), client=client)
+    done.put(time.monotonic())
+    client.close()
+
+
+def producers(followers, follower_cores=None):
+    """8 producer processes, `followers` follower processes (in a CPU group of `follower_cores` cores, as followers
+    on machines of their own, when given): the producers' requests/min, the host's CPU per request, and every
+    follower's rows checked against the rows produced."""
+    import multiprocessing
+    # Fresh interpreters: a process forked from this one, which has used gRPC, can hang in gRPC's own threads.
+    ctx = multiprocessing.get_context("spawn")
+    group = None
     with tempfile.TemporaryDirectory() as d:
         host = Host(d)
         flight_put(host.addr, "ev", request(-1))
-        stop = threading.Event()
-        threads = [threading.Thread(target=follower, args=(host.addr, "end", None, stop)) for _ in range(followers)]
-        for t in threads:
-            t.start()
-        time.sleep(1)
+        out = ctx.Queue()
+        readies = [ctx.Event() for _ in range(followers)]
+        procs = [ctx.Process(target=counting_follower, args=(host.addr, r, out)) for r in readies]
+        for p in procs:
+            p.start()
+        if follower_cores and procs:
+            group = cpugroup.Group("followers", follower_cores)
+            for p in procs:
+                group.add(p.pid)
+        for r in readies:
+            r.wait(30)
+        time.sleep(0.5)
         per_client = PRODUCER_REQUESTS // 8
-
-        def producer(c):
-            client = fl.connect(f"grpc://{host.addr}")
-            for r in range(per_client):
-                flight_put(host.addr, "ev", request(c * 100_000 + r), client=client)
-            client.close()
-
-        seconds = report.run_threads([threading.Thread(target=producer, args=(c,)) for c in range(8)])
-        stop.set()
+        go = ctx.Event()
+        set_up = [ctx.Event() for _ in range(8)]
+        done = ctx.Queue()
+        makers = [ctx.Process(target=producing, args=(host.addr, c, per_client, r, go, done)) for c, r in enumerate(set_up)]
+        for p in makers:
+            p.start()
+        for r in set_up:
+            r.wait(60)
+        cpu = cpugroup.cpu_seconds(host.host.proc.pid)
+        started = time.monotonic()
+        go.set()
+        seconds = max(done.get(timeout=600) for _ in makers) - started
+        host_cpu = cpugroup.cpu_seconds(host.host.proc.pid) - cpu
+        for p in makers:
+            p.join()
         flight_put(host.addr, "ev", request(-2))
-        for t in threads:
-            t.join(10)
+        counts = [out.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join(10)
+        throttled = group.stat()["nr_throttled"] if group else None
+        if group:
+            group.close()
         host.close()
-    return {"case": f"8 producers, {followers} followers", "followers": followers, "requests": per_client * 8,
-            "seconds": seconds, "requests_per_min": per_client * 8 / seconds * 60}
+    produced = per_client * 8 * 1000
+    case = f"8 producers, {followers} followers" + (f" (in {follower_cores} cores of their own)" if group else "")
+    return {"case": case, "followers": followers, "follower_cores": follower_cores if group else None,
+            "requests": per_client * 8, "seconds": seconds, "requests_per_min": per_client * 8 / seconds * 60,
+            "host_cpu_ms_per_request": host_cpu / (per_client * 8) * 1000, "followers_throttled_periods": throttled,
+            "missing": sum(produced - c for c in counts), "follower_rows": counts}
 
 
 def main():
@@ -175,10 +240,17 @@ def main():
     results.append(r)
     print(f"  {r['case']}: follow {r['follow_rows_per_s'] / 1e6:.2f} M rows/s, Flight SQL SELECT * "
           f"{r['flightsql_rows_per_s'] / 1e6:.2f} M rows/s ({r['vs_flightsql']:.2f}x)", flush=True)
-    for n in (0, 8):
-        r = producers(n)
-        results.append(r)
-        print(f"  {r['case']}: {r['requests_per_min']:,.0f} requests/min", flush=True)
+    cases = [(0, None), (8, None)]
+    if FOLLOWER_CPU > 0 and cpugroup.why_missing() is None:
+        cases.append((8, FOLLOWER_CPU))
+    else:
+        print(f"  (no CPU group for the followers: {cpugroup.why_missing() or 'FOLLOW_BENCH_FOLLOWER_CPU=0'})")
+    for _ in range(REPEAT):
+        for n, cores in cases:
+            r = producers(n, cores)
+            results.append(r)
+            print(f"  {r['case']}: {r['requests_per_min']:,.0f} requests/min, host CPU {r['host_cpu_ms_per_request']:.2f} ms "
+                  f"per request, followers' rows missing {r['missing']}", flush=True)
     bad = [f"{r['case']}: {r['missing']} deliveries missing" for r in results if r.get("missing")]
     when = report.stamp()
     report.finish({"when": when, "host": platform.node(), "cores": os.cpu_count(), "quick": QUICK, "results": results},
