@@ -7,7 +7,8 @@ Cases:
   the same clients into one host's local DuckDB file;
 - large: one 1M-row request per host, 1, 2 and 3 hosts at once, into the lake, against one such request into a
   local DuckDB file;
-- files: the lake table's Parquet files after the small 3-host case, and after `arrowport_maintain`.
+- files: the lake table's Parquet files after the small 3-host case, and after `arrowport_maintain`;
+all of it once with PostgreSQL on loopback and once LAKE_BENCH_PG_DELAYS (default "0,2") ms of round trip away.
 Every case checks that the rows landed equal the rows acknowledged. Prints a Markdown table and writes
 bench/results/<timestamp>-lake.json.
 
@@ -47,6 +48,10 @@ RETRY_WAIT_MS = os.environ.get("LAKE_BENCH_RETRY_WAIT_MS")
 KEYS = os.environ.get("LAKE_BENCH_KEYS", "1") != "0"
 ARROW = "application/vnd.apache.arrow.stream"
 HOST_CPU = float(os.environ.get("LAKE_BENCH_HOST_CPU", "0.25"))
+# Round trips (ms) added between the hosts and PostgreSQL, one whole run each: 0 is loopback; others put PostgreSQL
+# behind a relay that delays each direction by half of it (test/delay_relay.py; this machine's kernel has no netem),
+# as a catalog on another machine would be.
+PG_DELAYS = [float(x) for x in os.environ.get("LAKE_BENCH_PG_DELAYS", "0,2").split(",") if x.strip()]
 NO_GROUP = "LAKE_BENCH_HOST_CPU=0" if HOST_CPU <= 0 else cpugroup.why_missing()
 
 
@@ -192,12 +197,25 @@ def main():
     else:
         print(f"lake bench: each host in a CPU group of {HOST_CPU} cores", flush=True)
     results = {"when": report.stamp(), "seconds": SECONDS, "host_cpu": None if NO_GROUP else HOST_CPU,
-               "unconstrained_because": NO_GROUP,
-               "clients_per_host": CLIENTS, "small": [], "files": None, "large": None}
-    bad = []
+               "unconstrained_because": NO_GROUP, "clients_per_host": CLIENTS, "runs": []}
+    bad, tables = [], []
+    for delay in PG_DELAYS:
+        print(f"PostgreSQL {delay} ms of round trip away" if delay else "PostgreSQL on loopback", flush=True)
+        run, lines = one_run(delay, bad)
+        results["runs"].append(run)
+        tables.append((delay, lines))
+    for delay, lines in tables:
+        print(f"\n{'PostgreSQL on loopback' if not delay else f'PostgreSQL {delay} ms of round trip away, behind a delaying relay'}:\n")
+        print("\n".join(lines))
+    report.finish(results, f"{results['when']}-lake", bad)
+
+
+def one_run(delay, bad):
+    """Every case with the catalog `delay` ms of round trip away: its results, and its table's lines."""
+    results = {"pg_delay_ms": delay, "small": [], "files": None, "large": None}
     for n_hosts, local in [(1, True), (1, False), (2, False), (3, False)]:
         with tempfile.TemporaryDirectory() as d:
-            world = lake.World(d)
+            world = lake.World(d, pg_delay_ms=delay)
             try:
                 hs, row = small(world, d, n_hosts, local)
                 row["target"] = "local file" if local else "lake"
@@ -218,7 +236,7 @@ def main():
     results["large"] = {}
     for n_hosts in (1, 2, 3):
         with tempfile.TemporaryDirectory() as d:
-            world = lake.World(d)
+            world = lake.World(d, pg_delay_ms=delay)
             try:
                 results["large"][n_hosts] = large(world, d, n_hosts)
                 for case in results["large"][n_hosts].values():
@@ -243,9 +261,7 @@ def main():
                      f"{lake_rate / big[1]['lake']['rows_per_s']:.2f}x ({lake_rate / local:.2f}x of one request into a local file, {local:,.0f} rows/s) |")
     files = results["files"]
     lines.append(f"| Parquet files after the 3-host case / after arrowport_maintain | | {files['before']} / {files['after']} | | | | | |")
-    print()
-    print("\n".join(lines))
-    report.finish(results, f"{results['when']}-lake", bad)
+    return results, lines
 
 
 if __name__ == "__main__":

@@ -79,6 +79,28 @@ class Postgres:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class Delayed:
+    """PostgreSQL `delay_ms` of round trip further away, behind a relay process of its own (test/delay_relay.py;
+    this machine's kernel has no `netem`), as a catalog on another machine would be."""
+
+    def __init__(self, pg, delay_ms):
+        import sys
+        self.pg, self.port = pg, free_port()
+        self.proc = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "delay_relay.py"),
+                                      str(self.port), "127.0.0.1", str(pg.port), str(delay_ms)],
+                                     stdout=subprocess.PIPE, text=True)
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("the delaying relay did not start")
+
+    def dsn(self):
+        return f"host=127.0.0.1 port={self.port} dbname=lake user=postgres"
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+        self.pg.stop()
+
+
 class Moto:
     """moto's S3 server on a free loopback port, with one bucket."""
 
@@ -121,9 +143,11 @@ class Moto:
 class World:
     """PostgreSQL + moto, and the SQL a host runs to attach the lake as `lake`."""
 
-    def __init__(self, directory):
+    def __init__(self, directory, pg_delay_ms=0):
         self.dir = directory
         self.pg = Postgres()
+        if pg_delay_ms:
+            self.pg = Delayed(self.pg, pg_delay_ms)
         try:
             self.s3 = Moto(directory)
         except Exception:
