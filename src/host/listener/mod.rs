@@ -121,10 +121,13 @@ pub struct Host {
 
 static HOSTS: Mutex<Vec<Weak<Host>>> = Mutex::new(Vec::new());
 
-/// Set once the process has begun to exit: DuckDB's lazily made statics may already be gone, so nothing that
-/// parses SQL may run any more (the checkpointer leaves the operator's threshold as it is; it dies with the
-/// process).
+/// Set once the process has begun to exit: DuckDB's lazily made statics may already be gone, so `stop` runs no SQL
+/// to put settings back (they die with the process): neither the checkpoint threshold nor extension autoloading.
 static EXITING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn exiting() -> bool {
+    EXITING.load(std::sync::atomic::Ordering::SeqCst)
+}
 
 /// Stops every host's listeners; registered with `atexit` by the entrypoint (called from C, so behind the
 /// panic boundary).
@@ -333,8 +336,7 @@ impl Host {
     /// the connections back, so `arrowport_status()` and the like never wait for a stop.
     pub fn stop(&self) -> usize {
         let Some(running) = self.lock().running.take() else {
-            self.settings.restore_extension_loading();
-            self.checkpoints.stop(!EXITING.load(std::sync::atomic::Ordering::SeqCst));
+            self.put_settings_back();
             return 0;
         };
         let Running { runtime, core, cancel, listeners, schedules, .. } = running;
@@ -359,17 +361,26 @@ impl Host {
             }
             Err(e) => eprintln!("arrowport: could not start the thread that stops the listeners: {e}"),
         }
-        self.checkpoints.stop(!EXITING.load(std::sync::atomic::Ordering::SeqCst));
         let sinks = core.writers().stop(JOIN_LIMIT);
         let statement_sinks = core.statements().map(|s| s.stop(JOIN_LIMIT)).unwrap_or_default();
         self.lock().pool = Pool::Ready(sinks, statement_sinks);
         self.metrics.set_started(None);
         self.metrics.watch_budget(None);
-        self.settings.restore_extension_loading();
+        self.put_settings_back();
         if let Err(e) = self.store.save_last_used(&self.tokens.used()) {
             eprintln!("arrowport: could not save when tokens were last used: {e}");
         }
         count
+    }
+
+    /// Ends the checkpointer and puts back the settings the listeners changed (not at process exit, see
+    /// [`EXITING`]).
+    fn put_settings_back(&self) {
+        let exiting = exiting();
+        self.checkpoints.stop(!exiting);
+        if !exiting {
+            self.settings.restore_extension_loading();
+        }
     }
 
     /// The running writers and runtime, started (with a memory budget of `budget` bytes) if they are not.
