@@ -44,11 +44,17 @@ ROWS_BIG = 2_000_000 if QUICK else 10_000_000
 REPEATS = 1 if QUICK else 3
 SMALL_SECONDS = 5 if QUICK else 10
 PEER = os.path.join(ROOT, "bench", "quack_peer.py")
+# Rows per Arrow batch on every side (DuckDB's row group; a table read from Parquet comes in batches like these).
+# One batch of millions of rows would be one task for DuckDB's scan: a single thread inserts it while the
+# statement's other thread waits, in-process as in a host.
+BATCH_ROWS = 122_880
 
 
 def events(n):
-    return pa.table({"id": pa.array(range(n), pa.int64()), "v": pa.array([0.5] * n, pa.float64()),
-                     "s": pa.array([f"s{i % 1000}" for i in range(n)])})
+    """The events table in batches of BATCH_ROWS rows, as quack_peer.py builds it for Quack and the baseline."""
+    t = pa.table({"id": pa.array(range(n), pa.int64()), "v": pa.array([0.5] * n, pa.float64()),
+                  "s": pa.array([f"s{i % 1000}" for i in range(n)])})
+    return pa.Table.from_batches(t.to_batches(max_chunksize=BATCH_ROWS))
 
 
 def peer(*args):
@@ -112,8 +118,8 @@ def arrowport_push(addr, table, how):
     else:
         conn = adbc_flightsql(addr)
         with conn.cursor() as cur:
-            # The driver sends a batch as one gRPC message of at most 16 MiB.
-            cur.adbc_ingest("events", pa.Table.from_batches(table.to_batches(max_chunksize=100_000)), mode="append")
+            # The driver sends a batch as one gRPC message of at most 16 MiB (a batch here is about 3 MB).
+            cur.adbc_ingest("events", table, mode="append")
         conn.commit()
         conn.close()
     return time.perf_counter() - started

@@ -26,8 +26,10 @@ TOKEN = "bench-secret"
 
 
 def events(n, start=0):
-    return pa.table({"id": pa.array(range(start, start + n), pa.int64()), "v": pa.array([0.5] * n, pa.float64()),
-                     "s": pa.array([f"s{i % 1000}" for i in range(n)])})
+    """The events table in batches of 122,880 rows, as bench/quack.py builds it."""
+    t = pa.table({"id": pa.array(range(start, start + n), pa.int64()), "v": pa.array([0.5] * n, pa.float64()),
+                  "s": pa.array([f"s{i % 1000}" for i in range(n)])})
+    return pa.Table.from_batches(t.to_batches(max_chunksize=122_880))
 
 
 def duck(path=":memory:"):

@@ -51,6 +51,12 @@ pub struct Prepared<'c> {
 const KEPT_MAX: usize = 64;
 
 impl RawConn {
+    /// Runs one statement that may take long (a landing's INSERT): prepared, then run as
+    /// [`Prepared::execute_update`] runs it. Returns the rows it changed.
+    pub fn execute_long(&mut self, sql: &str) -> Result<u64, DbError> {
+        self.prepare(sql)?.execute_update()
+    }
+
     /// Prepares one statement (DuckDB binds it now: names are resolved, table functions bound).
     pub fn prepare(&mut self, sql: &str) -> Result<Prepared<'_>, DbError> {
         let text = CString::new(sql).map_err(|_| DbError::ours("SQL text contains a NUL byte"))?;
@@ -261,25 +267,103 @@ impl Prepared<'_> {
     }
 
     /// Runs the statement to its end; returns the rows it changed.
+    ///
+    /// The calling thread runs DuckDB's tasks for the statement itself (as `duckdb_execute_prepared` does), but
+    /// when DuckDB's own threads hold every task (a scan waiting for the network, the one task of a single large
+    /// batch) it waits instead of asking again at once: DuckDB's blocking execution asks in a loop, which keeps a
+    /// core busy for the length of the statement.
     pub fn execute_update(&mut self) -> Result<u64, DbError> {
-        // SAFETY: as in `execute`; the materialized result is destroyed before returning.
+        let mut pending: sys::duckdb_pending_result = std::ptr::null_mut();
+        // SAFETY: self.stmt is prepared; `pending` is destroyed exactly once below whatever the outcome, and the
+        // materialized result before returning.
         unsafe {
-            let mut result: sys::duckdb_result = std::mem::zeroed();
-            let state = sys::duckdb_execute_prepared(self.stmt, &mut result);
-            let out = if state == sys::duckdb_state_DuckDBSuccess {
-                Ok(sys::duckdb_rows_changed(&mut result))
-            } else {
-                let p = sys::duckdb_result_error(&mut result);
-                let kind = DbErrorKind::of_type(sys::duckdb_result_error_type(&mut result));
-                Err(if p.is_null() {
-                    DbError::ours("DuckDB could not run the statement")
+            let state = sys::duckdb_pending_prepared(self.stmt, &mut pending);
+            let mut out = if state == sys::duckdb_state_DuckDBSuccess { Ok(0) } else { Err(pending_error(pending)) };
+            if out.is_ok() {
+                let mut idle = IdleWait::default();
+                loop {
+                    match sys::duckdb_pending_execute_task(pending) {
+                        sys::duckdb_pending_state_DUCKDB_PENDING_RESULT_READY => break,
+                        sys::duckdb_pending_state_DUCKDB_PENDING_NO_TASKS_AVAILABLE => idle.wait(),
+                        sys::duckdb_pending_state_DUCKDB_PENDING_RESULT_NOT_READY => idle.reset(),
+                        _ => {
+                            out = Err(pending_error(pending));
+                            break;
+                        }
+                    }
+                }
+            }
+            if out.is_ok() {
+                let mut result: sys::duckdb_result = std::mem::zeroed();
+                let state = sys::duckdb_execute_pending(pending, &mut result);
+                out = if state == sys::duckdb_state_DuckDBSuccess {
+                    Ok(sys::duckdb_rows_changed(&mut result))
                 } else {
-                    DbError { kind, message: CStr::from_ptr(p).to_string_lossy().into_owned() }
-                })
-            };
-            sys::duckdb_destroy_result(&mut result);
+                    let p = sys::duckdb_result_error(&mut result);
+                    let kind = DbErrorKind::of_type(sys::duckdb_result_error_type(&mut result));
+                    Err(if p.is_null() {
+                        DbError::ours("DuckDB could not run the statement")
+                    } else {
+                        DbError { kind, message: CStr::from_ptr(p).to_string_lossy().into_owned() }
+                    })
+                };
+                sys::duckdb_destroy_result(&mut result);
+            }
+            if !pending.is_null() {
+                sys::duckdb_destroy_pending(&mut pending);
+            }
             out
         }
+    }
+}
+
+/// The error of a pending result (its kind read from the text: the pending API gives no error type).
+///
+/// # Safety
+/// `pending` must be null or a live pending result.
+unsafe fn pending_error(pending: sys::duckdb_pending_result) -> DbError {
+    // SAFETY: per the contract; the text is owned by the pending result and copied here.
+    let p = if pending.is_null() { std::ptr::null() } else { unsafe { sys::duckdb_pending_error(pending) } };
+    if p.is_null() {
+        DbError::ours("DuckDB could not run the statement")
+    } else {
+        // SAFETY: a NUL-terminated string that lives as long as `pending`.
+        DbError::from_text(unsafe { CStr::from_ptr(p) }.to_string_lossy())
+    }
+}
+
+/// How a thread that runs a statement's tasks waits while DuckDB's other threads hold all of them: for the first
+/// [`IdleWait::SPIN`] of an idle spell it yields and asks again (a small statement's tasks come back within
+/// microseconds, and sleeping would add to its latency), then it sleeps, longer each time up to
+/// [`IdleWait::LONGEST`], which bounds the delay it adds once the last task ends.
+#[derive(Default)]
+struct IdleWait {
+    since: Option<std::time::Instant>,
+    sleeps: u32,
+}
+
+impl IdleWait {
+    const SPIN: std::time::Duration = std::time::Duration::from_millis(1);
+    const SHORTEST: std::time::Duration = std::time::Duration::from_micros(20);
+    const LONGEST: std::time::Duration = std::time::Duration::from_micros(500);
+
+    fn wait(&mut self) {
+        let since = *self.since.get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() < Self::SPIN {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(self.pause());
+            self.sleeps = self.sleeps.saturating_add(1);
+        }
+    }
+
+    /// The next sleep: doubling from the shortest to the longest.
+    fn pause(&self) -> std::time::Duration {
+        (Self::SHORTEST * (1 << self.sleeps.min(8))).min(Self::LONGEST)
+    }
+
+    fn reset(&mut self) {
+        *self = IdleWait::default();
     }
 }
 
@@ -393,5 +477,25 @@ impl Drop for Rows<'_> {
     fn drop(&mut self) {
         // SAFETY: the result was filled by duckdb_execute_prepared_streaming and is destroyed exactly once.
         unsafe { sys::duckdb_destroy_result(&mut self.result) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_wait_spins_first_then_sleeps_longer_up_to_a_bound() {
+        let mut w = IdleWait::default();
+        w.wait();
+        assert_eq!(w.sleeps, 0, "the first turns of an idle spell do not sleep");
+        assert_eq!(w.pause(), IdleWait::SHORTEST);
+        w.since = Some(std::time::Instant::now() - IdleWait::SPIN);
+        w.wait();
+        assert_eq!((w.sleeps, w.pause()), (1, IdleWait::SHORTEST * 2));
+        w.sleeps = u32::MAX;
+        assert_eq!(w.pause(), IdleWait::LONGEST);
+        w.reset();
+        assert!(w.since.is_none() && w.sleeps == 0);
     }
 }

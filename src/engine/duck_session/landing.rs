@@ -48,6 +48,26 @@ pub(super) enum Landed {
     Merged,
 }
 
+/// Where a landing's scan view reads from, which decides how its statements are run.
+#[derive(Clone, Copy)]
+pub(super) enum Arrival {
+    /// A streaming request's batches as they arrive: the statement can run for long, much of it waiting for the
+    /// network or for DuckDB's other threads, so it runs as [`RawConn::execute_long`] runs (which waits instead of
+    /// asking DuckDB for work in a loop).
+    Streaming,
+    /// A group's batches, already in memory: short statements, run the plain way.
+    Buffered,
+}
+
+impl Arrival {
+    pub(super) fn run(self, txn: &mut RawConn, sql: &str) -> Result<u64, DbError> {
+        match self {
+            Arrival::Streaming => txn.execute_long(sql),
+            Arrival::Buffered => txn.execute(sql),
+        }
+    }
+}
+
 /// Batches already in memory, for DuckDB's scan.
 pub(super) struct VecPull(std::collections::VecDeque<RecordBatch>);
 
@@ -224,6 +244,7 @@ impl Landing {
         mapping: &Mapping,
         incoming: &[Column],
         table: &mut Vec<Column>,
+        arrival: Arrival,
     ) -> Result<Landed, EngineError> {
         let target = &mapping.target;
         let target_sql = target.sql(&self.host_db);
@@ -285,7 +306,7 @@ impl Landing {
             txn.execute(&format!("DELETE FROM {target_sql}")).map_err(E::db)?;
         }
         let landed = if keyed {
-            self.merge_rows(txn, mapping, &data, deletes, table)?;
+            self.merge_rows(txn, mapping, &data, deletes, table, arrival)?;
             Landed::Merged
         } else if mapping.follow {
             // Each row its own position, past the table's last: the follower's cursor can stop at any row.
@@ -294,13 +315,13 @@ impl Landing {
                 "INSERT INTO {target_sql} BY NAME SELECT *, {last}::BIGINT + row_number() OVER () AS {} FROM {view_sql}",
                 quote_ident(CURSOR_COLUMN)
             );
-            let rows = txn.execute(&insert).map_err(|e| self.view_lost(e))?;
+            let rows = arrival.run(txn, &insert).map_err(|e| self.view_lost(e))?;
             let position = self.advance_position(txn, target, last + rows as i64)?;
             self.position = Some((self.follow_key(target), position));
             Landed::Inserted(rows)
         } else {
             let insert = format!("INSERT INTO {target_sql}{by_name} SELECT * FROM {view_sql}");
-            Landed::Inserted(txn.execute(&insert).map_err(|e| self.view_lost(e))?)
+            Landed::Inserted(arrival.run(txn, &insert).map_err(|e| self.view_lost(e))?)
         };
         #[cfg(feature = "test-hooks")]
         if self.panic_on.as_deref() == Some(target.table.as_str()) {
@@ -359,7 +380,7 @@ impl DuckSession {
         let _turn = at.follow_turns(conn, [mapping])?;
         at.position = None;
         let result = conn.begin().map_err(E::db).and_then(|mut txn| {
-            let landed = at.land(&mut txn, mapping, incoming, &mut table)?;
+            let landed = at.land(&mut txn, mapping, incoming, &mut table, Arrival::Streaming)?;
             let given = fed.rows.load(Ordering::SeqCst);
             let rows = match landed {
                 Landed::Inserted(rows) => rows,
@@ -446,7 +467,7 @@ impl DuckSession {
                 let (schema, pull) =
                     at.scan_input(&mut txn, mapping, Arc::clone(&items[start].schema), pull, &failed)?;
                 let incoming = at.point_view(&mut txn, schema, pull)?;
-                let rows = match at.land(&mut txn, mapping, &incoming, table)? {
+                let rows = match at.land(&mut txn, mapping, &incoming, table, Arrival::Buffered)? {
                     Landed::Inserted(rows) => rows,
                     Landed::Merged => expected,
                 };

@@ -116,6 +116,7 @@ impl Landing {
         data: &[Column],
         deletes: bool,
         table: &[Column],
+        arrival: Arrival,
     ) -> Result<(), EngineError> {
         let target = &mapping.target;
         let primary = if mapping.key.is_empty() { self.primary_key(txn, target)? } else { Vec::new() };
@@ -129,11 +130,11 @@ impl Landing {
             mapping.delete_column.as_deref().filter(|_| deletes),
             mapping.on_conflict,
         );
-        txn.execute(&plan.stage).map_err(|e| self.view_lost(e))?;
+        arrival.run(txn, &plan.stage).map_err(|e| self.view_lost(e))?;
         for statement in [plan.delete, plan.update].into_iter().flatten() {
-            txn.execute(&statement).map_err(E::db)?;
+            arrival.run(txn, &statement).map_err(E::db)?;
         }
-        txn.execute(&plan.insert).map_err(E::db)?;
+        arrival.run(txn, &plan.insert).map_err(E::db)?;
         txn.execute(&plan.drop).map_err(E::db)?;
         Ok(())
     }

@@ -25,7 +25,7 @@ mod positions;
 mod read_follow;
 mod remote;
 
-use landing::{HandedOut, ScanFeed, view_sql};
+use landing::{Arrival, HandedOut, ScanFeed, view_sql};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
