@@ -225,6 +225,8 @@ pub struct Tokens {
     records: RwLock<Vec<TokenRecord>>,
     /// Last use per token name, kept in memory and saved with the tokens on request.
     used: Mutex<HashMap<String, i64>>,
+    /// Whether a use was seen since [`Tokens::unsaved`] last took them.
+    changed: std::sync::atomic::AtomicBool,
 }
 
 impl Tokens {
@@ -266,6 +268,17 @@ impl Tokens {
         out
     }
 
+    /// Last uses seen since the tokens were loaded, when one came since this was last asked (or marked
+    /// [`Tokens::unsaved_again`] after a failed save); `None` when there is nothing new to save.
+    pub fn unsaved(&self) -> Option<Vec<(String, i64)>> {
+        self.changed.swap(false, std::sync::atomic::Ordering::SeqCst).then(|| self.used())
+    }
+
+    /// A save of what [`Tokens::unsaved`] gave failed: the next call gives it again.
+    pub fn unsaved_again(&self) {
+        self.changed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Last uses seen since the tokens were loaded, for saving.
     pub fn used(&self) -> Vec<(String, i64)> {
         self.used.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (k.clone(), *v)).collect()
@@ -291,6 +304,7 @@ impl Tokens {
         let access = r.access;
         drop(records);
         self.used.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), now_us());
+        self.changed.store(true, std::sync::atomic::Ordering::SeqCst);
         Some((name, scope, access))
     }
 }

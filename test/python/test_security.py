@@ -321,6 +321,40 @@ def test_token_mode_refuses_missing_wrong_revoked_and_out_of_scope_tokens(make_h
     assert etl not in status and other not in status
 
 
+def test_token_uses_are_saved_while_listening_so_a_kill_or_an_exit_without_stop_keeps_them(tmp_path):
+    """Process exit runs no SQL (DuckDB's statics may be gone), so token uses are saved every 5 s while the runtime
+    runs: a host killed after that keeps them, and one that ends without arrowport_stop() exits cleanly."""
+    db = str(tmp_path / "t.duckdb")
+    host = hosts.start("py20", db)
+    try:
+        host.sql(hosts.load_sql())
+        addr = host.sql("SELECT address FROM arrowport_listen('127.0.0.1:0', auth := 'token')")[0][0]
+        secret = host.sql("SELECT token FROM arrowport_create_token('etl')")[0][0]
+        host.sql("SELECT token FROM arrowport_create_token('idle')")
+        assert flight_put(addr, "events", events(3), token=secret)["rows"] == 3
+        time.sleep(8)  # past one periodic save
+    finally:
+        host.proc.kill()
+        host.proc.wait()
+    host = hosts.start("py20", db)
+    host.sql(hosts.load_sql())
+    assert host.sql("SELECT name, last_used_at IS NOT NULL FROM arrowport_tokens() ORDER BY name") == [
+        ("etl", True), ("idle", False)]
+    addr = host.sql("SELECT address FROM arrowport_listen('127.0.0.1:0', auth := 'token')")[0][0]
+    secret = host.sql("SELECT token FROM arrowport_create_token('late')")[0][0]
+    assert flight_put(addr, "events", events(2), token=secret)["rows"] == 2
+    time.sleep(8)
+    assert host.close() == 0, "a host that ends without arrowport_stop() exits cleanly"
+    host = hosts.start("py20", db)
+    try:
+        host.sql(hosts.load_sql())
+        assert host.sql("SELECT name, last_used_at IS NOT NULL FROM arrowport_tokens() ORDER BY name") == [
+            ("etl", True), ("idle", False), ("late", True)]
+        assert host.sql("SELECT count(*) FROM events") == [(5,)]
+    finally:
+        host.close()
+
+
 def test_scopes_limit_listings_and_the_json_endpoints_own_targets(make_host):
     h = make_host("FROM arrowport_listen('127.0.0.1:0', auth := 'token')").listen()
     admin = h.token("admin")

@@ -109,7 +109,7 @@ pub struct Host {
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
     tokens: Arc<Tokens>,
-    store: Store,
+    store: Arc<Store>,
     /// The host's settings arrowport reads (memory_limit) and changes (extension autoloading, while a listener
     /// accepts SQL).
     settings: HostSettings,
@@ -157,7 +157,7 @@ impl Host {
             metrics: Arc::new(Metrics::new()),
             registry: Arc::new(Registry::default()),
             tokens: Arc::new(Tokens::default()),
-            store,
+            store: Arc::new(store),
             settings,
             checkpoints,
             loaded: Mutex::new(false),
@@ -367,7 +367,10 @@ impl Host {
         self.metrics.set_started(None);
         self.metrics.watch_budget(None);
         self.put_settings_back();
-        if let Err(e) = self.store.save_last_used(&self.tokens.used()) {
+        // Not at process exit (no SQL then, see EXITING): the uses since the last periodic save are lost.
+        if !exiting()
+            && let Err(e) = self.store.save_last_used(&self.tokens.used())
+        {
             eprintln!("arrowport: could not save when tokens were last used: {e}");
         }
         count
@@ -397,8 +400,10 @@ impl Host {
             let limit = memory_limit.or_else(|| self.settings.memory_limit()).unwrap_or(u64::MAX);
             let guard = Arc::new(MemoryGuard::new(limit, crate::duck::os::resident_bytes));
             self.metrics.watch_budget(Some(Arc::clone(&budget)));
-            state.running =
-                Some(start(&mut state.pool, Arc::clone(&self.metrics), Arc::clone(&self.registry), budget, guard)?);
+            let running = start(&mut state.pool, Arc::clone(&self.metrics), Arc::clone(&self.registry), budget, guard)?;
+            let (tokens, store) = (Arc::clone(&self.tokens), Arc::clone(&self.store));
+            running.runtime.spawn(save_token_uses(tokens, store, running.cancel.clone()));
+            state.running = Some(running);
         }
         state.running.as_mut().ok_or_else(|| ListenError::Start("the runtime did not start".into()))
     }
@@ -448,6 +453,32 @@ impl Host {
     /// The counters behind `arrowport_metrics()`; they outlive listener restarts.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+}
+
+/// How often token uses seen since the last save are saved while the runtime runs: `arrowport_stop()` saves them
+/// too, process exit cannot (no SQL then), so an exit without a stop loses at most this much of them.
+const SAVE_TOKEN_USES: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Saves new token uses every [`SAVE_TOKEN_USES`] until `cancel`; a failure is said once and tried again.
+async fn save_token_uses(tokens: Arc<Tokens>, store: Arc<Store>, cancel: CancellationToken) {
+    let mut said = false;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(SAVE_TOKEN_USES) => {}
+        }
+        let Some(used) = tokens.unsaved() else { continue };
+        let store = Arc::clone(&store);
+        let saved = tokio::task::spawn_blocking(move || store.save_last_used(&used)).await;
+        if let Ok(Err(e)) = &saved
+            && !std::mem::replace(&mut said, true)
+        {
+            eprintln!("arrowport: could not save when tokens were last used (tried again every 5 s): {e}");
+        }
+        if !matches!(saved, Ok(Ok(()))) {
+            tokens.unsaved_again();
+        }
     }
 }
 
