@@ -332,7 +332,7 @@ def test_token_uses_are_saved_while_listening_so_a_kill_or_an_exit_without_stop_
         secret = host.sql("SELECT token FROM arrowport_create_token('etl')")[0][0]
         host.sql("SELECT token FROM arrowport_create_token('idle')")
         assert flight_put(addr, "events", events(3), token=secret)["rows"] == 3
-        time.sleep(8)  # past one periodic save
+        time.sleep(6)  # past one periodic save (every 5 s from the listen)
     finally:
         host.proc.kill()
         host.proc.wait()
@@ -343,7 +343,7 @@ def test_token_uses_are_saved_while_listening_so_a_kill_or_an_exit_without_stop_
     addr = host.sql("SELECT address FROM arrowport_listen('127.0.0.1:0', auth := 'token')")[0][0]
     secret = host.sql("SELECT token FROM arrowport_create_token('late')")[0][0]
     assert flight_put(addr, "events", events(2), token=secret)["rows"] == 2
-    time.sleep(8)
+    time.sleep(6)
     assert host.close() == 0, "a host that ends without arrowport_stop() exits cleanly"
     host = hosts.start("py20", db)
     try:
