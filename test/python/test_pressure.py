@@ -235,9 +235,12 @@ def test_the_operator_stops_and_revokes_while_a_client_statement_cannot_be_inter
         except Exception as e:  # noqa: BLE001
             stuck["error"] = str(e)
 
-    t = threading.Thread(target=read_fifo, daemon=True)
+    # The stop's bound on a statement it cannot interrupt is arrowport's own (the same on every host, and its
+    # wait the slowest part of the suite): one host kind holds such a statement, the others stop without one.
+    t = threading.Thread(target=read_fifo if kind == "py20" else (lambda: None), daemon=True)
     t.start()
-    time.sleep(1.5)  # the statement is blocked opening the FIFO, where DuckDB cannot interrupt it
+    if kind == "py20":
+        time.sleep(1.5)  # the statement is blocked opening the FIFO, where DuckDB cannot interrupt it
     try:
         started = time.monotonic()
         assert [r[0] for r in h.sql("SELECT name FROM arrowport_revoke_token('other')")] == ["other"]
@@ -247,8 +250,9 @@ def test_the_operator_stops_and_revokes_while_a_client_statement_cannot_be_inter
         assert h.sql("FROM arrowport_status()") == []
     finally:
         # Let the blocked open return, so the statement's thread ends.
-        with open(fifo, "w") as w:
-            w.write("a\n1\n")
+        if kind == "py20":
+            with open(fifo, "w") as w:
+                w.write("a\n1\n")
         t.join(30)
     # The administrative functions stay refused to a client statement.
     addr = h.sql("SELECT address FROM arrowport_listen('127.0.0.1:0', sql := 'read_write')")[0][0]
