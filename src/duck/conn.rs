@@ -125,17 +125,9 @@ impl RawConn {
         let out = if state == sys::duckdb_state_DuckDBSuccess {
             f(&mut res)
         } else {
-            // SAFETY: the error pointer is owned by `res` and read (with the error's type) before it is destroyed.
-            let (msg, kind) = unsafe {
-                let p = sys::duckdb_result_error(&mut res);
-                let kind = DbErrorKind::of_type(sys::duckdb_result_error_type(&mut res));
-                (if p.is_null() { String::new() } else { CStr::from_ptr(p).to_string_lossy().into_owned() }, kind)
-            };
-            Err(if msg.is_empty() {
-                DbError::ours(format!("DuckDB failed to run: {sql}"))
-            } else {
-                DbError { kind, message: msg }
-            })
+            // SAFETY: `res` was filled by duckdb_query and is destroyed only below.
+            let error = unsafe { DbError::of_result(&mut res) }.filter(|e| !e.message.is_empty());
+            Err(error.unwrap_or_else(|| DbError::ours(format!("DuckDB failed to run: {sql}"))))
         };
         // SAFETY: `res` was filled by duckdb_query (success or failure) and is destroyed exactly once.
         unsafe { sys::duckdb_destroy_result(&mut res) };

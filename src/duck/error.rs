@@ -94,6 +94,22 @@ pub struct DbError {
 }
 
 impl DbError {
+    /// The error a failed result holds, with its kind; `None` when it holds no text.
+    ///
+    /// # Safety
+    /// `result` must point to a live result DuckDB filled.
+    pub(crate) unsafe fn of_result(result: *mut sys::duckdb_result) -> Option<DbError> {
+        // SAFETY: per the contract; the text is owned by the result and copied here, its type read from it.
+        unsafe {
+            let p = sys::duckdb_result_error(result);
+            if p.is_null() {
+                return None;
+            }
+            let kind = DbErrorKind::of_type(sys::duckdb_result_error_type(result));
+            Some(DbError { kind, message: std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned() })
+        }
+    }
+
     /// arrowport's own failure around DuckDB.
     pub fn ours(message: impl Into<String>) -> DbError {
         DbError { kind: DbErrorKind::Arrowport, message: message.into() }

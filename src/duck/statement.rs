@@ -9,8 +9,8 @@ use arrow::datatypes::{Schema, SchemaRef};
 use arrow::ffi::{FFI_ArrowArray, FFI_ArrowSchema};
 use duckdb::ffi as sys;
 
+use crate::duck::DbError;
 use crate::duck::conn::RawConn;
-use crate::duck::{DbError, DbErrorKind};
 
 /// A value bound to a statement parameter.
 #[derive(Debug, Clone, PartialEq)]
@@ -299,13 +299,8 @@ impl Prepared<'_> {
                 out = if state == sys::duckdb_state_DuckDBSuccess {
                     Ok(sys::duckdb_rows_changed(&mut result))
                 } else {
-                    let p = sys::duckdb_result_error(&mut result);
-                    let kind = DbErrorKind::of_type(sys::duckdb_result_error_type(&mut result));
-                    Err(if p.is_null() {
-                        DbError::ours("DuckDB could not run the statement")
-                    } else {
-                        DbError { kind, message: CStr::from_ptr(p).to_string_lossy().into_owned() }
-                    })
+                    Err(DbError::of_result(&mut result)
+                        .unwrap_or_else(|| DbError::ours("DuckDB could not run the statement")))
                 };
                 sys::duckdb_destroy_result(&mut result);
             }
@@ -423,15 +418,8 @@ pub struct Rows<'p> {
 
 impl Rows<'_> {
     fn error(&mut self) -> Option<DbError> {
-        // SAFETY: the error text is owned by the live result; its type is read from the same result.
-        unsafe {
-            let p = sys::duckdb_result_error(&mut self.result);
-            if p.is_null() {
-                return None;
-            }
-            let kind = DbErrorKind::of_type(sys::duckdb_result_error_type(&mut self.result));
-            Some(DbError { kind, message: CStr::from_ptr(p).to_string_lossy().into_owned() })
-        }
+        // SAFETY: self.result is a live result.
+        unsafe { DbError::of_result(&mut self.result) }
     }
 
     pub fn schema(&self) -> SchemaRef {

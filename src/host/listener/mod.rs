@@ -367,22 +367,20 @@ impl Host {
         self.metrics.set_started(None);
         self.metrics.watch_budget(None);
         self.put_settings_back();
-        // Not at process exit (no SQL then, see EXITING): the uses since the last periodic save are lost.
-        if !exiting()
-            && let Err(e) = self.store.save_last_used(&self.tokens.used())
-        {
-            eprintln!("arrowport: could not save when tokens were last used: {e}");
-        }
         count
     }
 
-    /// Ends the checkpointer and puts back the settings the listeners changed (not at process exit, see
-    /// [`EXITING`]).
+    /// Ends the checkpointer, puts back the settings the listeners changed and saves the token uses seen; none of
+    /// it at process exit (no SQL then, see [`EXITING`]: the uses since the last periodic save are lost).
     fn put_settings_back(&self) {
         let exiting = exiting();
         self.checkpoints.stop(!exiting);
-        if !exiting {
-            self.settings.restore_extension_loading();
+        if exiting {
+            return;
+        }
+        self.settings.restore_extension_loading();
+        if let Err(e) = self.store.save_last_used(&self.tokens.used()) {
+            eprintln!("arrowport: could not save when tokens were last used: {e}");
         }
     }
 
