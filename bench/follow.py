@@ -62,9 +62,8 @@ def follower(addr, after, received, stop, counts=None):
     try:
         for chunk in reader:
             now = time.perf_counter()
-            reqs = chunk.data.column("req").to_pylist()
             if received is not None:
-                for r in set(reqs):
+                for r in set(chunk.data.column("req").to_pylist()):
                     received.setdefault(r, now)
             if counts is not None:
                 counts.append(chunk.data.num_rows)
@@ -174,10 +173,13 @@ def producing(addr, c, per_client, ready, go, done):
     client.close()
 
 
-def producers(followers, follower_cores=None):
+def producers(followers, follower_cores=None, own=None):
     """8 producer processes, `followers` follower processes (in a CPU group of `follower_cores` cores, as followers
-    on machines of their own, when given): the producers' requests/min, the host's CPU per request, and every
-    follower's rows checked against the rows produced."""
+    on machines of their own, when given; with `own`, (host, producers, followers) cores, each party in a group of
+    its own): the producers' requests/min, the host's CPU per request, and every follower's rows checked against
+    the rows produced."""
+    if own:
+        follower_cores = own[2]
     import multiprocessing
     # Fresh interpreters: a process forked from this one, which has used gRPC, can hang in gRPC's own threads.
     ctx = multiprocessing.get_context("spawn")
@@ -194,6 +196,11 @@ def producers(followers, follower_cores=None):
             group = cpugroup.Group("followers", follower_cores)
             for p in procs:
                 group.add(p.pid)
+        host_group = producer_group = None
+        if own:
+            host_group = cpugroup.Group("host", own[0])
+            host_group.add(host.host.proc.pid)
+            producer_group = cpugroup.Group("producers", own[1])
         for r in readies:
             r.wait(30)
         time.sleep(0.5)
@@ -204,6 +211,8 @@ def producers(followers, follower_cores=None):
         makers = [ctx.Process(target=producing, args=(host.addr, c, per_client, r, go, done)) for c, r in enumerate(set_up)]
         for p in makers:
             p.start()
+            if producer_group:
+                producer_group.add(p.pid)
         for r in set_up:
             r.wait(60)
         cpu = cpugroup.cpu_seconds(host.host.proc.pid)
@@ -220,10 +229,21 @@ def producers(followers, follower_cores=None):
         throttled = group.stat()["nr_throttled"] if group else None
         if group:
             group.close()
+        shares = None
+        if own:
+            shares = {"host_cores": own[0], "host_throttled_periods": host_group.stat()["nr_throttled"],
+                      "producer_cores": own[1], "producers_throttled_periods": producer_group.stat()["nr_throttled"],
+                      "follower_cores": own[2]}
+            producer_group.close()
+            host_group.close()
         host.close()
     produced = per_client * 8 * 1000
-    case = f"8 producers, {followers} followers" + (f" (in {follower_cores} cores of their own)" if group else "")
-    return {"case": case, "followers": followers, "follower_cores": follower_cores if group else None,
+    case = f"8 producers, {followers} followers"
+    if own:
+        case += f" (host, producers, followers in {own[0]}, {own[1]}, {own[2]} cores of their own)"
+    elif group:
+        case += f" (in {follower_cores} cores of their own)"
+    return {"case": case, "followers": followers, "follower_cores": follower_cores if group else None, "shares": shares,
             "requests": per_client * 8, "seconds": seconds, "requests_per_min": per_client * 8 / seconds * 60,
             "host_cpu_ms_per_request": host_cpu / (per_client * 8) * 1000, "followers_throttled_periods": throttled,
             "missing": sum(produced - c for c in counts), "follower_rows": counts}

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 
 use crate::catalog::access::Principal;
 use crate::catalog::registry::{CURSOR_COLUMN, Target};
-use crate::catalog::schema::quote_ident;
+use crate::catalog::schema::{quote_ident, quote_literal};
 use crate::engine::budget::Charge;
 use crate::engine::core::Core;
 use crate::engine::error::EngineError;
@@ -40,6 +40,10 @@ pub const SLOW: Duration = Duration::from_secs(5);
 
 /// Rows per batch handed to a follower (at most; a batch is also cut at 8 MiB).
 pub const FOLLOW_BATCH_ROWS: usize = 65_536;
+
+/// Rows per batch of a read of a follower's own (catching up; at most, a batch is also cut at 8 MiB): DuckDB's
+/// row group, as a Flight SQL result's batches.
+pub const HISTORY_BATCH_ROWS: usize = 122_880;
 
 /// Where a follower starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +128,30 @@ pub enum Shape {
 /// A follower's batches, each with the cursor of its last row.
 pub type FollowStream = Pin<Box<dyn Stream<Item = Result<(RecordBatch, i64), EngineError>> + Send>>;
 
+/// Whether every row of a batch has a cursor past `after` and past the row before it.
+fn follows_in_order(batch: &RecordBatch, after: i64) -> bool {
+    let Some(column) = batch.column_by_name(CURSOR_COLUMN).and_then(|c| c.as_any().downcast_ref::<Int64Array>()) else {
+        return false;
+    };
+    let mut previous = after;
+    column.null_count() == 0
+        && column.values().iter().all(|&c| {
+            let next = c > previous;
+            previous = c;
+            next
+        })
+}
+
+/// Whether batches read in turn all follow in order from `after` (see [`follows_in_order`]).
+fn in_order_from(batches: &[RecordBatch], after: i64) -> bool {
+    let mut last = after;
+    batches.iter().all(|b| {
+        let ok = follows_in_order(b, last);
+        last = last_cursor(b).unwrap_or(last);
+        ok
+    })
+}
+
 /// The cursor of a batch's last row (batches come in cursor order).
 fn last_cursor(batch: &RecordBatch) -> Option<i64> {
     let column = batch.column_by_name(CURSOR_COLUMN)?.as_any().downcast_ref::<Int64Array>()?;
@@ -166,8 +194,8 @@ impl<S: Session + 'static> Core<S> {
         // A stream that has not landed anything yet has no table: its followers wait for the first commit (until
         // they hang up or the host stops).
         let mut hub = self.follow.watch(&key);
-        let (schema, last_now) = loop {
-            match self.round_schema(&table, &cursor, &columns).await {
+        let (schema, last_now, in_order) = loop {
+            match self.round_schema(&mapping.target, &cursor, &columns).await {
                 // No table yet, or one without positions yet (its cursor column comes with the first commit after
                 // the stream became followable).
                 Err(e)
@@ -208,9 +236,12 @@ impl<S: Session + 'static> Core<S> {
             held: Charge::default(),
             core: Arc::clone(self),
             hub,
-            sql: move |last: i64| {
-                format!("SELECT {columns} FROM {table} AS t WHERE {cursor} > {last} ORDER BY {cursor}")
+            sql: move |last: i64, ordered: bool| {
+                let order = if ordered { format!(" ORDER BY {cursor}") } else { String::new() };
+                format!("SELECT {columns} FROM {table} AS t WHERE {cursor} > {last}{order}")
             },
+            in_order,
+            round_last: last,
             last,
             round: None,
             schema: Arc::clone(&schema),
@@ -230,20 +261,44 @@ impl<S: Session + 'static> Core<S> {
         Ok((schema, Box::pin(stream)))
     }
 
-    /// The table's schema, and its last position now.
-    async fn round_schema(&self, table: &str, cursor: &str, columns: &str) -> Result<(SchemaRef, i64), EngineError> {
-        let (_, mut last) = self
-            .export_statement(&format!("SELECT coalesce(max({cursor}), 0)::BIGINT AS last FROM {table}"), SLOW)
-            .await?;
-        let mut position = 0;
+    /// The table's schema, its last position now, and whether its rows lie in position order (see
+    /// [`Following::in_order`]).
+    async fn round_schema(
+        &self,
+        target: &Target,
+        cursor: &str,
+        columns: &str,
+    ) -> Result<(SchemaRef, i64, bool), EngineError> {
+        let table = target_sql(target);
+        let catalog = match &target.catalog {
+            Some(c) => quote_literal(c),
+            None => "current_database()".to_string(),
+        };
+        let (schema_name, table_name) = (quote_literal(&target.schema), quote_literal(&target.table));
+        let this = format!("database_name = {catalog} AND schema_name = {schema_name} AND table_name = {table_name}");
+        // A DuckDB table read in insertion order, without an index (an UPDATE of an indexed column moves the row to
+        // the table's end). A BIGINT: the statement pool's connections export BOOLEAN as Arrow's bool8 extension.
+        let in_order = format!(
+            "(coalesce((SELECT any_value(type) FROM duckdb_databases() WHERE database_name = {catalog}) = 'duckdb', false) \
+             AND current_setting('preserve_insertion_order')::BOOLEAN \
+             AND NOT EXISTS (SELECT 1 FROM duckdb_indexes() WHERE {this}) \
+             AND NOT EXISTS (SELECT 1 FROM duckdb_constraints() WHERE {this} \
+                             AND constraint_type IN ('PRIMARY KEY', 'UNIQUE', 'FOREIGN KEY')))::BIGINT"
+        );
+        let sql = format!("SELECT coalesce(max({cursor}), 0)::BIGINT AS last, {in_order} AS in_order FROM {table}");
+        let (_, mut last) = self.export_statement(&sql, SLOW).await?;
+        let (mut position, mut in_order) = (0, false);
         while let Some(batch) = last.next().await {
             let batch = batch?;
             if let Some(c) = batch.column(0).as_any().downcast_ref::<Int64Array>().filter(|c| !c.is_empty()) {
                 position = c.value(0);
             }
+            if let Some(o) = batch.column(1).as_any().downcast_ref::<Int64Array>().filter(|o| !o.is_empty()) {
+                in_order = o.value(0) == 1;
+            }
         }
         let (schema, _) = self.export_statement(&format!("SELECT {columns} FROM {table} AS t LIMIT 0"), SLOW).await?;
-        Ok((schema, position))
+        Ok((schema, position, in_order))
     }
 
     /// The rows of `target` past `after` in position order, at most a batch's worth, read whole on the statement
@@ -253,6 +308,7 @@ impl<S: Session + 'static> Core<S> {
         target: &Target,
         columns: &str,
         after: i64,
+        ordered: bool,
     ) -> Result<(SchemaRef, Vec<RecordBatch>), EngineError> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         let work = Work::FollowRead {
@@ -260,6 +316,7 @@ impl<S: Session + 'static> Core<S> {
             columns: columns.to_string(),
             after,
             limit: FOLLOW_BATCH_ROWS,
+            ordered,
             reply,
         };
         self.call_statement(work, crate::engine::policy::STATEMENT_TIMEOUT, rx).await
@@ -280,7 +337,7 @@ fn target_sql(target: &Target) -> String {
 }
 
 /// A follower between rounds, or in one.
-struct Following<S: Session, F: Fn(i64) -> String> {
+struct Following<S: Session, F: Fn(i64, bool) -> String> {
     /// The table and the select list, for reads past the tail's end.
     read: (Target, String),
     /// The follower's entry in the metrics and `arrowport_followers()`.
@@ -289,7 +346,15 @@ struct Following<S: Session, F: Fn(i64) -> String> {
     held: Charge,
     core: Arc<Core<S>>,
     hub: watch::Receiver<i64>,
+    /// A read of the follower's own past a cursor, ordered by position or not.
     sql: F,
+    /// Whether the table's rows lie in position order, so that a read of its own needs no ORDER BY: a table of a
+    /// DuckDB database read with `preserve_insertion_order` on (arrowport's commits into a followable table take
+    /// turns and number their rows in the order they append them). Turned off for good when a read finds a row
+    /// out of order (a user who rewrote positions): the follower then reads sorted from its last row.
+    in_order: bool,
+    /// The cursor of the last row a read of its own in table order found (the next must be past it).
+    round_last: i64,
     /// The cursor of the last row handed over.
     last: i64,
     /// A read of the follower's own, under way.
@@ -338,7 +403,7 @@ enum Tip {
     Failed(EngineError),
 }
 
-impl<S: Session + 'static, F: Fn(i64) -> String> Following<S, F> {
+impl<S: Session + 'static, F: Fn(i64, bool) -> String> Following<S, F> {
     /// The next batch with its cursor; `None` when the host stops or the follower asked to end.
     async fn next(&mut self) -> Option<Result<(RecordBatch, i64), EngineError>> {
         loop {
@@ -373,7 +438,15 @@ impl<S: Session + 'static, F: Fn(i64) -> String> Following<S, F> {
             if let Some(round) = self.round.as_mut() {
                 let mut caught_up = false;
                 match round.next().await {
+                    Some(Ok(batch)) if self.in_order && !follows_in_order(&batch, self.round_last) => {
+                        // Rows out of position order: read again from the last row handed over, sorted.
+                        self.in_order = false;
+                        self.pending.clear();
+                        self.round = None;
+                        continue;
+                    }
                     Some(Ok(batch)) => {
+                        self.round_last = last_cursor(&batch).unwrap_or(self.round_last);
                         self.pending.push_back(batch);
                         continue;
                     }
@@ -431,8 +504,9 @@ impl<S: Session + 'static, F: Fn(i64) -> String> Following<S, F> {
                 }
             }
             // Behind the tail (catching up), or a follower of its own: a read of its own.
-            let sql = (self.sql)(self.last);
-            match self.core.export_statement(&sql, SLOW).await {
+            let sql = (self.sql)(self.last, !self.in_order);
+            self.round_last = self.last;
+            match self.core.export_on_statements(&sql, HISTORY_BATCH_ROWS, SLOW).await {
                 Ok((_, rows)) => self.round = Some(rows),
                 Err(e) if e.code().is_transient() => {
                     if !self.pause().await {
@@ -491,10 +565,18 @@ impl<S: Session + 'static, F: Fn(i64) -> String> Following<S, F> {
         }
         let started = tokio::time::Instant::now();
         let (target, columns) = &self.read;
-        let batches = match self.core.read_past(target, columns, self.last).await {
+        let mut batches = match self.core.read_past(target, columns, self.last, !self.in_order).await {
             Ok((_, batches)) => batches.into_iter().filter(|b| b.num_rows() > 0).collect::<Vec<_>>(),
             Err(e) => return Tip::Failed(e),
         };
+        if self.in_order && !in_order_from(&batches, self.last) {
+            // Rows out of position order (see `in_order`): read again, sorted.
+            self.in_order = false;
+            batches = match self.core.read_past(target, columns, self.last, true).await {
+                Ok((_, batches)) => batches.into_iter().filter(|b| b.num_rows() > 0).collect::<Vec<_>>(),
+                Err(e) => return Tip::Failed(e),
+            };
+        }
         let Some(to) = batches.last().and_then(last_cursor) else {
             feed.nothing_past(self.last, started);
             return Tip::Nothing;
@@ -552,5 +634,25 @@ mod tests {
         for bad in ["-1", "x", "1.5", "99999999999999999999"] {
             assert!(After::parse(bad).unwrap_err().to_string().contains("after must be a cursor"), "{bad}");
         }
+    }
+
+    fn cursors(values: Vec<Option<i64>>) -> RecordBatch {
+        let schema = Arc::new(arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new(
+            CURSOR_COLUMN,
+            arrow::datatypes::DataType::Int64,
+            true,
+        )]));
+        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(values))]).unwrap()
+    }
+
+    #[test]
+    fn rows_in_table_order_are_taken_only_while_their_positions_grow() {
+        assert!(follows_in_order(&cursors(vec![Some(5), Some(6), Some(9)]), 4));
+        assert!(follows_in_order(&cursors(vec![]), 4));
+        // Not past the last row taken, a position repeated or going back, a row without one.
+        assert!(!follows_in_order(&cursors(vec![Some(4), Some(6)]), 4));
+        assert!(!follows_in_order(&cursors(vec![Some(5), Some(5)]), 4));
+        assert!(!follows_in_order(&cursors(vec![Some(5), Some(7), Some(6)]), 4));
+        assert!(!follows_in_order(&cursors(vec![Some(5), None]), 4));
     }
 }

@@ -204,7 +204,8 @@ pub trait Session: Send + 'static {
         Err(EngineError::Unsupported("this writer runs no SQL".into()))
     }
     /// A read for followers (see `engine::follow`): `SELECT <columns> FROM <target> AS t WHERE arrowport_cursor >
-    /// after ORDER BY arrowport_cursor LIMIT <limit>`, its whole result. Not a network statement. Runs on a
+    /// after ORDER BY arrowport_cursor LIMIT <limit>` (without the ORDER BY unless `ordered`: the first rows in the
+    /// table's order), its whole result. Not a network statement. Runs on a
     /// statement prepared once per connection, so a live follower's frequent reads are not parsed and planned
     /// each time.
     fn follow_read(
@@ -213,6 +214,7 @@ pub trait Session: Send + 'static {
         _columns: &str,
         _after: i64,
         _limit: usize,
+        _ordered: bool,
     ) -> Result<(SchemaRef, Vec<arrow::array::RecordBatch>), EngineError> {
         Err(EngineError::Unsupported("this writer runs no SQL".into()))
     }

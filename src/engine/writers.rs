@@ -67,6 +67,7 @@ pub(crate) enum Work {
         columns: String,
         after: i64,
         limit: usize,
+        ordered: bool,
         reply: Reply<(arrow::datatypes::SchemaRef, Vec<arrow::array::RecordBatch>)>,
     },
     Update {
@@ -439,10 +440,10 @@ impl<S: Session> Writers<S> {
                             Work::Update { statement, access, reply } => {
                                 let _ = reply.send(explained(&watch, guarded(|| sink.update(&statement, access))));
                             }
-                            Work::FollowRead { target, columns, after, limit, reply } => {
+                            Work::FollowRead { target, columns, after, limit, ordered, reply } => {
                                 let _ = reply.send(explained(
                                     &watch,
-                                    guarded(|| sink.follow_read(&target, &columns, after, limit)),
+                                    guarded(|| sink.follow_read(&target, &columns, after, limit, ordered)),
                                 ));
                             }
                             Work::Maintain { catalog, older_than, reply } => {

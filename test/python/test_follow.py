@@ -230,6 +230,62 @@ def test_a_follower_resumes_exactly_after_the_host_is_killed(tmp_path):
         host.close()
 
 
+def read_from_start(addr, stream):
+    """Every row of a stream a follower gets from the start, once caught up: ids and cursors."""
+    client = fl.connect(f"grpc://{addr}")
+    try:
+        table = client.do_get(fl.Ticket(json.dumps({"follow": stream, "after": "start", "wait": 0}))).read_all()
+    finally:
+        client.close()
+    return table.column("id").to_pylist(), table.column("arrowport_cursor").to_pylist()
+
+
+def test_history_is_read_in_table_order_and_a_row_out_of_it_makes_the_reader_sort(py_listening):
+    """A DuckDB table holds a followable stream's rows in position order (commits take turns and number their rows
+    as they append them), so history is read without sorting; a read that meets a row out of that order (a user
+    rewrote positions) hands over none of its batch and reads sorted from its last row on."""
+    h = py_listening
+    for s in ("ev", "early", "late"):
+        h.sql(f"CALL arrowport_create_stream('{s}', follow := true)")
+    # Streamed requests of many batches (DuckDB inserts them in parallel) with small ones between, at once.
+    errors = []
+
+    def client(c):
+        try:
+            for i in range(4):
+                start = c * 10_000_000 + i * 1_000_000
+                if c == 0:
+                    assert flight_put(h.addr, "ev", ids(start, 150_000), chunk=5_000)["rows"] == 150_000
+                else:
+                    assert rest(h.addr, "ev", ids(start, 7)).status_code == 200
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    total = 4 * 150_000 + 2 * 4 * 7
+    # The premise, in the table itself: row order is position order.
+    assert h.sql("SELECT count(*) FROM (SELECT arrowport_cursor - lag(arrowport_cursor) OVER (ORDER BY rowid) AS d "
+                 "FROM ev) WHERE d <> 1") == [(0,)]
+    got, cursors = read_from_start(h.addr, "ev")
+    assert cursors == list(range(1, total + 1))
+    assert got == [r[0] for r in h.sql("SELECT id FROM ev ORDER BY arrowport_cursor")]
+    # Positions a user rewrote: ten rows out of order within the first read (the shared read past the tail) in
+    # `early`, past it (the follower's own read, catching up) in `late`.
+    for stream, at in (("early", 10), ("late", 66_000)):
+        assert flight_put(h.addr, stream, ids(0, 70_000), chunk=10_000)["rows"] == 70_000
+        h.sql(f"UPDATE {stream} SET arrowport_cursor = arrowport_cursor + 1000000 "
+              f"WHERE arrowport_cursor BETWEEN {at + 1} AND {at + 10}")
+        got, cursors = read_from_start(h.addr, stream)
+        moved = list(range(at + 1_000_001, at + 1_000_011))
+        assert cursors == [c for c in range(1, 70_001) if not at < c <= at + 10] + moved, stream
+        assert got == [c - 1 for c in cursors if c < 1_000_000] + [c - 1_000_001 for c in moved], stream
+
+
 def test_following_refuses_clearly(tmp_path):
     host = hosts.start("py20", str(tmp_path / "e.duckdb"))
     try:

@@ -264,8 +264,9 @@ impl Session for DuckSession {
         columns: &str,
         after: i64,
         limit: usize,
+        ordered: bool,
     ) -> Result<(SchemaRef, Vec<RecordBatch>), EngineError> {
-        self.read_for_followers(target, columns, after, limit)
+        self.read_for_followers(target, columns, after, limit, ordered)
     }
 
     fn update(&mut self, statement: &Statement, access: Access) -> Result<u64, EngineError> {

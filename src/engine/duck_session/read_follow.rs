@@ -13,14 +13,16 @@ impl DuckSession {
         columns: &str,
         after: i64,
         limit: usize,
+        ordered: bool,
     ) -> Result<(SchemaRef, Vec<RecordBatch>), EngineError> {
         if !self.lossless {
             self.conn.execute("SET SESSION arrow_lossless_conversion = true").map_err(E::db)?;
             self.lossless = true;
         }
         let cursor = quote_ident(CURSOR_COLUMN);
+        let order = if ordered { format!(" ORDER BY {cursor}") } else { String::new() };
         let sql = format!(
-            "SELECT {columns} FROM {} AS t WHERE {cursor} > $1 ORDER BY {cursor} LIMIT {limit}",
+            "SELECT {columns} FROM {} AS t WHERE {cursor} > $1{order} LIMIT {limit}",
             target.sql(&self.at.host_db)
         );
         let mut read = self.conn.prepare_kept(&sql).map_err(E::sql)?;
