@@ -5,10 +5,12 @@
   receipt of its rows (negative when the rows reached the follower before the producer had its answer), p50/p99;
 - catch-up: a history of ROWS rows read from the start by one follower, against a Flight SQL `SELECT *` of the
   same table through ADBC, rows/s each;
-- producers: 8 producer processes sending 1,000-row requests, with no follower, with 8 follower processes, and with
-  8 followers held to FOLLOW_BENCH_FOLLOWER_CPU cores (0.5; as on machines of their own, so that their own
-  decoding does not take the cores the host and the producers share): requests/min, the host's CPU per request,
-  and every follower's rows against the rows produced; REPEAT rounds, for same-run ratios.
+- producers: 8 producer processes sending 1,000-row requests, with no follower, with 8 follower processes, with
+  8 followers held to FOLLOW_BENCH_FOLLOWER_CPU cores (0.5), and, with no follower and with 8, the host, the
+  producers and the followers each in a CPU group of its own (FOLLOW_BENCH_SHARES cores, "0.8,0.5,0.3": three
+  machines, so that the followers' decoding takes nothing from the host and the producers): requests/min, the
+  host's CPU per request, each group's throttled periods, and every follower's rows against the rows produced;
+  REPEAT rounds, for same-run ratios.
 BENCH_QUICK=1: 1M rows of history and fewer requests. Writes bench/results/<timestamp>-follow.json.
 """
 import json
@@ -37,6 +39,9 @@ PRODUCER_REQUESTS = 200 if QUICK else 2400
 REPEAT = 1 if QUICK else 3
 # The followers' CPU group in the third producers case (followers on machines of their own); 0 skips that case.
 FOLLOWER_CPU = float(os.environ.get("FOLLOW_BENCH_FOLLOWER_CPU", "0.5"))
+# The last two producers cases (none and 8 followers): the host, the producers and the followers each in a CPU group
+# of its own, of these cores (as three machines; their sum leaves the kernel and this script room on 2 cores).
+SHARES = tuple(float(x) for x in os.environ.get("FOLLOW_BENCH_SHARES", "0.8,0.5,0.3").split(","))
 
 
 class Host:
@@ -260,17 +265,34 @@ def main():
     results.append(r)
     print(f"  {r['case']}: follow {r['follow_rows_per_s'] / 1e6:.2f} M rows/s, Flight SQL SELECT * "
           f"{r['flightsql_rows_per_s'] / 1e6:.2f} M rows/s ({r['vs_flightsql']:.2f}x)", flush=True)
-    cases = [(0, None), (8, None)]
+    cases = [(0, None, None), (8, None, None)]
     if FOLLOWER_CPU > 0 and cpugroup.why_missing() is None:
-        cases.append((8, FOLLOWER_CPU))
+        cases.append((8, FOLLOWER_CPU, None))
     else:
         print(f"  (no CPU group for the followers: {cpugroup.why_missing() or 'FOLLOW_BENCH_FOLLOWER_CPU=0'})")
+    if cpugroup.why_missing() is None:
+        cases += [(0, None, SHARES), (8, None, SHARES)]
+    else:
+        print(f"  (no CPU groups for the host, producers and followers: {cpugroup.why_missing()})")
+    ratios = {}
     for _ in range(REPEAT):
-        for n, cores in cases:
-            r = producers(n, cores)
+        rates = {}
+        for n, cores, own in cases:
+            r = producers(n, cores, own)
             results.append(r)
+            rates[(n, cores, own)] = r["requests_per_min"]
             print(f"  {r['case']}: {r['requests_per_min']:,.0f} requests/min, host CPU {r['host_cpu_ms_per_request']:.2f} ms "
                   f"per request, followers' rows missing {r['missing']}", flush=True)
+        # Same-round ratios: 8 followers against none, with the same CPU groups.
+        for n, cores, own in cases:
+            base = (0, None, own)
+            if n and base in rates:
+                what = "own groups" if own else (f"followers in {cores} cores" if cores else "shared cores")
+                ratios.setdefault(what, []).append(rates[(n, cores, own)] / rates[base])
+    for what, rs in ratios.items():
+        r = {"case": f"producers with 8 followers against none ({what})", "ratios": rs, "median": statistics.median(rs)}
+        results.append(r)
+        print(f"  {r['case']}: {', '.join(f'{x:.2f}x' for x in rs)} (median {r['median']:.2f}x)", flush=True)
     bad = [f"{r['case']}: {r['missing']} deliveries missing" for r in results if r.get("missing")]
     when = report.stamp()
     report.finish({"when": when, "host": platform.node(), "cores": os.cpu_count(), "quick": QUICK, "results": results},
