@@ -240,11 +240,11 @@ def read_from_start(addr, stream):
     return table.column("id").to_pylist(), table.column("arrowport_cursor").to_pylist()
 
 
-def test_history_is_read_in_table_order_and_a_row_out_of_it_makes_the_reader_sort(py_listening):
+def test_history_is_read_in_table_order_and_a_row_out_of_it_makes_the_reader_sort(listening):
     """A DuckDB table holds a followable stream's rows in position order (commits take turns and number their rows
     as they append them), so history is read without sorting; a read that meets a row out of that order (a user
-    rewrote positions) hands over none of its batch and reads sorted from its last row on."""
-    h = py_listening
+    rewrote positions) hands over none of its batch and reads sorted from its last row on. On every host kind."""
+    h = listening
     for s in ("ev", "early", "late"):
         h.sql(f"CALL arrowport_create_stream('{s}', follow := true)")
     # Streamed requests of many batches (DuckDB inserts them in parallel) with small ones between, at once.
