@@ -69,6 +69,8 @@ pub struct Core<S: Session> {
     pub(crate) budget: Arc<Budget>,
     /// Idempotency keys of requests in progress on this host.
     keys: Arc<Mutex<HashSet<String>>>,
+    /// Catalogs (lower case) whose commits check idempotency keys themselves (DuckLakes), learnt from lookups.
+    checked_at_commit: Mutex<HashSet<String>>,
     /// Watches the process's memory while statements sent over the network run.
     guard: Option<Arc<MemoryGuard>>,
     /// Positions committed into followable tables on this host, for their followers.
@@ -91,6 +93,7 @@ impl<S: Session> Core<S> {
             registry,
             budget: Arc::default(),
             keys: Arc::default(),
+            checked_at_commit: Mutex::default(),
             guard: None,
             follow: Default::default(),
         }
@@ -219,7 +222,20 @@ impl<S: Session> Core<S> {
         window: Duration,
     ) -> Result<Option<KeyRecord>, EngineError> {
         let (reply, rx) = oneshot::channel();
-        self.call(Work::LookupKey { catalog, key: key.to_string(), window, reply }, rx).await
+        let found =
+            self.call(Work::LookupKey { catalog: catalog.clone(), key: key.to_string(), window, reply }, rx).await?;
+        if let (true, Some(c)) = (found.checked_at_commit, catalog) {
+            self.checked_at_commit.lock().unwrap_or_else(|p| p.into_inner()).insert(c.to_lowercase());
+        }
+        Ok(found.record)
+    }
+
+    /// Whether a catalog's commits are known to check idempotency keys themselves (see `KeyLookup`), so that a
+    /// request into it needs no lookup before it is written.
+    pub(crate) fn keys_checked_at_commit(&self, catalog: Option<&str>) -> bool {
+        catalog.is_some_and(|c| {
+            self.checked_at_commit.lock().unwrap_or_else(|p| p.into_inner()).contains(&c.to_lowercase())
+        })
     }
 
     /// What became of the request a stream's idempotency key names (within the listener's key `window`).

@@ -335,6 +335,11 @@ impl<S: Session> Core<S> {
                 return Err(e);
             }
         };
+        // A DuckLake's commit looks for the key in its own transaction (a lookup there is a query of the lake
+        // and its catalog, a large part of a small request's cost): a retry is found then (`resolve_unknown`).
+        if self.keys_checked_at_commit(mapping.target.catalog.as_deref()) {
+            return Ok(Claimed::Guard(Some(guard)));
+        }
         let Some(record) =
             self.lookup_key(mapping.target.catalog.clone(), key, request.policy.idempotency_window).await?
         else {
@@ -426,7 +431,9 @@ impl<S: Session> Core<S> {
 
     /// A keyed request whose commit failed in a way that leaves its outcome unknown (the connection to a
     /// DuckLake's catalog lost during COMMIT, say) is resolved through its key, which commits with the rows: found,
-    /// the request committed and is acknowledged; not found, the failure stands.
+    /// the request committed and is acknowledged; not found, the failure stands. A request whose commit found its
+    /// key already committed (a retry into a catalog that checks keys at commit, written without a lookup before
+    /// it) is answered as the replay it is.
     async fn resolve_unknown(
         &self,
         catalog: &Option<String>,
@@ -434,6 +441,19 @@ impl<S: Session> Core<S> {
         stream: &str,
         e: EngineError,
     ) -> Result<(Report, Written), EngineError> {
+        if let (Some(key), EngineError::InProgress(_)) = (&request.idempotency_key, &e) {
+            return match self.lookup_key(catalog.clone(), key, request.policy.idempotency_window).await? {
+                Some(record) if record.stream == stream => {
+                    let mut report: Report = serde_json::from_str(&record.ack)
+                        .map_err(|e| EngineError::Internal(format!("a stored acknowledgement does not parse: {e}")))?;
+                    report.replayed = true;
+                    self.metrics.replayed(&request.stream, request.protocol);
+                    Ok((report, Written { rows: 0, write_seconds: 0.0, ..Default::default() }))
+                }
+                Some(record) => Err(EngineError::KeyReused { key: key.clone(), stream: record.stream }),
+                None => Err(e),
+            };
+        }
         let (Some(key), EngineError::Db(_)) = (&request.idempotency_key, &e) else { return Err(e) };
         if e.is_commit_conflict() {
             return Err(e);

@@ -136,6 +136,16 @@ pub struct KeyRecord {
     pub ack: String,
 }
 
+/// What a key lookup found, and whether the catalog's commits check keys themselves.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyLookup {
+    pub record: Option<KeyRecord>,
+    /// The catalog's key table has no constraint (a DuckLake's), so every commit that records a key first looks
+    /// for it inside its own transaction and fails `InProgress` when it is there: a lookup before a request only
+    /// saves writing a replay's rows.
+    pub checked_at_commit: bool,
+}
+
 /// A small request received whole before it is written, for group commit.
 #[derive(Debug, Clone)]
 pub struct Buffered {
@@ -167,14 +177,9 @@ pub trait Session: Send + 'static {
         key: Option<&RequestKey>,
     ) -> Result<Written, EngineError>;
     /// The committed request an idempotency key names, in `catalog` (`None`: the host database), if it
-    /// committed within `window`.
-    fn lookup_key(
-        &mut self,
-        _catalog: Option<&str>,
-        _key: &str,
-        _window: Duration,
-    ) -> Result<Option<KeyRecord>, EngineError> {
-        Ok(None)
+    /// committed within `window`; and whether that catalog's commits check keys themselves.
+    fn lookup_key(&mut self, _catalog: Option<&str>, _key: &str, _window: Duration) -> Result<KeyLookup, EngineError> {
+        Ok(KeyLookup::default())
     }
     /// Writes several buffered requests, in one transaction when it can; one result per request, each
     /// "committed" only if its rows are. A request that fails must not fail the others.

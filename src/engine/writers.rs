@@ -18,7 +18,7 @@ use crate::engine::budget::Charge;
 use crate::engine::error::EngineError;
 use crate::engine::policy::Access;
 use crate::engine::session::{
-    BatchRx, Buffered, Catalog, Described, Interrupter, KeyRecord, Maintained, Param, QueryOut, RequestKey, Session,
+    BatchRx, Buffered, Catalog, Described, Interrupter, KeyLookup, Maintained, Param, QueryOut, RequestKey, Session,
     Statement, Written,
 };
 
@@ -36,7 +36,7 @@ pub(crate) enum Work {
         catalog: Option<String>,
         key: String,
         window: Duration,
-        reply: Reply<Option<KeyRecord>>,
+        reply: Reply<KeyLookup>,
     },
     Describe {
         target: Target,

@@ -46,8 +46,8 @@ use crate::engine::error::EngineError as E;
 use crate::engine::policy::{self, Access};
 use crate::engine::query;
 use crate::engine::session::{
-    BatchRx, Buffered, Catalog, Described, Interrupter, KeyRecord, Maintained, Param, QueryItem, QueryOut, RequestKey,
-    Session, Statement, TableEntry, Written,
+    BatchRx, Buffered, Catalog, Described, Interrupter, KeyLookup, KeyRecord, Maintained, Param, QueryItem, QueryOut,
+    RequestKey, Session, Statement, TableEntry, Written,
 };
 
 /// The attached in-memory database that holds the per-request scan views.
@@ -230,8 +230,10 @@ impl Session for DuckSession {
         catalog: Option<&str>,
         key: &str,
         window: std::time::Duration,
-    ) -> Result<Option<KeyRecord>, EngineError> {
-        self.lookup_key_in(catalog, key, window)
+    ) -> Result<KeyLookup, EngineError> {
+        let record = self.lookup_key_in(catalog, key, window)?;
+        let checked_at_commit = self.at.is_lake(&mut self.conn, catalog)?;
+        Ok(KeyLookup { record, checked_at_commit })
     }
 
     fn table_schema(&mut self, target: &Target) -> Result<Option<Schema>, EngineError> {
