@@ -165,14 +165,15 @@ class World:
             + ("" if inline_rows is None else f", DATA_INLINING_ROW_LIMIT {inline_rows}") + ")",
         ]
 
-    def host(self, db_path, listen=True, inline_rows=None):
-        """A DuckDB 1.5.5 host with the lake attached and arrowport loaded (and listening)."""
+    def host(self, db_path, listen=True, inline_rows=None, options=""):
+        """A DuckDB 1.5.5 host with the lake attached and arrowport loaded (and listening, with `options`: more of
+        arrowport_listen's arguments, `, name := value...`)."""
         h = hosts.PythonHost("lake", db_path)
         for sql in self.attach_sql(inline_rows=inline_rows):
             h.sql(sql)
         h.sql(hosts.load_sql())
         if listen:
-            h.addr = h.sql("SELECT arrowport_listen('127.0.0.1:0')")[0][0]
+            h.addr = h.sql(f"SELECT arrowport_listen('127.0.0.1:0'{options})")[0][0]
         return h
 
     def close(self):

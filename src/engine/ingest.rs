@@ -369,7 +369,15 @@ impl<S: Session> Core<S> {
     ) -> Result<Result<Written, EngineError>, EngineError> {
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
         let (reply, done) = oneshot::channel();
-        let item = Buffered { mapping, schema, batches, rows, key, commit_retries: request.policy.commit_retries };
+        let item = Buffered {
+            mapping,
+            schema,
+            batches,
+            rows,
+            key,
+            commit_retries: request.policy.commit_retries,
+            group_window: request.policy.group_window,
+        };
         self.writers.submit_group(item, reply, charges)?;
         done.await.map_err(|_| EngineError::Internal("the group committer went away".into()))
     }

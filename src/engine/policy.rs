@@ -35,6 +35,9 @@ pub struct Policy {
     /// How often a grouped commit that lost a race with another writer of a shared catalog is tried again
     /// (`commit_retries`).
     pub commit_retries: u32,
+    /// How long a group commit waits for more small requests after its first (`group_window`; 0: it takes what
+    /// is waiting and commits).
+    pub group_window: Duration,
     /// Fields a request's schema may have, nested ones included (`max_columns`).
     pub max_columns: usize,
     /// Bytes a request's schema message may take (`max_schema_bytes`).
@@ -71,6 +74,7 @@ impl Policy {
             admission: Arc::new(Semaphore::new(max_concurrent)),
             idempotency_window: IDEMPOTENCY_WINDOW,
             commit_retries: COMMIT_RETRIES,
+            group_window: Duration::ZERO,
             max_columns: MAX_COLUMNS,
             max_schema_bytes: MAX_SCHEMA_BYTES,
             statement_timeout: STATEMENT_TIMEOUT,
@@ -95,6 +99,12 @@ impl Policy {
     /// The same rules, retrying lost commit races `n` times.
     pub fn with_commit_retries(mut self, n: u32) -> Policy {
         self.commit_retries = n;
+        self
+    }
+
+    /// The same rules, group commits waiting up to `window` for more requests.
+    pub fn with_group_window(mut self, window: Duration) -> Policy {
+        self.group_window = window;
         self
     }
 

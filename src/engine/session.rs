@@ -156,6 +156,8 @@ pub struct Buffered {
     pub key: Option<RequestKey>,
     /// How often a commit that lost a race (see `EngineError::is_commit_conflict`) is tried again.
     pub commit_retries: u32,
+    /// How long its group commit waits for more requests after the first (see `Policy::group_window`).
+    pub group_window: Duration,
 }
 
 /// Stops the statement a writer's connection is running, from another thread.

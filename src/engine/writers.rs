@@ -190,14 +190,19 @@ pub(crate) struct GroupJob {
 /// clients share the cores); one keeps more writers for large requests.
 const GROUP_COMMITTERS: usize = 1;
 
-/// The requests waiting for a group committer (at least one, blocking for it); `None` once the queue is closed.
+/// The requests waiting for a group committer (at least one, blocking for it), and those that arrive within the
+/// first one's `group_window` after it; `None` once the queue is closed.
 fn take_group(rx: &Mutex<std::sync::mpsc::Receiver<GroupJob>>) -> Option<Vec<GroupJob>> {
     let rx = rx.lock().ok()?;
-    let mut jobs = vec![rx.recv().ok()?];
+    let first = rx.recv().ok()?;
+    let until = Instant::now() + first.item.group_window;
+    let mut jobs = vec![first];
     while jobs.len() < MAX_GROUP {
-        match rx.try_recv() {
-            Ok(j) => jobs.push(j),
-            Err(_) => break,
+        let left = until.saturating_duration_since(Instant::now());
+        let next = if left.is_zero() { rx.try_recv().ok() } else { rx.recv_timeout(left).ok() };
+        match next {
+            Some(j) => jobs.push(j),
+            None => break,
         }
     }
     Some(jobs)
@@ -638,10 +643,33 @@ mod tests {
                     rows: i as u64 + 1,
                     key: None,
                     commit_retries: retries,
+                    group_window: Duration::ZERO,
                 };
                 (GroupJob { item, reply, _charges: vec![] }, rx)
             })
             .unzip()
+    }
+
+    #[test]
+    fn a_group_takes_what_waits_and_with_a_window_what_arrives_within_it() {
+        for (window, expected) in [(Duration::ZERO, 1), (Duration::from_millis(500), 3)] {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (mut all, _replies) = jobs(3, 0);
+            for j in &mut all {
+                j.item.group_window = window;
+            }
+            let mut all = all.into_iter();
+            tx.send(all.next().unwrap()).unwrap();
+            let late = std::thread::spawn(move || {
+                for j in all {
+                    std::thread::sleep(Duration::from_millis(30));
+                    let _ = tx.send(j); // gone once the group was taken
+                }
+            });
+            let taken = take_group(&Mutex::new(rx)).unwrap();
+            assert_eq!(taken.len(), expected, "window {window:?}");
+            late.join().unwrap();
+        }
     }
 
     #[test]

@@ -1,9 +1,11 @@
 """Group commit end to end: many small requests at once share transactions, each acknowledged only after the
 commit that holds its rows; one that fails is taken out and the others still land."""
 import threading
+import time
 
 import httpx
 import pyarrow as pa
+import pytest
 
 from clients import flight_put, ipc_bytes
 from testdata import events
@@ -56,3 +58,33 @@ def test_a_failing_request_does_not_take_its_group_down(py_listening):
     assert status == 409 and "Constraint Error" in body["error"]["message"], body
     assert all(v[1]["rows"] == 50 for k, v in outcomes.items() if k not in failed)
     assert py_listening.sql("SELECT count(*), count(DISTINCT id) FROM keyed") == [(15 * 50, 15 * 50)]
+
+
+def test_a_group_window_lets_requests_that_arrive_within_it_share_one_commit(py_listening):
+    """`group_window`: a group commit waits that long after its first small request for more. Three requests sent
+    50 ms apart land in one transaction (one `now()` among their rows) with a window of a second, in three
+    without one; the option is checked."""
+    h = py_listening
+    h.sql("CREATE TABLE g (i BIGINT, t TIMESTAMPTZ DEFAULT now())")
+    h.sql("CALL arrowport_create_stream('g', schema_policy := 'by_name')")
+    windowed = h.sql("FROM arrowport_listen('127.0.0.1:0', group_window := 1)")[0][1]
+
+    def send(addr, base):
+        threads = []
+        for k in range(3):
+            t = pa.table({"i": pa.array([base + k], pa.int64())})
+            threads.append(threading.Thread(target=lambda t=t: results.append(
+                httpx.post(f"http://{addr}/streams/g", content=ipc_bytes(t), headers={"Content-Type": ARROW},
+                           timeout=60).status_code)))
+            threads[-1].start()
+            time.sleep(0.05)
+        for t in threads:
+            t.join()
+
+    results = []
+    send(windowed, 0)
+    send(h.addr, 10)
+    assert results == [200] * 6
+    assert h.sql("SELECT i >= 10, count(*), count(DISTINCT t) FROM g GROUP BY ALL ORDER BY 1") == [(False, 3, 1), (True, 3, 3)]
+    with pytest.raises(Exception, match=r"invalid value for option group_window: 2 \(seconds, 0 or more and at most 1\)"):
+        h.sql("FROM arrowport_listen('127.0.0.1:0', group_window := 2)")

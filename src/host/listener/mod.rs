@@ -254,6 +254,7 @@ impl Host {
             Policy::new(options.reject_unknown, options.stall_timeout, options.max_concurrent_requests)
                 .with_idempotency_window(options.idempotency_window)
                 .with_commit_retries(options.commit_retries)
+                .with_group_window(options.group_window)
                 .with_schema_limits(options.max_columns, options.max_schema_bytes)
                 .with_statement_limits(options.statement_timeout, options.max_sql_bytes),
         );

@@ -183,6 +183,9 @@ impl VTab for ListenTable {
         if let Some(n) = count(bind, "commit_retries")? {
             options.commit_retries = n;
         }
+        if let Some(d) = seconds(bind, "group_window", (1.0, "1"), true)? {
+            options.group_window = d;
+        }
         options.allowed_hosts = text_list(bind, "allowed_hosts")?;
         options.allowed_origins = text_list(bind, "allowed_origins")?;
         if let Some(d) = seconds(bind, "stall_timeout", A_DAY, false)? {
@@ -234,6 +237,7 @@ impl VTab for ListenTable {
             ("idempotency_window".to_string(), LogicalTypeId::Double.into()),
             ("allowed_origins".to_string(), LogicalTypeHandle::list(&varchar())),
             ("commit_retries".to_string(), LogicalTypeId::Bigint.into()),
+            ("group_window".to_string(), LogicalTypeId::Double.into()),
             ("checkpoint_wal".to_string(), LogicalTypeId::Bigint.into()),
         ])
     }
