@@ -173,7 +173,10 @@ class World:
             h.sql(sql)
         h.sql(hosts.load_sql())
         if listen:
-            h.addr = h.sql(f"SELECT arrowport_listen('127.0.0.1:0'{options})")[0][0]
+            if options:  # the table form takes options; its second column is the address
+                h.addr = h.sql(f"FROM arrowport_listen('127.0.0.1:0'{options})")[0][1]
+            else:
+                h.addr = h.sql("SELECT arrowport_listen('127.0.0.1:0')")[0][0]
         return h
 
     def close(self):
