@@ -25,7 +25,9 @@ use crate::engine::core::Core;
 use crate::engine::error::EngineError;
 use crate::engine::metrics::{Outcome, Protocol};
 use crate::engine::policy::Policy;
-use crate::engine::session::{BatchRx, Buffered, Counts, Held, Msg, RequestKey, Session, Written, validate_key};
+use crate::engine::session::{
+    BatchRx, Buffered, Counts, Held, KeyRecord, Msg, RequestKey, Session, Written, validate_key,
+};
 use crate::engine::writers::{Job, Work};
 
 /// What an idempotency key gave a request: its claim (held until the request ends), or the acknowledgement of
@@ -345,15 +347,22 @@ impl<S: Session> Core<S> {
         else {
             return Ok(Claimed::Guard(Some(guard)));
         };
+        let report = self.replay(request, key, record)?;
+        self.drain(input, request).await;
+        Ok(Claimed::Replayed(report))
+    }
+
+    /// The answer to a request whose key names a committed one: the acknowledgement it was given, `replayed`
+    /// (counted as such); a key of another stream is refused.
+    fn replay(&self, request: &Request, key: &str, record: KeyRecord) -> Result<Report, EngineError> {
         if record.stream != request.stream {
-            return Err(EngineError::KeyReused { key: key.clone(), stream: record.stream });
+            return Err(EngineError::KeyReused { key: key.to_string(), stream: record.stream });
         }
         let mut report: Report = serde_json::from_str(&record.ack)
             .map_err(|e| EngineError::Internal(format!("a stored acknowledgement does not parse: {e}")))?;
         report.replayed = true;
         self.metrics.replayed(&request.stream, request.protocol);
-        self.drain(input, request).await;
-        Ok(Claimed::Replayed(report))
+        Ok(report)
     }
 
     /// A request received whole, handed to the group committer. The outer error is the pipeline's; the inner
@@ -451,14 +460,7 @@ impl<S: Session> Core<S> {
     ) -> Result<(Report, Written), EngineError> {
         if let (Some(key), EngineError::InProgress(_)) = (&request.idempotency_key, &e) {
             return match self.lookup_key(catalog.clone(), key, request.policy.idempotency_window).await? {
-                Some(record) if record.stream == stream => {
-                    let mut report: Report = serde_json::from_str(&record.ack)
-                        .map_err(|e| EngineError::Internal(format!("a stored acknowledgement does not parse: {e}")))?;
-                    report.replayed = true;
-                    self.metrics.replayed(&request.stream, request.protocol);
-                    Ok((report, Written { rows: 0, write_seconds: 0.0, ..Default::default() }))
-                }
-                Some(record) => Err(EngineError::KeyReused { key: key.clone(), stream: record.stream }),
+                Some(record) => Ok((self.replay(request, key, record)?, Written::default())),
                 None => Err(e),
             };
         }
