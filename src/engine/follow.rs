@@ -301,8 +301,9 @@ impl<S: Session + 'static> Core<S> {
         Ok((schema, position, in_order))
     }
 
-    /// The rows of `target` past `after` in position order, at most a batch's worth, read whole on the statement
-    /// pool with a statement each connection prepares once (see `Session::follow_read`).
+    /// The rows of `target` past `after` (sorted by position when `ordered`, else in the table's order), at most a
+    /// batch's worth, read whole on the statement pool with a statement each connection prepares once (see
+    /// `Session::follow_read`); its batches that hold rows.
     async fn read_past(
         &self,
         target: &Target,
@@ -319,7 +320,8 @@ impl<S: Session + 'static> Core<S> {
             ordered,
             reply,
         };
-        self.call_statement(work, crate::engine::policy::STATEMENT_TIMEOUT, rx).await
+        let (schema, batches) = self.call_statement(work, crate::engine::policy::STATEMENT_TIMEOUT, rx).await?;
+        Ok((schema, batches.into_iter().filter(|b| b.num_rows() > 0).collect()))
     }
 
     /// A read of the host's own on the statement pool, streamed; `stall` bounds the wait for its reader.
@@ -566,14 +568,14 @@ impl<S: Session + 'static, F: Fn(i64, bool) -> String> Following<S, F> {
         let started = tokio::time::Instant::now();
         let (target, columns) = &self.read;
         let mut batches = match self.core.read_past(target, columns, self.last, !self.in_order).await {
-            Ok((_, batches)) => batches.into_iter().filter(|b| b.num_rows() > 0).collect::<Vec<_>>(),
+            Ok((_, batches)) => batches,
             Err(e) => return Tip::Failed(e),
         };
         if self.in_order && !in_order_from(&batches, self.last) {
             // Rows out of position order (see `in_order`): read again, sorted.
             self.in_order = false;
             batches = match self.core.read_past(target, columns, self.last, true).await {
-                Ok((_, batches)) => batches.into_iter().filter(|b| b.num_rows() > 0).collect::<Vec<_>>(),
+                Ok((_, batches)) => batches,
                 Err(e) => return Tip::Failed(e),
             };
         }
