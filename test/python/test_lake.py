@@ -267,6 +267,49 @@ def test_three_hosts_land_exactly_once_while_one_is_killed(world, tmp_path):
         h.close()
 
 
+def test_a_lakes_keys_stay_in_its_catalog_until_maintenance_moves_them_to_a_file(world, tmp_path):
+    # Without inlining at ATTACH, each commit's rows go to a Parquet file; the keys that vouch for them do not.
+    h = world.host(str(tmp_path / "h.duckdb"), inline_rows=0)
+    h.sql("FROM arrowport_create_stream('ev', target := 'lake.main.ev')")
+    client = httpx.Client()
+    one = pa.table({"i": pa.array(range(1000), pa.int64())})
+    for k in ("k1", "k2", "k3"):
+        r = post(h.addr, "ev", one, key=k, client=client)
+        assert r.status_code == 200 and "replayed" not in r.json(), r.text
+    assert len(world.s3.objects("data/main/ev/")) == 3
+    assert world.s3.objects("data/arrowport/") == []
+    assert h.sql("SELECT value, scope, scope_entry FROM lake.options() WHERE option_name = 'data_inlining_row_limit' "
+                 "AND scope = 'TABLE'") == [("100000", "TABLE", "arrowport.requests")]
+    assert post(h.addr, "ev", one, key="k2", client=client).json()["replayed"] is True
+    # Maintenance flushes them into a file of the keys table; a retry is still found there.
+    h.sql("FROM arrowport_maintain('lake', older_than := 0)")
+    assert len(world.s3.objects("data/arrowport/")) == 1
+    assert post(h.addr, "ev", one, key="k3", client=client).json()["replayed"] is True
+    assert "replayed" not in post(h.addr, "ev", one, key="k4", client=client).json()
+    assert h.sql("SELECT count(*) FROM lake.main.ev")[0][0] == 4000
+    assert h.sql("SELECT count(*) FROM lake.arrowport.requests")[0][0] == 4
+    h.sql("SELECT arrowport_stop()")
+    h.close()
+
+    # A setting of the operator's own for the keys table is left as it is.
+    (tmp_path / "other").mkdir()
+    other = lake.World(str(tmp_path / "other"))
+    try:
+        h = other.host(str(tmp_path / "o.duckdb"), inline_rows=0)
+        h.sql("CREATE SCHEMA lake.arrowport")
+        h.sql("CREATE TABLE lake.arrowport.requests (key_sha256 VARCHAR NOT NULL, stream VARCHAR NOT NULL, "
+              "ack VARCHAR NOT NULL, committed_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+        h.sql("CALL lake.set_option('data_inlining_row_limit', 0, schema => 'arrowport', table_name => 'requests')")
+        h.sql("FROM arrowport_create_stream('ev', target := 'lake.main.ev')")
+        assert post(h.addr, "ev", one, key="k1").status_code == 200
+        assert len(other.s3.objects("data/arrowport/")) == 1
+        assert post(h.addr, "ev", one, key="k1").json()["replayed"] is True
+        h.sql("SELECT arrowport_stop()")
+        h.close()
+    finally:
+        other.close()
+
+
 def test_maintenance_merges_small_files_now_and_on_a_timer(world, tmp_path):
     import adbc_driver_flightsql.dbapi as flightsql
     h = world.host(str(tmp_path / "h.duckdb"), listen=False)

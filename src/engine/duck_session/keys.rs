@@ -17,6 +17,12 @@ pub(super) fn key_digest(key: &str) -> String {
     quote_literal(&to_hex(ring::digest::digest(&ring::digest::SHA256, key.as_bytes()).as_ref()))
 }
 
+/// Key rows a DuckLake keeps in its catalog database per insert (DuckLake's `data_inlining_row_limit` for the
+/// keys table alone): a group's keys go into the catalog with its commit instead of into a Parquet file of a few
+/// rows each, and the check inside each keyed commit reads them from there instead of opening every such file
+/// in the object store. `arrowport_maintain` (DuckLake's `ducklake_flush_inlined_data`) moves them into files.
+pub(super) const LAKE_KEYS_INLINE_ROWS: u64 = 100_000;
+
 /// Keys kept per catalog at most (the oldest go first), whatever the window...
 pub(super) const MAX_KEYS: u64 = 1_000_000;
 
@@ -116,6 +122,9 @@ impl Landing {
             if primary_key.as_deref() != Some("1") {
                 self.keys.unconstrained.insert(name.clone());
             }
+            if let Some(lake) = catalog.filter(|_| self.lakes.get(&name).copied().unwrap_or(false)) {
+                self.inline_lake_keys(conn, lake);
+            }
             self.keys.ready.insert(name);
             self.keys.recorded = 0;
         }
@@ -128,6 +137,29 @@ impl Landing {
             conn.execute(&purge).map_err(E::db)?;
         }
         Ok(())
+    }
+
+    /// Keeps a DuckLake's key rows in its catalog database ([`LAKE_KEYS_INLINE_ROWS`]) unless the table has a
+    /// setting of the operator's. Set by every host that writes keys into the lake, even when another host's
+    /// setting is there already: a DuckLake reads its options when it is attached, so one host setting it does not
+    /// reach the others. Best effort: a DuckLake without table-scoped options keeps the keys in files, which only
+    /// costs speed.
+    fn inline_lake_keys(&self, conn: &mut RawConn, lake: &str) {
+        let entry = quote_literal(&format!("{OWN_SCHEMA}.{KEYS_TABLE}"));
+        let set = conn.query_value(&format!(
+            "SELECT any_value(value) FROM {}.options() WHERE option_name = 'data_inlining_row_limit' \
+             AND scope = 'TABLE' AND scope_entry = {entry}",
+            quote_ident(lake)
+        ));
+        let ours = LAKE_KEYS_INLINE_ROWS.to_string();
+        if set.is_ok_and(|value| value.is_none_or(|v| v == ours)) {
+            let _ = conn.execute(&format!(
+                "CALL {}.set_option('data_inlining_row_limit', {ours}, schema => {}, table_name => {})",
+                quote_ident(lake),
+                quote_literal(OWN_SCHEMA),
+                quote_literal(KEYS_TABLE)
+            ));
+        }
     }
 
     /// Records requests' keys and acknowledgements inside their transaction (one statement of each kind for all of
