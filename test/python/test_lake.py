@@ -310,6 +310,42 @@ def test_a_lakes_keys_stay_in_its_catalog_until_maintenance_moves_them_to_a_file
         other.close()
 
 
+def test_a_lake_table_changed_between_grouped_commits_is_seen_by_the_next(world, tmp_path):
+    h = world.host(str(tmp_path / "h.duckdb"), options=", group_window := 0.3")
+    h.sql("FROM arrowport_create_stream('ev', target := 'lake.main.ev')")
+
+    def burst(first):
+        """Four requests at once (one group commit, as the window makes them), rows first..first+3."""
+        codes = [None] * 4
+
+        def send(i):
+            r = post(h.addr, "ev", pa.table({"i": pa.array([first + i], pa.int64())}))
+            codes[i] = (r.status_code, r.text)
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(4)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        return codes
+
+    snapshots = h.sql("SELECT count(*) FROM lake.snapshots()")[0][0]
+    assert [c for c, _ in burst(0)] == [200] * 4
+    assert h.sql("SELECT count(*) FROM lake.snapshots()")[0][0] - snapshots <= 2  # grouped
+    assert [c for c, _ in burst(10)] == [200] * 4
+    assert h.sql("SELECT list(i ORDER BY i) FROM lake.main.ev")[0][0] == [0, 1, 2, 3, 10, 11, 12, 13]
+    # Dropped elsewhere: the next group does not find it; its requests, one by one, make it again.
+    h.sql("DROP TABLE lake.main.ev")
+    assert [c for c, _ in burst(20)] == [200] * 4
+    assert h.sql("SELECT list(i ORDER BY i) FROM lake.main.ev")[0][0] == [20, 21, 22, 23]
+    # A column added elsewhere: the next group sees it, and this strict stream's requests no longer fit.
+    h.sql("ALTER TABLE lake.main.ev ADD COLUMN extra VARCHAR")
+    codes = burst(30)
+    assert [c for c, _ in codes] == [409] * 4, codes
+    assert all("does not fit table lake.main.ev" in text for _, text in codes), codes
+    assert h.sql("SELECT count(*) FROM lake.main.ev")[0][0] == 4
+    h.sql("SELECT arrowport_stop()")
+    h.close()
+
+
 def test_maintenance_merges_small_files_now_and_on_a_timer(world, tmp_path):
     import adbc_driver_flightsql.dbapi as flightsql
     h = world.host(str(tmp_path / "h.duckdb"), listen=False)

@@ -219,6 +219,22 @@ impl Landing {
         Ok((table, guard))
     }
 
+    /// Whether a grouped commit reads its target's columns inside its own transaction rather than before it: for
+    /// a DuckLake table this writer's last grouped commit found there (appended to, not created or replaced). A
+    /// look before the transaction is a transaction of its own in the lake's catalog; inside, the lake answers from
+    /// the transaction's own snapshot. A table dropped meanwhile fails the group (its requests then go one by one,
+    /// each with a look before it, and the table is forgotten).
+    pub(super) fn lake_columns_later(&mut self, conn: &mut RawConn, mapping: &Mapping) -> Result<bool, EngineError> {
+        let target = &mapping.target;
+        if !matches!(mapping.rule, TableRule::Stream | TableRule::Append | TableRule::CreateAppend)
+            || !self.lake_tables.contains(&target.sql(&self.host_db).to_lowercase())
+        {
+            return Ok(false);
+        }
+        self.check_landable(target)?;
+        self.is_lake(conn, target.catalog.as_deref())
+    }
+
     /// Refuses a target in arrowport's own state, however it is spelled: the host database's `arrowport` schema
     /// (stream mappings, tokens) and the scratch database (the writers' scan views). Every ingest path, whatever
     /// its protocol, resolves its target here before anything is read or written.
@@ -443,9 +459,14 @@ impl DuckSession {
         let mut locked = HashSet::new();
         let mut guards = Vec::new();
         let mut tables = Vec::with_capacity(runs.len());
+        let mut in_txn = Vec::with_capacity(runs.len());
         for &(start, _) in &runs {
-            let (table, guard) = at.prepare_target(conn, &items[start].mapping, &mut locked)?;
+            let mapping = &items[start].mapping;
+            let later = at.lake_columns_later(conn, mapping)?;
+            let (table, guard) =
+                if later { (Vec::new(), None) } else { at.prepare_target(conn, mapping, &mut locked)? };
             tables.push(table);
+            in_txn.push(later);
             guards.extend(guard);
         }
         for item in items {
@@ -456,8 +477,12 @@ impl DuckSession {
         let _turns = at.follow_turns(conn, items.iter().map(|i| &i.mapping))?;
         let mut positions = vec![None; items.len()];
         let result = conn.begin().map_err(E::db).and_then(|mut txn| {
-            for (&(start, end), table) in runs.iter().zip(tables.iter_mut()) {
+            for ((&(start, end), table), &later) in runs.iter().zip(tables.iter_mut()).zip(&in_txn) {
                 at.position = None;
+                if later {
+                    let target = &items[start].mapping.target;
+                    *table = columns(txn.query(&format!("DESCRIBE {}", target.sql(&at.host_db))).map_err(E::db)?);
+                }
                 let batches: Vec<RecordBatch> =
                     items[start..end].iter().flat_map(|i| i.batches.iter().cloned()).collect();
                 let expected: u64 = items[start..end].iter().map(|i| i.rows).sum();
@@ -487,6 +512,17 @@ impl DuckSession {
         });
         at.release_view();
         drop(guards);
+        for &(start, _) in &runs {
+            let target = &items[start].mapping.target;
+            if at.is_lake(conn, target.catalog.as_deref())? {
+                let name = target.sql(&at.host_db).to_lowercase();
+                if result.is_ok() {
+                    at.lake_tables.insert(name);
+                } else {
+                    at.lake_tables.remove(&name);
+                }
+            }
+        }
         result.map(|()| positions)
     }
 }

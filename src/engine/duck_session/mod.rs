@@ -114,6 +114,8 @@ struct Landing {
     positions_ready: HashSet<String>,
     /// Catalogs known to be DuckLakes (true) or not.
     lakes: HashMap<String, bool>,
+    /// DuckLake tables this writer's last grouped commit into them found there (see `Landing::lake_columns_later`).
+    lake_tables: HashSet<String>,
     /// Test hook (cargo feature `test-hooks` only): a request into a table of this name panics inside its
     /// transaction, after its INSERT (set by `ARROWPORT_TEST_PANIC_TABLE` in the host's environment; the
     /// end-to-end tests prove the writer survives).
@@ -154,6 +156,7 @@ impl DuckSession {
             position: None,
             positions_ready: HashSet::new(),
             lakes: HashMap::new(),
+            lake_tables: HashSet::new(),
             #[cfg(feature = "test-hooks")]
             panic_on: test_hook_panic_table(),
         };
