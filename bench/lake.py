@@ -3,8 +3,9 @@ PostgreSQL, data files in moto's S3), each case in a fresh world (test/lake.py),
 
 Cases:
 - small: 1,000-row requests with an idempotency key each, 8 REST clients per host, for LAKE_BENCH_SECONDS
-  (default 20), with 1, 2 and 3 hosts: aggregate rows/s and lake commits/s (DuckLake snapshots made), against
-  the same clients into one host's local DuckDB file;
+  (default 20), with 1, 2 and 3 hosts: aggregate rows/s and lake commits/s (DuckLake snapshots made), request
+  latency (p50 / p99) and the mean write of a request (its group's transaction to COMMIT, from each host's
+  `arrowport_write_duration_seconds`), against the same clients into one host's local DuckDB file;
 - large: one 1M-row request per host, 1, 2 and 3 hosts at once, into the lake, against one such request into a
   local DuckDB file;
 - files: the lake table's Parquet files after the small 3-host case, and after `arrowport_maintain`;
@@ -141,13 +142,22 @@ def small(world, directory, n_hosts, local=False):
     table = "main.ev" if local else "lake.main.ev"
     landed = sum(h.sql(f"SELECT count(*) FROM {table}")[0][0] for h in (hs if local else hs[:1]))
     commits = None if local else hs[0].sql("SELECT count(*) FROM lake.snapshots()")[0][0] - snapshots_before
-    retries = sum(int(line.split()[-1]) for h in hs for line in httpx.get(f"http://{h.addr}/metrics").text.splitlines()
-                  if line.startswith("arrowport_commit_retries_total{"))
+    metrics = [httpx.get(f"http://{h.addr}/metrics").text.splitlines() for h in hs]
+
+    def total(name):
+        return sum(float(line.split()[-1]) for lines in metrics for line in lines if line.startswith(name + "{"))
+
+    retries = int(total("arrowport_commit_retries_total"))
+    # Each request's write: its group's transaction, from the look at its table to COMMIT (the lake commit's latency
+    # as a request waits for it), mean over requests.
+    writes = total("arrowport_write_duration_seconds_count")
+    write_ms = total("arrowport_write_duration_seconds_sum") / writes * 1000 if writes else None
     return hs, {"hosts": n_hosts, "rows": sum(acked), "landed": landed, "seconds": elapsed, "rows_per_s": sum(acked) / elapsed,
                 "commits_per_s": None if commits is None else commits / elapsed, "commit_retries": retries,
                 "client_retries": len(errors), "requests_per_s": len(latencies) / elapsed,
                 "requests_per_commit": None if not commits else len(latencies) / commits,
-                "p50_ms": quantile(latencies, 0.5) * 1000, "p99_ms": quantile(latencies, 0.99) * 1000, **held.report()}
+                "p50_ms": quantile(latencies, 0.5) * 1000, "p99_ms": quantile(latencies, 0.99) * 1000,
+                "commit_ms": write_ms, **held.report()}
 
 
 def close(hs):
@@ -235,7 +245,8 @@ def one_run(delay, bad):
                 results["small"].append(row)
                 print(f"  small {row['target']:>10} {n_hosts} host(s): {row['rows_per_s']:9.0f} rows/s  "
                       f"commits/s {row['commits_per_s'] or 0:6.1f}  commit retries {row['commit_retries']}  "
-                      f"p50/p99 {row['p50_ms']:.0f}/{row['p99_ms']:.0f} ms  host cores {row['host_cores']}  "
+                      f"p50/p99 {row['p50_ms']:.0f}/{row['p99_ms']:.0f} ms  commit {row['commit_ms'] or 0:.0f} ms  "
+                      f"host cores {row['host_cores']}  "
                       f"throttled {row['throttled_periods']}", flush=True)
             finally:
                 world.close()
@@ -251,22 +262,23 @@ def one_run(delay, bad):
             finally:
                 world.close()
     one = next(r for r in results["small"] if r["hosts"] == 1 and r["target"] == "lake")["rows_per_s"]
-    lines = ["| case | hosts | rows/s | requests/s | lake commits/s (requests each) | p50 / p99 ms | each host's cores | vs one lake host |",
-             "|---|---:|---:|---:|---:|---:|---|---:|"]
+    lines = ["| case | hosts | rows/s | requests/s | lake commits/s (requests each) | p50 / p99 ms | commit ms | each host's cores | vs one lake host |",
+             "|---|---:|---:|---:|---:|---:|---:|---|---:|"]
     for r in results["small"]:
         commits = "" if r["commits_per_s"] is None else f"{r['commits_per_s']:.1f} ({r['requests_per_commit']:.1f})"
         cores = " ".join(f"{c:.2f}" for c in r["host_cores"])
         lines.append(f"| 1,000-row requests, {CLIENTS} clients per host, into {r['target']} | {r['hosts']} | {r['rows_per_s']:,.0f} | "
-                     f"{r['requests_per_s']:,.0f} | {commits} | {r['p50_ms']:.0f} / {r['p99_ms']:.0f} | {cores} | {r['rows_per_s'] / one:.2f}x |")
+                     f"{r['requests_per_s']:,.0f} | {commits} | {r['p50_ms']:.0f} / {r['p99_ms']:.0f} | {r['commit_ms'] or 0:.0f} | {cores} | "
+                     f"{r['rows_per_s'] / one:.2f}x |")
     big = results["large"]
     local = big[1]["local"]["rows_per_s"]
     for n_hosts, cases in big.items():
         lake_rate = cases["lake"]["rows_per_s"]
         cores = " ".join(f"{c:.2f}" for c in cases["lake"]["host_cores"])
-        lines.append(f"| one 1M-row request per host at once, into the lake | {n_hosts} | {lake_rate:,.0f} | | | | {cores} | "
+        lines.append(f"| one 1M-row request per host at once, into the lake | {n_hosts} | {lake_rate:,.0f} | | | | | {cores} | "
                      f"{lake_rate / big[1]['lake']['rows_per_s']:.2f}x ({lake_rate / local:.2f}x of one request into a local file, {local:,.0f} rows/s) |")
     files = results["files"]
-    lines.append(f"| Parquet files after the 3-host case / after arrowport_maintain | | {files['before']} / {files['after']} | | | | | |")
+    lines.append(f"| Parquet files after the 3-host case / after arrowport_maintain | | {files['before']} / {files['after']} | | | | | | |")
     return results, lines
 
 
