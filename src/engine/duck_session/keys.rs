@@ -103,7 +103,8 @@ impl Landing {
         if !self.keys.ready.contains(&name) {
             let schema = format!("{}.{}", quote_ident(catalog.unwrap_or(&self.host_db)), quote_ident(OWN_SCHEMA));
             // DuckLake has no PRIMARY KEY or UNIQUE constraints.
-            let columns = if self.is_lake(conn, catalog)? { KEYS_COLUMNS_UNCONSTRAINED } else { KEYS_COLUMNS };
+            let lake = self.is_lake(conn, catalog)?;
+            let columns = if lake { KEYS_COLUMNS_UNCONSTRAINED } else { KEYS_COLUMNS };
             let create = |conn: &mut RawConn| -> Result<(), DbError> {
                 conn.execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))?;
                 conn.execute(&format!("CREATE TABLE IF NOT EXISTS {table} ({columns})")).map(|_| ())
@@ -122,8 +123,8 @@ impl Landing {
             if primary_key.as_deref() != Some("1") {
                 self.keys.unconstrained.insert(name.clone());
             }
-            if let Some(lake) = catalog.filter(|_| self.lakes.get(&name).copied().unwrap_or(false)) {
-                self.inline_lake_keys(conn, lake);
+            if let Some(catalog) = catalog.filter(|_| lake) {
+                self.inline_lake_keys(conn, catalog);
             }
             self.keys.ready.insert(name);
             self.keys.recorded = 0;

@@ -224,7 +224,7 @@ impl Landing {
     /// look before the transaction is a transaction of its own in the lake's catalog; inside, the lake answers from
     /// the transaction's own snapshot. A table dropped meanwhile fails the group (its requests then go one by one,
     /// each with a look before it, and the table is forgotten).
-    pub(super) fn lake_columns_later(&mut self, conn: &mut RawConn, mapping: &Mapping) -> Result<bool, EngineError> {
+    pub(super) fn lake_columns_later(&self, mapping: &Mapping) -> Result<bool, EngineError> {
         let target = &mapping.target;
         if !matches!(mapping.rule, TableRule::Stream | TableRule::Append | TableRule::CreateAppend)
             || !self.lake_tables.contains(&target.sql(&self.host_db).to_lowercase())
@@ -232,7 +232,7 @@ impl Landing {
             return Ok(false);
         }
         self.check_landable(target)?;
-        self.is_lake(conn, target.catalog.as_deref())
+        Ok(true)
     }
 
     /// Refuses a target in arrowport's own state, however it is spelled: the host database's `arrowport` schema
@@ -460,9 +460,14 @@ impl DuckSession {
         let mut guards = Vec::new();
         let mut tables = Vec::with_capacity(runs.len());
         let mut in_txn = Vec::with_capacity(runs.len());
+        // The lake tables among the targets (lower case), remembered or forgotten by the group's outcome.
+        let mut lake_tables = Vec::new();
         for &(start, _) in &runs {
             let mapping = &items[start].mapping;
-            let later = at.lake_columns_later(conn, mapping)?;
+            if at.is_lake(conn, mapping.target.catalog.as_deref())? {
+                lake_tables.push(mapping.target.sql(&at.host_db).to_lowercase());
+            }
+            let later = at.lake_columns_later(mapping)?;
             let (table, guard) =
                 if later { (Vec::new(), None) } else { at.prepare_target(conn, mapping, &mut locked)? };
             tables.push(table);
@@ -512,15 +517,11 @@ impl DuckSession {
         });
         at.release_view();
         drop(guards);
-        for &(start, _) in &runs {
-            let target = &items[start].mapping.target;
-            if at.is_lake(conn, target.catalog.as_deref())? {
-                let name = target.sql(&at.host_db).to_lowercase();
-                if result.is_ok() {
-                    at.lake_tables.insert(name);
-                } else {
-                    at.lake_tables.remove(&name);
-                }
+        for name in lake_tables {
+            if result.is_ok() {
+                at.lake_tables.insert(name);
+            } else {
+                at.lake_tables.remove(&name);
             }
         }
         result.map(|()| positions)
