@@ -60,16 +60,29 @@ PG_DELAYS = [float(x) for x in os.environ.get("LAKE_BENCH_PG_DELAYS", "0,2").spl
 NO_GROUP = "LAKE_BENCH_HOST_CPU=0" if HOST_CPU <= 0 else cpugroup.why_missing()
 
 
-class Held:
-    """Each host in a CPU group of its own (when groups can be made), and what each used while the block ran."""
+class Groups:
+    """A CPU group of its own for each of `n` hosts (none when groups cannot be made). A host starts inside its
+    group (`world.host(..., cpu_group=groups[i])`), as on a machine of its own: DuckDB sizes its thread pool by the
+    CPU it finds at start (one thread for a quarter core) instead of by this machine's two cores, whose second
+    thread would only take turns with the first inside the share."""
 
-    def __init__(self, hs, label):
-        self.hs, self.groups = hs, []
-        if NO_GROUP is None:
-            for i, h in enumerate(hs):
-                g = cpugroup.Group(f"{label}-{i}", HOST_CPU)
-                g.add(h.proc.pid)
-                self.groups.append(g)
+    def __init__(self, label, n):
+        self.groups = [] if NO_GROUP else [cpugroup.Group(f"{label}-{i}", HOST_CPU) for i in range(n)]
+
+    def __getitem__(self, i):
+        return self.groups[i] if self.groups else None
+
+    def close(self):
+        for g in self.groups:
+            g.close()
+
+
+class Held:
+    """What each host used while the block ran (cores: CPU time over wall time) and how often its group was
+    throttled."""
+
+    def __init__(self, hs, groups):
+        self.hs, self.groups = hs, [groups[i] for i in range(len(hs))] if groups.groups else []
 
     def __enter__(self):
         self.started = time.time()
@@ -82,13 +95,10 @@ class Held:
         self.cores = [(cpugroup.cpu_seconds(h.proc.pid) - c) / wall for h, c in zip(self.hs, self.cpu)]
         self.throttled = [g.stat()["nr_throttled"] - t for g, t in zip(self.groups, self.throttled)]
 
-    def close(self):
-        for g in self.groups:
-            g.close()
-
     def report(self):
         return {"host_cores": [round(c, 3) for c in self.cores], "throttled_periods": self.throttled,
-                "host_cpu_share": None if NO_GROUP else HOST_CPU}
+                "host_cpu_share": None if NO_GROUP else HOST_CPU,
+                "host_threads": [int(h.sql("SELECT current_setting('threads')")[0][0]) for h in self.hs]}
 
 
 def quantile(values, q):
@@ -96,19 +106,32 @@ def quantile(values, q):
     return values[min(len(values) - 1, int(q * len(values)))] if values else None
 
 
-def small(world, directory, n_hosts, local=False):
+def start_hosts(world, groups, paths, **options):
+    """A lake host per path, each started inside its CPU group (the groups are closed if one fails to start)."""
     hs = []
-    for i in range(n_hosts):
-        h = world.host(os.path.join(directory, f"h{i}.duckdb"), inline_rows=INLINE_ROWS,
-                       options="" if local else f", group_window := {GROUP_WINDOW}")
+    try:
+        for i, path in enumerate(paths):
+            hs.append(world.host(path, cpu_group=groups[i], **options))
+    except BaseException:
+        for h in hs:
+            h.close()
+        groups.close()
+        raise
+    return hs
+
+
+def small(world, directory, n_hosts, local=False):
+    groups = Groups(f"small{n_hosts}", n_hosts)
+    hs = start_hosts(world, groups, [os.path.join(directory, f"h{i}.duckdb") for i in range(n_hosts)],
+                     inline_rows=INLINE_ROWS, options="" if local else f", group_window := {GROUP_WINDOW}")
+    for h in hs:
         if RETRY_WAIT_MS is not None:
             h.sql(f"SET ducklake_retry_wait_ms = {RETRY_WAIT_MS}")
         h.sql("FROM arrowport_create_stream('ev', target := '" + ("main.ev" if local else "lake.main.ev") + "')")
-        hs.append(h)
     acked = [0] * (CLIENTS * n_hosts)
     latencies = []
     errors = []
-    held = Held(hs, f"small{n_hosts}")
+    held = Held(hs, groups)
     stop = time.time() + SECONDS
 
     def client(i):
@@ -137,8 +160,9 @@ def small(world, directory, n_hosts, local=False):
     try:
         with held:
             elapsed = report.run_threads([threading.Thread(target=client, args=(i,)) for i in range(CLIENTS * n_hosts)])
+        report_held = held.report()
     finally:
-        held.close()
+        groups.close()  # the rest (counting, metrics) runs unconstrained
     table = "main.ev" if local else "lake.main.ev"
     landed = sum(h.sql(f"SELECT count(*) FROM {table}")[0][0] for h in (hs if local else hs[:1]))
     commits = None if local else hs[0].sql("SELECT count(*) FROM lake.snapshots()")[0][0] - snapshots_before
@@ -157,7 +181,7 @@ def small(world, directory, n_hosts, local=False):
                 "client_retries": len(errors), "requests_per_s": len(latencies) / elapsed,
                 "requests_per_commit": None if not commits else len(latencies) / commits,
                 "p50_ms": quantile(latencies, 0.5) * 1000, "p99_ms": quantile(latencies, 0.99) * 1000,
-                "commit_ms": write_ms, **held.report()}
+                "commit_ms": write_ms, **report_held}
 
 
 def close(hs):
@@ -168,7 +192,8 @@ def close(hs):
 
 def large(world, directory, n_hosts):
     """One 1M-row request per host at once, into the lake; and (one host) the same request into a local file."""
-    hs = [world.host(os.path.join(directory, f"big{i}.duckdb")) for i in range(n_hosts)]
+    groups = Groups(f"large{n_hosts}", n_hosts)
+    hs = start_hosts(world, groups, [os.path.join(directory, f"big{i}.duckdb") for i in range(n_hosts)])
     n = 1_000_000
     table = pa.table({"id": pa.array(range(n), pa.int64()), "v": pa.array([i * 0.5 for i in range(n)], pa.float64()),
                       "s": pa.array([f"s{i % 1000}" for i in range(n)])})
@@ -187,18 +212,15 @@ def large(world, directory, n_hosts):
             r = httpx.post(f"http://{h.addr}/streams/{name}", content=body, headers={"Content-Type": ARROW}, timeout=600)
             codes.append(r.status_code)
 
-        held = Held(senders, f"large{n_hosts}{name}")
-        try:
-            with held:
-                seconds = report.run_threads([threading.Thread(target=put, args=(h,)) for h in senders])
-        finally:
-            held.close()
+        with Held(senders, groups) as held:
+            seconds = report.run_threads([threading.Thread(target=put, args=(h,)) for h in senders])
         assert codes == [200] * len(senders), codes
         target = "lake.main.big" if name == "lake" else "main.big"
         rows = n * len(senders)
         out[name] = {"hosts": len(senders), "rows": rows, "seconds": seconds, "rows_per_s": rows / seconds,
                      "landed": hs[0].sql(f"SELECT count(*) FROM {target}")[0][0], **held.report()}
     close(hs)
+    groups.close()
     return out
 
 

@@ -4,6 +4,7 @@ controller: `cpu.cfs_quota_us` per `cpu.cfs_period_us`; `cpu.stat` counts the pe
     why = cpugroup.why_missing()          # None, or why no group can be made here (the caller runs unconstrained)
     with cpugroup.Group("host-1", cores=0.25) as g:
         g.add(pid)                        # the whole process, its threads and the threads it starts later
+        g.join()                          # the calling process (a child before exec: see hosts.PythonHost)
         ...
         g.stat()                          # {"nr_periods": ..., "nr_throttled": ..., "throttled_time": ...}
 """
@@ -47,6 +48,11 @@ class Group:
     def add(self, pid):
         """Moves a process (every thread of it) into the group."""
         self._write("cgroup.procs", pid)
+
+    def join(self):
+        """Moves the calling process into the group (a child about to exec: it starts there, and what it reads of
+        its CPU at start, as DuckDB does to size its thread pool, is the group's share)."""
+        self.add(os.getpid())
 
     def pids(self):
         with open(os.path.join(self.path, "cgroup.procs")) as f:

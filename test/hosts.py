@@ -36,19 +36,23 @@ class HostDied(Exception):
 class PythonHost:
     """Python duckdb in a child process, driven by JSON lines (see pyhost.py)."""
 
-    def __init__(self, kind, db_path, extra_config=None, nofile=None):
-        """`nofile`: the host's descriptor limit, soft and hard (as a service manager would set it)."""
+    def __init__(self, kind, db_path, extra_config=None, nofile=None, cpu_group=None):
+        """`nofile`: the host's descriptor limit, soft and hard (as a service manager would set it). `cpu_group`: a
+        cpugroup.Group the host starts inside, so that DuckDB sizes its thread pool by the CPU it finds there, as
+        on a machine of its own."""
         self.kind = kind
 
         def limits():
             if nofile is not None:
                 import resource
                 resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+            if cpu_group is not None:
+                cpu_group.join()
 
         self.proc = subprocess.Popen(
             [PYTHONS[kind], os.path.join(ROOT, "test", "pyhost.py"), db_path, json.dumps(extra_config or {})],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
-            preexec_fn=limits if nofile is not None else None,
+            preexec_fn=limits if nofile is not None or cpu_group is not None else None,
         )
 
     def sql(self, query, conn=0):

@@ -165,10 +165,10 @@ class World:
             + ("" if inline_rows is None else f", DATA_INLINING_ROW_LIMIT {inline_rows}") + ")",
         ]
 
-    def host(self, db_path, listen=True, inline_rows=None, options=""):
+    def host(self, db_path, listen=True, inline_rows=None, options="", cpu_group=None):
         """A DuckDB 1.5.5 host with the lake attached and arrowport loaded (and listening, with `options`: more of
-        arrowport_listen's arguments, `, name := value...`)."""
-        h = hosts.PythonHost("lake", db_path)
+        arrowport_listen's arguments, `, name := value...`); started inside `cpu_group` if given."""
+        h = hosts.PythonHost("lake", db_path, cpu_group=cpu_group)
         for sql in self.attach_sql(inline_rows=inline_rows):
             h.sql(sql)
         h.sql(hosts.load_sql())
