@@ -385,6 +385,7 @@ impl<S: Session> Core<S> {
             rows,
             key,
             commit_retries: request.policy.commit_retries,
+            commit_retry_wait: request.policy.commit_retry_wait,
             group_window: request.policy.group_window,
         };
         self.writers.submit_group(item, reply, charges)?;

@@ -35,6 +35,9 @@ pub struct Policy {
     /// How often a grouped commit that lost a race with another writer of a shared catalog is tried again
     /// (`commit_retries`).
     pub commit_retries: u32,
+    /// DuckLake's pause before it sends a grouped commit that lost the race for the lake's next snapshot again
+    /// (`commit_retry_wait`; DuckLake's `ducklake_retry_wait_ms`, set on the writer's own connection).
+    pub commit_retry_wait: Duration,
     /// How long a group commit waits for more small requests after its first (`group_window`; 0: it takes what
     /// is waiting and commits).
     pub group_window: Duration,
@@ -62,6 +65,11 @@ pub const MAX_SCHEMA_BYTES: usize = 4 << 20;
 /// Retries of a lost commit race by default.
 pub const COMMIT_RETRIES: u32 = 5;
 
+/// DuckLake's pause before it retries a grouped commit that lost a race, by default (DuckLake's own: 100 ms). The
+/// loser's next attempt reads what changed and commits at once, a short span in which another host seldom commits
+/// again; a long pause only leaves the host's turn at the lake idle (see docs/lake.md).
+pub const COMMIT_RETRY_WAIT: Duration = Duration::from_millis(10);
+
 /// How long idempotency keys are kept by default: 24 hours.
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
@@ -74,6 +82,7 @@ impl Policy {
             admission: Arc::new(Semaphore::new(max_concurrent)),
             idempotency_window: IDEMPOTENCY_WINDOW,
             commit_retries: COMMIT_RETRIES,
+            commit_retry_wait: COMMIT_RETRY_WAIT,
             group_window: Duration::ZERO,
             max_columns: MAX_COLUMNS,
             max_schema_bytes: MAX_SCHEMA_BYTES,
@@ -99,6 +108,12 @@ impl Policy {
     /// The same rules, retrying lost commit races `n` times.
     pub fn with_commit_retries(mut self, n: u32) -> Policy {
         self.commit_retries = n;
+        self
+    }
+
+    /// The same rules, DuckLake pausing `wait` before it retries a grouped commit that lost a race.
+    pub fn with_commit_retry_wait(mut self, wait: Duration) -> Policy {
+        self.commit_retry_wait = wait;
         self
     }
 

@@ -156,6 +156,8 @@ pub struct Buffered {
     pub key: Option<RequestKey>,
     /// How often a commit that lost a race (see `EngineError::is_commit_conflict`) is tried again.
     pub commit_retries: u32,
+    /// DuckLake's pause before it retries the group's commit after a lost race (see `Policy::commit_retry_wait`).
+    pub commit_retry_wait: Duration,
     /// How long its group commit waits for more requests after the first (see `Policy::group_window`).
     pub group_window: Duration,
 }

@@ -643,6 +643,7 @@ mod tests {
                     rows: i as u64 + 1,
                     key: None,
                     commit_retries: retries,
+                    commit_retry_wait: Duration::ZERO,
                     group_window: Duration::ZERO,
                 };
                 (GroupJob { item, reply, _charges: vec![] }, rx)

@@ -88,3 +88,6 @@ def test_a_group_window_lets_requests_that_arrive_within_it_share_one_commit(py_
     assert h.sql("SELECT i >= 10, count(*), count(DISTINCT t) FROM g GROUP BY ALL ORDER BY 1") == [(False, 3, 1), (True, 3, 3)]
     with pytest.raises(Exception, match=r"invalid value for option group_window: 2 \(seconds, 0 or more and at most 1\)"):
         h.sql("FROM arrowport_listen('127.0.0.1:0', group_window := 2)")
+    for bad in ("-1", "11"):
+        with pytest.raises(Exception, match=rf"invalid value for option commit_retry_wait: {bad} \(seconds, 0 or more and at most 10\)"):
+            h.sql(f"FROM arrowport_listen('127.0.0.1:0', commit_retry_wait := {bad})")

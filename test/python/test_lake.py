@@ -3,6 +3,7 @@ moto serves it), each test in a world of its own (test/lake.py). Skipped, with t
 cannot be made (no PostgreSQL server package, no lake virtualenv)."""
 import os
 import random
+import subprocess
 import threading
 import time
 
@@ -342,6 +343,42 @@ def test_a_lake_table_changed_between_grouped_commits_is_seen_by_the_next(world,
     assert [c for c, _ in codes] == [409] * 4, codes
     assert all("does not fit table lake.main.ev" in text for _, text in codes), codes
     assert h.sql("SELECT count(*) FROM lake.main.ev")[0][0] == 4
+    h.sql("SELECT arrowport_stop()")
+    h.close()
+
+
+def test_a_lake_commit_that_loses_the_race_waits_commit_retry_wait_then_lands_once(world, tmp_path):
+    """`commit_retry_wait`: DuckLake's pause before it sends a commit that lost the race for the lake's next
+    snapshot again, on arrowport's own connections. The catalog refuses the next lake commit once, as PostgreSQL
+    refuses the loser of a race (a trigger on DuckLake's snapshot table raising the same unique violation): with
+    `commit_retry_wait := 3` the request is acknowledged after DuckLake's pause (0.5-1x the setting, so at least
+    1.5 s; DuckLake's own pause would be at most 0.1 s), its rows landed once, two attempts made."""
+    psql = [os.path.join(lake.PG_BIN, "psql"), "-h", "127.0.0.1", "-p", str(world.pg.port), "-U", "postgres", "-d", "lake",
+            "-v", "ON_ERROR_STOP=1", "-c"]
+    h = world.host(str(tmp_path / "h.duckdb"), options=", commit_retry_wait := 3")
+    h.sql("FROM arrowport_create_stream('ev', target := 'lake.main.ev')")
+    # The table and the keys table made first: the request below makes one lake commit.
+    assert post(h.addr, "ev", pa.table({"i": pa.array([0], pa.int64())}), key="k-first").status_code == 200
+    world.pg.run(*psql, """
+        CREATE SEQUENCE attempts;
+        CREATE FUNCTION lose_once() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF nextval('attempts') = 1 THEN
+                RAISE unique_violation USING MESSAGE = 'duplicate key value violates unique constraint "ducklake_snapshot_pkey"';
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER lose_once BEFORE INSERT ON public.ducklake_snapshot FOR EACH ROW EXECUTE FUNCTION lose_once();""")
+    started = time.monotonic()
+    r = post(h.addr, "ev", pa.table({"i": pa.array([1, 2], pa.int64())}), key="k-race")
+    waited = time.monotonic() - started
+    assert r.status_code == 200 and r.json()["rows"] == 2, r.text
+    assert waited >= 1.5, f"acknowledged after {waited:.2f} s: DuckLake did not pause commit_retry_wait"
+    attempts = subprocess.run(world.pg.as_user + psql[:-1] + ["-At", "-c", "SELECT last_value FROM attempts"],
+                              capture_output=True, text=True, check=True).stdout
+    assert attempts.split() == ["2"], attempts
+    assert h.sql("SELECT list(i ORDER BY i) FROM lake.main.ev")[0][0] == [0, 1, 2]
+    assert post(h.addr, "ev", pa.table({"i": pa.array([1, 2], pa.int64())}), key="k-race").json()["replayed"] is True
     h.sql("SELECT arrowport_stop()")
     h.close()
 

@@ -163,46 +163,70 @@ impl Landing {
         }
     }
 
+    /// Which of these keys a catalog without a key constraint (DuckLake) already holds: a live one fails with
+    /// `InProgress`; expired ones (older than the window, not purged yet) are returned, to be deleted by the
+    /// transaction that records them anew. One query for all of them (in a DuckLake each statement is a round trip
+    /// to its catalog).
+    pub(super) fn check_keys(
+        &self,
+        conn: &mut RawConn,
+        target: &Target,
+        keys: &[(&RequestKey, u64, u64)],
+    ) -> Result<Vec<String>, EngineError> {
+        let Some((first, _, _)) = keys.first() else { return Ok(Vec::new()) };
+        let digests: HashMap<String, &str> =
+            keys.iter().map(|(k, _, _)| (key_digest(&k.key), k.key.as_str())).collect();
+        let names = digests.keys().cloned().collect::<Vec<_>>().join(", ");
+        let cutoff = format!("now() - to_microseconds({})", first.window.as_micros());
+        let found = conn
+            .query(&format!(
+                "SELECT key_sha256, CASE WHEN committed_at >= {cutoff} THEN 'live' ELSE 'expired' END FROM {} WHERE key_sha256 IN ({names})",
+                self.keys_table(target.catalog.as_deref())
+            ))
+            .map_err(E::db)?;
+        let mut expired = Vec::new();
+        for row in found {
+            let mut cells = row.into_iter();
+            let (digest, state) = (
+                quote_literal(&cells.next().flatten().unwrap_or_default()),
+                cells.next().flatten().unwrap_or_default(),
+            );
+            if state == "live" {
+                return Err(EngineError::InProgress(
+                    digests.get(&digest).map_or_else(|| digest.clone(), |k| k.to_string()),
+                ));
+            }
+            expired.push(digest);
+        }
+        Ok(expired)
+    }
+
+    /// Whether a target's catalog keeps its keys without a constraint (DuckLake): they are checked by `check_keys`.
+    pub(super) fn keys_unconstrained(&self, target: &Target) -> bool {
+        self.keys.unconstrained.contains(&target.catalog.as_deref().unwrap_or(&self.host_db).to_lowercase())
+    }
+
     /// Records requests' keys and acknowledgements inside their transaction (one statement of each kind for all of
     /// them: in a DuckLake every statement is a round trip to its catalog): the keys commit with the rows or not at
-    /// all. A key already there (another host, or a retry racing its original) fails the transaction.
+    /// all. A key already there (another host, or a retry racing its original) fails the transaction. In a catalog
+    /// without a key constraint the keys are checked first: inside this transaction, or `checked` before it (the
+    /// expired rows that check found).
     pub(super) fn record_keys(
         &mut self,
         txn: &mut RawConn,
         target: &Target,
         keys: &[(&RequestKey, u64, u64)],
+        checked: Option<Vec<String>>,
     ) -> Result<(), EngineError> {
         let Some((first, _, _)) = keys.first() else { return Ok(()) };
         let table = self.keys_table(target.catalog.as_deref());
-        let digests: HashMap<String, &str> =
-            keys.iter().map(|(k, _, _)| (key_digest(&k.key), k.key.as_str())).collect();
-        let names = digests.keys().cloned().collect::<Vec<_>>().join(", ");
         // A row of the same key older than the window (not purged yet) is forgotten: the key is free again.
         let cutoff = format!("now() - to_microseconds({})", first.window.as_micros());
-        let catalog = target.catalog.as_deref().unwrap_or(&self.host_db).to_lowercase();
-        if self.keys.unconstrained.contains(&catalog) {
-            // No constraint to refuse a second row: look inside this transaction (the keys are in progress on this
-            // host, so only a commit elsewhere can have put one there). One query finds live and expired rows (in a
-            // DuckLake each statement is a round trip to its catalog); expired ones, rare, are deleted.
-            let found = txn
-                .query(&format!(
-                    "SELECT key_sha256, CASE WHEN committed_at >= {cutoff} THEN 'live' ELSE 'expired' END FROM {table} WHERE key_sha256 IN ({names})"
-                ))
-                .map_err(E::db)?;
-            let mut expired = Vec::new();
-            for row in found {
-                let mut cells = row.into_iter();
-                let (digest, state) = (
-                    quote_literal(&cells.next().flatten().unwrap_or_default()),
-                    cells.next().flatten().unwrap_or_default(),
-                );
-                if state == "live" {
-                    return Err(EngineError::InProgress(
-                        digests.get(&digest).map_or_else(|| digest.clone(), |k| k.to_string()),
-                    ));
-                }
-                expired.push(digest);
-            }
+        if self.keys_unconstrained(target) {
+            let expired = match checked {
+                Some(expired) => expired,
+                None => self.check_keys(txn, target, keys)?,
+            };
             if !expired.is_empty() {
                 txn.execute(&format!(
                     "DELETE FROM {table} WHERE key_sha256 IN ({}) AND committed_at < {cutoff}",
@@ -211,6 +235,7 @@ impl Landing {
                 .map_err(E::db)?;
             }
         } else {
+            let names = keys.iter().map(|(k, _, _)| key_digest(&k.key)).collect::<Vec<_>>().join(", ");
             txn.execute(&format!("DELETE FROM {table} WHERE key_sha256 IN ({names}) AND committed_at < {cutoff}"))
                 .map_err(E::db)?;
         }

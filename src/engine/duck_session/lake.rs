@@ -23,12 +23,14 @@ impl Landing {
     }
 
     /// Grouped commits into one DuckLake take turns on this host: two of them at once would race each other for
-    /// the lake's next snapshot, and the loser waits out DuckLake's retry pause (100 ms and more). Held for a
-    /// group's transaction, which holds buffered rows only, so briefly; streaming requests do not take it.
+    /// the lake's next snapshot, and the loser waits out DuckLake's retry pause. Held for a group's transaction,
+    /// which holds buffered rows only, so briefly; streaming requests do not take it. With a lake among the
+    /// targets, DuckLake's retry pause on this connection becomes `retry_wait` (`commit_retry_wait`).
     pub(super) fn lake_commit_locks<'m>(
         &mut self,
         conn: &mut RawConn,
         mappings: impl IntoIterator<Item = &'m Mapping>,
+        retry_wait: std::time::Duration,
     ) -> Result<Vec<CreateGuard>, EngineError> {
         let mut lakes = std::collections::BTreeSet::new();
         for m in mappings {
@@ -38,7 +40,23 @@ impl Landing {
                 lakes.insert(catalog.to_lowercase());
             }
         }
+        if !lakes.is_empty() {
+            self.lake_retry_wait(conn, retry_wait)?;
+        }
         Ok(lakes.into_iter().map(|c| self.locks.lock(format!("lake commit {c}"))).collect())
+    }
+}
+
+impl Landing {
+    /// Sets DuckLake's pause before it retries a commit that lost the race for the lake's next snapshot
+    /// (`ducklake_retry_wait_ms`, this connection's own) when it differs from what this writer set last.
+    pub(super) fn lake_retry_wait(&mut self, conn: &mut RawConn, wait: std::time::Duration) -> Result<(), EngineError> {
+        let ms = wait.as_millis();
+        if self.lake_retry_wait_ms != Some(ms) {
+            conn.execute(&format!("SET SESSION ducklake_retry_wait_ms = {ms}")).map_err(E::db)?;
+            self.lake_retry_wait_ms = Some(ms);
+        }
+        Ok(())
     }
 }
 

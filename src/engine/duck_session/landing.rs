@@ -219,6 +219,22 @@ impl Landing {
         Ok((table, guard))
     }
 
+    /// A run's keys in a catalog without a key constraint (a DuckLake), checked before the group's transaction:
+    /// the expired rows found (to delete in the transaction), or `None` when there is nothing to check here. In a
+    /// DuckLake the check reads the keys table (its files, its inlined rows: several catalog statements); outside
+    /// the transaction that time is not part of the span in which another host's commit makes this one lose the
+    /// race for the lake's next snapshot. What it can miss, a commit of the same key elsewhere between the check and
+    /// this transaction's start, is a request running on two hosts at once, which the check inside did not exclude
+    /// either (a DuckLake refuses no second row).
+    pub(super) fn prechecked(&self, conn: &mut RawConn, run: &[Buffered]) -> Result<Option<Vec<String>>, EngineError> {
+        let target = &run[0].mapping.target;
+        let keys: Vec<_> = run.iter().filter_map(|i| Some((i.key.as_ref()?, i.rows, i.batches.len() as u64))).collect();
+        if keys.is_empty() || !self.keys_unconstrained(target) {
+            return Ok(None);
+        }
+        self.check_keys(conn, target, &keys).map(Some)
+    }
+
     /// Whether a grouped commit reads its target's columns inside its own transaction rather than before it: for
     /// a DuckLake table this writer's last grouped commit found there (appended to, not created or replaced). A
     /// look before the transaction is a transaction of its own in the lake's catalog; inside, the lake answers from
@@ -409,7 +425,7 @@ impl DuckSession {
                 )));
             }
             if let Some(key) = fed.key {
-                at.record_keys(&mut txn, &mapping.target, &[(key, rows, fed.batches.load(Ordering::SeqCst))])?;
+                at.record_keys(&mut txn, &mapping.target, &[(key, rows, fed.batches.load(Ordering::SeqCst))], None)?;
             }
             txn.commit().map_err(E::db)?;
             let position = at.position.take();
@@ -422,7 +438,7 @@ impl DuckSession {
     /// A buffered request on its own, in its own transaction.
     pub(super) fn write_buffered(&mut self, item: &Buffered) -> Result<Written, EngineError> {
         let DuckSession { conn, at, .. } = self;
-        let _lake = at.lake_commit_locks(conn, [&item.mapping])?;
+        let _lake = at.lake_commit_locks(conn, [&item.mapping], item.commit_retry_wait)?;
         at.ensure_view(conn)?;
         let failed = Arc::new(Mutex::new(None));
         let pull = Box::new(VecPull(item.batches.clone().into()));
@@ -454,7 +470,8 @@ impl DuckSession {
             }
         }
         let DuckSession { conn, at, .. } = self;
-        let _lake = at.lake_commit_locks(conn, items.iter().map(|i| &i.mapping))?;
+        let wait = items.iter().map(|i| i.commit_retry_wait).max().unwrap_or_default();
+        let _lake = at.lake_commit_locks(conn, items.iter().map(|i| &i.mapping), wait)?;
         at.ensure_view(conn)?;
         let mut locked = HashSet::new();
         let mut guards = Vec::new();
@@ -479,10 +496,17 @@ impl DuckSession {
                 at.ensure_keys(conn, item.mapping.target.catalog.as_deref(), key.window)?;
             }
         }
+        // A lake's keys are checked before the group's transaction (see `prechecked`).
+        let mut checked = Vec::with_capacity(runs.len());
+        for &(start, end) in &runs {
+            checked.push(at.prechecked(conn, &items[start..end])?);
+        }
         let _turns = at.follow_turns(conn, items.iter().map(|i| &i.mapping))?;
         let mut positions = vec![None; items.len()];
         let result = conn.begin().map_err(E::db).and_then(|mut txn| {
-            for ((&(start, end), table), &later) in runs.iter().zip(tables.iter_mut()).zip(&in_txn) {
+            for (((&(start, end), table), &later), checked) in
+                runs.iter().zip(tables.iter_mut()).zip(&in_txn).zip(checked)
+            {
                 at.position = None;
                 if later {
                     let target = &items[start].mapping.target;
@@ -508,7 +532,7 @@ impl DuckSession {
                     .iter()
                     .filter_map(|i| Some((i.key.as_ref()?, i.rows, i.batches.len() as u64)))
                     .collect();
-                at.record_keys(&mut txn, &items[start].mapping.target, &keys)?;
+                at.record_keys(&mut txn, &items[start].mapping.target, &keys, checked)?;
                 if let Some(position) = at.position.take() {
                     positions[start..end].iter_mut().for_each(|p| *p = Some(position.clone()));
                 }

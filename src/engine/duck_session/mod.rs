@@ -116,6 +116,8 @@ struct Landing {
     lakes: HashMap<String, bool>,
     /// DuckLake tables this writer's last grouped commit into them found there (see `Landing::lake_columns_later`).
     lake_tables: HashSet<String>,
+    /// DuckLake's retry pause (ms) last set on this writer's connection (`lake_retry_wait`).
+    lake_retry_wait_ms: Option<u128>,
     /// Test hook (cargo feature `test-hooks` only): a request into a table of this name panics inside its
     /// transaction, after its INSERT (set by `ARROWPORT_TEST_PANIC_TABLE` in the host's environment; the
     /// end-to-end tests prove the writer survives).
@@ -157,6 +159,7 @@ impl DuckSession {
             positions_ready: HashSet::new(),
             lakes: HashMap::new(),
             lake_tables: HashSet::new(),
+            lake_retry_wait_ms: None,
             #[cfg(feature = "test-hooks")]
             panic_on: test_hook_panic_table(),
         };

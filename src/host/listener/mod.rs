@@ -255,6 +255,7 @@ impl Host {
                 .with_idempotency_window(options.idempotency_window)
                 .with_commit_retries(options.commit_retries)
                 .with_group_window(options.group_window)
+                .with_commit_retry_wait(options.commit_retry_wait)
                 .with_schema_limits(options.max_columns, options.max_schema_bytes)
                 .with_statement_limits(options.statement_timeout, options.max_sql_bytes),
         );

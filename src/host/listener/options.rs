@@ -67,6 +67,8 @@ pub struct ListenOptions {
     pub max_sql_bytes: usize,
     /// How often a grouped commit that lost a race with another host's (a shared DuckLake) is tried again.
     pub commit_retries: u32,
+    /// DuckLake's pause before it retries a grouped commit that lost a race (`ducklake_retry_wait_ms`).
+    pub commit_retry_wait: Duration,
     /// How long a group commit waits for more small requests after its first (0: none).
     pub group_window: Duration,
     /// The write-ahead log size at which arrowport checkpoints a busy database file; 0 leaves checkpoints to
@@ -98,6 +100,7 @@ impl Default for ListenOptions {
             statement_timeout: policy::STATEMENT_TIMEOUT,
             max_sql_bytes: policy::MAX_SQL_BYTES,
             commit_retries: policy::COMMIT_RETRIES,
+            commit_retry_wait: policy::COMMIT_RETRY_WAIT,
             group_window: Duration::ZERO,
             checkpoint_wal: crate::host::checkpoints::DEFAULT_WAL,
         }

@@ -183,6 +183,9 @@ impl VTab for ListenTable {
         if let Some(n) = count(bind, "commit_retries")? {
             options.commit_retries = n;
         }
+        if let Some(d) = seconds(bind, "commit_retry_wait", (10.0, "10"), true)? {
+            options.commit_retry_wait = d;
+        }
         if let Some(d) = seconds(bind, "group_window", (1.0, "1"), true)? {
             options.group_window = d;
         }
@@ -238,6 +241,7 @@ impl VTab for ListenTable {
             ("allowed_origins".to_string(), LogicalTypeHandle::list(&varchar())),
             ("commit_retries".to_string(), LogicalTypeId::Bigint.into()),
             ("group_window".to_string(), LogicalTypeId::Double.into()),
+            ("commit_retry_wait".to_string(), LogicalTypeId::Double.into()),
             ("checkpoint_wal".to_string(), LogicalTypeId::Bigint.into()),
         ])
     }
