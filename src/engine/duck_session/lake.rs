@@ -41,22 +41,20 @@ impl Landing {
             }
         }
         if !lakes.is_empty() {
-            self.lake_retry_wait(conn, retry_wait)?;
+            self.lake_retry_wait(conn, retry_wait);
         }
         Ok(lakes.into_iter().map(|c| self.locks.lock(format!("lake commit {c}"))).collect())
     }
-}
 
-impl Landing {
     /// Sets DuckLake's pause before it retries a commit that lost the race for the lake's next snapshot
-    /// (`ducklake_retry_wait_ms`, this connection's own) when it differs from what this writer set last.
-    pub(super) fn lake_retry_wait(&mut self, conn: &mut RawConn, wait: std::time::Duration) -> Result<(), EngineError> {
+    /// (`ducklake_retry_wait_ms`, this connection's own) when it differs from what this writer set last. Best
+    /// effort: a DuckLake without the setting keeps its own pause, which only costs speed.
+    fn lake_retry_wait(&mut self, conn: &mut RawConn, wait: std::time::Duration) {
         let ms = wait.as_millis();
         if self.lake_retry_wait_ms != Some(ms) {
-            conn.execute(&format!("SET SESSION ducklake_retry_wait_ms = {ms}")).map_err(E::db)?;
+            let _ = conn.execute(&format!("SET SESSION ducklake_retry_wait_ms = {ms}"));
             self.lake_retry_wait_ms = Some(ms);
         }
-        Ok(())
     }
 }
 
