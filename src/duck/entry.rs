@@ -107,8 +107,13 @@ unsafe fn load(
     Ok(true)
 }
 
-/// Registers `f` to run when the process exits (C `atexit`), so listeners stop before the host tears down.
-/// `f` must contain its own panics (see `crate::panic`): it is called from C.
+/// Registers `f` to run when the process exits, so listeners stop before the host tears down. `f` must contain
+/// its own panics (see `crate::panic`): it is called from C, and it may run twice.
+///
+/// C's `atexit` runs `f` after the destructors of every static DuckDB made lazily since (LIFO), so DuckDB code
+/// running on our threads by then can touch freed memory. In a Python host `f` is also registered with Python's
+/// `Py_AtExit` (found in the process, not linked): Python calls it at the end of its finalization, before C's
+/// exit handlers destroy anything, which is where a Python host's exit otherwise crashed on our checkpoint thread.
 pub fn at_exit(f: extern "C" fn()) {
     unsafe extern "C" {
         fn atexit(cb: extern "C" fn()) -> c_int;
@@ -116,6 +121,16 @@ pub fn at_exit(f: extern "C" fn()) {
     // SAFETY: `f` is a plain function in this library, which DuckDB never unloads.
     unsafe {
         atexit(f);
+    }
+    // SAFETY: dlsym with RTLD_DEFAULT looks the name up in the process's global symbols; a Python interpreter
+    // exports `Py_AtExit`, of type `int (*)(void (*)(void))` in every Python 3 (it only appends to a table and
+    // needs no interpreter state). Absent (any other host), nothing is registered.
+    unsafe {
+        let found = libc::dlsym(libc::RTLD_DEFAULT, c"Py_AtExit".as_ptr());
+        if !found.is_null() {
+            let py_at_exit: unsafe extern "C" fn(extern "C" fn()) -> c_int = std::mem::transmute(found);
+            py_at_exit(f);
+        }
     }
 }
 

@@ -38,6 +38,17 @@ const TICK: Duration = Duration::from_millis(50);
 /// How often the list of database files (and the setting) is read again.
 const REFRESH: Duration = Duration::from_secs(2);
 
+/// How often the logs are looked at and the list of files read again: [`TICK`] and [`REFRESH`]; in the tests'
+/// build (cargo feature `test-hooks`) both every `ARROWPORT_TEST_CHECKPOINT_TICK_MS` milliseconds when the host's
+/// environment sets it, so that an end-to-end test can have the thread inside DuckDB nearly all the time.
+fn intervals() -> (Duration, Duration) {
+    #[cfg(feature = "test-hooks")]
+    if let Some(ms) = std::env::var("ARROWPORT_TEST_CHECKPOINT_TICK_MS").ok().and_then(|v| v.parse().ok()) {
+        return (Duration::from_millis(ms), Duration::from_millis(ms));
+    }
+    (TICK, REFRESH)
+}
+
 /// How long a file whose checkpoint failed (a transaction of the operator's in the way, say) rests before the next try.
 const AFTER_FAILURE: Duration = Duration::from_secs(5);
 
@@ -206,11 +217,12 @@ impl Worker {
         let mut last_busy = Instant::now();
         let mut managing = true;
         let mut failed: std::collections::HashMap<String, Instant> = Default::default();
-        while !self.stopping(TICK) {
+        let (tick, refresh) = intervals();
+        while !self.stopping(tick) {
             if (self.busy)() {
                 last_busy = Instant::now();
             }
-            if refreshed.is_none_or(|t| t.elapsed() >= REFRESH) {
+            if refreshed.is_none_or(|t| t.elapsed() >= refresh) {
                 refreshed = Some(Instant::now());
                 match self.conn.query_value("SELECT current_setting('checkpoint_threshold')") {
                     Ok(Some(now)) if now != self.ours => {

@@ -122,3 +122,25 @@ def test_the_operators_own_checkpoint_settings_are_kept(db_path):
         assert threshold(h) == "953.6 MiB"
     finally:
         h.close()
+
+
+def test_a_host_exits_cleanly_while_its_checkpointer_runs_sql(host_kind, db_path, monkeypatch):
+    """A host that ends like a script reaching its end, a listener running and arrowport's checkpoint thread inside
+    DuckDB nearly all the time (test hook: it reads the settings and the database list every millisecond), exits
+    with 0 and keeps its acknowledged rows, ten times over. Stopped only by C's exit handlers, which run after the
+    destructors of the statics DuckDB made since arrowport loaded, a DuckDB 2.0 Python host died with SIGSEGV in
+    most such exits (its checkpoint thread binding a statement against freed memory)."""
+    monkeypatch.setenv("ARROWPORT_TEST_CHECKPOINT_TICK_MS", "1")
+    for i in range(10):
+        path = f"{db_path}.{i}"
+        h = hosts.start(host_kind, path)
+        h.sql(hosts.load_sql(hooks=True))
+        addr = h.sql("SELECT arrowport_listen('127.0.0.1:0')")[0][0]
+        flight_put(addr, "t", rows(10, start=i))
+        rc = h.close(timeout=60)
+        assert rc == 0, f"exit {i}: {rc}: {h.stderr()[-2000:]}"
+        again = hosts.start(host_kind, path)
+        try:
+            assert [list(r) for r in again.sql("SELECT count(*), min(id) FROM t")] == [[10, i]]
+        finally:
+            again.close()

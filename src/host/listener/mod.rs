@@ -121,8 +121,9 @@ pub struct Host {
 
 static HOSTS: Mutex<Vec<Weak<Host>>> = Mutex::new(Vec::new());
 
-/// Set once the process has begun to exit: DuckDB's lazily made statics may already be gone, so `stop` runs no SQL
-/// to put settings back (they die with the process): neither the checkpoint threshold nor extension autoloading.
+/// Set once the process has begun to exit (a Python host's finalization, or C's exit handlers, see
+/// `duck::entry::at_exit`): `stop` runs no SQL to put settings back (they die with the process): neither the
+/// checkpoint threshold nor extension autoloading.
 static EXITING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn exiting() -> bool {
@@ -136,6 +137,11 @@ pub extern "C" fn stop_all_at_exit() {
         EXITING.store(true, std::sync::atomic::Ordering::SeqCst);
         let hosts: Vec<Arc<Host>> =
             HOSTS.lock().map(|h| h.iter().filter_map(Weak::upgrade).collect()).unwrap_or_default();
+        // The checkpointers first: idle listeners run no SQL of their own, but a checkpointer does every few
+        // seconds, and draining the listeners can take a while.
+        for host in &hosts {
+            host.checkpoints.stop(false);
+        }
         for host in hosts {
             host.stop();
         }
