@@ -12,6 +12,16 @@ pub(super) const KEYS_COLUMNS: &str = "key_sha256 VARCHAR PRIMARY KEY, stream VA
 /// The same for catalogs without PRIMARY KEY constraints (DuckLake): the key is checked inside the transaction.
 pub(super) const KEYS_COLUMNS_UNCONSTRAINED: &str = "key_sha256 VARCHAR NOT NULL, stream VARCHAR NOT NULL, ack VARCHAR NOT NULL, committed_at TIMESTAMPTZ NOT NULL DEFAULT now()";
 
+/// SQL for the start of a key window ending now: keys committed before it are expired.
+fn window_start(window: std::time::Duration) -> String {
+    format!("now() - to_microseconds({})", window.as_micros())
+}
+
+/// A run of buffered requests' keys, with each request's rows and batches (what its acknowledgement reports).
+pub(super) fn run_keys(run: &[Buffered]) -> Vec<(&RequestKey, u64, u64)> {
+    run.iter().filter_map(|i| Some((i.key.as_ref()?, i.rows, i.batches.len() as u64))).collect()
+}
+
 /// What the keys table holds for a key: its SHA-256 in hex, as a SQL literal.
 pub(super) fn key_digest(key: &str) -> String {
     quote_literal(&to_hex(ring::digest::digest(&ring::digest::SHA256, key.as_bytes()).as_ref()))
@@ -131,9 +141,9 @@ impl Landing {
         }
         if self.keys.recorded.is_multiple_of(PURGE_EVERY) {
             let purge = format!(
-                "DELETE FROM {table} WHERE committed_at < now() - to_microseconds({window}) \
+                "DELETE FROM {table} WHERE committed_at < {} \
                  OR key_sha256 IN (SELECT key_sha256 FROM {table} ORDER BY committed_at DESC OFFSET {MAX_KEYS})",
-                window = window.as_micros()
+                window_start(window)
             );
             conn.execute(&purge).map_err(E::db)?;
         }
@@ -177,7 +187,7 @@ impl Landing {
         let digests: HashMap<String, &str> =
             keys.iter().map(|(k, _, _)| (key_digest(&k.key), k.key.as_str())).collect();
         let names = digests.keys().cloned().collect::<Vec<_>>().join(", ");
-        let cutoff = format!("now() - to_microseconds({})", first.window.as_micros());
+        let cutoff = window_start(first.window);
         let found = conn
             .query(&format!(
                 "SELECT key_sha256, CASE WHEN committed_at >= {cutoff} THEN 'live' ELSE 'expired' END FROM {} WHERE key_sha256 IN ({names})",
@@ -221,7 +231,7 @@ impl Landing {
         let Some((first, _, _)) = keys.first() else { return Ok(()) };
         let table = self.keys_table(target.catalog.as_deref());
         // A row of the same key older than the window (not purged yet) is forgotten: the key is free again.
-        let cutoff = format!("now() - to_microseconds({})", first.window.as_micros());
+        let cutoff = window_start(first.window);
         if self.keys_unconstrained(target) {
             let expired = match checked {
                 Some(expired) => expired,
@@ -262,10 +272,10 @@ impl DuckSession {
     ) -> Result<Option<KeyRecord>, EngineError> {
         self.at.upgrade_keys(&mut self.conn, catalog)?;
         let sql = format!(
-            "SELECT stream, ack FROM {} WHERE key_sha256 = {} AND committed_at >= now() - to_microseconds({})",
+            "SELECT stream, ack FROM {} WHERE key_sha256 = {} AND committed_at >= {}",
             self.at.keys_table(catalog),
             key_digest(key),
-            window.as_micros()
+            window_start(window)
         );
         match self.conn.query(&sql) {
             Ok(rows) => Ok(rows.into_iter().next().and_then(|r| {

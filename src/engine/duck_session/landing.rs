@@ -228,7 +228,7 @@ impl Landing {
     /// either (a DuckLake refuses no second row).
     pub(super) fn prechecked(&self, conn: &mut RawConn, run: &[Buffered]) -> Result<Option<Vec<String>>, EngineError> {
         let target = &run[0].mapping.target;
-        let keys: Vec<_> = run.iter().filter_map(|i| Some((i.key.as_ref()?, i.rows, i.batches.len() as u64))).collect();
+        let keys = keys::run_keys(run);
         if keys.is_empty() || !self.keys_unconstrained(target) {
             return Ok(None);
         }
@@ -528,11 +528,7 @@ impl DuckSession {
                 if rows != expected {
                     return Err(EngineError::Internal(format!("a grouped insert wrote {rows} rows of {expected}")));
                 }
-                let keys: Vec<_> = items[start..end]
-                    .iter()
-                    .filter_map(|i| Some((i.key.as_ref()?, i.rows, i.batches.len() as u64)))
-                    .collect();
-                at.record_keys(&mut txn, &items[start].mapping.target, &keys, checked)?;
+                at.record_keys(&mut txn, &items[start].mapping.target, &keys::run_keys(&items[start..end]), checked)?;
                 if let Some(position) = at.position.take() {
                     positions[start..end].iter_mut().for_each(|p| *p = Some(position.clone()));
                 }
