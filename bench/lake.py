@@ -6,8 +6,11 @@ Cases:
   (default 20), with 1, 2 and 3 hosts: aggregate rows/s and lake commits/s (DuckLake snapshots made), request
   latency (p50 / p99) and the mean write of a request (its group's transaction to COMMIT, from each host's
   `arrowport_write_duration_seconds`), against the same clients into one host's local DuckDB file;
-- large: one 1M-row request per host, 1, 2 and 3 hosts at once, into the lake, against one such request into a
-  local DuckDB file;
+- large: 1M-row requests, LAKE_BENCH_LARGE_CLIENTS (default 2) clients per host each sending
+  LAKE_BENCH_LARGE_REQUESTS (default 3) one after another, 1, 2 and 3 hosts at once, into the lake, against the same
+  clients of one host into a local DuckDB file (several requests, so that a host's rate is measured over seconds
+  rather than over one request of under a second; two clients, so that a host has the next request to work on while
+  the object store takes the last one's file);
 - files: the lake table's Parquet files after the small 3-host case, and after `arrowport_maintain`;
 all of it once with PostgreSQL on loopback and once LAKE_BENCH_PG_DELAYS (default "0,2") ms of round trip away.
 Every case checks that the rows landed equal the rows acknowledged. Prints a Markdown table and writes
@@ -52,6 +55,9 @@ RETRY_WAIT = os.environ.get("LAKE_BENCH_COMMIT_RETRY_WAIT")
 # An idempotency key on every request (LAKE_BENCH_KEYS=0: none).
 KEYS = os.environ.get("LAKE_BENCH_KEYS", "1") != "0"
 ARROW = "application/vnd.apache.arrow.stream"
+# The large case's clients per host, and the 1M-row requests each sends one after another.
+LARGE_CLIENTS = int(os.environ.get("LAKE_BENCH_LARGE_CLIENTS", "2"))
+LARGE_REQUESTS = int(os.environ.get("LAKE_BENCH_LARGE_REQUESTS", "3"))
 HOST_CPU = float(os.environ.get("LAKE_BENCH_HOST_CPU", "0.25"))
 # Round trips (ms) added between the hosts and PostgreSQL, one whole run each: 0 is loopback; others put PostgreSQL
 # behind a relay that delays each direction by half of it (test/delay_relay.py; this machine's kernel has no netem),
@@ -190,7 +196,8 @@ def close(hs):
 
 
 def large(world, directory, n_hosts):
-    """One 1M-row request per host at once, into the lake; and (one host) the same request into a local file."""
+    """1M-row requests from LARGE_CLIENTS clients per host (LARGE_REQUESTS each, one after another), the hosts at
+    once, into the lake; and (one host) the same into a local file."""
     groups = Groups(f"large{n_hosts}", n_hosts)
     hs = start_hosts(world, groups, [os.path.join(directory, f"big{i}.duckdb") for i in range(n_hosts)])
     n = 1_000_000
@@ -208,14 +215,17 @@ def large(world, directory, n_hosts):
         codes = []
 
         def put(h):
-            r = httpx.post(f"http://{h.addr}/streams/{name}", content=body, headers={"Content-Type": ARROW}, timeout=600)
-            codes.append(r.status_code)
+            for _ in range(LARGE_REQUESTS):
+                r = httpx.post(f"http://{h.addr}/streams/{name}", content=body, headers={"Content-Type": ARROW},
+                               timeout=600)
+                codes.append(r.status_code)
 
         with Held(senders, groups) as held:
-            seconds = report.run_threads([threading.Thread(target=put, args=(h,)) for h in senders])
-        assert codes == [200] * len(senders), codes
+            seconds = report.run_threads([threading.Thread(target=put, args=(h,))
+                                          for h in senders for _ in range(LARGE_CLIENTS)])
+        assert codes == [200] * (LARGE_CLIENTS * LARGE_REQUESTS * len(senders)), codes
         target = "lake.main.big" if name == "lake" else "main.big"
-        rows = n * len(senders)
+        rows = n * LARGE_CLIENTS * LARGE_REQUESTS * len(senders)
         out[name] = {"hosts": len(senders), "rows": rows, "seconds": seconds, "rows_per_s": rows / seconds,
                      "landed": hs[0].sql(f"SELECT count(*) FROM {target}")[0][0], **held.report()}
     close(hs)
@@ -234,7 +244,8 @@ def main():
         print(f"lake bench: each host in a CPU group of {HOST_CPU} cores", flush=True)
     results = {"when": report.stamp(), "seconds": SECONDS, "host_cpu": None if NO_GROUP else HOST_CPU,
                "inline_rows": INLINE_ROWS, "group_window": GROUP_WINDOW, "commit_retry_wait": RETRY_WAIT, "keys": KEYS,
-               "unconstrained_because": NO_GROUP, "clients_per_host": CLIENTS, "runs": []}
+               "unconstrained_because": NO_GROUP, "clients_per_host": CLIENTS,
+               "large_clients_per_host": LARGE_CLIENTS, "large_requests_per_client": LARGE_REQUESTS, "runs": []}
     bad, tables = [], []
     for delay in PG_DELAYS:
         print(f"PostgreSQL {delay} ms of round trip away" if delay else "PostgreSQL on loopback", flush=True)
@@ -296,8 +307,9 @@ def one_run(delay, bad):
     for n_hosts, cases in big.items():
         lake_rate = cases["lake"]["rows_per_s"]
         cores = " ".join(f"{c:.2f}" for c in cases["lake"]["host_cores"])
-        lines.append(f"| one 1M-row request per host at once, into the lake | {n_hosts} | {lake_rate:,.0f} | | | | | {cores} | "
-                     f"{lake_rate / big[1]['lake']['rows_per_s']:.2f}x ({lake_rate / local:.2f}x of one request into a local file, {local:,.0f} rows/s) |")
+        lines.append(f"| 1M-row requests, {LARGE_CLIENTS} clients per host ({LARGE_REQUESTS} each), hosts at once, into the lake | {n_hosts} | "
+                     f"{lake_rate:,.0f} | | | | | {cores} | {lake_rate / big[1]['lake']['rows_per_s']:.2f}x "
+                     f"({lake_rate / local:.2f}x of one host's into a local file, {local:,.0f} rows/s) |")
     files = results["files"]
     lines.append(f"| Parquet files after the 3-host case / after arrowport_maintain | | {files['before']} / {files['after']} | | | | | | |")
     return results, lines
