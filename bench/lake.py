@@ -223,9 +223,10 @@ def large(world, directory, n_hosts):
         with Held(senders, groups) as held:
             seconds = report.run_threads([threading.Thread(target=put, args=(h,))
                                           for h in senders for _ in range(LARGE_CLIENTS)])
-        assert codes == [200] * (LARGE_CLIENTS * LARGE_REQUESTS * len(senders)), codes
+        requests = LARGE_CLIENTS * LARGE_REQUESTS * len(senders)
+        assert codes == [200] * requests, codes
         target = "lake.main.big" if name == "lake" else "main.big"
-        rows = n * LARGE_CLIENTS * LARGE_REQUESTS * len(senders)
+        rows = n * requests
         out[name] = {"hosts": len(senders), "rows": rows, "seconds": seconds, "rows_per_s": rows / seconds,
                      "landed": hs[0].sql(f"SELECT count(*) FROM {target}")[0][0], **held.report()}
     close(hs)
